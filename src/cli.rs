@@ -1,0 +1,370 @@
+//! The command line: clap definitions, validation into a [`Config`], and the argv of a child.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+use crate::error::Error;
+use crate::lsn::Lsn;
+use crate::pg::ConnInfo;
+use crate::transfer::Method;
+
+/// Default chunk size (see docs/benchmarks.md for the measurement behind it).
+pub const DEFAULT_CHUNK: &str = "1M";
+const MIN_CHUNK: u64 = 8 << 10;
+const MAX_CHUNK: u64 = 256 << 20;
+const MAX_JOBS: usize = 64;
+
+const AFTER_HELP: &str = "\
+Roles:
+  pgbb DSN DEST                  take a base backup of the server into DEST (the master)
+  pgbb --slave --stdin DSN DEST  copy the files named on stdin into DEST (a worker)
+  pgbb -x DSN DEST               copy the server's WAL into DEST/pg_wal in a loop, until
+                                 SIGINT/SIGTERM (a warm-standby feeder)
+
+Worker line protocol (--slave --stdin): one request per line on stdin, SRC or SRC<TAB>DST,
+paths relative to the data directory / DEST (\\\\, \\t, \\n, \\r escaped). One result per line
+on stdout, fields separated by TABs:
+  hello  pgbb  PROTOCOL  VERSION  ROLE    first line
+  ok     SIZE  PATH                        copied
+  vanished     PATH                        no such file on the server (normal in a backup)
+  error  PATH  MESSAGE                     this file failed; the worker goes on
+  fatal  MESSAGE                           the worker cannot go on; exit status 1
+The worker exits 0 at the end of its input. Example:
+  printf 'PG_VERSION\\nglobal/pg_control\\n' | pgbb --slave --stdin 'host=db user=postgres' /tmp/x
+
+Exit status: 0 done, 1 backup failed, 2 usage, 3 cannot connect, 4 server not suitable
+(version, settings, privileges), 5 DEST problem, 130/143 interrupted. See docs/.
+The password is never put on a child's command line: children get it in PGPASSWORD.";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Checkpoint {
+    Fast,
+    Spread,
+}
+
+/// Parallel physical base backup of a PostgreSQL server over ordinary SQL connections.
+#[derive(Debug, Parser)]
+#[command(name = "pgbb", version, after_help = AFTER_HELP)]
+pub struct Args {
+    /// Connection string: key=value pairs or a postgresql:// URI ("" = all from PG* variables)
+    pub dsn: String,
+    /// Target directory (created with mode 0700; must be empty unless -f)
+    pub dest: PathBuf,
+    /// Worker processes copying files in parallel
+    #[arg(short = 'j', long = "jobs", default_value_t = 2)]
+    pub jobs: usize,
+    /// Copy pg_wal in a loop: alone, a standing warm-standby feeder; with --slave, the WAL child
+    #[arg(short = 'x', long = "pg_xlog", visible_alias = "pg-wal")]
+    pub pg_xlog: bool,
+    /// Seconds between two passes of the WAL loop
+    #[arg(short = 'D', long = "delay", default_value = "2", allow_negative_numbers = true)]
+    pub delay: f64,
+    /// Run as an auxiliary process (with --stdin: a worker; with -x: the WAL child)
+    #[arg(short = 'S', long = "slave")]
+    pub slave: bool,
+    /// Read the files to copy from standard input (worker role)
+    #[arg(long = "stdin")]
+    pub stdin: bool,
+    /// Remove the contents of DEST first if it exists
+    #[arg(short = 'f', long = "force")]
+    pub force: bool,
+    /// Before starting, end backups left behind by earlier pgbb runs: terminate their
+    /// sessions (application_name 'pgbb...') and drop their inactive slots (pgbb_*)
+    #[arg(long = "clean")]
+    pub clean: bool,
+    /// Show progress messages
+    #[arg(short = 'v', long = "verbose")]
+    pub verbose: bool,
+    /// Show debugging messages, including every SQL statement
+    #[arg(short = 'd', long = "debug")]
+    pub debug: bool,
+    /// Checkpoint at the start: fast (immediate) or spread (like pg_basebackup's default)
+    #[arg(short = 'c', long = "checkpoint", value_enum, default_value = "spread")]
+    pub checkpoint: Checkpoint,
+    /// Backup label (at most 1024 bytes, one line)
+    #[arg(short = 'l', long = "label", default_value = "pgbb base backup")]
+    pub label: String,
+    /// Bytes per chunk (suffixes k, M)
+    #[arg(long = "chunk-size", default_value = DEFAULT_CHUNK)]
+    pub chunk_size: String,
+    /// Chunk compression: auto (zlib if the server can, else none), none, zlib[:LEVEL]
+    #[arg(long = "compress", default_value = "auto")]
+    pub compress: String,
+    /// Do not fsync DEST at the end
+    #[arg(long = "no-sync")]
+    pub no_sync: bool,
+    /// After a failure, keep DEST for inspection (without global/pg_control)
+    #[arg(long = "no-clean")]
+    pub no_clean: bool,
+    /// Do not create a temporary replication slot to hold the WAL the backup needs
+    #[arg(long = "no-slot")]
+    pub no_slot: bool,
+    #[arg(long = "worker-id", hide = true)]
+    pub worker_id: Option<usize>,
+    #[arg(long = "start-lsn", hide = true)]
+    pub start_lsn: Option<String>,
+    #[arg(long = "timeline", hide = true)]
+    pub timeline: Option<u32>,
+    #[arg(long = "group-access", hide = true)]
+    pub group_access: bool,
+}
+
+/// Settings every role shares.
+#[derive(Clone)]
+pub struct Common {
+    pub conn: ConnInfo,
+    pub dest: PathBuf,
+    pub chunk: u64,
+    pub sync: bool,
+    pub verbose: bool,
+    pub debug: bool,
+    pub group_access: bool,
+}
+
+/// How compression was asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compress {
+    Auto(u32),
+    Fixed(Method),
+}
+
+pub struct MasterOpts {
+    pub jobs: usize,
+    pub delay: Duration,
+    pub force: bool,
+    pub clean: bool,
+    pub fast: bool,
+    pub label: String,
+    pub compress: Compress,
+    pub keep_on_failure: bool,
+    pub slot: bool,
+}
+
+pub enum Mode {
+    Master(MasterOpts),
+    Worker { id: Option<usize>, compress: Compress },
+    WalChild { start: Lsn, timeline: u32, delay: Duration, compress: Compress },
+    WalStandalone { delay: Duration, compress: Compress },
+}
+
+pub struct Config {
+    pub common: Common,
+    pub mode: Mode,
+}
+
+/// Parses sizes like `256k`, `8M`, `1048576`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let (num, mult) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => {
+            let mult = match t[i..].to_ascii_lowercase().as_str() {
+                "k" | "kb" | "kib" => 1u64 << 10,
+                "m" | "mb" | "mib" => 1 << 20,
+                "g" | "gb" | "gib" => 1 << 30,
+                _ => return Err(format!("invalid size {s:?} (examples: 262144, 256k, 1M)")),
+            };
+            (&t[..i], mult)
+        }
+        None => (t, 1),
+    };
+    let n: u64 = num.parse().map_err(|_| format!("invalid size {s:?} (examples: 262144, 256k, 1M)"))?;
+    n.checked_mul(mult).ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+pub fn parse_compress(s: &str) -> Result<Compress, String> {
+    let level = |l: &str| match l.parse::<u32>() {
+        Ok(n) if n <= 9 => Ok(n),
+        _ => Err(format!("invalid zlib level {l:?}: use 0 to 9")),
+    };
+    match s.split_once(':') {
+        None if s == "auto" => Ok(Compress::Auto(1)),
+        None if s == "none" => Ok(Compress::Fixed(Method::Plain)),
+        None if s == "zlib" => Ok(Compress::Fixed(Method::Zlib(1))),
+        Some(("zlib", l)) => Ok(Compress::Fixed(Method::Zlib(level(l)?))),
+        Some(("auto", l)) => Ok(Compress::Auto(level(l)?)),
+        _ => Err(format!("invalid --compress {s:?}: use auto, none, zlib or zlib:LEVEL")),
+    }
+}
+
+fn compress_arg(c: Compress) -> String {
+    match c {
+        Compress::Auto(l) => format!("auto:{l}"),
+        Compress::Fixed(m) => m.to_string(),
+    }
+}
+
+fn delay(d: f64) -> Result<Duration, Error> {
+    if !d.is_finite() || !(0.0..=86400.0).contains(&d) {
+        return Err(Error::Usage(format!("invalid --delay {d}: give seconds from 0 to 86400")));
+    }
+    Ok(Duration::from_secs_f64(d))
+}
+
+impl Config {
+    pub fn from_args(a: Args) -> Result<Config, Error> {
+        let chunk = parse_size(&a.chunk_size).map_err(Error::Usage)?;
+        if !(MIN_CHUNK..=MAX_CHUNK).contains(&chunk) {
+            return Err(Error::Usage(format!("--chunk-size must be between 8k and 256M, not {}", a.chunk_size)));
+        }
+        let compress = parse_compress(&a.compress).map_err(Error::Usage)?;
+        let conn = ConnInfo::from_dsn(&a.dsn)?;
+        let common = Common {
+            conn,
+            dest: a.dest,
+            chunk,
+            sync: !a.no_sync,
+            verbose: a.verbose,
+            debug: a.debug,
+            group_access: a.group_access,
+        };
+        let mode = match (a.slave, a.stdin, a.pg_xlog) {
+            (true, true, false) => Mode::Worker { id: a.worker_id, compress },
+            (true, false, true) => {
+                let start = a
+                    .start_lsn
+                    .as_deref()
+                    .ok_or_else(|| Error::Usage("the WAL child needs --start-lsn".into()))?
+                    .parse()
+                    .map_err(|e: crate::lsn::LsnParseError| Error::Usage(e.to_string()))?;
+                let timeline = a.timeline.ok_or_else(|| Error::Usage("the WAL child needs --timeline".into()))?;
+                Mode::WalChild { start, timeline, delay: delay(a.delay)?, compress }
+            }
+            (false, false, true) => Mode::WalStandalone { delay: delay(a.delay)?, compress },
+            (true, true, true) => return Err(Error::Usage("--stdin and -x are different roles; use one".into())),
+            (true, false, false) => return Err(Error::Usage("--slave needs --stdin (a worker) or -x (the WAL child)".into())),
+            (false, true, _) => return Err(Error::Usage("--stdin goes with --slave".into())),
+            (false, false, false) => {
+                if a.jobs == 0 || a.jobs > MAX_JOBS {
+                    return Err(Error::Usage(format!("-j/--jobs must be between 1 and {MAX_JOBS}, not {}", a.jobs)));
+                }
+                if a.label.len() > 1024 || a.label.contains(['\n', '\r']) {
+                    return Err(Error::Usage("--label must be one line of at most 1024 bytes".into()));
+                }
+                Mode::Master(MasterOpts {
+                    jobs: a.jobs,
+                    delay: delay(a.delay)?,
+                    force: a.force,
+                    clean: a.clean,
+                    fast: a.checkpoint == Checkpoint::Fast,
+                    label: a.label,
+                    compress,
+                    keep_on_failure: a.no_clean,
+                    slot: !a.no_slot,
+                })
+            }
+        };
+        Ok(Config { common, mode })
+    }
+}
+
+impl Common {
+    fn shared_args(&self, method: Method) -> Vec<OsString> {
+        let mut v: Vec<OsString> = vec![
+            "--chunk-size".into(),
+            self.chunk.to_string().into(),
+            "--compress".into(),
+            compress_arg(Compress::Fixed(method)).into(),
+        ];
+        if !self.sync {
+            v.push("--no-sync".into());
+        }
+        if self.group_access {
+            v.push("--group-access".into());
+        }
+        if self.debug {
+            v.push("--debug".into());
+        } else if self.verbose {
+            v.push("--verbose".into());
+        }
+        v
+    }
+
+    fn positional(&self) -> Vec<OsString> {
+        vec!["--".into(), self.conn.child_dsn().into(), self.dest.clone().into_os_string()]
+    }
+
+    /// argv (without the program) of worker `id`. Never contains the password.
+    pub fn worker_args(&self, id: usize, method: Method) -> Vec<OsString> {
+        let mut v: Vec<OsString> = vec!["--slave".into(), "--stdin".into(), "--worker-id".into(), id.to_string().into()];
+        v.extend(self.shared_args(method));
+        v.extend(self.positional());
+        v
+    }
+
+    /// argv of the WAL child. Never contains the password.
+    pub fn wal_args(&self, start: Lsn, timeline: u32, delay: Duration, method: Method) -> Vec<OsString> {
+        let mut v: Vec<OsString> = vec![
+            "--slave".into(),
+            "-x".into(),
+            "--start-lsn".into(),
+            start.to_string().into(),
+            "--timeline".into(),
+            timeline.to_string().into(),
+            "--delay".into(),
+            delay.as_secs_f64().to_string().into(),
+        ];
+        v.extend(self.shared_args(method));
+        v.extend(self.positional());
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(args: &[&str]) -> Result<Config, Error> {
+        let a = Args::try_parse_from(std::iter::once("pgbb").chain(args.iter().copied())).map_err(|e| Error::Usage(e.to_string()))?;
+        Config::from_args(a)
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("256k").unwrap(), 256 << 10);
+        assert_eq!(parse_size("8M").unwrap(), 8 << 20);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("x").is_err());
+        assert!(parse_size("1T").is_err());
+        assert!(parse_size("99999999999999999999").is_err());
+    }
+
+    #[test]
+    fn compress_values() {
+        assert_eq!(parse_compress("zlib:9").unwrap(), Compress::Fixed(Method::Zlib(9)));
+        assert_eq!(parse_compress("none").unwrap(), Compress::Fixed(Method::Plain));
+        assert!(parse_compress("zlib:12").is_err());
+        assert!(parse_compress("lz4").is_err());
+    }
+
+    #[test]
+    fn validation() {
+        assert!(cfg(&["host=/tmp", "/d"]).is_ok());
+        assert!(cfg(&["-j", "0", "host=/tmp", "/d"]).is_err());
+        assert!(cfg(&["-j", "100000", "host=/tmp", "/d"]).is_err());
+        assert!(cfg(&["--chunk-size", "0", "host=/tmp", "/d"]).is_err());
+        assert!(cfg(&["--chunk-size", "1G", "host=/tmp", "/d"]).is_err());
+        assert!(cfg(&["-D", "-1", "host=/tmp", "/d"]).is_err());
+        assert!(cfg(&["-l", "a\nb", "host=/tmp", "/d"]).is_err());
+        assert!(cfg(&["--slave", "host=/tmp", "/d"]).is_err());
+        assert!(matches!(cfg(&["--slave", "--stdin", "host=/tmp", "/d"]).unwrap().mode, Mode::Worker { .. }));
+        assert!(matches!(cfg(&["-x", "host=/tmp", "/d"]).unwrap().mode, Mode::WalStandalone { .. }));
+    }
+
+    #[test]
+    fn child_argv_round_trips_without_password() {
+        let c = cfg(&["-v", "--no-sync", "host=/tmp port=5999 user=u password=hunter2", "/d"]).unwrap();
+        let argv = c.common.worker_args(3, Method::Zlib(5));
+        assert!(!argv.iter().any(|a| a.to_string_lossy().contains("hunter2")));
+        let strs: Vec<String> = argv.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+        let back = cfg(&strs.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+        assert!(matches!(back.mode, Mode::Worker { id: Some(3), compress: Compress::Fixed(Method::Zlib(5)) }));
+        assert!(!back.common.sync);
+        let w = c.common.wal_args(Lsn(0x5000028), 1, Duration::from_millis(500), Method::Plain);
+        let strs: Vec<String> = w.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+        let back = cfg(&strs.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
+        assert!(matches!(back.mode, Mode::WalChild { timeline: 1, .. }));
+    }
+}

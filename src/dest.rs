@@ -1,0 +1,510 @@
+//! DEST: preparing the target directory, vetting relative paths, writing files under it
+//! without ever following a symlink, syncing it, and cleaning up after a failure.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{openat, renameat, OFlag};
+use nix::sys::stat::{mkdirat, Mode};
+use nix::unistd::{unlinkat, UnlinkatFlags};
+
+/// Longest relative path accepted (bytes), like PostgreSQL's MAXPGPATH.
+pub const MAX_PATH: usize = 1024;
+/// Suffix of a file while it is being written; renamed away when complete.
+pub const TMP_SUFFIX: &str = ".pgbb-tmp";
+/// Where `global/pg_control` waits until the backup has been proven complete.
+pub const PG_CONTROL: &str = "global/pg_control";
+pub const PG_CONTROL_PENDING: &str = "global/pg_control.pgbb-pending";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PathError {
+    #[error("empty path")]
+    Empty,
+    #[error("absolute path (paths are relative to the data directory)")]
+    Absolute,
+    #[error("path contains a NUL byte")]
+    Nul,
+    #[error("path component {0:?} is not allowed")]
+    BadComponent(String),
+    #[error("path longer than {MAX_PATH} bytes")]
+    TooLong,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DestError {
+    #[error("destination {0} exists and is not empty (use -f/--force to replace it)")]
+    NotEmpty(PathBuf),
+    #[error("destination {0} exists and is not a directory")]
+    NotADirectory(PathBuf),
+    #[error("cannot create destination {path}: {source}")]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("unsafe path {path:?}: {source}")]
+    Unsafe {
+        path: String,
+        #[source]
+        source: PathError,
+    },
+    #[error("{path} in DEST is a symbolic link or not a directory; refusing to write through it")]
+    NotADir { path: String },
+    #[error("{}: {source}", describe_io(path, source))]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn describe_io(path: &Path, e: &io::Error) -> String {
+    if e.raw_os_error() == Some(libc::ENOSPC) {
+        format!("no space left on device while writing {}", path.display())
+    } else {
+        format!("cannot write {}", path.display())
+    }
+}
+
+impl DestError {
+    pub fn is_no_space(&self) -> bool {
+        matches!(self, DestError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC))
+    }
+}
+
+/// A vetted path relative to DEST: no `..`, no `.`, no empty component, not absolute, no NUL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SafePath {
+    parts: Vec<String>,
+}
+
+impl SafePath {
+    pub fn parse(s: &str) -> Result<SafePath, DestError> {
+        Self::check(s).map_err(|source| DestError::Unsafe { path: s.to_string(), source })
+    }
+
+    fn check(s: &str) -> Result<SafePath, PathError> {
+        if s.is_empty() {
+            return Err(PathError::Empty);
+        }
+        if s.len() > MAX_PATH {
+            return Err(PathError::TooLong);
+        }
+        if s.contains('\0') {
+            return Err(PathError::Nul);
+        }
+        if s.starts_with('/') {
+            return Err(PathError::Absolute);
+        }
+        let parts: Vec<String> = s.split('/').map(str::to_string).collect();
+        for p in &parts {
+            if p.is_empty() || p == "." || p == ".." {
+                return Err(PathError::BadComponent(p.clone()));
+            }
+        }
+        Ok(SafePath { parts })
+    }
+
+    pub fn as_string(&self) -> String {
+        self.parts.join("/")
+    }
+
+    pub fn file_name(&self) -> &str {
+        self.parts.last().map(String::as_str).unwrap_or("")
+    }
+
+    fn dirs(&self) -> &[String] {
+        &self.parts[..self.parts.len() - 1]
+    }
+}
+
+/// An open DEST directory. Every write goes through directory file descriptors opened with
+/// `O_NOFOLLOW`, so a symlink planted inside DEST can never redirect a write outside it.
+pub struct Dest {
+    root: PathBuf,
+    fd: OwnedFd,
+    file_mode: Mode,
+    dir_mode: Mode,
+}
+
+fn errno_io(e: Errno) -> io::Error {
+    io::Error::from_raw_os_error(e as i32)
+}
+
+impl Dest {
+    pub fn open(root: &Path, group_access: bool) -> Result<Dest, DestError> {
+        let fd = openat(None, root, OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
+            .map_err(|e| DestError::Io { path: root.to_path_buf(), source: errno_io(e) })?;
+        // SAFETY: openat returned a fresh descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let (file_mode, dir_mode) = if group_access {
+            (Mode::from_bits_truncate(0o640), Mode::from_bits_truncate(0o750))
+        } else {
+            (Mode::from_bits_truncate(0o600), Mode::from_bits_truncate(0o700))
+        };
+        Ok(Dest { root: root.to_path_buf(), fd, file_mode, dir_mode })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn io_err(&self, rel: &str, e: Errno) -> DestError {
+        DestError::Io { path: self.root.join(rel), source: errno_io(e) }
+    }
+
+    /// Opens (creating when `create`) each directory of `dirs` below the root, never following
+    /// a symlink. Returns the descriptor of the last one.
+    fn open_dirs(&self, dirs: &[String], create: bool) -> Result<OwnedFd, DestError> {
+        let mut cur: Option<OwnedFd> = None;
+        let mut sofar = String::new();
+        for d in dirs {
+            if !sofar.is_empty() {
+                sofar.push('/');
+            }
+            sofar.push_str(d);
+            let parent: RawFd = cur.as_ref().map_or(self.fd.as_raw_fd(), |f| f.as_raw_fd());
+            let flags = OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_RDONLY | OFlag::O_CLOEXEC;
+            let fd = match openat(Some(parent), d.as_str(), flags, Mode::empty()) {
+                Ok(fd) => fd,
+                Err(Errno::ENOENT) if create => {
+                    match mkdirat(Some(parent), d.as_str(), self.dir_mode) {
+                        Ok(()) | Err(Errno::EEXIST) => {}
+                        Err(e) => return Err(self.io_err(&sofar, e)),
+                    }
+                    openat(Some(parent), d.as_str(), flags, Mode::empty()).map_err(|e| match e {
+                        Errno::ELOOP | Errno::ENOTDIR => DestError::NotADir { path: sofar.clone() },
+                        e => self.io_err(&sofar, e),
+                    })?
+                }
+                Err(Errno::ELOOP | Errno::ENOTDIR) => return Err(DestError::NotADir { path: sofar }),
+                Err(e) => return Err(self.io_err(&sofar, e)),
+            };
+            // SAFETY: a fresh descriptor from openat.
+            cur = Some(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+        match cur {
+            Some(fd) => Ok(fd),
+            None => self.fd.try_clone().map_err(|e| DestError::Io { path: self.root.clone(), source: e }),
+        }
+    }
+
+    /// Creates a directory (and its parents) below DEST.
+    pub fn create_dir_all(&self, rel: &SafePath) -> Result<(), DestError> {
+        self.open_dirs(&rel.parts, true).map(drop)
+    }
+
+    /// Starts writing `rel`: the bytes go to a temporary name that [`FileWriter::finish`]
+    /// renames into place, so an interrupted file never looks complete.
+    pub fn create_file(&self, rel: &SafePath) -> Result<FileWriter, DestError> {
+        let dir = self.open_dirs(rel.dirs(), true)?;
+        let name = rel.file_name().to_string();
+        let tmp = format!("{name}{TMP_SUFFIX}");
+        let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let fd = openat(Some(dir.as_raw_fd()), tmp.as_str(), flags, self.file_mode)
+            .map_err(|e| self.io_err(&rel.as_string(), e))?;
+        // SAFETY: a fresh descriptor from openat.
+        let file = unsafe { fs::File::from_raw_fd(fd) };
+        Ok(FileWriter {
+            dir,
+            tmp,
+            name,
+            path: self.root.join(rel.as_string()),
+            file: Some(io::BufWriter::with_capacity(1 << 20, file)),
+            written: 0,
+        })
+    }
+
+    /// Writes a whole small file atomically.
+    pub fn write_file(&self, rel: &SafePath, data: &[u8], sync: bool) -> Result<(), DestError> {
+        let mut w = self.create_file(rel)?;
+        w.write(data)?;
+        w.finish(sync).map(drop)
+    }
+
+    pub fn rename(&self, from: &SafePath, to: &SafePath) -> Result<(), DestError> {
+        let a = self.open_dirs(from.dirs(), false)?;
+        let b = self.open_dirs(to.dirs(), false)?;
+        renameat(Some(a.as_raw_fd()), from.file_name(), Some(b.as_raw_fd()), to.file_name())
+            .map_err(|e| self.io_err(&to.as_string(), e))
+    }
+
+    /// Removes a file if it exists.
+    pub fn remove_file(&self, rel: &SafePath) -> Result<(), DestError> {
+        let dir = match self.open_dirs(rel.dirs(), false) {
+            Ok(d) => d,
+            Err(DestError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        match unlinkat(Some(dir.as_raw_fd()), rel.file_name(), UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(Errno::ENOENT) => Ok(()),
+            Err(e) => Err(self.io_err(&rel.as_string(), e)),
+        }
+    }
+
+    /// fsyncs one directory below DEST (or DEST itself for an empty list).
+    pub fn sync_dir(&self, rel: Option<&SafePath>) -> Result<(), DestError> {
+        let fd = self.open_dirs(rel.map_or(&[][..], |r| &r.parts[..]), false)?;
+        nix::unistd::fsync(fd.as_raw_fd()).map_err(|e| self.io_err(&rel.map_or(String::new(), |r| r.as_string()), e))
+    }
+
+    /// Flushes everything written to DEST's file system to stable storage (`syncfs`, which
+    /// reports write-back errors on Linux 5.8+).
+    pub fn sync_all(&self) -> Result<(), DestError> {
+        nix::unistd::syncfs(self.fd.as_raw_fd()).map_err(|e| self.io_err("", e))
+    }
+
+    /// Size of a regular file below DEST, `None` if it does not exist.
+    pub fn file_size(&self, rel: &SafePath) -> Result<Option<u64>, DestError> {
+        let p = self.root.join(rel.as_string());
+        match fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_file() => Ok(Some(m.len())),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(DestError::Io { path: p, source: e }),
+        }
+    }
+}
+
+/// A file being written below DEST (see [`Dest::create_file`]).
+pub struct FileWriter {
+    dir: OwnedFd,
+    tmp: String,
+    name: String,
+    path: PathBuf,
+    file: Option<io::BufWriter<fs::File>>,
+    written: u64,
+}
+
+impl FileWriter {
+    pub fn write(&mut self, data: &[u8]) -> Result<(), DestError> {
+        if let Some(f) = self.file.as_mut() {
+            f.write_all(data).map_err(|e| DestError::Io { path: self.path.clone(), source: e })?;
+            self.written += data.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// Appends `n` zero bytes (a file that shrank on the server is zero-filled, as core does).
+    pub fn write_zeros(&mut self, mut n: u64) -> Result<(), DestError> {
+        let zeros = [0u8; 8192];
+        while n > 0 {
+            let k = n.min(zeros.len() as u64) as usize;
+            self.write(&zeros[..k])?;
+            n -= k as u64;
+        }
+        Ok(())
+    }
+
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Flushes (and with `sync`, fsyncs) the file and renames it into place.
+    pub fn finish(mut self, sync: bool) -> Result<u64, DestError> {
+        let path = self.path.clone();
+        let ioerr = |e: io::Error| DestError::Io { path: path.clone(), source: e };
+        if let Some(buf) = self.file.take() {
+            let f = buf.into_inner().map_err(|e| ioerr(e.into_error()))?;
+            if sync {
+                f.sync_all().map_err(ioerr)?;
+            }
+        }
+        renameat(Some(self.dir.as_raw_fd()), self.tmp.as_str(), Some(self.dir.as_raw_fd()), self.name.as_str())
+            .map_err(|e| ioerr(errno_io(e)))?;
+        self.tmp.clear();
+        Ok(self.written)
+    }
+}
+
+impl Drop for FileWriter {
+    fn drop(&mut self) {
+        if !self.tmp.is_empty() {
+            self.file.take();
+            let _ = unlinkat(Some(self.dir.as_raw_fd()), self.tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+        }
+    }
+}
+
+/// What the master did to DEST, so that a failure can undo exactly that.
+#[derive(Debug)]
+pub struct DestGuard {
+    root: PathBuf,
+    created: bool,
+    keep: bool,
+    armed: bool,
+}
+
+impl DestGuard {
+    /// Makes DEST ready: creates it (mode 0700, or 0750 with group access), or reuses an empty
+    /// directory; a non-empty one is an error unless `force`, which empties it first.
+    pub fn prepare(root: &Path, force: bool, keep_on_failure: bool, group_access: bool) -> Result<DestGuard, DestError> {
+        let created = match fs::symlink_metadata(root) {
+            Ok(m) if m.is_dir() => {
+                let mut entries = fs::read_dir(root).map_err(|e| DestError::Io { path: root.into(), source: e })?;
+                if entries.next().is_some() {
+                    if !force {
+                        return Err(DestError::NotEmpty(root.into()));
+                    }
+                    log::info!("removing the contents of {} (--force)", root.display());
+                    empty_dir(root)?;
+                }
+                false
+            }
+            Ok(m) if m.file_type().is_symlink() && root.is_dir() => {
+                if fs::read_dir(root).map_err(|e| DestError::Io { path: root.into(), source: e })?.next().is_some() {
+                    if !force {
+                        return Err(DestError::NotEmpty(root.into()));
+                    }
+                    empty_dir(root)?;
+                }
+                false
+            }
+            Ok(_) => return Err(DestError::NotADirectory(root.into())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir_all(root).map_err(|e| DestError::Create { path: root.into(), source: e })?;
+                true
+            }
+            Err(e) => return Err(DestError::Create { path: root.into(), source: e }),
+        };
+        let mode = if group_access { 0o750 } else { 0o700 };
+        fs::set_permissions(root, fs::Permissions::from_mode(mode))
+            .map_err(|e| DestError::Create { path: root.into(), source: e })?;
+        Ok(DestGuard { root: root.into(), created, keep: keep_on_failure, armed: true })
+    }
+
+    /// The backup succeeded: leave DEST alone.
+    pub fn disarm(&mut self) {
+        self.armed = false;
+    }
+
+    /// Undoes DEST after a failure: removes it (or only its contents if it existed before), or
+    /// with `--no-clean` keeps it but makes sure it cannot be started (no `global/pg_control`).
+    pub fn cleanup(&mut self) {
+        if !self.armed {
+            return;
+        }
+        self.armed = false;
+        if self.keep {
+            for f in [PG_CONTROL, PG_CONTROL_PENDING] {
+                let p = self.root.join(f);
+                if let Err(e) = fs::remove_file(&p) {
+                    if e.kind() != io::ErrorKind::NotFound {
+                        log::error!("could not remove {}: {e}; do not start this copy", p.display());
+                    }
+                }
+            }
+            eprintln!("pgbb: keeping the incomplete backup in {} (--no-clean); it has no global/pg_control and cannot be started", self.root.display());
+            return;
+        }
+        let res = if self.created { fs::remove_dir_all(&self.root) } else { empty_dir(&self.root).map_err(|e| io::Error::other(e.to_string())) };
+        match res {
+            Ok(()) => log::info!("removed the incomplete backup in {}", self.root.display()),
+            Err(e) => eprintln!("pgbb: could not remove the incomplete backup in {}: {e}", self.root.display()),
+        }
+    }
+}
+
+impl Drop for DestGuard {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
+}
+
+fn empty_dir(root: &Path) -> Result<(), DestError> {
+    let io = |e: io::Error| DestError::Io { path: root.into(), source: e };
+    for entry in fs::read_dir(root).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let p = entry.path();
+        let ft = entry.file_type().map_err(io)?;
+        if ft.is_dir() {
+            fs::remove_dir_all(&p).map_err(io)?;
+        } else {
+            fs::remove_file(&p).map_err(io)?;
+        }
+    }
+    Ok(())
+}
+
+/// `OsStr` view of a name, for messages.
+pub fn display_name(name: &[u8]) -> String {
+    OsStr::from_bytes(name).to_string_lossy().into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn safe_paths() {
+        assert!(SafePath::parse("base/1/1259").is_ok());
+        assert!(SafePath::parse("a b/c=d").is_ok());
+        for bad in ["", "/etc/passwd", "../x", "a/../b", "a/./b", "a//b", "a/", ".", "..", "a\0b"] {
+            assert!(SafePath::parse(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(SafePath::parse(&"a".repeat(MAX_PATH + 1)).is_err());
+    }
+
+    #[test]
+    fn writes_stay_inside_and_never_follow_symlinks() {
+        let t = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let d = Dest::open(t.path(), false).unwrap();
+        d.write_file(&SafePath::parse("a/b/c").unwrap(), b"hello", false).unwrap();
+        assert_eq!(fs::read(t.path().join("a/b/c")).unwrap(), b"hello");
+        let mode = fs::metadata(t.path().join("a/b/c")).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        // A symlinked directory inside DEST is refused, not followed.
+        std::os::unix::fs::symlink(outside.path(), t.path().join("link")).unwrap();
+        assert!(matches!(
+            d.write_file(&SafePath::parse("link/x").unwrap(), b"x", false),
+            Err(DestError::NotADir { .. })
+        ));
+        // A symlink at the file name itself is not followed either (the temp name is written,
+        // then renamed over the link).
+        std::os::unix::fs::symlink(outside.path().join("y"), t.path().join("y")).unwrap();
+        d.write_file(&SafePath::parse("y").unwrap(), b"y", false).unwrap();
+        assert!(fs::read_dir(outside.path()).unwrap().next().is_none());
+        assert!(fs::symlink_metadata(t.path().join("y")).unwrap().is_file());
+    }
+
+    #[test]
+    fn unfinished_file_leaves_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let d = Dest::open(t.path(), false).unwrap();
+        {
+            let mut w = d.create_file(&SafePath::parse("f").unwrap()).unwrap();
+            w.write(b"partial").unwrap();
+        }
+        assert!(fs::read_dir(t.path()).unwrap().next().is_none());
+    }
+
+    #[test]
+    fn guard_refuses_non_empty_and_cleans_up() {
+        let t = tempfile::tempdir().unwrap();
+        let dest = t.path().join("d");
+        let mut g = DestGuard::prepare(&dest, false, false, false).unwrap();
+        fs::write(dest.join("x"), "x").unwrap();
+        g.cleanup();
+        assert!(!dest.exists());
+        let mut g = DestGuard::prepare(&dest, false, false, false).unwrap();
+        g.disarm();
+        fs::write(dest.join("x"), "x").unwrap();
+        drop(g);
+        assert!(matches!(DestGuard::prepare(&dest, false, false, false), Err(DestError::NotEmpty(_))));
+        let mut g = DestGuard::prepare(&dest, true, true, false).unwrap();
+        fs::create_dir(dest.join("global")).unwrap();
+        fs::write(dest.join(PG_CONTROL), "c").unwrap();
+        g.cleanup();
+        assert!(dest.join("global").exists() && !dest.join(PG_CONTROL).exists());
+        let f = t.path().join("file");
+        fs::write(&f, "").unwrap();
+        assert!(matches!(DestGuard::prepare(&f, false, false, false), Err(DestError::NotADirectory(_))));
+    }
+}

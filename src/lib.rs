@@ -1,0 +1,87 @@
+//! pgbb: parallel physical base backup of a live PostgreSQL server over ordinary SQL
+//! connections. `run` is the whole program; `main.rs` only calls it.
+
+pub mod cli;
+pub mod dest;
+pub mod error;
+pub mod layout;
+pub mod logging;
+pub mod lsn;
+pub mod master;
+pub mod pg;
+pub mod pool;
+pub mod protocol;
+pub mod signals;
+pub mod transfer;
+pub mod wal;
+pub mod worker;
+
+use clap::Parser;
+
+use crate::cli::{Args, Config, Mode};
+use crate::error::{exit, Error};
+
+fn role_name(a: &Args) -> String {
+    match (a.slave, a.stdin, a.pg_xlog, a.worker_id) {
+        (true, true, _, Some(i)) => format!("worker {i}"),
+        (true, true, _, None) => "worker".into(),
+        (true, _, true, _) => "wal".into(),
+        (false, _, true, _) => "wal-loop".into(),
+        _ => "master".into(),
+    }
+}
+
+fn human(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 => format!("{:.1} GB", b as f64 / f64::from(1u32 << 30)),
+        b if b >= 1 << 20 => format!("{:.1} MB", b as f64 / f64::from(1u32 << 20)),
+        b => format!("{:.1} kB", b as f64 / 1024.0),
+    }
+}
+
+/// Runs pgbb with these arguments and returns the process exit code.
+pub fn run(argv: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
+    let args = match Args::try_parse_from(argv) {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { exit::USAGE } else { exit::OK };
+        }
+    };
+    logging::init(&role_name(&args), args.verbose, args.debug);
+    let result = Config::from_args(args).and_then(|cfg| match &cfg.mode {
+        Mode::Master(opts) => {
+            let s = master::run(&cfg.common, opts)?;
+            let dest = cfg.common.dest.display();
+            println!(
+                "pgbb: backup complete: {} files, {} in {:.1} s ({}/s), WAL {} to {} on timeline {} ({} segments), chunks {}",
+                s.files,
+                human(s.bytes),
+                s.elapsed.as_secs_f64(),
+                human((s.bytes as f64 / s.elapsed.as_secs_f64().max(0.001)) as u64),
+                s.start,
+                s.stop,
+                s.timeline,
+                s.wal_files,
+                s.method
+            );
+            println!("pgbb: start it with: pg_ctl -D {dest} start");
+            Ok(())
+        }
+        Mode::Worker { id, compress } => worker::run(&cfg.common, *id, *compress),
+        Mode::WalChild { start, timeline, delay, compress } => wal::run_child(&cfg.common, *start, *timeline, *delay, *compress),
+        Mode::WalStandalone { delay, compress } => wal::run_standalone(&cfg.common, *delay, *compress),
+    });
+    match result {
+        Ok(()) => exit::OK,
+        Err(e) => report(&e),
+    }
+}
+
+fn report(e: &Error) -> i32 {
+    eprintln!("pgbb: error: {e}");
+    if let Some(h) = e.hint() {
+        eprintln!("pgbb: hint: {h}");
+    }
+    e.exit_code()
+}

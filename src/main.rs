@@ -1,0 +1,5 @@
+//! The `pgbb` binary: everything is in the library; this maps its result to an exit code.
+
+fn main() {
+    std::process::exit(pgbb::run(std::env::args_os()));
+}

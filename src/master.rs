@@ -1,0 +1,505 @@
+//! The master role (`pgbb DSN DEST`): holds the backup session, lists the data directory,
+//! hands files to workers as they become free, copies pg_control last, stops the backup,
+//! checks the WAL range and finishes DEST.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::select;
+
+use crate::cli::{Common, Compress, MasterOpts};
+use crate::dest::{Dest, DestGuard, SafePath, PG_CONTROL, PG_CONTROL_PENDING};
+use crate::error::Error;
+use crate::layout::{self, FileJob};
+use crate::lsn::{Lsn, WalGeometry};
+use crate::pg::caps::Support;
+use crate::pg::{sql, PgError, Session};
+use crate::pool::{describe_status, Event, Pool};
+use crate::protocol::{Request, Response, WalCommand, PROTOCOL_VERSION};
+use crate::signals::{self, Interrupt};
+use crate::transfer::Method;
+
+/// Requests in flight per worker: one being copied and one queued, so a worker never waits
+/// for the master between two files.
+const PIPELINE: usize = 2;
+
+/// What a finished backup looked like.
+#[derive(Debug)]
+pub struct Summary {
+    pub files: u64,
+    pub bytes: u64,
+    pub vanished: u64,
+    pub wal_files: u64,
+    pub start: Lsn,
+    pub stop: Lsn,
+    pub timeline: u32,
+    pub elapsed: Duration,
+    pub method: Method,
+}
+
+struct WorkerState {
+    idx: usize,
+    ready: bool,
+    inflight: VecDeque<String>,
+    finished: bool,
+}
+
+/// The first error wins; a signal overrides whatever it caused.
+fn first_cause(e: Error, interrupt: &Interrupt, sig: Option<&'static str>) -> Error {
+    if interrupt.requested() {
+        return Error::Interrupted(sig.unwrap_or("SIGINT"));
+    }
+    e
+}
+
+pub fn run(common: &Common, opts: &MasterOpts) -> Result<Summary, Error> {
+    let pids = Arc::new(Mutex::new(Vec::new()));
+    let (interrupt, sig_rx) = signals::install(pids.clone())?;
+    let t0 = Instant::now();
+    let mut sig: Option<&'static str> = None;
+    let r = backup(common, opts, &interrupt, &sig_rx, pids, t0, &mut sig);
+    r.map_err(|e| first_cause(e, &interrupt, sig.or_else(|| sig_rx.try_recv().ok())))
+}
+
+fn check_server(ctl: &mut Session, common: &Common) -> Result<sql::ServerInfo, Error> {
+    let (caps, version) = sql::version(ctl)?;
+    match caps.support() {
+        Support::TooOld => return Err(PgError::TooOld(version).into()),
+        Support::BestEffort => log::warn!("PostgreSQL {version} is supported on a best-effort basis; 14 to 18 are tested"),
+        Support::Untested => log::warn!("PostgreSQL {version} is newer than pgbb knows (18); proceeding"),
+        Support::Supported => {}
+    }
+    sql::session_setup_for(ctl, caps)?;
+    let info = sql::server_info(ctl, caps, version)?;
+    if info.wal_level == "minimal" {
+        return Err(PgError::WalLevel(info.wal_level).into());
+    }
+    if !info.superuser {
+        let missing = sql::missing_function_privileges(ctl, &caps.needed_functions())?;
+        if !missing.is_empty() {
+            let grants = missing
+                .iter()
+                .map(|f| format!("  GRANT EXECUTE ON FUNCTION {f} TO \"{}\";", info.current_user))
+                .collect::<Vec<_>>()
+                .join("\n");
+            return Err(PgError::Privileges { role: info.current_user.clone(), db: info.database.clone(), grants }.into());
+        }
+    }
+    let external: Vec<String> = sql::tablespaces(ctl)?
+        .into_iter()
+        .filter(|(_, _, loc)| loc.starts_with('/'))
+        .map(|(oid, name, loc)| format!("{name} (oid {oid}) at {loc}"))
+        .collect();
+    if !external.is_empty() {
+        return Err(PgError::Unsupported(format!(
+            "the cluster has tablespaces outside the data directory, which this version of pgbb cannot back up yet: {}",
+            external.join(", ")
+        ))
+        .into());
+    }
+    log::info!("connected to PostgreSQL {} at {}", info.version, common.conn.target());
+    Ok(info)
+}
+
+fn choose_method(ctl: &mut Session, c: Compress) -> Result<Method, Error> {
+    match c {
+        Compress::Fixed(Method::Plain) => Ok(Method::Plain),
+        Compress::Fixed(Method::Zlib(l)) => match sql::compression_available(ctl)? {
+            Ok(()) => Ok(Method::Zlib(l)),
+            Err(why) => Err(PgError::Compression(why).into()),
+        },
+        Compress::Auto(l) => match sql::compression_available(ctl)? {
+            Ok(()) => Ok(Method::Zlib(l)),
+            Err(why) => {
+                log::info!("chunks travel uncompressed: {why}");
+                Ok(Method::Plain)
+            }
+        },
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn backup(
+    common: &Common,
+    opts: &MasterOpts,
+    interrupt: &Interrupt,
+    sig_rx: &crossbeam_channel::Receiver<&'static str>,
+    pids: crate::pool::Pids,
+    t0: Instant,
+    sig: &mut Option<&'static str>,
+) -> Result<Summary, Error> {
+    let mut ctl = common.conn.connect("pgbb")?;
+    interrupt.set_cancel(Some(ctl.cancel_token()));
+    let info = check_server(&mut ctl, common)?;
+    let caps = info.caps;
+    let geo = WalGeometry::new(info.wal_segment_size)
+        .ok_or_else(|| PgError::Unsupported(format!("unexpected wal_segment_size {}", info.wal_segment_size)))?;
+    let method = choose_method(&mut ctl, opts.compress)?;
+    log::info!("chunks travel {}", if method == Method::Plain { "uncompressed".to_string() } else { format!("compressed ({method})") });
+    if opts.clean {
+        let (sessions, slots) = sql::clean_leftovers(&mut ctl)?;
+        log::warn!("--clean: terminated {sessions} leftover pgbb session(s), dropped {slots} leftover pgbb slot(s)");
+    }
+
+    let mut common = common.clone();
+    common.group_access = info.group_access;
+    let mut guard = DestGuard::prepare(&common.dest, opts.force, opts.keep_on_failure, info.group_access)?;
+    let dest = Dest::open(&common.dest, info.group_access)?;
+
+    // The slot first, on a session that runs nothing else: a temporary slot is dropped on
+    // any error in its session.
+    let slot_name = format!("pgbb_{}", std::process::id());
+    let mut slot_session: Option<Session> = None;
+    if opts.slot {
+        let mut ss = common.conn.connect("pgbb slot")?;
+        sql::session_setup_for(&mut ss, caps)?;
+        match sql::create_temp_slot(&mut ss, &slot_name) {
+            Ok(_) => {
+                log::info!("temporary replication slot {slot_name} holds the WAL of the backup");
+                slot_session = Some(ss);
+            }
+            Err(e) if matches!(e.code(), Some("42501") | Some("55000")) => {
+                log::warn!("no replication slot ({e}); WAL the backup needs is not protected from removal. Give the role REPLICATION (ALTER ROLE ... REPLICATION) and set max_replication_slots > 0, or use --no-slot to silence this");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+
+    if interrupt.requested() {
+        return Err(Error::Interrupted("SIGINT"));
+    }
+    log::info!("starting the backup ({} checkpoint)", if opts.fast { "fast" } else { "spread" });
+    let start = sql::start_backup(&mut ctl, caps, &opts.label, opts.fast)?;
+    let tli = sql::checkpoint_timeline(&mut ctl)?;
+    log::info!("backup started at {start} on timeline {tli}");
+
+    let raw = sql::list_data_directory(&mut ctl)?;
+    let plan = layout::plan(sql::entries_from_listing(raw)?, caps.layout_rules());
+    let pg_control = plan.pg_control.clone().ok_or_else(|| Error::Inconsistent("the server's listing has no global/pg_control".into()))?;
+    log::info!("{} files, {} MB to copy ({} excluded)", plan.files.len() + 1, plan.total_bytes() >> 20, plan.excluded);
+    for d in &plan.dirs {
+        dest.create_dir_all(&SafePath::parse(d)?)?;
+    }
+
+    let mut pool = Pool::new(pids);
+    let password = common.conn.password();
+    let wal = pool.spawn("WAL child", common.wal_args(start, tli, opts.delay, method), password.as_deref())?;
+    let mut workers: Vec<WorkerState> = Vec::new();
+    for i in 1..=opts.jobs {
+        let idx = pool.spawn(&format!("worker {i}"), common.worker_args(i, method), password.as_deref())?;
+        workers.push(WorkerState { idx, ready: false, inflight: VecDeque::new(), finished: false });
+    }
+    {
+        let root = common.dest.clone();
+        interrupt.set_last_words(Box::new(move || {
+            let _ = std::fs::remove_file(root.join(PG_CONTROL_PENDING));
+            let _ = std::fs::remove_file(root.join(PG_CONTROL));
+        }));
+    }
+
+    let mut run = Run {
+        pool: &mut pool,
+        workers: &mut workers,
+        wal,
+        wal_ready: false,
+        wal_done: None,
+        wal_missing: Vec::new(),
+        wal_files: 0,
+        queue: plan.files.clone().into(),
+        files: 0,
+        bytes: 0,
+        vanished: 0,
+        total: plan.total_bytes(),
+        sig_rx,
+        sig,
+        last_report: Instant::now(),
+    };
+    run.copy_files(pg_control)?;
+    run.finish_workers()?;
+
+    // Every data file and pg_control are in place: stop the backup.
+    interrupt.set_cancel(Some(ctl.cancel_token()));
+    let stop = sql::stop_backup(&mut ctl, caps)?;
+    log::info!("backup stopped at {}", stop.lsn);
+    let label_tli = stop
+        .labelfile
+        .lines()
+        .find_map(|l| l.strip_prefix("START TIMELINE: "))
+        .and_then(|t| t.trim().parse::<u32>().ok());
+    if label_tli.is_some_and(|t| t != tli) {
+        return Err(Error::Inconsistent(format!("backup_label says timeline {label_tli:?}, the checkpoint said {tli}")));
+    }
+    dest.write_file(&SafePath::parse("backup_label")?, stop.labelfile.as_bytes(), false)?;
+    if !stop.spcmapfile.is_empty() {
+        dest.write_file(&SafePath::parse("tablespace_map")?, stop.spcmapfile.as_bytes(), false)?;
+    }
+    run.pool.send(run.wal, &WalCommand::Stop(stop.lsn).to_line())?;
+    run.finish_wal()?;
+    let (files, bytes, vanished, wal_files) = (run.files, run.bytes, run.vanished, run.wal_files);
+    let wal_missing = std::mem::take(&mut run.wal_missing);
+    drop(run);
+    pool.stop_all(Duration::from_secs(5));
+
+    check_wal_range(&dest, geo, tli, start, stop.lsn, &wal_missing)?;
+    if slot_session.is_some() {
+        if let Some(status) = sql::slot_wal_status(&mut ctl, &slot_name)? {
+            if status == "lost" {
+                return Err(Error::SlotLost(slot_name));
+            }
+        }
+    }
+    for seg in geo.segno(start)..=geo.end_segno(stop.lsn) {
+        dest.write_file(&SafePath::parse(&format!("pg_wal/archive_status/{}.done", geo.file_name(tli, seg)))?, b"", false)?;
+    }
+    if common.sync {
+        log::info!("syncing {}", common.dest.display());
+        dest.sync_all()?;
+    }
+    // The very last step: pg_control appears only in a complete, synced backup.
+    dest.rename(&SafePath::parse(PG_CONTROL_PENDING)?, &SafePath::parse(PG_CONTROL)?)?;
+    if common.sync {
+        dest.sync_dir(Some(&SafePath::parse("global")?))?;
+    }
+    guard.disarm();
+    drop(slot_session);
+    Ok(Summary { files, bytes, vanished, wal_files, start, stop: stop.lsn, timeline: tli, elapsed: t0.elapsed(), method })
+}
+
+/// Every segment from the start's through the stop's must be in DEST/pg_wal, full size.
+pub fn check_wal_range(dest: &Dest, geo: WalGeometry, tli: u32, start: Lsn, stop: Lsn, reported: &[String]) -> Result<(), Error> {
+    let mut missing: Vec<String> = Vec::new();
+    for seg in geo.segno(start)..=geo.end_segno(stop) {
+        let name = geo.file_name(tli, seg);
+        match dest.file_size(&SafePath::parse(&format!("pg_wal/{name}"))?)? {
+            Some(n) if n == geo.seg_size => {}
+            Some(n) => missing.push(format!("{name} ({n} bytes, expected {})", geo.seg_size)),
+            None => missing.push(name),
+        }
+    }
+    if tli > 1 && dest.file_size(&SafePath::parse(&format!("pg_wal/{tli:08X}.history"))?)?.is_none() {
+        missing.push(format!("{tli:08X}.history"));
+    }
+    if missing.is_empty() && !reported.is_empty() {
+        missing.extend(reported.iter().cloned());
+    }
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::WalIncomplete { missing: missing.join(", ") })
+    }
+}
+
+/// The copy phase's state, owned by the master's event loop alone.
+struct Run<'a> {
+    pool: &'a mut Pool,
+    workers: &'a mut Vec<WorkerState>,
+    wal: usize,
+    wal_ready: bool,
+    wal_done: Option<u64>,
+    wal_missing: Vec<String>,
+    wal_files: u64,
+    queue: VecDeque<FileJob>,
+    files: u64,
+    bytes: u64,
+    vanished: u64,
+    total: u64,
+    sig_rx: &'a crossbeam_channel::Receiver<&'static str>,
+    sig: &'a mut Option<&'static str>,
+    last_report: Instant,
+}
+
+impl Run<'_> {
+    fn worker_of(&self, child: usize) -> Option<usize> {
+        self.workers.iter().position(|w| w.idx == child)
+    }
+
+    fn dispatch(&mut self) -> Result<(), Error> {
+        for w in 0..self.workers.len() {
+            while self.workers[w].ready && self.workers[w].inflight.len() < PIPELINE {
+                let Some(job) = self.queue.pop_front() else { return Ok(()) };
+                let idx = self.workers[w].idx;
+                self.pool.send(idx, &Request { src: job.path.clone(), dst: job.path.clone() }.to_line())?;
+                self.workers[w].inflight.push_back(job.path);
+            }
+        }
+        Ok(())
+    }
+
+    fn idle(&self) -> bool {
+        self.queue.is_empty() && self.workers.iter().all(|w| w.inflight.is_empty())
+    }
+
+    fn report(&mut self) {
+        if self.last_report.elapsed() >= Duration::from_secs(10) {
+            self.last_report = Instant::now();
+            let pct = (self.bytes * 100).checked_div(self.total).unwrap_or(100);
+            log::info!("{} / {} MB ({pct}%), {} files, {} WAL segments", self.bytes >> 20, self.total >> 20, self.files, self.wal_files);
+        }
+    }
+
+    /// Waits for one event and applies it.
+    fn step(&mut self) -> Result<(), Error> {
+        let ev = select! {
+            recv(self.pool.events()) -> ev => ev.map_err(|_| Error::Io("all children are gone".into()))?,
+            recv(self.sig_rx) -> s => {
+                let s = s.unwrap_or("SIGINT");
+                *self.sig = Some(s);
+                return Err(Error::Interrupted(s));
+            }
+            default(Duration::from_secs(1)) => { self.report(); return Ok(()); }
+        };
+        self.report();
+        match ev {
+            Event::Line { child, line } => {
+                let role = self.pool.role(child).to_string();
+                let resp = Response::parse(&line).map_err(|source| Error::Protocol { role: role.clone(), source })?;
+                self.on_response(child, &role, resp)
+            }
+            Event::Closed { child } => {
+                let role = self.pool.role(child).to_string();
+                let status = self.pool.wait(child, Duration::from_secs(5));
+                let expected = match self.worker_of(child) {
+                    Some(w) => self.workers[w].finished && self.workers[w].inflight.is_empty(),
+                    None => self.wal_done.is_some(),
+                };
+                match status {
+                    Some(s) if expected && s.success() => Ok(()),
+                    Some(s) => Err(Error::ChildDied { role, status: describe_status(&s) }),
+                    None => Err(Error::ChildDied { role, status: "closed its output".into() }),
+                }
+            }
+        }
+    }
+
+    fn on_response(&mut self, child: usize, role: &str, resp: Response) -> Result<(), Error> {
+        let w = self.worker_of(child);
+        match resp {
+            Response::Hello { protocol, version, .. } => {
+                if protocol != PROTOCOL_VERSION {
+                    return Err(Error::ChildFailed {
+                        role: role.into(),
+                        message: format!("speaks protocol {protocol} (pgbb {version}), this master speaks {PROTOCOL_VERSION}"),
+                    });
+                }
+                match w {
+                    Some(w) => self.workers[w].ready = true,
+                    None => self.wal_ready = true,
+                }
+            }
+            Response::Ok { size, path } => match w {
+                Some(w) => {
+                    self.complete(w, role, &path)?;
+                    self.files += 1;
+                    self.bytes += size;
+                }
+                None => {
+                    self.wal_files += 1;
+                    log::debug!("WAL child copied {path}");
+                }
+            },
+            Response::Vanished { path } => match w {
+                Some(w) => {
+                    self.complete(w, role, &path)?;
+                    self.vanished += 1;
+                    log::info!("{path} was removed during the backup (normal)");
+                }
+                None => self.wal_missing.push(path),
+            },
+            Response::Error { path, message } => return Err(Error::FileFailed { path, message }),
+            Response::Fatal { message } => return Err(Error::ChildFailed { role: role.into(), message }),
+            Response::Done { count } => {
+                if w.is_some() {
+                    return Err(Error::ChildFailed { role: role.into(), message: "sent an unexpected done".into() });
+                }
+                self.wal_done = Some(count);
+            }
+        }
+        Ok(())
+    }
+
+    fn complete(&mut self, w: usize, role: &str, path: &str) -> Result<(), Error> {
+        match self.workers[w].inflight.front() {
+            Some(p) if p == path => {
+                self.workers[w].inflight.pop_front();
+                Ok(())
+            }
+            _ => Err(Error::ChildFailed { role: role.into(), message: format!("answered for {path:?}, which it was not asked for") }),
+        }
+    }
+
+    /// Hands out every file, then pg_control, and waits for all of them.
+    fn copy_files(&mut self, pg_control: FileJob) -> Result<(), Error> {
+        loop {
+            self.dispatch()?;
+            if self.idle() && self.workers.iter().any(|w| w.ready) {
+                break;
+            }
+            self.step()?;
+        }
+        let w = self.workers.iter().position(|w| w.ready).unwrap_or(0);
+        let idx = self.workers[w].idx;
+        self.pool.send(idx, &Request { src: pg_control.path.clone(), dst: PG_CONTROL_PENDING.into() }.to_line())?;
+        self.workers[w].inflight.push_back(pg_control.path);
+        let before = self.files;
+        while !self.idle() {
+            self.step()?;
+        }
+        if self.files == before {
+            return Err(Error::Inconsistent("global/pg_control vanished from the server".into()));
+        }
+        Ok(())
+    }
+
+    /// Closes the workers' input and waits until each has exited cleanly.
+    fn finish_workers(&mut self) -> Result<(), Error> {
+        for w in self.workers.iter_mut() {
+            w.finished = true;
+            self.pool.close_stdin(w.idx);
+        }
+        let mut open = self.workers.len();
+        while open > 0 {
+            let ev = select! {
+                recv(self.pool.events()) -> ev => ev.map_err(|_| Error::Io("all children are gone".into()))?,
+                recv(self.sig_rx) -> s => { let s = s.unwrap_or("SIGINT"); *self.sig = Some(s); return Err(Error::Interrupted(s)); }
+            };
+            match ev {
+                Event::Closed { child } if self.worker_of(child).is_some() => {
+                    let role = self.pool.role(child).to_string();
+                    match self.pool.wait(child, Duration::from_secs(10)) {
+                        Some(s) if s.success() => open -= 1,
+                        Some(s) => return Err(Error::ChildDied { role, status: describe_status(&s) }),
+                        None => return Err(Error::ChildDied { role, status: "did not exit".into() }),
+                    }
+                }
+                Event::Line { child, line } => {
+                    let role = self.pool.role(child).to_string();
+                    let resp = Response::parse(&line).map_err(|source| Error::Protocol { role: role.clone(), source })?;
+                    self.on_response(child, &role, resp)?;
+                }
+                Event::Closed { child } => {
+                    let role = self.pool.role(child).to_string();
+                    let status = self.pool.wait(child, Duration::from_secs(5)).map_or("closed its output".into(), |s| describe_status(&s));
+                    return Err(Error::ChildDied { role, status });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits for the WAL child's `done` and its clean exit.
+    fn finish_wal(&mut self) -> Result<(), Error> {
+        let deadline = Instant::now() + Duration::from_secs(600);
+        while self.wal_done.is_none() {
+            if Instant::now() > deadline {
+                return Err(Error::ChildFailed { role: "WAL child".into(), message: "did not finish copying WAL within 10 minutes of the stop".into() });
+            }
+            self.step()?;
+        }
+        match self.pool.wait(self.wal, Duration::from_secs(10)) {
+            Some(s) if s.success() => Ok(()),
+            Some(s) => Err(Error::ChildDied { role: "WAL child".into(), status: describe_status(&s) }),
+            None => Err(Error::ChildDied { role: "WAL child".into(), status: "did not exit after done".into() }),
+        }
+    }
+}

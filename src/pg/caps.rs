@@ -1,0 +1,86 @@
+//! What the connected server can do, named by feature rather than by version number.
+
+use crate::layout::LayoutRules;
+
+/// Capabilities of one server, derived from `server_version_num`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caps {
+    pub version_num: i32,
+}
+
+/// How well pgbb knows a major version.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Support {
+    TooOld,
+    BestEffort,
+    Supported,
+    Untested,
+}
+
+impl Caps {
+    pub fn new(version_num: i32) -> Caps {
+        Caps { version_num }
+    }
+
+    pub fn major(&self) -> i32 {
+        self.version_num / 10000
+    }
+
+    pub fn support(&self) -> Support {
+        match self.major() {
+            ..=12 => Support::TooOld,
+            13 => Support::BestEffort,
+            14..=18 => Support::Supported,
+            _ => Support::Untested,
+        }
+    }
+
+    /// `pg_backup_start`/`pg_backup_stop` (15+) instead of `pg_start_backup`/`pg_stop_backup`.
+    pub fn new_backup_api(&self) -> bool {
+        self.version_num >= 150000
+    }
+
+    /// The `idle_session_timeout` setting exists (14+).
+    pub fn idle_session_timeout(&self) -> bool {
+        self.version_num >= 140000
+    }
+
+    /// File-layout rules (relation names, `pg_wal/summaries`, `.DS_Store`): 17+.
+    pub fn layout_rules(&self) -> LayoutRules {
+        LayoutRules { pg17: self.version_num >= 170000 }
+    }
+
+    /// The functions (with signatures) a backup uses, for privilege checks.
+    pub fn needed_functions(&self) -> Vec<&'static str> {
+        let mut v = vec![
+            "pg_ls_dir(text,boolean,boolean)",
+            "pg_stat_file(text,boolean)",
+            "pg_read_binary_file(text,bigint,bigint,boolean)",
+        ];
+        if self.new_backup_api() {
+            v.extend(["pg_backup_start(text,boolean)", "pg_backup_stop(boolean)"]);
+        } else {
+            v.extend(["pg_start_backup(text,boolean,boolean)", "pg_stop_backup(boolean,boolean)"]);
+        }
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn by_feature() {
+        assert_eq!(Caps::new(120010).support(), Support::TooOld);
+        assert_eq!(Caps::new(130023).support(), Support::BestEffort);
+        assert_eq!(Caps::new(150018).support(), Support::Supported);
+        assert_eq!(Caps::new(190000).support(), Support::Untested);
+        assert!(!Caps::new(140023).new_backup_api());
+        assert!(Caps::new(150000).new_backup_api());
+        assert!(Caps::new(140000).idle_session_timeout());
+        assert!(!Caps::new(130000).idle_session_timeout());
+        assert!(Caps::new(170000).layout_rules().pg17);
+        assert!(Caps::new(140000).needed_functions().contains(&"pg_stop_backup(boolean,boolean)"));
+    }
+}

@@ -1,0 +1,78 @@
+//! Everything that talks to PostgreSQL: connections, server capabilities, and the SQL itself.
+
+pub mod caps;
+pub mod conn;
+pub mod sql;
+
+pub use caps::Caps;
+pub use conn::{ConnInfo, Session};
+
+/// Errors of the database layer.
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    #[error("invalid connection string: {0}")]
+    BadDsn(String),
+    #[error("could not connect to {target}: {message}")]
+    Connect { target: String, message: String },
+    #[error("{what}: {message}")]
+    Query { what: String, message: String, closed: bool, code: Option<String> },
+    #[error("server version {0} is not supported: pgbb needs PostgreSQL 13 or later")]
+    TooOld(String),
+    #[error("wal_level is \"{0}\" on the server; a base backup needs wal_level = replica (or logical): set it in postgresql.conf and restart the server")]
+    WalLevel(String),
+    #[error("role \"{role}\" lacks privileges pgbb needs; as a superuser, in database \"{db}\", run:\n{grants}")]
+    Privileges { role: String, db: String, grants: String },
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("the compression helper is not available: {0}\n(install plpython3u in this database as a superuser, connect as a superuser, or use --compress=none)")]
+    Compression(String),
+}
+
+impl PgError {
+    /// Wraps a driver error from a statement, keeping the server's words.
+    pub fn query(what: impl Into<String>, e: postgres::Error) -> PgError {
+        let code = e.code().map(|c| c.code().to_string());
+        PgError::Query { what: what.into(), message: describe(&e), closed: e.is_closed() || e.as_db_error().is_none(), code }
+    }
+
+    /// True when the connection itself is gone (as opposed to one statement failing).
+    pub fn connection_lost(&self) -> bool {
+        match self {
+            PgError::Query { closed, code, .. } => *closed || code.as_deref().is_some_and(|c| c.starts_with("57P") || c.starts_with("08")),
+            PgError::Connect { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// The SQLSTATE of a failed statement.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            PgError::Query { code, .. } => code.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+/// The server's message (with detail and hint) or the driver's, in one line.
+pub fn describe(e: &postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let mut s = db.message().to_string();
+        if let Some(d) = db.detail() {
+            s.push_str(&format!(" ({d})"));
+        }
+        if let Some(h) = db.hint() {
+            s.push_str(&format!("; hint: {h}"));
+        }
+        return s;
+    }
+    let mut s = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(inner) = src {
+        let t = inner.to_string();
+        if !s.contains(&t) {
+            s.push_str(&format!(": {t}"));
+        }
+        src = inner.source();
+    }
+    s
+}

@@ -1,0 +1,290 @@
+//! All SQL pgbb runs, in one place, with small typed wrappers.
+
+use super::{Caps, PgError, Session};
+use crate::layout::{Entry, EXCLUDED_DIR_CONTENTS};
+use crate::lsn::Lsn;
+
+/// Run on every new session: nothing may cut a long backup short.
+pub const SESSION_SETUP: &str = "SET statement_timeout = 0; SET lock_timeout = 0; \
+     SET idle_in_transaction_session_timeout = 0";
+const IDLE_SESSION_TIMEOUT_OFF: &str = "SET idle_session_timeout = 0";
+
+/// Facts about the server, read once by the master.
+#[derive(Debug, Clone)]
+pub struct ServerInfo {
+    pub caps: Caps,
+    pub version: String,
+    pub wal_level: String,
+    pub wal_segment_size: u64,
+    pub group_access: bool,
+    pub in_recovery: bool,
+    pub superuser: bool,
+    pub replication: bool,
+    pub current_user: String,
+    pub database: String,
+}
+
+pub fn version(s: &mut Session) -> Result<(Caps, String), PgError> {
+    let r = s.query_one(
+        "SELECT current_setting('server_version_num')::int, current_setting('server_version')",
+        &[],
+        "could not read the server version",
+    )?;
+    Ok((Caps::new(r.get(0)), r.get(1)))
+}
+
+/// Turns off `idle_session_timeout` where it exists.
+pub fn session_setup_for(s: &mut Session, caps: Caps) -> Result<(), PgError> {
+    if caps.idle_session_timeout() {
+        s.execute(IDLE_SESSION_TIMEOUT_OFF, &[], "could not configure the session")?;
+    }
+    Ok(())
+}
+
+pub fn server_info(s: &mut Session, caps: Caps, version: String) -> Result<ServerInfo, PgError> {
+    let r = s.query_one(
+        "SELECT current_setting('wal_level'), \
+                (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'), \
+                current_setting('data_directory_mode'), \
+                pg_is_in_recovery(), r.rolsuper, r.rolreplication, current_user::text, current_database()::text \
+           FROM pg_roles r WHERE r.rolname = current_user",
+        &[],
+        "could not read the server settings",
+    )?;
+    let mode: String = r.get(2);
+    Ok(ServerInfo {
+        caps,
+        version,
+        wal_level: r.get(0),
+        wal_segment_size: r.get::<_, i64>(1) as u64,
+        group_access: u32::from_str_radix(mode.trim_start_matches('0'), 8).unwrap_or(0o700) & 0o070 != 0,
+        in_recovery: r.get(3),
+        superuser: r.get(4),
+        replication: r.get(5),
+        current_user: r.get(6),
+        database: r.get(7),
+    })
+}
+
+/// The functions (of `wanted`) the current role may not execute.
+pub fn missing_function_privileges(s: &mut Session, wanted: &[&str]) -> Result<Vec<String>, PgError> {
+    let wanted: Vec<String> = wanted.iter().map(|f| f.to_string()).collect();
+    let rows = s.query(
+        "SELECT f FROM unnest($1::text[]) AS f WHERE NOT has_function_privilege(f, 'EXECUTE')",
+        &[&wanted],
+        "could not check function privileges",
+    )?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Tablespaces other than pg_default and pg_global: (oid, name, location).
+pub fn tablespaces(s: &mut Session) -> Result<Vec<(u32, String, String)>, PgError> {
+    let rows = s.query(
+        "SELECT oid, spcname::text, pg_tablespace_location(oid) FROM pg_tablespace \
+          WHERE spcname NOT IN ('pg_default', 'pg_global') ORDER BY oid",
+        &[],
+        "could not list tablespaces",
+    )?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+}
+
+/// `--clean`: ends backups left behind by earlier pgbb masters (a non-exclusive backup lives
+/// as long as its session) and drops their leftover slots. Returns (sessions, slots).
+pub fn clean_leftovers(s: &mut Session) -> Result<(i64, i64), PgError> {
+    let sessions = s.query_one(
+        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
+          WHERE application_name LIKE 'pgbb%' AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
+        &[],
+        "could not terminate leftover pgbb sessions",
+    )?;
+    let slots = s.query_one(
+        "SELECT count(pg_drop_replication_slot(slot_name)) FROM pg_replication_slots \
+          WHERE slot_name LIKE 'pgbb\\_%' AND NOT active",
+        &[],
+        "could not drop leftover pgbb slots",
+    )?;
+    Ok((sessions.get(0), slots.get(0)))
+}
+
+/// Creates a temporary physical slot that reserves WAL at once.
+pub fn create_temp_slot(s: &mut Session, name: &str) -> Result<Lsn, PgError> {
+    let r = s.query_one(
+        "SELECT lsn::text FROM pg_create_physical_replication_slot($1, true, true)",
+        &[&name],
+        "could not create the temporary replication slot",
+    )?;
+    let lsn: Option<String> = r.get(0);
+    Ok(lsn.and_then(|l| l.parse().ok()).unwrap_or(Lsn(0)))
+}
+
+/// `wal_status` of a slot (`reserved`, `extended`, `unreserved`, `lost`), `None` if it is gone.
+pub fn slot_wal_status(s: &mut Session, name: &str) -> Result<Option<String>, PgError> {
+    let rows = s.query(
+        "SELECT coalesce(wal_status, 'unknown') FROM pg_replication_slots WHERE slot_name = $1",
+        &[&name],
+        "could not check the replication slot",
+    )?;
+    Ok(rows.first().map(|r| r.get(0)))
+}
+
+/// Starts a non-exclusive backup on this session; returns the start (REDO) LSN.
+pub fn start_backup(s: &mut Session, caps: Caps, label: &str, fast: bool) -> Result<Lsn, PgError> {
+    let sql = if caps.new_backup_api() {
+        "SELECT pg_backup_start($1, $2)::text"
+    } else {
+        "SELECT pg_start_backup($1, $2, false)::text"
+    };
+    let r = s.query_one(sql, &[&label, &fast], "could not start the backup")?;
+    let lsn: String = r.get(0);
+    lsn.parse().map_err(|e: crate::lsn::LsnParseError| PgError::Unsupported(e.to_string()))
+}
+
+/// The timeline of the backup's checkpoint.
+pub fn checkpoint_timeline(s: &mut Session) -> Result<u32, PgError> {
+    let r = s.query_one("SELECT timeline_id FROM pg_control_checkpoint()", &[], "could not read the timeline")?;
+    Ok(r.get::<_, i32>(0) as u32)
+}
+
+/// What the stop function returns.
+#[derive(Debug)]
+pub struct StopResult {
+    pub lsn: Lsn,
+    pub labelfile: String,
+    pub spcmapfile: String,
+}
+
+/// Stops the backup started on this session (never waiting for WAL archiving: pgbb copies
+/// the WAL itself).
+pub fn stop_backup(s: &mut Session, caps: Caps) -> Result<StopResult, PgError> {
+    let sql = if caps.new_backup_api() {
+        "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(false)"
+    } else {
+        "SELECT lsn::text, labelfile, spcmapfile FROM pg_stop_backup(false, false)"
+    };
+    let r = s.query_one(sql, &[], "could not stop the backup")?;
+    let lsn: String = r.get(0);
+    Ok(StopResult {
+        lsn: lsn.parse().map_err(|e: crate::lsn::LsnParseError| PgError::Unsupported(e.to_string()))?,
+        labelfile: r.get::<_, Option<String>>(1).unwrap_or_default(),
+        spcmapfile: r.get::<_, Option<String>>(2).unwrap_or_default(),
+    })
+}
+
+/// Lists the whole data directory in one recursive query. It does not descend into `pg_wal`,
+/// the directories whose contents are excluded, or temp directories; files that vanish while
+/// it runs are simply missing. Names come back as raw bytes (`textsend`), since the server
+/// does not validate the encoding of file names.
+pub fn list_data_directory(s: &mut Session) -> Result<Vec<(Vec<u8>, bool, u64)>, PgError> {
+    let pruned: Vec<String> = EXCLUDED_DIR_CONTENTS.iter().map(|d| d.to_string()).collect();
+    let rows = s.query(
+        "WITH RECURSIVE tree(path, name, isdir, size) AS ( \
+             SELECT n, n, st.isdir, st.size \
+               FROM pg_ls_dir('.', true, false) AS n, pg_stat_file(n, true) AS st \
+           UNION ALL \
+             SELECT t.path || '/' || n, n, st.isdir, st.size \
+               FROM tree AS t, pg_ls_dir(t.path, true, false) AS n, pg_stat_file(t.path || '/' || n, true) AS st \
+              WHERE t.isdir AND t.path <> 'pg_wal' AND t.name <> ALL ($1::text[]) \
+                AND t.name NOT LIKE 'pgsql\\_tmp%' \
+         ) \
+         SELECT textsend(path), isdir, size FROM tree WHERE isdir IS NOT NULL",
+        &[&pruned],
+        "could not list the data directory",
+    )?;
+    Ok(rows.iter().map(|r| (r.get::<_, Vec<u8>>(0), r.get(1), r.get::<_, i64>(2).max(0) as u64)).collect())
+}
+
+/// Converts the raw listing into entries; names that are not UTF-8 are refused for now.
+pub fn entries_from_listing(raw: Vec<(Vec<u8>, bool, u64)>) -> Result<Vec<Entry>, PgError> {
+    raw.into_iter()
+        .map(|(name, is_dir, size)| match String::from_utf8(name) {
+            Ok(path) => Ok(Entry { path, is_dir, size }),
+            Err(e) => Err(PgError::Unsupported(format!(
+                "the data directory holds a file whose name is not valid UTF-8 ({}); pgbb cannot copy it yet",
+                String::from_utf8_lossy(e.as_bytes())
+            ))),
+        })
+        .collect()
+}
+
+/// Can this session create the PL/Python compression helper? (plpython3u installed and the
+/// role allowed to create functions in it, which for an untrusted language means superuser.)
+pub fn compression_available(s: &mut Session) -> Result<Result<(), String>, PgError> {
+    let r = s.query_one(
+        "SELECT EXISTS (SELECT 1 FROM pg_language WHERE lanname = 'plpython3u'), \
+                (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)",
+        &[],
+        "could not check for plpython3u",
+    )?;
+    Ok(match (r.get::<_, bool>(0), r.get::<_, bool>(1)) {
+        (false, _) => Err("the language plpython3u is not installed in this database".into()),
+        (true, false) => Err("only a superuser may create a plpython3u function".into()),
+        (true, true) => Ok(()),
+    })
+}
+
+/// The compression helper: a session-local (pg_temp) PL/Python function, gone when the
+/// session ends. First row: the file's size as 8 big-endian bytes (no row at all if the file
+/// does not exist); then one zlib-compressed chunk per row.
+pub const CREATE_ZLIB_READER: &str = r#"
+CREATE FUNCTION pg_temp.pgbb_read_zlib(path text, chunk bigint, level integer)
+RETURNS SETOF bytea LANGUAGE plpython3u STRICT AS $pgbb$
+import os, struct, zlib
+try:
+    f = open(path, 'rb')
+except FileNotFoundError:
+    return
+with f:
+    size = os.fstat(f.fileno()).st_size
+    yield struct.pack('>q', size)
+    left = size
+    while left > 0:
+        b = f.read(min(chunk, left))
+        if not b:
+            break
+        left -= len(b)
+        yield zlib.compress(b, level)
+$pgbb$"#;
+
+/// Streams a file compressed: see [`CREATE_ZLIB_READER`]. A target-list set-returning
+/// function runs value-per-call, so rows leave the server as they are produced.
+pub const READ_ZLIB: &str = "SELECT pg_temp.pgbb_read_zlib($1, $2, $3)";
+
+/// Streams a file plainly with built-in functions, one row per chunk: (size, chunk). A
+/// single row with a NULL size means the file does not exist; an empty file gives one row
+/// with a NULL chunk. A NULL chunk after that means the file vanished while being read.
+pub const READ_PLAIN: &str = "SELECT st.size, pg_read_binary_file($1, o, $2, true) \
+       FROM pg_stat_file($1, true) AS st \
+       LEFT JOIN LATERAL generate_series(0::bigint, st.size - 1, $2) AS o ON true";
+
+/// One directory's regular files and their sizes (for the WAL loop), plus the position up to
+/// which WAL has been written (primary) or received/replayed (standby).
+pub fn list_wal(s: &mut Session) -> Result<(Vec<(String, u64)>, Lsn), PgError> {
+    // The position first: every segment complete at that position is in the listing that
+    // follows unless it was removed.
+    let r = s.query_one(
+        "SELECT (CASE WHEN pg_is_in_recovery() \
+                 THEN greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) \
+                 ELSE pg_current_wal_lsn() END)::text",
+        &[],
+        "could not read the current WAL position",
+    )?;
+    let lsn: Option<String> = r.get(0);
+    let lsn = lsn.and_then(|l| l.parse().ok()).unwrap_or(Lsn(0));
+    let rows = s.query(
+        "SELECT n, st.size FROM pg_ls_dir('pg_wal', true, false) AS n, pg_stat_file('pg_wal/' || n, true) AS st \
+          WHERE NOT st.isdir ORDER BY n",
+        &[],
+        "could not list pg_wal",
+    )?;
+    let files = rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1).max(0) as u64)).collect();
+    Ok((files, lsn))
+}
+
+pub fn wal_segment_size(s: &mut Session) -> Result<u64, PgError> {
+    let r = s.query_one(
+        "SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'",
+        &[],
+        "could not read wal_segment_size",
+    )?;
+    Ok(r.get::<_, i64>(0) as u64)
+}

@@ -1,0 +1,272 @@
+//! The line protocol between the master and its children (and a person at a terminal).
+//!
+//! Requests go to a child's stdin, one per line: `SRC` or `SRC<TAB>DST`, both paths relative
+//! to the data directory / DEST. Results come back on the child's stdout, one per line, fields
+//! separated by a TAB, always starting with a keyword (see `docs/protocol.md`):
+//!
+//! ```text
+//! hello   pgbb  1  0.1.0  worker        greeting, first line a child prints
+//! ok      8192  base/1/1259             file written, 8192 bytes
+//! vanished      base/1/t3_99            file gone on the server (a normal result)
+//! error   ../x  unsafe path: ...        this file could not be copied
+//! fatal   connection lost: ...          the child cannot go on and exits non-zero
+//! done    7                             WAL child: finished, 7 files copied
+//! ```
+//!
+//! Paths and messages escape `\`, TAB, CR and LF as `\\`, `\t`, `\r`, `\n`, and other control
+//! characters as `\xHH`, so any name fits on one line.
+
+use std::fmt;
+
+/// Version of this protocol; a child that greets with another one is refused.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Longest request line a child accepts (bytes, without the newline).
+pub const MAX_LINE: usize = 8192;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ProtocolError {
+    #[error("empty line")]
+    Empty,
+    #[error("line longer than {MAX_LINE} bytes")]
+    TooLong,
+    #[error("NUL byte in line")]
+    Nul,
+    #[error("bad escape sequence in {0:?}")]
+    BadEscape(String),
+    #[error("escaped bytes are not valid UTF-8 in {0:?}")]
+    NotUtf8(String),
+    #[error("too many fields (at most SRC<TAB>DST)")]
+    TooManyFields,
+    #[error("unrecognised message {0:?}")]
+    Unknown(String),
+}
+
+/// Escapes a path or message so that it fits in one field of one line.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Reverses [`escape`].
+pub fn unescape(s: &str) -> Result<String, ProtocolError> {
+    if !s.contains('\\') {
+        return Ok(s.to_string());
+    }
+    let bad = || ProtocolError::BadEscape(s.to_string());
+    let mut out: Vec<u8> = Vec::with_capacity(s.len());
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] != b'\\' {
+            out.push(b[i]);
+            i += 1;
+            continue;
+        }
+        match b.get(i + 1) {
+            Some(b'\\') => out.push(b'\\'),
+            Some(b't') => out.push(b'\t'),
+            Some(b'n') => out.push(b'\n'),
+            Some(b'r') => out.push(b'\r'),
+            Some(b'x') => {
+                let hex = s.get(i + 2..i + 4).ok_or_else(bad)?;
+                out.push(u8::from_str_radix(hex, 16).map_err(|_| bad())?);
+                i += 2;
+            }
+            _ => return Err(bad()),
+        }
+        i += 2;
+    }
+    String::from_utf8(out).map_err(|_| ProtocolError::NotUtf8(s.to_string()))
+}
+
+/// One request: copy `src` (relative to the data directory) to `dst` (relative to DEST).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub src: String,
+    pub dst: String,
+}
+
+impl Request {
+    pub fn parse(line: &str) -> Result<Request, ProtocolError> {
+        let line = line.strip_suffix('\n').unwrap_or(line);
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if line.len() > MAX_LINE {
+            return Err(ProtocolError::TooLong);
+        }
+        if line.contains('\0') {
+            return Err(ProtocolError::Nul);
+        }
+        if line.is_empty() {
+            return Err(ProtocolError::Empty);
+        }
+        let mut fields = line.split('\t');
+        let src = unescape(fields.next().unwrap_or(""))?;
+        let dst = match fields.next() {
+            Some(d) => unescape(d)?,
+            None => src.clone(),
+        };
+        if fields.next().is_some() {
+            return Err(ProtocolError::TooManyFields);
+        }
+        if src.is_empty() || dst.is_empty() {
+            return Err(ProtocolError::Empty);
+        }
+        Ok(Request { src, dst })
+    }
+
+    pub fn to_line(&self) -> String {
+        if self.src == self.dst {
+            format!("{}\n", escape(&self.src))
+        } else {
+            format!("{}\t{}\n", escape(&self.src), escape(&self.dst))
+        }
+    }
+}
+
+/// One result line from a child.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    Hello { protocol: u32, version: String, role: String },
+    Ok { size: u64, path: String },
+    Vanished { path: String },
+    Error { path: String, message: String },
+    Fatal { message: String },
+    Done { count: u64 },
+}
+
+impl fmt::Display for Response {
+    /// The wire form, without the trailing newline.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Response::Hello { protocol, version, role } => {
+                write!(f, "hello\tpgbb\t{protocol}\t{}\t{}", escape(version), escape(role))
+            }
+            Response::Ok { size, path } => write!(f, "ok\t{size}\t{}", escape(path)),
+            Response::Vanished { path } => write!(f, "vanished\t{}", escape(path)),
+            Response::Error { path, message } => {
+                write!(f, "error\t{}\t{}", escape(path), escape(message))
+            }
+            Response::Fatal { message } => write!(f, "fatal\t{}", escape(message)),
+            Response::Done { count } => write!(f, "done\t{count}"),
+        }
+    }
+}
+
+impl Response {
+    pub fn parse(line: &str) -> Result<Response, ProtocolError> {
+        let line = line.trim_end_matches(['\n', '\r']);
+        let unknown = || ProtocolError::Unknown(line.chars().take(200).collect());
+        let f: Vec<&str> = line.split('\t').collect();
+        let num = |s: &str| s.parse::<u64>().map_err(|_| unknown());
+        Ok(match f.as_slice() {
+            ["hello", "pgbb", proto, version, role] => Response::Hello {
+                protocol: proto.parse().map_err(|_| unknown())?,
+                version: unescape(version)?,
+                role: unescape(role)?,
+            },
+            ["ok", size, path] => Response::Ok { size: num(size)?, path: unescape(path)? },
+            ["vanished", path] => Response::Vanished { path: unescape(path)? },
+            ["error", path, message] => Response::Error {
+                path: unescape(path)?,
+                message: unescape(message)?,
+            },
+            ["fatal", message] => Response::Fatal { message: unescape(message)? },
+            ["done", count] => Response::Done { count: num(count)? },
+            _ => return Err(unknown()),
+        })
+    }
+}
+
+/// Commands the master sends to the WAL child on its stdin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WalCommand {
+    /// The backup stopped at this LSN: copy through its segment, print `done`, exit.
+    Stop(crate::lsn::Lsn),
+}
+
+impl WalCommand {
+    pub fn to_line(&self) -> String {
+        match self {
+            WalCommand::Stop(lsn) => format!("stop\t{lsn}\n"),
+        }
+    }
+
+    pub fn parse(line: &str) -> Result<WalCommand, ProtocolError> {
+        let line = line.trim_end_matches(['\n', '\r']);
+        match line.split_once('\t') {
+            Some(("stop", lsn)) => lsn
+                .parse()
+                .map(WalCommand::Stop)
+                .map_err(|_| ProtocolError::Unknown(line.to_string())),
+            _ => Err(ProtocolError::Unknown(line.to_string())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escape_round_trip() {
+        for s in ["plain/path", "a b", "tab\there", "nl\nx", "back\\slash", "\u{1}ctl", "é/ü"] {
+            assert_eq!(unescape(&escape(s)).unwrap(), s);
+            assert!(!escape(s).contains(['\t', '\n', '\r']));
+        }
+        assert!(unescape("bad\\q").is_err());
+        assert!(unescape("bad\\x4").is_err());
+        assert!(matches!(unescape("\\xff"), Err(ProtocolError::NotUtf8(_))));
+    }
+
+    #[test]
+    fn requests() {
+        assert_eq!(
+            Request::parse("base/1/1259\n").unwrap(),
+            Request { src: "base/1/1259".into(), dst: "base/1/1259".into() }
+        );
+        let r = Request::parse("global/pg_control\tglobal/pg_control.pending").unwrap();
+        assert_eq!(r.dst, "global/pg_control.pending");
+        assert_eq!(Request::parse(&r.to_line()).unwrap(), r);
+        assert_eq!(Request::parse(""), Err(ProtocolError::Empty));
+        assert_eq!(Request::parse("\n"), Err(ProtocolError::Empty));
+        assert_eq!(Request::parse("a\0b"), Err(ProtocolError::Nul));
+        assert_eq!(Request::parse("a\tb\tc"), Err(ProtocolError::TooManyFields));
+        assert_eq!(Request::parse(&"x".repeat(MAX_LINE + 1)), Err(ProtocolError::TooLong));
+        let odd = Request { src: "we\tird\nname".into(), dst: "we\tird\nname".into() };
+        assert_eq!(Request::parse(&odd.to_line()).unwrap(), odd);
+    }
+
+    #[test]
+    fn responses_round_trip() {
+        let all = [
+            Response::Hello { protocol: 1, version: "0.1.0".into(), role: "worker 2".into() },
+            Response::Ok { size: 8192, path: "base/1/1259".into() },
+            Response::Vanished { path: "base/1/t3_4".into() },
+            Response::Error { path: "../x".into(), message: "unsafe\tpath".into() },
+            Response::Fatal { message: "connection lost".into() },
+            Response::Done { count: 3 },
+        ];
+        for r in all {
+            assert_eq!(Response::parse(&format!("{r}\n")).unwrap(), r);
+        }
+        assert!(Response::parse("ok\tx\ty").is_err());
+        assert!(Response::parse("what").is_err());
+    }
+
+    #[test]
+    fn wal_commands() {
+        let c = WalCommand::Stop("0/5000100".parse().unwrap());
+        assert_eq!(WalCommand::parse(&c.to_line()).unwrap(), c);
+        assert!(WalCommand::parse("stop\tzz").is_err());
+    }
+}

@@ -1,0 +1,155 @@
+//! The worker role (`pgbb --slave --stdin DSN DEST`): reads paths on stdin, copies each file
+//! over its own connection, answers one result line per file on stdout.
+
+use std::io::{self, BufRead, Write};
+
+use crate::cli::{Common, Compress};
+use crate::dest::{Dest, SafePath};
+use crate::error::Error;
+use crate::pg::{sql, PgError};
+use crate::protocol::{Request, Response, MAX_LINE, PROTOCOL_VERSION};
+use crate::transfer::{Method, Outcome, Transfer};
+
+/// Reads one line of at most `MAX_LINE` bytes; longer lines are consumed and reported.
+/// Returns `None` at end of input.
+fn read_line(r: &mut impl BufRead, buf: &mut Vec<u8>) -> io::Result<Option<bool>> {
+    buf.clear();
+    let mut too_long = false;
+    loop {
+        let avail = r.fill_buf()?;
+        if avail.is_empty() {
+            return Ok(if buf.is_empty() && !too_long { None } else { Some(too_long) });
+        }
+        let (take, done) = match avail.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (avail.len(), false),
+        };
+        if !too_long {
+            buf.extend_from_slice(&avail[..take]);
+            if buf.len() > MAX_LINE + 2 {
+                too_long = true;
+                buf.clear();
+            }
+        }
+        r.consume(take);
+        if done {
+            return Ok(Some(too_long));
+        }
+    }
+}
+
+/// Opens the session and chooses how chunks travel (`auto`: zlib if the helper can be
+/// created, else plain).
+pub fn open_session(common: &Common, app: &str, compress: Compress) -> Result<(crate::pg::Session, Transfer), Error> {
+    let mut s = common.conn.connect(app)?;
+    let (caps, _) = sql::version(&mut s)?;
+    sql::session_setup_for(&mut s, caps)?;
+    let mut t = Transfer { method: Method::Plain, chunk: common.chunk, sync: common.sync };
+    match compress {
+        Compress::Fixed(m) => {
+            t.method = m;
+            t.prepare(&mut s)?;
+        }
+        Compress::Auto(level) => {
+            t.method = Method::Zlib(level);
+            if let Err(e) = t.prepare(&mut s) {
+                log::info!("no compression: {e}");
+                t.method = Method::Plain;
+            }
+        }
+    }
+    log::info!("chunks travel {}", if t.method == Method::Plain { "plain".to_string() } else { t.method.to_string() });
+    Ok((s, t))
+}
+
+pub fn run(common: &Common, id: Option<usize>, compress: Compress) -> Result<(), Error> {
+    let app = match id {
+        Some(i) => format!("pgbb worker {i}"),
+        None => "pgbb worker".to_string(),
+    };
+    std::fs::create_dir_all(&common.dest).map_err(|e| Error::Io(format!("cannot create {}: {e}", common.dest.display())))?;
+    let dest = Dest::open(&common.dest, common.group_access)?;
+    let stdout = io::stdout();
+    let mut out = stdout.lock();
+    let mut say = |r: Response| -> Result<(), Error> {
+        writeln!(out, "{r}").and_then(|()| out.flush()).map_err(|e| Error::Io(format!("cannot write results: {e}")))
+    };
+    let (mut s, transfer) = match open_session(common, &app, compress) {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = say(Response::Fatal { message: e.to_string() });
+            return Err(e);
+        }
+    };
+    say(Response::Hello { protocol: PROTOCOL_VERSION, version: env!("CARGO_PKG_VERSION").into(), role: app.clone() })?;
+
+    let stdin = io::stdin();
+    let mut input = stdin.lock();
+    let mut buf = Vec::new();
+    while let Some(too_long) = read_line(&mut input, &mut buf).map_err(|e| Error::Io(format!("cannot read stdin: {e}")))? {
+        let raw = String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_string();
+        let shown: String = raw.chars().take(200).collect();
+        let req = if too_long {
+            Err("line longer than 8192 bytes".to_string())
+        } else if std::str::from_utf8(&buf).is_err() {
+            Err("line is not valid UTF-8".to_string())
+        } else {
+            Request::parse(&raw).map_err(|e| e.to_string())
+        };
+        let req = match req {
+            Ok(r) => r,
+            Err(message) => {
+                say(Response::Error { path: shown, message })?;
+                continue;
+            }
+        };
+        let paths = SafePath::parse(&req.src).and_then(|src| Ok((src, SafePath::parse(&req.dst)?)));
+        let (src, dst) = match paths {
+            Ok(p) => p,
+            Err(e) => {
+                say(Response::Error { path: req.src.clone(), message: e.to_string() })?;
+                continue;
+            }
+        };
+        match transfer.fetch(&mut s, &src, &dest, &dst) {
+            Ok(Outcome::Copied(size)) => say(Response::Ok { size, path: req.src })?,
+            Ok(Outcome::Vanished) => say(Response::Vanished { path: req.src })?,
+            Err(e) if e.is_fatal() => {
+                let message = format!("{e}");
+                let _ = say(Response::Fatal { message: message.clone() });
+                return Err(match e {
+                    crate::transfer::TransferError::Dest(d) => Error::Dest(d),
+                    crate::transfer::TransferError::Pg(p) => Error::Pg(p),
+                    other => Error::Io(other.to_string()),
+                });
+            }
+            Err(e) => say(Response::Error { path: req.src, message: e.to_string() })?,
+        }
+        if s.is_closed() {
+            let e = PgError::Query { what: "connection".into(), message: "the server closed the connection".into(), closed: true, code: None };
+            let _ = say(Response::Fatal { message: e.to_string() });
+            return Err(Error::Pg(e));
+        }
+    }
+    log::debug!("end of input");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_lines_are_cut_and_reported() {
+        let long = "x".repeat(MAX_LINE * 3);
+        let input = format!("a\n{long}\nb");
+        let mut r = io::Cursor::new(input.into_bytes());
+        let mut buf = Vec::new();
+        assert_eq!(read_line(&mut r, &mut buf).unwrap(), Some(false));
+        assert_eq!(buf, b"a\n");
+        assert_eq!(read_line(&mut r, &mut buf).unwrap(), Some(true));
+        assert_eq!(read_line(&mut r, &mut buf).unwrap(), Some(false));
+        assert_eq!(buf, b"b");
+        assert_eq!(read_line(&mut r, &mut buf).unwrap(), None);
+    }
+}
