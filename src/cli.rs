@@ -60,7 +60,12 @@ pub struct Args {
     #[arg(short = 'x', long = "pg_xlog", visible_alias = "pg-wal")]
     pub pg_xlog: bool,
     /// Seconds between two passes of the WAL loop
-    #[arg(short = 'D', long = "delay", default_value = "2", allow_negative_numbers = true)]
+    #[arg(
+        short = 'D',
+        long = "delay",
+        default_value = "2",
+        allow_negative_numbers = true
+    )]
     pub delay: f64,
     /// Run as an auxiliary process (with --stdin: a worker; with -x: the WAL child)
     #[arg(short = 'S', long = "slave")]
@@ -145,9 +150,20 @@ pub struct MasterOpts {
 
 pub enum Mode {
     Master(MasterOpts),
-    Worker { id: Option<usize>, compress: Compress },
-    WalChild { start: Lsn, timeline: u32, delay: Duration, compress: Compress },
-    WalStandalone { delay: Duration, compress: Compress },
+    Worker {
+        id: Option<usize>,
+        compress: Compress,
+    },
+    WalChild {
+        start: Lsn,
+        timeline: u32,
+        delay: Duration,
+        compress: Compress,
+    },
+    WalStandalone {
+        delay: Duration,
+        compress: Compress,
+    },
 }
 
 pub struct Config {
@@ -170,8 +186,11 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         }
         None => (t, 1),
     };
-    let n: u64 = num.parse().map_err(|_| format!("invalid size {s:?} (examples: 262144, 256k, 1M)"))?;
-    n.checked_mul(mult).ok_or_else(|| format!("size {s:?} is too large"))
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid size {s:?} (examples: 262144, 256k, 1M)"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
 pub fn parse_compress(s: &str) -> Result<Compress, String> {
@@ -185,7 +204,9 @@ pub fn parse_compress(s: &str) -> Result<Compress, String> {
         None if s == "zlib" => Ok(Compress::Fixed(Method::Zlib(1))),
         Some(("zlib", l)) => Ok(Compress::Fixed(Method::Zlib(level(l)?))),
         Some(("auto", l)) => Ok(Compress::Auto(level(l)?)),
-        _ => Err(format!("invalid --compress {s:?}: use auto, none, zlib or zlib:LEVEL")),
+        _ => Err(format!(
+            "invalid --compress {s:?}: use auto, none, zlib or zlib:LEVEL"
+        )),
     }
 }
 
@@ -198,7 +219,9 @@ fn compress_arg(c: Compress) -> String {
 
 fn delay(d: f64) -> Result<Duration, Error> {
     if !d.is_finite() || !(0.0..=86400.0).contains(&d) {
-        return Err(Error::Usage(format!("invalid --delay {d}: give seconds from 0 to 86400")));
+        return Err(Error::Usage(format!(
+            "invalid --delay {d}: give seconds from 0 to 86400"
+        )));
     }
     Ok(Duration::from_secs_f64(d))
 }
@@ -207,7 +230,10 @@ impl Config {
     pub fn from_args(a: Args) -> Result<Config, Error> {
         let chunk = parse_size(&a.chunk_size).map_err(Error::Usage)?;
         if !(MIN_CHUNK..=MAX_CHUNK).contains(&chunk) {
-            return Err(Error::Usage(format!("--chunk-size must be between 8k and 256M, not {}", a.chunk_size)));
+            return Err(Error::Usage(format!(
+                "--chunk-size must be between 8k and 256M, not {}",
+                a.chunk_size
+            )));
         }
         let compress = parse_compress(&a.compress).map_err(Error::Usage)?;
         let conn = ConnInfo::from_dsn(&a.dsn)?;
@@ -221,7 +247,10 @@ impl Config {
             group_access: a.group_access,
         };
         let mode = match (a.slave, a.stdin, a.pg_xlog) {
-            (true, true, false) => Mode::Worker { id: a.worker_id, compress },
+            (true, true, false) => Mode::Worker {
+                id: a.worker_id,
+                compress,
+            },
             (true, false, true) => {
                 let start = a
                     .start_lsn
@@ -229,19 +258,42 @@ impl Config {
                     .ok_or_else(|| Error::Usage("the WAL child needs --start-lsn".into()))?
                     .parse()
                     .map_err(|e: crate::lsn::LsnParseError| Error::Usage(e.to_string()))?;
-                let timeline = a.timeline.ok_or_else(|| Error::Usage("the WAL child needs --timeline".into()))?;
-                Mode::WalChild { start, timeline, delay: delay(a.delay)?, compress }
+                let timeline = a
+                    .timeline
+                    .ok_or_else(|| Error::Usage("the WAL child needs --timeline".into()))?;
+                Mode::WalChild {
+                    start,
+                    timeline,
+                    delay: delay(a.delay)?,
+                    compress,
+                }
             }
-            (false, false, true) => Mode::WalStandalone { delay: delay(a.delay)?, compress },
-            (true, true, true) => return Err(Error::Usage("--stdin and -x are different roles; use one".into())),
-            (true, false, false) => return Err(Error::Usage("--slave needs --stdin (a worker) or -x (the WAL child)".into())),
+            (false, false, true) => Mode::WalStandalone {
+                delay: delay(a.delay)?,
+                compress,
+            },
+            (true, true, true) => {
+                return Err(Error::Usage(
+                    "--stdin and -x are different roles; use one".into(),
+                ))
+            }
+            (true, false, false) => {
+                return Err(Error::Usage(
+                    "--slave needs --stdin (a worker) or -x (the WAL child)".into(),
+                ))
+            }
             (false, true, _) => return Err(Error::Usage("--stdin goes with --slave".into())),
             (false, false, false) => {
                 if a.jobs == 0 || a.jobs > MAX_JOBS {
-                    return Err(Error::Usage(format!("-j/--jobs must be between 1 and {MAX_JOBS}, not {}", a.jobs)));
+                    return Err(Error::Usage(format!(
+                        "-j/--jobs must be between 1 and {MAX_JOBS}, not {}",
+                        a.jobs
+                    )));
                 }
                 if a.label.len() > 1024 || a.label.contains(['\n', '\r']) {
-                    return Err(Error::Usage("--label must be one line of at most 1024 bytes".into()));
+                    return Err(Error::Usage(
+                        "--label must be one line of at most 1024 bytes".into(),
+                    ));
                 }
                 Mode::Master(MasterOpts {
                     jobs: a.jobs,
@@ -283,19 +335,34 @@ impl Common {
     }
 
     fn positional(&self) -> Vec<OsString> {
-        vec!["--".into(), self.conn.child_dsn().into(), self.dest.clone().into_os_string()]
+        vec![
+            "--".into(),
+            self.conn.child_dsn().into(),
+            self.dest.clone().into_os_string(),
+        ]
     }
 
     /// argv (without the program) of worker `id`. Never contains the password.
     pub fn worker_args(&self, id: usize, method: Method) -> Vec<OsString> {
-        let mut v: Vec<OsString> = vec!["--slave".into(), "--stdin".into(), "--worker-id".into(), id.to_string().into()];
+        let mut v: Vec<OsString> = vec![
+            "--slave".into(),
+            "--stdin".into(),
+            "--worker-id".into(),
+            id.to_string().into(),
+        ];
         v.extend(self.shared_args(method));
         v.extend(self.positional());
         v
     }
 
     /// argv of the WAL child. Never contains the password.
-    pub fn wal_args(&self, start: Lsn, timeline: u32, delay: Duration, method: Method) -> Vec<OsString> {
+    pub fn wal_args(
+        &self,
+        start: Lsn,
+        timeline: u32,
+        delay: Duration,
+        method: Method,
+    ) -> Vec<OsString> {
         let mut v: Vec<OsString> = vec![
             "--slave".into(),
             "-x".into(),
@@ -317,7 +384,8 @@ mod tests {
     use super::*;
 
     fn cfg(args: &[&str]) -> Result<Config, Error> {
-        let a = Args::try_parse_from(std::iter::once("pgbb").chain(args.iter().copied())).map_err(|e| Error::Usage(e.to_string()))?;
+        let a = Args::try_parse_from(std::iter::once("pgbb").chain(args.iter().copied()))
+            .map_err(|e| Error::Usage(e.to_string()))?;
         Config::from_args(a)
     }
 
@@ -333,8 +401,14 @@ mod tests {
 
     #[test]
     fn compress_values() {
-        assert_eq!(parse_compress("zlib:9").unwrap(), Compress::Fixed(Method::Zlib(9)));
-        assert_eq!(parse_compress("none").unwrap(), Compress::Fixed(Method::Plain));
+        assert_eq!(
+            parse_compress("zlib:9").unwrap(),
+            Compress::Fixed(Method::Zlib(9))
+        );
+        assert_eq!(
+            parse_compress("none").unwrap(),
+            Compress::Fixed(Method::Plain)
+        );
         assert!(parse_compress("zlib:12").is_err());
         assert!(parse_compress("lz4").is_err());
     }
@@ -349,20 +423,45 @@ mod tests {
         assert!(cfg(&["-D", "-1", "host=/tmp", "/d"]).is_err());
         assert!(cfg(&["-l", "a\nb", "host=/tmp", "/d"]).is_err());
         assert!(cfg(&["--slave", "host=/tmp", "/d"]).is_err());
-        assert!(matches!(cfg(&["--slave", "--stdin", "host=/tmp", "/d"]).unwrap().mode, Mode::Worker { .. }));
-        assert!(matches!(cfg(&["-x", "host=/tmp", "/d"]).unwrap().mode, Mode::WalStandalone { .. }));
+        assert!(matches!(
+            cfg(&["--slave", "--stdin", "host=/tmp", "/d"])
+                .unwrap()
+                .mode,
+            Mode::Worker { .. }
+        ));
+        assert!(matches!(
+            cfg(&["-x", "host=/tmp", "/d"]).unwrap().mode,
+            Mode::WalStandalone { .. }
+        ));
     }
 
     #[test]
     fn child_argv_round_trips_without_password() {
-        let c = cfg(&["-v", "--no-sync", "host=/tmp port=5999 user=u password=hunter2", "/d"]).unwrap();
+        let c = cfg(&[
+            "-v",
+            "--no-sync",
+            "host=/tmp port=5999 user=u password=hunter2",
+            "/d",
+        ])
+        .unwrap();
         let argv = c.common.worker_args(3, Method::Zlib(5));
         assert!(!argv.iter().any(|a| a.to_string_lossy().contains("hunter2")));
-        let strs: Vec<String> = argv.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+        let strs: Vec<String> = argv
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
         let back = cfg(&strs.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
-        assert!(matches!(back.mode, Mode::Worker { id: Some(3), compress: Compress::Fixed(Method::Zlib(5)) }));
+        assert!(matches!(
+            back.mode,
+            Mode::Worker {
+                id: Some(3),
+                compress: Compress::Fixed(Method::Zlib(5))
+            }
+        ));
         assert!(!back.common.sync);
-        let w = c.common.wal_args(Lsn(0x5000028), 1, Duration::from_millis(500), Method::Plain);
+        let w = c
+            .common
+            .wal_args(Lsn(0x5000028), 1, Duration::from_millis(500), Method::Plain);
         let strs: Vec<String> = w.iter().map(|a| a.to_string_lossy().into_owned()).collect();
         let back = cfg(&strs.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
         assert!(matches!(back.mode, Mode::WalChild { timeline: 1, .. }));

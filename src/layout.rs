@@ -61,7 +61,8 @@ pub struct LayoutRules {
 
 impl Layout {
     pub fn total_bytes(&self) -> u64 {
-        self.files.iter().map(|f| f.size).sum::<u64>() + self.pg_control.as_ref().map_or(0, |f| f.size)
+        self.files.iter().map(|f| f.size).sum::<u64>()
+            + self.pg_control.as_ref().map_or(0, |f| f.size)
     }
 }
 
@@ -109,7 +110,10 @@ pub fn parse_relation_file(name: &str, rules: LayoutRules) -> Option<RelFile<'_>
     };
     let (base, segment) = match rest.split_once('.') {
         Some((b, s)) => {
-            if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) || (rules.pg17 && s.starts_with('0')) {
+            if s.is_empty()
+                || !s.bytes().all(|c| c.is_ascii_digit())
+                || (rules.pg17 && s.starts_with('0'))
+            {
                 return None;
             }
             (b, s.parse::<u32>().ok()?)
@@ -128,10 +132,16 @@ pub fn parse_relation_file(name: &str, rules: LayoutRules) -> Option<RelFile<'_>
     if number.is_empty() || number.len() > 10 || !number.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    if rules.pg17 && (number.starts_with('0') || number.parse::<u64>().ok()? > u64::from(u32::MAX)) {
+    if rules.pg17 && (number.starts_with('0') || number.parse::<u64>().ok()? > u64::from(u32::MAX))
+    {
         return None;
     }
-    Some(RelFile { temp, number, fork, segment })
+    Some(RelFile {
+        temp,
+        number,
+        fork,
+        segment,
+    })
 }
 
 /// Applies core pg_basebackup's exclusion rules to a listing of the data directory.
@@ -179,14 +189,18 @@ pub fn plan(entries: Vec<Entry>, rules: LayoutRules) -> Layout {
         let dir = parent_of(&e.path);
         if is_relation_dir(dir, rules) {
             if let Some(r) = parse_relation_file(name, rules) {
-                let unlogged = r.fork != Some("init") && init_forks.get(dir).is_some_and(|s| s.contains(r.number));
+                let unlogged = r.fork != Some("init")
+                    && init_forks.get(dir).is_some_and(|s| s.contains(r.number));
                 if r.temp || unlogged {
                     layout.excluded += 1;
                     continue;
                 }
             }
         }
-        let job = FileJob { path: e.path.clone(), size: e.size };
+        let job = FileJob {
+            path: e.path.clone(),
+            size: e.size,
+        };
         if e.path == crate::dest::PG_CONTROL {
             layout.pg_control = Some(job);
         } else {
@@ -202,7 +216,9 @@ pub fn plan(entries: Vec<Entry>, rules: LayoutRules) -> Layout {
     dirs.sort();
     layout.dirs = dirs;
     // Largest first, so that the big files start early and the tail is made of small ones.
-    layout.files.sort_by(|a, b| b.size.cmp(&a.size).then_with(|| a.path.cmp(&b.path)));
+    layout
+        .files
+        .sort_by(|a, b| b.size.cmp(&a.size).then_with(|| a.path.cmp(&b.path)));
     layout
 }
 
@@ -214,17 +230,30 @@ mod tests {
     const R17: LayoutRules = LayoutRules { pg17: true };
 
     fn f(p: &str, size: u64) -> Entry {
-        Entry { path: p.into(), is_dir: false, size }
+        Entry {
+            path: p.into(),
+            is_dir: false,
+            size,
+        }
     }
     fn d(p: &str) -> Entry {
-        Entry { path: p.into(), is_dir: true, size: 0 }
+        Entry {
+            path: p.into(),
+            is_dir: true,
+            size: 0,
+        }
     }
 
     #[test]
     fn relation_names() {
         assert_eq!(
             parse_relation_file("16384_vm.2", R16),
-            Some(RelFile { temp: false, number: "16384", fork: Some("vm"), segment: 2 })
+            Some(RelFile {
+                temp: false,
+                number: "16384",
+                fork: Some("vm"),
+                segment: 2
+            })
         );
         assert!(parse_relation_file("t3_16384", R16).unwrap().temp);
         assert!(parse_relation_file("t99999_99999_vm.1", R16).unwrap().temp);
@@ -276,10 +305,25 @@ mod tests {
         let files: Vec<&str> = l.files.iter().map(|f| f.path.as_str()).collect();
         assert_eq!(
             files,
-            vec!["base/5/1259", "base/5/pg_filenode.map", "postgresql.auto.conf", "base/5/16400_init", "standby.signal"]
+            vec![
+                "base/5/1259",
+                "base/5/pg_filenode.map",
+                "postgresql.auto.conf",
+                "base/5/16400_init",
+                "standby.signal"
+            ]
         );
         assert_eq!(l.pg_control.as_ref().unwrap().path, "global/pg_control");
-        for dir in ["base", "base/5", "global", "pg_stat_tmp", "pg_replslot", "pg_wal", "pg_wal/archive_status", "pg_notify"] {
+        for dir in [
+            "base",
+            "base/5",
+            "global",
+            "pg_stat_tmp",
+            "pg_replslot",
+            "pg_wal",
+            "pg_wal/archive_status",
+            "pg_notify",
+        ] {
             assert!(l.dirs.contains(&dir.to_string()), "{dir} missing");
         }
         assert!(!l.dirs.iter().any(|d| d.contains("pgsql_tmp")));
@@ -288,7 +332,12 @@ mod tests {
 
     #[test]
     fn pg17_rules() {
-        let entries = vec![d("global"), f("global/1262", 8192), f("global/1262_init", 0), f(".DS_Store", 1)];
+        let entries = vec![
+            d("global"),
+            f("global/1262", 8192),
+            f("global/1262_init", 0),
+            f(".DS_Store", 1),
+        ];
         let l = plan(entries.clone(), R17);
         assert_eq!(l.files.len(), 1);
         assert!(l.dirs.contains(&"pg_wal/summaries".to_string()));

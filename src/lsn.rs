@@ -92,7 +92,9 @@ impl WalGeometry {
 
 /// True for a timeline history file name such as `00000002.history`.
 pub fn is_history_file(name: &str) -> bool {
-    name.len() == 16 && name.ends_with(".history") && name[..8].bytes().all(|b| b.is_ascii_hexdigit())
+    name.len() == 16
+        && name.ends_with(".history")
+        && name[..8].bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 #[cfg(test)]
@@ -119,12 +121,18 @@ mod tests {
         assert_eq!(g.file_name(1, g.segno(start)), "000000010000000000000005");
         // 16 MB segments: 256 per xlogid.
         assert_eq!(g.file_name(2, 0x1_23), "000000020000000100000023");
-        assert_eq!(g.parse_file_name("000000020000000100000023"), Some((2, 0x123)));
+        assert_eq!(
+            g.parse_file_name("000000020000000100000023"),
+            Some((2, 0x123))
+        );
         assert_eq!(g.parse_file_name("000000020000000100000123"), None);
         assert_eq!(g.parse_file_name("00000002.history"), None);
         let big = WalGeometry::new(1 << 30).unwrap();
         assert_eq!(big.file_name(1, 9), "000000010000000200000001");
-        assert_eq!(big.parse_file_name("000000010000000200000001"), Some((1, 9)));
+        assert_eq!(
+            big.parse_file_name("000000010000000200000001"),
+            Some((1, 9))
+        );
     }
 
     #[test]

@@ -66,8 +66,12 @@ fn check_server(ctl: &mut Session, common: &Common) -> Result<sql::ServerInfo, E
     let (caps, version) = sql::version(ctl)?;
     match caps.support() {
         Support::TooOld => return Err(PgError::TooOld(version).into()),
-        Support::BestEffort => log::warn!("PostgreSQL {version} is supported on a best-effort basis; 14 to 18 are tested"),
-        Support::Untested => log::warn!("PostgreSQL {version} is newer than pgbb knows (18); proceeding"),
+        Support::BestEffort => log::warn!(
+            "PostgreSQL {version} is supported on a best-effort basis; 14 to 18 are tested"
+        ),
+        Support::Untested => {
+            log::warn!("PostgreSQL {version} is newer than pgbb knows (18); proceeding")
+        }
         Support::Supported => {}
     }
     sql::session_setup_for(ctl, caps)?;
@@ -80,10 +84,20 @@ fn check_server(ctl: &mut Session, common: &Common) -> Result<sql::ServerInfo, E
         if !missing.is_empty() {
             let grants = missing
                 .iter()
-                .map(|f| format!("  GRANT EXECUTE ON FUNCTION {f} TO \"{}\";", info.current_user))
+                .map(|f| {
+                    format!(
+                        "  GRANT EXECUTE ON FUNCTION {f} TO \"{}\";",
+                        info.current_user
+                    )
+                })
                 .collect::<Vec<_>>()
                 .join("\n");
-            return Err(PgError::Privileges { role: info.current_user.clone(), db: info.database.clone(), grants }.into());
+            return Err(PgError::Privileges {
+                role: info.current_user.clone(),
+                db: info.database.clone(),
+                grants,
+            }
+            .into());
         }
     }
     let external: Vec<String> = sql::tablespaces(ctl)?
@@ -98,7 +112,11 @@ fn check_server(ctl: &mut Session, common: &Common) -> Result<sql::ServerInfo, E
         ))
         .into());
     }
-    log::info!("connected to PostgreSQL {} at {}", info.version, common.conn.target());
+    log::info!(
+        "connected to PostgreSQL {} at {}",
+        info.version,
+        common.conn.target()
+    );
     Ok(info)
 }
 
@@ -133,10 +151,21 @@ fn backup(
     interrupt.set_cancel(Some(ctl.cancel_token()));
     let info = check_server(&mut ctl, common)?;
     let caps = info.caps;
-    let geo = WalGeometry::new(info.wal_segment_size)
-        .ok_or_else(|| PgError::Unsupported(format!("unexpected wal_segment_size {}", info.wal_segment_size)))?;
+    let geo = WalGeometry::new(info.wal_segment_size).ok_or_else(|| {
+        PgError::Unsupported(format!(
+            "unexpected wal_segment_size {}",
+            info.wal_segment_size
+        ))
+    })?;
     let method = choose_method(&mut ctl, opts.compress)?;
-    log::info!("chunks travel {}", if method == Method::Plain { "uncompressed".to_string() } else { format!("compressed ({method})") });
+    log::info!(
+        "chunks travel {}",
+        if method == Method::Plain {
+            "uncompressed".to_string()
+        } else {
+            format!("compressed ({method})")
+        }
+    );
     if opts.clean {
         let (sessions, slots) = sql::clean_leftovers(&mut ctl)?;
         log::warn!("--clean: terminated {sessions} leftover pgbb session(s), dropped {slots} leftover pgbb slot(s)");
@@ -144,7 +173,12 @@ fn backup(
 
     let mut common = common.clone();
     common.group_access = info.group_access;
-    let mut guard = DestGuard::prepare(&common.dest, opts.force, opts.keep_on_failure, info.group_access)?;
+    let mut guard = DestGuard::prepare(
+        &common.dest,
+        opts.force,
+        opts.keep_on_failure,
+        info.group_access,
+    )?;
     let dest = Dest::open(&common.dest, info.group_access)?;
 
     // The slot first, on a session that runs nothing else: a temporary slot is dropped on
@@ -169,26 +203,49 @@ fn backup(
     if interrupt.requested() {
         return Err(Error::Interrupted("SIGINT"));
     }
-    log::info!("starting the backup ({} checkpoint)", if opts.fast { "fast" } else { "spread" });
+    log::info!(
+        "starting the backup ({} checkpoint)",
+        if opts.fast { "fast" } else { "spread" }
+    );
     let start = sql::start_backup(&mut ctl, caps, &opts.label, opts.fast)?;
     let tli = sql::checkpoint_timeline(&mut ctl)?;
     log::info!("backup started at {start} on timeline {tli}");
 
     let raw = sql::list_data_directory(&mut ctl)?;
     let plan = layout::plan(sql::entries_from_listing(raw)?, caps.layout_rules());
-    let pg_control = plan.pg_control.clone().ok_or_else(|| Error::Inconsistent("the server's listing has no global/pg_control".into()))?;
-    log::info!("{} files, {} MB to copy ({} excluded)", plan.files.len() + 1, plan.total_bytes() >> 20, plan.excluded);
+    let pg_control = plan.pg_control.clone().ok_or_else(|| {
+        Error::Inconsistent("the server's listing has no global/pg_control".into())
+    })?;
+    log::info!(
+        "{} files, {} MB to copy ({} excluded)",
+        plan.files.len() + 1,
+        plan.total_bytes() >> 20,
+        plan.excluded
+    );
     for d in &plan.dirs {
         dest.create_dir_all(&SafePath::parse(d)?)?;
     }
 
     let mut pool = Pool::new(pids);
     let password = common.conn.password();
-    let wal = pool.spawn("WAL child", common.wal_args(start, tli, opts.delay, method), password.as_deref())?;
+    let wal = pool.spawn(
+        "WAL child",
+        common.wal_args(start, tli, opts.delay, method),
+        password.as_deref(),
+    )?;
     let mut workers: Vec<WorkerState> = Vec::new();
     for i in 1..=opts.jobs {
-        let idx = pool.spawn(&format!("worker {i}"), common.worker_args(i, method), password.as_deref())?;
-        workers.push(WorkerState { idx, ready: false, inflight: VecDeque::new(), finished: false });
+        let idx = pool.spawn(
+            &format!("worker {i}"),
+            common.worker_args(i, method),
+            password.as_deref(),
+        )?;
+        workers.push(WorkerState {
+            idx,
+            ready: false,
+            inflight: VecDeque::new(),
+            finished: false,
+        });
     }
     {
         let root = common.dest.clone();
@@ -228,13 +285,24 @@ fn backup(
         .find_map(|l| l.strip_prefix("START TIMELINE: "))
         .and_then(|t| t.trim().parse::<u32>().ok());
     if label_tli.is_some_and(|t| t != tli) {
-        return Err(Error::Inconsistent(format!("backup_label says timeline {label_tli:?}, the checkpoint said {tli}")));
+        return Err(Error::Inconsistent(format!(
+            "backup_label says timeline {label_tli:?}, the checkpoint said {tli}"
+        )));
     }
-    dest.write_file(&SafePath::parse("backup_label")?, stop.labelfile.as_bytes(), false)?;
+    dest.write_file(
+        &SafePath::parse("backup_label")?,
+        stop.labelfile.as_bytes(),
+        false,
+    )?;
     if !stop.spcmapfile.is_empty() {
-        dest.write_file(&SafePath::parse("tablespace_map")?, stop.spcmapfile.as_bytes(), false)?;
+        dest.write_file(
+            &SafePath::parse("tablespace_map")?,
+            stop.spcmapfile.as_bytes(),
+            false,
+        )?;
     }
-    run.pool.send(run.wal, &WalCommand::Stop(stop.lsn).to_line())?;
+    run.pool
+        .send(run.wal, &WalCommand::Stop(stop.lsn).to_line())?;
     run.finish_wal()?;
     let (files, bytes, vanished, wal_files) = (run.files, run.bytes, run.vanished, run.wal_files);
     let wal_missing = std::mem::take(&mut run.wal_missing);
@@ -250,24 +318,51 @@ fn backup(
         }
     }
     for seg in geo.segno(start)..=geo.end_segno(stop.lsn) {
-        dest.write_file(&SafePath::parse(&format!("pg_wal/archive_status/{}.done", geo.file_name(tli, seg)))?, b"", false)?;
+        dest.write_file(
+            &SafePath::parse(&format!(
+                "pg_wal/archive_status/{}.done",
+                geo.file_name(tli, seg)
+            ))?,
+            b"",
+            false,
+        )?;
     }
     if common.sync {
         log::info!("syncing {}", common.dest.display());
         dest.sync_all()?;
     }
     // The very last step: pg_control appears only in a complete, synced backup.
-    dest.rename(&SafePath::parse(PG_CONTROL_PENDING)?, &SafePath::parse(PG_CONTROL)?)?;
+    dest.rename(
+        &SafePath::parse(PG_CONTROL_PENDING)?,
+        &SafePath::parse(PG_CONTROL)?,
+    )?;
     if common.sync {
         dest.sync_dir(Some(&SafePath::parse("global")?))?;
     }
     guard.disarm();
     drop(slot_session);
-    Ok(Summary { files, bytes, vanished, wal_files, start, stop: stop.lsn, timeline: tli, elapsed: t0.elapsed(), method })
+    Ok(Summary {
+        files,
+        bytes,
+        vanished,
+        wal_files,
+        start,
+        stop: stop.lsn,
+        timeline: tli,
+        elapsed: t0.elapsed(),
+        method,
+    })
 }
 
 /// Every segment from the start's through the stop's must be in DEST/pg_wal, full size.
-pub fn check_wal_range(dest: &Dest, geo: WalGeometry, tli: u32, start: Lsn, stop: Lsn, reported: &[String]) -> Result<(), Error> {
+pub fn check_wal_range(
+    dest: &Dest,
+    geo: WalGeometry,
+    tli: u32,
+    start: Lsn,
+    stop: Lsn,
+    reported: &[String],
+) -> Result<(), Error> {
     let mut missing: Vec<String> = Vec::new();
     for seg in geo.segno(start)..=geo.end_segno(stop) {
         let name = geo.file_name(tli, seg);
@@ -277,7 +372,11 @@ pub fn check_wal_range(dest: &Dest, geo: WalGeometry, tli: u32, start: Lsn, stop
             None => missing.push(name),
         }
     }
-    if tli > 1 && dest.file_size(&SafePath::parse(&format!("pg_wal/{tli:08X}.history"))?)?.is_none() {
+    if tli > 1
+        && dest
+            .file_size(&SafePath::parse(&format!("pg_wal/{tli:08X}.history"))?)?
+            .is_none()
+    {
         missing.push(format!("{tli:08X}.history"));
     }
     if missing.is_empty() && !reported.is_empty() {
@@ -286,7 +385,9 @@ pub fn check_wal_range(dest: &Dest, geo: WalGeometry, tli: u32, start: Lsn, stop
     if missing.is_empty() {
         Ok(())
     } else {
-        Err(Error::WalIncomplete { missing: missing.join(", ") })
+        Err(Error::WalIncomplete {
+            missing: missing.join(", "),
+        })
     }
 }
 
@@ -317,9 +418,18 @@ impl Run<'_> {
     fn dispatch(&mut self) -> Result<(), Error> {
         for w in 0..self.workers.len() {
             while self.workers[w].ready && self.workers[w].inflight.len() < PIPELINE {
-                let Some(job) = self.queue.pop_front() else { return Ok(()) };
+                let Some(job) = self.queue.pop_front() else {
+                    return Ok(());
+                };
                 let idx = self.workers[w].idx;
-                self.pool.send(idx, &Request { src: job.path.clone(), dst: job.path.clone() }.to_line())?;
+                self.pool.send(
+                    idx,
+                    &Request {
+                        src: job.path.clone(),
+                        dst: job.path.clone(),
+                    }
+                    .to_line(),
+                )?;
                 self.workers[w].inflight.push_back(job.path);
             }
         }
@@ -334,7 +444,13 @@ impl Run<'_> {
         if self.last_report.elapsed() >= Duration::from_secs(10) {
             self.last_report = Instant::now();
             let pct = (self.bytes * 100).checked_div(self.total).unwrap_or(100);
-            log::info!("{} / {} MB ({pct}%), {} files, {} WAL segments", self.bytes >> 20, self.total >> 20, self.files, self.wal_files);
+            log::info!(
+                "{} / {} MB ({pct}%), {} files, {} WAL segments",
+                self.bytes >> 20,
+                self.total >> 20,
+                self.files,
+                self.wal_files
+            );
         }
     }
 
@@ -353,7 +469,10 @@ impl Run<'_> {
         match ev {
             Event::Line { child, line } => {
                 let role = self.pool.role(child).to_string();
-                let resp = Response::parse(&line).map_err(|source| Error::Protocol { role: role.clone(), source })?;
+                let resp = Response::parse(&line).map_err(|source| Error::Protocol {
+                    role: role.clone(),
+                    source,
+                })?;
                 self.on_response(child, &role, resp)
             }
             Event::Closed { child } => {
@@ -365,8 +484,14 @@ impl Run<'_> {
                 };
                 match status {
                     Some(s) if expected && s.success() => Ok(()),
-                    Some(s) => Err(Error::ChildDied { role, status: describe_status(&s) }),
-                    None => Err(Error::ChildDied { role, status: "closed its output".into() }),
+                    Some(s) => Err(Error::ChildDied {
+                        role,
+                        status: describe_status(&s),
+                    }),
+                    None => Err(Error::ChildDied {
+                        role,
+                        status: "closed its output".into(),
+                    }),
                 }
             }
         }
@@ -375,7 +500,9 @@ impl Run<'_> {
     fn on_response(&mut self, child: usize, role: &str, resp: Response) -> Result<(), Error> {
         let w = self.worker_of(child);
         match resp {
-            Response::Hello { protocol, version, .. } => {
+            Response::Hello {
+                protocol, version, ..
+            } => {
                 if protocol != PROTOCOL_VERSION {
                     return Err(Error::ChildFailed {
                         role: role.into(),
@@ -407,10 +534,18 @@ impl Run<'_> {
                 None => self.wal_missing.push(path),
             },
             Response::Error { path, message } => return Err(Error::FileFailed { path, message }),
-            Response::Fatal { message } => return Err(Error::ChildFailed { role: role.into(), message }),
+            Response::Fatal { message } => {
+                return Err(Error::ChildFailed {
+                    role: role.into(),
+                    message,
+                })
+            }
             Response::Done { count } => {
                 if w.is_some() {
-                    return Err(Error::ChildFailed { role: role.into(), message: "sent an unexpected done".into() });
+                    return Err(Error::ChildFailed {
+                        role: role.into(),
+                        message: "sent an unexpected done".into(),
+                    });
                 }
                 self.wal_done = Some(count);
             }
@@ -424,7 +559,10 @@ impl Run<'_> {
                 self.workers[w].inflight.pop_front();
                 Ok(())
             }
-            _ => Err(Error::ChildFailed { role: role.into(), message: format!("answered for {path:?}, which it was not asked for") }),
+            _ => Err(Error::ChildFailed {
+                role: role.into(),
+                message: format!("answered for {path:?}, which it was not asked for"),
+            }),
         }
     }
 
@@ -439,14 +577,23 @@ impl Run<'_> {
         }
         let w = self.workers.iter().position(|w| w.ready).unwrap_or(0);
         let idx = self.workers[w].idx;
-        self.pool.send(idx, &Request { src: pg_control.path.clone(), dst: PG_CONTROL_PENDING.into() }.to_line())?;
+        self.pool.send(
+            idx,
+            &Request {
+                src: pg_control.path.clone(),
+                dst: PG_CONTROL_PENDING.into(),
+            }
+            .to_line(),
+        )?;
         self.workers[w].inflight.push_back(pg_control.path);
         let before = self.files;
         while !self.idle() {
             self.step()?;
         }
         if self.files == before {
-            return Err(Error::Inconsistent("global/pg_control vanished from the server".into()));
+            return Err(Error::Inconsistent(
+                "global/pg_control vanished from the server".into(),
+            ));
         }
         Ok(())
     }
@@ -468,18 +615,34 @@ impl Run<'_> {
                     let role = self.pool.role(child).to_string();
                     match self.pool.wait(child, Duration::from_secs(10)) {
                         Some(s) if s.success() => open -= 1,
-                        Some(s) => return Err(Error::ChildDied { role, status: describe_status(&s) }),
-                        None => return Err(Error::ChildDied { role, status: "did not exit".into() }),
+                        Some(s) => {
+                            return Err(Error::ChildDied {
+                                role,
+                                status: describe_status(&s),
+                            })
+                        }
+                        None => {
+                            return Err(Error::ChildDied {
+                                role,
+                                status: "did not exit".into(),
+                            })
+                        }
                     }
                 }
                 Event::Line { child, line } => {
                     let role = self.pool.role(child).to_string();
-                    let resp = Response::parse(&line).map_err(|source| Error::Protocol { role: role.clone(), source })?;
+                    let resp = Response::parse(&line).map_err(|source| Error::Protocol {
+                        role: role.clone(),
+                        source,
+                    })?;
                     self.on_response(child, &role, resp)?;
                 }
                 Event::Closed { child } => {
                     let role = self.pool.role(child).to_string();
-                    let status = self.pool.wait(child, Duration::from_secs(5)).map_or("closed its output".into(), |s| describe_status(&s));
+                    let status = self
+                        .pool
+                        .wait(child, Duration::from_secs(5))
+                        .map_or("closed its output".into(), |s| describe_status(&s));
                     return Err(Error::ChildDied { role, status });
                 }
             }
@@ -492,14 +655,23 @@ impl Run<'_> {
         let deadline = Instant::now() + Duration::from_secs(600);
         while self.wal_done.is_none() {
             if Instant::now() > deadline {
-                return Err(Error::ChildFailed { role: "WAL child".into(), message: "did not finish copying WAL within 10 minutes of the stop".into() });
+                return Err(Error::ChildFailed {
+                    role: "WAL child".into(),
+                    message: "did not finish copying WAL within 10 minutes of the stop".into(),
+                });
             }
             self.step()?;
         }
         match self.pool.wait(self.wal, Duration::from_secs(10)) {
             Some(s) if s.success() => Ok(()),
-            Some(s) => Err(Error::ChildDied { role: "WAL child".into(), status: describe_status(&s) }),
-            None => Err(Error::ChildDied { role: "WAL child".into(), status: "did not exit after done".into() }),
+            Some(s) => Err(Error::ChildDied {
+                role: "WAL child".into(),
+                status: describe_status(&s),
+            }),
+            None => Err(Error::ChildDied {
+                role: "WAL child".into(),
+                status: "did not exit after done".into(),
+            }),
         }
     }
 }

@@ -69,7 +69,12 @@ fn self_exe() -> std::path::PathBuf {
 impl Pool {
     pub fn new(pids: Pids) -> Pool {
         let (tx, rx) = unbounded();
-        Pool { slots: Vec::new(), tx, rx, pids }
+        Pool {
+            slots: Vec::new(),
+            tx,
+            rx,
+            pids,
+        }
     }
 
     pub fn events(&self) -> &Receiver<Event> {
@@ -87,9 +92,18 @@ impl Pool {
     /// Starts `pgbb ARGS` as a child: own process group (a terminal's Ctrl-C reaches only the
     /// master, which then stops the children in order), SIGTERM if the master dies, the
     /// password in the environment only.
-    pub fn spawn(&mut self, role: &str, args: Vec<OsString>, password: Option<&str>) -> Result<usize, Error> {
+    pub fn spawn(
+        &mut self,
+        role: &str,
+        args: Vec<OsString>,
+        password: Option<&str>,
+    ) -> Result<usize, Error> {
         let mut cmd = Command::new(self_exe());
-        cmd.args(&args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit()).process_group(0);
+        cmd.args(&args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .process_group(0);
         match password {
             Some(p) => cmd.env(PASSWORD_ENV, p),
             None => cmd.env_remove(PASSWORD_ENV),
@@ -98,7 +112,13 @@ impl Pool {
         // SAFETY: only async-signal-safe calls (prctl, getppid, _exit) between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong, 0, 0, 0);
+                libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGTERM as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                );
                 if libc::getppid() != parent {
                     libc::_exit(1);
                 }
@@ -107,7 +127,10 @@ impl Pool {
         }
         let mut child = cmd.spawn().map_err(Error::Spawn)?;
         let idx = self.slots.len();
-        let stdout = child.stdout.take().ok_or_else(|| Error::Io("child has no stdout".into()))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| Error::Io("child has no stdout".into()))?;
         let stdin = child.stdin.take();
         let tx = self.tx.clone();
         std::thread::Builder::new()
@@ -134,7 +157,12 @@ impl Pool {
         if let Ok(mut p) = self.pids.lock() {
             p.push(child.id() as i32);
         }
-        self.slots.push(Slot { role: role.to_string(), child, stdin, status: None });
+        self.slots.push(Slot {
+            role: role.to_string(),
+            child,
+            stdin,
+            status: None,
+        });
         Ok(idx)
     }
 
@@ -142,11 +170,17 @@ impl Pool {
     pub fn send(&mut self, i: usize, line: &str) -> Result<(), Error> {
         let slot = &mut self.slots[i];
         let role = slot.role.clone();
-        let stdin = slot.stdin.as_mut().ok_or_else(|| Error::Io(format!("{role}: input already closed")))?;
+        let stdin = slot
+            .stdin
+            .as_mut()
+            .ok_or_else(|| Error::Io(format!("{role}: input already closed")))?;
         stdin
             .write_all(line.as_bytes())
             .and_then(|()| stdin.flush())
-            .map_err(|e| Error::ChildDied { role, status: format!("its input is closed: {e}") })
+            .map_err(|e| Error::ChildDied {
+                role,
+                status: format!("its input is closed: {e}"),
+            })
     }
 
     /// Closes a child's stdin: at end of input it finishes and exits.
@@ -171,7 +205,9 @@ impl Pool {
                     }
                     return Some(s);
                 }
-                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
                 _ => return None,
             }
         }

@@ -50,7 +50,9 @@ pub fn escape(s: &str) -> String {
             '\t' => out.push_str("\\t"),
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
-            c if (c as u32) < 0x20 || c == '\u{7f}' => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                out.push_str(&format!("\\x{:02x}", c as u32))
+            }
             c => out.push(c),
         }
     }
@@ -136,20 +138,45 @@ impl Request {
 /// One result line from a child.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Response {
-    Hello { protocol: u32, version: String, role: String },
-    Ok { size: u64, path: String },
-    Vanished { path: String },
-    Error { path: String, message: String },
-    Fatal { message: String },
-    Done { count: u64 },
+    Hello {
+        protocol: u32,
+        version: String,
+        role: String,
+    },
+    Ok {
+        size: u64,
+        path: String,
+    },
+    Vanished {
+        path: String,
+    },
+    Error {
+        path: String,
+        message: String,
+    },
+    Fatal {
+        message: String,
+    },
+    Done {
+        count: u64,
+    },
 }
 
 impl fmt::Display for Response {
     /// The wire form, without the trailing newline.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Response::Hello { protocol, version, role } => {
-                write!(f, "hello\tpgbb\t{protocol}\t{}\t{}", escape(version), escape(role))
+            Response::Hello {
+                protocol,
+                version,
+                role,
+            } => {
+                write!(
+                    f,
+                    "hello\tpgbb\t{protocol}\t{}\t{}",
+                    escape(version),
+                    escape(role)
+                )
             }
             Response::Ok { size, path } => write!(f, "ok\t{size}\t{}", escape(path)),
             Response::Vanished { path } => write!(f, "vanished\t{}", escape(path)),
@@ -174,13 +201,20 @@ impl Response {
                 version: unescape(version)?,
                 role: unescape(role)?,
             },
-            ["ok", size, path] => Response::Ok { size: num(size)?, path: unescape(path)? },
-            ["vanished", path] => Response::Vanished { path: unescape(path)? },
+            ["ok", size, path] => Response::Ok {
+                size: num(size)?,
+                path: unescape(path)?,
+            },
+            ["vanished", path] => Response::Vanished {
+                path: unescape(path)?,
+            },
             ["error", path, message] => Response::Error {
                 path: unescape(path)?,
                 message: unescape(message)?,
             },
-            ["fatal", message] => Response::Fatal { message: unescape(message)? },
+            ["fatal", message] => Response::Fatal {
+                message: unescape(message)?,
+            },
             ["done", count] => Response::Done { count: num(count)? },
             _ => return Err(unknown()),
         })
@@ -219,7 +253,15 @@ mod tests {
 
     #[test]
     fn escape_round_trip() {
-        for s in ["plain/path", "a b", "tab\there", "nl\nx", "back\\slash", "\u{1}ctl", "é/ü"] {
+        for s in [
+            "plain/path",
+            "a b",
+            "tab\there",
+            "nl\nx",
+            "back\\slash",
+            "\u{1}ctl",
+            "é/ü",
+        ] {
             assert_eq!(unescape(&escape(s)).unwrap(), s);
             assert!(!escape(s).contains(['\t', '\n', '\r']));
         }
@@ -232,7 +274,10 @@ mod tests {
     fn requests() {
         assert_eq!(
             Request::parse("base/1/1259\n").unwrap(),
-            Request { src: "base/1/1259".into(), dst: "base/1/1259".into() }
+            Request {
+                src: "base/1/1259".into(),
+                dst: "base/1/1259".into()
+            }
         );
         let r = Request::parse("global/pg_control\tglobal/pg_control.pending").unwrap();
         assert_eq!(r.dst, "global/pg_control.pending");
@@ -241,19 +286,39 @@ mod tests {
         assert_eq!(Request::parse("\n"), Err(ProtocolError::Empty));
         assert_eq!(Request::parse("a\0b"), Err(ProtocolError::Nul));
         assert_eq!(Request::parse("a\tb\tc"), Err(ProtocolError::TooManyFields));
-        assert_eq!(Request::parse(&"x".repeat(MAX_LINE + 1)), Err(ProtocolError::TooLong));
-        let odd = Request { src: "we\tird\nname".into(), dst: "we\tird\nname".into() };
+        assert_eq!(
+            Request::parse(&"x".repeat(MAX_LINE + 1)),
+            Err(ProtocolError::TooLong)
+        );
+        let odd = Request {
+            src: "we\tird\nname".into(),
+            dst: "we\tird\nname".into(),
+        };
         assert_eq!(Request::parse(&odd.to_line()).unwrap(), odd);
     }
 
     #[test]
     fn responses_round_trip() {
         let all = [
-            Response::Hello { protocol: 1, version: "0.1.0".into(), role: "worker 2".into() },
-            Response::Ok { size: 8192, path: "base/1/1259".into() },
-            Response::Vanished { path: "base/1/t3_4".into() },
-            Response::Error { path: "../x".into(), message: "unsafe\tpath".into() },
-            Response::Fatal { message: "connection lost".into() },
+            Response::Hello {
+                protocol: 1,
+                version: "0.1.0".into(),
+                role: "worker 2".into(),
+            },
+            Response::Ok {
+                size: 8192,
+                path: "base/1/1259".into(),
+            },
+            Response::Vanished {
+                path: "base/1/t3_4".into(),
+            },
+            Response::Error {
+                path: "../x".into(),
+                message: "unsafe\tpath".into(),
+            },
+            Response::Fatal {
+                message: "connection lost".into(),
+            },
             Response::Done { count: 3 },
         ];
         for r in all {

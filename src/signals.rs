@@ -53,7 +53,8 @@ fn name(sig: i32) -> &'static str {
 
 /// Installs the handlers. The receiver yields the name of the first signal.
 pub fn install(pids: Pids) -> Result<(Arc<Interrupt>, Receiver<&'static str>), Error> {
-    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP]).map_err(|e| Error::Io(format!("cannot install signal handlers: {e}")))?;
+    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])
+        .map_err(|e| Error::Io(format!("cannot install signal handlers: {e}")))?;
     let state = Arc::new(Interrupt::default());
     let (tx, rx) = bounded(1);
     let st = state.clone();

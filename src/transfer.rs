@@ -74,21 +74,37 @@ impl Transfer {
     /// Creates what the method needs in this session (the pg_temp helper for zlib).
     pub fn prepare(&self, s: &mut Session) -> Result<(), PgError> {
         if let Method::Zlib(_) = self.method {
-            s.execute(sql::CREATE_ZLIB_READER, &[], "could not create the compression helper")
-                .map_err(|e| PgError::Compression(e.to_string()))?;
+            s.execute(
+                sql::CREATE_ZLIB_READER,
+                &[],
+                "could not create the compression helper",
+            )
+            .map_err(|e| PgError::Compression(e.to_string()))?;
         }
         Ok(())
     }
 
     /// Copies server file `src` (relative to the data directory) to `dst` below DEST.
-    pub fn fetch(&self, s: &mut Session, src: &SafePath, dest: &Dest, dst: &SafePath) -> Result<Outcome, TransferError> {
+    pub fn fetch(
+        &self,
+        s: &mut Session,
+        src: &SafePath,
+        dest: &Dest,
+        dst: &SafePath,
+    ) -> Result<Outcome, TransferError> {
         match self.method {
             Method::Plain => self.fetch_plain(s, src, dest, dst),
             Method::Zlib(level) => self.fetch_zlib(s, src, dest, dst, level),
         }
     }
 
-    fn fetch_plain(&self, s: &mut Session, src: &SafePath, dest: &Dest, dst: &SafePath) -> Result<Outcome, TransferError> {
+    fn fetch_plain(
+        &self,
+        s: &mut Session,
+        src: &SafePath,
+        dest: &Dest,
+        dst: &SafePath,
+    ) -> Result<Outcome, TransferError> {
         let path = src.as_string();
         let what = format!("could not read \"{path}\"");
         let chunk = self.chunk as i64;
@@ -96,7 +112,10 @@ impl Transfer {
         let mut out: Option<FileWriter> = None;
         let mut size = 0u64;
         while let Some(row) = rows.next().map_err(|e| pg_err(&what, e))? {
-            let Some(sz) = row.try_get::<_, Option<i64>>(0).map_err(|e| pg_err(&what, e))? else {
+            let Some(sz) = row
+                .try_get::<_, Option<i64>>(0)
+                .map_err(|e| pg_err(&what, e))?
+            else {
                 return Ok(Outcome::Vanished);
             };
             let w = match out.as_mut() {
@@ -106,7 +125,9 @@ impl Transfer {
                     out.insert(dest.create_file(dst)?)
                 }
             };
-            let data = row.try_get::<_, Option<&[u8]>>(1).map_err(|e| pg_err(&what, e))?;
+            let data = row
+                .try_get::<_, Option<&[u8]>>(1)
+                .map_err(|e| pg_err(&what, e))?;
             match data {
                 None if size == 0 => {}
                 // Removed while we were reading it.
@@ -124,11 +145,21 @@ impl Transfer {
         }
         match out {
             Some(w) => Ok(Outcome::Copied(w.finish(self.sync)?)),
-            None => Err(TransferError::Data { path, message: "the server returned no rows".into() }),
+            None => Err(TransferError::Data {
+                path,
+                message: "the server returned no rows".into(),
+            }),
         }
     }
 
-    fn fetch_zlib(&self, s: &mut Session, src: &SafePath, dest: &Dest, dst: &SafePath, level: u32) -> Result<Outcome, TransferError> {
+    fn fetch_zlib(
+        &self,
+        s: &mut Session,
+        src: &SafePath,
+        dest: &Dest,
+        dst: &SafePath,
+        level: u32,
+    ) -> Result<Outcome, TransferError> {
         let path = src.as_string();
         let what = format!("could not read \"{path}\"");
         let chunk = self.chunk as i64;
@@ -155,9 +186,15 @@ impl Transfer {
             flate2::read::ZlibDecoder::new(data)
                 .take(self.chunk + 1)
                 .read_to_end(&mut buf)
-                .map_err(|e| TransferError::Data { path: path.clone(), message: format!("corrupt compressed chunk: {e}") })?;
+                .map_err(|e| TransferError::Data {
+                    path: path.clone(),
+                    message: format!("corrupt compressed chunk: {e}"),
+                })?;
             if buf.len() as u64 > self.chunk || w.written() + buf.len() as u64 > size {
-                return Err(TransferError::Data { path, message: "the server sent more data than the file size".into() });
+                return Err(TransferError::Data {
+                    path,
+                    message: "the server sent more data than the file size".into(),
+                });
             }
             w.write(&buf)?;
         }

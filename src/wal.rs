@@ -44,19 +44,32 @@ impl Copier {
         dest.create_dir_all(&SafePath::parse("pg_wal/archive_status")?)?;
         let (mut s, t) = crate::worker::open_session(common, "pgbb wal", compress)?;
         let size = sql::wal_segment_size(&mut s)?;
-        let geo = WalGeometry::new(size).ok_or_else(|| PgError::Unsupported(format!("unexpected wal_segment_size {size}")))?;
-        Ok(Copier { s, t, dest, geo, history: HashMap::new() })
+        let geo = WalGeometry::new(size)
+            .ok_or_else(|| PgError::Unsupported(format!("unexpected wal_segment_size {size}")))?;
+        Ok(Copier {
+            s,
+            t,
+            dest,
+            geo,
+            history: HashMap::new(),
+        })
     }
 
     /// Copies `pg_wal/NAME` to `pg_wal/AS`.
     fn copy(&mut self, name: &str, as_name: &str) -> Result<Outcome, Error> {
         let src = wal_path(name)?;
         let dst = wal_path(as_name)?;
-        self.t.fetch(&mut self.s, &src, &self.dest, &dst).map_err(transfer_err)
+        self.t
+            .fetch(&mut self.s, &src, &self.dest, &dst)
+            .map_err(transfer_err)
     }
 
     /// Copies history files that are new or changed.
-    fn copy_history(&mut self, files: &[(String, u64)], say: &mut dyn FnMut(Response) -> Result<(), Error>) -> Result<(), Error> {
+    fn copy_history(
+        &mut self,
+        files: &[(String, u64)],
+        say: &mut dyn FnMut(Response) -> Result<(), Error>,
+    ) -> Result<(), Error> {
         for (name, size) in files.iter().filter(|(n, _)| is_history_file(n)) {
             if self.history.get(name) == Some(size) {
                 continue;
@@ -64,9 +77,14 @@ impl Copier {
             match self.copy(name, name)? {
                 Outcome::Copied(n) => {
                     self.history.insert(name.clone(), *size);
-                    say(Response::Ok { size: n, path: format!("pg_wal/{name}") })?;
+                    say(Response::Ok {
+                        size: n,
+                        path: format!("pg_wal/{name}"),
+                    })?;
                 }
-                Outcome::Vanished => say(Response::Vanished { path: format!("pg_wal/{name}") })?,
+                Outcome::Vanished => say(Response::Vanished {
+                    path: format!("pg_wal/{name}"),
+                })?,
             }
         }
         Ok(())
@@ -77,23 +95,37 @@ fn stdout_say() -> impl FnMut(Response) -> Result<(), Error> {
     let stdout = io::stdout();
     move |r: Response| {
         let mut out = stdout.lock();
-        writeln!(out, "{r}").and_then(|()| out.flush()).map_err(|e| Error::Io(format!("cannot write results: {e}")))
+        writeln!(out, "{r}")
+            .and_then(|()| out.flush())
+            .map_err(|e| Error::Io(format!("cannot write results: {e}")))
     }
 }
 
 /// The master's WAL child: copies segments `start`'s segment onwards on `tli` as they
 /// complete; on `stop LSN` finishes through that segment, reports every segment of the range
 /// it could not copy as `vanished`, prints `done N` and exits.
-pub fn run_child(common: &Common, start: Lsn, tli: u32, delay: Duration, compress: Compress) -> Result<(), Error> {
+pub fn run_child(
+    common: &Common,
+    start: Lsn,
+    tli: u32,
+    delay: Duration,
+    compress: Compress,
+) -> Result<(), Error> {
     let mut say = stdout_say();
     let mut c = match Copier::open(common, compress) {
         Ok(c) => c,
         Err(e) => {
-            let _ = say(Response::Fatal { message: e.to_string() });
+            let _ = say(Response::Fatal {
+                message: e.to_string(),
+            });
             return Err(e);
         }
     };
-    say(Response::Hello { protocol: PROTOCOL_VERSION, version: env!("CARGO_PKG_VERSION").into(), role: "pgbb wal".into() })?;
+    say(Response::Hello {
+        protocol: PROTOCOL_VERSION,
+        version: env!("CARGO_PKG_VERSION").into(),
+        role: "pgbb wal".into(),
+    })?;
     let (tx, rx) = unbounded();
     std::thread::spawn(move || {
         for line in io::stdin().lock().lines() {
@@ -114,45 +146,73 @@ pub fn run_child(common: &Common, start: Lsn, tli: u32, delay: Duration, compres
             c.copy_history(&files, &mut say)?;
             let last = stop.map(|s| c.geo.end_segno(s));
             for (name, size) in &files {
-                let Some((t, seg)) = c.geo.parse_file_name(name) else { continue };
-                if t != tli || seg < start_seg || last.is_some_and(|l| seg > l) || !c.geo.is_complete(seg, written) || copied.contains(&seg) {
+                let Some((t, seg)) = c.geo.parse_file_name(name) else {
+                    continue;
+                };
+                if t != tli
+                    || seg < start_seg
+                    || last.is_some_and(|l| seg > l)
+                    || !c.geo.is_complete(seg, written)
+                    || copied.contains(&seg)
+                {
                     continue;
                 }
                 match c.copy(name, name)? {
                     Outcome::Copied(n) if n == c.geo.seg_size => {
                         copied.insert(seg);
                         count += 1;
-                        say(Response::Ok { size: n, path: format!("pg_wal/{name}") })?;
+                        say(Response::Ok {
+                            size: n,
+                            path: format!("pg_wal/{name}"),
+                        })?;
                     }
                     Outcome::Copied(n) => {
                         say(Response::Error {
                             path: format!("pg_wal/{name}"),
-                            message: format!("segment is {n} bytes (listed {size}), expected {}", c.geo.seg_size),
+                            message: format!(
+                                "segment is {n} bytes (listed {size}), expected {}",
+                                c.geo.seg_size
+                            ),
                         })?;
                     }
-                    Outcome::Vanished => log::warn!("WAL segment {name} was removed before it could be copied"),
+                    Outcome::Vanished => {
+                        log::warn!("WAL segment {name} was removed before it could be copied")
+                    }
                 }
             }
             if let Some(last) = last {
                 if c.geo.is_complete(last, written) {
                     for seg in start_seg..=last {
                         if !copied.contains(&seg) {
-                            say(Response::Vanished { path: format!("pg_wal/{}", c.geo.file_name(tli, seg)) })?;
+                            say(Response::Vanished {
+                                path: format!("pg_wal/{}", c.geo.file_name(tli, seg)),
+                            })?;
                         }
                     }
                     say(Response::Done { count })?;
                     return Ok(());
                 }
             }
-            let wait = if stop.is_some() { Duration::from_millis(100) } else { delay };
+            let wait = if stop.is_some() {
+                Duration::from_millis(100)
+            } else {
+                delay
+            };
             match rx.recv_timeout(wait) {
                 Ok(Some(Ok(WalCommand::Stop(l)))) => {
-                    log::info!("backup stopped at {l}; copying WAL through segment {}", c.geo.file_name(tli, c.geo.end_segno(l)));
+                    log::info!(
+                        "backup stopped at {l}; copying WAL through segment {}",
+                        c.geo.file_name(tli, c.geo.end_segno(l))
+                    );
                     stop = Some(l);
                 }
-                Ok(Some(Err(e))) => return Err(Error::Io(format!("bad command from the master: {e}"))),
+                Ok(Some(Err(e))) => {
+                    return Err(Error::Io(format!("bad command from the master: {e}")))
+                }
                 Ok(None) | Err(RecvTimeoutError::Disconnected) => {
-                    return Err(Error::Io("the master closed the WAL child's input before the backup stopped".into()))
+                    return Err(Error::Io(
+                        "the master closed the WAL child's input before the backup stopped".into(),
+                    ))
                 }
                 Err(RecvTimeoutError::Timeout) => {}
             }
@@ -160,7 +220,9 @@ pub fn run_child(common: &Common, start: Lsn, tli: u32, delay: Duration, compres
     };
     let r = res();
     if let Err(e) = &r {
-        let _ = stdout_say()(Response::Fatal { message: e.to_string() });
+        let _ = stdout_say()(Response::Fatal {
+            message: e.to_string(),
+        });
     }
     r
 }
@@ -180,8 +242,15 @@ fn standalone_floor(dest: &Dest, geo: WalGeometry) -> Option<u64> {
     }
     let dir = std::fs::read_dir(dest.root().join("pg_wal")).ok()?;
     dir.filter_map(|e| e.ok())
-        .filter(|e| e.metadata().map(|m| m.len() == geo.seg_size).unwrap_or(false))
-        .filter_map(|e| geo.parse_file_name(&e.file_name().to_string_lossy()).map(|(_, s)| s + 1))
+        .filter(|e| {
+            e.metadata()
+                .map(|m| m.len() == geo.seg_size)
+                .unwrap_or(false)
+        })
+        .filter_map(|e| {
+            geo.parse_file_name(&e.file_name().to_string_lossy())
+                .map(|(_, s)| s + 1)
+        })
         .max()
 }
 
@@ -190,10 +259,16 @@ fn standalone_floor(dest: &Dest, geo: WalGeometry) -> Option<u64> {
 /// what DEST already holds.
 pub fn run_standalone(common: &Common, delay: Duration, compress: Compress) -> Result<(), Error> {
     let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP] {
-        signal_hook::flag::register(sig, stop.clone()).map_err(|e| Error::Io(format!("cannot install signal handlers: {e}")))?;
+    for sig in [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ] {
+        signal_hook::flag::register(sig, stop.clone())
+            .map_err(|e| Error::Io(format!("cannot install signal handlers: {e}")))?;
     }
-    std::fs::create_dir_all(&common.dest).map_err(|e| Error::Io(format!("cannot create {}: {e}", common.dest.display())))?;
+    std::fs::create_dir_all(&common.dest)
+        .map_err(|e| Error::Io(format!("cannot create {}: {e}", common.dest.display())))?;
     let mut c = Copier::open(common, compress)?;
     let mut floor = standalone_floor(&c.dest, c.geo);
     let mut have: HashSet<String> = HashSet::new();
@@ -202,19 +277,34 @@ pub fn run_standalone(common: &Common, delay: Duration, compress: Compress) -> R
         log::info!("{r}");
         Ok(())
     };
-    log::info!("copying WAL into {} every {:?}; stop with SIGINT or SIGTERM", c.dest.root().join("pg_wal").display(), delay);
+    log::info!(
+        "copying WAL into {} every {:?}; stop with SIGINT or SIGTERM",
+        c.dest.root().join("pg_wal").display(),
+        delay
+    );
     while !stop.load(Ordering::SeqCst) {
         let (files, written) = sql::list_wal(&mut c.s)?;
         c.copy_history(&files, &mut quiet)?;
         let cur = c.geo.segno(written);
         let floor_seg = *floor.get_or_insert(cur);
-        let tli = files.iter().filter_map(|(n, _)| c.geo.parse_file_name(n)).map(|(t, _)| t).max().unwrap_or(1);
+        let tli = files
+            .iter()
+            .filter_map(|(n, _)| c.geo.parse_file_name(n))
+            .map(|(t, _)| t)
+            .max()
+            .unwrap_or(1);
         for (name, _) in &files {
             if stop.load(Ordering::SeqCst) {
                 break;
             }
-            let Some((t, seg)) = c.geo.parse_file_name(name) else { continue };
-            if t != tli || seg < floor_seg || !c.geo.is_complete(seg, written) || have.contains(name) {
+            let Some((t, seg)) = c.geo.parse_file_name(name) else {
+                continue;
+            };
+            if t != tli
+                || seg < floor_seg
+                || !c.geo.is_complete(seg, written)
+                || have.contains(name)
+            {
                 continue;
             }
             if c.dest.file_size(&wal_path(name)?)? == Some(c.geo.seg_size) {
@@ -232,7 +322,9 @@ pub fn run_standalone(common: &Common, delay: Duration, compress: Compress) -> R
         // The segment being written, as NAME.partial, when it moved on since the last copy.
         if cur >= floor_seg && !stop.load(Ordering::SeqCst) {
             let name = c.geo.file_name(tli, cur);
-            if partial.as_ref() != Some(&(name.clone(), written)) && files.iter().any(|(n, _)| *n == name) {
+            if partial.as_ref() != Some(&(name.clone(), written))
+                && files.iter().any(|(n, _)| *n == name)
+            {
                 if let Some((old, _)) = &partial {
                     if *old != name && !have.contains(old) {
                         c.dest.remove_file(&wal_path(&format!("{old}.partial"))?)?;

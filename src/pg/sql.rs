@@ -36,7 +36,11 @@ pub fn version(s: &mut Session) -> Result<(Caps, String), PgError> {
 /// Turns off `idle_session_timeout` where it exists.
 pub fn session_setup_for(s: &mut Session, caps: Caps) -> Result<(), PgError> {
     if caps.idle_session_timeout() {
-        s.execute(IDLE_SESSION_TIMEOUT_OFF, &[], "could not configure the session")?;
+        s.execute(
+            IDLE_SESSION_TIMEOUT_OFF,
+            &[],
+            "could not configure the session",
+        )?;
     }
     Ok(())
 }
@@ -57,7 +61,8 @@ pub fn server_info(s: &mut Session, caps: Caps, version: String) -> Result<Serve
         version,
         wal_level: r.get(0),
         wal_segment_size: r.get::<_, i64>(1) as u64,
-        group_access: u32::from_str_radix(mode.trim_start_matches('0'), 8).unwrap_or(0o700) & 0o070 != 0,
+        group_access: u32::from_str_radix(mode.trim_start_matches('0'), 8).unwrap_or(0o700) & 0o070
+            != 0,
         in_recovery: r.get(3),
         superuser: r.get(4),
         replication: r.get(5),
@@ -67,7 +72,10 @@ pub fn server_info(s: &mut Session, caps: Caps, version: String) -> Result<Serve
 }
 
 /// The functions (of `wanted`) the current role may not execute.
-pub fn missing_function_privileges(s: &mut Session, wanted: &[&str]) -> Result<Vec<String>, PgError> {
+pub fn missing_function_privileges(
+    s: &mut Session,
+    wanted: &[&str],
+) -> Result<Vec<String>, PgError> {
     let wanted: Vec<String> = wanted.iter().map(|f| f.to_string()).collect();
     let rows = s.query(
         "SELECT f FROM unnest($1::text[]) AS f WHERE NOT has_function_privilege(f, 'EXECUTE')",
@@ -85,7 +93,10 @@ pub fn tablespaces(s: &mut Session) -> Result<Vec<(u32, String, String)>, PgErro
         &[],
         "could not list tablespaces",
     )?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
 }
 
 /// `--clean`: ends backups left behind by earlier pgbb masters (a non-exclusive backup lives
@@ -136,12 +147,17 @@ pub fn start_backup(s: &mut Session, caps: Caps, label: &str, fast: bool) -> Res
     };
     let r = s.query_one(sql, &[&label, &fast], "could not start the backup")?;
     let lsn: String = r.get(0);
-    lsn.parse().map_err(|e: crate::lsn::LsnParseError| PgError::Unsupported(e.to_string()))
+    lsn.parse()
+        .map_err(|e: crate::lsn::LsnParseError| PgError::Unsupported(e.to_string()))
 }
 
 /// The timeline of the backup's checkpoint.
 pub fn checkpoint_timeline(s: &mut Session) -> Result<u32, PgError> {
-    let r = s.query_one("SELECT timeline_id FROM pg_control_checkpoint()", &[], "could not read the timeline")?;
+    let r = s.query_one(
+        "SELECT timeline_id FROM pg_control_checkpoint()",
+        &[],
+        "could not read the timeline",
+    )?;
     Ok(r.get::<_, i32>(0) as u32)
 }
 
@@ -164,7 +180,9 @@ pub fn stop_backup(s: &mut Session, caps: Caps) -> Result<StopResult, PgError> {
     let r = s.query_one(sql, &[], "could not stop the backup")?;
     let lsn: String = r.get(0);
     Ok(StopResult {
-        lsn: lsn.parse().map_err(|e: crate::lsn::LsnParseError| PgError::Unsupported(e.to_string()))?,
+        lsn: lsn
+            .parse()
+            .map_err(|e: crate::lsn::LsnParseError| PgError::Unsupported(e.to_string()))?,
         labelfile: r.get::<_, Option<String>>(1).unwrap_or_default(),
         spcmapfile: r.get::<_, Option<String>>(2).unwrap_or_default(),
     })
@@ -175,7 +193,10 @@ pub fn stop_backup(s: &mut Session, caps: Caps) -> Result<StopResult, PgError> {
 /// it runs are simply missing. Names come back as raw bytes (`textsend`), since the server
 /// does not validate the encoding of file names.
 pub fn list_data_directory(s: &mut Session) -> Result<Vec<(Vec<u8>, bool, u64)>, PgError> {
-    let pruned: Vec<String> = EXCLUDED_DIR_CONTENTS.iter().map(|d| d.to_string()).collect();
+    let pruned: Vec<String> = EXCLUDED_DIR_CONTENTS
+        .iter()
+        .map(|d| d.to_string())
+        .collect();
     let rows = s.query(
         "WITH RECURSIVE tree(path, name, isdir, size) AS ( \
              SELECT n, n, st.isdir, st.size \
@@ -190,7 +211,16 @@ pub fn list_data_directory(s: &mut Session) -> Result<Vec<(Vec<u8>, bool, u64)>,
         &[&pruned],
         "could not list the data directory",
     )?;
-    Ok(rows.iter().map(|r| (r.get::<_, Vec<u8>>(0), r.get(1), r.get::<_, i64>(2).max(0) as u64)).collect())
+    Ok(rows
+        .iter()
+        .map(|r| {
+            (
+                r.get::<_, Vec<u8>>(0),
+                r.get(1),
+                r.get::<_, i64>(2).max(0) as u64,
+            )
+        })
+        .collect())
 }
 
 /// Converts the raw listing into entries; names that are not UTF-8 are refused for now.
@@ -276,7 +306,10 @@ pub fn list_wal(s: &mut Session) -> Result<(Vec<(String, u64)>, Lsn), PgError> {
         &[],
         "could not list pg_wal",
     )?;
-    let files = rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1).max(0) as u64)).collect();
+    let files = rows
+        .iter()
+        .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1).max(0) as u64))
+        .collect();
     Ok((files, lsn))
 }
 

@@ -1,0 +1,149 @@
+//! Failure semantics: a dead child, WAL missing. The backup must fail, leave nothing running,
+//! nothing on the server, and no startable DEST.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::harness::*;
+
+fn wait_exit(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("pgbb did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn kill_worker(no_clean: bool) {
+    let c = Cluster::new();
+    c.pgbench_init(10);
+    let dest = c.path(if no_clean { "killed-kept" } else { "killed" });
+    let d = dest.to_str().unwrap().to_string();
+    let mut args = vec![
+        "-j",
+        "2",
+        "-c",
+        "fast",
+        "--chunk-size",
+        "8k",
+        "--compress",
+        "none",
+    ];
+    if no_clean {
+        args.push("--no-clean");
+    }
+    let mut child = pgbb()
+        .args(&args)
+        .arg(c.dsn())
+        .arg(&dest)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let worker = wait_for_proc(&["--stdin", "--worker-id 1", &d], Duration::from_secs(30))
+        .expect("no worker appeared");
+    std::thread::sleep(Duration::from_millis(300));
+    kill(Pid::from_raw(worker), Signal::SIGKILL).unwrap();
+    let t = Instant::now();
+    let status = wait_exit(&mut child, Duration::from_secs(15));
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(10));
+    assert!(
+        err.contains("worker 1 died unexpectedly (killed by SIGKILL)"),
+        "{err}"
+    );
+    assert!(!stdout(&out).contains("backup complete"));
+    assert_no_pgbb_process(&d);
+    c.assert_no_pgbb_left();
+    if no_clean {
+        assert!(dest.join("base").exists(), "--no-clean should keep DEST");
+        assert!(
+            !dest.join("global/pg_control").exists(),
+            "an incomplete DEST must not be startable"
+        );
+    } else {
+        assert!(!dest.exists(), "DEST should be removed");
+    }
+    // The server is fine and takes the next backup.
+    let again = c.path("again");
+    let out = pgbb_run(&["-c", "fast", &c.dsn(), again.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn sigkill_of_a_worker_aborts_and_cleans_up() {
+    kill_worker(false);
+}
+
+#[test]
+fn sigkill_of_a_worker_with_no_clean_leaves_an_unstartable_dest() {
+    kill_worker(true);
+}
+
+/// WAL removed from the server before the WAL child copied it (what happens when WAL is
+/// recycled): the WAL child is frozen, the backup stops, the test deletes the backup's first
+/// segment on the server, and the WAL child is let go. The range check must fail the backup.
+#[test]
+fn missing_wal_segment_fails_the_backup() {
+    let c = Cluster::new();
+    c.pgbench_init(2);
+    let dest = c.path("nowal");
+    let d = dest.to_str().unwrap().to_string();
+    let mut child = pgbb()
+        .args(["-j", "1", "-c", "fast", "-v", "--no-slot"])
+        .arg(c.dsn())
+        .arg(&dest)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let wal = wait_for_proc(&["--slave", "-x", &d], Duration::from_secs(30))
+        .expect("no WAL child appeared");
+    kill(Pid::from_raw(wal), Signal::SIGSTOP).unwrap();
+    // The master stops the backup and then waits for the frozen WAL child.
+    let label = dest.join("backup_label");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !label.exists() {
+        assert!(Instant::now() < deadline, "backup_label never appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let text = std::fs::read_to_string(&label).unwrap();
+    let seg = text
+        .lines()
+        .next()
+        .unwrap()
+        .split("(file ")
+        .nth(1)
+        .unwrap()
+        .trim_end_matches(')')
+        .to_string();
+    assert!(
+        !dest.join("pg_wal").join(&seg).exists(),
+        "the frozen WAL child already had {seg}"
+    );
+    std::fs::remove_file(c.data.join("pg_wal").join(&seg)).unwrap();
+    kill(Pid::from_raw(wal), Signal::SIGCONT).unwrap();
+    let status = wait_exit(&mut child, Duration::from_secs(30));
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("WAL needed to restore the backup is missing") && err.contains(&seg),
+        "{err}"
+    );
+    assert!(!dest.exists());
+    assert_no_pgbb_process(&d);
+    c.assert_no_pgbb_left();
+}

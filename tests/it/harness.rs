@@ -1,0 +1,560 @@
+//! The shared test harness: throwaway PostgreSQL clusters (initdb in a temp dir, a free port,
+//! the unix socket in the temp dir, stopped on drop), run as user `postgres` when the tests
+//! run as root, plus helpers to run pgbb, load the server, and check a restored copy.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use postgres::{Client, NoTls};
+
+/// PostgreSQL server binaries: `PGBB_PG_BIN`, else the installed 15.
+pub fn bin_dir() -> PathBuf {
+    let dir = std::env::var_os("PGBB_PG_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"));
+    if !dir.join("initdb").exists() {
+        panic!(
+            "PostgreSQL server binaries not found in {} (initdb missing). Install them with \
+             `apt-get install postgresql-15 postgresql-contrib postgresql-plpython3-15`, or point \
+             PGBB_PG_BIN at a bin directory.",
+            dir.display()
+        );
+    }
+    dir
+}
+
+/// Client tools (psql, pgbench, pg_verifybackup): `PGBB_PG_CLIENT_BIN`, else the installed 15.
+pub fn client_bin(name: &str) -> PathBuf {
+    let dir = std::env::var_os("PGBB_PG_CLIENT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"));
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} not found: install postgresql-15 (or set PGBB_PG_CLIENT_BIN)",
+        p.display()
+    );
+    p
+}
+
+pub fn is_root() -> bool {
+    nix::unistd::getuid().is_root()
+}
+
+/// A command run as the `postgres` user when we are root (PostgreSQL refuses root).
+pub fn as_pg(program: &Path) -> Command {
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.arg("-u").arg("postgres").arg("--").arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+pub fn chown_pg(path: &Path) {
+    if is_root() {
+        let st = Command::new("chown")
+            .arg("-R")
+            .arg("postgres:postgres")
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(st.success(), "chown {} failed", path.display());
+    }
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A throwaway cluster.
+pub struct Cluster {
+    pub tmp: tempfile::TempDir,
+    pub data: PathBuf,
+    pub sock: PathBuf,
+    pub port: u16,
+    running: bool,
+}
+
+pub struct ClusterOpts {
+    pub checksums: bool,
+    pub conf: Vec<String>,
+}
+
+impl Default for ClusterOpts {
+    fn default() -> Self {
+        ClusterOpts {
+            checksums: true,
+            conf: Vec::new(),
+        }
+    }
+}
+
+impl Cluster {
+    pub fn new() -> Cluster {
+        Cluster::with(ClusterOpts::default())
+    }
+
+    pub fn with(opts: ClusterOpts) -> Cluster {
+        let tmp = tempfile::Builder::new()
+            .prefix("pgbb-test-")
+            .tempdir()
+            .unwrap();
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let data = tmp.path().join("data");
+        let sock = tmp.path().join("sock");
+        fs::create_dir(&sock).unwrap();
+        chown_pg(tmp.path());
+        let mut initdb = as_pg(&bin_dir().join("initdb"));
+        initdb.arg("-D").arg(&data).args([
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "--no-sync",
+            "-E",
+            "UTF8",
+            "--locale=C",
+        ]);
+        if opts.checksums {
+            initdb.arg("--data-checksums");
+        }
+        run_ok(&mut initdb);
+        let mut conf = String::from(
+            "\nlisten_addresses = ''\nfsync = off\nshared_buffers = 32MB\nmax_wal_size = 256MB\n\
+             max_wal_senders = 10\nmax_replication_slots = 10\nlogging_collector = off\n",
+        );
+        for c in &opts.conf {
+            conf.push_str(c);
+            conf.push('\n');
+        }
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .unwrap();
+        std::io::Write::write_all(&mut f, conf.as_bytes()).unwrap();
+        let mut c = Cluster {
+            tmp,
+            data,
+            sock,
+            port: free_port(),
+            running: false,
+        };
+        c.start();
+        c
+    }
+
+    /// Starts PostgreSQL on `data` (for example a restored backup) with this harness's
+    /// socket settings.
+    pub fn start(&mut self) {
+        let log = self.tmp.path().join(format!("log-{}", self.port));
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=''",
+            self.port,
+            self.sock.display()
+        );
+        let out = as_pg(&bin_dir().join("pg_ctl"))
+            .arg("-D")
+            .arg(&self.data)
+            .arg("-o")
+            .arg(opts)
+            .arg("-l")
+            .arg(&log)
+            .args(["-w", "-t", "120", "start"])
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            panic!(
+                "pg_ctl start failed: {}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        self.running = true;
+    }
+
+    pub fn stop(&mut self) {
+        if self.running {
+            let _ = as_pg(&bin_dir().join("pg_ctl"))
+                .arg("-D")
+                .arg(&self.data)
+                .args(["-m", "fast", "-w", "stop"])
+                .output();
+            self.running = false;
+        }
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.tmp.path().join(format!("log-{}", self.port))).unwrap_or_default()
+    }
+
+    pub fn dsn(&self) -> String {
+        self.dsn_db("postgres")
+    }
+
+    pub fn dsn_db(&self, db: &str) -> String {
+        format!(
+            "host={} port={} user=postgres dbname={db}",
+            self.sock.display(),
+            self.port
+        )
+    }
+
+    pub fn client(&self) -> Client {
+        self.client_db("postgres")
+    }
+
+    pub fn client_db(&self, db: &str) -> Client {
+        Client::connect(&self.dsn_db(db), NoTls).unwrap_or_else(|e| panic!("connect {db}: {e}"))
+    }
+
+    /// A path under the cluster's temp dir, for DEST.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+
+    pub fn pgbench_init(&self, scale: u32) {
+        run_ok(
+            Command::new(client_bin("pgbench"))
+                .args(["-i", "-q", "-s", &scale.to_string(), "-h"])
+                .arg(&self.sock)
+                .args(["-p", &self.port.to_string(), "-U", "postgres", "postgres"]),
+        );
+    }
+
+    /// pgbench writing until the returned guard is dropped (or `secs` pass).
+    pub fn pgbench_load(&self, clients: u32, secs: u32) -> Load {
+        let child = Command::new(client_bin("pgbench"))
+            .args([
+                "-n",
+                "-c",
+                &clients.to_string(),
+                "-T",
+                &secs.to_string(),
+                "-h",
+            ])
+            .arg(&self.sock)
+            .args(["-p", &self.port.to_string(), "-U", "postgres", "postgres"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        Load { child }
+    }
+
+    pub fn count_pgbb_sessions(&self) -> i64 {
+        self.client()
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgbb%'",
+                &[],
+            )
+            .unwrap()
+            .get(0)
+    }
+
+    pub fn count_pgbb_slots(&self) -> i64 {
+        self.client()
+            .query_one(
+                "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'pgbb%'",
+                &[],
+            )
+            .unwrap()
+            .get(0)
+    }
+
+    /// Waits until the server has no pgbb session and no pgbb slot left.
+    pub fn assert_no_pgbb_left(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (s, l) = (self.count_pgbb_sessions(), self.count_pgbb_slots());
+            if s == 0 && l == 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pgbb left {s} session(s) and {l} slot(s) on the server"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if self.running {
+            let _ = as_pg(&bin_dir().join("pg_ctl"))
+                .arg("-D")
+                .arg(&self.data)
+                .args(["-m", "immediate", "-w", "stop"])
+                .output();
+        }
+    }
+}
+
+/// A running pgbench; stopped on drop.
+pub struct Load {
+    child: Child,
+}
+
+impl Load {
+    /// Stops it and asserts it ran without errors.
+    pub fn finish(mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
+        let out = std::mem::replace(&mut self.child, Command::new("true").spawn().unwrap())
+            .wait_with_output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !err.contains("ERROR") && !err.contains("aborted"),
+            "pgbench failed during the backup: {err}"
+        );
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn pgbb_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_pgbb")
+}
+
+pub fn pgbb() -> Command {
+    let mut c = Command::new(pgbb_bin());
+    c.env_remove("PGPASSWORD");
+    c
+}
+
+/// Runs pgbb to completion and returns its output.
+pub fn pgbb_run(args: &[&str]) -> Output {
+    pgbb().args(args).output().unwrap()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Pids of live processes whose command line contains `needle`.
+pub fn procs_with(needle: &str) -> Vec<i32> {
+    let mut v = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmd) = fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        // Zombies have an empty cmdline; only live processes count.
+        if cmd.contains(needle) && cmd.contains(pgbb_bin()) {
+            v.push(pid);
+        }
+    }
+    v
+}
+
+/// Waits until no pgbb process mentions `needle` (typically DEST).
+pub fn assert_no_pgbb_process(needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = procs_with(needle);
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pgbb processes left behind: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits for a process whose command line contains all of `needles`.
+pub fn wait_for_proc(needles: &[&str], timeout: Duration) -> Option<i32> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        for e in fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(cmd) = fs::read(e.path().join("cmdline")) else {
+                continue;
+            };
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(pgbb_bin()) && needles.iter().all(|n| cmd.contains(n)) {
+                return Some(pid);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    None
+}
+
+pub fn query_i64(c: &mut Client, sql: &str) -> i64 {
+    c.query_one(sql, &[]).unwrap().get(0)
+}
+
+/// What `verify_restore` checks beyond "it starts".
+pub struct Expect {
+    pub pgbench: bool,
+    pub databases: Vec<String>,
+    pub unlogged: Vec<(String, String)>,
+    pub absent: Vec<String>,
+}
+
+/// Files that must never be in a backup (planted on the server by `plant_excluded`).
+pub const PLANTED: &[&str] = &[
+    "postgresql.auto.conf.tmp",
+    "current_logfiles.tmp",
+    "global/pg_internal.init.123",
+    "pg_replslot/junk",
+    "pg_stat_tmp/junk",
+    "base/pgsql_tmp/pgsql_tmp123.0",
+];
+
+/// Plants files core pg_basebackup excludes, plus fake temp relation files in `base/<db>`.
+pub fn plant_excluded(c: &Cluster, db_oid: u32) -> Vec<String> {
+    let mut planted: Vec<String> = PLANTED.iter().map(|s| s.to_string()).collect();
+    for t in [
+        "t999_999",
+        "t9999_999.1",
+        "t999_9999_vm",
+        "t99999_99999_vm.1",
+    ] {
+        planted.push(format!("base/{db_oid}/{t}"));
+    }
+    for p in &planted {
+        let path = c.data.join(p);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(&path, b"planted").unwrap();
+    }
+    chown_pg(&c.data);
+    planted
+}
+
+/// Starts PostgreSQL on a backup and checks it: recovery, pgbench's invariant, amcheck on
+/// every database, unlogged tables empty, excluded files absent. Returns the running copy.
+pub fn verify_restore(backup: &Path, expect: &Expect) -> Cluster {
+    for f in &expect.absent {
+        assert!(!backup.join(f).exists(), "{f} should not be in the backup");
+    }
+    assert!(
+        !backup.join("postmaster.pid").exists(),
+        "postmaster.pid copied"
+    );
+    assert!(backup.join("backup_label").exists(), "backup_label missing");
+    assert!(
+        backup.join("global/pg_control").exists(),
+        "global/pg_control missing"
+    );
+    let mode = fs::metadata(backup).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "DEST mode");
+    // The copy runs in its own temp dir (socket, log); the data stays where pgbb wrote it.
+    let tmp = tempfile::Builder::new()
+        .prefix("pgbb-restore-")
+        .tempdir()
+        .unwrap();
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let sock = tmp.path().join("sock");
+    fs::create_dir(&sock).unwrap();
+    chown_pg(tmp.path());
+    chown_pg(backup);
+    let mut c = Cluster {
+        tmp,
+        data: backup.to_path_buf(),
+        sock,
+        port: free_port(),
+        running: false,
+    };
+    c.start();
+    let log = c.log();
+    assert!(
+        log.contains("consistent recovery state reached") || log.contains("redo done"),
+        "copy did not recover:\n{log}"
+    );
+    if expect.pgbench {
+        let mut cl = c.client();
+        let a = query_i64(
+            &mut cl,
+            "SELECT coalesce(sum(abalance), 0)::bigint FROM pgbench_accounts",
+        );
+        let b = query_i64(
+            &mut cl,
+            "SELECT coalesce(sum(bbalance), 0)::bigint FROM pgbench_branches",
+        );
+        let t = query_i64(
+            &mut cl,
+            "SELECT coalesce(sum(tbalance), 0)::bigint FROM pgbench_tellers",
+        );
+        let h = query_i64(
+            &mut cl,
+            "SELECT coalesce(sum(delta), 0)::bigint FROM pgbench_history",
+        );
+        assert!(
+            a == b && b == t && t == h,
+            "pgbench invariant broken: accounts {a}, branches {b}, tellers {t}, history {h}"
+        );
+        assert!(query_i64(&mut cl, "SELECT count(*) FROM pgbench_accounts") > 0);
+    }
+    for db in &expect.databases {
+        let mut cl = c.client_db(db);
+        cl.batch_execute("CREATE EXTENSION IF NOT EXISTS amcheck")
+            .unwrap();
+        // bt_index_check raises an ERROR on corruption, which fails the query.
+        let checked = query_i64(
+            &mut cl,
+            "SELECT count(*) FROM (SELECT bt_index_check(i.indexrelid, true) FROM pg_index i \
+               JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam \
+              WHERE a.amname = 'btree' AND c.relpersistence <> 't' AND i.indisvalid) s",
+        );
+        assert!(
+            checked > 10,
+            "amcheck checked only {checked} indexes in {db}"
+        );
+        let heap_errors: i64 = query_i64(
+            &mut cl,
+            "SELECT count(*) FROM pg_class c, LATERAL verify_heapam(c.oid) v \
+              WHERE c.relkind IN ('r', 'm', 't') AND c.relpersistence <> 't'",
+        );
+        assert_eq!(
+            heap_errors, 0,
+            "verify_heapam found corruption in database {db}"
+        );
+    }
+    for (db, table) in &expect.unlogged {
+        let mut cl = c.client_db(db);
+        let n = query_i64(&mut cl, &format!("SELECT count(*) FROM {table}"));
+        assert_eq!(n, 0, "unlogged table {table} should be empty in the copy");
+    }
+    c
+}

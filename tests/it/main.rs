@@ -1,0 +1,9 @@
+//! pgbb's integration tests: the real binary against real, throwaway PostgreSQL clusters.
+
+mod harness;
+
+mod backup;
+mod compress;
+mod failures;
+mod slave;
+mod wal_loop;

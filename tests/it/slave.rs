@@ -1,0 +1,133 @@
+//! The by-hand worker interface: `pgbb --slave --stdin DSN DEST` with a file list on stdin.
+
+use std::io::Write;
+use std::process::Stdio;
+
+use crate::harness::*;
+
+fn run_slave(
+    c: &Cluster,
+    dest: &std::path::Path,
+    input: &str,
+    extra: &[&str],
+) -> (String, String, std::process::ExitStatus) {
+    let mut child = pgbb()
+        .args(["--slave", "--stdin"])
+        .args(extra)
+        .arg(c.dsn())
+        .arg(dest)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (stdout(&out), stderr(&out), out.status)
+}
+
+#[test]
+fn by_hand_slave_copies_exactly_and_refuses_escapes() {
+    let c = Cluster::new();
+    let mut cl = c.client();
+    cl.batch_execute("CREATE TABLE s AS SELECT g, repeat('x', 100) AS pad FROM generate_series(1, 20000) g; CHECKPOINT").unwrap();
+    let rel: String = cl
+        .query_one("SELECT pg_relation_filepath('s')", &[])
+        .unwrap()
+        .get(0);
+    let dest = c.path("byhand");
+    let outside = c.path("outside-marker");
+    let before: Vec<_> = std::fs::read_dir(c.tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    let input =
+        format!("PG_VERSION\npg_hba.conf\n{rel}\n../x\n/etc/passwd\n\nnot/there\nPG_VERSION\n");
+    let (out, err, status) = run_slave(&c, &dest, &input, &["--compress", "none"]);
+    assert!(status.success(), "slave failed: {err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("hello\tpgbb\t1\t"), "{out}");
+    assert!(
+        lines[1].starts_with("ok\t") && lines[1].ends_with("\tPG_VERSION"),
+        "{out}"
+    );
+    assert!(
+        lines[2].starts_with("ok\t") && lines[2].ends_with("\tpg_hba.conf"),
+        "{out}"
+    );
+    assert_eq!(
+        lines[3],
+        format!(
+            "ok\t{}\t{rel}",
+            std::fs::metadata(c.data.join(&rel)).unwrap().len()
+        )
+    );
+    assert!(lines[4].starts_with("error\t../x\t"), "{out}");
+    assert!(lines[5].starts_with("error\t/etc/passwd\t"), "{out}");
+    assert!(lines[6].starts_with("error\t\t"), "empty line: {out}");
+    assert_eq!(lines[7], "vanished\tnot/there");
+    assert!(
+        lines[8].starts_with("ok\t"),
+        "duplicate path is simply copied again: {out}"
+    );
+    assert_eq!(lines.len(), 9, "{out}");
+    for f in ["PG_VERSION", "pg_hba.conf", rel.as_str()] {
+        assert_eq!(
+            std::fs::read(dest.join(f)).unwrap(),
+            std::fs::read(c.data.join(f)).unwrap(),
+            "{f} differs"
+        );
+    }
+    // Nothing written anywhere else: DEST holds exactly those files, the temp dir has
+    // gained only DEST.
+    let mut written: Vec<String> = walk(&dest);
+    written.sort();
+    let mut want = vec![
+        "PG_VERSION".to_string(),
+        "pg_hba.conf".to_string(),
+        rel.clone(),
+    ];
+    want.sort();
+    assert_eq!(written, want);
+    let after: Vec<_> = std::fs::read_dir(c.tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(after.len(), before.len() + 1);
+    assert!(!outside.exists() && !c.tmp.path().join("x").exists());
+    c.assert_no_pgbb_left();
+}
+
+pub fn walk(root: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p.strip_prefix(root).unwrap().to_string_lossy().into_owned());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn slave_tab_form_writes_to_another_name() {
+    let c = Cluster::new();
+    let dest = c.path("renamed");
+    let (out, err, status) = run_slave(&c, &dest, "PG_VERSION\tcopies/version\n", &[]);
+    assert!(status.success(), "{err}");
+    assert!(out.contains("ok\t"), "{out}");
+    assert_eq!(
+        std::fs::read(dest.join("copies/version")).unwrap(),
+        std::fs::read(c.data.join("PG_VERSION")).unwrap()
+    );
+}
