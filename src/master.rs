@@ -122,7 +122,10 @@ fn check_server(ctl: &mut Session, common: &Common) -> Result<sql::ServerInfo, E
 
 fn choose_method(ctl: &mut Session, c: Compress) -> Result<Method, Error> {
     match c {
-        Compress::Fixed(Method::Plain) => Ok(Method::Plain),
+        Compress::Fixed(Method::Plain) => {
+            log::info!("chunks travel uncompressed (--compress=none)");
+            Ok(Method::Plain)
+        }
         Compress::Fixed(Method::Zlib(l)) => match sql::compression_available(ctl)? {
             Ok(()) => Ok(Method::Zlib(l)),
             Err(why) => Err(PgError::Compression(why).into()),
@@ -158,14 +161,9 @@ fn backup(
         ))
     })?;
     let method = choose_method(&mut ctl, opts.compress)?;
-    log::info!(
-        "chunks travel {}",
-        if method == Method::Plain {
-            "uncompressed".to_string()
-        } else {
-            format!("compressed ({method})")
-        }
-    );
+    if let Method::Zlib(_) = method {
+        log::info!("chunks travel compressed ({method})");
+    }
     if opts.clean {
         let (sessions, slots) = sql::clean_leftovers(&mut ctl)?;
         log::warn!("--clean: terminated {sessions} leftover pgbb session(s), dropped {slots} leftover pgbb slot(s)");

@@ -5,5 +5,6 @@ mod harness;
 mod backup;
 mod compress;
 mod failures;
+mod preflight;
 mod slave;
 mod wal_loop;

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs what pgbb's demo and tests need, if it is missing: PostgreSQL 15 server and client
+# tools (initdb, pg_ctl, pgbench, pg_verifybackup, amcheck) and PL/Python for compressed
+# chunks. Debian/Ubuntu packages; needs root (or sudo) only when something is missing.
+set -euo pipefail
+BIN=/usr/lib/postgresql/15/bin
+need=()
+[ -x "$BIN/initdb" ] && [ -x "$BIN/pgbench" ] || need+=(postgresql-15 postgresql-client-15)
+[ -f /usr/lib/postgresql/15/lib/plpython3.so ] || need+=(postgresql-plpython3-15)
+command -v runuser >/dev/null || need+=(util-linux)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "deps: installing ${need[*]}" >&2
+  SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then
+  useradd --system --home /var/lib/postgresql --shell /bin/bash postgres
+fi
+command -v cargo >/dev/null || { echo "deps: cargo not found: install Rust (rustup) first" >&2; exit 1; }

@@ -1,0 +1,214 @@
+//! Checks before a backup starts: bad input, connection failures, privileges, settings,
+//! tablespaces, and secrets kept off command lines.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use crate::harness::*;
+
+#[test]
+fn bad_dsn_and_unreachable_server() {
+    let c = Cluster::new();
+    let dest = c.path("x");
+    let out = pgbb_run(&["host='unterminated", dest.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("invalid connection string"),
+        "{}",
+        stderr(&out)
+    );
+    // Nobody listens on this socket.
+    let out = pgbb_run(&[
+        &format!("host={} port=1 user=postgres", c.sock.display()),
+        dest.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("could not connect"),
+        "{}",
+        stderr(&out)
+    );
+    let out = pgbb_run(&[
+        &format!("{} dbname=nosuchdb", c.dsn()),
+        dest.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("nosuchdb"), "{}", stderr(&out));
+    assert!(!dest.exists());
+    for bad in [
+        &["-j", "0"][..],
+        &["--chunk-size", "garbage"],
+        &["--compress", "zlib:12"],
+        &["-D", "-1"],
+    ] {
+        let mut args: Vec<&str> = bad.to_vec();
+        let dsn = c.dsn();
+        args.extend([dsn.as_str(), dest.to_str().unwrap()]);
+        let out = pgbb_run(&args);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn missing_privileges_are_named_with_their_grants() {
+    let c = Cluster::new();
+    c.client().batch_execute("CREATE ROLE plain LOGIN").unwrap();
+    let dest = c.path("noperm");
+    let out = pgbb_run(&[&format!("{} user=plain", c.dsn()), dest.to_str().unwrap()]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(4), "{err}");
+    for f in [
+        "pg_ls_dir(text,boolean,boolean)",
+        "pg_stat_file(text,boolean)",
+        "pg_read_binary_file(text,bigint,bigint,boolean)",
+        "pg_backup_start(text,boolean)",
+        "pg_backup_stop(boolean)",
+    ] {
+        assert!(
+            err.contains(&format!("GRANT EXECUTE ON FUNCTION {f} TO \"plain\";")),
+            "{f} missing from: {err}"
+        );
+    }
+    assert!(!dest.exists());
+}
+
+#[test]
+fn least_privileged_role_backs_up_and_warns_without_replication() {
+    let c = Cluster::new();
+    c.pgbench_init(2);
+    c.client()
+        .batch_execute(
+            "CREATE ROLE backup LOGIN; \
+             GRANT EXECUTE ON FUNCTION pg_ls_dir(text,boolean,boolean), pg_stat_file(text,boolean), \
+                   pg_read_binary_file(text,bigint,bigint,boolean), pg_backup_start(text,boolean), \
+                   pg_backup_stop(boolean) TO backup;",
+        )
+        .unwrap();
+    let dsn = format!("{} user=backup", c.dsn());
+    let dest = c.path("lp");
+    let out = pgbb_run(&["-c", "fast", &dsn, dest.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no replication slot"),
+        "expected a warning: {}",
+        stderr(&out)
+    );
+    verify_restore(
+        &dest,
+        &Expect {
+            pgbench: true,
+            databases: vec![],
+            unlogged: vec![],
+            absent: vec![],
+        },
+    );
+    c.client()
+        .batch_execute("ALTER ROLE backup REPLICATION")
+        .unwrap();
+    let dest2 = c.path("lp2");
+    let out = pgbb_run(&["-c", "fast", &dsn, dest2.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("WARNING"), "{}", stderr(&out));
+    c.assert_no_pgbb_left();
+}
+
+#[test]
+fn wal_level_minimal_is_refused() {
+    let c = Cluster::with(ClusterOpts {
+        checksums: true,
+        conf: vec!["wal_level = minimal".into(), "max_wal_senders = 0".into()],
+    });
+    let dest = c.path("min");
+    let out = pgbb_run(&[&c.dsn(), dest.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("wal_level = replica"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!dest.exists());
+}
+
+#[test]
+fn tablespace_outside_the_data_directory_is_refused_not_silently_skipped() {
+    let c = Cluster::new();
+    let loc = c.path("spc");
+    std::fs::create_dir(&loc).unwrap();
+    chown_pg(&loc);
+    c.client()
+        .batch_execute(&format!(
+            "CREATE TABLESPACE elsewhere LOCATION '{}'",
+            loc.display()
+        ))
+        .unwrap();
+    let dest = c.path("tbs");
+    let out = pgbb_run(&[&c.dsn(), dest.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("tablespaces outside the data directory")
+            && stderr(&out).contains("elsewhere"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!dest.exists());
+    c.assert_no_pgbb_left();
+}
+
+#[test]
+fn password_never_appears_on_a_command_line() {
+    let c = Cluster::with(ClusterOpts {
+        checksums: true,
+        conf: vec!["password_encryption = 'scram-sha-256'".into()],
+    });
+    // Password authentication for one role, ahead of the trust lines.
+    let hba = c.data.join("pg_hba.conf");
+    let old = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(&hba, format!("local all pwuser scram-sha-256\n{old}")).unwrap();
+    let mut cl = c.client();
+    cl.batch_execute(
+        "CREATE ROLE pwuser LOGIN SUPERUSER PASSWORD 'Sekr1t-pw'; SELECT pg_reload_conf()",
+    )
+    .unwrap();
+    c.pgbench_init(5);
+    let dest = c.path("pw");
+    let d = dest.to_str().unwrap().to_string();
+    // Wrong password: a connection error, exit 3.
+    let out = pgbb_run(&[&format!("{} user=pwuser password=wrong", c.dsn()), &d]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("password authentication failed"),
+        "{}",
+        stderr(&out)
+    );
+    let mut child = pgbb()
+        .args([
+            "-j",
+            "2",
+            "-c",
+            "fast",
+            "--chunk-size",
+            "8k",
+            "--compress",
+            "none",
+        ])
+        .arg(format!("{} user=pwuser password=Sekr1t-pw", c.dsn()))
+        .arg(&dest)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let w = wait_for_proc(&["--stdin", &d], Duration::from_secs(30)).expect("no worker");
+    let x = wait_for_proc(&["-x", &d], Duration::from_secs(30)).expect("no WAL child");
+    for pid in [w, x] {
+        let cmd = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap())
+            .into_owned();
+        assert!(
+            !cmd.contains("Sekr1t"),
+            "password on a child's command line: {cmd}"
+        );
+        assert!(cmd.contains("user='pwuser'"), "{cmd}");
+    }
+    let status = child.wait().unwrap();
+    assert!(status.success());
+    c.assert_no_pgbb_left();
+}
