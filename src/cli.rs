@@ -12,7 +12,7 @@ use crate::pg::ConnInfo;
 use crate::transfer::Method;
 
 /// Default chunk size (see docs/benchmarks.md for the measurement behind it).
-pub const DEFAULT_CHUNK: &str = "1M";
+pub const DEFAULT_CHUNK: &str = "128k";
 const MIN_CHUNK: u64 = 8 << 10;
 const MAX_CHUNK: u64 = 256 << 20;
 const MAX_JOBS: usize = 64;
