@@ -147,3 +147,66 @@ fn missing_wal_segment_fails_the_backup() {
     assert_no_pgbb_process(&d);
     c.assert_no_pgbb_left();
 }
+
+/// `--clean` ends a backup left behind by another pgbb (here a frozen one): its sessions are
+/// terminated, the new backup succeeds, and the old one fails cleanly once it runs again.
+#[test]
+fn clean_ends_a_leftover_backup() {
+    let c = Cluster::new();
+    c.pgbench_init(10);
+    let old = c.path("old");
+    let o = old.to_str().unwrap().to_string();
+    let mut a = pgbb()
+        .args([
+            "-j",
+            "1",
+            "-c",
+            "fast",
+            "--chunk-size",
+            "8k",
+            "--compress",
+            "none",
+        ])
+        .arg(c.dsn())
+        .arg(&old)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_proc(&["--stdin", &o], Duration::from_secs(30)).expect("no worker");
+    let frozen = procs_with(&o);
+    for p in &frozen {
+        kill(Pid::from_raw(*p), Signal::SIGSTOP).unwrap();
+    }
+    assert!(
+        c.count_pgbb_sessions() >= 3,
+        "the old backup should hold sessions"
+    );
+    let new = c.path("new");
+    let out = pgbb_run(&[
+        "--clean",
+        "-v",
+        "-c",
+        "fast",
+        &c.dsn(),
+        new.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--clean: terminated"),
+        "{}",
+        stderr(&out)
+    );
+    for p in &frozen {
+        kill(Pid::from_raw(*p), Signal::SIGCONT).unwrap();
+    }
+    let status = wait_exit(&mut a, Duration::from_secs(20));
+    assert!(
+        !status.success(),
+        "the terminated backup must not report success"
+    );
+    assert!(!old.join("global/pg_control").exists());
+    assert_no_pgbb_process(&o);
+    c.assert_no_pgbb_left();
+    assert!(new.join("global/pg_control").exists());
+}
