@@ -174,13 +174,23 @@ impl Pool {
             .stdin
             .as_mut()
             .ok_or_else(|| Error::Io(format!("{role}: input already closed")))?;
-        stdin
+        match stdin
             .write_all(line.as_bytes())
             .and_then(|()| stdin.flush())
-            .map_err(|e| Error::ChildDied {
-                role,
-                status: format!("its input is closed: {e}"),
-            })
+        {
+            Ok(()) => Ok(()),
+            // The child is gone: report how it ended rather than the broken pipe.
+            Err(e) => match self.wait(i, Duration::from_secs(2)) {
+                Some(s) => Err(Error::ChildDied {
+                    role,
+                    status: describe_status(&s),
+                }),
+                None => Err(Error::ChildDied {
+                    role,
+                    status: format!("its input is closed: {e}"),
+                }),
+            },
+        }
     }
 
     /// Closes a child's stdin: at end of input it finishes and exits.
