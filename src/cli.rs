@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use crate::digest::Algorithm;
 use crate::error::Error;
 use crate::lsn::Lsn;
 use crate::pg::ConnInfo;
@@ -60,12 +61,7 @@ pub struct Args {
     #[arg(short = 'x', long = "pg_xlog", visible_alias = "pg-wal")]
     pub pg_xlog: bool,
     /// Seconds between two passes of the WAL loop
-    #[arg(
-        short = 'D',
-        long = "delay",
-        default_value = "2",
-        allow_negative_numbers = true
-    )]
+    #[arg(short = 'D', long = "delay", default_value = "2", allow_negative_numbers = true)]
     pub delay: f64,
     /// Run as an auxiliary process (with --stdin: a worker; with -x: the WAL child)
     #[arg(short = 'S', long = "slave")]
@@ -107,6 +103,18 @@ pub struct Args {
     /// Do not create a temporary replication slot to hold the WAL the backup needs
     #[arg(long = "no-slot")]
     pub no_slot: bool,
+    /// Checksum of each file in backup_manifest: NONE, CRC32C, SHA224, SHA256, SHA384, SHA512
+    #[arg(long = "manifest-checksums", default_value = "CRC32C")]
+    pub manifest_checksums: String,
+    /// Do not write backup_manifest
+    #[arg(long = "no-manifest")]
+    pub no_manifest: bool,
+    /// Do not verify data page checksums while copying
+    #[arg(long = "no-verify-checksums")]
+    pub no_verify_checksums: bool,
+    /// Worker: verify data pages, skipping those changed at or after this LSN
+    #[arg(long = "verify-lsn", hide = true)]
+    pub verify_lsn: Option<String>,
     #[arg(long = "worker-id", hide = true)]
     pub worker_id: Option<usize>,
     #[arg(long = "start-lsn", hide = true)]
@@ -127,6 +135,10 @@ pub struct Common {
     pub verbose: bool,
     pub debug: bool,
     pub group_access: bool,
+    /// Per-file checksum for the manifest, computed by the children.
+    pub algorithm: Algorithm,
+    /// Page verification (workers): the backup's start LSN.
+    pub verify_lsn: Option<Lsn>,
 }
 
 /// How compression was asked for.
@@ -146,24 +158,15 @@ pub struct MasterOpts {
     pub compress: Compress,
     pub keep_on_failure: bool,
     pub slot: bool,
+    pub manifest: bool,
+    pub verify_checksums: bool,
 }
 
 pub enum Mode {
     Master(MasterOpts),
-    Worker {
-        id: Option<usize>,
-        compress: Compress,
-    },
-    WalChild {
-        start: Lsn,
-        timeline: u32,
-        delay: Duration,
-        compress: Compress,
-    },
-    WalStandalone {
-        delay: Duration,
-        compress: Compress,
-    },
+    Worker { id: Option<usize>, compress: Compress },
+    WalChild { start: Lsn, timeline: u32, delay: Duration, compress: Compress },
+    WalStandalone { delay: Duration, compress: Compress },
 }
 
 pub struct Config {
@@ -186,11 +189,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         }
         None => (t, 1),
     };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("invalid size {s:?} (examples: 262144, 256k, 1M)"))?;
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("size {s:?} is too large"))
+    let n: u64 = num.parse().map_err(|_| format!("invalid size {s:?} (examples: 262144, 256k, 1M)"))?;
+    n.checked_mul(mult).ok_or_else(|| format!("size {s:?} is too large"))
 }
 
 pub fn parse_compress(s: &str) -> Result<Compress, String> {
@@ -204,9 +204,7 @@ pub fn parse_compress(s: &str) -> Result<Compress, String> {
         None if s == "zlib" => Ok(Compress::Fixed(Method::Zlib(1))),
         Some(("zlib", l)) => Ok(Compress::Fixed(Method::Zlib(level(l)?))),
         Some(("auto", l)) => Ok(Compress::Auto(level(l)?)),
-        _ => Err(format!(
-            "invalid --compress {s:?}: use auto, none, zlib or zlib:LEVEL"
-        )),
+        _ => Err(format!("invalid --compress {s:?}: use auto, none, zlib or zlib:LEVEL")),
     }
 }
 
@@ -219,9 +217,7 @@ fn compress_arg(c: Compress) -> String {
 
 fn delay(d: f64) -> Result<Duration, Error> {
     if !d.is_finite() || !(0.0..=86400.0).contains(&d) {
-        return Err(Error::Usage(format!(
-            "invalid --delay {d}: give seconds from 0 to 86400"
-        )));
+        return Err(Error::Usage(format!("invalid --delay {d}: give seconds from 0 to 86400")));
     }
     Ok(Duration::from_secs_f64(d))
 }
@@ -230,12 +226,14 @@ impl Config {
     pub fn from_args(a: Args) -> Result<Config, Error> {
         let chunk = parse_size(&a.chunk_size).map_err(Error::Usage)?;
         if !(MIN_CHUNK..=MAX_CHUNK).contains(&chunk) {
-            return Err(Error::Usage(format!(
-                "--chunk-size must be between 8k and 256M, not {}",
-                a.chunk_size
-            )));
+            return Err(Error::Usage(format!("--chunk-size must be between 8k and 256M, not {}", a.chunk_size)));
         }
         let compress = parse_compress(&a.compress).map_err(Error::Usage)?;
+        let algorithm: Algorithm = a.manifest_checksums.parse().map_err(Error::Usage)?;
+        let verify_lsn = match a.verify_lsn.as_deref() {
+            Some(l) => Some(l.parse().map_err(|e: crate::lsn::LsnParseError| Error::Usage(e.to_string()))?),
+            None => None,
+        };
         let conn = ConnInfo::from_dsn(&a.dsn)?;
         let common = Common {
             conn,
@@ -245,12 +243,11 @@ impl Config {
             verbose: a.verbose,
             debug: a.debug,
             group_access: a.group_access,
+            algorithm,
+            verify_lsn,
         };
         let mode = match (a.slave, a.stdin, a.pg_xlog) {
-            (true, true, false) => Mode::Worker {
-                id: a.worker_id,
-                compress,
-            },
+            (true, true, false) => Mode::Worker { id: a.worker_id, compress },
             (true, false, true) => {
                 let start = a
                     .start_lsn
@@ -258,42 +255,21 @@ impl Config {
                     .ok_or_else(|| Error::Usage("the WAL child needs --start-lsn".into()))?
                     .parse()
                     .map_err(|e: crate::lsn::LsnParseError| Error::Usage(e.to_string()))?;
-                let timeline = a
-                    .timeline
-                    .ok_or_else(|| Error::Usage("the WAL child needs --timeline".into()))?;
-                Mode::WalChild {
-                    start,
-                    timeline,
-                    delay: delay(a.delay)?,
-                    compress,
-                }
+                let timeline = a.timeline.ok_or_else(|| Error::Usage("the WAL child needs --timeline".into()))?;
+                Mode::WalChild { start, timeline, delay: delay(a.delay)?, compress }
             }
-            (false, false, true) => Mode::WalStandalone {
-                delay: delay(a.delay)?,
-                compress,
-            },
-            (true, true, true) => {
-                return Err(Error::Usage(
-                    "--stdin and -x are different roles; use one".into(),
-                ))
-            }
+            (false, false, true) => Mode::WalStandalone { delay: delay(a.delay)?, compress },
+            (true, true, true) => return Err(Error::Usage("--stdin and -x are different roles; use one".into())),
             (true, false, false) => {
-                return Err(Error::Usage(
-                    "--slave needs --stdin (a worker) or -x (the WAL child)".into(),
-                ))
+                return Err(Error::Usage("--slave needs --stdin (a worker) or -x (the WAL child)".into()))
             }
             (false, true, _) => return Err(Error::Usage("--stdin goes with --slave".into())),
             (false, false, false) => {
                 if a.jobs == 0 || a.jobs > MAX_JOBS {
-                    return Err(Error::Usage(format!(
-                        "-j/--jobs must be between 1 and {MAX_JOBS}, not {}",
-                        a.jobs
-                    )));
+                    return Err(Error::Usage(format!("-j/--jobs must be between 1 and {MAX_JOBS}, not {}", a.jobs)));
                 }
                 if a.label.len() > 1024 || a.label.contains(['\n', '\r']) {
-                    return Err(Error::Usage(
-                        "--label must be one line of at most 1024 bytes".into(),
-                    ));
+                    return Err(Error::Usage("--label must be one line of at most 1024 bytes".into()));
                 }
                 Mode::Master(MasterOpts {
                     jobs: a.jobs,
@@ -305,6 +281,8 @@ impl Config {
                     compress,
                     keep_on_failure: a.no_clean,
                     slot: !a.no_slot,
+                    manifest: !a.no_manifest,
+                    verify_checksums: !a.no_verify_checksums,
                 })
             }
         };
@@ -313,12 +291,14 @@ impl Config {
 }
 
 impl Common {
-    fn shared_args(&self, method: Method) -> Vec<OsString> {
+    fn shared_args(&self, method: Method, algorithm: Algorithm) -> Vec<OsString> {
         let mut v: Vec<OsString> = vec![
             "--chunk-size".into(),
             self.chunk.to_string().into(),
             "--compress".into(),
             compress_arg(Compress::Fixed(method)).into(),
+            "--manifest-checksums".into(),
+            algorithm.to_string().into(),
         ];
         if !self.sync {
             v.push("--no-sync".into());
@@ -335,34 +315,23 @@ impl Common {
     }
 
     fn positional(&self) -> Vec<OsString> {
-        vec![
-            "--".into(),
-            self.conn.child_dsn().into(),
-            self.dest.clone().into_os_string(),
-        ]
+        vec!["--".into(), self.conn.child_dsn().into(), self.dest.clone().into_os_string()]
     }
 
     /// argv (without the program) of worker `id`. Never contains the password.
     pub fn worker_args(&self, id: usize, method: Method) -> Vec<OsString> {
-        let mut v: Vec<OsString> = vec![
-            "--slave".into(),
-            "--stdin".into(),
-            "--worker-id".into(),
-            id.to_string().into(),
-        ];
-        v.extend(self.shared_args(method));
+        let mut v: Vec<OsString> =
+            vec!["--slave".into(), "--stdin".into(), "--worker-id".into(), id.to_string().into()];
+        if let Some(l) = self.verify_lsn {
+            v.extend(["--verify-lsn".into(), l.to_string().into()]);
+        }
+        v.extend(self.shared_args(method, self.algorithm));
         v.extend(self.positional());
         v
     }
 
     /// argv of the WAL child. Never contains the password.
-    pub fn wal_args(
-        &self,
-        start: Lsn,
-        timeline: u32,
-        delay: Duration,
-        method: Method,
-    ) -> Vec<OsString> {
+    pub fn wal_args(&self, start: Lsn, timeline: u32, delay: Duration, method: Method) -> Vec<OsString> {
         let mut v: Vec<OsString> = vec![
             "--slave".into(),
             "-x".into(),
@@ -373,7 +342,8 @@ impl Common {
             "--delay".into(),
             delay.as_secs_f64().to_string().into(),
         ];
-        v.extend(self.shared_args(method));
+        // WAL is not listed in the manifest.
+        v.extend(self.shared_args(method, Algorithm::None));
         v.extend(self.positional());
         v
     }
@@ -401,14 +371,8 @@ mod tests {
 
     #[test]
     fn compress_values() {
-        assert_eq!(
-            parse_compress("zlib:9").unwrap(),
-            Compress::Fixed(Method::Zlib(9))
-        );
-        assert_eq!(
-            parse_compress("none").unwrap(),
-            Compress::Fixed(Method::Plain)
-        );
+        assert_eq!(parse_compress("zlib:9").unwrap(), Compress::Fixed(Method::Zlib(9)));
+        assert_eq!(parse_compress("none").unwrap(), Compress::Fixed(Method::Plain));
         assert!(parse_compress("zlib:12").is_err());
         assert!(parse_compress("lz4").is_err());
     }
@@ -422,46 +386,33 @@ mod tests {
         assert!(cfg(&["--chunk-size", "1G", "host=/tmp", "/d"]).is_err());
         assert!(cfg(&["-D", "-1", "host=/tmp", "/d"]).is_err());
         assert!(cfg(&["-l", "a\nb", "host=/tmp", "/d"]).is_err());
+        assert!(cfg(&["--manifest-checksums", "md5", "host=/tmp", "/d"]).is_err());
         assert!(cfg(&["--slave", "host=/tmp", "/d"]).is_err());
-        assert!(matches!(
-            cfg(&["--slave", "--stdin", "host=/tmp", "/d"])
-                .unwrap()
-                .mode,
-            Mode::Worker { .. }
-        ));
-        assert!(matches!(
-            cfg(&["-x", "host=/tmp", "/d"]).unwrap().mode,
-            Mode::WalStandalone { .. }
-        ));
+        assert!(matches!(cfg(&["--slave", "--stdin", "host=/tmp", "/d"]).unwrap().mode, Mode::Worker { .. }));
+        assert!(matches!(cfg(&["-x", "host=/tmp", "/d"]).unwrap().mode, Mode::WalStandalone { .. }));
     }
 
     #[test]
     fn child_argv_round_trips_without_password() {
-        let c = cfg(&[
+        let mut c = cfg(&[
             "-v",
             "--no-sync",
+            "--manifest-checksums",
+            "sha256",
             "host=/tmp port=5999 user=u password=hunter2",
             "/d",
         ])
         .unwrap();
+        c.common.verify_lsn = Some(Lsn(0x5000028));
         let argv = c.common.worker_args(3, Method::Zlib(5));
         assert!(!argv.iter().any(|a| a.to_string_lossy().contains("hunter2")));
-        let strs: Vec<String> = argv
-            .iter()
-            .map(|a| a.to_string_lossy().into_owned())
-            .collect();
+        let strs: Vec<String> = argv.iter().map(|a| a.to_string_lossy().into_owned()).collect();
         let back = cfg(&strs.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
-        assert!(matches!(
-            back.mode,
-            Mode::Worker {
-                id: Some(3),
-                compress: Compress::Fixed(Method::Zlib(5))
-            }
-        ));
+        assert!(matches!(back.mode, Mode::Worker { id: Some(3), compress: Compress::Fixed(Method::Zlib(5)) }));
         assert!(!back.common.sync);
-        let w = c
-            .common
-            .wal_args(Lsn(0x5000028), 1, Duration::from_millis(500), Method::Plain);
+        assert_eq!(back.common.algorithm, Algorithm::Sha256);
+        assert_eq!(back.common.verify_lsn, Some(Lsn(0x5000028)));
+        let w = c.common.wal_args(Lsn(0x5000028), 1, Duration::from_millis(500), Method::Plain);
         let strs: Vec<String> = w.iter().map(|a| a.to_string_lossy().into_owned()).collect();
         let back = cfg(&strs.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
         assert!(matches!(back.mode, Mode::WalChild { timeline: 1, .. }));

@@ -86,10 +86,7 @@ pub struct SafePath {
 
 impl SafePath {
     pub fn parse(s: &str) -> Result<SafePath, DestError> {
-        Self::check(s).map_err(|source| DestError::Unsafe {
-            path: s.to_string(),
-            source,
-        })
+        Self::check(s).map_err(|source| DestError::Unsafe { path: s.to_string(), source })
     }
 
     fn check(s: &str) -> Result<SafePath, PathError> {
@@ -142,35 +139,16 @@ fn errno_io(e: Errno) -> io::Error {
 
 impl Dest {
     pub fn open(root: &Path, group_access: bool) -> Result<Dest, DestError> {
-        let fd = openat(
-            None,
-            root,
-            OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| DestError::Io {
-            path: root.to_path_buf(),
-            source: errno_io(e),
-        })?;
+        let fd = openat(None, root, OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
+            .map_err(|e| DestError::Io { path: root.to_path_buf(), source: errno_io(e) })?;
         // SAFETY: openat returned a fresh descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         let (file_mode, dir_mode) = if group_access {
-            (
-                Mode::from_bits_truncate(0o640),
-                Mode::from_bits_truncate(0o750),
-            )
+            (Mode::from_bits_truncate(0o640), Mode::from_bits_truncate(0o750))
         } else {
-            (
-                Mode::from_bits_truncate(0o600),
-                Mode::from_bits_truncate(0o700),
-            )
+            (Mode::from_bits_truncate(0o600), Mode::from_bits_truncate(0o700))
         };
-        Ok(Dest {
-            root: root.to_path_buf(),
-            fd,
-            file_mode,
-            dir_mode,
-        })
+        Ok(Dest { root: root.to_path_buf(), fd, file_mode, dir_mode })
     }
 
     pub fn root(&self) -> &Path {
@@ -178,10 +156,7 @@ impl Dest {
     }
 
     fn io_err(&self, rel: &str, e: Errno) -> DestError {
-        DestError::Io {
-            path: self.root.join(rel),
-            source: errno_io(e),
-        }
+        DestError::Io { path: self.root.join(rel), source: errno_io(e) }
     }
 
     /// Opens (creating when `create`) each directory of `dirs` below the root, never following
@@ -204,15 +179,11 @@ impl Dest {
                         Err(e) => return Err(self.io_err(&sofar, e)),
                     }
                     openat(Some(parent), d.as_str(), flags, Mode::empty()).map_err(|e| match e {
-                        Errno::ELOOP | Errno::ENOTDIR => DestError::NotADir {
-                            path: sofar.clone(),
-                        },
+                        Errno::ELOOP | Errno::ENOTDIR => DestError::NotADir { path: sofar.clone() },
                         e => self.io_err(&sofar, e),
                     })?
                 }
-                Err(Errno::ELOOP | Errno::ENOTDIR) => {
-                    return Err(DestError::NotADir { path: sofar })
-                }
+                Err(Errno::ELOOP | Errno::ENOTDIR) => return Err(DestError::NotADir { path: sofar }),
                 Err(e) => return Err(self.io_err(&sofar, e)),
             };
             // SAFETY: a fresh descriptor from openat.
@@ -220,10 +191,7 @@ impl Dest {
         }
         match cur {
             Some(fd) => Ok(fd),
-            None => self.fd.try_clone().map_err(|e| DestError::Io {
-                path: self.root.clone(),
-                source: e,
-            }),
+            None => self.fd.try_clone().map_err(|e| DestError::Io { path: self.root.clone(), source: e }),
         }
     }
 
@@ -238,11 +206,7 @@ impl Dest {
         let dir = self.open_dirs(rel.dirs(), true)?;
         let name = rel.file_name().to_string();
         let tmp = format!("{name}{TMP_SUFFIX}");
-        let flags = OFlag::O_WRONLY
-            | OFlag::O_CREAT
-            | OFlag::O_TRUNC
-            | OFlag::O_NOFOLLOW
-            | OFlag::O_CLOEXEC;
+        let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
         let fd = openat(Some(dir.as_raw_fd()), tmp.as_str(), flags, self.file_mode)
             .map_err(|e| self.io_err(&rel.as_string(), e))?;
         // SAFETY: a fresh descriptor from openat.
@@ -267,29 +231,18 @@ impl Dest {
     pub fn rename(&self, from: &SafePath, to: &SafePath) -> Result<(), DestError> {
         let a = self.open_dirs(from.dirs(), false)?;
         let b = self.open_dirs(to.dirs(), false)?;
-        renameat(
-            Some(a.as_raw_fd()),
-            from.file_name(),
-            Some(b.as_raw_fd()),
-            to.file_name(),
-        )
-        .map_err(|e| self.io_err(&to.as_string(), e))
+        renameat(Some(a.as_raw_fd()), from.file_name(), Some(b.as_raw_fd()), to.file_name())
+            .map_err(|e| self.io_err(&to.as_string(), e))
     }
 
     /// Removes a file if it exists.
     pub fn remove_file(&self, rel: &SafePath) -> Result<(), DestError> {
         let dir = match self.open_dirs(rel.dirs(), false) {
             Ok(d) => d,
-            Err(DestError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
-                return Ok(())
-            }
+            Err(DestError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(e),
         };
-        match unlinkat(
-            Some(dir.as_raw_fd()),
-            rel.file_name(),
-            UnlinkatFlags::NoRemoveDir,
-        ) {
+        match unlinkat(Some(dir.as_raw_fd()), rel.file_name(), UnlinkatFlags::NoRemoveDir) {
             Ok(()) | Err(Errno::ENOENT) => Ok(()),
             Err(e) => Err(self.io_err(&rel.as_string(), e)),
         }
@@ -298,8 +251,7 @@ impl Dest {
     /// fsyncs one directory below DEST (or DEST itself for an empty list).
     pub fn sync_dir(&self, rel: Option<&SafePath>) -> Result<(), DestError> {
         let fd = self.open_dirs(rel.map_or(&[][..], |r| &r.parts[..]), false)?;
-        nix::unistd::fsync(fd.as_raw_fd())
-            .map_err(|e| self.io_err(&rel.map_or(String::new(), |r| r.as_string()), e))
+        nix::unistd::fsync(fd.as_raw_fd()).map_err(|e| self.io_err(&rel.map_or(String::new(), |r| r.as_string()), e))
     }
 
     /// Flushes everything written to DEST's file system to stable storage (`syncfs`, which
@@ -333,10 +285,7 @@ pub struct FileWriter {
 impl FileWriter {
     pub fn write(&mut self, data: &[u8]) -> Result<(), DestError> {
         if let Some(f) = self.file.as_mut() {
-            f.write_all(data).map_err(|e| DestError::Io {
-                path: self.path.clone(),
-                source: e,
-            })?;
+            f.write_all(data).map_err(|e| DestError::Io { path: self.path.clone(), source: e })?;
             self.written += data.len() as u64;
         }
         Ok(())
@@ -360,23 +309,15 @@ impl FileWriter {
     /// Flushes (and with `sync`, fsyncs) the file and renames it into place.
     pub fn finish(mut self, sync: bool) -> Result<u64, DestError> {
         let path = self.path.clone();
-        let ioerr = |e: io::Error| DestError::Io {
-            path: path.clone(),
-            source: e,
-        };
+        let ioerr = |e: io::Error| DestError::Io { path: path.clone(), source: e };
         if let Some(buf) = self.file.take() {
             let f = buf.into_inner().map_err(|e| ioerr(e.into_error()))?;
             if sync {
                 f.sync_all().map_err(ioerr)?;
             }
         }
-        renameat(
-            Some(self.dir.as_raw_fd()),
-            self.tmp.as_str(),
-            Some(self.dir.as_raw_fd()),
-            self.name.as_str(),
-        )
-        .map_err(|e| ioerr(errno_io(e)))?;
+        renameat(Some(self.dir.as_raw_fd()), self.tmp.as_str(), Some(self.dir.as_raw_fd()), self.name.as_str())
+            .map_err(|e| ioerr(errno_io(e)))?;
         self.tmp.clear();
         Ok(self.written)
     }
@@ -386,11 +327,7 @@ impl Drop for FileWriter {
     fn drop(&mut self) {
         if !self.tmp.is_empty() {
             self.file.take();
-            let _ = unlinkat(
-                Some(self.dir.as_raw_fd()),
-                self.tmp.as_str(),
-                UnlinkatFlags::NoRemoveDir,
-            );
+            let _ = unlinkat(Some(self.dir.as_raw_fd()), self.tmp.as_str(), UnlinkatFlags::NoRemoveDir);
         }
     }
 }
@@ -415,10 +352,7 @@ impl DestGuard {
     ) -> Result<DestGuard, DestError> {
         let created = match fs::symlink_metadata(root) {
             Ok(m) if m.is_dir() => {
-                let mut entries = fs::read_dir(root).map_err(|e| DestError::Io {
-                    path: root.into(),
-                    source: e,
-                })?;
+                let mut entries = fs::read_dir(root).map_err(|e| DestError::Io { path: root.into(), source: e })?;
                 if entries.next().is_some() {
                     if !force {
                         return Err(DestError::NotEmpty(root.into()));
@@ -429,14 +363,7 @@ impl DestGuard {
                 false
             }
             Ok(m) if m.file_type().is_symlink() && root.is_dir() => {
-                if fs::read_dir(root)
-                    .map_err(|e| DestError::Io {
-                        path: root.into(),
-                        source: e,
-                    })?
-                    .next()
-                    .is_some()
-                {
+                if fs::read_dir(root).map_err(|e| DestError::Io { path: root.into(), source: e })?.next().is_some() {
                     if !force {
                         return Err(DestError::NotEmpty(root.into()));
                     }
@@ -446,32 +373,15 @@ impl DestGuard {
             }
             Ok(_) => return Err(DestError::NotADirectory(root.into())),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::create_dir_all(root).map_err(|e| DestError::Create {
-                    path: root.into(),
-                    source: e,
-                })?;
+                fs::create_dir_all(root).map_err(|e| DestError::Create { path: root.into(), source: e })?;
                 true
             }
-            Err(e) => {
-                return Err(DestError::Create {
-                    path: root.into(),
-                    source: e,
-                })
-            }
+            Err(e) => return Err(DestError::Create { path: root.into(), source: e }),
         };
         let mode = if group_access { 0o750 } else { 0o700 };
-        fs::set_permissions(root, fs::Permissions::from_mode(mode)).map_err(|e| {
-            DestError::Create {
-                path: root.into(),
-                source: e,
-            }
-        })?;
-        Ok(DestGuard {
-            root: root.into(),
-            created,
-            keep: keep_on_failure,
-            armed: true,
-        })
+        fs::set_permissions(root, fs::Permissions::from_mode(mode))
+            .map_err(|e| DestError::Create { path: root.into(), source: e })?;
+        Ok(DestGuard { root: root.into(), created, keep: keep_on_failure, armed: true })
     }
 
     /// The backup succeeded: leave DEST alone.
@@ -491,10 +401,7 @@ impl DestGuard {
                 let p = self.root.join(f);
                 if let Err(e) = fs::remove_file(&p) {
                     if e.kind() != io::ErrorKind::NotFound {
-                        log::error!(
-                            "could not remove {}: {e}; do not start this copy",
-                            p.display()
-                        );
+                        log::error!("could not remove {}: {e}; do not start this copy", p.display());
                     }
                 }
             }
@@ -508,10 +415,7 @@ impl DestGuard {
         };
         match res {
             Ok(()) => log::info!("removed the incomplete backup in {}", self.root.display()),
-            Err(e) => eprintln!(
-                "pgbb: could not remove the incomplete backup in {}: {e}",
-                self.root.display()
-            ),
+            Err(e) => eprintln!("pgbb: could not remove the incomplete backup in {}: {e}", self.root.display()),
         }
     }
 }
@@ -523,10 +427,7 @@ impl Drop for DestGuard {
 }
 
 fn empty_dir(root: &Path) -> Result<(), DestError> {
-    let io = |e: io::Error| DestError::Io {
-        path: root.into(),
-        source: e,
-    };
+    let io = |e: io::Error| DestError::Io { path: root.into(), source: e };
     for entry in fs::read_dir(root).map_err(io)? {
         let entry = entry.map_err(io)?;
         let p = entry.path();
@@ -553,18 +454,7 @@ mod tests {
     fn safe_paths() {
         assert!(SafePath::parse("base/1/1259").is_ok());
         assert!(SafePath::parse("a b/c=d").is_ok());
-        for bad in [
-            "",
-            "/etc/passwd",
-            "../x",
-            "a/../b",
-            "a/./b",
-            "a//b",
-            "a/",
-            ".",
-            "..",
-            "a\0b",
-        ] {
+        for bad in ["", "/etc/passwd", "../x", "a/../b", "a/./b", "a//b", "a/", ".", "..", "a\0b"] {
             assert!(SafePath::parse(bad).is_err(), "{bad:?} accepted");
         }
         assert!(SafePath::parse(&"a".repeat(MAX_PATH + 1)).is_err());
@@ -575,14 +465,9 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
         let d = Dest::open(t.path(), false).unwrap();
-        d.write_file(&SafePath::parse("a/b/c").unwrap(), b"hello", false)
-            .unwrap();
+        d.write_file(&SafePath::parse("a/b/c").unwrap(), b"hello", false).unwrap();
         assert_eq!(fs::read(t.path().join("a/b/c")).unwrap(), b"hello");
-        let mode = fs::metadata(t.path().join("a/b/c"))
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777;
+        let mode = fs::metadata(t.path().join("a/b/c")).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         // A symlinked directory inside DEST is refused, not followed.
         std::os::unix::fs::symlink(outside.path(), t.path().join("link")).unwrap();
@@ -593,8 +478,7 @@ mod tests {
         // A symlink at the file name itself is not followed either (the temp name is written,
         // then renamed over the link).
         std::os::unix::fs::symlink(outside.path().join("y"), t.path().join("y")).unwrap();
-        d.write_file(&SafePath::parse("y").unwrap(), b"y", false)
-            .unwrap();
+        d.write_file(&SafePath::parse("y").unwrap(), b"y", false).unwrap();
         assert!(fs::read_dir(outside.path()).unwrap().next().is_none());
         assert!(fs::symlink_metadata(t.path().join("y")).unwrap().is_file());
     }
@@ -622,10 +506,7 @@ mod tests {
         g.disarm();
         fs::write(dest.join("x"), "x").unwrap();
         drop(g);
-        assert!(matches!(
-            DestGuard::prepare(&dest, false, false, false),
-            Err(DestError::NotEmpty(_))
-        ));
+        assert!(matches!(DestGuard::prepare(&dest, false, false, false), Err(DestError::NotEmpty(_))));
         let mut g = DestGuard::prepare(&dest, true, true, false).unwrap();
         fs::create_dir(dest.join("global")).unwrap();
         fs::write(dest.join(PG_CONTROL), "c").unwrap();
@@ -633,9 +514,6 @@ mod tests {
         assert!(dest.join("global").exists() && !dest.join(PG_CONTROL).exists());
         let f = t.path().join("file");
         fs::write(&f, "").unwrap();
-        assert!(matches!(
-            DestGuard::prepare(&f, false, false, false),
-            Err(DestError::NotADirectory(_))
-        ));
+        assert!(matches!(DestGuard::prepare(&f, false, false, false), Err(DestError::NotADirectory(_))));
     }
 }

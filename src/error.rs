@@ -19,6 +19,9 @@ pub mod exit {
     /// DEST is in the way or cannot be written (exists and is not empty, not a directory,
     /// no space left).
     pub const DEST: i32 = 5;
+    /// The backup completed and is kept, but data pages failed their checksum on the server
+    /// (the server's files are corrupt; the copy holds the same bytes).
+    pub const CHECKSUM: i32 = 6;
     /// Interrupted by SIGINT (128 + 2) or SIGTERM (128 + 15).
     pub const SIGINT: i32 = 130;
     pub const SIGTERM: i32 = 143;

@@ -17,15 +17,8 @@ const EXCLUDED_FILE_PREFIX: &str = "pg_internal.init";
 const TEMP_PREFIX: &str = "pgsql_tmp";
 
 /// Directories whose contents are skipped (the directory itself is recreated empty).
-pub const EXCLUDED_DIR_CONTENTS: &[&str] = &[
-    "pg_stat_tmp",
-    "pg_replslot",
-    "pg_dynshmem",
-    "pg_notify",
-    "pg_serial",
-    "pg_snapshots",
-    "pg_subtrans",
-];
+pub const EXCLUDED_DIR_CONTENTS: &[&str] =
+    &["pg_stat_tmp", "pg_replslot", "pg_dynshmem", "pg_notify", "pg_serial", "pg_snapshots", "pg_subtrans"];
 
 /// One entry of the server's listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,8 +54,7 @@ pub struct LayoutRules {
 
 impl Layout {
     pub fn total_bytes(&self) -> u64 {
-        self.files.iter().map(|f| f.size).sum::<u64>()
-            + self.pg_control.as_ref().map_or(0, |f| f.size)
+        self.files.iter().map(|f| f.size).sum::<u64>() + self.pg_control.as_ref().map_or(0, |f| f.size)
     }
 }
 
@@ -110,10 +102,7 @@ pub fn parse_relation_file(name: &str, rules: LayoutRules) -> Option<RelFile<'_>
     };
     let (base, segment) = match rest.split_once('.') {
         Some((b, s)) => {
-            if s.is_empty()
-                || !s.bytes().all(|c| c.is_ascii_digit())
-                || (rules.pg17 && s.starts_with('0'))
-            {
+            if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) || (rules.pg17 && s.starts_with('0')) {
                 return None;
             }
             (b, s.parse::<u32>().ok()?)
@@ -132,16 +121,34 @@ pub fn parse_relation_file(name: &str, rules: LayoutRules) -> Option<RelFile<'_>
     if number.is_empty() || number.len() > 10 || !number.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    if rules.pg17 && (number.starts_with('0') || number.parse::<u64>().ok()? > u64::from(u32::MAX))
-    {
+    if rules.pg17 && (number.starts_with('0') || number.parse::<u64>().ok()? > u64::from(u32::MAX)) {
         return None;
     }
-    Some(RelFile {
-        temp,
-        number,
-        fork,
-        segment,
-    })
+    Some(RelFile { temp, number, fork, segment })
+}
+
+/// For a file whose pages core verifies, the segment number of the file (block numbers count
+/// it); `None` for files that are not page-verified. PG17+: relation files in relation
+/// directories. PG13–16: any file under `global/`, `base/` or `pg_tblspc/` except
+/// `pg_control`, `pg_filenode.map`, `PG_VERSION` and `pg_internal.init*`.
+pub fn checksummed_segment(path: &str, rules: LayoutRules) -> Option<u32> {
+    let name = name_of(path);
+    if rules.pg17 {
+        if !is_relation_dir(parent_of(path), rules) {
+            return None;
+        }
+        return parse_relation_file(name, rules).filter(|r| !r.temp).map(|r| r.segment);
+    }
+    if !["global/", "base/", "pg_tblspc/"].iter().any(|p| path.starts_with(p)) {
+        return None;
+    }
+    if matches!(name, "pg_control" | "pg_filenode.map" | "PG_VERSION") || name.starts_with(EXCLUDED_FILE_PREFIX) {
+        return None;
+    }
+    match name.split_once('.') {
+        Some((_, seg)) => seg.parse::<u32>().ok().filter(|&s| s > 0),
+        None => Some(0),
+    }
 }
 
 /// Applies core pg_basebackup's exclusion rules to a listing of the data directory.
@@ -189,18 +196,14 @@ pub fn plan(entries: Vec<Entry>, rules: LayoutRules) -> Layout {
         let dir = parent_of(&e.path);
         if is_relation_dir(dir, rules) {
             if let Some(r) = parse_relation_file(name, rules) {
-                let unlogged = r.fork != Some("init")
-                    && init_forks.get(dir).is_some_and(|s| s.contains(r.number));
+                let unlogged = r.fork != Some("init") && init_forks.get(dir).is_some_and(|s| s.contains(r.number));
                 if r.temp || unlogged {
                     layout.excluded += 1;
                     continue;
                 }
             }
         }
-        let job = FileJob {
-            path: e.path.clone(),
-            size: e.size,
-        };
+        let job = FileJob { path: e.path.clone(), size: e.size };
         if e.path == crate::dest::PG_CONTROL {
             layout.pg_control = Some(job);
         } else {
@@ -216,9 +219,7 @@ pub fn plan(entries: Vec<Entry>, rules: LayoutRules) -> Layout {
     dirs.sort();
     layout.dirs = dirs;
     // Largest first, so that the big files start early and the tail is made of small ones.
-    layout
-        .files
-        .sort_by(|a, b| b.size.cmp(&a.size).then_with(|| a.path.cmp(&b.path)));
+    layout.files.sort_by(|a, b| b.size.cmp(&a.size).then_with(|| a.path.cmp(&b.path)));
     layout
 }
 
@@ -230,30 +231,17 @@ mod tests {
     const R17: LayoutRules = LayoutRules { pg17: true };
 
     fn f(p: &str, size: u64) -> Entry {
-        Entry {
-            path: p.into(),
-            is_dir: false,
-            size,
-        }
+        Entry { path: p.into(), is_dir: false, size }
     }
     fn d(p: &str) -> Entry {
-        Entry {
-            path: p.into(),
-            is_dir: true,
-            size: 0,
-        }
+        Entry { path: p.into(), is_dir: true, size: 0 }
     }
 
     #[test]
     fn relation_names() {
         assert_eq!(
             parse_relation_file("16384_vm.2", R16),
-            Some(RelFile {
-                temp: false,
-                number: "16384",
-                fork: Some("vm"),
-                segment: 2
-            })
+            Some(RelFile { temp: false, number: "16384", fork: Some("vm"), segment: 2 })
         );
         assert!(parse_relation_file("t3_16384", R16).unwrap().temp);
         assert!(parse_relation_file("t99999_99999_vm.1", R16).unwrap().temp);
@@ -314,16 +302,9 @@ mod tests {
             ]
         );
         assert_eq!(l.pg_control.as_ref().unwrap().path, "global/pg_control");
-        for dir in [
-            "base",
-            "base/5",
-            "global",
-            "pg_stat_tmp",
-            "pg_replslot",
-            "pg_wal",
-            "pg_wal/archive_status",
-            "pg_notify",
-        ] {
+        for dir in
+            ["base", "base/5", "global", "pg_stat_tmp", "pg_replslot", "pg_wal", "pg_wal/archive_status", "pg_notify"]
+        {
             assert!(l.dirs.contains(&dir.to_string()), "{dir} missing");
         }
         assert!(!l.dirs.iter().any(|d| d.contains("pgsql_tmp")));
@@ -331,13 +312,24 @@ mod tests {
     }
 
     #[test]
+    fn which_files_are_page_verified() {
+        assert_eq!(checksummed_segment("base/5/16384", R16), Some(0));
+        assert_eq!(checksummed_segment("base/5/16384_fsm.3", R16), Some(3));
+        assert_eq!(checksummed_segment("global/1262", R16), Some(0));
+        assert_eq!(checksummed_segment("global/pg_control", R16), None);
+        assert_eq!(checksummed_segment("base/5/pg_filenode.map", R16), None);
+        assert_eq!(checksummed_segment("base/5/PG_VERSION", R16), None);
+        assert_eq!(checksummed_segment("base/5/pg_internal.init", R16), None);
+        assert_eq!(checksummed_segment("pg_xact/0000", R16), None);
+        assert_eq!(checksummed_segment("base/5/16384.2", R17), Some(2));
+        assert_eq!(checksummed_segment("base/5/t3_16384", R17), None);
+        assert_eq!(checksummed_segment("base/5/PG_VERSION", R17), None);
+        assert_eq!(checksummed_segment("global/1262", R17), Some(0));
+    }
+
+    #[test]
     fn pg17_rules() {
-        let entries = vec![
-            d("global"),
-            f("global/1262", 8192),
-            f("global/1262_init", 0),
-            f(".DS_Store", 1),
-        ];
+        let entries = vec![d("global"), f("global/1262", 8192), f("global/1262_init", 0), f(".DS_Store", 1)];
         let l = plan(entries.clone(), R17);
         assert_eq!(l.files.len(), 1);
         assert!(l.dirs.contains(&"pg_wal/summaries".to_string()));

@@ -1,12 +1,15 @@
 //! pgbb: parallel physical base backup of a live PostgreSQL server over ordinary SQL
 //! connections. `run` is the whole program; `main.rs` only calls it.
 
+pub mod checksum;
 pub mod cli;
 pub mod dest;
+pub mod digest;
 pub mod error;
 pub mod layout;
 pub mod logging;
 pub mod lsn;
+pub mod manifest;
 pub mod master;
 pub mod pg;
 pub mod pool;
@@ -45,11 +48,7 @@ pub fn run(argv: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
         Ok(a) => a,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() {
-                exit::USAGE
-            } else {
-                exit::OK
-            };
+            return if e.use_stderr() { exit::USAGE } else { exit::OK };
         }
     };
     logging::init(&role_name(&args), args.verbose, args.debug);
@@ -69,15 +68,27 @@ pub fn run(argv: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
                 s.wal_files,
                 s.method
             );
+            if s.manifest {
+                println!("pgbb: verify it with: pg_verifybackup {dest}");
+            }
             println!("pgbb: start it with: pg_ctl -D {dest} start");
-            Ok(())
+            if s.bad_pages > 0 {
+                eprintln!(
+                    "pgbb: error: {} data page(s) failed checksum verification on the server (listed above); the backup is complete and kept, but those pages are corrupt in the source too",
+                    s.bad_pages
+                );
+                return Ok(exit::CHECKSUM);
+            }
+            Ok(exit::OK)
         }
-        Mode::Worker { id, compress } => worker::run(&cfg.common, *id, *compress),
-        Mode::WalChild { start, timeline, delay, compress } => wal::run_child(&cfg.common, *start, *timeline, *delay, *compress),
-        Mode::WalStandalone { delay, compress } => wal::run_standalone(&cfg.common, *delay, *compress),
+        Mode::Worker { id, compress } => worker::run(&cfg.common, *id, *compress).map(|()| exit::OK),
+        Mode::WalChild { start, timeline, delay, compress } => {
+            wal::run_child(&cfg.common, *start, *timeline, *delay, *compress).map(|()| exit::OK)
+        }
+        Mode::WalStandalone { delay, compress } => wal::run_standalone(&cfg.common, *delay, *compress).map(|()| exit::OK),
     });
     match result {
-        Ok(()) => exit::OK,
+        Ok(code) => code,
         Err(e) => report(&e),
     }
 }

@@ -24,12 +24,7 @@ pub fn init(role: &str, verbose: bool, debug: bool) {
                 log::Level::Debug => "DEBUG",
                 log::Level::Trace => "TRACE",
             };
-            writeln!(
-                buf,
-                "{} pgbb {role}[{pid}] {level}: {}",
-                buf.timestamp_millis(),
-                rec.args()
-            )
+            writeln!(buf, "{} pgbb {role}[{pid}] {level}: {}", buf.timestamp_millis(), rec.args())
         })
         .target(env_logger::Target::Stderr)
         .try_init();

@@ -62,12 +62,7 @@ impl WalGeometry {
 
     /// File name of segment `segno` on timeline `tli`.
     pub fn file_name(&self, tli: u32, segno: u64) -> String {
-        format!(
-            "{:08X}{:08X}{:08X}",
-            tli,
-            segno / self.segs_per_xlogid(),
-            segno % self.segs_per_xlogid()
-        )
+        format!("{:08X}{:08X}{:08X}", tli, segno / self.segs_per_xlogid(), segno % self.segs_per_xlogid())
     }
 
     /// Parses a segment file name into (timeline, segno); `None` for anything else.
@@ -92,9 +87,7 @@ impl WalGeometry {
 
 /// True for a timeline history file name such as `00000002.history`.
 pub fn is_history_file(name: &str) -> bool {
-    name.len() == 16
-        && name.ends_with(".history")
-        && name[..8].bytes().all(|b| b.is_ascii_hexdigit())
+    name.len() == 16 && name.ends_with(".history") && name[..8].bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 #[cfg(test)]
@@ -121,18 +114,12 @@ mod tests {
         assert_eq!(g.file_name(1, g.segno(start)), "000000010000000000000005");
         // 16 MB segments: 256 per xlogid.
         assert_eq!(g.file_name(2, 0x1_23), "000000020000000100000023");
-        assert_eq!(
-            g.parse_file_name("000000020000000100000023"),
-            Some((2, 0x123))
-        );
+        assert_eq!(g.parse_file_name("000000020000000100000023"), Some((2, 0x123)));
         assert_eq!(g.parse_file_name("000000020000000100000123"), None);
         assert_eq!(g.parse_file_name("00000002.history"), None);
         let big = WalGeometry::new(1 << 30).unwrap();
         assert_eq!(big.file_name(1, 9), "000000010000000200000001");
-        assert_eq!(
-            big.parse_file_name("000000010000000200000001"),
-            Some((1, 9))
-        );
+        assert_eq!(big.parse_file_name("000000010000000200000001"), Some((1, 9)));
     }
 
     #[test]

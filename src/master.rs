@@ -10,9 +10,11 @@ use crossbeam_channel::select;
 
 use crate::cli::{Common, Compress, MasterOpts};
 use crate::dest::{Dest, DestGuard, SafePath, PG_CONTROL, PG_CONTROL_PENDING};
+use crate::digest::{Algorithm, Digest};
 use crate::error::Error;
 use crate::layout::{self, FileJob};
 use crate::lsn::{Lsn, WalGeometry};
+use crate::manifest::{self, FileEntry, WalRange};
 use crate::pg::caps::Support;
 use crate::pg::{sql, PgError, Session};
 use crate::pool::{describe_status, Event, Pool};
@@ -36,6 +38,9 @@ pub struct Summary {
     pub timeline: u32,
     pub elapsed: Duration,
     pub method: Method,
+    /// Data pages whose checksum failed twice (the backup is kept; exit status 6).
+    pub bad_pages: u64,
+    pub manifest: bool,
 }
 
 struct WorkerState {
@@ -66,9 +71,9 @@ fn check_server(ctl: &mut Session, common: &Common) -> Result<sql::ServerInfo, E
     let (caps, version) = sql::version(ctl)?;
     match caps.support() {
         Support::TooOld => return Err(PgError::TooOld(version).into()),
-        Support::BestEffort => log::warn!(
-            "PostgreSQL {version} is supported on a best-effort basis; 14 to 18 are tested"
-        ),
+        Support::BestEffort => {
+            log::warn!("PostgreSQL {version} is supported on a best-effort basis; 14 to 18 are tested")
+        }
         Support::Untested => {
             log::warn!("PostgreSQL {version} is newer than pgbb knows (18); proceeding")
         }
@@ -84,20 +89,12 @@ fn check_server(ctl: &mut Session, common: &Common) -> Result<sql::ServerInfo, E
         if !missing.is_empty() {
             let grants = missing
                 .iter()
-                .map(|f| {
-                    format!(
-                        "  GRANT EXECUTE ON FUNCTION {f} TO \"{}\";",
-                        info.current_user
-                    )
-                })
+                .map(|f| format!("  GRANT EXECUTE ON FUNCTION {f} TO \"{}\";", info.current_user))
                 .collect::<Vec<_>>()
                 .join("\n");
-            return Err(PgError::Privileges {
-                role: info.current_user.clone(),
-                db: info.database.clone(),
-                grants,
-            }
-            .into());
+            return Err(
+                PgError::Privileges { role: info.current_user.clone(), db: info.database.clone(), grants }.into()
+            );
         }
     }
     let external: Vec<String> = sql::tablespaces(ctl)?
@@ -112,11 +109,7 @@ fn check_server(ctl: &mut Session, common: &Common) -> Result<sql::ServerInfo, E
         ))
         .into());
     }
-    log::info!(
-        "connected to PostgreSQL {} at {}",
-        info.version,
-        common.conn.target()
-    );
+    log::info!("connected to PostgreSQL {} at {}", info.version, common.conn.target());
     Ok(info)
 }
 
@@ -154,12 +147,8 @@ fn backup(
     interrupt.set_cancel(Some(ctl.cancel_token()));
     let info = check_server(&mut ctl, common)?;
     let caps = info.caps;
-    let geo = WalGeometry::new(info.wal_segment_size).ok_or_else(|| {
-        PgError::Unsupported(format!(
-            "unexpected wal_segment_size {}",
-            info.wal_segment_size
-        ))
-    })?;
+    let geo = WalGeometry::new(info.wal_segment_size)
+        .ok_or_else(|| PgError::Unsupported(format!("unexpected wal_segment_size {}", info.wal_segment_size)))?;
     let method = choose_method(&mut ctl, opts.compress)?;
     if let Method::Zlib(_) = method {
         log::info!("chunks travel compressed ({method})");
@@ -171,12 +160,7 @@ fn backup(
 
     let mut common = common.clone();
     common.group_access = info.group_access;
-    let mut guard = DestGuard::prepare(
-        &common.dest,
-        opts.force,
-        opts.keep_on_failure,
-        info.group_access,
-    )?;
+    let mut guard = DestGuard::prepare(&common.dest, opts.force, opts.keep_on_failure, info.group_access)?;
     let dest = Dest::open(&common.dest, info.group_access)?;
 
     // The slot first, on a session that runs nothing else: a temporary slot is dropped on
@@ -201,49 +185,36 @@ fn backup(
     if interrupt.requested() {
         return Err(Error::Interrupted("SIGINT"));
     }
-    log::info!(
-        "starting the backup ({} checkpoint)",
-        if opts.fast { "fast" } else { "spread" }
-    );
+    log::info!("starting the backup ({} checkpoint)", if opts.fast { "fast" } else { "spread" });
     let start = sql::start_backup(&mut ctl, caps, &opts.label, opts.fast)?;
     let tli = sql::checkpoint_timeline(&mut ctl)?;
     log::info!("backup started at {start} on timeline {tli}");
 
     let raw = sql::list_data_directory(&mut ctl)?;
     let plan = layout::plan(sql::entries_from_listing(raw)?, caps.layout_rules());
-    let pg_control = plan.pg_control.clone().ok_or_else(|| {
-        Error::Inconsistent("the server's listing has no global/pg_control".into())
-    })?;
-    log::info!(
-        "{} files, {} MB to copy ({} excluded)",
-        plan.files.len() + 1,
-        plan.total_bytes() >> 20,
-        plan.excluded
-    );
+    let pg_control = plan
+        .pg_control
+        .clone()
+        .ok_or_else(|| Error::Inconsistent("the server's listing has no global/pg_control".into()))?;
+    log::info!("{} files, {} MB to copy ({} excluded)", plan.files.len() + 1, plan.total_bytes() >> 20, plan.excluded);
     for d in &plan.dirs {
         dest.create_dir_all(&SafePath::parse(d)?)?;
     }
 
+    // Page verification, as core does it, when the cluster has data checksums.
+    if opts.verify_checksums && sql::data_checksums(&mut ctl)? {
+        common.verify_lsn = Some(start);
+    } else if opts.verify_checksums {
+        log::info!("the cluster has no data checksums: pages are not verified");
+    }
+
     let mut pool = Pool::new(pids);
     let password = common.conn.password();
-    let wal = pool.spawn(
-        "WAL child",
-        common.wal_args(start, tli, opts.delay, method),
-        password.as_deref(),
-    )?;
+    let wal = pool.spawn("WAL child", common.wal_args(start, tli, opts.delay, method), password.as_deref())?;
     let mut workers: Vec<WorkerState> = Vec::new();
     for i in 1..=opts.jobs {
-        let idx = pool.spawn(
-            &format!("worker {i}"),
-            common.worker_args(i, method),
-            password.as_deref(),
-        )?;
-        workers.push(WorkerState {
-            idx,
-            ready: false,
-            inflight: VecDeque::new(),
-            finished: false,
-        });
+        let idx = pool.spawn(&format!("worker {i}"), common.worker_args(i, method), password.as_deref())?;
+        workers.push(WorkerState { idx, ready: false, inflight: VecDeque::new(), finished: false });
     }
     {
         let root = common.dest.clone();
@@ -269,6 +240,9 @@ fn backup(
         sig_rx,
         sig,
         last_report: Instant::now(),
+        entries: Vec::with_capacity(plan.files.len() + 3),
+        algorithm: common.algorithm,
+        pages: PageReport::default(),
     };
     run.copy_files(pg_control)?;
     run.finish_workers()?;
@@ -287,26 +261,20 @@ fn backup(
             "backup_label says timeline {label_tli:?}, the checkpoint said {tli}"
         )));
     }
-    dest.write_file(
-        &SafePath::parse("backup_label")?,
-        stop.labelfile.as_bytes(),
-        false,
-    )?;
+    run.write_own_file(&dest, "backup_label", stop.labelfile.as_bytes())?;
     if !stop.spcmapfile.is_empty() {
-        dest.write_file(
-            &SafePath::parse("tablespace_map")?,
-            stop.spcmapfile.as_bytes(),
-            false,
-        )?;
+        run.write_own_file(&dest, "tablespace_map", stop.spcmapfile.as_bytes())?;
     }
-    run.pool
-        .send(run.wal, &WalCommand::Stop(stop.lsn).to_line())?;
+    run.pool.send(run.wal, &WalCommand::Stop(stop.lsn).to_line())?;
     run.finish_wal()?;
     let (files, bytes, vanished, wal_files) = (run.files, run.bytes, run.vanished, run.wal_files);
     let wal_missing = std::mem::take(&mut run.wal_missing);
+    let mut entries = std::mem::take(&mut run.entries);
+    let pages = std::mem::take(&mut run.pages);
     drop(run);
     pool.stop_all(Duration::from_secs(5));
 
+    // Self-check: the WAL range, the slot, and every file at the size it was written.
     check_wal_range(&dest, geo, tli, start, stop.lsn, &wal_missing)?;
     if slot_session.is_some() {
         if let Some(status) = sql::slot_wal_status(&mut ctl, &slot_name)? {
@@ -315,30 +283,29 @@ fn backup(
             }
         }
     }
+    check_files(&dest, &entries)?;
     for seg in geo.segno(start)..=geo.end_segno(stop.lsn) {
-        dest.write_file(
-            &SafePath::parse(&format!(
-                "pg_wal/archive_status/{}.done",
-                geo.file_name(tli, seg)
-            ))?,
-            b"",
-            false,
-        )?;
+        let done = format!("pg_wal/archive_status/{}.done", geo.file_name(tli, seg));
+        dest.write_file(&SafePath::parse(&done)?, b"", false)?;
+    }
+    if opts.manifest {
+        let system_id = if caps.manifest_system_identifier() { Some(sql::system_identifier(&mut ctl)?) } else { None };
+        entries.sort_by(|a, b| a.path.cmp(&b.path));
+        let wal = [WalRange { timeline: tli, start, end: stop.lsn }];
+        dest.write_file(&SafePath::parse("backup_manifest")?, &manifest::render(system_id, &entries, &wal), false)?;
     }
     if common.sync {
         log::info!("syncing {}", common.dest.display());
         dest.sync_all()?;
     }
     // The very last step: pg_control appears only in a complete, synced backup.
-    dest.rename(
-        &SafePath::parse(PG_CONTROL_PENDING)?,
-        &SafePath::parse(PG_CONTROL)?,
-    )?;
+    dest.rename(&SafePath::parse(PG_CONTROL_PENDING)?, &SafePath::parse(PG_CONTROL)?)?;
     if common.sync {
         dest.sync_dir(Some(&SafePath::parse("global")?))?;
     }
     guard.disarm();
     drop(slot_session);
+    pages.print_totals();
     Ok(Summary {
         files,
         bytes,
@@ -349,7 +316,63 @@ fn backup(
         timeline: tli,
         elapsed: t0.elapsed(),
         method,
+        bad_pages: pages.total,
+        manifest: opts.manifest,
     })
+}
+
+/// Every file written is in DEST at the size recorded for the manifest (pg_control still
+/// under its pending name).
+fn check_files(dest: &Dest, entries: &[FileEntry]) -> Result<(), Error> {
+    let mut wrong = Vec::new();
+    for e in entries {
+        let path = String::from_utf8_lossy(&e.path).into_owned();
+        let on_disk = if path == PG_CONTROL { PG_CONTROL_PENDING.to_string() } else { path.clone() };
+        match dest.file_size(&SafePath::parse(&on_disk)?)? {
+            Some(n) if n == e.size => {}
+            Some(n) => wrong.push(format!("{path} is {n} bytes, {} were written", e.size)),
+            None => wrong.push(format!("{path} is missing")),
+        }
+    }
+    if wrong.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Inconsistent(format!("DEST does not hold what was copied: {}", wrong.join("; "))))
+    }
+}
+
+/// Page checksum failures, reported as core reports them: at most five per file, then a
+/// total per file and one overall.
+#[derive(Default)]
+struct PageReport {
+    per_file: std::collections::BTreeMap<String, u64>,
+    total: u64,
+}
+
+/// Failures shown per file before the rest are only counted.
+const PAGE_FAILURES_SHOWN: u64 = 5;
+
+impl PageReport {
+    fn add(&mut self, path: &str, block: u32, calculated: u16, expected: u16) {
+        let n = self.per_file.entry(path.to_string()).or_insert(0);
+        *n += 1;
+        self.total += 1;
+        if *n <= PAGE_FAILURES_SHOWN {
+            log::warn!("checksum verification failed in file \"./{path}\", block {block}: calculated {calculated:X} but expected {expected:X}");
+        }
+        if *n == PAGE_FAILURES_SHOWN + 1 {
+            log::warn!("further checksum verification failures in file \"./{path}\" will not be reported");
+        }
+    }
+
+    fn print_totals(&self) {
+        for (path, n) in &self.per_file {
+            log::warn!("file \"./{path}\" has a total of {n} checksum verification failures");
+        }
+        if self.total > 0 {
+            log::warn!("{} checksum verification failures in total", self.total);
+        }
+    }
 }
 
 /// Every segment from the start's through the stop's must be in DEST/pg_wal, full size.
@@ -370,11 +393,7 @@ pub fn check_wal_range(
             None => missing.push(name),
         }
     }
-    if tli > 1
-        && dest
-            .file_size(&SafePath::parse(&format!("pg_wal/{tli:08X}.history"))?)?
-            .is_none()
-    {
+    if tli > 1 && dest.file_size(&SafePath::parse(&format!("pg_wal/{tli:08X}.history"))?)?.is_none() {
         missing.push(format!("{tli:08X}.history"));
     }
     if missing.is_empty() && !reported.is_empty() {
@@ -383,9 +402,7 @@ pub fn check_wal_range(
     if missing.is_empty() {
         Ok(())
     } else {
-        Err(Error::WalIncomplete {
-            missing: missing.join(", "),
-        })
+        Err(Error::WalIncomplete { missing: missing.join(", ") })
     }
 }
 
@@ -406,9 +423,31 @@ struct Run<'a> {
     sig_rx: &'a crossbeam_channel::Receiver<&'static str>,
     sig: &'a mut Option<&'static str>,
     last_report: Instant,
+    /// What the manifest will list.
+    entries: Vec<FileEntry>,
+    algorithm: Algorithm,
+    pages: PageReport,
 }
 
 impl Run<'_> {
+    /// Writes a file the master itself makes (backup_label, tablespace_map) and records it
+    /// for the manifest.
+    fn write_own_file(&mut self, dest: &Dest, name: &str, data: &[u8]) -> Result<(), Error> {
+        dest.write_file(&SafePath::parse(name)?, data, false)?;
+        let mut d = Digest::new(self.algorithm);
+        d.update(data);
+        let mtime =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |t| t.as_secs() as i64);
+        self.entries.push(FileEntry {
+            path: name.as_bytes().to_vec(),
+            size: data.len() as u64,
+            mtime,
+            algorithm: self.algorithm,
+            checksum: d.finish(),
+        });
+        Ok(())
+    }
+
     fn worker_of(&self, child: usize) -> Option<usize> {
         self.workers.iter().position(|w| w.idx == child)
     }
@@ -420,14 +459,7 @@ impl Run<'_> {
                     return Ok(());
                 };
                 let idx = self.workers[w].idx;
-                self.pool.send(
-                    idx,
-                    &Request {
-                        src: job.path.clone(),
-                        dst: job.path.clone(),
-                    }
-                    .to_line(),
-                )?;
+                self.pool.send(idx, &Request { src: job.path.clone(), dst: job.path.clone() }.to_line())?;
                 self.workers[w].inflight.push_back(job.path);
             }
         }
@@ -467,10 +499,7 @@ impl Run<'_> {
         match ev {
             Event::Line { child, line } => {
                 let role = self.pool.role(child).to_string();
-                let resp = Response::parse(&line).map_err(|source| Error::Protocol {
-                    role: role.clone(),
-                    source,
-                })?;
+                let resp = Response::parse(&line).map_err(|source| Error::Protocol { role: role.clone(), source })?;
                 self.on_response(child, &role, resp)
             }
             Event::Closed { child } => {
@@ -482,14 +511,8 @@ impl Run<'_> {
                 };
                 match status {
                     Some(s) if expected && s.success() => Ok(()),
-                    Some(s) => Err(Error::ChildDied {
-                        role,
-                        status: describe_status(&s),
-                    }),
-                    None => Err(Error::ChildDied {
-                        role,
-                        status: "closed its output".into(),
-                    }),
+                    Some(s) => Err(Error::ChildDied { role, status: describe_status(&s) }),
+                    None => Err(Error::ChildDied { role, status: "closed its output".into() }),
                 }
             }
         }
@@ -498,13 +521,13 @@ impl Run<'_> {
     fn on_response(&mut self, child: usize, role: &str, resp: Response) -> Result<(), Error> {
         let w = self.worker_of(child);
         match resp {
-            Response::Hello {
-                protocol, version, ..
-            } => {
+            Response::Hello { protocol, version, .. } => {
                 if protocol != PROTOCOL_VERSION {
                     return Err(Error::ChildFailed {
                         role: role.into(),
-                        message: format!("speaks protocol {protocol} (pgbb {version}), this master speaks {PROTOCOL_VERSION}"),
+                        message: format!(
+                            "speaks protocol {protocol} (pgbb {version}), this master speaks {PROTOCOL_VERSION}"
+                        ),
                     });
                 }
                 match w {
@@ -512,11 +535,18 @@ impl Run<'_> {
                     None => self.wal_ready = true,
                 }
             }
-            Response::Ok { size, path } => match w {
+            Response::Ok { size, path, checksum, mtime } => match w {
                 Some(w) => {
                     self.complete(w, role, &path)?;
                     self.files += 1;
                     self.bytes += size;
+                    self.entries.push(FileEntry {
+                        path: path.into_bytes(),
+                        size,
+                        mtime,
+                        algorithm: self.algorithm,
+                        checksum,
+                    });
                 }
                 None => {
                     self.wal_files += 1;
@@ -531,19 +561,14 @@ impl Run<'_> {
                 }
                 None => self.wal_missing.push(path),
             },
-            Response::Error { path, message } => return Err(Error::FileFailed { path, message }),
-            Response::Fatal { message } => {
-                return Err(Error::ChildFailed {
-                    role: role.into(),
-                    message,
-                })
+            Response::BadPage { path, block, calculated, expected } => {
+                self.pages.add(&path, block, calculated, expected)
             }
+            Response::Error { path, message } => return Err(Error::FileFailed { path, message }),
+            Response::Fatal { message } => return Err(Error::ChildFailed { role: role.into(), message }),
             Response::Done { count } => {
                 if w.is_some() {
-                    return Err(Error::ChildFailed {
-                        role: role.into(),
-                        message: "sent an unexpected done".into(),
-                    });
+                    return Err(Error::ChildFailed { role: role.into(), message: "sent an unexpected done".into() });
                 }
                 self.wal_done = Some(count);
             }
@@ -575,23 +600,14 @@ impl Run<'_> {
         }
         let w = self.workers.iter().position(|w| w.ready).unwrap_or(0);
         let idx = self.workers[w].idx;
-        self.pool.send(
-            idx,
-            &Request {
-                src: pg_control.path.clone(),
-                dst: PG_CONTROL_PENDING.into(),
-            }
-            .to_line(),
-        )?;
+        self.pool.send(idx, &Request { src: pg_control.path.clone(), dst: PG_CONTROL_PENDING.into() }.to_line())?;
         self.workers[w].inflight.push_back(pg_control.path);
         let before = self.files;
         while !self.idle() {
             self.step()?;
         }
         if self.files == before {
-            return Err(Error::Inconsistent(
-                "global/pg_control vanished from the server".into(),
-            ));
+            return Err(Error::Inconsistent("global/pg_control vanished from the server".into()));
         }
         Ok(())
     }
@@ -613,26 +629,14 @@ impl Run<'_> {
                     let role = self.pool.role(child).to_string();
                     match self.pool.wait(child, Duration::from_secs(10)) {
                         Some(s) if s.success() => open -= 1,
-                        Some(s) => {
-                            return Err(Error::ChildDied {
-                                role,
-                                status: describe_status(&s),
-                            })
-                        }
-                        None => {
-                            return Err(Error::ChildDied {
-                                role,
-                                status: "did not exit".into(),
-                            })
-                        }
+                        Some(s) => return Err(Error::ChildDied { role, status: describe_status(&s) }),
+                        None => return Err(Error::ChildDied { role, status: "did not exit".into() }),
                     }
                 }
                 Event::Line { child, line } => {
                     let role = self.pool.role(child).to_string();
-                    let resp = Response::parse(&line).map_err(|source| Error::Protocol {
-                        role: role.clone(),
-                        source,
-                    })?;
+                    let resp =
+                        Response::parse(&line).map_err(|source| Error::Protocol { role: role.clone(), source })?;
                     self.on_response(child, &role, resp)?;
                 }
                 Event::Closed { child } => {
@@ -662,14 +666,8 @@ impl Run<'_> {
         }
         match self.pool.wait(self.wal, Duration::from_secs(10)) {
             Some(s) if s.success() => Ok(()),
-            Some(s) => Err(Error::ChildDied {
-                role: "WAL child".into(),
-                status: describe_status(&s),
-            }),
-            None => Err(Error::ChildDied {
-                role: "WAL child".into(),
-                status: "did not exit after done".into(),
-            }),
+            Some(s) => Err(Error::ChildDied { role: "WAL child".into(), status: describe_status(&s) }),
+            None => Err(Error::ChildDied { role: "WAL child".into(), status: "did not exit after done".into() }),
         }
     }
 }

@@ -69,12 +69,7 @@ fn self_exe() -> std::path::PathBuf {
 impl Pool {
     pub fn new(pids: Pids) -> Pool {
         let (tx, rx) = unbounded();
-        Pool {
-            slots: Vec::new(),
-            tx,
-            rx,
-            pids,
-        }
+        Pool { slots: Vec::new(), tx, rx, pids }
     }
 
     pub fn events(&self) -> &Receiver<Event> {
@@ -92,18 +87,9 @@ impl Pool {
     /// Starts `pgbb ARGS` as a child: own process group (a terminal's Ctrl-C reaches only the
     /// master, which then stops the children in order), SIGTERM if the master dies, the
     /// password in the environment only.
-    pub fn spawn(
-        &mut self,
-        role: &str,
-        args: Vec<OsString>,
-        password: Option<&str>,
-    ) -> Result<usize, Error> {
+    pub fn spawn(&mut self, role: &str, args: Vec<OsString>, password: Option<&str>) -> Result<usize, Error> {
         let mut cmd = Command::new(self_exe());
-        cmd.args(&args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .process_group(0);
+        cmd.args(&args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit()).process_group(0);
         match password {
             Some(p) => cmd.env(PASSWORD_ENV, p),
             None => cmd.env_remove(PASSWORD_ENV),
@@ -112,13 +98,7 @@ impl Pool {
         // SAFETY: only async-signal-safe calls (prctl, getppid, _exit) between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
-                libc::prctl(
-                    libc::PR_SET_PDEATHSIG,
-                    libc::SIGTERM as libc::c_ulong,
-                    0,
-                    0,
-                    0,
-                );
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong, 0, 0, 0);
                 if libc::getppid() != parent {
                     libc::_exit(1);
                 }
@@ -127,10 +107,7 @@ impl Pool {
         }
         let mut child = cmd.spawn().map_err(Error::Spawn)?;
         let idx = self.slots.len();
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| Error::Io("child has no stdout".into()))?;
+        let stdout = child.stdout.take().ok_or_else(|| Error::Io("child has no stdout".into()))?;
         let stdin = child.stdin.take();
         let tx = self.tx.clone();
         std::thread::Builder::new()
@@ -157,12 +134,7 @@ impl Pool {
         if let Ok(mut p) = self.pids.lock() {
             p.push(child.id() as i32);
         }
-        self.slots.push(Slot {
-            role: role.to_string(),
-            child,
-            stdin,
-            status: None,
-        });
+        self.slots.push(Slot { role: role.to_string(), child, stdin, status: None });
         Ok(idx)
     }
 
@@ -170,25 +142,13 @@ impl Pool {
     pub fn send(&mut self, i: usize, line: &str) -> Result<(), Error> {
         let slot = &mut self.slots[i];
         let role = slot.role.clone();
-        let stdin = slot
-            .stdin
-            .as_mut()
-            .ok_or_else(|| Error::Io(format!("{role}: input already closed")))?;
-        match stdin
-            .write_all(line.as_bytes())
-            .and_then(|()| stdin.flush())
-        {
+        let stdin = slot.stdin.as_mut().ok_or_else(|| Error::Io(format!("{role}: input already closed")))?;
+        match stdin.write_all(line.as_bytes()).and_then(|()| stdin.flush()) {
             Ok(()) => Ok(()),
             // The child is gone: report how it ended rather than the broken pipe.
             Err(e) => match self.wait(i, Duration::from_secs(2)) {
-                Some(s) => Err(Error::ChildDied {
-                    role,
-                    status: describe_status(&s),
-                }),
-                None => Err(Error::ChildDied {
-                    role,
-                    status: format!("its input is closed: {e}"),
-                }),
+                Some(s) => Err(Error::ChildDied { role, status: describe_status(&s) }),
+                None => Err(Error::ChildDied { role, status: format!("its input is closed: {e}") }),
             },
         }
     }
@@ -215,9 +175,7 @@ impl Pool {
                     }
                     return Some(s);
                 }
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(10))
-                }
+                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
                 _ => return None,
             }
         }

@@ -5,8 +5,11 @@
 //! separated by a TAB, always starting with a keyword (see `docs/protocol.md`):
 //!
 //! ```text
-//! hello   pgbb  1  0.1.0  worker        greeting, first line a child prints
-//! ok      8192  base/1/1259             file written, 8192 bytes
+//! hello   pgbb  2  0.1.0  worker        greeting, first line a child prints
+//! ok      8192  base/1/1259  8a744722  1764077306
+//!                                       file written: size, manifest checksum (- if none),
+//!                                       server mtime (Unix seconds)
+//! badpage base/1/16384  7  442A  449B   page 7 failed its checksum twice (before the ok)
 //! vanished      base/1/t3_99            file gone on the server (a normal result)
 //! error   ../x  unsafe path: ...        this file could not be copied
 //! fatal   connection lost: ...          the child cannot go on and exits non-zero
@@ -19,7 +22,7 @@
 use std::fmt;
 
 /// Version of this protocol; a child that greets with another one is refused.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// Longest request line a child accepts (bytes, without the newline).
 pub const MAX_LINE: usize = 8192;
 
@@ -50,9 +53,7 @@ pub fn escape(s: &str) -> String {
             '\t' => out.push_str("\\t"),
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
-            c if (c as u32) < 0x20 || c == '\u{7f}' => {
-                out.push_str(&format!("\\x{:02x}", c as u32))
-            }
+            c if (c as u32) < 0x20 || c == '\u{7f}' => out.push_str(&format!("\\x{:02x}", c as u32)),
             c => out.push(c),
         }
     }
@@ -138,47 +139,28 @@ impl Request {
 /// One result line from a child.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Response {
-    Hello {
-        protocol: u32,
-        version: String,
-        role: String,
-    },
-    Ok {
-        size: u64,
-        path: String,
-    },
-    Vanished {
-        path: String,
-    },
-    Error {
-        path: String,
-        message: String,
-    },
-    Fatal {
-        message: String,
-    },
-    Done {
-        count: u64,
-    },
+    Hello { protocol: u32, version: String, role: String },
+    Ok { size: u64, path: String, checksum: Option<String>, mtime: i64 },
+    BadPage { path: String, block: u32, calculated: u16, expected: u16 },
+    Vanished { path: String },
+    Error { path: String, message: String },
+    Fatal { message: String },
+    Done { count: u64 },
 }
 
 impl fmt::Display for Response {
     /// The wire form, without the trailing newline.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Response::Hello {
-                protocol,
-                version,
-                role,
-            } => {
-                write!(
-                    f,
-                    "hello\tpgbb\t{protocol}\t{}\t{}",
-                    escape(version),
-                    escape(role)
-                )
+            Response::Hello { protocol, version, role } => {
+                write!(f, "hello\tpgbb\t{protocol}\t{}\t{}", escape(version), escape(role))
             }
-            Response::Ok { size, path } => write!(f, "ok\t{size}\t{}", escape(path)),
+            Response::Ok { size, path, checksum, mtime } => {
+                write!(f, "ok\t{size}\t{}\t{}\t{mtime}", escape(path), checksum.as_deref().unwrap_or("-"))
+            }
+            Response::BadPage { path, block, calculated, expected } => {
+                write!(f, "badpage\t{}\t{block}\t{calculated:04X}\t{expected:04X}", escape(path))
+            }
             Response::Vanished { path } => write!(f, "vanished\t{}", escape(path)),
             Response::Error { path, message } => {
                 write!(f, "error\t{}\t{}", escape(path), escape(message))
@@ -201,20 +183,27 @@ impl Response {
                 version: unescape(version)?,
                 role: unescape(role)?,
             },
-            ["ok", size, path] => Response::Ok {
+            ["ok", size, path, sum, mtime] => Response::Ok {
                 size: num(size)?,
                 path: unescape(path)?,
+                checksum: match *sum {
+                    "-" => None,
+                    h if !h.is_empty() && h.len() <= 128 && h.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                        Some(h.to_string())
+                    }
+                    _ => return Err(unknown()),
+                },
+                mtime: mtime.parse().map_err(|_| unknown())?,
             },
-            ["vanished", path] => Response::Vanished {
+            ["badpage", path, block, calc, exp] => Response::BadPage {
                 path: unescape(path)?,
+                block: block.parse().map_err(|_| unknown())?,
+                calculated: u16::from_str_radix(calc, 16).map_err(|_| unknown())?,
+                expected: u16::from_str_radix(exp, 16).map_err(|_| unknown())?,
             },
-            ["error", path, message] => Response::Error {
-                path: unescape(path)?,
-                message: unescape(message)?,
-            },
-            ["fatal", message] => Response::Fatal {
-                message: unescape(message)?,
-            },
+            ["vanished", path] => Response::Vanished { path: unescape(path)? },
+            ["error", path, message] => Response::Error { path: unescape(path)?, message: unescape(message)? },
+            ["fatal", message] => Response::Fatal { message: unescape(message)? },
             ["done", count] => Response::Done { count: num(count)? },
             _ => return Err(unknown()),
         })
@@ -238,10 +227,9 @@ impl WalCommand {
     pub fn parse(line: &str) -> Result<WalCommand, ProtocolError> {
         let line = line.trim_end_matches(['\n', '\r']);
         match line.split_once('\t') {
-            Some(("stop", lsn)) => lsn
-                .parse()
-                .map(WalCommand::Stop)
-                .map_err(|_| ProtocolError::Unknown(line.to_string())),
+            Some(("stop", lsn)) => {
+                lsn.parse().map(WalCommand::Stop).map_err(|_| ProtocolError::Unknown(line.to_string()))
+            }
             _ => Err(ProtocolError::Unknown(line.to_string())),
         }
     }
@@ -253,15 +241,7 @@ mod tests {
 
     #[test]
     fn escape_round_trip() {
-        for s in [
-            "plain/path",
-            "a b",
-            "tab\there",
-            "nl\nx",
-            "back\\slash",
-            "\u{1}ctl",
-            "é/ü",
-        ] {
+        for s in ["plain/path", "a b", "tab\there", "nl\nx", "back\\slash", "\u{1}ctl", "é/ü"] {
             assert_eq!(unescape(&escape(s)).unwrap(), s);
             assert!(!escape(s).contains(['\t', '\n', '\r']));
         }
@@ -274,10 +254,7 @@ mod tests {
     fn requests() {
         assert_eq!(
             Request::parse("base/1/1259\n").unwrap(),
-            Request {
-                src: "base/1/1259".into(),
-                dst: "base/1/1259".into()
-            }
+            Request { src: "base/1/1259".into(), dst: "base/1/1259".into() }
         );
         let r = Request::parse("global/pg_control\tglobal/pg_control.pending").unwrap();
         assert_eq!(r.dst, "global/pg_control.pending");
@@ -286,45 +263,37 @@ mod tests {
         assert_eq!(Request::parse("\n"), Err(ProtocolError::Empty));
         assert_eq!(Request::parse("a\0b"), Err(ProtocolError::Nul));
         assert_eq!(Request::parse("a\tb\tc"), Err(ProtocolError::TooManyFields));
-        assert_eq!(
-            Request::parse(&"x".repeat(MAX_LINE + 1)),
-            Err(ProtocolError::TooLong)
-        );
-        let odd = Request {
-            src: "we\tird\nname".into(),
-            dst: "we\tird\nname".into(),
-        };
+        assert_eq!(Request::parse(&"x".repeat(MAX_LINE + 1)), Err(ProtocolError::TooLong));
+        let odd = Request { src: "we\tird\nname".into(), dst: "we\tird\nname".into() };
         assert_eq!(Request::parse(&odd.to_line()).unwrap(), odd);
     }
 
     #[test]
     fn responses_round_trip() {
         let all = [
-            Response::Hello {
-                protocol: 1,
-                version: "0.1.0".into(),
-                role: "worker 2".into(),
-            },
+            Response::Hello { protocol: 1, version: "0.1.0".into(), role: "worker 2".into() },
             Response::Ok {
                 size: 8192,
                 path: "base/1/1259".into(),
+                checksum: Some("8a744722".into()),
+                mtime: 1764077306,
             },
-            Response::Vanished {
-                path: "base/1/t3_4".into(),
-            },
-            Response::Error {
-                path: "../x".into(),
-                message: "unsafe\tpath".into(),
-            },
-            Response::Fatal {
-                message: "connection lost".into(),
-            },
+            Response::Ok { size: 0, path: "x".into(), checksum: None, mtime: 0 },
+            Response::BadPage { path: "base/5/16384".into(), block: 7, calculated: 0x442A, expected: 0x449B },
+            Response::Vanished { path: "base/1/t3_4".into() },
+            Response::Error { path: "../x".into(), message: "unsafe\tpath".into() },
+            Response::Fatal { message: "connection lost".into() },
             Response::Done { count: 3 },
         ];
         for r in all {
             assert_eq!(Response::parse(&format!("{r}\n")).unwrap(), r);
         }
         assert!(Response::parse("ok\tx\ty").is_err());
+        assert!(Response::parse("ok\t1\tp\tnothex\t0").is_err());
+        assert_eq!(
+            Response::BadPage { path: "p".into(), block: 0, calculated: 0x42a, expected: 1 }.to_string(),
+            "badpage\tp\t0\t042A\t0001"
+        );
         assert!(Response::parse("what").is_err());
     }
 

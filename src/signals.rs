@@ -81,7 +81,10 @@ pub fn install(pids: Pids) -> Result<(Arc<Interrupt>, Receiver<&'static str>), E
                     if let Some(f) = st.last_words.lock().ok().and_then(|mut l| l.take()) {
                         f();
                     }
-                    eprintln!("pgbb: killed by a second {}; the server ends the backup when this connection drops", name(sig));
+                    eprintln!(
+                        "pgbb: killed by a second {}; the server ends the backup when this connection drops",
+                        name(sig)
+                    );
                     std::process::exit(if sig == SIGTERM { exit::SIGTERM } else { exit::SIGINT });
                 }
             }

@@ -1,11 +1,16 @@
 //! Streaming one server file into DEST, chunk by chunk over one query (no round trip per
 //! chunk), plain with built-in functions or zlib-compressed through the PL/Python helper.
+//! The bytes are checksummed for the manifest and, for relation files, page-verified as they
+//! pass.
 
 use std::io::Read;
 
 use postgres::fallible_iterator::FallibleIterator;
 
+use crate::checksum::{block_number, check_page, PageCheck, BLCKSZ};
 use crate::dest::{Dest, DestError, FileWriter, SafePath};
+use crate::digest::{Algorithm, Digest};
+use crate::layout::{checksummed_segment, LayoutRules};
 use crate::pg::sql;
 use crate::pg::{PgError, Session};
 
@@ -27,10 +32,38 @@ impl std::fmt::Display for Method {
     }
 }
 
+/// Page verification settings (only on clusters with data checksums).
+#[derive(Debug, Clone, Copy)]
+pub struct PageVerify {
+    /// Pages with an LSN at or past this (the backup's start) are skipped.
+    pub start_lsn: u64,
+    pub blocks_per_segment: u32,
+    pub rules: LayoutRules,
+}
+
+/// A page that failed verification twice (as streamed, and re-read once).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadPage {
+    pub block: u32,
+    pub calculated: u16,
+    pub expected: u16,
+}
+
+/// A file written to DEST.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Copied {
+    pub size: u64,
+    /// Manifest checksum (lowercase hex), `None` with `--manifest-checksums NONE`.
+    pub checksum: Option<String>,
+    /// The server's modification time, seconds since the epoch.
+    pub mtime: i64,
+    pub bad_pages: Vec<BadPage>,
+}
+
 /// The result of one file.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
-    Copied(u64),
+    Copied(Copied),
     /// The file does not exist (any more) on the server: normal during a backup.
     Vanished,
 }
@@ -64,24 +97,106 @@ pub struct Transfer {
     pub method: Method,
     pub chunk: u64,
     pub sync: bool,
+    pub algorithm: Algorithm,
+    pub verify: Option<PageVerify>,
 }
 
 fn pg_err(what: &str, e: postgres::Error) -> TransferError {
     TransferError::Pg(PgError::query(what, e))
 }
 
+/// Page verification of one file as its bytes pass.
+struct Pages {
+    buf: Vec<u8>,
+    offset: u64,
+    segno: u32,
+    v: PageVerify,
+    /// (block, offset) of pages that failed once.
+    suspects: Vec<(u32, u64)>,
+}
+
+impl Pages {
+    fn page(&mut self, page: &[u8]) {
+        let blkno = block_number(self.offset, self.segno, self.v.blocks_per_segment);
+        if let PageCheck::Bad { .. } = check_page(page, blkno, self.v.start_lsn) {
+            self.suspects.push((blkno, self.offset));
+        }
+        self.offset += BLCKSZ as u64;
+    }
+
+    fn feed(&mut self, mut data: &[u8]) {
+        if !self.buf.is_empty() {
+            let take = (BLCKSZ - self.buf.len()).min(data.len());
+            self.buf.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.buf.len() == BLCKSZ {
+                let page = std::mem::take(&mut self.buf);
+                self.page(&page);
+                self.buf = page;
+                self.buf.clear();
+            }
+        }
+        let mut pages = data.chunks_exact(BLCKSZ);
+        for p in pages.by_ref() {
+            self.page(p);
+        }
+        self.buf.extend_from_slice(pages.remainder());
+    }
+}
+
+/// Where the bytes of one file go: DEST, the manifest checksum, the page verifier.
+struct Sink {
+    w: FileWriter,
+    digest: Digest,
+    pages: Option<Pages>,
+}
+
+impl Sink {
+    fn write(&mut self, data: &[u8]) -> Result<(), TransferError> {
+        self.w.write(data)?;
+        self.digest.update(data);
+        if let Some(p) = self.pages.as_mut() {
+            p.feed(data);
+        }
+        Ok(())
+    }
+
+    fn zeros(&mut self, mut n: u64) -> Result<(), TransferError> {
+        let zeros = [0u8; BLCKSZ];
+        while n > 0 {
+            let k = n.min(BLCKSZ as u64) as usize;
+            self.write(&zeros[..k])?;
+            n -= k as u64;
+        }
+        Ok(())
+    }
+
+    fn written(&self) -> u64 {
+        self.w.written()
+    }
+}
+
 impl Transfer {
     /// Creates what the method needs in this session (the pg_temp helper for zlib).
     pub fn prepare(&self, s: &mut Session) -> Result<(), PgError> {
         if let Method::Zlib(_) = self.method {
-            s.execute(
-                sql::CREATE_ZLIB_READER,
-                &[],
-                "could not create the compression helper",
-            )
-            .map_err(|e| PgError::Compression(e.to_string()))?;
+            s.execute(sql::CREATE_ZLIB_READER, &[], "could not create the compression helper")
+                .map_err(|e| PgError::Compression(e.to_string()))?;
         }
         Ok(())
+    }
+
+    fn sink(&self, dest: &Dest, src: &SafePath, dst: &SafePath) -> Result<Sink, TransferError> {
+        let pages = self.verify.and_then(|v| {
+            checksummed_segment(&src.as_string(), v.rules).map(|segno| Pages {
+                buf: Vec::new(),
+                offset: 0,
+                segno,
+                v,
+                suspects: Vec::new(),
+            })
+        });
+        Ok(Sink { w: dest.create_file(dst)?, digest: Digest::new(self.algorithm), pages })
     }
 
     /// Copies server file `src` (relative to the data directory) to `dst` below DEST.
@@ -92,10 +207,37 @@ impl Transfer {
         dest: &Dest,
         dst: &SafePath,
     ) -> Result<Outcome, TransferError> {
-        match self.method {
-            Method::Plain => self.fetch_plain(s, src, dest, dst),
-            Method::Zlib(level) => self.fetch_zlib(s, src, dest, dst, level),
+        let got = match self.method {
+            Method::Plain => self.fetch_plain(s, src, dest, dst)?,
+            Method::Zlib(level) => self.fetch_zlib(s, src, dest, dst, level)?,
+        };
+        let Some((sink, mtime)) = got else { return Ok(Outcome::Vanished) };
+        let Sink { w, digest, pages } = sink;
+        let size = w.finish(self.sync)?;
+        let bad_pages = match pages {
+            Some(p) if !p.suspects.is_empty() => self.reread(s, src, &p)?,
+            _ => Vec::new(),
+        };
+        Ok(Outcome::Copied(Copied { size, checksum: digest.finish(), mtime, bad_pages }))
+    }
+
+    /// Reads each suspect page again: a page being written while we read it can look torn
+    /// once; only a page that fails twice counts.
+    fn reread(&self, s: &mut Session, src: &SafePath, p: &Pages) -> Result<Vec<BadPage>, TransferError> {
+        let path = src.as_string();
+        let what = format!("could not re-read a page of \"{path}\"");
+        let mut bad = Vec::new();
+        for &(block, offset) in &p.suspects {
+            let row = s.query_one(sql::READ_PAGE, &[&path, &(offset as i64), &(BLCKSZ as i64)], &what)?;
+            let Some(page) = row.get::<_, Option<Vec<u8>>>(0) else { continue };
+            if page.len() != BLCKSZ {
+                continue;
+            }
+            if let PageCheck::Bad { calculated, expected } = check_page(&page, block, p.v.start_lsn) {
+                bad.push(BadPage { block, calculated, expected });
+            }
         }
+        Ok(bad)
     }
 
     fn fetch_plain(
@@ -104,51 +246,43 @@ impl Transfer {
         src: &SafePath,
         dest: &Dest,
         dst: &SafePath,
-    ) -> Result<Outcome, TransferError> {
+    ) -> Result<Option<(Sink, i64)>, TransferError> {
         let path = src.as_string();
         let what = format!("could not read \"{path}\"");
         let chunk = self.chunk as i64;
         let mut rows = s.stream(sql::READ_PLAIN, &[&path, &chunk], &what)?;
-        let mut out: Option<FileWriter> = None;
-        let mut size = 0u64;
+        let mut out: Option<Sink> = None;
+        let (mut size, mut mtime) = (0u64, 0i64);
         while let Some(row) = rows.next().map_err(|e| pg_err(&what, e))? {
-            let Some(sz) = row
-                .try_get::<_, Option<i64>>(0)
-                .map_err(|e| pg_err(&what, e))?
-            else {
-                return Ok(Outcome::Vanished);
+            let Some(sz) = row.try_get::<_, Option<i64>>(0).map_err(|e| pg_err(&what, e))? else {
+                return Ok(None);
             };
-            let w = match out.as_mut() {
+            let sink = match out.as_mut() {
                 Some(w) => w,
                 None => {
                     size = sz.max(0) as u64;
-                    out.insert(dest.create_file(dst)?)
+                    mtime = row.try_get::<_, Option<i64>>(1).map_err(|e| pg_err(&what, e))?.unwrap_or(0);
+                    out.insert(self.sink(dest, src, dst)?)
                 }
             };
-            let data = row
-                .try_get::<_, Option<&[u8]>>(1)
-                .map_err(|e| pg_err(&what, e))?;
-            match data {
+            match row.try_get::<_, Option<&[u8]>>(2).map_err(|e| pg_err(&what, e))? {
                 None if size == 0 => {}
                 // Removed while we were reading it.
-                None => return Ok(Outcome::Vanished),
+                None => return Ok(None),
                 Some(d) => {
                     // A file that shrank gives short chunks: zero-fill up to the size listed,
                     // as core does; WAL replay repairs the contents.
-                    let want = self.chunk.min(size - w.written()) as usize;
-                    w.write(&d[..d.len().min(want)])?;
+                    let want = self.chunk.min(size - sink.written()) as usize;
+                    sink.write(&d[..d.len().min(want)])?;
                     if d.len() < want {
-                        w.write_zeros((want - d.len()) as u64)?;
+                        sink.zeros((want - d.len()) as u64)?;
                     }
                 }
             }
         }
         match out {
-            Some(w) => Ok(Outcome::Copied(w.finish(self.sync)?)),
-            None => Err(TransferError::Data {
-                path,
-                message: "the server returned no rows".into(),
-            }),
+            Some(sink) => Ok(Some((sink, mtime))),
+            None => Err(TransferError::Data { path, message: "the server returned no rows".into() }),
         }
     }
 
@@ -159,52 +293,49 @@ impl Transfer {
         dest: &Dest,
         dst: &SafePath,
         level: u32,
-    ) -> Result<Outcome, TransferError> {
+    ) -> Result<Option<(Sink, i64)>, TransferError> {
         let path = src.as_string();
         let what = format!("could not read \"{path}\"");
         let chunk = self.chunk as i64;
         let level = level as i32;
         let mut rows = s.stream(sql::READ_ZLIB, &[&path, &chunk, &level], &what)?;
-        let mut out: Option<FileWriter> = None;
-        let mut size = 0u64;
+        let mut out: Option<Sink> = None;
+        let (mut size, mut mtime) = (0u64, 0i64);
         let mut buf = Vec::with_capacity(self.chunk as usize);
         while let Some(row) = rows.next().map_err(|e| pg_err(&what, e))? {
             let data: &[u8] = row.try_get(0).map_err(|e| pg_err(&what, e))?;
-            let w = match out.as_mut() {
+            let sink = match out.as_mut() {
                 Some(w) => w,
                 None => {
-                    let header: [u8; 8] = data.try_into().map_err(|_| TransferError::Data {
+                    let header: [u8; 16] = data.try_into().map_err(|_| TransferError::Data {
                         path: path.clone(),
-                        message: "bad size header from the compression helper".into(),
+                        message: "bad header from the compression helper".into(),
                     })?;
-                    size = i64::from_be_bytes(header).max(0) as u64;
-                    out = Some(dest.create_file(dst)?);
+                    size = i64::from_be_bytes(header[..8].try_into().unwrap_or_default()).max(0) as u64;
+                    mtime = i64::from_be_bytes(header[8..].try_into().unwrap_or_default());
+                    out = Some(self.sink(dest, src, dst)?);
                     continue;
                 }
             };
             buf.clear();
-            flate2::read::ZlibDecoder::new(data)
-                .take(self.chunk + 1)
-                .read_to_end(&mut buf)
-                .map_err(|e| TransferError::Data {
-                    path: path.clone(),
-                    message: format!("corrupt compressed chunk: {e}"),
-                })?;
-            if buf.len() as u64 > self.chunk || w.written() + buf.len() as u64 > size {
+            flate2::read::ZlibDecoder::new(data).take(self.chunk + 1).read_to_end(&mut buf).map_err(|e| {
+                TransferError::Data { path: path.clone(), message: format!("corrupt compressed chunk: {e}") }
+            })?;
+            if buf.len() as u64 > self.chunk || sink.written() + buf.len() as u64 > size {
                 return Err(TransferError::Data {
                     path,
                     message: "the server sent more data than the file size".into(),
                 });
             }
-            w.write(&buf)?;
+            sink.write(&buf)?;
         }
         match out {
-            None => Ok(Outcome::Vanished),
-            Some(mut w) => {
+            None => Ok(None),
+            Some(mut sink) => {
                 // Shrank while being read: zero-fill to the size the helper saw at open.
-                let short = size - w.written();
-                w.write_zeros(short)?;
-                Ok(Outcome::Copied(w.finish(self.sync)?))
+                let short = size - sink.written();
+                sink.zeros(short)?;
+                Ok(Some((sink, mtime)))
             }
         }
     }

@@ -16,7 +16,7 @@ use crate::error::Error;
 use crate::lsn::{is_history_file, Lsn, WalGeometry};
 use crate::pg::{sql, PgError, Session};
 use crate::protocol::{Response, WalCommand, PROTOCOL_VERSION};
-use crate::transfer::{Outcome, Transfer, TransferError};
+use crate::transfer::{Copied, Outcome, Transfer, TransferError};
 
 struct Copier {
     s: Session,
@@ -46,22 +46,14 @@ impl Copier {
         let size = sql::wal_segment_size(&mut s)?;
         let geo = WalGeometry::new(size)
             .ok_or_else(|| PgError::Unsupported(format!("unexpected wal_segment_size {size}")))?;
-        Ok(Copier {
-            s,
-            t,
-            dest,
-            geo,
-            history: HashMap::new(),
-        })
+        Ok(Copier { s, t, dest, geo, history: HashMap::new() })
     }
 
     /// Copies `pg_wal/NAME` to `pg_wal/AS`.
     fn copy(&mut self, name: &str, as_name: &str) -> Result<Outcome, Error> {
         let src = wal_path(name)?;
         let dst = wal_path(as_name)?;
-        self.t
-            .fetch(&mut self.s, &src, &self.dest, &dst)
-            .map_err(transfer_err)
+        self.t.fetch(&mut self.s, &src, &self.dest, &dst).map_err(transfer_err)
     }
 
     /// Copies history files that are new or changed.
@@ -75,49 +67,38 @@ impl Copier {
                 continue;
             }
             match self.copy(name, name)? {
-                Outcome::Copied(n) => {
+                Outcome::Copied(c) => {
                     self.history.insert(name.clone(), *size);
-                    say(Response::Ok {
-                        size: n,
-                        path: format!("pg_wal/{name}"),
-                    })?;
+                    say(ok_line(&c, name))?;
                 }
-                Outcome::Vanished => say(Response::Vanished {
-                    path: format!("pg_wal/{name}"),
-                })?,
+                Outcome::Vanished => say(Response::Vanished { path: format!("pg_wal/{name}") })?,
             }
         }
         Ok(())
     }
 }
 
+fn ok_line(c: &Copied, name: &str) -> Response {
+    Response::Ok { size: c.size, path: format!("pg_wal/{name}"), checksum: c.checksum.clone(), mtime: c.mtime }
+}
+
 fn stdout_say() -> impl FnMut(Response) -> Result<(), Error> {
     let stdout = io::stdout();
     move |r: Response| {
         let mut out = stdout.lock();
-        writeln!(out, "{r}")
-            .and_then(|()| out.flush())
-            .map_err(|e| Error::Io(format!("cannot write results: {e}")))
+        writeln!(out, "{r}").and_then(|()| out.flush()).map_err(|e| Error::Io(format!("cannot write results: {e}")))
     }
 }
 
 /// The master's WAL child: copies segments `start`'s segment onwards on `tli` as they
 /// complete; on `stop LSN` finishes through that segment, reports every segment of the range
 /// it could not copy as `vanished`, prints `done N` and exits.
-pub fn run_child(
-    common: &Common,
-    start: Lsn,
-    tli: u32,
-    delay: Duration,
-    compress: Compress,
-) -> Result<(), Error> {
+pub fn run_child(common: &Common, start: Lsn, tli: u32, delay: Duration, compress: Compress) -> Result<(), Error> {
     let mut say = stdout_say();
     let mut c = match Copier::open(common, compress) {
         Ok(c) => c,
         Err(e) => {
-            let _ = say(Response::Fatal {
-                message: e.to_string(),
-            });
+            let _ = say(Response::Fatal { message: e.to_string() });
             return Err(e);
         }
     };
@@ -158,20 +139,17 @@ pub fn run_child(
                     continue;
                 }
                 match c.copy(name, name)? {
-                    Outcome::Copied(n) if n == c.geo.seg_size => {
+                    Outcome::Copied(got) if got.size == c.geo.seg_size => {
                         copied.insert(seg);
                         count += 1;
-                        say(Response::Ok {
-                            size: n,
-                            path: format!("pg_wal/{name}"),
-                        })?;
+                        say(ok_line(&got, name))?;
                     }
-                    Outcome::Copied(n) => {
+                    Outcome::Copied(got) => {
                         say(Response::Error {
                             path: format!("pg_wal/{name}"),
                             message: format!(
-                                "segment is {n} bytes (listed {size}), expected {}",
-                                c.geo.seg_size
+                                "segment is {} bytes (listed {size}), expected {}",
+                                got.size, c.geo.seg_size
                             ),
                         })?;
                     }
@@ -184,20 +162,14 @@ pub fn run_child(
                 if c.geo.is_complete(last, written) {
                     for seg in start_seg..=last {
                         if !copied.contains(&seg) {
-                            say(Response::Vanished {
-                                path: format!("pg_wal/{}", c.geo.file_name(tli, seg)),
-                            })?;
+                            say(Response::Vanished { path: format!("pg_wal/{}", c.geo.file_name(tli, seg)) })?;
                         }
                     }
                     say(Response::Done { count })?;
                     return Ok(());
                 }
             }
-            let wait = if stop.is_some() {
-                Duration::from_millis(100)
-            } else {
-                delay
-            };
+            let wait = if stop.is_some() { Duration::from_millis(100) } else { delay };
             match rx.recv_timeout(wait) {
                 Ok(Some(Ok(WalCommand::Stop(l)))) => {
                     log::info!(
@@ -206,13 +178,9 @@ pub fn run_child(
                     );
                     stop = Some(l);
                 }
-                Ok(Some(Err(e))) => {
-                    return Err(Error::Io(format!("bad command from the master: {e}")))
-                }
+                Ok(Some(Err(e))) => return Err(Error::Io(format!("bad command from the master: {e}"))),
                 Ok(None) | Err(RecvTimeoutError::Disconnected) => {
-                    return Err(Error::Io(
-                        "the master closed the WAL child's input before the backup stopped".into(),
-                    ))
+                    return Err(Error::Io("the master closed the WAL child's input before the backup stopped".into()))
                 }
                 Err(RecvTimeoutError::Timeout) => {}
             }
@@ -220,9 +188,7 @@ pub fn run_child(
     };
     let r = res();
     if let Err(e) = &r {
-        let _ = stdout_say()(Response::Fatal {
-            message: e.to_string(),
-        });
+        let _ = stdout_say()(Response::Fatal { message: e.to_string() });
     }
     r
 }
@@ -242,15 +208,8 @@ fn standalone_floor(dest: &Dest, geo: WalGeometry) -> Option<u64> {
     }
     let dir = std::fs::read_dir(dest.root().join("pg_wal")).ok()?;
     dir.filter_map(|e| e.ok())
-        .filter(|e| {
-            e.metadata()
-                .map(|m| m.len() == geo.seg_size)
-                .unwrap_or(false)
-        })
-        .filter_map(|e| {
-            geo.parse_file_name(&e.file_name().to_string_lossy())
-                .map(|(_, s)| s + 1)
-        })
+        .filter(|e| e.metadata().map(|m| m.len() == geo.seg_size).unwrap_or(false))
+        .filter_map(|e| geo.parse_file_name(&e.file_name().to_string_lossy()).map(|(_, s)| s + 1))
         .max()
 }
 
@@ -259,11 +218,7 @@ fn standalone_floor(dest: &Dest, geo: WalGeometry) -> Option<u64> {
 /// what DEST already holds.
 pub fn run_standalone(common: &Common, delay: Duration, compress: Compress) -> Result<(), Error> {
     let stop = Arc::new(AtomicBool::new(false));
-    for sig in [
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGHUP,
-    ] {
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP] {
         signal_hook::flag::register(sig, stop.clone())
             .map_err(|e| Error::Io(format!("cannot install signal handlers: {e}")))?;
     }
@@ -287,12 +242,7 @@ pub fn run_standalone(common: &Common, delay: Duration, compress: Compress) -> R
         c.copy_history(&files, &mut quiet)?;
         let cur = c.geo.segno(written);
         let floor_seg = *floor.get_or_insert(cur);
-        let tli = files
-            .iter()
-            .filter_map(|(n, _)| c.geo.parse_file_name(n))
-            .map(|(t, _)| t)
-            .max()
-            .unwrap_or(1);
+        let tli = files.iter().filter_map(|(n, _)| c.geo.parse_file_name(n)).map(|(t, _)| t).max().unwrap_or(1);
         for (name, _) in &files {
             if stop.load(Ordering::SeqCst) {
                 break;
@@ -300,19 +250,15 @@ pub fn run_standalone(common: &Common, delay: Duration, compress: Compress) -> R
             let Some((t, seg)) = c.geo.parse_file_name(name) else {
                 continue;
             };
-            if t != tli
-                || seg < floor_seg
-                || !c.geo.is_complete(seg, written)
-                || have.contains(name)
-            {
+            if t != tli || seg < floor_seg || !c.geo.is_complete(seg, written) || have.contains(name) {
                 continue;
             }
             if c.dest.file_size(&wal_path(name)?)? == Some(c.geo.seg_size) {
                 have.insert(name.clone());
                 continue;
             }
-            if let Outcome::Copied(n) = c.copy(name, name)? {
-                if n == c.geo.seg_size {
+            if let Outcome::Copied(got) = c.copy(name, name)? {
+                if got.size == c.geo.seg_size {
                     log::info!("copied {name}");
                     have.insert(name.clone());
                     c.dest.remove_file(&wal_path(&format!("{name}.partial"))?)?;
@@ -322,9 +268,7 @@ pub fn run_standalone(common: &Common, delay: Duration, compress: Compress) -> R
         // The segment being written, as NAME.partial, when it moved on since the last copy.
         if cur >= floor_seg && !stop.load(Ordering::SeqCst) {
             let name = c.geo.file_name(tli, cur);
-            if partial.as_ref() != Some(&(name.clone(), written))
-                && files.iter().any(|(n, _)| *n == name)
-            {
+            if partial.as_ref() != Some(&(name.clone(), written)) && files.iter().any(|(n, _)| *n == name) {
                 if let Some((old, _)) = &partial {
                     if *old != name && !have.contains(old) {
                         c.dest.remove_file(&wal_path(&format!("{old}.partial"))?)?;

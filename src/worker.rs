@@ -8,7 +8,7 @@ use crate::dest::{Dest, SafePath};
 use crate::error::Error;
 use crate::pg::{sql, PgError};
 use crate::protocol::{Request, Response, MAX_LINE, PROTOCOL_VERSION};
-use crate::transfer::{Method, Outcome, Transfer};
+use crate::transfer::{Method, Outcome, PageVerify, Transfer};
 
 /// Reads one line of at most `MAX_LINE` bytes; longer lines are consumed and reported.
 /// Returns `None` at end of input.
@@ -18,11 +18,7 @@ fn read_line(r: &mut impl BufRead, buf: &mut Vec<u8>) -> io::Result<Option<bool>
     loop {
         let avail = r.fill_buf()?;
         if avail.is_empty() {
-            return Ok(if buf.is_empty() && !too_long {
-                None
-            } else {
-                Some(too_long)
-            });
+            return Ok(if buf.is_empty() && !too_long { None } else { Some(too_long) });
         }
         let (take, done) = match avail.iter().position(|&b| b == b'\n') {
             Some(i) => (i + 1, true),
@@ -43,20 +39,25 @@ fn read_line(r: &mut impl BufRead, buf: &mut Vec<u8>) -> io::Result<Option<bool>
 }
 
 /// Opens the session and chooses how chunks travel (`auto`: zlib if the helper can be
-/// created, else plain).
-pub fn open_session(
-    common: &Common,
-    app: &str,
-    compress: Compress,
-) -> Result<(crate::pg::Session, Transfer), Error> {
+/// created, else plain); with `--verify-lsn`, reads what page verification needs.
+pub fn open_session(common: &Common, app: &str, compress: Compress) -> Result<(crate::pg::Session, Transfer), Error> {
     let mut s = common.conn.connect(app)?;
     let (caps, _) = sql::version(&mut s)?;
     sql::session_setup_for(&mut s, caps)?;
-    let mut t = Transfer {
-        method: Method::Plain,
-        chunk: common.chunk,
-        sync: common.sync,
+    let verify = match common.verify_lsn {
+        Some(lsn) => {
+            let (block_size, blocks_per_segment) = sql::page_geometry(&mut s)?;
+            if block_size == crate::checksum::BLCKSZ as i64 {
+                Some(PageVerify { start_lsn: lsn.0, blocks_per_segment, rules: caps.layout_rules() })
+            } else {
+                log::warn!("block_size is {block_size}, not 8192: data pages are not verified");
+                None
+            }
+        }
+        None => None,
     };
+    let mut t =
+        Transfer { method: Method::Plain, chunk: common.chunk, sync: common.sync, algorithm: common.algorithm, verify };
     match compress {
         Compress::Fixed(m) => {
             t.method = m;
@@ -70,14 +71,7 @@ pub fn open_session(
             }
         }
     }
-    log::info!(
-        "chunks travel {}",
-        if t.method == Method::Plain {
-            "plain".to_string()
-        } else {
-            t.method.to_string()
-        }
-    );
+    log::info!("chunks travel {}", if t.method == Method::Plain { "plain".to_string() } else { t.method.to_string() });
     Ok((s, t))
 }
 
@@ -92,24 +86,16 @@ pub fn run(common: &Common, id: Option<usize>, compress: Compress) -> Result<(),
     let stdout = io::stdout();
     let mut out = stdout.lock();
     let mut say = |r: Response| -> Result<(), Error> {
-        writeln!(out, "{r}")
-            .and_then(|()| out.flush())
-            .map_err(|e| Error::Io(format!("cannot write results: {e}")))
+        writeln!(out, "{r}").and_then(|()| out.flush()).map_err(|e| Error::Io(format!("cannot write results: {e}")))
     };
     let (mut s, transfer) = match open_session(common, &app, compress) {
         Ok(x) => x,
         Err(e) => {
-            let _ = say(Response::Fatal {
-                message: e.to_string(),
-            });
+            let _ = say(Response::Fatal { message: e.to_string() });
             return Err(e);
         }
     };
-    say(Response::Hello {
-        protocol: PROTOCOL_VERSION,
-        version: env!("CARGO_PKG_VERSION").into(),
-        role: app.clone(),
-    })?;
+    say(Response::Hello { protocol: PROTOCOL_VERSION, version: env!("CARGO_PKG_VERSION").into(), role: app.clone() })?;
 
     let stdin = io::stdin();
     let mut input = stdin.lock();
@@ -117,9 +103,7 @@ pub fn run(common: &Common, id: Option<usize>, compress: Compress) -> Result<(),
     while let Some(too_long) =
         read_line(&mut input, &mut buf).map_err(|e| Error::Io(format!("cannot read stdin: {e}")))?
     {
-        let raw = String::from_utf8_lossy(&buf)
-            .trim_end_matches(['\n', '\r'])
-            .to_string();
+        let raw = String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_string();
         let shown: String = raw.chars().take(200).collect();
         let req = if too_long {
             Err("line longer than 8192 bytes".to_string())
@@ -131,10 +115,7 @@ pub fn run(common: &Common, id: Option<usize>, compress: Compress) -> Result<(),
         let req = match req {
             Ok(r) => r,
             Err(message) => {
-                say(Response::Error {
-                    path: shown,
-                    message,
-                })?;
+                say(Response::Error { path: shown, message })?;
                 continue;
             }
         };
@@ -142,34 +123,33 @@ pub fn run(common: &Common, id: Option<usize>, compress: Compress) -> Result<(),
         let (src, dst) = match paths {
             Ok(p) => p,
             Err(e) => {
-                say(Response::Error {
-                    path: req.src.clone(),
-                    message: e.to_string(),
-                })?;
+                say(Response::Error { path: req.src.clone(), message: e.to_string() })?;
                 continue;
             }
         };
         match transfer.fetch(&mut s, &src, &dest, &dst) {
-            Ok(Outcome::Copied(size)) => say(Response::Ok {
-                size,
-                path: req.src,
-            })?,
+            Ok(Outcome::Copied(c)) => {
+                for b in &c.bad_pages {
+                    say(Response::BadPage {
+                        path: req.src.clone(),
+                        block: b.block,
+                        calculated: b.calculated,
+                        expected: b.expected,
+                    })?;
+                }
+                say(Response::Ok { size: c.size, path: req.src, checksum: c.checksum, mtime: c.mtime })?
+            }
             Ok(Outcome::Vanished) => say(Response::Vanished { path: req.src })?,
             Err(e) if e.is_fatal() => {
                 let message = format!("{e}");
-                let _ = say(Response::Fatal {
-                    message: message.clone(),
-                });
+                let _ = say(Response::Fatal { message: message.clone() });
                 return Err(match e {
                     crate::transfer::TransferError::Dest(d) => Error::Dest(d),
                     crate::transfer::TransferError::Pg(p) => Error::Pg(p),
                     other => Error::Io(other.to_string()),
                 });
             }
-            Err(e) => say(Response::Error {
-                path: req.src,
-                message: e.to_string(),
-            })?,
+            Err(e) => say(Response::Error { path: req.src, message: e.to_string() })?,
         }
         if s.is_closed() {
             let e = PgError::Query {
@@ -178,9 +158,7 @@ pub fn run(common: &Common, id: Option<usize>, compress: Compress) -> Result<(),
                 closed: true,
                 code: None,
             };
-            let _ = say(Response::Fatal {
-                message: e.to_string(),
-            });
+            let _ = say(Response::Fatal { message: e.to_string() });
             return Err(Error::Pg(e));
         }
     }

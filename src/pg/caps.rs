@@ -45,11 +45,14 @@ impl Caps {
         self.version_num >= 140000
     }
 
+    /// backup_manifest version 2, with `System-Identifier` (17+).
+    pub fn manifest_system_identifier(&self) -> bool {
+        self.version_num >= 170000
+    }
+
     /// File-layout rules (relation names, `pg_wal/summaries`, `.DS_Store`): 17+.
     pub fn layout_rules(&self) -> LayoutRules {
-        LayoutRules {
-            pg17: self.version_num >= 170000,
-        }
+        LayoutRules { pg17: self.version_num >= 170000 }
     }
 
     /// The functions (with signatures) a backup uses, for privilege checks.
@@ -62,10 +65,7 @@ impl Caps {
         if self.new_backup_api() {
             v.extend(["pg_backup_start(text,boolean)", "pg_backup_stop(boolean)"]);
         } else {
-            v.extend([
-                "pg_start_backup(text,boolean,boolean)",
-                "pg_stop_backup(boolean,boolean)",
-            ]);
+            v.extend(["pg_start_backup(text,boolean,boolean)", "pg_stop_backup(boolean,boolean)"]);
         }
         v
     }
@@ -86,8 +86,6 @@ mod tests {
         assert!(Caps::new(140000).idle_session_timeout());
         assert!(!Caps::new(130000).idle_session_timeout());
         assert!(Caps::new(170000).layout_rules().pg17);
-        assert!(Caps::new(140000)
-            .needed_functions()
-            .contains(&"pg_stop_backup(boolean,boolean)"));
+        assert!(Caps::new(140000).needed_functions().contains(&"pg_stop_backup(boolean,boolean)"));
     }
 }

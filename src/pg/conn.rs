@@ -62,18 +62,14 @@ impl ConnInfo {
                     }
                 }
                 None => {
-                    let sock = ["/var/run/postgresql", "/tmp"]
-                        .into_iter()
-                        .find(|d| std::path::Path::new(d).is_dir());
+                    let sock = ["/var/run/postgresql", "/tmp"].into_iter().find(|d| std::path::Path::new(d).is_dir());
                     config.host(sock.unwrap_or("localhost"));
                 }
             }
         }
         if config.get_ports().is_empty() {
             let port = match env("PGPORT") {
-                Some(p) => p
-                    .parse::<u16>()
-                    .map_err(|_| PgError::BadDsn(format!("invalid PGPORT {p:?}")))?,
+                Some(p) => p.parse::<u16>().map_err(|_| PgError::BadDsn(format!("invalid PGPORT {p:?}")))?,
                 None => 5432,
             };
             config.port(port);
@@ -82,8 +78,7 @@ impl ConnInfo {
             config.user(&env("PGUSER").unwrap_or_else(os_user));
         }
         if config.get_dbname().is_none() {
-            let db = env("PGDATABASE")
-                .unwrap_or_else(|| config.get_user().unwrap_or("postgres").to_string());
+            let db = env("PGDATABASE").unwrap_or_else(|| config.get_user().unwrap_or("postgres").to_string());
             config.dbname(&db);
         }
         if config.get_password().is_none() {
@@ -93,9 +88,7 @@ impl ConnInfo {
         }
         if config.get_connect_timeout().is_none() {
             let secs = match env("PGCONNECT_TIMEOUT") {
-                Some(t) => t
-                    .parse::<u64>()
-                    .map_err(|_| PgError::BadDsn(format!("invalid PGCONNECT_TIMEOUT {t:?}")))?,
+                Some(t) => t.parse::<u64>().map_err(|_| PgError::BadDsn(format!("invalid PGCONNECT_TIMEOUT {t:?}")))?,
                 None => 10,
             };
             config.connect_timeout(Duration::from_secs(secs.max(2)));
@@ -110,9 +103,7 @@ impl ConnInfo {
 
     /// The password, if any (handed to children through the environment).
     pub fn password(&self) -> Option<String> {
-        self.config
-            .get_password()
-            .map(|p| String::from_utf8_lossy(p).into_owned())
+        self.config.get_password().map(|p| String::from_utf8_lossy(p).into_owned())
     }
 
     /// A key=value connection string with everything but the password, for a child's argv.
@@ -174,19 +165,10 @@ impl ConnInfo {
         let mut config = self.config.clone();
         config.application_name(app);
         log::debug!("connecting to {} as {app:?}", self.target());
-        let client = config.connect(NoTls).map_err(|e| PgError::Connect {
-            target: self.target(),
-            message: describe(&e),
-        })?;
-        let mut s = Session {
-            client,
-            app: app.to_string(),
-        };
-        s.execute(
-            super::sql::SESSION_SETUP,
-            &[],
-            "could not configure the session",
-        )?;
+        let client =
+            config.connect(NoTls).map_err(|e| PgError::Connect { target: self.target(), message: describe(&e) })?;
+        let mut s = Session { client, app: app.to_string() };
+        s.execute(super::sql::SESSION_SETUP, &[], "could not configure the session")?;
         Ok(s)
     }
 }
@@ -203,53 +185,26 @@ impl Session {
     }
 
     fn log(&self, sql: &str) {
-        log::debug!(
-            "SQL: {}",
-            sql.split_whitespace().collect::<Vec<_>>().join(" ")
-        );
+        log::debug!("SQL: {}", sql.split_whitespace().collect::<Vec<_>>().join(" "));
     }
 
-    pub fn execute(
-        &mut self,
-        sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-        what: &str,
-    ) -> Result<(), PgError> {
+    pub fn execute(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)], what: &str) -> Result<(), PgError> {
         self.log(sql);
         if params.is_empty() {
-            self.client
-                .batch_execute(sql)
-                .map_err(|e| PgError::query(what, e))
+            self.client.batch_execute(sql).map_err(|e| PgError::query(what, e))
         } else {
-            self.client
-                .execute(sql, params)
-                .map(drop)
-                .map_err(|e| PgError::query(what, e))
+            self.client.execute(sql, params).map(drop).map_err(|e| PgError::query(what, e))
         }
     }
 
-    pub fn query(
-        &mut self,
-        sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-        what: &str,
-    ) -> Result<Vec<Row>, PgError> {
+    pub fn query(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)], what: &str) -> Result<Vec<Row>, PgError> {
         self.log(sql);
-        self.client
-            .query(sql, params)
-            .map_err(|e| PgError::query(what, e))
+        self.client.query(sql, params).map_err(|e| PgError::query(what, e))
     }
 
-    pub fn query_one(
-        &mut self,
-        sql: &str,
-        params: &[&(dyn ToSql + Sync)],
-        what: &str,
-    ) -> Result<Row, PgError> {
+    pub fn query_one(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)], what: &str) -> Result<Row, PgError> {
         self.log(sql);
-        self.client
-            .query_one(sql, params)
-            .map_err(|e| PgError::query(what, e))
+        self.client.query_one(sql, params).map_err(|e| PgError::query(what, e))
     }
 
     /// Runs a query whose rows are streamed as the server produces them.
@@ -260,9 +215,7 @@ impl Session {
         what: &str,
     ) -> Result<RowIter<'a>, PgError> {
         self.log(sql);
-        self.client
-            .query_raw(sql, params.iter().copied())
-            .map_err(|e| PgError::query(what, e))
+        self.client.query_raw(sql, params.iter().copied()).map_err(|e| PgError::query(what, e))
     }
 
     /// A token that cancels this session's running statement from another thread.
@@ -281,8 +234,7 @@ mod tests {
 
     #[test]
     fn child_dsn_has_no_password() {
-        let c =
-            ConnInfo::from_dsn("host=/tmp/x port=5433 user=bob password=s3cret dbname=d").unwrap();
+        let c = ConnInfo::from_dsn("host=/tmp/x port=5433 user=bob password=s3cret dbname=d").unwrap();
         let dsn = c.child_dsn();
         assert!(!dsn.contains("s3cret"), "{dsn}");
         assert_eq!(c.password().as_deref(), Some("s3cret"));

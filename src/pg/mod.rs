@@ -15,22 +15,13 @@ pub enum PgError {
     #[error("could not connect to {target}: {message}")]
     Connect { target: String, message: String },
     #[error("{what}: {message}")]
-    Query {
-        what: String,
-        message: String,
-        closed: bool,
-        code: Option<String>,
-    },
+    Query { what: String, message: String, closed: bool, code: Option<String> },
     #[error("server version {0} is not supported: pgbb needs PostgreSQL 13 or later")]
     TooOld(String),
     #[error("wal_level is \"{0}\" on the server; a base backup needs wal_level = replica (or logical): set it in postgresql.conf and restart the server")]
     WalLevel(String),
     #[error("role \"{role}\" lacks privileges pgbb needs; as a superuser, in database \"{db}\", run:\n{grants}")]
-    Privileges {
-        role: String,
-        db: String,
-        grants: String,
-    },
+    Privileges { role: String, db: String, grants: String },
     #[error("{0}")]
     Unsupported(String),
     #[error("the compression helper is not available: {0}\n(install plpython3u in this database as a superuser, connect as a superuser, or use --compress=none)")]
@@ -53,10 +44,7 @@ impl PgError {
     pub fn connection_lost(&self) -> bool {
         match self {
             PgError::Query { closed, code, .. } => {
-                *closed
-                    || code
-                        .as_deref()
-                        .is_some_and(|c| c.starts_with("57P") || c.starts_with("08"))
+                *closed || code.as_deref().is_some_and(|c| c.starts_with("57P") || c.starts_with("08"))
             }
             PgError::Connect { .. } => true,
             _ => false,

@@ -36,11 +36,7 @@ pub fn version(s: &mut Session) -> Result<(Caps, String), PgError> {
 /// Turns off `idle_session_timeout` where it exists.
 pub fn session_setup_for(s: &mut Session, caps: Caps) -> Result<(), PgError> {
     if caps.idle_session_timeout() {
-        s.execute(
-            IDLE_SESSION_TIMEOUT_OFF,
-            &[],
-            "could not configure the session",
-        )?;
+        s.execute(IDLE_SESSION_TIMEOUT_OFF, &[], "could not configure the session")?;
     }
     Ok(())
 }
@@ -61,8 +57,7 @@ pub fn server_info(s: &mut Session, caps: Caps, version: String) -> Result<Serve
         version,
         wal_level: r.get(0),
         wal_segment_size: r.get::<_, i64>(1) as u64,
-        group_access: u32::from_str_radix(mode.trim_start_matches('0'), 8).unwrap_or(0o700) & 0o070
-            != 0,
+        group_access: u32::from_str_radix(mode.trim_start_matches('0'), 8).unwrap_or(0o700) & 0o070 != 0,
         in_recovery: r.get(3),
         superuser: r.get(4),
         replication: r.get(5),
@@ -72,10 +67,7 @@ pub fn server_info(s: &mut Session, caps: Caps, version: String) -> Result<Serve
 }
 
 /// The functions (of `wanted`) the current role may not execute.
-pub fn missing_function_privileges(
-    s: &mut Session,
-    wanted: &[&str],
-) -> Result<Vec<String>, PgError> {
+pub fn missing_function_privileges(s: &mut Session, wanted: &[&str]) -> Result<Vec<String>, PgError> {
     let wanted: Vec<String> = wanted.iter().map(|f| f.to_string()).collect();
     let rows = s.query(
         "SELECT f FROM unnest($1::text[]) AS f WHERE NOT has_function_privilege(f, 'EXECUTE')",
@@ -93,10 +85,7 @@ pub fn tablespaces(s: &mut Session) -> Result<Vec<(u32, String, String)>, PgErro
         &[],
         "could not list tablespaces",
     )?;
-    Ok(rows
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect())
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
 }
 
 /// `--clean`: ends backups left behind by earlier pgbb masters (a non-exclusive backup lives
@@ -147,17 +136,12 @@ pub fn start_backup(s: &mut Session, caps: Caps, label: &str, fast: bool) -> Res
     };
     let r = s.query_one(sql, &[&label, &fast], "could not start the backup")?;
     let lsn: String = r.get(0);
-    lsn.parse()
-        .map_err(|e: crate::lsn::LsnParseError| PgError::Unsupported(e.to_string()))
+    lsn.parse().map_err(|e: crate::lsn::LsnParseError| PgError::Unsupported(e.to_string()))
 }
 
 /// The timeline of the backup's checkpoint.
 pub fn checkpoint_timeline(s: &mut Session) -> Result<u32, PgError> {
-    let r = s.query_one(
-        "SELECT timeline_id FROM pg_control_checkpoint()",
-        &[],
-        "could not read the timeline",
-    )?;
+    let r = s.query_one("SELECT timeline_id FROM pg_control_checkpoint()", &[], "could not read the timeline")?;
     Ok(r.get::<_, i32>(0) as u32)
 }
 
@@ -180,9 +164,7 @@ pub fn stop_backup(s: &mut Session, caps: Caps) -> Result<StopResult, PgError> {
     let r = s.query_one(sql, &[], "could not stop the backup")?;
     let lsn: String = r.get(0);
     Ok(StopResult {
-        lsn: lsn
-            .parse()
-            .map_err(|e: crate::lsn::LsnParseError| PgError::Unsupported(e.to_string()))?,
+        lsn: lsn.parse().map_err(|e: crate::lsn::LsnParseError| PgError::Unsupported(e.to_string()))?,
         labelfile: r.get::<_, Option<String>>(1).unwrap_or_default(),
         spcmapfile: r.get::<_, Option<String>>(2).unwrap_or_default(),
     })
@@ -193,10 +175,7 @@ pub fn stop_backup(s: &mut Session, caps: Caps) -> Result<StopResult, PgError> {
 /// it runs are simply missing. Names come back as raw bytes (`textsend`), since the server
 /// does not validate the encoding of file names.
 pub fn list_data_directory(s: &mut Session) -> Result<Vec<(Vec<u8>, bool, u64)>, PgError> {
-    let pruned: Vec<String> = EXCLUDED_DIR_CONTENTS
-        .iter()
-        .map(|d| d.to_string())
-        .collect();
+    let pruned: Vec<String> = EXCLUDED_DIR_CONTENTS.iter().map(|d| d.to_string()).collect();
     let rows = s.query(
         "WITH RECURSIVE tree(path, name, isdir, size) AS ( \
              SELECT n, n, st.isdir, st.size \
@@ -211,16 +190,7 @@ pub fn list_data_directory(s: &mut Session) -> Result<Vec<(Vec<u8>, bool, u64)>,
         &[&pruned],
         "could not list the data directory",
     )?;
-    Ok(rows
-        .iter()
-        .map(|r| {
-            (
-                r.get::<_, Vec<u8>>(0),
-                r.get(1),
-                r.get::<_, i64>(2).max(0) as u64,
-            )
-        })
-        .collect())
+    Ok(rows.iter().map(|r| (r.get::<_, Vec<u8>>(0), r.get(1), r.get::<_, i64>(2).max(0) as u64)).collect())
 }
 
 /// Converts the raw listing into entries; names that are not UTF-8 are refused for now.
@@ -253,8 +223,9 @@ pub fn compression_available(s: &mut Session) -> Result<Result<(), String>, PgEr
 }
 
 /// The compression helper: a session-local (pg_temp) PL/Python function, gone when the
-/// session ends. First row: the file's size as 8 big-endian bytes (no row at all if the file
-/// does not exist); then one zlib-compressed chunk per row.
+/// session ends. First row: the file's size and modification time (Unix seconds) as two
+/// 8-byte big-endian integers (no row at all if the file does not exist); then one
+/// zlib-compressed chunk per row.
 pub const CREATE_ZLIB_READER: &str = r#"
 CREATE FUNCTION pg_temp.pgbb_read_zlib(path text, chunk bigint, level integer)
 RETURNS SETOF bytea LANGUAGE plpython3u STRICT AS $pgbb$
@@ -264,8 +235,9 @@ try:
 except FileNotFoundError:
     return
 with f:
-    size = os.fstat(f.fileno()).st_size
-    yield struct.pack('>q', size)
+    st = os.fstat(f.fileno())
+    size = st.st_size
+    yield struct.pack('>qq', size, int(st.st_mtime))
     left = size
     while left > 0:
         b = f.read(min(chunk, left))
@@ -279,12 +251,16 @@ $pgbb$"#;
 /// function runs value-per-call, so rows leave the server as they are produced.
 pub const READ_ZLIB: &str = "SELECT pg_temp.pgbb_read_zlib($1, $2, $3)";
 
-/// Streams a file plainly with built-in functions, one row per chunk: (size, chunk). A
-/// single row with a NULL size means the file does not exist; an empty file gives one row
+/// Streams a file plainly with built-in functions, one row per chunk: (size, mtime, chunk).
+/// A single row with a NULL size means the file does not exist; an empty file gives one row
 /// with a NULL chunk. A NULL chunk after that means the file vanished while being read.
-pub const READ_PLAIN: &str = "SELECT st.size, pg_read_binary_file($1, o, $2, true) \
+pub const READ_PLAIN: &str = "SELECT st.size, extract(epoch FROM st.modification)::bigint, \
+       pg_read_binary_file($1, o, $2, true) \
        FROM pg_stat_file($1, true) AS st \
        LEFT JOIN LATERAL generate_series(0::bigint, st.size - 1, $2) AS o ON true";
+
+/// One page again, after it failed verification.
+pub const READ_PAGE: &str = "SELECT pg_read_binary_file($1, $2, $3, true)";
 
 /// One directory's regular files and their sizes (for the WAL loop), plus the position up to
 /// which WAL has been written (primary) or received/replayed (standby).
@@ -306,11 +282,32 @@ pub fn list_wal(s: &mut Session) -> Result<(Vec<(String, u64)>, Lsn), PgError> {
         &[],
         "could not list pg_wal",
     )?;
-    let files = rows
-        .iter()
-        .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1).max(0) as u64))
-        .collect();
+    let files = rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1).max(0) as u64)).collect();
     Ok((files, lsn))
+}
+
+/// (block_size, blocks per relation segment).
+pub fn page_geometry(s: &mut Session) -> Result<(i64, u32), PgError> {
+    let r = s.query_one(
+        "SELECT current_setting('block_size')::bigint, \
+                (SELECT setting::bigint FROM pg_settings WHERE name = 'segment_size')",
+        &[],
+        "could not read the page geometry",
+    )?;
+    Ok((r.get(0), r.get::<_, i64>(1) as u32))
+}
+
+/// The cluster's system identifier (for the version 2 manifest).
+pub fn system_identifier(s: &mut Session) -> Result<u64, PgError> {
+    let r =
+        s.query_one("SELECT system_identifier FROM pg_control_system()", &[], "could not read the system identifier")?;
+    Ok(r.get::<_, i64>(0) as u64)
+}
+
+/// `on` when the cluster has data checksums.
+pub fn data_checksums(s: &mut Session) -> Result<bool, PgError> {
+    let r = s.query_one("SELECT current_setting('data_checksums') = 'on'", &[], "could not read data_checksums")?;
+    Ok(r.get(0))
 }
 
 pub fn wal_segment_size(s: &mut Session) -> Result<u64, PgError> {

@@ -22,13 +22,7 @@ fn seed(c: &Cluster) -> Expect {
          CREATE INDEX ON t2 (v); CREATE UNLOGGED TABLE u2 AS SELECT 1 AS x;",
     )
     .unwrap();
-    let oid: u32 = cl
-        .query_one(
-            "SELECT oid FROM pg_database WHERE datname = 'postgres'",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let oid: u32 = cl.query_one("SELECT oid FROM pg_database WHERE datname = 'postgres'", &[]).unwrap().get(0);
     let planted = plant_excluded(c, oid);
     Expect {
         pgbench: true,
@@ -48,17 +42,7 @@ fn backup_under_load(jobs: &str) {
     let dest = c.path("backup");
     let load = c.pgbench_load(2, 600);
     std::thread::sleep(Duration::from_secs(1));
-    let out = pgbb_run(&[
-        "-j",
-        jobs,
-        "-c",
-        "fast",
-        "-v",
-        "--chunk-size",
-        "64k",
-        &c.dsn(),
-        dest.to_str().unwrap(),
-    ]);
+    let out = pgbb_run(&["-j", jobs, "-c", "fast", "-v", "--chunk-size", "64k", &c.dsn(), dest.to_str().unwrap()]);
     assert!(out.status.success(), "pgbb failed: {}", stderr(&out));
     assert!(stdout(&out).contains("backup complete"), "{}", stdout(&out));
     std::thread::sleep(Duration::from_millis(300));
@@ -89,10 +73,7 @@ fn dest_in_the_way_is_refused_and_kept() {
     let out = pgbb_run(&[&c.dsn(), dest.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
     assert!(stderr(&out).contains("not empty"), "{}", stderr(&out));
-    assert_eq!(
-        std::fs::read_to_string(dest.join("precious")).unwrap(),
-        "keep me"
-    );
+    assert_eq!(std::fs::read_to_string(dest.join("precious")).unwrap(), "keep me");
     let file = c.path("afile");
     std::fs::write(&file, "x").unwrap();
     let out = pgbb_run(&[&c.dsn(), file.to_str().unwrap()]);

@@ -7,15 +7,7 @@ use std::process::Stdio;
 
 fn slave_copy(c: &Cluster, dest: &std::path::Path, files: &[String], compress: &str) -> String {
     let mut child = pgbb()
-        .args([
-            "--slave",
-            "--stdin",
-            "-v",
-            "--compress",
-            compress,
-            "--chunk-size",
-            "64k",
-        ])
+        .args(["--slave", "--stdin", "-v", "--compress", compress, "--chunk-size", "64k"])
         .arg(c.dsn())
         .arg(dest)
         .stdin(Stdio::piped())
@@ -24,23 +16,10 @@ fn slave_copy(c: &Cluster, dest: &std::path::Path, files: &[String], compress: &
         .spawn()
         .unwrap();
     let input: String = files.iter().map(|f| format!("{f}\n")).collect();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(
-        stdout(&out)
-            .lines()
-            .filter(|l| l.starts_with("ok\t"))
-            .count(),
-        files.len(),
-        "{}",
-        stdout(&out)
-    );
+    assert_eq!(stdout(&out).lines().filter(|l| l.starts_with("ok\t")).count(), files.len(), "{}", stdout(&out));
     stderr(&out)
 }
 
@@ -56,13 +35,7 @@ fn zlib_chunks_equal_plain_chunks_and_the_server_files() {
     .unwrap();
     cl.batch_execute("VACUUM z").unwrap();
     cl.batch_execute("CHECKPOINT").unwrap();
-    let oid: u32 = cl
-        .query_one(
-            "SELECT oid FROM pg_database WHERE datname = 'postgres'",
-            &[],
-        )
-        .unwrap()
-        .get(0);
+    let oid: u32 = cl.query_one("SELECT oid FROM pg_database WHERE datname = 'postgres'", &[]).unwrap().get(0);
     let files: Vec<String> = walk(&c.data.join(format!("base/{oid}")))
         .into_iter()
         .filter(|f| !f.starts_with("pg_internal"))
@@ -80,58 +53,25 @@ fn zlib_chunks_equal_plain_chunks_and_the_server_files() {
         assert_eq!(std::fs::read(b.join(f)).unwrap(), src, "{f} differs (none)");
     }
     // The helper lived in pg_temp of the slaves' sessions only.
-    assert_eq!(
-        query_i64(
-            &mut cl,
-            "SELECT count(*) FROM pg_proc WHERE proname LIKE 'pgbb%'"
-        ),
-        0
-    );
+    assert_eq!(query_i64(&mut cl, "SELECT count(*) FROM pg_proc WHERE proname LIKE 'pgbb%'"), 0);
 }
 
 #[test]
 fn zlib_backup_under_load_restores_and_leaves_nothing() {
     let c = Cluster::new();
     c.pgbench_init(5);
-    c.client()
-        .batch_execute("CREATE EXTENSION plpython3u; CREATE EXTENSION amcheck")
-        .unwrap();
+    c.client().batch_execute("CREATE EXTENSION plpython3u; CREATE EXTENSION amcheck").unwrap();
     let dest = c.path("zbackup");
     let load = c.pgbench_load(2, 600);
-    let out = pgbb_run(&[
-        "-j",
-        "2",
-        "-c",
-        "fast",
-        "-v",
-        "--compress",
-        "zlib",
-        &c.dsn(),
-        dest.to_str().unwrap(),
-    ]);
+    let out = pgbb_run(&["-j", "2", "-c", "fast", "-v", "--compress", "zlib", &c.dsn(), dest.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("chunks travel compressed (zlib:1)"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("chunks travel compressed (zlib:1)"), "{}", stderr(&out));
     load.finish();
     c.assert_no_pgbb_left();
-    assert_eq!(
-        query_i64(
-            &mut c.client(),
-            "SELECT count(*) FROM pg_proc WHERE proname LIKE 'pgbb%'"
-        ),
-        0
-    );
+    assert_eq!(query_i64(&mut c.client(), "SELECT count(*) FROM pg_proc WHERE proname LIKE 'pgbb%'"), 0);
     verify_restore(
         &dest,
-        &Expect {
-            pgbench: true,
-            databases: vec!["postgres".into()],
-            unlogged: vec![],
-            absent: vec![],
-        },
+        &Expect { pgbench: true, databases: vec!["postgres".into()], unlogged: vec![], absent: vec![] },
     );
 }
 
@@ -139,36 +79,14 @@ fn zlib_backup_under_load_restores_and_leaves_nothing() {
 fn zlib_without_plpython_fails_clearly_and_auto_falls_back() {
     let c = Cluster::new();
     let dest = c.path("nozlib");
-    let out = pgbb_run(&[
-        "--compress",
-        "zlib",
-        "-c",
-        "fast",
-        &c.dsn(),
-        dest.to_str().unwrap(),
-    ]);
+    let out = pgbb_run(&["--compress", "zlib", "-c", "fast", &c.dsn(), dest.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     assert!(stderr(&out).contains("plpython3u"), "{}", stderr(&out));
-    assert!(
-        !dest.exists(),
-        "DEST created although nothing was backed up"
-    );
+    assert!(!dest.exists(), "DEST created although nothing was backed up");
     c.assert_no_pgbb_left();
-    let out = pgbb_run(&[
-        "--compress",
-        "auto",
-        "-v",
-        "-c",
-        "fast",
-        &c.dsn(),
-        dest.to_str().unwrap(),
-    ]);
+    let out = pgbb_run(&["--compress", "auto", "-v", "-c", "fast", &c.dsn(), dest.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("chunks travel uncompressed"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("chunks travel uncompressed"), "{}", stderr(&out));
     // A slave asked for zlib explicitly says why it cannot.
     let out = pgbb()
         .args(["--slave", "--stdin", "--compress", "zlib"])

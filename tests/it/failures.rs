@@ -28,29 +28,13 @@ fn kill_worker(no_clean: bool) {
     c.pgbench_init(10);
     let dest = c.path(if no_clean { "killed-kept" } else { "killed" });
     let d = dest.to_str().unwrap().to_string();
-    let mut args = vec![
-        "-j",
-        "2",
-        "-c",
-        "fast",
-        "--chunk-size",
-        "8k",
-        "--compress",
-        "none",
-    ];
+    let mut args = vec!["-j", "2", "-c", "fast", "--chunk-size", "8k", "--compress", "none"];
     if no_clean {
         args.push("--no-clean");
     }
-    let mut child = pgbb()
-        .args(&args)
-        .arg(c.dsn())
-        .arg(&dest)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let worker = wait_for_proc(&["--stdin", "--worker-id 1", &d], Duration::from_secs(30))
-        .expect("no worker appeared");
+    let mut child =
+        pgbb().args(&args).arg(c.dsn()).arg(&dest).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let worker = wait_for_proc(&["--stdin", "--worker-id 1", &d], Duration::from_secs(30)).expect("no worker appeared");
     std::thread::sleep(Duration::from_millis(300));
     kill(Pid::from_raw(worker), Signal::SIGKILL).unwrap();
     let t = Instant::now();
@@ -59,19 +43,13 @@ fn kill_worker(no_clean: bool) {
     let err = stderr(&out);
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(t.elapsed() < Duration::from_secs(10));
-    assert!(
-        err.contains("worker 1 died unexpectedly (killed by SIGKILL)"),
-        "{err}"
-    );
+    assert!(err.contains("worker 1 died unexpectedly (killed by SIGKILL)"), "{err}");
     assert!(!stdout(&out).contains("backup complete"));
     assert_no_pgbb_process(&d);
     c.assert_no_pgbb_left();
     if no_clean {
         assert!(dest.join("base").exists(), "--no-clean should keep DEST");
-        assert!(
-            !dest.join("global/pg_control").exists(),
-            "an incomplete DEST must not be startable"
-        );
+        assert!(!dest.join("global/pg_control").exists(), "an incomplete DEST must not be startable");
     } else {
         assert!(!dest.exists(), "DEST should be removed");
     }
@@ -108,8 +86,7 @@ fn missing_wal_segment_fails_the_backup() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let wal = wait_for_proc(&["--slave", "-x", &d], Duration::from_secs(30))
-        .expect("no WAL child appeared");
+    let wal = wait_for_proc(&["--slave", "-x", &d], Duration::from_secs(30)).expect("no WAL child appeared");
     kill(Pid::from_raw(wal), Signal::SIGSTOP).unwrap();
     // The master stops the backup and then waits for the frozen WAL child.
     let label = dest.join("backup_label");
@@ -120,29 +97,15 @@ fn missing_wal_segment_fails_the_backup() {
     }
     std::thread::sleep(Duration::from_millis(100));
     let text = std::fs::read_to_string(&label).unwrap();
-    let seg = text
-        .lines()
-        .next()
-        .unwrap()
-        .split("(file ")
-        .nth(1)
-        .unwrap()
-        .trim_end_matches(')')
-        .to_string();
-    assert!(
-        !dest.join("pg_wal").join(&seg).exists(),
-        "the frozen WAL child already had {seg}"
-    );
+    let seg = text.lines().next().unwrap().split("(file ").nth(1).unwrap().trim_end_matches(')').to_string();
+    assert!(!dest.join("pg_wal").join(&seg).exists(), "the frozen WAL child already had {seg}");
     std::fs::remove_file(c.data.join("pg_wal").join(&seg)).unwrap();
     kill(Pid::from_raw(wal), Signal::SIGCONT).unwrap();
     let status = wait_exit(&mut child, Duration::from_secs(30));
     let out = child.wait_with_output().unwrap();
     let err = stderr(&out);
     assert_eq!(status.code(), Some(1), "{err}");
-    assert!(
-        err.contains("WAL needed to restore the backup is missing") && err.contains(&seg),
-        "{err}"
-    );
+    assert!(err.contains("WAL needed to restore the backup is missing") && err.contains(&seg), "{err}");
     assert!(!dest.exists());
     assert_no_pgbb_process(&d);
     c.assert_no_pgbb_left();
@@ -157,16 +120,7 @@ fn clean_ends_a_leftover_backup() {
     let old = c.path("old");
     let o = old.to_str().unwrap().to_string();
     let mut a = pgbb()
-        .args([
-            "-j",
-            "1",
-            "-c",
-            "fast",
-            "--chunk-size",
-            "8k",
-            "--compress",
-            "none",
-        ])
+        .args(["-j", "1", "-c", "fast", "--chunk-size", "8k", "--compress", "none"])
         .arg(c.dsn())
         .arg(&old)
         .stdout(Stdio::piped())
@@ -178,33 +132,16 @@ fn clean_ends_a_leftover_backup() {
     for p in &frozen {
         kill(Pid::from_raw(*p), Signal::SIGSTOP).unwrap();
     }
-    assert!(
-        c.count_pgbb_sessions() >= 3,
-        "the old backup should hold sessions"
-    );
+    assert!(c.count_pgbb_sessions() >= 3, "the old backup should hold sessions");
     let new = c.path("new");
-    let out = pgbb_run(&[
-        "--clean",
-        "-v",
-        "-c",
-        "fast",
-        &c.dsn(),
-        new.to_str().unwrap(),
-    ]);
+    let out = pgbb_run(&["--clean", "-v", "-c", "fast", &c.dsn(), new.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("--clean: terminated"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("--clean: terminated"), "{}", stderr(&out));
     for p in &frozen {
         kill(Pid::from_raw(*p), Signal::SIGCONT).unwrap();
     }
     let status = wait_exit(&mut a, Duration::from_secs(20));
-    assert!(
-        !status.success(),
-        "the terminated backup must not report success"
-    );
+    assert!(!status.success(), "the terminated backup must not report success");
     assert!(!old.join("global/pg_control").exists());
     assert_no_pgbb_process(&o);
     c.assert_no_pgbb_left();

@@ -34,11 +34,7 @@ pub fn client_bin(name: &str) -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"));
     let p = dir.join(name);
-    assert!(
-        p.exists(),
-        "{} not found: install postgresql-15 (or set PGBB_PG_CLIENT_BIN)",
-        p.display()
-    );
+    assert!(p.exists(), "{} not found: install postgresql-15 (or set PGBB_PG_CLIENT_BIN)", p.display());
     p
 }
 
@@ -59,12 +55,7 @@ pub fn as_pg(program: &Path) -> Command {
 
 pub fn chown_pg(path: &Path) {
     if is_root() {
-        let st = Command::new("chown")
-            .arg("-R")
-            .arg("postgres:postgres")
-            .arg(path)
-            .status()
-            .unwrap();
+        let st = Command::new("chown").arg("-R").arg("postgres:postgres").arg(path).status().unwrap();
         assert!(st.success(), "chown {} failed", path.display());
     }
 }
@@ -75,9 +66,7 @@ fn free_port() -> u16 {
 }
 
 pub fn run_ok(cmd: &mut Command) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}\nstdout: {}\nstderr: {}",
@@ -104,10 +93,7 @@ pub struct ClusterOpts {
 
 impl Default for ClusterOpts {
     fn default() -> Self {
-        ClusterOpts {
-            checksums: true,
-            conf: Vec::new(),
-        }
+        ClusterOpts { checksums: true, conf: Vec::new() }
     }
 }
 
@@ -117,25 +103,14 @@ impl Cluster {
     }
 
     pub fn with(opts: ClusterOpts) -> Cluster {
-        let tmp = tempfile::Builder::new()
-            .prefix("pgbb-test-")
-            .tempdir()
-            .unwrap();
+        let tmp = tempfile::Builder::new().prefix("pgbb-test-").tempdir().unwrap();
         fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
         let data = tmp.path().join("data");
         let sock = tmp.path().join("sock");
         fs::create_dir(&sock).unwrap();
         chown_pg(tmp.path());
         let mut initdb = as_pg(&bin_dir().join("initdb"));
-        initdb.arg("-D").arg(&data).args([
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "--no-sync",
-            "-E",
-            "UTF8",
-            "--locale=C",
-        ]);
+        initdb.arg("-D").arg(&data).args(["-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8", "--locale=C"]);
         if opts.checksums {
             initdb.arg("--data-checksums");
         }
@@ -148,18 +123,9 @@ impl Cluster {
             conf.push_str(c);
             conf.push('\n');
         }
-        let mut f = fs::OpenOptions::new()
-            .append(true)
-            .open(data.join("postgresql.conf"))
-            .unwrap();
+        let mut f = fs::OpenOptions::new().append(true).open(data.join("postgresql.conf")).unwrap();
         std::io::Write::write_all(&mut f, conf.as_bytes()).unwrap();
-        let mut c = Cluster {
-            tmp,
-            data,
-            sock,
-            port: free_port(),
-            running: false,
-        };
+        let mut c = Cluster { tmp, data, sock, port: free_port(), running: false };
         c.start();
         c
     }
@@ -168,11 +134,7 @@ impl Cluster {
     /// socket settings.
     pub fn start(&mut self) {
         let log = self.tmp.path().join(format!("log-{}", self.port));
-        let opts = format!(
-            "-p {} -k {} -c listen_addresses=''",
-            self.port,
-            self.sock.display()
-        );
+        let opts = format!("-p {} -k {} -c listen_addresses=''", self.port, self.sock.display());
         let out = as_pg(&bin_dir().join("pg_ctl"))
             .arg("-D")
             .arg(&self.data)
@@ -195,11 +157,8 @@ impl Cluster {
 
     pub fn stop(&mut self) {
         if self.running {
-            let _ = as_pg(&bin_dir().join("pg_ctl"))
-                .arg("-D")
-                .arg(&self.data)
-                .args(["-m", "fast", "-w", "stop"])
-                .output();
+            let _ =
+                as_pg(&bin_dir().join("pg_ctl")).arg("-D").arg(&self.data).args(["-m", "fast", "-w", "stop"]).output();
             self.running = false;
         }
     }
@@ -213,11 +172,7 @@ impl Cluster {
     }
 
     pub fn dsn_db(&self, db: &str) -> String {
-        format!(
-            "host={} port={} user=postgres dbname={db}",
-            self.sock.display(),
-            self.port
-        )
+        format!("host={} port={} user=postgres dbname={db}", self.sock.display(), self.port)
     }
 
     pub fn client(&self) -> Client {
@@ -245,14 +200,7 @@ impl Cluster {
     /// pgbench writing until the returned guard is dropped (or `secs` pass).
     pub fn pgbench_load(&self, clients: u32, secs: u32) -> Load {
         let child = Command::new(client_bin("pgbench"))
-            .args([
-                "-n",
-                "-c",
-                &clients.to_string(),
-                "-T",
-                &secs.to_string(),
-                "-h",
-            ])
+            .args(["-n", "-c", &clients.to_string(), "-T", &secs.to_string(), "-h"])
             .arg(&self.sock)
             .args(["-p", &self.port.to_string(), "-U", "postgres", "postgres"])
             .stdout(Stdio::null())
@@ -264,20 +212,14 @@ impl Cluster {
 
     pub fn count_pgbb_sessions(&self) -> i64 {
         self.client()
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgbb%'",
-                &[],
-            )
+            .query_one("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgbb%'", &[])
             .unwrap()
             .get(0)
     }
 
     pub fn count_pgbb_slots(&self) -> i64 {
         self.client()
-            .query_one(
-                "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'pgbb%'",
-                &[],
-            )
+            .query_one("SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'pgbb%'", &[])
             .unwrap()
             .get(0)
     }
@@ -290,10 +232,7 @@ impl Cluster {
             if s == 0 && l == 0 {
                 return;
             }
-            assert!(
-                Instant::now() < deadline,
-                "pgbb left {s} session(s) and {l} slot(s) on the server"
-            );
+            assert!(Instant::now() < deadline, "pgbb left {s} session(s) and {l} slot(s) on the server");
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -323,14 +262,9 @@ impl Load {
             nix::unistd::Pid::from_raw(self.child.id() as i32),
             nix::sys::signal::Signal::SIGINT,
         );
-        let out = std::mem::replace(&mut self.child, Command::new("true").spawn().unwrap())
-            .wait_with_output()
-            .unwrap();
+        let out = std::mem::replace(&mut self.child, Command::new("true").spawn().unwrap()).wait_with_output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            !err.contains("ERROR") && !err.contains("aborted"),
-            "pgbench failed during the backup: {err}"
-        );
+        assert!(!err.contains("ERROR") && !err.contains("aborted"), "pgbench failed during the backup: {err}");
     }
 }
 
@@ -391,10 +325,7 @@ pub fn assert_no_pgbb_process(needle: &str) {
         if left.is_empty() {
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "pgbb processes left behind: {left:?}"
-        );
+        assert!(Instant::now() < deadline, "pgbb processes left behind: {left:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -424,6 +355,25 @@ pub fn query_i64(c: &mut Client, sql: &str) -> i64 {
     c.query_one(sql, &[]).unwrap().get(0)
 }
 
+/// Runs `pg_verifybackup` (of the client tools) on a backup; panics with its output on failure.
+pub fn verifybackup(backup: &Path, extra: &[&str]) -> Output {
+    let out = Command::new(client_bin("pg_verifybackup")).args(extra).arg(backup).output().unwrap();
+    assert!(
+        out.status.success(),
+        "pg_verifybackup {} failed:\n{}{}",
+        backup.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// `pg_verifybackup`'s verdict and messages, for tests that expect it to fail.
+pub fn verifybackup_result(backup: &Path) -> (bool, String) {
+    let out = Command::new(client_bin("pg_verifybackup")).arg(backup).output().unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
 /// What `verify_restore` checks beyond "it starts".
 pub struct Expect {
     pub pgbench: bool,
@@ -445,12 +395,7 @@ pub const PLANTED: &[&str] = &[
 /// Plants files core pg_basebackup excludes, plus fake temp relation files in `base/<db>`.
 pub fn plant_excluded(c: &Cluster, db_oid: u32) -> Vec<String> {
     let mut planted: Vec<String> = PLANTED.iter().map(|s| s.to_string()).collect();
-    for t in [
-        "t999_999",
-        "t9999_999.1",
-        "t999_9999_vm",
-        "t99999_99999_vm.1",
-    ] {
+    for t in ["t999_999", "t9999_999.1", "t999_9999_vm", "t99999_99999_vm.1"] {
         planted.push(format!("base/{db_oid}/{t}"));
     }
     for p in &planted {
@@ -468,34 +413,22 @@ pub fn verify_restore(backup: &Path, expect: &Expect) -> Cluster {
     for f in &expect.absent {
         assert!(!backup.join(f).exists(), "{f} should not be in the backup");
     }
-    assert!(
-        !backup.join("postmaster.pid").exists(),
-        "postmaster.pid copied"
-    );
+    assert!(!backup.join("postmaster.pid").exists(), "postmaster.pid copied");
     assert!(backup.join("backup_label").exists(), "backup_label missing");
-    assert!(
-        backup.join("global/pg_control").exists(),
-        "global/pg_control missing"
-    );
+    assert!(backup.join("global/pg_control").exists(), "global/pg_control missing");
+    // PostgreSQL's own verifier, WAL parsing on, before the copy is started (starting it
+    // changes files).
+    verifybackup(backup, &[]);
     let mode = fs::metadata(backup).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o700, "DEST mode");
     // The copy runs in its own temp dir (socket, log); the data stays where pgbb wrote it.
-    let tmp = tempfile::Builder::new()
-        .prefix("pgbb-restore-")
-        .tempdir()
-        .unwrap();
+    let tmp = tempfile::Builder::new().prefix("pgbb-restore-").tempdir().unwrap();
     fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
     let sock = tmp.path().join("sock");
     fs::create_dir(&sock).unwrap();
     chown_pg(tmp.path());
     chown_pg(backup);
-    let mut c = Cluster {
-        tmp,
-        data: backup.to_path_buf(),
-        sock,
-        port: free_port(),
-        running: false,
-    };
+    let mut c = Cluster { tmp, data: backup.to_path_buf(), sock, port: free_port(), running: false };
     c.start();
     let log = c.log();
     assert!(
@@ -504,22 +437,10 @@ pub fn verify_restore(backup: &Path, expect: &Expect) -> Cluster {
     );
     if expect.pgbench {
         let mut cl = c.client();
-        let a = query_i64(
-            &mut cl,
-            "SELECT coalesce(sum(abalance), 0)::bigint FROM pgbench_accounts",
-        );
-        let b = query_i64(
-            &mut cl,
-            "SELECT coalesce(sum(bbalance), 0)::bigint FROM pgbench_branches",
-        );
-        let t = query_i64(
-            &mut cl,
-            "SELECT coalesce(sum(tbalance), 0)::bigint FROM pgbench_tellers",
-        );
-        let h = query_i64(
-            &mut cl,
-            "SELECT coalesce(sum(delta), 0)::bigint FROM pgbench_history",
-        );
+        let a = query_i64(&mut cl, "SELECT coalesce(sum(abalance), 0)::bigint FROM pgbench_accounts");
+        let b = query_i64(&mut cl, "SELECT coalesce(sum(bbalance), 0)::bigint FROM pgbench_branches");
+        let t = query_i64(&mut cl, "SELECT coalesce(sum(tbalance), 0)::bigint FROM pgbench_tellers");
+        let h = query_i64(&mut cl, "SELECT coalesce(sum(delta), 0)::bigint FROM pgbench_history");
         assert!(
             a == b && b == t && t == h,
             "pgbench invariant broken: accounts {a}, branches {b}, tellers {t}, history {h}"
@@ -528,8 +449,7 @@ pub fn verify_restore(backup: &Path, expect: &Expect) -> Cluster {
     }
     for db in &expect.databases {
         let mut cl = c.client_db(db);
-        cl.batch_execute("CREATE EXTENSION IF NOT EXISTS amcheck")
-            .unwrap();
+        cl.batch_execute("CREATE EXTENSION IF NOT EXISTS amcheck").unwrap();
         // bt_index_check raises an ERROR on corruption, which fails the query.
         let checked = query_i64(
             &mut cl,
@@ -537,19 +457,13 @@ pub fn verify_restore(backup: &Path, expect: &Expect) -> Cluster {
                JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam \
               WHERE a.amname = 'btree' AND c.relpersistence <> 't' AND i.indisvalid) s",
         );
-        assert!(
-            checked > 10,
-            "amcheck checked only {checked} indexes in {db}"
-        );
+        assert!(checked > 10, "amcheck checked only {checked} indexes in {db}");
         let heap_errors: i64 = query_i64(
             &mut cl,
             "SELECT count(*) FROM pg_class c, LATERAL verify_heapam(c.oid) v \
               WHERE c.relkind IN ('r', 'm', 't') AND c.relpersistence <> 't'",
         );
-        assert_eq!(
-            heap_errors, 0,
-            "verify_heapam found corruption in database {db}"
-        );
+        assert_eq!(heap_errors, 0, "verify_heapam found corruption in database {db}");
     }
     for (db, table) in &expect.unlogged {
         let mut cl = c.client_db(db);

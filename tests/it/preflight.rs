@@ -12,35 +12,16 @@ fn bad_dsn_and_unreachable_server() {
     let dest = c.path("x");
     let out = pgbb_run(&["host='unterminated", dest.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("invalid connection string"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("invalid connection string"), "{}", stderr(&out));
     // Nobody listens on this socket.
-    let out = pgbb_run(&[
-        &format!("host={} port=1 user=postgres", c.sock.display()),
-        dest.to_str().unwrap(),
-    ]);
+    let out = pgbb_run(&[&format!("host={} port=1 user=postgres", c.sock.display()), dest.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("could not connect"),
-        "{}",
-        stderr(&out)
-    );
-    let out = pgbb_run(&[
-        &format!("{} dbname=nosuchdb", c.dsn()),
-        dest.to_str().unwrap(),
-    ]);
+    assert!(stderr(&out).contains("could not connect"), "{}", stderr(&out));
+    let out = pgbb_run(&[&format!("{} dbname=nosuchdb", c.dsn()), dest.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(stderr(&out).contains("nosuchdb"), "{}", stderr(&out));
     assert!(!dest.exists());
-    for bad in [
-        &["-j", "0"][..],
-        &["--chunk-size", "garbage"],
-        &["--compress", "zlib:12"],
-        &["-D", "-1"],
-    ] {
+    for bad in [&["-j", "0"][..], &["--chunk-size", "garbage"], &["--compress", "zlib:12"], &["-D", "-1"]] {
         let mut args: Vec<&str> = bad.to_vec();
         let dsn = c.dsn();
         args.extend([dsn.as_str(), dest.to_str().unwrap()]);
@@ -64,10 +45,7 @@ fn missing_privileges_are_named_with_their_grants() {
         "pg_backup_start(text,boolean)",
         "pg_backup_stop(boolean)",
     ] {
-        assert!(
-            err.contains(&format!("GRANT EXECUTE ON FUNCTION {f} TO \"plain\";")),
-            "{f} missing from: {err}"
-        );
+        assert!(err.contains(&format!("GRANT EXECUTE ON FUNCTION {f} TO \"plain\";")), "{f} missing from: {err}");
     }
     assert!(!dest.exists());
 }
@@ -88,23 +66,9 @@ fn least_privileged_role_backs_up_and_warns_without_replication() {
     let dest = c.path("lp");
     let out = pgbb_run(&["-c", "fast", &dsn, dest.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("no replication slot"),
-        "expected a warning: {}",
-        stderr(&out)
-    );
-    verify_restore(
-        &dest,
-        &Expect {
-            pgbench: true,
-            databases: vec![],
-            unlogged: vec![],
-            absent: vec![],
-        },
-    );
-    c.client()
-        .batch_execute("ALTER ROLE backup REPLICATION")
-        .unwrap();
+    assert!(stderr(&out).contains("no replication slot"), "expected a warning: {}", stderr(&out));
+    verify_restore(&dest, &Expect { pgbench: true, databases: vec![], unlogged: vec![], absent: vec![] });
+    c.client().batch_execute("ALTER ROLE backup REPLICATION").unwrap();
     let dest2 = c.path("lp2");
     let out = pgbb_run(&["-c", "fast", &dsn, dest2.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -121,11 +85,7 @@ fn wal_level_minimal_is_refused() {
     let dest = c.path("min");
     let out = pgbb_run(&[&c.dsn(), dest.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("wal_level = replica"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("wal_level = replica"), "{}", stderr(&out));
     assert!(!dest.exists());
 }
 
@@ -135,18 +95,12 @@ fn tablespace_outside_the_data_directory_is_refused_not_silently_skipped() {
     let loc = c.path("spc");
     std::fs::create_dir(&loc).unwrap();
     chown_pg(&loc);
-    c.client()
-        .batch_execute(&format!(
-            "CREATE TABLESPACE elsewhere LOCATION '{}'",
-            loc.display()
-        ))
-        .unwrap();
+    c.client().batch_execute(&format!("CREATE TABLESPACE elsewhere LOCATION '{}'", loc.display())).unwrap();
     let dest = c.path("tbs");
     let out = pgbb_run(&[&c.dsn(), dest.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("tablespaces outside the data directory")
-            && stderr(&out).contains("elsewhere"),
+        stderr(&out).contains("tablespaces outside the data directory") && stderr(&out).contains("elsewhere"),
         "{}",
         stderr(&out)
     );
@@ -156,41 +110,22 @@ fn tablespace_outside_the_data_directory_is_refused_not_silently_skipped() {
 
 #[test]
 fn password_never_appears_on_a_command_line() {
-    let c = Cluster::with(ClusterOpts {
-        checksums: true,
-        conf: vec!["password_encryption = 'scram-sha-256'".into()],
-    });
+    let c = Cluster::with(ClusterOpts { checksums: true, conf: vec!["password_encryption = 'scram-sha-256'".into()] });
     // Password authentication for one role, ahead of the trust lines.
     let hba = c.data.join("pg_hba.conf");
     let old = std::fs::read_to_string(&hba).unwrap();
     std::fs::write(&hba, format!("local all pwuser scram-sha-256\n{old}")).unwrap();
     let mut cl = c.client();
-    cl.batch_execute(
-        "CREATE ROLE pwuser LOGIN SUPERUSER PASSWORD 'Sekr1t-pw'; SELECT pg_reload_conf()",
-    )
-    .unwrap();
+    cl.batch_execute("CREATE ROLE pwuser LOGIN SUPERUSER PASSWORD 'Sekr1t-pw'; SELECT pg_reload_conf()").unwrap();
     c.pgbench_init(5);
     let dest = c.path("pw");
     let d = dest.to_str().unwrap().to_string();
     // Wrong password: a connection error, exit 3.
     let out = pgbb_run(&[&format!("{} user=pwuser password=wrong", c.dsn()), &d]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("password authentication failed"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("password authentication failed"), "{}", stderr(&out));
     let mut child = pgbb()
-        .args([
-            "-j",
-            "2",
-            "-c",
-            "fast",
-            "--chunk-size",
-            "8k",
-            "--compress",
-            "none",
-        ])
+        .args(["-j", "2", "-c", "fast", "--chunk-size", "8k", "--compress", "none"])
         .arg(format!("{} user=pwuser password=Sekr1t-pw", c.dsn()))
         .arg(&dest)
         .stdout(Stdio::null())
@@ -200,12 +135,8 @@ fn password_never_appears_on_a_command_line() {
     let w = wait_for_proc(&["--stdin", &d], Duration::from_secs(30)).expect("no worker");
     let x = wait_for_proc(&["-x", &d], Duration::from_secs(30)).expect("no WAL child");
     for pid in [w, x] {
-        let cmd = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap())
-            .into_owned();
-        assert!(
-            !cmd.contains("Sekr1t"),
-            "password on a child's command line: {cmd}"
-        );
+        let cmd = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap()).into_owned();
+        assert!(!cmd.contains("Sekr1t"), "password on a child's command line: {cmd}");
         assert!(cmd.contains("user='pwuser'"), "{cmd}");
     }
     let status = child.wait().unwrap();

@@ -21,12 +21,7 @@ fn run_slave(
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
     (stdout(&out), stderr(&out), out.status)
 }
@@ -35,69 +30,44 @@ fn run_slave(
 fn by_hand_slave_copies_exactly_and_refuses_escapes() {
     let c = Cluster::new();
     let mut cl = c.client();
-    cl.batch_execute("CREATE TABLE s AS SELECT g, repeat('x', 100) AS pad FROM generate_series(1, 20000) g; CHECKPOINT").unwrap();
-    let rel: String = cl
-        .query_one("SELECT pg_relation_filepath('s')", &[])
-        .unwrap()
-        .get(0);
+    cl.batch_execute(
+        "CREATE TABLE s AS SELECT g, repeat('x', 100) AS pad FROM generate_series(1, 20000) g; CHECKPOINT",
+    )
+    .unwrap();
+    let rel: String = cl.query_one("SELECT pg_relation_filepath('s')", &[]).unwrap().get(0);
     let dest = c.path("byhand");
     let outside = c.path("outside-marker");
-    let before: Vec<_> = std::fs::read_dir(c.tmp.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    let input =
-        format!("PG_VERSION\npg_hba.conf\n{rel}\n../x\n/etc/passwd\n\nnot/there\nPG_VERSION\n");
+    let before: Vec<_> = std::fs::read_dir(c.tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let input = format!("PG_VERSION\npg_hba.conf\n{rel}\n../x\n/etc/passwd\n\nnot/there\nPG_VERSION\n");
     let (out, err, status) = run_slave(&c, &dest, &input, &["--compress", "none"]);
     assert!(status.success(), "slave failed: {err}");
     let lines: Vec<&str> = out.lines().collect();
-    assert!(lines[0].starts_with("hello\tpgbb\t1\t"), "{out}");
-    assert!(
-        lines[1].starts_with("ok\t") && lines[1].ends_with("\tPG_VERSION"),
-        "{out}"
-    );
-    assert!(
-        lines[2].starts_with("ok\t") && lines[2].ends_with("\tpg_hba.conf"),
-        "{out}"
-    );
-    assert_eq!(
-        lines[3],
-        format!(
-            "ok\t{}\t{rel}",
-            std::fs::metadata(c.data.join(&rel)).unwrap().len()
-        )
-    );
+    assert!(lines[0].starts_with("hello\tpgbb\t2\t"), "{out}");
+    assert!(lines[1].starts_with("ok\t") && lines[1].contains("\tPG_VERSION\t"), "{out}");
+    assert!(lines[2].starts_with("ok\t") && lines[2].contains("\tpg_hba.conf\t"), "{out}");
+    let fields: Vec<&str> = lines[3].split('\t').collect();
+    let size = std::fs::metadata(c.data.join(&rel)).unwrap().len();
+    assert_eq!(fields[..3], ["ok", size.to_string().as_str(), rel.as_str()], "{out}");
+    // The default manifest checksum: CRC-32C of the bytes, little-endian hex.
+    let crc = crc32c::crc32c(&std::fs::read(c.data.join(&rel)).unwrap());
+    assert_eq!(fields[3], crc.to_le_bytes().iter().map(|b| format!("{b:02x}")).collect::<String>(), "{out}");
     assert!(lines[4].starts_with("error\t../x\t"), "{out}");
     assert!(lines[5].starts_with("error\t/etc/passwd\t"), "{out}");
     assert!(lines[6].starts_with("error\t\t"), "empty line: {out}");
     assert_eq!(lines[7], "vanished\tnot/there");
-    assert!(
-        lines[8].starts_with("ok\t"),
-        "duplicate path is simply copied again: {out}"
-    );
+    assert!(lines[8].starts_with("ok\t"), "duplicate path is simply copied again: {out}");
     assert_eq!(lines.len(), 9, "{out}");
     for f in ["PG_VERSION", "pg_hba.conf", rel.as_str()] {
-        assert_eq!(
-            std::fs::read(dest.join(f)).unwrap(),
-            std::fs::read(c.data.join(f)).unwrap(),
-            "{f} differs"
-        );
+        assert_eq!(std::fs::read(dest.join(f)).unwrap(), std::fs::read(c.data.join(f)).unwrap(), "{f} differs");
     }
     // Nothing written anywhere else: DEST holds exactly those files, the temp dir has
     // gained only DEST.
     let mut written: Vec<String> = walk(&dest);
     written.sort();
-    let mut want = vec![
-        "PG_VERSION".to_string(),
-        "pg_hba.conf".to_string(),
-        rel.clone(),
-    ];
+    let mut want = vec!["PG_VERSION".to_string(), "pg_hba.conf".to_string(), rel.clone()];
     want.sort();
     assert_eq!(written, want);
-    let after: Vec<_> = std::fs::read_dir(c.tmp.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    let after: Vec<_> = std::fs::read_dir(c.tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(after.len(), before.len() + 1);
     assert!(!outside.exists() && !c.tmp.path().join("x").exists());
     c.assert_no_pgbb_left();
@@ -126,8 +96,5 @@ fn slave_tab_form_writes_to_another_name() {
     let (out, err, status) = run_slave(&c, &dest, "PG_VERSION\tcopies/version\n", &[]);
     assert!(status.success(), "{err}");
     assert!(out.contains("ok\t"), "{out}");
-    assert_eq!(
-        std::fs::read(dest.join("copies/version")).unwrap(),
-        std::fs::read(c.data.join("PG_VERSION")).unwrap()
-    );
+    assert_eq!(std::fs::read(dest.join("copies/version")).unwrap(), std::fs::read(c.data.join("PG_VERSION")).unwrap());
 }

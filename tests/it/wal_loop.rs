@@ -16,11 +16,7 @@ fn segments(dir: &std::path::Path) -> Vec<(String, u64, u64)> {
                 .filter(|e| e.file_type().unwrap().is_file())
                 .map(|e| {
                     let m = e.metadata().unwrap();
-                    (
-                        e.file_name().to_string_lossy().into_owned(),
-                        m.len(),
-                        m.ino(),
-                    )
+                    (e.file_name().to_string_lossy().into_owned(), m.len(), m.ino())
                 })
                 .collect()
         })
@@ -33,19 +29,12 @@ fn switch_wal(c: &Cluster, n: usize) -> Vec<String> {
     let mut cl = c.client();
     let mut names = Vec::new();
     for _ in 0..n {
-        cl.batch_execute(
-            "CREATE TABLE IF NOT EXISTS w(x int); INSERT INTO w SELECT generate_series(1, 1000)",
-        )
-        .unwrap();
-        let name: String = cl
-            .query_one("SELECT pg_walfile_name(pg_current_wal_lsn())", &[])
-            .unwrap()
-            .get(0);
+        cl.batch_execute("CREATE TABLE IF NOT EXISTS w(x int); INSERT INTO w SELECT generate_series(1, 1000)").unwrap();
+        let name: String = cl.query_one("SELECT pg_walfile_name(pg_current_wal_lsn())", &[]).unwrap().get(0);
         cl.batch_execute("SELECT pg_switch_wal()").unwrap();
         names.push(name);
     }
-    cl.batch_execute("INSERT INTO w SELECT generate_series(1, 10)")
-        .unwrap();
+    cl.batch_execute("INSERT INTO w SELECT generate_series(1, 10)").unwrap();
     names
 }
 
@@ -75,16 +64,10 @@ fn stop_loop(mut child: std::process::Child) {
         if let Some(s) = child.try_wait().unwrap() {
             let mut err = String::new();
             std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
-            assert!(
-                s.success(),
-                "pgbb -x did not stop cleanly on SIGTERM: {s}\n{err}"
-            );
+            assert!(s.success(), "pgbb -x did not stop cleanly on SIGTERM: {s}\n{err}");
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "pgbb -x did not stop within 5 s of SIGTERM"
-        );
+        assert!(Instant::now() < deadline, "pgbb -x did not stop within 5 s of SIGTERM");
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -100,24 +83,14 @@ fn standalone_wal_loop_copies_keeps_partial_and_resumes() {
     let wal = dest.join("pg_wal");
     wait_for("3 complete segments", Duration::from_secs(30), || {
         let s = segments(&wal);
-        done.iter()
-            .all(|n| s.iter().any(|(name, len, _)| name == n && *len == seg_size))
+        done.iter().all(|n| s.iter().any(|(name, len, _)| name == n && *len == seg_size))
     });
-    let current: String = c
-        .client()
-        .query_one("SELECT pg_walfile_name(pg_current_wal_lsn())", &[])
-        .unwrap()
-        .get(0);
-    wait_for(
-        "the current segment as .partial",
-        Duration::from_secs(10),
-        || wal.join(format!("{current}.partial")).exists(),
-    );
+    let current: String = c.client().query_one("SELECT pg_walfile_name(pg_current_wal_lsn())", &[]).unwrap().get(0);
+    wait_for("the current segment as .partial", Duration::from_secs(10), || {
+        wal.join(format!("{current}.partial")).exists()
+    });
     for n in &done {
-        assert!(
-            !wal.join(format!("{n}.partial")).exists(),
-            "{n}.partial left next to the complete segment"
-        );
+        assert!(!wal.join(format!("{n}.partial")).exists(), "{n}.partial left next to the complete segment");
     }
     stop_loop(child);
     let first = segments(&wal);
@@ -127,25 +100,15 @@ fn standalone_wal_loop_copies_keeps_partial_and_resumes() {
     let child = start_loop(&c, &dest);
     wait_for("the new segments", Duration::from_secs(30), || {
         let s = segments(&wal);
-        more.iter()
-            .all(|n| s.iter().any(|(name, len, _)| name == n && *len == seg_size))
+        more.iter().all(|n| s.iter().any(|(name, len, _)| name == n && *len == seg_size))
     });
     stop_loop(child);
     let second = segments(&wal);
-    for (name, len, ino) in first
-        .iter()
-        .filter(|(n, len, _)| *len == seg_size && !n.ends_with(".partial"))
-    {
-        let again = second
-            .iter()
-            .find(|(n, _, _)| n == name)
-            .expect("segment disappeared");
+    for (name, len, ino) in first.iter().filter(|(n, len, _)| *len == seg_size && !n.ends_with(".partial")) {
+        let again = second.iter().find(|(n, _, _)| n == name).expect("segment disappeared");
         assert_eq!((again.1, again.2), (*len, *ino), "{name} was copied again");
     }
-    assert!(
-        wal.join(&current).exists(),
-        "the former partial segment was completed"
-    );
+    assert!(wal.join(&current).exists(), "the former partial segment was completed");
     assert!(!wal.join(format!("{current}.partial")).exists());
     c.assert_no_pgbb_left();
 }
