@@ -5,6 +5,7 @@ mod harness;
 mod backup;
 mod compress;
 mod failures;
+mod integrity;
 mod preflight;
 mod slave;
 mod wal_loop;
