@@ -79,47 +79,69 @@ impl DestError {
 }
 
 /// A vetted path relative to DEST: no `..`, no `.`, no empty component, not absolute, no NUL.
+/// Raw bytes: file names need not be UTF-8.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SafePath {
-    parts: Vec<String>,
+    parts: Vec<Vec<u8>>,
 }
 
 impl SafePath {
-    pub fn parse(s: &str) -> Result<SafePath, DestError> {
-        Self::check(s).map_err(|source| DestError::Unsafe { path: s.to_string(), source })
+    pub fn parse(s: impl AsRef<[u8]>) -> Result<SafePath, DestError> {
+        let s = s.as_ref();
+        Self::check(s).map_err(|source| DestError::Unsafe { path: crate::protocol::show(s), source })
     }
 
-    fn check(s: &str) -> Result<SafePath, PathError> {
+    fn check(s: &[u8]) -> Result<SafePath, PathError> {
         if s.is_empty() {
             return Err(PathError::Empty);
         }
         if s.len() > MAX_PATH {
             return Err(PathError::TooLong);
         }
-        if s.contains('\0') {
+        if s.contains(&0) {
             return Err(PathError::Nul);
         }
-        if s.starts_with('/') {
+        if s[0] == b'/' {
             return Err(PathError::Absolute);
         }
-        let parts: Vec<String> = s.split('/').map(str::to_string).collect();
+        let parts: Vec<Vec<u8>> = s.split(|&b| b == b'/').map(<[u8]>::to_vec).collect();
         for p in &parts {
-            if p.is_empty() || p == "." || p == ".." {
-                return Err(PathError::BadComponent(p.clone()));
+            if p.is_empty() || p == b"." || p == b".." {
+                return Err(PathError::BadComponent(crate::protocol::show(p)));
             }
         }
         Ok(SafePath { parts })
     }
 
-    pub fn as_string(&self) -> String {
-        self.parts.join("/")
+    /// The path's bytes, components joined with `/`.
+    pub fn as_bytes(&self) -> Vec<u8> {
+        self.parts.join(&b'/')
     }
 
-    pub fn file_name(&self) -> &str {
-        self.parts.last().map(String::as_str).unwrap_or("")
+    /// The path as UTF-8, if it is.
+    pub fn to_str(&self) -> Option<String> {
+        String::from_utf8(self.as_bytes()).ok()
     }
 
-    fn dirs(&self) -> &[String] {
+    /// For messages.
+    pub fn display(&self) -> String {
+        crate::protocol::show(&self.as_bytes())
+    }
+
+    pub fn to_path(&self) -> PathBuf {
+        PathBuf::from(OsStr::from_bytes(&self.as_bytes()))
+    }
+
+    pub fn file_name(&self) -> &[u8] {
+        self.parts.last().map(Vec::as_slice).unwrap_or(b"")
+    }
+
+    /// The directory part (everything but the last component).
+    pub fn parent_bytes(&self) -> Vec<u8> {
+        self.dirs().join(&b'/')
+    }
+
+    fn dirs(&self) -> &[Vec<u8>] {
         &self.parts[..self.parts.len() - 1]
     }
 }
@@ -155,35 +177,35 @@ impl Dest {
         &self.root
     }
 
-    fn io_err(&self, rel: &str, e: Errno) -> DestError {
+    fn io_err(&self, rel: &Path, e: Errno) -> DestError {
         DestError::Io { path: self.root.join(rel), source: errno_io(e) }
     }
 
     /// Opens (creating when `create`) each directory of `dirs` below the root, never following
     /// a symlink. Returns the descriptor of the last one.
-    fn open_dirs(&self, dirs: &[String], create: bool) -> Result<OwnedFd, DestError> {
+    fn open_dirs(&self, dirs: &[Vec<u8>], create: bool) -> Result<OwnedFd, DestError> {
         let mut cur: Option<OwnedFd> = None;
-        let mut sofar = String::new();
+        let mut sofar = PathBuf::new();
         for d in dirs {
-            if !sofar.is_empty() {
-                sofar.push('/');
-            }
-            sofar.push_str(d);
+            let d = d.as_slice();
+            sofar.push(OsStr::from_bytes(d));
             let parent: RawFd = cur.as_ref().map_or(self.fd.as_raw_fd(), |f| f.as_raw_fd());
             let flags = OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_RDONLY | OFlag::O_CLOEXEC;
-            let fd = match openat(Some(parent), d.as_str(), flags, Mode::empty()) {
+            let fd = match openat(Some(parent), d, flags, Mode::empty()) {
                 Ok(fd) => fd,
                 Err(Errno::ENOENT) if create => {
-                    match mkdirat(Some(parent), d.as_str(), self.dir_mode) {
+                    match mkdirat(Some(parent), d, self.dir_mode) {
                         Ok(()) | Err(Errno::EEXIST) => {}
                         Err(e) => return Err(self.io_err(&sofar, e)),
                     }
-                    openat(Some(parent), d.as_str(), flags, Mode::empty()).map_err(|e| match e {
-                        Errno::ELOOP | Errno::ENOTDIR => DestError::NotADir { path: sofar.clone() },
+                    openat(Some(parent), d, flags, Mode::empty()).map_err(|e| match e {
+                        Errno::ELOOP | Errno::ENOTDIR => DestError::NotADir { path: sofar.display().to_string() },
                         e => self.io_err(&sofar, e),
                     })?
                 }
-                Err(Errno::ELOOP | Errno::ENOTDIR) => return Err(DestError::NotADir { path: sofar }),
+                Err(Errno::ELOOP | Errno::ENOTDIR) => {
+                    return Err(DestError::NotADir { path: sofar.display().to_string() })
+                }
                 Err(e) => return Err(self.io_err(&sofar, e)),
             };
             // SAFETY: a fresh descriptor from openat.
@@ -204,18 +226,19 @@ impl Dest {
     /// renames into place, so an interrupted file never looks complete.
     pub fn create_file(&self, rel: &SafePath) -> Result<FileWriter, DestError> {
         let dir = self.open_dirs(rel.dirs(), true)?;
-        let name = rel.file_name().to_string();
-        let tmp = format!("{name}{TMP_SUFFIX}");
+        let name = rel.file_name().to_vec();
+        let mut tmp = name.clone();
+        tmp.extend_from_slice(TMP_SUFFIX.as_bytes());
         let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-        let fd = openat(Some(dir.as_raw_fd()), tmp.as_str(), flags, self.file_mode)
-            .map_err(|e| self.io_err(&rel.as_string(), e))?;
+        let fd = openat(Some(dir.as_raw_fd()), tmp.as_slice(), flags, self.file_mode)
+            .map_err(|e| self.io_err(&rel.to_path(), e))?;
         // SAFETY: a fresh descriptor from openat.
         let file = unsafe { fs::File::from_raw_fd(fd) };
         Ok(FileWriter {
             dir,
             tmp,
             name,
-            path: self.root.join(rel.as_string()),
+            path: self.root.join(rel.to_path()),
             file: Some(io::BufWriter::with_capacity(1 << 20, file)),
             written: 0,
         })
@@ -232,7 +255,7 @@ impl Dest {
         let a = self.open_dirs(from.dirs(), false)?;
         let b = self.open_dirs(to.dirs(), false)?;
         renameat(Some(a.as_raw_fd()), from.file_name(), Some(b.as_raw_fd()), to.file_name())
-            .map_err(|e| self.io_err(&to.as_string(), e))
+            .map_err(|e| self.io_err(&to.to_path(), e))
     }
 
     /// Removes a file if it exists.
@@ -244,25 +267,25 @@ impl Dest {
         };
         match unlinkat(Some(dir.as_raw_fd()), rel.file_name(), UnlinkatFlags::NoRemoveDir) {
             Ok(()) | Err(Errno::ENOENT) => Ok(()),
-            Err(e) => Err(self.io_err(&rel.as_string(), e)),
+            Err(e) => Err(self.io_err(&rel.to_path(), e)),
         }
     }
 
     /// fsyncs one directory below DEST (or DEST itself for an empty list).
     pub fn sync_dir(&self, rel: Option<&SafePath>) -> Result<(), DestError> {
         let fd = self.open_dirs(rel.map_or(&[][..], |r| &r.parts[..]), false)?;
-        nix::unistd::fsync(fd.as_raw_fd()).map_err(|e| self.io_err(&rel.map_or(String::new(), |r| r.as_string()), e))
+        nix::unistd::fsync(fd.as_raw_fd()).map_err(|e| self.io_err(&rel.map_or(PathBuf::new(), |r| r.to_path()), e))
     }
 
     /// Flushes everything written to DEST's file system to stable storage (`syncfs`, which
     /// reports write-back errors on Linux 5.8+).
     pub fn sync_all(&self) -> Result<(), DestError> {
-        nix::unistd::syncfs(self.fd.as_raw_fd()).map_err(|e| self.io_err("", e))
+        nix::unistd::syncfs(self.fd.as_raw_fd()).map_err(|e| self.io_err(Path::new(""), e))
     }
 
     /// Size of a regular file below DEST, `None` if it does not exist.
     pub fn file_size(&self, rel: &SafePath) -> Result<Option<u64>, DestError> {
-        let p = self.root.join(rel.as_string());
+        let p = self.root.join(rel.to_path());
         match fs::symlink_metadata(&p) {
             Ok(m) if m.file_type().is_file() => Ok(Some(m.len())),
             Ok(_) => Ok(None),
@@ -275,8 +298,8 @@ impl Dest {
 /// A file being written below DEST (see [`Dest::create_file`]).
 pub struct FileWriter {
     dir: OwnedFd,
-    tmp: String,
-    name: String,
+    tmp: Vec<u8>,
+    name: Vec<u8>,
     path: PathBuf,
     file: Option<io::BufWriter<fs::File>>,
     written: u64,
@@ -316,7 +339,7 @@ impl FileWriter {
                 f.sync_all().map_err(ioerr)?;
             }
         }
-        renameat(Some(self.dir.as_raw_fd()), self.tmp.as_str(), Some(self.dir.as_raw_fd()), self.name.as_str())
+        renameat(Some(self.dir.as_raw_fd()), self.tmp.as_slice(), Some(self.dir.as_raw_fd()), self.name.as_slice())
             .map_err(|e| ioerr(errno_io(e)))?;
         self.tmp.clear();
         Ok(self.written)
@@ -327,7 +350,7 @@ impl Drop for FileWriter {
     fn drop(&mut self) {
         if !self.tmp.is_empty() {
             self.file.take();
-            let _ = unlinkat(Some(self.dir.as_raw_fd()), self.tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+            let _ = unlinkat(Some(self.dir.as_raw_fd()), self.tmp.as_slice(), UnlinkatFlags::NoRemoveDir);
         }
     }
 }
@@ -441,11 +464,6 @@ fn empty_dir(root: &Path) -> Result<(), DestError> {
     Ok(())
 }
 
-/// `OsStr` view of a name, for messages.
-pub fn display_name(name: &[u8]) -> String {
-    OsStr::from_bytes(name).to_string_lossy().into_owned()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -454,10 +472,11 @@ mod tests {
     fn safe_paths() {
         assert!(SafePath::parse("base/1/1259").is_ok());
         assert!(SafePath::parse("a b/c=d").is_ok());
+        assert_eq!(SafePath::parse(b"dir/bad\xffname").unwrap().file_name(), b"bad\xffname");
         for bad in ["", "/etc/passwd", "../x", "a/../b", "a/./b", "a//b", "a/", ".", "..", "a\0b"] {
             assert!(SafePath::parse(bad).is_err(), "{bad:?} accepted");
         }
-        assert!(SafePath::parse(&"a".repeat(MAX_PATH + 1)).is_err());
+        assert!(SafePath::parse("a".repeat(MAX_PATH + 1)).is_err());
     }
 
     #[test]

@@ -23,6 +23,9 @@ pub const EXCLUDED_DIR_CONTENTS: &[&str] =
 /// One entry of the server's listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
+    /// The path as the server gave it: raw bytes (names need not be UTF-8).
+    pub raw: Vec<u8>,
+    /// The same, lossily decoded, for the name rules (which look only at ASCII).
     pub path: String,
     pub is_dir: bool,
     pub size: u64,
@@ -31,14 +34,14 @@ pub struct Entry {
 /// A file to copy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileJob {
-    pub path: String,
+    pub path: Vec<u8>,
     pub size: u64,
 }
 
 /// The backup's shape: directories to create and files to copy, largest first.
 #[derive(Debug, Default)]
 pub struct Layout {
-    pub dirs: Vec<String>,
+    pub dirs: Vec<Vec<u8>>,
     pub files: Vec<FileJob>,
     /// `global/pg_control`, held back to be copied last.
     pub pg_control: Option<FileJob>,
@@ -169,7 +172,7 @@ pub fn plan(entries: Vec<Entry>, rules: LayoutRules) -> Layout {
     }
 
     let mut layout = Layout::default();
-    let mut dirs: HashSet<String> = HashSet::new();
+    let mut dirs: HashSet<Vec<u8>> = HashSet::new();
     'entries: for e in &entries {
         // Anything below pg_wal or an excluded-content directory, or any temp name.
         let parts: Vec<&str> = e.path.split('/').collect();
@@ -186,7 +189,7 @@ pub fn plan(entries: Vec<Entry>, rules: LayoutRules) -> Layout {
         }
         let name = name_of(&e.path);
         if e.is_dir {
-            dirs.insert(e.path.clone());
+            dirs.insert(e.raw.clone());
             continue;
         }
         if EXCLUDED_FILES.contains(&name) || name.starts_with(EXCLUDED_FILE_PREFIX) {
@@ -203,19 +206,19 @@ pub fn plan(entries: Vec<Entry>, rules: LayoutRules) -> Layout {
                 }
             }
         }
-        let job = FileJob { path: e.path.clone(), size: e.size };
-        if e.path == crate::dest::PG_CONTROL {
+        let job = FileJob { path: e.raw.clone(), size: e.size };
+        if e.raw == crate::dest::PG_CONTROL.as_bytes() {
             layout.pg_control = Some(job);
         } else {
             layout.files.push(job);
         }
     }
-    dirs.insert("pg_wal".into());
-    dirs.insert("pg_wal/archive_status".into());
+    dirs.insert(b"pg_wal".to_vec());
+    dirs.insert(b"pg_wal/archive_status".to_vec());
     if rules.pg17 {
-        dirs.insert("pg_wal/summaries".into());
+        dirs.insert(b"pg_wal/summaries".to_vec());
     }
-    let mut dirs: Vec<String> = dirs.into_iter().collect();
+    let mut dirs: Vec<Vec<u8>> = dirs.into_iter().collect();
     dirs.sort();
     layout.dirs = dirs;
     // Largest first, so that the big files start early and the tail is made of small ones.
@@ -231,10 +234,10 @@ mod tests {
     const R17: LayoutRules = LayoutRules { pg17: true };
 
     fn f(p: &str, size: u64) -> Entry {
-        Entry { path: p.into(), is_dir: false, size }
+        Entry { raw: p.as_bytes().to_vec(), path: p.into(), is_dir: false, size }
     }
     fn d(p: &str) -> Entry {
-        Entry { path: p.into(), is_dir: true, size: 0 }
+        Entry { raw: p.as_bytes().to_vec(), path: p.into(), is_dir: true, size: 0 }
     }
 
     #[test]
@@ -290,7 +293,7 @@ mod tests {
             f("standby.signal", 0),
         ];
         let l = plan(entries, R16);
-        let files: Vec<&str> = l.files.iter().map(|f| f.path.as_str()).collect();
+        let files: Vec<&str> = l.files.iter().map(|f| std::str::from_utf8(&f.path).unwrap()).collect();
         assert_eq!(
             files,
             vec![
@@ -301,13 +304,13 @@ mod tests {
                 "standby.signal"
             ]
         );
-        assert_eq!(l.pg_control.as_ref().unwrap().path, "global/pg_control");
+        assert_eq!(l.pg_control.as_ref().unwrap().path, b"global/pg_control");
         for dir in
             ["base", "base/5", "global", "pg_stat_tmp", "pg_replslot", "pg_wal", "pg_wal/archive_status", "pg_notify"]
         {
-            assert!(l.dirs.contains(&dir.to_string()), "{dir} missing");
+            assert!(l.dirs.contains(&dir.as_bytes().to_vec()), "{dir} missing");
         }
-        assert!(!l.dirs.iter().any(|d| d.contains("pgsql_tmp")));
+        assert!(!l.dirs.iter().any(|d| String::from_utf8_lossy(d).contains("pgsql_tmp")));
         assert_eq!(l.total_bytes(), 8192 + 512 + 88 + 8192);
     }
 
@@ -332,7 +335,7 @@ mod tests {
         let entries = vec![d("global"), f("global/1262", 8192), f("global/1262_init", 0), f(".DS_Store", 1)];
         let l = plan(entries.clone(), R17);
         assert_eq!(l.files.len(), 1);
-        assert!(l.dirs.contains(&"pg_wal/summaries".to_string()));
+        assert!(l.dirs.contains(&b"pg_wal/summaries".to_vec()));
         let l = plan(entries, R16);
         assert_eq!(l.files.len(), 3);
     }

@@ -18,7 +18,7 @@ use crate::manifest::{self, FileEntry, WalRange};
 use crate::pg::caps::Support;
 use crate::pg::{sql, PgError, Session};
 use crate::pool::{describe_status, Event, Pool};
-use crate::protocol::{Request, Response, WalCommand, PROTOCOL_VERSION};
+use crate::protocol::{show, Request, Response, WalCommand, PROTOCOL_VERSION};
 use crate::signals::{self, Interrupt};
 use crate::transfer::Method;
 
@@ -46,7 +46,7 @@ pub struct Summary {
 struct WorkerState {
     idx: usize,
     ready: bool,
-    inflight: VecDeque<String>,
+    inflight: VecDeque<Vec<u8>>,
     finished: bool,
 }
 
@@ -191,7 +191,7 @@ fn backup(
     log::info!("backup started at {start} on timeline {tli}");
 
     let raw = sql::list_data_directory(&mut ctl)?;
-    let plan = layout::plan(sql::entries_from_listing(raw)?, caps.layout_rules());
+    let plan = layout::plan(sql::entries_from_listing(raw), caps.layout_rules());
     let pg_control = plan
         .pg_control
         .clone()
@@ -326,12 +326,11 @@ fn backup(
 fn check_files(dest: &Dest, entries: &[FileEntry]) -> Result<(), Error> {
     let mut wrong = Vec::new();
     for e in entries {
-        let path = String::from_utf8_lossy(&e.path).into_owned();
-        let on_disk = if path == PG_CONTROL { PG_CONTROL_PENDING.to_string() } else { path.clone() };
-        match dest.file_size(&SafePath::parse(&on_disk)?)? {
+        let on_disk: &[u8] = if e.path == PG_CONTROL.as_bytes() { PG_CONTROL_PENDING.as_bytes() } else { &e.path };
+        match dest.file_size(&SafePath::parse(on_disk)?)? {
             Some(n) if n == e.size => {}
-            Some(n) => wrong.push(format!("{path} is {n} bytes, {} were written", e.size)),
-            None => wrong.push(format!("{path} is missing")),
+            Some(n) => wrong.push(format!("{} is {n} bytes, {} were written", show(&e.path), e.size)),
+            None => wrong.push(format!("{} is missing", show(&e.path))),
         }
     }
     if wrong.is_empty() {
@@ -387,13 +386,13 @@ pub fn check_wal_range(
     let mut missing: Vec<String> = Vec::new();
     for seg in geo.segno(start)..=geo.end_segno(stop) {
         let name = geo.file_name(tli, seg);
-        match dest.file_size(&SafePath::parse(&format!("pg_wal/{name}"))?)? {
+        match dest.file_size(&SafePath::parse(format!("pg_wal/{name}"))?)? {
             Some(n) if n == geo.seg_size => {}
             Some(n) => missing.push(format!("{name} ({n} bytes, expected {})", geo.seg_size)),
             None => missing.push(name),
         }
     }
-    if tli > 1 && dest.file_size(&SafePath::parse(&format!("pg_wal/{tli:08X}.history"))?)?.is_none() {
+    if tli > 1 && dest.file_size(&SafePath::parse(format!("pg_wal/{tli:08X}.history"))?)?.is_none() {
         missing.push(format!("{tli:08X}.history"));
     }
     if missing.is_empty() && !reported.is_empty() {
@@ -540,31 +539,25 @@ impl Run<'_> {
                     self.complete(w, role, &path)?;
                     self.files += 1;
                     self.bytes += size;
-                    self.entries.push(FileEntry {
-                        path: path.into_bytes(),
-                        size,
-                        mtime,
-                        algorithm: self.algorithm,
-                        checksum,
-                    });
+                    self.entries.push(FileEntry { path, size, mtime, algorithm: self.algorithm, checksum });
                 }
                 None => {
                     self.wal_files += 1;
-                    log::debug!("WAL child copied {path}");
+                    log::debug!("WAL child copied {}", show(&path));
                 }
             },
             Response::Vanished { path } => match w {
                 Some(w) => {
                     self.complete(w, role, &path)?;
                     self.vanished += 1;
-                    log::info!("{path} was removed during the backup (normal)");
+                    log::info!("{} was removed during the backup (normal)", show(&path));
                 }
-                None => self.wal_missing.push(path),
+                None => self.wal_missing.push(show(&path)),
             },
             Response::BadPage { path, block, calculated, expected } => {
-                self.pages.add(&path, block, calculated, expected)
+                self.pages.add(&show(&path), block, calculated, expected)
             }
-            Response::Error { path, message } => return Err(Error::FileFailed { path, message }),
+            Response::Error { path, message } => return Err(Error::FileFailed { path: show(&path), message }),
             Response::Fatal { message } => return Err(Error::ChildFailed { role: role.into(), message }),
             Response::Done { count } => {
                 if w.is_some() {
@@ -576,7 +569,7 @@ impl Run<'_> {
         Ok(())
     }
 
-    fn complete(&mut self, w: usize, role: &str, path: &str) -> Result<(), Error> {
+    fn complete(&mut self, w: usize, role: &str, path: &[u8]) -> Result<(), Error> {
         match self.workers[w].inflight.front() {
             Some(p) if p == path => {
                 self.workers[w].inflight.pop_front();
@@ -584,7 +577,7 @@ impl Run<'_> {
             }
             _ => Err(Error::ChildFailed {
                 role: role.into(),
-                message: format!("answered for {path:?}, which it was not asked for"),
+                message: format!("answered for \"{}\", which it was not asked for", show(path)),
             }),
         }
     }

@@ -36,36 +36,37 @@ pub enum ProtocolError {
     Nul,
     #[error("bad escape sequence in {0:?}")]
     BadEscape(String),
-    #[error("escaped bytes are not valid UTF-8 in {0:?}")]
-    NotUtf8(String),
     #[error("too many fields (at most SRC<TAB>DST)")]
     TooManyFields,
     #[error("unrecognised message {0:?}")]
     Unknown(String),
 }
 
-/// Escapes a path or message so that it fits in one field of one line.
-pub fn escape(s: &str) -> String {
+/// Escapes a path (any bytes) or message so that it fits in one field of one line; bytes
+/// that are not UTF-8 become `\xHH`.
+pub fn escape(s: &[u8]) -> String {
     let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '\t' => out.push_str("\\t"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            c if (c as u32) < 0x20 || c == '\u{7f}' => out.push_str(&format!("\\x{:02x}", c as u32)),
-            c => out.push(c),
+    for chunk in s.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '\t' => out.push_str("\\t"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                c if (c as u32) < 0x20 || c == '\u{7f}' => out.push_str(&format!("\\x{:02x}", c as u32)),
+                c => out.push(c),
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
         }
     }
     out
 }
 
-/// Reverses [`escape`].
-pub fn unescape(s: &str) -> Result<String, ProtocolError> {
-    if !s.contains('\\') {
-        return Ok(s.to_string());
-    }
-    let bad = || ProtocolError::BadEscape(s.to_string());
+/// Reverses [`escape`]: the raw bytes.
+pub fn unescape(s: &str) -> Result<Vec<u8>, ProtocolError> {
+    let bad = || ProtocolError::BadEscape(s.chars().take(200).collect());
     let mut out: Vec<u8> = Vec::with_capacity(s.len());
     let b = s.as_bytes();
     let mut i = 0;
@@ -89,14 +90,28 @@ pub fn unescape(s: &str) -> Result<String, ProtocolError> {
         }
         i += 2;
     }
-    String::from_utf8(out).map_err(|_| ProtocolError::NotUtf8(s.to_string()))
+    Ok(out)
+}
+
+/// [`unescape`] for text fields (messages, versions): invalid UTF-8 is replaced.
+pub fn unescape_text(s: &str) -> Result<String, ProtocolError> {
+    unescape(s).map(|b| String::from_utf8_lossy(&b).into_owned())
+}
+
+/// A path for a message (invalid UTF-8 shown as `\xHH`).
+pub fn show(path: &[u8]) -> String {
+    match std::str::from_utf8(path) {
+        Ok(s) => s.to_string(),
+        Err(_) => escape(path),
+    }
 }
 
 /// One request: copy `src` (relative to the data directory) to `dst` (relative to DEST).
+/// Paths are raw bytes: file names need not be UTF-8.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
-    pub src: String,
-    pub dst: String,
+    pub src: Vec<u8>,
+    pub dst: Vec<u8>,
 }
 
 impl Request {
@@ -124,6 +139,9 @@ impl Request {
         if src.is_empty() || dst.is_empty() {
             return Err(ProtocolError::Empty);
         }
+        if src.contains(&0) || dst.contains(&0) {
+            return Err(ProtocolError::Nul);
+        }
         Ok(Request { src, dst })
     }
 
@@ -140,10 +158,10 @@ impl Request {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Response {
     Hello { protocol: u32, version: String, role: String },
-    Ok { size: u64, path: String, checksum: Option<String>, mtime: i64 },
-    BadPage { path: String, block: u32, calculated: u16, expected: u16 },
-    Vanished { path: String },
-    Error { path: String, message: String },
+    Ok { size: u64, path: Vec<u8>, checksum: Option<String>, mtime: i64 },
+    BadPage { path: Vec<u8>, block: u32, calculated: u16, expected: u16 },
+    Vanished { path: Vec<u8> },
+    Error { path: Vec<u8>, message: String },
     Fatal { message: String },
     Done { count: u64 },
 }
@@ -153,7 +171,7 @@ impl fmt::Display for Response {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Response::Hello { protocol, version, role } => {
-                write!(f, "hello\tpgbb\t{protocol}\t{}\t{}", escape(version), escape(role))
+                write!(f, "hello\tpgbb\t{protocol}\t{}\t{}", escape(version.as_bytes()), escape(role.as_bytes()))
             }
             Response::Ok { size, path, checksum, mtime } => {
                 write!(f, "ok\t{size}\t{}\t{}\t{mtime}", escape(path), checksum.as_deref().unwrap_or("-"))
@@ -163,9 +181,9 @@ impl fmt::Display for Response {
             }
             Response::Vanished { path } => write!(f, "vanished\t{}", escape(path)),
             Response::Error { path, message } => {
-                write!(f, "error\t{}\t{}", escape(path), escape(message))
+                write!(f, "error\t{}\t{}", escape(path), escape(message.as_bytes()))
             }
-            Response::Fatal { message } => write!(f, "fatal\t{}", escape(message)),
+            Response::Fatal { message } => write!(f, "fatal\t{}", escape(message.as_bytes())),
             Response::Done { count } => write!(f, "done\t{count}"),
         }
     }
@@ -180,8 +198,8 @@ impl Response {
         Ok(match f.as_slice() {
             ["hello", "pgbb", proto, version, role] => Response::Hello {
                 protocol: proto.parse().map_err(|_| unknown())?,
-                version: unescape(version)?,
-                role: unescape(role)?,
+                version: unescape_text(version)?,
+                role: unescape_text(role)?,
             },
             ["ok", size, path, sum, mtime] => Response::Ok {
                 size: num(size)?,
@@ -202,8 +220,8 @@ impl Response {
                 expected: u16::from_str_radix(exp, 16).map_err(|_| unknown())?,
             },
             ["vanished", path] => Response::Vanished { path: unescape(path)? },
-            ["error", path, message] => Response::Error { path: unescape(path)?, message: unescape(message)? },
-            ["fatal", message] => Response::Fatal { message: unescape(message)? },
+            ["error", path, message] => Response::Error { path: unescape(path)?, message: unescape_text(message)? },
+            ["fatal", message] => Response::Fatal { message: unescape_text(message)? },
             ["done", count] => Response::Done { count: num(count)? },
             _ => return Err(unknown()),
         })
@@ -242,29 +260,32 @@ mod tests {
     #[test]
     fn escape_round_trip() {
         for s in ["plain/path", "a b", "tab\there", "nl\nx", "back\\slash", "\u{1}ctl", "é/ü"] {
-            assert_eq!(unescape(&escape(s)).unwrap(), s);
-            assert!(!escape(s).contains(['\t', '\n', '\r']));
+            assert_eq!(unescape(&escape(s.as_bytes())).unwrap(), s.as_bytes());
+            assert!(!escape(s.as_bytes()).contains(['\t', '\n', '\r']));
         }
+        // Names that are not UTF-8 travel as \xHH.
+        let raw = b"bad\xffname\xc3";
+        assert_eq!(escape(raw), "bad\\xffname\\xc3");
+        assert_eq!(unescape(&escape(raw)).unwrap(), raw);
+        assert_eq!(show(raw), "bad\\xffname\\xc3");
         assert!(unescape("bad\\q").is_err());
         assert!(unescape("bad\\x4").is_err());
-        assert!(matches!(unescape("\\xff"), Err(ProtocolError::NotUtf8(_))));
     }
 
     #[test]
     fn requests() {
-        assert_eq!(
-            Request::parse("base/1/1259\n").unwrap(),
-            Request { src: "base/1/1259".into(), dst: "base/1/1259".into() }
-        );
+        let p = |s: &str| s.as_bytes().to_vec();
+        assert_eq!(Request::parse("base/1/1259\n").unwrap(), Request { src: p("base/1/1259"), dst: p("base/1/1259") });
         let r = Request::parse("global/pg_control\tglobal/pg_control.pending").unwrap();
-        assert_eq!(r.dst, "global/pg_control.pending");
+        assert_eq!(r.dst, p("global/pg_control.pending"));
         assert_eq!(Request::parse(&r.to_line()).unwrap(), r);
         assert_eq!(Request::parse(""), Err(ProtocolError::Empty));
         assert_eq!(Request::parse("\n"), Err(ProtocolError::Empty));
         assert_eq!(Request::parse("a\0b"), Err(ProtocolError::Nul));
+        assert_eq!(Request::parse("a\\x00b"), Err(ProtocolError::Nul));
         assert_eq!(Request::parse("a\tb\tc"), Err(ProtocolError::TooManyFields));
         assert_eq!(Request::parse(&"x".repeat(MAX_LINE + 1)), Err(ProtocolError::TooLong));
-        let odd = Request { src: "we\tird\nname".into(), dst: "we\tird\nname".into() };
+        let odd = Request { src: p("we\tird\nname"), dst: b"raw\xfe".to_vec() };
         assert_eq!(Request::parse(&odd.to_line()).unwrap(), odd);
     }
 

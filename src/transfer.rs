@@ -91,6 +91,26 @@ impl TransferError {
     }
 }
 
+/// How the server is told which file: by its path, or, for a name that is not valid UTF-8
+/// (which cannot be sent as text), by its directory and the raw bytes of its name.
+enum Source {
+    Text(String),
+    ByName(String, Vec<u8>),
+}
+
+impl Source {
+    fn of(src: &SafePath) -> Result<Source, TransferError> {
+        if let Some(p) = src.to_str() {
+            return Ok(Source::Text(p));
+        }
+        let dir = String::from_utf8(src.parent_bytes()).map_err(|_| TransferError::Data {
+            path: src.display(),
+            message: "a directory whose name is not valid UTF-8 is not supported".into(),
+        })?;
+        Ok(Source::ByName(if dir.is_empty() { ".".into() } else { dir }, src.file_name().to_vec()))
+    }
+}
+
 /// Copies files from one session into DEST.
 #[derive(Debug, Clone)]
 pub struct Transfer {
@@ -188,7 +208,7 @@ impl Transfer {
 
     fn sink(&self, dest: &Dest, src: &SafePath, dst: &SafePath) -> Result<Sink, TransferError> {
         let pages = self.verify.and_then(|v| {
-            checksummed_segment(&src.as_string(), v.rules).map(|segno| Pages {
+            checksummed_segment(&String::from_utf8_lossy(&src.as_bytes()), v.rules).map(|segno| Pages {
                 buf: Vec::new(),
                 offset: 0,
                 segno,
@@ -224,12 +244,16 @@ impl Transfer {
     /// Reads each suspect page again: a page being written while we read it can look torn
     /// once; only a page that fails twice counts.
     fn reread(&self, s: &mut Session, src: &SafePath, p: &Pages) -> Result<Vec<BadPage>, TransferError> {
-        let path = src.as_string();
-        let what = format!("could not re-read a page of \"{path}\"");
+        let what = format!("could not re-read a page of \"{}\"", src.display());
+        let source = Source::of(src)?;
         let mut bad = Vec::new();
         for &(block, offset) in &p.suspects {
-            let row = s.query_one(sql::READ_PAGE, &[&path, &(offset as i64), &(BLCKSZ as i64)], &what)?;
-            let Some(page) = row.get::<_, Option<Vec<u8>>>(0) else { continue };
+            let (offset, len) = (offset as i64, BLCKSZ as i64);
+            let rows = match &source {
+                Source::Text(path) => s.query(sql::READ_PAGE, &[path, &offset, &len], &what)?,
+                Source::ByName(dir, name) => s.query(sql::READ_PAGE_BY_NAME, &[dir, name, &offset, &len], &what)?,
+            };
+            let Some(page) = rows.first().and_then(|r| r.get::<_, Option<Vec<u8>>>(0)) else { continue };
             if page.len() != BLCKSZ {
                 continue;
             }
@@ -247,10 +271,14 @@ impl Transfer {
         dest: &Dest,
         dst: &SafePath,
     ) -> Result<Option<(Sink, i64)>, TransferError> {
-        let path = src.as_string();
+        let path = src.display();
         let what = format!("could not read \"{path}\"");
         let chunk = self.chunk as i64;
-        let mut rows = s.stream(sql::READ_PLAIN, &[&path, &chunk], &what)?;
+        let source = Source::of(src)?;
+        let mut rows = match &source {
+            Source::Text(p) => s.stream(sql::READ_PLAIN, &[p, &chunk], &what)?,
+            Source::ByName(dir, name) => s.stream(sql::READ_PLAIN_BY_NAME, &[dir, name, &chunk], &what)?,
+        };
         let mut out: Option<Sink> = None;
         let (mut size, mut mtime) = (0u64, 0i64);
         while let Some(row) = rows.next().map_err(|e| pg_err(&what, e))? {
@@ -280,9 +308,11 @@ impl Transfer {
                 }
             }
         }
-        match out {
-            Some(sink) => Ok(Some((sink, mtime))),
-            None => Err(TransferError::Data { path, message: "the server returned no rows".into() }),
+        match (out, source) {
+            (Some(sink), _) => Ok(Some((sink, mtime))),
+            // Looked up by name in its directory: not there.
+            (None, Source::ByName(..)) => Ok(None),
+            (None, Source::Text(_)) => Err(TransferError::Data { path, message: "the server returned no rows".into() }),
         }
     }
 
@@ -294,7 +324,8 @@ impl Transfer {
         dst: &SafePath,
         level: u32,
     ) -> Result<Option<(Sink, i64)>, TransferError> {
-        let path = src.as_string();
+        // The PL/Python helper takes the name as text: a name that is not UTF-8 goes plain.
+        let Some(path) = src.to_str() else { return self.fetch_plain(s, src, dest, dst) };
         let what = format!("could not read \"{path}\"");
         let chunk = self.chunk as i64;
         let level = level as i32;

@@ -27,7 +27,7 @@ struct Copier {
 }
 
 fn wal_path(name: &str) -> Result<SafePath, Error> {
-    Ok(SafePath::parse(&format!("pg_wal/{name}"))?)
+    Ok(SafePath::parse(format!("pg_wal/{name}"))?)
 }
 
 fn transfer_err(e: TransferError) -> Error {
@@ -71,7 +71,7 @@ impl Copier {
                     self.history.insert(name.clone(), *size);
                     say(ok_line(&c, name))?;
                 }
-                Outcome::Vanished => say(Response::Vanished { path: format!("pg_wal/{name}") })?,
+                Outcome::Vanished => say(Response::Vanished { path: format!("pg_wal/{name}").into_bytes() })?,
             }
         }
         Ok(())
@@ -79,7 +79,12 @@ impl Copier {
 }
 
 fn ok_line(c: &Copied, name: &str) -> Response {
-    Response::Ok { size: c.size, path: format!("pg_wal/{name}"), checksum: c.checksum.clone(), mtime: c.mtime }
+    Response::Ok {
+        size: c.size,
+        path: format!("pg_wal/{name}").into_bytes(),
+        checksum: c.checksum.clone(),
+        mtime: c.mtime,
+    }
 }
 
 fn stdout_say() -> impl FnMut(Response) -> Result<(), Error> {
@@ -146,7 +151,7 @@ pub fn run_child(common: &Common, start: Lsn, tli: u32, delay: Duration, compres
                     }
                     Outcome::Copied(got) => {
                         say(Response::Error {
-                            path: format!("pg_wal/{name}"),
+                            path: format!("pg_wal/{name}").into_bytes(),
                             message: format!(
                                 "segment is {} bytes (listed {size}), expected {}",
                                 got.size, c.geo.seg_size
@@ -162,7 +167,9 @@ pub fn run_child(common: &Common, start: Lsn, tli: u32, delay: Duration, compres
                 if c.geo.is_complete(last, written) {
                     for seg in start_seg..=last {
                         if !copied.contains(&seg) {
-                            say(Response::Vanished { path: format!("pg_wal/{}", c.geo.file_name(tli, seg)) })?;
+                            say(Response::Vanished {
+                                path: format!("pg_wal/{}", c.geo.file_name(tli, seg)).into_bytes(),
+                            })?;
                         }
                     }
                     say(Response::Done { count })?;

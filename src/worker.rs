@@ -104,11 +104,11 @@ pub fn run(common: &Common, id: Option<usize>, compress: Compress) -> Result<(),
         read_line(&mut input, &mut buf).map_err(|e| Error::Io(format!("cannot read stdin: {e}")))?
     {
         let raw = String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_string();
-        let shown: String = raw.chars().take(200).collect();
+        let shown: Vec<u8> = raw.chars().take(200).collect::<String>().into_bytes();
         let req = if too_long {
             Err("line longer than 8192 bytes".to_string())
         } else if std::str::from_utf8(&buf).is_err() {
-            Err("line is not valid UTF-8".to_string())
+            Err("line is not valid UTF-8 (write such bytes as \\xHH)".to_string())
         } else {
             Request::parse(&raw).map_err(|e| e.to_string())
         };

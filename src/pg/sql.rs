@@ -193,15 +193,14 @@ pub fn list_data_directory(s: &mut Session) -> Result<Vec<(Vec<u8>, bool, u64)>,
     Ok(rows.iter().map(|r| (r.get::<_, Vec<u8>>(0), r.get(1), r.get::<_, i64>(2).max(0) as u64)).collect())
 }
 
-/// Converts the raw listing into entries; names that are not UTF-8 are refused for now.
-pub fn entries_from_listing(raw: Vec<(Vec<u8>, bool, u64)>) -> Result<Vec<Entry>, PgError> {
+/// Converts the raw listing into entries (names stay raw bytes; see `Entry`).
+pub fn entries_from_listing(raw: Vec<(Vec<u8>, bool, u64)>) -> Vec<Entry> {
     raw.into_iter()
-        .map(|(name, is_dir, size)| match String::from_utf8(name) {
-            Ok(path) => Ok(Entry { path, is_dir, size }),
-            Err(e) => Err(PgError::Unsupported(format!(
-                "the data directory holds a file whose name is not valid UTF-8 ({}); pgbb cannot copy it yet",
-                String::from_utf8_lossy(e.as_bytes())
-            ))),
+        .map(|(name, is_dir, size)| Entry {
+            path: String::from_utf8_lossy(&name).into_owned(),
+            raw: name,
+            is_dir,
+            size,
         })
         .collect()
 }
@@ -258,6 +257,21 @@ pub const READ_PLAIN: &str = "SELECT st.size, extract(epoch FROM st.modification
        pg_read_binary_file($1, o, $2, true) \
        FROM pg_stat_file($1, true) AS st \
        LEFT JOIN LATERAL generate_series(0::bigint, st.size - 1, $2) AS o ON true";
+
+/// [`READ_PLAIN`] for a file whose name is not valid UTF-8: found by the raw bytes of its
+/// name ($2) in its directory ($1, `.` for the top), so the name never travels as text.
+/// No row at all if it is not there.
+pub const READ_PLAIN_BY_NAME: &str = "SELECT st.size, extract(epoch FROM st.modification)::bigint, \
+       pg_read_binary_file(f.p, o, $3, true) \
+       FROM (SELECT CASE WHEN $1 = '.' THEN n ELSE $1 || '/' || n END AS p \
+               FROM pg_ls_dir($1, true, false) AS n WHERE textsend(n) = $2) AS f \
+       CROSS JOIN LATERAL pg_stat_file(f.p, true) AS st \
+       LEFT JOIN LATERAL generate_series(0::bigint, st.size - 1, $3) AS o ON true";
+
+/// [`READ_PAGE`] by directory and raw name.
+pub const READ_PAGE_BY_NAME: &str =
+    "SELECT pg_read_binary_file(CASE WHEN $1 = '.' THEN n ELSE $1 || '/' || n END, $3, $4, true) \
+       FROM pg_ls_dir($1, true, false) AS n WHERE textsend(n) = $2";
 
 /// One page again, after it failed verification.
 pub const READ_PAGE: &str = "SELECT pg_read_binary_file($1, $2, $3, true)";

@@ -160,3 +160,33 @@ fn no_false_checksum_alarms_under_concurrent_writes() {
     }
     load.finish();
 }
+
+#[test]
+fn a_file_name_that_is_not_utf8_is_copied_and_encoded_in_the_manifest() {
+    use std::os::unix::ffi::OsStrExt;
+    let c = Cluster::new();
+    let name = std::ffi::OsStr::from_bytes(b"bad\xffname");
+    std::fs::write(c.data.join(name), b"not utf-8").unwrap();
+    chown_pg(&c.data);
+    let (dest, out) = backup(&c, "nonutf8", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read(dest.join(name)).unwrap(), b"not utf-8");
+    let manifest = std::fs::read_to_string(dest.join("backup_manifest")).unwrap();
+    assert!(manifest.contains("{ \"Encoded-Path\": \"626164ff6e616d65\", \"Size\": 9,"), "{manifest}");
+    verifybackup(&dest, &[]);
+    // By hand too: the name travels escaped.
+    let out = pgbb()
+        .args(["--slave", "--stdin"])
+        .arg(c.dsn())
+        .arg(c.path("byhand-nonutf8"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut ch| {
+            ch.stdin.take().unwrap().write_all(b"bad\\xffname\n")?;
+            ch.wait_with_output()
+        })
+        .unwrap();
+    assert!(stdout(&out).contains("ok\t9\tbad\\xffname\t"), "{}", stdout(&out));
+    assert_eq!(std::fs::read(c.path("byhand-nonutf8").join(name)).unwrap(), b"not utf-8");
+}
