@@ -34,27 +34,36 @@ CONF
 SIZE=$("$CBIN/psql" -h "$WORK" -p $PORT -U postgres -qAtc "SELECT sum(size) FROM pg_ls_dir('base') d, LATERAL (SELECT sum((pg_stat_file('base/'||d||'/'||f)).size) AS size FROM pg_ls_dir('base/'||d) f) s")
 echo "dataset: pgbench scale $SCALE, $((SIZE / 1048576)) MB in base/; $ROUNDS rounds" >&2
 DSN="host=$WORK port=$PORT user=postgres dbname=postgres"
-declare -A TIMES
+declare -A TIMES CPU RSS
 for r in $(seq 1 "$ROUNDS"); do
   for c in "${CONTENDERS[@]}"; do
     rm -rf "$WORK/out"; sync
-    t0=$(date +%s.%N)
+    # GNU time: wall seconds, user and system CPU of the client and its children, and the
+    # largest resident set of any one process (kB).
     if [ "$c" = basebackup ]; then
-      "$CBIN/pg_basebackup" -h "$WORK" -p $PORT -U postgres -D "$WORK/out" -Fp -X stream -c fast
+      /usr/bin/time -f '%e %U %S %M' -o "$WORK/time" \
+        "$CBIN/pg_basebackup" -h "$WORK" -p $PORT -U postgres -D "$WORK/out" -Fp -X stream -c fast
     else
       opts=${c#pgbb:}; opts=${opts//+/ }
       # shellcheck disable=SC2086
-      "$PGBB" -c fast $opts "$DSN" "$WORK/out" >/dev/null
+      /usr/bin/time -f '%e %U %S %M' -o "$WORK/time" "$PGBB" -c fast $opts "$DSN" "$WORK/out" >/dev/null
     fi
-    t1=$(date +%s.%N)
-    t=$(echo "$t1 - $t0" | bc -l)
+    read -r t u sy m < "$WORK/time"
     TIMES[$c]="${TIMES[$c]:-} $t"
-    printf 'round %d  %-40s %6.2f s\n' "$r" "$c" "$t" >&2
+    CPU[$c]="${CPU[$c]:-} $(echo "$u + $sy" | bc -l)"
+    RSS[$c]="${RSS[$c]:-} $m"
+    printf 'round %d  %-40s %6.2f s  cpu %5.2f s\n' "$r" "$c" "$t" "$(echo "$u + $sy" | bc -l)" >&2
   done
 done
-printf '\n| contender | median s | min s | max s | MB/s (median) |\n|---|---|---|---|---|\n'
+median() { sort -n | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; print m, a[1], a[NR]}'; }
+printf '\n| contender | median s | min s | max s | MB/s (median) | client CPU s (median) | max RSS MiB |\n|---|---|---|---|---|---|---|\n'
 for c in "${CONTENDERS[@]}"; do
   # shellcheck disable=SC2086
-  read -r med min max < <(printf '%s\n' ${TIMES[$c]} | sort -n | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; print m, a[1], a[NR]}')
-  printf '| %s | %.2f | %.2f | %.2f | %.0f |\n' "${c//+/ }" "$med" "$min" "$max" "$(echo "$SIZE / 1048576 / $med" | bc -l)"
+  read -r med min max < <(printf '%s\n' ${TIMES[$c]} | median)
+  # shellcheck disable=SC2086
+  read -r cpu _ _ < <(printf '%s\n' ${CPU[$c]} | median)
+  # shellcheck disable=SC2086
+  read -r _ _ rss < <(printf '%s\n' ${RSS[$c]} | median)
+  printf '| %s | %.2f | %.2f | %.2f | %.0f | %.2f | %.0f |\n' "${c//+/ }" "$med" "$min" "$max" \
+    "$(echo "$SIZE / 1048576 / $med" | bc -l)" "$cpu" "$(echo "$rss / 1024" | bc -l)"
 done

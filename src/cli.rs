@@ -26,10 +26,11 @@ Roles:
                                  SIGINT/SIGTERM (a warm-standby feeder)
 
 Worker line protocol (--slave --stdin): one request per line on stdin, SRC or SRC<TAB>DST,
-paths relative to the data directory / DEST (\\\\, \\t, \\n, \\r escaped). One result per line
-on stdout, fields separated by TABs:
+paths relative to the data directory / DEST (\\\\, \\t, \\n, \\r escaped, other bytes as \\xHH).
+One result per line on stdout, fields separated by TABs:
   hello  pgbb  PROTOCOL  VERSION  ROLE    first line
-  ok     SIZE  PATH                        copied
+  ok     SIZE  PATH  CHECKSUM  MTIME       copied (CRC-32C by default; - with NONE)
+  badpage  PATH  BLOCK  CALC  EXPECTED     a data page failed its checksum (with --verify-lsn)
   vanished     PATH                        no such file on the server (normal in a backup)
   error  PATH  MESSAGE                     this file failed; the worker goes on
   fatal  MESSAGE                           the worker cannot go on; exit status 1
@@ -37,7 +38,8 @@ The worker exits 0 at the end of its input. Example:
   printf 'PG_VERSION\\nglobal/pg_control\\n' | pgbb --slave --stdin 'host=db user=postgres' /tmp/x
 
 Exit status: 0 done, 1 backup failed, 2 usage, 3 cannot connect, 4 server not suitable
-(version, settings, privileges), 5 DEST problem, 130/143 interrupted. See docs/.
+(version, settings, privileges), 5 DEST problem, 6 backup kept but data pages failed their
+checksum on the server, 130/143 interrupted. See docs/.
 The password is never put on a child's command line: children get it in PGPASSWORD.";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
