@@ -54,8 +54,12 @@ pub enum Checkpoint {
 pub struct Args {
     /// Connection string: key=value pairs or a postgresql:// URI ("" = all from PG* variables)
     pub dsn: String,
-    /// Target directory (created with mode 0700; must be empty unless -f)
-    pub dest: PathBuf,
+    /// Target directory (created with mode 0700; must be empty unless -f); not with --check
+    pub dest: Option<PathBuf>,
+    /// Check the server, settings and privileges a backup needs, print what passes and how to
+    /// fix what fails, and exit (0 all pass, 4 something fails); takes no DEST
+    #[arg(long = "check")]
+    pub check: bool,
     /// Worker processes copying files in parallel
     #[arg(short = 'j', long = "jobs", default_value_t = 2)]
     pub jobs: usize,
@@ -166,9 +170,24 @@ pub struct MasterOpts {
 
 pub enum Mode {
     Master(MasterOpts),
-    Worker { id: Option<usize>, compress: Compress },
-    WalChild { start: Lsn, timeline: u32, delay: Duration, compress: Compress },
-    WalStandalone { delay: Duration, compress: Compress },
+    /// `--check`: preflight only.
+    Check {
+        jobs: usize,
+    },
+    Worker {
+        id: Option<usize>,
+        compress: Compress,
+    },
+    WalChild {
+        start: Lsn,
+        timeline: u32,
+        delay: Duration,
+        compress: Compress,
+    },
+    WalStandalone {
+        delay: Duration,
+        compress: Compress,
+    },
 }
 
 pub struct Config {
@@ -237,9 +256,15 @@ impl Config {
             None => None,
         };
         let conn = ConnInfo::from_dsn(&a.dsn)?;
+        let dest = match (&a.dest, a.check) {
+            (Some(_), true) => return Err(Error::Usage("--check takes no DEST".into())),
+            (None, true) => PathBuf::new(),
+            (Some(d), false) => d.clone(),
+            (None, false) => return Err(Error::Usage("missing DEST (the target directory)".into())),
+        };
         let common = Common {
             conn,
-            dest: a.dest,
+            dest: dest.clone(),
             chunk,
             sync: !a.no_sync,
             verbose: a.verbose,
@@ -249,6 +274,7 @@ impl Config {
             verify_lsn,
         };
         let mode = match (a.slave, a.stdin, a.pg_xlog) {
+            _ if a.check => Mode::Check { jobs: a.jobs },
             (true, true, false) => Mode::Worker { id: a.worker_id, compress },
             (true, false, true) => {
                 let start = a

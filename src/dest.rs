@@ -407,6 +407,23 @@ impl DestGuard {
         Ok(DestGuard { root: root.into(), created, keep: keep_on_failure, armed: true })
     }
 
+    /// What a second Ctrl-C does on its way out (from the signal thread, children already
+    /// killed): the same as [`DestGuard::cleanup`], without waiting for the main thread.
+    pub fn emergency_cleanup(&self) -> Box<dyn Fn() + Send> {
+        let (root, created, keep) = (self.root.clone(), self.created, self.keep);
+        Box::new(move || {
+            let _ = fs::remove_file(root.join(PG_CONTROL_PENDING));
+            let _ = fs::remove_file(root.join(PG_CONTROL));
+            if !keep {
+                let _ = if created {
+                    fs::remove_dir_all(&root)
+                } else {
+                    empty_dir(&root).map_err(|e| io::Error::other(e.to_string()))
+                };
+            }
+        })
+    }
+
     /// The backup succeeded: leave DEST alone.
     pub fn disarm(&mut self) {
         self.armed = false;

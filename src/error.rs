@@ -46,7 +46,7 @@ pub enum Error {
     #[error("{role} died unexpectedly ({status}); the backup is incomplete")]
     ChildDied { role: String, status: String },
     #[error("{role} failed: {message}")]
-    ChildFailed { role: String, message: String },
+    ChildFailed { role: String, message: String, code: Option<i32> },
     #[error("could not copy \"{path}\": {message}")]
     FileFailed { path: String, message: String },
     #[error("WAL needed to restore the backup is missing from DEST/pg_wal: {missing}; it was probably removed from the server before it could be copied (use a replication slot: give the role REPLICATION, or raise wal_keep_size / max_slot_wal_keep_size)")]
@@ -76,6 +76,8 @@ impl Error {
             ) => exit::SERVER,
             Error::Pg(PgError::Query { code: Some(c), .. }) if c == "42501" => exit::SERVER,
             Error::Dest(_) => exit::DEST,
+            // A child that failed on DEST (no space...) or on connecting exits with that code.
+            Error::ChildFailed { code: Some(c @ (exit::DEST | exit::CONNECT)), .. } => *c,
             Error::Interrupted("SIGTERM") => exit::SIGTERM,
             Error::Interrupted(_) => exit::SIGINT,
             _ => exit::FAILED,

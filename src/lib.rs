@@ -1,6 +1,7 @@
 //! pgbb: parallel physical base backup of a live PostgreSQL server over ordinary SQL
 //! connections. `run` is the whole program; `main.rs` only calls it.
 
+pub mod check;
 pub mod checksum;
 pub mod cli;
 pub mod dest;
@@ -53,6 +54,7 @@ pub fn run(argv: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
     };
     logging::init(&role_name(&args), args.verbose, args.debug);
     let result = Config::from_args(args).and_then(|cfg| match &cfg.mode {
+        Mode::Check { jobs } => check::run(&cfg.common, *jobs),
         Mode::Master(opts) => {
             let s = master::run(&cfg.common, opts)?;
             let dest = cfg.common.dest.display();

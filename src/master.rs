@@ -161,6 +161,7 @@ fn backup(
     let mut common = common.clone();
     common.group_access = info.group_access;
     let mut guard = DestGuard::prepare(&common.dest, opts.force, opts.keep_on_failure, info.group_access)?;
+    interrupt.set_last_words(guard.emergency_cleanup());
     let dest = Dest::open(&common.dest, info.group_access)?;
 
     // The slot first, on a session that runs nothing else: a temporary slot is dropped on
@@ -216,14 +217,6 @@ fn backup(
         let idx = pool.spawn(&format!("worker {i}"), common.worker_args(i, method), password.as_deref())?;
         workers.push(WorkerState { idx, ready: false, inflight: VecDeque::new(), finished: false });
     }
-    {
-        let root = common.dest.clone();
-        interrupt.set_last_words(Box::new(move || {
-            let _ = std::fs::remove_file(root.join(PG_CONTROL_PENDING));
-            let _ = std::fs::remove_file(root.join(PG_CONTROL));
-        }));
-    }
-
     let mut run = Run {
         pool: &mut pool,
         workers: &mut workers,
@@ -274,15 +267,17 @@ fn backup(
     drop(run);
     pool.stop_all(Duration::from_secs(5));
 
-    // Self-check: the WAL range, the slot, and every file at the size it was written.
-    check_wal_range(&dest, geo, tli, start, stop.lsn, &wal_missing)?;
-    if slot_session.is_some() {
-        if let Some(status) = sql::slot_wal_status(&mut ctl, &slot_name)? {
-            if status == "lost" {
-                return Err(Error::SlotLost(slot_name));
-            }
+    // Self-check: the slot, the WAL range, and every file at the size it was written. The
+    // slot first: when it was invalidated, that is the cause of any WAL gap.
+    if let Some(ss) = slot_session.as_ref() {
+        // An invalidated temporary slot may be gone altogether: the server terminates the
+        // session holding it.
+        let status = sql::slot_wal_status(&mut ctl, &slot_name)?;
+        if ss.is_closed() || status.is_none() || status.as_deref() == Some("lost") {
+            return Err(Error::SlotLost(slot_name));
         }
     }
+    check_wal_range(&dest, geo, tli, start, stop.lsn, &wal_missing)?;
     check_files(&dest, &entries)?;
     for seg in geo.segno(start)..=geo.end_segno(stop.lsn) {
         let done = format!("pg_wal/archive_status/{}.done", geo.file_name(tli, seg));
@@ -524,6 +519,7 @@ impl Run<'_> {
                 if protocol != PROTOCOL_VERSION {
                     return Err(Error::ChildFailed {
                         role: role.into(),
+                        code: None,
                         message: format!(
                             "speaks protocol {protocol} (pgbb {version}), this master speaks {PROTOCOL_VERSION}"
                         ),
@@ -558,10 +554,18 @@ impl Run<'_> {
                 self.pages.add(&show(&path), block, calculated, expected)
             }
             Response::Error { path, message } => return Err(Error::FileFailed { path: show(&path), message }),
-            Response::Fatal { message } => return Err(Error::ChildFailed { role: role.into(), message }),
+            Response::Fatal { message } => {
+                // The child's exit status tells what kind of failure it was (DEST, connection).
+                let code = self.pool.wait(child, Duration::from_secs(2)).and_then(|s| s.code());
+                return Err(Error::ChildFailed { role: role.into(), message, code });
+            }
             Response::Done { count } => {
                 if w.is_some() {
-                    return Err(Error::ChildFailed { role: role.into(), message: "sent an unexpected done".into() });
+                    return Err(Error::ChildFailed {
+                        role: role.into(),
+                        code: None,
+                        message: "sent an unexpected done".into(),
+                    });
                 }
                 self.wal_done = Some(count);
             }
@@ -577,6 +581,7 @@ impl Run<'_> {
             }
             _ => Err(Error::ChildFailed {
                 role: role.into(),
+                code: None,
                 message: format!("answered for \"{}\", which it was not asked for", show(path)),
             }),
         }
@@ -652,6 +657,7 @@ impl Run<'_> {
             if Instant::now() > deadline {
                 return Err(Error::ChildFailed {
                     role: "WAL child".into(),
+                    code: None,
                     message: "did not finish copying WAL within 10 minutes of the stop".into(),
                 });
             }

@@ -77,6 +77,31 @@ pub fn missing_function_privileges(s: &mut Session, wanted: &[&str]) -> Result<V
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
+/// (max_replication_slots, slots in use).
+pub fn slot_capacity(s: &mut Session) -> Result<(i64, i64), PgError> {
+    let r = s.query_one(
+        "SELECT current_setting('max_replication_slots')::bigint, (SELECT count(*) FROM pg_replication_slots)",
+        &[],
+        "could not read the replication slot settings",
+    )?;
+    Ok((r.get(0), r.get(1)))
+}
+
+/// (connections this role may still open, connections a backup with `jobs` workers uses:
+/// master, slot holder, WAL child, workers).
+pub fn connection_capacity(s: &mut Session, jobs: usize) -> Result<(i64, i64), PgError> {
+    let r = s.query_one(
+        "SELECT current_setting('max_connections')::bigint \
+                - CASE WHEN r.rolsuper THEN 0 ELSE current_setting('superuser_reserved_connections')::bigint END \
+                - (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend') \
+           FROM pg_roles r WHERE r.rolname = current_user",
+        &[],
+        "could not read the connection settings",
+    )?;
+    // This check's own session goes away before the backup.
+    Ok((r.get::<_, i64>(0) + 1, jobs as i64 + 3))
+}
+
 /// Tablespaces other than pg_default and pg_global: (oid, name, location).
 pub fn tablespaces(s: &mut Session) -> Result<Vec<(u32, String, String)>, PgError> {
     let rows = s.query(
