@@ -76,8 +76,8 @@ impl Error {
             ) => exit::SERVER,
             Error::Pg(PgError::Query { code: Some(c), .. }) if c == "42501" => exit::SERVER,
             Error::Dest(_) => exit::DEST,
-            // A child that failed on DEST (no space...) or on connecting exits with that code.
-            Error::ChildFailed { code: Some(c @ (exit::DEST | exit::CONNECT)), .. } => *c,
+            // A child that failed on DEST (no space...) exits with that code.
+            Error::ChildFailed { code: Some(exit::DEST), .. } => exit::DEST,
             Error::Interrupted("SIGTERM") => exit::SIGTERM,
             Error::Interrupted(_) => exit::SIGINT,
             _ => exit::FAILED,
@@ -88,7 +88,12 @@ impl Error {
     pub fn hint(&self) -> Option<&'static str> {
         match self {
             Error::Pg(PgError::Connect { .. }) => Some("check the connection string, that the server is running and accepts connections (pg_hba.conf), and the password (PGPASSWORD or the DSN)"),
-            Error::ChildDied { .. } | Error::ChildFailed { .. } => Some("nothing was kept; look at the messages above, then run pgbb again"),
+            Error::ChildFailed { code: Some(exit::DEST), .. } => {
+                Some("free some space or choose another DEST, then run pgbb again")
+            }
+            Error::ChildDied { .. } | Error::ChildFailed { .. } => {
+                Some("nothing was kept; look at the messages above, then run pgbb again")
+            }
             Error::Dest(d) if d.is_no_space() => Some("free some space or choose another DEST, then run pgbb again"),
             _ => None,
         }

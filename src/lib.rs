@@ -53,6 +53,7 @@ pub fn run(argv: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
         }
     };
     logging::init(&role_name(&args), args.verbose, args.debug);
+    let spawned_by_master = args.slave && (args.worker_id.is_some() || args.pg_xlog);
     let result = Config::from_args(args).and_then(|cfg| match &cfg.mode {
         Mode::Check { jobs } => check::run(&cfg.common, *jobs),
         Mode::Master(opts) => {
@@ -91,6 +92,11 @@ pub fn run(argv: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
     });
     match result {
         Ok(code) => code,
+        // A child of a master has already told it (a `fatal` line); the master reports.
+        Err(e) if spawned_by_master => {
+            log::debug!("{e}");
+            e.exit_code()
+        }
         Err(e) => report(&e),
     }
 }

@@ -73,6 +73,17 @@ pub fn describe(e: &postgres::Error) -> String {
         return s;
     }
     let mut s = e.to_string();
+    if e.is_closed() || s.starts_with("error communicating with the server") {
+        // The server went away mid-statement (terminated backend, shutdown, network).
+        s = format!("the server closed the connection unexpectedly ({s}");
+        let mut src = std::error::Error::source(e);
+        while let Some(inner) = src {
+            s.push_str(&format!(": {inner}"));
+            src = inner.source();
+        }
+        s.push(')');
+        return s;
+    }
     let mut src = std::error::Error::source(e);
     while let Some(inner) = src {
         let t = inner.to_string();

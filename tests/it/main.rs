@@ -5,6 +5,7 @@ mod harness;
 mod backup;
 mod compress;
 mod failures;
+mod faults;
 mod integrity;
 mod preflight;
 mod slave;

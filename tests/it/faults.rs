@@ -1,0 +1,281 @@
+//! The fault matrix (docs/reliability.md): each row kills, cuts or starves a running backup
+//! and checks that pgbb keeps its word — the documented exit status, one message naming the
+//! first cause, no pgbb process left, nothing of pgbb left on the server, and no DEST that
+//! could be started.
+
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::harness::*;
+
+/// A backup slow enough to be interrupted: small chunks, no compression.
+fn start_slow(c: &Cluster, name: &str, extra: &[&str]) -> (Child, std::path::PathBuf) {
+    let dest = c.path(name);
+    let child = pgbb()
+        .args(["-j", "2", "-c", "fast", "--chunk-size", "8k", "--compress", "none"])
+        .args(extra)
+        .arg(c.dsn())
+        .arg(&dest)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    (child, dest)
+}
+
+fn wait_exit(child: &mut Child, limit: Duration) -> (std::process::ExitStatus, Duration) {
+    let t = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return (s, t.elapsed());
+        }
+        if t.elapsed() > limit {
+            let _ = child.kill();
+            panic!("pgbb did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// What every row asserts after the failure; returns stderr.
+fn assert_failed_cleanly(c: &Cluster, child: Child, dest: &std::path::Path, code: i32, cause: &str) -> String {
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(code), "exit status: {err}");
+    assert!(err.contains(cause), "the message should name {cause:?}: {err}");
+    assert_eq!(err.matches("pgbb: error:").count(), 1, "one error message: {err}");
+    assert!(!stdout(&out).contains("backup complete"));
+    assert_no_pgbb_process(dest.to_str().unwrap());
+    c.assert_no_pgbb_left();
+    assert!(!dest.join("global/pg_control").exists(), "an incomplete DEST must never be startable");
+    err
+}
+
+fn workers_running(dest: &std::path::Path) -> i32 {
+    wait_for_proc(&["--stdin", "--worker-id 2", dest.to_str().unwrap()], Duration::from_secs(30))
+        .expect("no worker appeared")
+}
+
+#[test]
+fn f02_sigkill_of_the_wal_child() {
+    let c = Cluster::new();
+    c.pgbench_init(10);
+    let (child, dest) = start_slow(&c, "f02", &[]);
+    let wal = wait_for_proc(&["--slave", "-x", dest.to_str().unwrap()], Duration::from_secs(30)).expect("no WAL child");
+    kill(Pid::from_raw(wal), Signal::SIGKILL).unwrap();
+    assert_failed_cleanly(&c, child, &dest, 1, "WAL child died unexpectedly (killed by SIGKILL)");
+    assert!(!dest.exists());
+}
+
+#[test]
+fn f03_sigint_aborts_in_order_and_a_second_one_kills_at_once() {
+    let c = Cluster::new();
+    c.pgbench_init(10);
+    let (mut child, dest) = start_slow(&c, "f03", &[]);
+    workers_running(&dest);
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
+    let (_, took) = wait_exit(&mut child, Duration::from_secs(10));
+    assert!(took < Duration::from_secs(5), "orderly abort took {took:?}");
+    assert_failed_cleanly(&c, child, &dest, 130, "interrupted by SIGINT");
+    assert!(!dest.exists());
+
+    // Twice: the children are killed and pgbb exits at once.
+    let (mut child, dest) = start_slow(&c, "f03b", &[]);
+    workers_running(&dest);
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
+    let (_, took) = wait_exit(&mut child, Duration::from_secs(10));
+    assert!(took < Duration::from_secs(2), "a second SIGINT should kill at once, took {took:?}");
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    assert_no_pgbb_process(dest.to_str().unwrap());
+    c.assert_no_pgbb_left();
+    assert!(!dest.join("global/pg_control").exists());
+}
+
+#[test]
+fn f04_sigterm_to_the_master() {
+    let c = Cluster::new();
+    c.pgbench_init(10);
+    let (mut child, dest) = start_slow(&c, "f04", &["--no-clean"]);
+    workers_running(&dest);
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    let (_, took) = wait_exit(&mut child, Duration::from_secs(10));
+    assert!(took < Duration::from_secs(5), "abort took {took:?}");
+    assert_failed_cleanly(&c, child, &dest, 143, "interrupted by SIGTERM");
+    assert!(dest.join("base").exists(), "--no-clean keeps DEST");
+}
+
+#[test]
+fn f05_sigkill_of_the_master_stops_the_children_and_the_server_ends_the_backup() {
+    let c = Cluster::new();
+    c.pgbench_init(10);
+    let (mut child, dest) = start_slow(&c, "f05", &[]);
+    workers_running(&dest);
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGKILL).unwrap();
+    let _ = child.wait();
+    let t = Instant::now();
+    assert_no_pgbb_process(dest.to_str().unwrap());
+    assert!(t.elapsed() < Duration::from_secs(5), "children took {:?} to go", t.elapsed());
+    c.assert_no_pgbb_left();
+    // The server ended the backup: a new one can start, and none is in progress.
+    assert!(!dest.join("global/pg_control").exists(), "the master never put pg_control in place");
+    let again = c.path("f05-again");
+    let out = pgbb_run(&["-c", "fast", &c.dsn(), again.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn f06_a_workers_backend_terminated_mid_transfer() {
+    let c = Cluster::new();
+    c.pgbench_init(10);
+    let (child, dest) = start_slow(&c, "f06", &[]);
+    workers_running(&dest);
+    let mut cl = c.client();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let n: i64 = cl
+            .query_one(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'pgbb worker 1' AND state = 'active'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        if n > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "worker 1 never seen active");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_failed_cleanly(&c, child, &dest, 1, "worker 1 failed");
+    assert!(!dest.exists());
+}
+
+#[test]
+fn f07_the_server_stopped_mid_backup() {
+    let mut c = Cluster::new();
+    c.pgbench_init(10);
+    let (child, dest) = start_slow(&c, "f07", &[]);
+    workers_running(&dest);
+    c.stop();
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("terminating connection due to administrator command")
+            || err.contains("the server closed the connection unexpectedly"),
+        "{err}"
+    );
+    assert_eq!(err.matches("pgbb: error:").count(), 1, "{err}");
+    assert_no_pgbb_process(dest.to_str().unwrap());
+    assert!(!dest.exists());
+    c.start();
+    c.assert_no_pgbb_left();
+}
+
+/// A size-limited tmpfs, unmounted on drop.
+struct SmallFs(std::path::PathBuf);
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn f09_dest_fills_up() {
+    if !is_root() {
+        eprintln!("SKIPPED f09_dest_fills_up: mounting a tmpfs needs root");
+        return;
+    }
+    let c = Cluster::new();
+    c.pgbench_init(10);
+    let mnt = c.path("small");
+    std::fs::create_dir(&mnt).unwrap();
+    run_ok(std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=40m", "tmpfs"]).arg(&mnt));
+    let fs = SmallFs(mnt.clone());
+    let dest = mnt.join("dest");
+    let out = pgbb_run(&["-c", "fast", &c.dsn(), dest.to_str().unwrap()]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(err.contains("no space left on device while writing") && err.contains(mnt.to_str().unwrap()), "{err}");
+    assert_eq!(err.matches("pgbb: error:").count(), 1, "{err}");
+    assert_no_pgbb_process(dest.to_str().unwrap());
+    c.assert_no_pgbb_left();
+    assert!(!dest.exists());
+    drop(fs);
+}
+
+/// Freezes the WAL child until the backup has stopped, then has the server recycle the
+/// backup's first segment (no slot, small max_wal_size, switches and checkpoints).
+fn starve_wal(c: &Cluster, dest: &std::path::Path) -> String {
+    let wal = wait_for_proc(&["--slave", "-x", dest.to_str().unwrap()], Duration::from_secs(30)).expect("no WAL child");
+    kill(Pid::from_raw(wal), Signal::SIGSTOP).unwrap();
+    let label = dest.join("backup_label");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !label.exists() {
+        assert!(Instant::now() < deadline, "backup_label never appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let text = std::fs::read_to_string(&label).unwrap();
+    let seg = text.lines().next().unwrap().split("(file ").nth(1).unwrap().trim_end_matches(')').to_string();
+    let mut cl = c.client();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while c.data.join("pg_wal").join(&seg).exists() {
+        assert!(Instant::now() < deadline, "the server kept {seg}");
+        cl.batch_execute("INSERT INTO churn SELECT generate_series(1, 1000)").unwrap();
+        cl.batch_execute("SELECT pg_switch_wal()").unwrap();
+        cl.batch_execute("CHECKPOINT").unwrap();
+    }
+    kill(Pid::from_raw(wal), Signal::SIGCONT).unwrap();
+    seg
+}
+
+#[test]
+fn f10_wal_recycled_before_it_was_copied() {
+    let c = Cluster::with(ClusterOpts {
+        checksums: true,
+        conf: vec!["max_wal_size = 32MB".into(), "min_wal_size = 32MB".into(), "wal_keep_size = 0".into()],
+    });
+    c.pgbench_init(2);
+    c.client().batch_execute("CREATE TABLE churn (x int)").unwrap();
+    let dest = c.path("f10");
+    let child = pgbb()
+        .args(["-j", "1", "-c", "fast", "--no-slot"])
+        .arg(c.dsn())
+        .arg(&dest)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let seg = starve_wal(&c, &dest);
+    let err = assert_failed_cleanly(&c, child, &dest, 1, "WAL needed to restore the backup is missing");
+    assert!(err.contains(&seg), "{err}");
+    assert!(!dest.exists());
+}
+
+#[test]
+fn f11_slot_invalidated_by_max_slot_wal_keep_size() {
+    let c = Cluster::with(ClusterOpts {
+        checksums: true,
+        conf: vec!["max_wal_size = 32MB".into(), "min_wal_size = 32MB".into(), "max_slot_wal_keep_size = 1MB".into()],
+    });
+    c.pgbench_init(2);
+    c.client().batch_execute("CREATE TABLE churn (x int)").unwrap();
+    let dest = c.path("f11");
+    let child = pgbb()
+        .args(["-j", "1", "-c", "fast"])
+        .arg(c.dsn())
+        .arg(&dest)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    starve_wal(&c, &dest);
+    assert_failed_cleanly(&c, child, &dest, 1, "was invalidated during the backup");
+    assert!(!dest.exists());
+}
