@@ -98,6 +98,8 @@ impl ConnInfo {
         config.keepalives_idle(Duration::from_secs(10));
         config.keepalives_interval(Duration::from_secs(5));
         config.keepalives_retries(3);
+        // Unacknowledged data for 30 s (a request sent into a dead network) is an error too.
+        config.tcp_user_timeout(Duration::from_secs(30));
         Ok(ConnInfo { config })
     }
 

@@ -240,6 +240,7 @@ fn f10_wal_recycled_before_it_was_copied() {
     let c = Cluster::with(ClusterOpts {
         checksums: true,
         conf: vec!["max_wal_size = 32MB".into(), "min_wal_size = 32MB".into(), "wal_keep_size = 0".into()],
+        ..Default::default()
     });
     c.pgbench_init(2);
     c.client().batch_execute("CREATE TABLE churn (x int)").unwrap();
@@ -263,6 +264,7 @@ fn f11_slot_invalidated_by_max_slot_wal_keep_size() {
     let c = Cluster::with(ClusterOpts {
         checksums: true,
         conf: vec!["max_wal_size = 32MB".into(), "min_wal_size = 32MB".into(), "max_slot_wal_keep_size = 1MB".into()],
+        ..Default::default()
     });
     c.pgbench_init(2);
     c.client().batch_execute("CREATE TABLE churn (x int)").unwrap();
@@ -278,4 +280,103 @@ fn f11_slot_invalidated_by_max_slot_wal_keep_size() {
     starve_wal(&c, &dest);
     assert_failed_cleanly(&c, child, &dest, 1, "was invalidated during the backup");
     assert!(!dest.exists());
+}
+
+/// A network namespace with a veth pair to the host: the server lives inside, pgbb outside.
+struct NetNs {
+    name: String,
+    host_if: String,
+}
+
+impl NetNs {
+    /// Creates the namespace with addresses `10.250.N.1` (host side) and `10.250.N.2`.
+    fn new(n: u8) -> NetNs {
+        let id = std::process::id() % 100_000;
+        let name = format!("pgbb-{id}-{n}");
+        let host_if = format!("pgbh{id}{n}");
+        let ns_if = format!("pgbn{id}{n}");
+        let ip = |args: &[&str]| run_ok(std::process::Command::new("ip").args(args));
+        let _ = std::process::Command::new("ip").args(["netns", "del", &name]).output();
+        ip(&["netns", "add", &name]);
+        let ns = NetNs { name: name.clone(), host_if: host_if.clone() };
+        ip(&["link", "add", &host_if, "type", "veth", "peer", "name", &ns_if]);
+        ip(&["link", "set", &ns_if, "netns", &name]);
+        ip(&["addr", "add", &format!("10.250.{n}.1/30"), "dev", &host_if]);
+        ip(&["link", "set", &host_if, "up"]);
+        ip(&["netns", "exec", &name, "ip", "addr", "add", &format!("10.250.{n}.2/30"), "dev", &ns_if]);
+        ip(&["netns", "exec", &name, "ip", "link", "set", &ns_if, "up"]);
+        ip(&["netns", "exec", &name, "ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    fn link(&self, up: bool) {
+        run_ok(std::process::Command::new("ip").args(["link", "set", &self.host_if, if up { "up" } else { "down" }]));
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip").args(["link", "del", &self.host_if]).output();
+        let _ = std::process::Command::new("ip").args(["netns", "del", &self.name]).output();
+    }
+}
+
+#[test]
+fn f08_the_network_path_cut_mid_transfer() {
+    if !is_root() {
+        eprintln!("SKIPPED f08_the_network_path_cut_mid_transfer: network namespaces need root");
+        return;
+    }
+    let ns = NetNs::new(77);
+    let mut c = Cluster::with(ClusterOpts {
+        checksums: true,
+        conf: vec![
+            // The server side gives up on the dead peer quickly too.
+            "tcp_keepalives_idle = 5".into(),
+            "tcp_keepalives_interval = 2".into(),
+            "tcp_keepalives_count = 2".into(),
+            "tcp_user_timeout = 10000".into(),
+        ],
+        netns: Some((ns.name.clone(), "10.250.77.2".into())),
+    });
+    let hba = c.data.join("pg_hba.conf");
+    let old = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(&hba, format!("{old}\nhost all all 10.250.77.0/30 trust\n")).unwrap();
+    c.client().batch_execute("SELECT pg_reload_conf()").unwrap();
+    c.pgbench_init(10);
+    let dest = c.path("f08");
+    let dsn = format!("host=10.250.77.2 port={} user=postgres dbname=postgres", c.port);
+    // Slow enough (tiny chunks) that the cut lands mid-transfer.
+    let child = pgbb()
+        .args(["-j", "2", "-c", "fast", "--chunk-size", "8k", "--compress", "none"])
+        .arg(&dsn)
+        .arg(&dest)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    workers_running(&dest);
+    std::thread::sleep(Duration::from_millis(300));
+    ns.link(false);
+    let t = Instant::now();
+    let mut child = child;
+    let (_, took) = wait_exit(&mut child, Duration::from_secs(90));
+    // Keepalives: 10 s idle, then 3 probes 5 s apart (docs/reliability.md).
+    assert!(took < Duration::from_secs(60), "a cut network took {took:?} to become an error");
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("the server closed the connection unexpectedly") || err.contains("timed out"), "{err}");
+    assert_eq!(err.matches("pgbb: error:").count(), 1, "{err}");
+    assert_no_pgbb_process(dest.to_str().unwrap());
+    assert!(!dest.exists());
+    eprintln!("network cut detected after {:?}", t.elapsed());
+    // Back up: the server has dropped every pgbb session and the slot.
+    ns.link(true);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while c.count_pgbb_sessions() + c.count_pgbb_slots() > 0 {
+        assert!(Instant::now() < deadline, "the server kept pgbb sessions after the cut");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    c.stop();
 }

@@ -84,16 +84,20 @@ pub struct Cluster {
     pub sock: PathBuf,
     pub port: u16,
     running: bool,
+    netns: Option<(String, String)>,
 }
 
 pub struct ClusterOpts {
     pub checksums: bool,
     pub conf: Vec<String>,
+    /// Run the server in this network namespace, listening on this address (TCP) besides
+    /// its unix socket.
+    pub netns: Option<(String, String)>,
 }
 
 impl Default for ClusterOpts {
     fn default() -> Self {
-        ClusterOpts { checksums: true, conf: Vec::new() }
+        ClusterOpts { checksums: true, conf: Vec::new(), netns: None }
     }
 }
 
@@ -125,7 +129,7 @@ impl Cluster {
         }
         let mut f = fs::OpenOptions::new().append(true).open(data.join("postgresql.conf")).unwrap();
         std::io::Write::write_all(&mut f, conf.as_bytes()).unwrap();
-        let mut c = Cluster { tmp, data, sock, port: free_port(), running: false };
+        let mut c = Cluster { tmp, data, sock, port: free_port(), running: false, netns: opts.netns.clone() };
         c.start();
         c
     }
@@ -134,8 +138,21 @@ impl Cluster {
     /// socket settings.
     pub fn start(&mut self) {
         let log = self.tmp.path().join(format!("log-{}", self.port));
-        let opts = format!("-p {} -k {} -c listen_addresses=''", self.port, self.sock.display());
-        let out = as_pg(&bin_dir().join("pg_ctl"))
+        let listen = self.netns.as_ref().map_or(String::new(), |(_, a)| a.clone());
+        let opts = format!("-p {} -k {} -c listen_addresses='{listen}'", self.port, self.sock.display());
+        let mut cmd = match &self.netns {
+            Some((ns, _)) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]);
+                if is_root() {
+                    c.args(["runuser", "-u", "postgres", "--"]);
+                }
+                c.arg(bin_dir().join("pg_ctl"));
+                c
+            }
+            None => as_pg(&bin_dir().join("pg_ctl")),
+        };
+        let out = cmd
             .arg("-D")
             .arg(&self.data)
             .arg("-o")
@@ -428,7 +445,7 @@ pub fn verify_restore(backup: &Path, expect: &Expect) -> Cluster {
     fs::create_dir(&sock).unwrap();
     chown_pg(tmp.path());
     chown_pg(backup);
-    let mut c = Cluster { tmp, data: backup.to_path_buf(), sock, port: free_port(), running: false };
+    let mut c = Cluster { tmp, data: backup.to_path_buf(), sock, port: free_port(), running: false, netns: None };
     c.start();
     let log = c.log();
     assert!(

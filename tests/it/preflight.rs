@@ -81,6 +81,7 @@ fn wal_level_minimal_is_refused() {
     let c = Cluster::with(ClusterOpts {
         checksums: true,
         conf: vec!["wal_level = minimal".into(), "max_wal_senders = 0".into()],
+        ..Default::default()
     });
     let dest = c.path("min");
     let out = pgbb_run(&[&c.dsn(), dest.to_str().unwrap()]);
@@ -110,7 +111,11 @@ fn tablespace_outside_the_data_directory_is_refused_not_silently_skipped() {
 
 #[test]
 fn password_never_appears_on_a_command_line() {
-    let c = Cluster::with(ClusterOpts { checksums: true, conf: vec!["password_encryption = 'scram-sha-256'".into()] });
+    let c = Cluster::with(ClusterOpts {
+        checksums: true,
+        conf: vec!["password_encryption = 'scram-sha-256'".into()],
+        ..Default::default()
+    });
     // Password authentication for one role, ahead of the trust lines.
     let hba = c.data.join("pg_hba.conf");
     let old = std::fs::read_to_string(&hba).unwrap();
