@@ -553,3 +553,59 @@ mod tests {
         assert!(matches!(DestGuard::prepare(&f, false, false, false), Err(DestError::NotADirectory(_))));
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn component() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            Just(b"a".to_vec()),
+            Just(b"b".to_vec()),
+            Just(b"..".to_vec()),
+            Just(b".".to_vec()),
+            Just(b"".to_vec()),
+            Just(b"link".to_vec()),
+            Just(b"file".to_vec()),
+            Just(b"x\0y".to_vec()),
+            Just(b"\xff\xfe".to_vec()),
+            proptest::collection::vec(any::<u8>(), 0..6),
+        ]
+    }
+
+    fn path() -> impl Strategy<Value = Vec<u8>> {
+        (proptest::bool::ANY, proptest::collection::vec(component(), 1..6)).prop_map(|(abs, parts)| {
+            let mut p = if abs { b"/".to_vec() } else { Vec::new() };
+            p.extend(parts.join(&b'/'));
+            p
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        /// Whatever the path, nothing is ever written outside DEST, and nothing panics.
+        #[test]
+        fn no_write_escapes_dest(paths in proptest::collection::vec(path(), 1..8)) {
+            let t = tempfile::tempdir().unwrap();
+            let outside = tempfile::tempdir().unwrap();
+            let root = t.path().join("dest");
+            fs::create_dir(&root).unwrap();
+            std::os::unix::fs::symlink(outside.path(), root.join("link")).unwrap();
+            std::os::unix::fs::symlink(outside.path().join("f"), root.join("file")).unwrap();
+            let d = Dest::open(&root, false).unwrap();
+            for p in &paths {
+                if let Ok(sp) = SafePath::parse(p) {
+                    prop_assert!(!sp.as_bytes().starts_with(b"/"));
+                    prop_assert!(!sp.parts.iter().any(|c| c.is_empty() || c == b"." || c == b".." || c.contains(&0) || c.contains(&b'/')));
+                    let _ = d.write_file(&sp, b"data", false);
+                    let _ = d.create_dir_all(&sp);
+                }
+            }
+            prop_assert!(fs::read_dir(outside.path()).unwrap().next().is_none(), "wrote outside DEST");
+            // Nothing but DEST appeared next to it.
+            prop_assert_eq!(fs::read_dir(t.path()).unwrap().count(), 1);
+        }
+    }
+}

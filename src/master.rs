@@ -235,6 +235,7 @@ fn backup(
         last_report: Instant::now(),
         entries: Vec::with_capacity(plan.files.len() + 3),
         algorithm: common.algorithm,
+        sync: common.sync,
         pages: PageReport::default(),
     };
     run.copy_files(pg_control)?;
@@ -287,7 +288,8 @@ fn backup(
         let system_id = if caps.manifest_system_identifier() { Some(sql::system_identifier(&mut ctl)?) } else { None };
         entries.sort_by(|a, b| a.path.cmp(&b.path));
         let wal = [WalRange { timeline: tli, start, end: stop.lsn }];
-        dest.write_file(&SafePath::parse("backup_manifest")?, &manifest::render(system_id, &entries, &wal), false)?;
+        let manifest = manifest::render(system_id, &entries, &wal);
+        dest.write_file(&SafePath::parse("backup_manifest")?, &manifest, common.sync)?;
     }
     if common.sync {
         log::info!("syncing {}", common.dest.display());
@@ -420,6 +422,7 @@ struct Run<'a> {
     /// What the manifest will list.
     entries: Vec<FileEntry>,
     algorithm: Algorithm,
+    sync: bool,
     pages: PageReport,
 }
 
@@ -427,7 +430,11 @@ impl Run<'_> {
     /// Writes a file the master itself makes (backup_label, tablespace_map) and records it
     /// for the manifest.
     fn write_own_file(&mut self, dest: &Dest, name: &str, data: &[u8]) -> Result<(), Error> {
-        dest.write_file(&SafePath::parse(name)?, data, false)?;
+        // Atomically: temporary name, fsync, rename, fsync the directory.
+        dest.write_file(&SafePath::parse(name)?, data, self.sync)?;
+        if self.sync {
+            dest.sync_dir(None)?;
+        }
         let mut d = Digest::new(self.algorithm);
         d.update(data);
         let mtime =

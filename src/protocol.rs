@@ -325,3 +325,36 @@ mod tests {
         assert!(WalCommand::parse("stop\tzz").is_err());
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
+
+        #[test]
+        fn escape_round_trips_any_bytes(b in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let e = escape(&b);
+            prop_assert!(!e.contains(['\t', '\n', '\r', '\0']));
+            prop_assert_eq!(unescape(&e).unwrap(), b);
+        }
+
+        #[test]
+        fn request_parser_never_panics_and_round_trips(s in "\\PC{0,40}|[a-z/.\\\\\t\0x0-9]{0,40}") {
+            if let Ok(r) = Request::parse(&s) {
+                prop_assert!(!r.src.is_empty() && !r.dst.is_empty());
+                prop_assert!(!r.src.contains(&0) && !r.dst.contains(&0));
+                prop_assert_eq!(Request::parse(&r.to_line()).unwrap(), r);
+            }
+        }
+
+        #[test]
+        fn response_parser_never_panics(s in "(ok|badpage|vanished|error|fatal|done|hello)?[\t a-z0-9\\\\-]{0,40}") {
+            if let Ok(r) = Response::parse(&s) {
+                prop_assert_eq!(Response::parse(&r.to_string()).unwrap(), r);
+            }
+        }
+    }
+}

@@ -338,6 +338,7 @@ fn f08_the_network_path_cut_mid_transfer() {
             "tcp_user_timeout = 10000".into(),
         ],
         netns: Some((ns.name.clone(), "10.250.77.2".into())),
+        ..Default::default()
     });
     let hba = c.data.join("pg_hba.conf");
     let old = std::fs::read_to_string(&hba).unwrap();

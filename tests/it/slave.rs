@@ -98,3 +98,41 @@ fn slave_tab_form_writes_to_another_name() {
     assert!(out.contains("ok\t"), "{out}");
     assert_eq!(std::fs::read(dest.join("copies/version")).unwrap(), std::fs::read(c.data.join("PG_VERSION")).unwrap());
 }
+
+#[test]
+fn slave_survives_hostile_lines() {
+    let c = Cluster::new();
+    let dest = c.path("hostile");
+    let long = "a/".repeat(5000);
+    let mut input: Vec<u8> = Vec::new();
+    input.extend_from_slice(b"PG\0_VERSION\n"); // a raw NUL
+    input.extend_from_slice(b"PG\\x00_VERSION\n"); // an escaped NUL
+    input.extend_from_slice(long.as_bytes());
+    input.push(b'\n');
+    input.extend_from_slice(b"bad\\escape\n");
+    input.extend_from_slice(b"a\tb\tc\n");
+    input.extend_from_slice(b"../../../../tmp/evil\tPG_VERSION\n"); // unsafe source
+    input.extend_from_slice(b"PG_VERSION\t../../evil\n"); // unsafe target
+    input.extend_from_slice(b"PG_VERSION\n");
+    let mut child = pgbb()
+        .args(["--slave", "--stdin"])
+        .arg(c.dsn())
+        .arg(&dest)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(&input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 9, "{text}");
+    for (i, want) in ["NUL", "NUL", "longer than", "bad escape", "too many fields", "..", ".."].iter().enumerate() {
+        assert!(lines[i + 1].starts_with("error\t") && lines[i + 1].contains(want), "line {}: {text}", i + 1);
+    }
+    assert!(lines[8].starts_with("ok\t"), "{text}");
+    assert_eq!(walk(&dest), vec!["PG_VERSION".to_string()]);
+    assert!(!c.tmp.path().join("evil").exists() && !std::path::Path::new("/tmp/evil").exists());
+}
