@@ -129,7 +129,7 @@ fn password_never_appears_on_a_command_line() {
     let out = pgbb_run(&[&format!("{} user=pwuser password=wrong", c.dsn()), &d]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(stderr(&out).contains("password authentication failed"), "{}", stderr(&out));
-    let mut child = pgbb()
+    let child = pgbb()
         .args(["-j", "2", "-c", "fast", "--chunk-size", "8k", "--compress", "none"])
         .arg(format!("{} user=pwuser password=Sekr1t-pw", c.dsn()))
         .arg(&dest)
