@@ -45,6 +45,54 @@ fn quote(v: &str) -> String {
     s
 }
 
+/// Splits one password-file line into its five fields (`\\` escapes `:` and `\\`).
+fn passfile_fields(line: &str) -> Option<Vec<String>> {
+    let mut fields = vec![String::new()];
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => fields.last_mut()?.push(chars.next().unwrap_or('\\')),
+            ':' if fields.len() < 5 => fields.push(String::new()),
+            c => fields.last_mut()?.push(c),
+        }
+    }
+    (fields.len() == 5).then_some(fields)
+}
+
+/// The password for these settings from `PGPASSFILE` or `~/.pgpass`, as libpq finds it: the
+/// first line whose host, port, database and user match (`*` matches anything; a socket
+/// directory counts as `localhost`). A file readable by group or others is ignored, with a
+/// warning, as libpq does.
+pub fn passfile_password(config: &Config) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = match env("PGPASSFILE") {
+        Some(p) => std::path::PathBuf::from(p),
+        None => std::path::PathBuf::from(env("HOME")?).join(".pgpass"),
+    };
+    let meta = std::fs::metadata(&path).ok()?;
+    if !meta.is_file() {
+        return None;
+    }
+    if meta.permissions().mode() & 0o077 != 0 {
+        log::warn!(
+            "password file \"{}\" has group or world access; permissions should be u=rw (0600) or less",
+            path.display()
+        );
+        return None;
+    }
+    let text = std::fs::read_to_string(&path).ok()?;
+    let host = match config.get_hosts().first() {
+        Some(Host::Tcp(h)) => h.clone(),
+        _ => "localhost".to_string(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432).to_string();
+    let want = [host.as_str(), port.as_str(), config.get_dbname().unwrap_or(""), config.get_user().unwrap_or("")];
+    text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()).find_map(|l| {
+        let f = passfile_fields(l)?;
+        f.iter().zip(want).all(|(have, want)| have == "*" || have == want).then(|| f[4].clone())
+    })
+}
+
 impl ConnInfo {
     /// Parses a key=value or URI connection string; unset parts come from PGHOST, PGPORT,
     /// PGUSER, PGDATABASE, PGPASSWORD and PGCONNECT_TIMEOUT, then libpq's defaults.
@@ -83,6 +131,8 @@ impl ConnInfo {
         }
         if config.get_password().is_none() {
             if let Some(p) = env(PASSWORD_ENV) {
+                config.password(p);
+            } else if let Some(p) = passfile_password(&config) {
                 config.password(p);
             }
         }
@@ -248,6 +298,25 @@ mod tests {
         assert!(!uri.child_dsn().contains("pw"));
         assert_eq!(uri.password().as_deref(), Some("pw"));
         assert!(ConnInfo::from_dsn("host='unterminated").is_err());
+    }
+
+    #[test]
+    fn password_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("pass");
+        std::fs::write(&f, "# comment\nother:*:*:*:no\nlocalhost:5433:*:bob:pa\\:ss\n*:*:*:*:fallback\n").unwrap();
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::env::set_var("PGPASSFILE", &f);
+        let mut c = Config::from_str("host=/tmp port=5433 user=bob dbname=x").unwrap();
+        assert_eq!(passfile_password(&c).as_deref(), Some("pa:ss"));
+        c.user("alice");
+        assert_eq!(passfile_password(&c).as_deref(), Some("fallback"));
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(passfile_password(&c), None, "a world-readable file is ignored");
+        std::env::remove_var("PGPASSFILE");
+        assert_eq!(passfile_fields("a:b:c:d:e\\\\f").unwrap()[4], "e\\f");
+        assert!(passfile_fields("a:b:c").is_none());
     }
 
     #[test]

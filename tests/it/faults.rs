@@ -381,3 +381,20 @@ fn f08_the_network_path_cut_mid_transfer() {
     }
     c.stop();
 }
+
+#[test]
+fn unreachable_host_times_out_with_a_clear_error() {
+    if !is_root() {
+        eprintln!("SKIPPED unreachable_host_times_out_with_a_clear_error: network namespaces need root");
+        return;
+    }
+    let ns = NetNs::new(78);
+    ns.link(false);
+    let dest = std::env::temp_dir().join(format!("pgbb-unreachable-{}", std::process::id()));
+    let t = Instant::now();
+    let out = pgbb_run(&["host=10.250.78.2 port=5432 user=postgres connect_timeout=3", dest.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("could not connect to host \"10.250.78.2\""), "{}", stderr(&out));
+    assert!(t.elapsed() < Duration::from_secs(15), "took {:?}", t.elapsed());
+    assert!(!dest.exists());
+}

@@ -465,6 +465,11 @@ pub fn verify_restore(backup: &Path, expect: &Expect) -> Cluster {
     verifybackup(backup, &[]);
     let mode = fs::metadata(backup).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o700, "DEST mode");
+    for f in ["PG_VERSION", "global/pg_control", "backup_label"] {
+        let m = fs::metadata(backup.join(f)).unwrap();
+        assert_eq!(m.permissions().mode() & 0o777, 0o600, "{f} mode");
+        assert_eq!(std::os::unix::fs::MetadataExt::uid(&m), nix::unistd::getuid().as_raw(), "{f} owner");
+    }
     // The copy runs in its own temp dir (socket, log); the data stays where pgbb wrote it.
     let tmp = tempfile::Builder::new().prefix("pgbb-restore-").tempdir().unwrap();
     fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();

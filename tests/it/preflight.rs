@@ -17,6 +17,15 @@ fn bad_dsn_and_unreachable_server() {
     let out = pgbb_run(&[&format!("host={} port=1 user=postgres", c.sock.display()), dest.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(stderr(&out).contains("could not connect"), "{}", stderr(&out));
+    // TCP: nothing listens on this port of the loopback.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let out = pgbb_run(&[&format!("host=127.0.0.1 port={free} user=postgres"), dest.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("could not connect") && stderr(&out).to_lowercase().contains("refused"),
+        "{}",
+        stderr(&out)
+    );
     let out = pgbb_run(&[&format!("{} dbname=nosuchdb", c.dsn()), dest.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(stderr(&out).contains("nosuchdb"), "{}", stderr(&out));
@@ -158,6 +167,25 @@ fn password_never_appears_on_a_command_line() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("SQL: "), "-d shows the SQL");
     assert!(!stderr(&out).contains("Sekr1t") && !stdout(&out).contains("Sekr1t"), "password in the output");
+    // From a password file (PGPASSFILE, mode 0600) too.
+    let pass = c.path("pgpass");
+    std::fs::write(&pass, "localhost:*:*:pwuser:Sekr1t-pw\n").unwrap();
+    std::fs::set_permissions(&pass, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let dest3 = c.path("pw-file");
+    let mut child = pgbb()
+        .env("PGPASSFILE", &pass)
+        .args(["-j", "2", "-c", "fast", "--chunk-size", "8k", "--compress", "none"])
+        .arg(format!("{} user=pwuser", c.dsn()))
+        .arg(&dest3)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let d3 = dest3.to_str().unwrap();
+    let w = wait_for_proc(&["--stdin", d3], Duration::from_secs(30)).expect("no worker");
+    let cmd = String::from_utf8_lossy(&std::fs::read(format!("/proc/{w}/cmdline")).unwrap()).into_owned();
+    assert!(!cmd.contains("Sekr1t"), "{cmd}");
+    assert!(child.wait().unwrap().success());
     // From PGPASSWORD alone it works as well, and stays out of argv.
     let out = pgbb()
         .env("PGPASSWORD", "Sekr1t-pw")
