@@ -44,6 +44,7 @@ fn kill_worker(no_clean: bool) {
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(t.elapsed() < Duration::from_secs(10));
     assert!(err.contains("worker 1 died unexpectedly (killed by SIGKILL)"), "{err}");
+    assert_eq!(err.matches("pgbb: error:").count(), 1, "one message: {err}");
     assert!(!stdout(&out).contains("backup complete"));
     assert_no_pgbb_process(&d);
     c.assert_no_pgbb_left();
