@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # Installs what pgbb's demo and tests need, if it is missing: PostgreSQL 15 server and client
-# tools (initdb, pg_ctl, pgbench, pg_verifybackup, amcheck) and PL/Python for compressed
-# chunks. Debian/Ubuntu packages; needs root (or sudo) only when something is missing.
+# tools (initdb, pg_ctl, pgbench, pg_verifybackup, amcheck), PL/Python for compressed chunks,
+# OpenSSL (headers for the TLS crate, the CLI for test certificates), iproute2 (network
+# namespaces in the fault tests). Debian/Ubuntu packages; needs root (or sudo) only when something is missing.
 set -euo pipefail
 BIN=/usr/lib/postgresql/15/bin
 need=()
 [ -x "$BIN/initdb" ] && [ -x "$BIN/pgbench" ] || need+=(postgresql-15 postgresql-client-15)
 [ -f /usr/lib/postgresql/15/lib/plpython3.so ] || need+=(postgresql-plpython3-15)
 command -v runuser >/dev/null || need+=(util-linux)
+command -v openssl >/dev/null || need+=(openssl)
+[ -f /usr/include/openssl/ssl.h ] || need+=(libssl-dev)
+command -v pkg-config >/dev/null || need+=(pkg-config)
+command -v ip >/dev/null || need+=(iproute2)
 if [ ${#need[@]} -gt 0 ]; then
   echo "deps: installing ${need[*]}" >&2
   SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo

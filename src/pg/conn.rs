@@ -1,14 +1,16 @@
 //! Connection settings the libpq way (DSN plus PG* environment) and a session wrapper that
 //! logs every SQL statement at debug level.
 
-use std::str::FromStr;
 use std::time::Duration;
 
 use postgres::config::Host;
 use postgres::types::ToSql;
 use postgres::{Client, Config, NoTls, Row, RowIter};
 
-use super::{describe, PgError};
+use openssl::ssl::{SslConnector, SslFiletype, SslMethod, SslVerifyMode};
+use postgres_openssl::MakeTlsConnector;
+
+use super::{conninfo, describe, PgError};
 
 /// Environment variable through which the master hands the password to its children,
 /// so that it never appears on a command line.
@@ -18,6 +20,80 @@ pub const PASSWORD_ENV: &str = "PGPASSWORD";
 #[derive(Clone)]
 pub struct ConnInfo {
     config: Config,
+    /// Every setting as libpq keywords, resolved, without the password.
+    params: conninfo::Params,
+    tls: TlsSettings,
+}
+
+/// libpq's `sslmode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SslMode {
+    Disable,
+    Allow,
+    #[default]
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl std::str::FromStr for SslMode {
+    type Err = ();
+    fn from_str(s: &str) -> Result<SslMode, ()> {
+        Ok(match s {
+            "disable" => SslMode::Disable,
+            "allow" => SslMode::Allow,
+            "prefer" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            _ => return Err(()),
+        })
+    }
+}
+
+/// TLS settings from `sslmode`, `sslrootcert`, `sslcert`, `sslkey`.
+#[derive(Debug, Clone, Default)]
+pub struct TlsSettings {
+    pub mode: SslMode,
+    pub root_cert: Option<std::path::PathBuf>,
+    pub cert: Option<std::path::PathBuf>,
+    pub key: Option<std::path::PathBuf>,
+}
+
+impl TlsSettings {
+    /// The OpenSSL connector for these settings: certificate checks for verify-ca (chain) and
+    /// verify-full (chain and host name); none for require/prefer, as libpq.
+    fn connector(&self) -> Result<MakeTlsConnector, String> {
+        let mut b = SslConnector::builder(SslMethod::tls_client()).map_err(|e| e.to_string())?;
+        let verify = matches!(self.mode, SslMode::VerifyCa | SslMode::VerifyFull);
+        if verify {
+            let root = match &self.root_cert {
+                Some(r) => r.clone(),
+                None => std::path::PathBuf::from(env("HOME").unwrap_or_default()).join(".postgresql/root.crt"),
+            };
+            b.set_ca_file(&root)
+                .map_err(|e| format!("could not read root certificate file \"{}\": {e}", root.display()))?;
+            b.set_verify(SslVerifyMode::PEER);
+        } else {
+            b.set_verify(SslVerifyMode::NONE);
+        }
+        if let Some(cert) = &self.cert {
+            b.set_certificate_chain_file(cert)
+                .map_err(|e| format!("could not read certificate \"{}\": {e}", cert.display()))?;
+        }
+        if let Some(key) = &self.key {
+            b.set_private_key_file(key, SslFiletype::PEM)
+                .map_err(|e| format!("could not read private key \"{}\": {e}", key.display()))?;
+        }
+        let mut c = MakeTlsConnector::new(b.build());
+        let full = self.mode == SslMode::VerifyFull;
+        c.set_callback(move |config, _| {
+            config.set_verify_hostname(full);
+            Ok(())
+        });
+        Ok(c)
+    }
 }
 
 fn env(name: &str) -> Option<String> {
@@ -94,40 +170,89 @@ pub fn passfile_password(config: &Config) -> Option<String> {
 }
 
 impl ConnInfo {
-    /// Parses a key=value or URI connection string; unset parts come from PGHOST, PGPORT,
-    /// PGUSER, PGDATABASE, PGPASSWORD and PGCONNECT_TIMEOUT, then libpq's defaults.
+    /// Parses a key=value or URI connection string; unset parts come from the environment
+    /// (PGHOST, PGHOSTADDR, PGPORT, PGUSER, PGDATABASE, PGPASSWORD, PGPASSFILE, PGOPTIONS,
+    /// PGSSLMODE, PGSSLROOTCERT, PGSSLCERT, PGSSLKEY, PGCONNECT_TIMEOUT), then libpq's defaults.
     pub fn from_dsn(dsn: &str) -> Result<ConnInfo, PgError> {
-        let mut config = if dsn.trim().is_empty() {
-            Config::new()
-        } else {
-            Config::from_str(dsn).map_err(|e| PgError::BadDsn(describe(&e)))?
-        };
-        if config.get_hosts().is_empty() {
-            match env("PGHOST") {
-                Some(h) => {
-                    for h in h.split(',') {
-                        config.host(h);
-                    }
-                }
-                None => {
-                    let sock = ["/var/run/postgresql", "/tmp"].into_iter().find(|d| std::path::Path::new(d).is_dir());
-                    config.host(sock.unwrap_or("localhost"));
+        let mut params = conninfo::parse(dsn).map_err(PgError::BadDsn)?;
+        for (key, var) in [
+            ("host", "PGHOST"),
+            ("hostaddr", "PGHOSTADDR"),
+            ("port", "PGPORT"),
+            ("user", "PGUSER"),
+            ("dbname", "PGDATABASE"),
+            ("options", "PGOPTIONS"),
+            ("sslmode", "PGSSLMODE"),
+            ("sslrootcert", "PGSSLROOTCERT"),
+            ("sslcert", "PGSSLCERT"),
+            ("sslkey", "PGSSLKEY"),
+            ("connect_timeout", "PGCONNECT_TIMEOUT"),
+            ("application_name", "PGAPPNAME"),
+        ] {
+            if !params.contains_key(key) {
+                if let Some(v) = env(var) {
+                    params.insert(key.into(), v);
                 }
             }
         }
-        if config.get_ports().is_empty() {
-            let port = match env("PGPORT") {
-                Some(p) => p.parse::<u16>().map_err(|_| PgError::BadDsn(format!("invalid PGPORT {p:?}")))?,
-                None => 5432,
-            };
-            config.port(port);
+        if !params.contains_key("host") && !params.contains_key("hostaddr") {
+            let sock = ["/var/run/postgresql", "/tmp"].into_iter().find(|d| std::path::Path::new(d).is_dir());
+            params.insert("host".into(), sock.unwrap_or("localhost").into());
         }
-        if config.get_user().is_none() {
-            config.user(&env("PGUSER").unwrap_or_else(os_user));
-        }
-        if config.get_dbname().is_none() {
-            let db = env("PGDATABASE").unwrap_or_else(|| config.get_user().unwrap_or("postgres").to_string());
-            config.dbname(&db);
+        params.entry("port".into()).or_insert_with(|| "5432".into());
+        let user = params.get("user").cloned().unwrap_or_else(os_user);
+        params.insert("user".into(), user.clone());
+        params.entry("dbname".into()).or_insert(user);
+        params.entry("connect_timeout".into()).or_insert_with(|| "10".into());
+        params.entry("sslmode".into()).or_insert_with(|| "prefer".into());
+
+        let bad = |k: &str, v: &str| PgError::BadDsn(format!("invalid value for \"{k}\": \"{v}\""));
+        let mut config = Config::new();
+        let mut tls = TlsSettings::default();
+        for (k, v) in &params {
+            match k.as_str() {
+                "host" => {
+                    for h in v.split(',') {
+                        config.host(h);
+                    }
+                }
+                "hostaddr" => {
+                    for a in v.split(',') {
+                        config.hostaddr(a.parse().map_err(|_| bad(k, a))?);
+                    }
+                }
+                "port" => {
+                    for p in v.split(',') {
+                        config.port(if p.is_empty() { 5432 } else { p.parse().map_err(|_| bad(k, p))? });
+                    }
+                }
+                "user" => {
+                    config.user(v);
+                }
+                "password" => {
+                    config.password(v);
+                }
+                "dbname" => {
+                    config.dbname(v);
+                }
+                "options" => {
+                    config.options(v);
+                }
+                "connect_timeout" => {
+                    let secs: u64 = v.parse().map_err(|_| bad(k, v))?;
+                    config.connect_timeout(Duration::from_secs(secs.max(2)));
+                }
+                "sslmode" => tls.mode = v.parse().map_err(|_| bad(k, v))?,
+                "sslrootcert" => tls.root_cert = Some(v.into()),
+                "sslcert" => tls.cert = Some(v.into()),
+                "sslkey" => tls.key = Some(v.into()),
+                // pgbb names its sessions itself (pgbb, pgbb worker N, ...).
+                "application_name" | "fallback_application_name" => {}
+                // Handled by pgbb itself (keepalives are always on, see below).
+                "keepalives" | "keepalives_idle" | "keepalives_interval" | "keepalives_count" | "tcp_user_timeout" => {}
+                "target_session_attrs" | "channel_binding" | "load_balance_hosts" | "sslnegotiation" => {}
+                other => return Err(PgError::BadDsn(format!("invalid connection option \"{other}\""))),
+            }
         }
         if config.get_password().is_none() {
             if let Some(p) = env(PASSWORD_ENV) {
@@ -136,13 +261,11 @@ impl ConnInfo {
                 config.password(p);
             }
         }
-        if config.get_connect_timeout().is_none() {
-            let secs = match env("PGCONNECT_TIMEOUT") {
-                Some(t) => t.parse::<u64>().map_err(|_| PgError::BadDsn(format!("invalid PGCONNECT_TIMEOUT {t:?}")))?,
-                None => 10,
-            };
-            config.connect_timeout(Duration::from_secs(secs.max(2)));
-        }
+        config.ssl_mode(match tls.mode {
+            SslMode::Disable => postgres::config::SslMode::Disable,
+            SslMode::Allow | SslMode::Prefer => postgres::config::SslMode::Prefer,
+            _ => postgres::config::SslMode::Require,
+        });
         // A dead peer must turn into an error, not a hang.
         config.keepalives(true);
         config.keepalives_idle(Duration::from_secs(10));
@@ -150,7 +273,8 @@ impl ConnInfo {
         config.keepalives_retries(3);
         // Unacknowledged data for 30 s (a request sent into a dead network) is an error too.
         config.tcp_user_timeout(Duration::from_secs(30));
-        Ok(ConnInfo { config })
+        params.remove("password");
+        Ok(ConnInfo { config, params, tls })
     }
 
     /// The password, if any (handed to children through the environment).
@@ -160,32 +284,12 @@ impl ConnInfo {
 
     /// A key=value connection string with everything but the password, for a child's argv.
     pub fn child_dsn(&self) -> String {
-        let mut parts = Vec::new();
-        let hosts: Vec<String> = self
-            .config
-            .get_hosts()
-            .iter()
-            .map(|h| match h {
-                Host::Tcp(s) => s.clone(),
-                Host::Unix(p) => p.to_string_lossy().into_owned(),
-            })
-            .collect();
-        parts.push(format!("host={}", quote(&hosts.join(","))));
-        let ports: Vec<String> = self.config.get_ports().iter().map(u16::to_string).collect();
-        parts.push(format!("port={}", quote(&ports.join(","))));
-        if let Some(u) = self.config.get_user() {
-            parts.push(format!("user={}", quote(u)));
-        }
-        if let Some(d) = self.config.get_dbname() {
-            parts.push(format!("dbname={}", quote(d)));
-        }
-        if let Some(o) = self.config.get_options() {
-            parts.push(format!("options={}", quote(o)));
-        }
-        if let Some(t) = self.config.get_connect_timeout() {
-            parts.push(format!("connect_timeout={}", t.as_secs()));
-        }
-        parts.join(" ")
+        self.params.iter().map(|(k, v)| format!("{k}={}", quote(v))).collect::<Vec<_>>().join(" ")
+    }
+
+    /// The resolved settings (no password), e.g. for `primary_conninfo`.
+    pub fn params(&self) -> &conninfo::Params {
+        &self.params
     }
 
     /// Where we connect, for messages (never the password).
@@ -217,8 +321,13 @@ impl ConnInfo {
         let mut config = self.config.clone();
         config.application_name(app);
         log::debug!("connecting to {} as {app:?}", self.target());
-        let client =
-            config.connect(NoTls).map_err(|e| PgError::Connect { target: self.target(), message: describe(&e) })?;
+        let connected = if self.tls.mode == SslMode::Disable {
+            config.connect(NoTls)
+        } else {
+            let tls = self.tls.connector().map_err(|message| PgError::Connect { target: self.target(), message })?;
+            config.connect(tls)
+        };
+        let client = connected.map_err(|e| PgError::Connect { target: self.target(), message: describe(&e) })?;
         let mut s = Session { client, app: app.to_string() };
         s.execute(super::sql::SESSION_SETUP, &[], "could not configure the session")?;
         Ok(s)
@@ -308,7 +417,7 @@ mod tests {
         std::fs::write(&f, "# comment\nother:*:*:*:no\nlocalhost:5433:*:bob:pa\\:ss\n*:*:*:*:fallback\n").unwrap();
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
         std::env::set_var("PGPASSFILE", &f);
-        let mut c = Config::from_str("host=/tmp port=5433 user=bob dbname=x").unwrap();
+        let mut c = <Config as std::str::FromStr>::from_str("host=/tmp port=5433 user=bob dbname=x").unwrap();
         assert_eq!(passfile_password(&c).as_deref(), Some("pa:ss"));
         c.user("alice");
         assert_eq!(passfile_password(&c).as_deref(), Some("fallback"));

@@ -2,6 +2,7 @@
 
 pub mod caps;
 pub mod conn;
+pub mod conninfo;
 pub mod sql;
 
 pub use caps::Caps;

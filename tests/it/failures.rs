@@ -129,6 +129,8 @@ fn clean_ends_a_leftover_backup() {
         .spawn()
         .unwrap();
     wait_for_proc(&["--stdin", &o], Duration::from_secs(30)).expect("no worker");
+    c.wait_for_session("pgbb worker 1");
+    c.wait_for_session("pgbb wal");
     let frozen = procs_with(&o);
     for p in &frozen {
         kill(Pid::from_raw(*p), Signal::SIGSTOP).unwrap();

@@ -160,6 +160,8 @@ fn f07_the_server_stopped_mid_backup() {
     c.pgbench_init(10);
     let (child, dest) = start_slow(&c, "f07", &[]);
     workers_running(&dest);
+    c.wait_for_session("pgbb worker 1");
+    c.wait_for_session("pgbb worker 2");
     c.stop();
     let out = child.wait_with_output().unwrap();
     let err = stderr(&out);

@@ -109,6 +109,7 @@ pub struct Cluster {
     running: bool,
     netns: Option<(String, String)>,
     bin: PathBuf,
+    listen: String,
 }
 
 pub struct ClusterOpts {
@@ -119,11 +120,13 @@ pub struct ClusterOpts {
     pub netns: Option<(String, String)>,
     /// Server binaries other than [`bin_dir`] (another major version).
     pub bin: Option<PathBuf>,
+    /// Also listen on this TCP address (besides the unix socket).
+    pub listen: Option<String>,
 }
 
 impl Default for ClusterOpts {
     fn default() -> Self {
-        ClusterOpts { checksums: true, conf: Vec::new(), netns: None, bin: None }
+        ClusterOpts { checksums: true, conf: Vec::new(), netns: None, bin: None, listen: None }
     }
 }
 
@@ -156,7 +159,16 @@ impl Cluster {
         }
         let mut f = fs::OpenOptions::new().append(true).open(data.join("postgresql.conf")).unwrap();
         std::io::Write::write_all(&mut f, conf.as_bytes()).unwrap();
-        let mut c = Cluster { tmp, data, sock, port: free_port(), running: false, netns: opts.netns.clone(), bin };
+        let mut c = Cluster {
+            tmp,
+            data,
+            sock,
+            port: free_port(),
+            running: false,
+            netns: opts.netns.clone(),
+            bin,
+            listen: opts.listen.clone().unwrap_or_default(),
+        };
         c.start();
         c
     }
@@ -165,7 +177,7 @@ impl Cluster {
     /// socket settings.
     pub fn start(&mut self) {
         let log = self.tmp.path().join(format!("log-{}", self.port));
-        let listen = self.netns.as_ref().map_or(String::new(), |(_, a)| a.clone());
+        let listen = self.netns.as_ref().map_or(self.listen.clone(), |(_, a)| a.clone());
         let opts = format!("-p {} -k {} -c listen_addresses='{listen}'", self.port, self.sock.display());
         let mut cmd = match &self.netns {
             Some((ns, _)) => {
@@ -266,6 +278,23 @@ impl Cluster {
             .query_one("SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'pgbb%'", &[])
             .unwrap()
             .get(0)
+    }
+
+    /// Waits until a session named `app` is connected.
+    pub fn wait_for_session(&self, app: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut cl = self.client();
+        loop {
+            let n: i64 = cl
+                .query_one("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", &[&app])
+                .unwrap()
+                .get(0);
+            if n > 0 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no session {app:?} appeared");
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// Waits until the server has no pgbb session and no pgbb slot left.
@@ -485,6 +514,7 @@ pub fn verify_restore(backup: &Path, expect: &Expect) -> Cluster {
         running: false,
         netns: None,
         bin: bin_dir(),
+        listen: String::new(),
     };
     c.start();
     let log = c.log();

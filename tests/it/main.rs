@@ -9,4 +9,5 @@ mod faults;
 mod integrity;
 mod preflight;
 mod slave;
+mod tls;
 mod wal_loop;

@@ -308,3 +308,22 @@ fn group_access_is_kept() {
     assert_eq!(std::fs::metadata(dest.join("PG_VERSION")).unwrap().permissions().mode() & 0o777, 0o640);
     assert_eq!(std::fs::metadata(dest.join("global/pg_control")).unwrap().permissions().mode() & 0o777, 0o640);
 }
+
+#[test]
+fn every_session_is_named_in_pg_stat_activity() {
+    let c = Cluster::new();
+    c.pgbench_init(10);
+    let dest = c.path("named");
+    let mut child = pgbb()
+        .args(["-j", "2", "-c", "fast", "--chunk-size", "8k", "--compress", "none"])
+        .arg(c.dsn())
+        .arg(&dest)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    for app in ["pgbb", "pgbb slot", "pgbb wal", "pgbb worker 1", "pgbb worker 2"] {
+        c.wait_for_session(app);
+    }
+    assert!(child.wait().unwrap().success());
+}
