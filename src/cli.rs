@@ -109,6 +109,17 @@ pub struct Args {
     /// Do not create a temporary replication slot to hold the WAL the backup needs
     #[arg(long = "no-slot")]
     pub no_slot: bool,
+    /// Use this (permanent) replication slot to hold WAL, instead of a temporary one; with -R
+    /// it becomes primary_slot_name; with -x it is advanced as segments are copied
+    #[arg(long = "slot", value_name = "NAME")]
+    pub slot: Option<String>,
+    /// Create the slot named by --slot (dropped again if the backup fails)
+    #[arg(short = 'C', long = "create-slot")]
+    pub create_slot: bool,
+    /// Make the copy a standby of the source: standby.signal and primary_conninfo (and
+    /// primary_slot_name with --slot) in postgresql.auto.conf
+    #[arg(short = 'R', long = "write-recovery-conf")]
+    pub write_recovery_conf: bool,
     /// Checksum of each file in backup_manifest: NONE, CRC32C, SHA224, SHA256, SHA384, SHA512
     #[arg(long = "manifest-checksums", default_value = "CRC32C")]
     pub manifest_checksums: String,
@@ -166,6 +177,10 @@ pub struct MasterOpts {
     pub slot: bool,
     pub manifest: bool,
     pub verify_checksums: bool,
+    /// `--slot NAME`, and whether to create it (`-C`).
+    pub named_slot: Option<String>,
+    pub create_slot: bool,
+    pub write_recovery_conf: bool,
 }
 
 pub enum Mode {
@@ -251,6 +266,17 @@ impl Config {
         }
         let compress = parse_compress(&a.compress).map_err(Error::Usage)?;
         let algorithm: Algorithm = a.manifest_checksums.parse().map_err(Error::Usage)?;
+        if let Some(name) = &a.slot {
+            if name.is_empty() || name.len() > 63 || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+                return Err(Error::Usage(format!("invalid slot name {name:?}: use a-z, 0-9 and _, at most 63 characters")));
+            }
+            if a.no_slot {
+                return Err(Error::Usage("--slot and --no-slot contradict each other".into()));
+            }
+        }
+        if a.create_slot && a.slot.is_none() {
+            return Err(Error::Usage("-C/--create-slot needs --slot NAME".into()));
+        }
         let verify_lsn = match a.verify_lsn.as_deref() {
             Some(l) => Some(l.parse().map_err(|e: crate::lsn::LsnParseError| Error::Usage(e.to_string()))?),
             None => None,
@@ -311,6 +337,9 @@ impl Config {
                     slot: !a.no_slot,
                     manifest: !a.no_manifest,
                     verify_checksums: !a.no_verify_checksums,
+                    named_slot: a.slot.clone(),
+                    create_slot: a.create_slot,
+                    write_recovery_conf: a.write_recovery_conf,
                 })
             }
         };

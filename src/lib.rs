@@ -15,6 +15,7 @@ pub mod master;
 pub mod pg;
 pub mod pool;
 pub mod protocol;
+pub mod recovery;
 pub mod signals;
 pub mod transfer;
 pub mod wal;

@@ -18,6 +18,7 @@ use crate::manifest::{self, FileEntry, WalRange};
 use crate::pg::caps::Support;
 use crate::pg::{sql, PgError, Session};
 use crate::pool::{describe_status, Event, Pool};
+use crate::recovery;
 use crate::protocol::{show, Request, Response, WalCommand, PROTOCOL_VERSION};
 use crate::signals::{self, Interrupt};
 use crate::transfer::Method;
@@ -164,17 +165,40 @@ fn backup(
     interrupt.set_last_words(guard.emergency_cleanup());
     let dest = Dest::open(&common.dest, info.group_access)?;
 
-    // The slot first, on a session that runs nothing else: a temporary slot is dropped on
-    // any error in its session.
-    let slot_name = format!("pgbb_{}", std::process::id());
+    // A slot to hold the WAL the backup needs, before the backup starts. A named slot is
+    // the user's (created with -C, then dropped again if the backup fails); otherwise a
+    // temporary one, on a session that runs nothing else: a temporary slot is dropped on any
+    // error in its session.
+    let mut slot_name = format!("pgbb_{}", std::process::id());
     let mut slot_session: Option<Session> = None;
-    if opts.slot {
+    let mut created_slot = CreatedSlot { conn: common.conn.clone(), name: None };
+    let mut slot_held = false;
+    if let Some(name) = &opts.named_slot {
+        slot_name = name.clone();
+        if opts.create_slot {
+            sql::create_permanent_slot(&mut ctl, name)?;
+            created_slot.name = Some(name.clone());
+            log::info!("created replication slot {name}");
+        } else {
+            match sql::slot_wal_status(&mut ctl, name)? {
+                None => {
+                    return Err(PgError::Unsupported(format!("replication slot \"{name}\" does not exist (create it with -C)")).into())
+                }
+                Some(s) if s == "lost" => {
+                    return Err(PgError::Unsupported(format!("replication slot \"{name}\" has been invalidated")).into())
+                }
+                Some(_) => {}
+            }
+        }
+        slot_held = true;
+    } else if opts.slot {
         let mut ss = common.conn.connect("pgbb slot")?;
         sql::session_setup_for(&mut ss, caps)?;
         match sql::create_temp_slot(&mut ss, &slot_name) {
             Ok(_) => {
                 log::info!("temporary replication slot {slot_name} holds the WAL of the backup");
                 slot_session = Some(ss);
+                slot_held = true;
             }
             Err(e) if matches!(e.code(), Some("42501") | Some("55000")) => {
                 log::warn!("no replication slot ({e}); WAL the backup needs is not protected from removal. Give the role REPLICATION (ALTER ROLE ... REPLICATION) and set max_replication_slots > 0, or use --no-slot to silence this");
@@ -270,16 +294,23 @@ fn backup(
 
     // Self-check: the slot, the WAL range, and every file at the size it was written. The
     // slot first: when it was invalidated, that is the cause of any WAL gap.
-    if let Some(ss) = slot_session.as_ref() {
+    if slot_held {
         // An invalidated temporary slot may be gone altogether: the server terminates the
         // session holding it.
         let status = sql::slot_wal_status(&mut ctl, &slot_name)?;
-        if ss.is_closed() || status.is_none() || status.as_deref() == Some("lost") {
+        let closed = slot_session.as_ref().is_some_and(|s| s.is_closed());
+        if closed || status.is_none() || status.as_deref() == Some("lost") {
             return Err(Error::SlotLost(slot_name));
         }
     }
     check_wal_range(&dest, geo, tli, start, stop.lsn, &wal_missing)?;
     check_files(&dest, &entries)?;
+    if opts.write_recovery_conf {
+        let conninfo = recovery::primary_conninfo(common.conn.params(), common.conn.password().as_deref());
+        let slot = opts.named_slot.as_deref();
+        write_recovery_conf(&dest, &mut entries, &conninfo, slot, common.algorithm, common.sync)?;
+        log::info!("wrote standby.signal and primary_conninfo{}", if slot.is_some() { " and primary_slot_name" } else { "" });
+    }
     for seg in geo.segno(start)..=geo.end_segno(stop.lsn) {
         let done = format!("pg_wal/archive_status/{}.done", geo.file_name(tli, seg));
         dest.write_file(&SafePath::parse(&done)?, b"", false)?;
@@ -301,6 +332,7 @@ fn backup(
         dest.sync_dir(Some(&SafePath::parse("global")?))?;
     }
     guard.disarm();
+    created_slot.name = None;
     drop(slot_session);
     pages.print_totals();
     Ok(Summary {
@@ -316,6 +348,54 @@ fn backup(
         bad_pages: pages.total,
         manifest: opts.manifest,
     })
+}
+
+/// A slot made with `-C`: dropped again when the backup fails (a failed backup has no
+/// standby to feed).
+struct CreatedSlot {
+    conn: crate::pg::ConnInfo,
+    name: Option<String>,
+}
+
+impl Drop for CreatedSlot {
+    fn drop(&mut self) {
+        if let Some(name) = self.name.take() {
+            match self.conn.connect("pgbb cleanup").and_then(|mut s| sql::drop_slot(&mut s, &name)) {
+                Ok(()) => log::info!("dropped replication slot {name}, created for the failed backup"),
+                Err(e) => log::error!("could not drop replication slot {name}: {e}; drop it with pg_drop_replication_slot('{name}')"),
+            }
+        }
+    }
+}
+
+/// `-R`: appends primary_conninfo (and primary_slot_name) to postgresql.auto.conf and writes
+/// standby.signal, keeping the manifest entries true.
+fn write_recovery_conf(
+    dest: &Dest,
+    entries: &mut Vec<FileEntry>,
+    conninfo: &str,
+    slot: Option<&str>,
+    algorithm: Algorithm,
+    sync: bool,
+) -> Result<(), Error> {
+    let auto = SafePath::parse("postgresql.auto.conf")?;
+    let mut text = std::fs::read(dest.root().join("postgresql.auto.conf")).unwrap_or_default();
+    if !text.is_empty() && !text.ends_with(b"\n") {
+        text.push(b'\n');
+    }
+    text.extend_from_slice(recovery::auto_conf_lines(conninfo, slot).as_bytes());
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |t| t.as_secs() as i64);
+    for (path, data) in [(auto, text), (SafePath::parse("standby.signal")?, Vec::new())] {
+        dest.write_file(&path, &data, sync)?;
+        let mut d = Digest::new(algorithm);
+        d.update(&data);
+        let entry = FileEntry { path: path.as_bytes(), size: data.len() as u64, mtime: now, algorithm, checksum: d.finish() };
+        match entries.iter_mut().find(|e| e.path == entry.path) {
+            Some(e) => *e = entry,
+            None => entries.push(entry),
+        }
+    }
+    Ok(())
 }
 
 /// Every file written is in DEST at the size recorded for the manifest (pg_control still

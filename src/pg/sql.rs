@@ -142,6 +142,28 @@ pub fn create_temp_slot(s: &mut Session, name: &str) -> Result<Lsn, PgError> {
     Ok(lsn.and_then(|l| l.parse().ok()).unwrap_or(Lsn(0)))
 }
 
+/// Creates a permanent physical slot that reserves WAL at once (`-C`).
+pub fn create_permanent_slot(s: &mut Session, name: &str) -> Result<(), PgError> {
+    s.execute(
+        "SELECT pg_create_physical_replication_slot($1, true, false)",
+        &[&name],
+        &format!("could not create replication slot \"{name}\""),
+    )
+}
+
+pub fn drop_slot(s: &mut Session, name: &str) -> Result<(), PgError> {
+    s.execute("SELECT pg_drop_replication_slot($1)", &[&name], &format!("could not drop replication slot \"{name}\""))
+}
+
+/// Moves a physical slot's restart point forward (the WAL loop, once segments are copied).
+pub fn advance_slot(s: &mut Session, name: &str, to: Lsn) -> Result<(), PgError> {
+    s.execute(
+        "SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)",
+        &[&name, &to.to_string()],
+        &format!("could not advance replication slot \"{name}\""),
+    )
+}
+
 /// `wal_status` of a slot (`reserved`, `extended`, `unreserved`, `lost`), `None` if it is gone.
 pub fn slot_wal_status(s: &mut Session, name: &str) -> Result<Option<String>, PgError> {
     let rows = s.query(

@@ -447,6 +447,30 @@ pub fn verifybackup_result(backup: &Path) -> (bool, String) {
     (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
 
+/// Starts PostgreSQL on a copy (in its own temp dir for socket and log; the data stays where
+/// pgbb wrote it), without checking anything.
+pub fn start_copy(backup: &Path) -> Cluster {
+    // The copy runs in its own temp dir (socket, log); the data stays where pgbb wrote it.
+    let tmp = tempfile::Builder::new().prefix("pgbb-restore-").tempdir().unwrap();
+    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let sock = tmp.path().join("sock");
+    fs::create_dir(&sock).unwrap();
+    chown_pg(tmp.path());
+    chown_pg(backup);
+    let mut c = Cluster {
+        tmp,
+        data: backup.to_path_buf(),
+        sock,
+        port: free_port(),
+        running: false,
+        netns: None,
+        bin: bin_dir(),
+        listen: String::new(),
+    };
+    c.start();
+    c
+}
+
 /// What `verify_restore` checks beyond "it starts".
 pub struct Expect {
     pub pgbench: bool,
@@ -499,24 +523,7 @@ pub fn verify_restore(backup: &Path, expect: &Expect) -> Cluster {
         assert_eq!(m.permissions().mode() & 0o777, 0o600, "{f} mode");
         assert_eq!(std::os::unix::fs::MetadataExt::uid(&m), nix::unistd::getuid().as_raw(), "{f} owner");
     }
-    // The copy runs in its own temp dir (socket, log); the data stays where pgbb wrote it.
-    let tmp = tempfile::Builder::new().prefix("pgbb-restore-").tempdir().unwrap();
-    fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    let sock = tmp.path().join("sock");
-    fs::create_dir(&sock).unwrap();
-    chown_pg(tmp.path());
-    chown_pg(backup);
-    let mut c = Cluster {
-        tmp,
-        data: backup.to_path_buf(),
-        sock,
-        port: free_port(),
-        running: false,
-        netns: None,
-        bin: bin_dir(),
-        listen: String::new(),
-    };
-    c.start();
+    let c = start_copy(backup);
     let log = c.log();
     assert!(
         log.contains("consistent recovery state reached") || log.contains("redo done"),

@@ -9,5 +9,6 @@ mod faults;
 mod integrity;
 mod preflight;
 mod slave;
+mod standby;
 mod tls;
 mod wal_loop;
