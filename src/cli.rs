@@ -200,6 +200,7 @@ pub enum Mode {
         compress: Compress,
     },
     WalStandalone {
+        slot: Option<String>,
         delay: Duration,
         compress: Compress,
     },
@@ -267,8 +268,13 @@ impl Config {
         let compress = parse_compress(&a.compress).map_err(Error::Usage)?;
         let algorithm: Algorithm = a.manifest_checksums.parse().map_err(Error::Usage)?;
         if let Some(name) = &a.slot {
-            if name.is_empty() || name.len() > 63 || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
-                return Err(Error::Usage(format!("invalid slot name {name:?}: use a-z, 0-9 and _, at most 63 characters")));
+            if name.is_empty()
+                || name.len() > 63
+                || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            {
+                return Err(Error::Usage(format!(
+                    "invalid slot name {name:?}: use a-z, 0-9 and _, at most 63 characters"
+                )));
             }
             if a.no_slot {
                 return Err(Error::Usage("--slot and --no-slot contradict each other".into()));
@@ -312,7 +318,7 @@ impl Config {
                 let timeline = a.timeline.ok_or_else(|| Error::Usage("the WAL child needs --timeline".into()))?;
                 Mode::WalChild { start, timeline, delay: delay(a.delay)?, compress }
             }
-            (false, false, true) => Mode::WalStandalone { delay: delay(a.delay)?, compress },
+            (false, false, true) => Mode::WalStandalone { delay: delay(a.delay)?, compress, slot: a.slot.clone() },
             (true, true, true) => return Err(Error::Usage("--stdin and -x are different roles; use one".into())),
             (true, false, false) => {
                 return Err(Error::Usage("--slave needs --stdin (a worker) or -x (the WAL child)".into()))

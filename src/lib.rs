@@ -89,7 +89,9 @@ pub fn run(argv: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
         Mode::WalChild { start, timeline, delay, compress } => {
             wal::run_child(&cfg.common, *start, *timeline, *delay, *compress).map(|()| exit::OK)
         }
-        Mode::WalStandalone { delay, compress } => wal::run_standalone(&cfg.common, *delay, *compress).map(|()| exit::OK),
+        Mode::WalStandalone { delay, compress, slot } => {
+            wal::run_standalone(&cfg.common, *delay, *compress, slot.as_deref()).map(|()| exit::OK)
+        }
     });
     match result {
         Ok(code) => code,

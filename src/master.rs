@@ -18,8 +18,8 @@ use crate::manifest::{self, FileEntry, WalRange};
 use crate::pg::caps::Support;
 use crate::pg::{sql, PgError, Session};
 use crate::pool::{describe_status, Event, Pool};
-use crate::recovery;
 use crate::protocol::{show, Request, Response, WalCommand, PROTOCOL_VERSION};
+use crate::recovery;
 use crate::signals::{self, Interrupt};
 use crate::transfer::Method;
 
@@ -182,7 +182,10 @@ fn backup(
         } else {
             match sql::slot_wal_status(&mut ctl, name)? {
                 None => {
-                    return Err(PgError::Unsupported(format!("replication slot \"{name}\" does not exist (create it with -C)")).into())
+                    return Err(PgError::Unsupported(format!(
+                        "replication slot \"{name}\" does not exist (create it with -C)"
+                    ))
+                    .into())
                 }
                 Some(s) if s == "lost" => {
                     return Err(PgError::Unsupported(format!("replication slot \"{name}\" has been invalidated")).into())
@@ -309,7 +312,10 @@ fn backup(
         let conninfo = recovery::primary_conninfo(common.conn.params(), common.conn.password().as_deref());
         let slot = opts.named_slot.as_deref();
         write_recovery_conf(&dest, &mut entries, &conninfo, slot, common.algorithm, common.sync)?;
-        log::info!("wrote standby.signal and primary_conninfo{}", if slot.is_some() { " and primary_slot_name" } else { "" });
+        log::info!(
+            "wrote standby.signal and primary_conninfo{}",
+            if slot.is_some() { " and primary_slot_name" } else { "" }
+        );
     }
     for seg in geo.segno(start)..=geo.end_segno(stop.lsn) {
         let done = format!("pg_wal/archive_status/{}.done", geo.file_name(tli, seg));
@@ -362,7 +368,9 @@ impl Drop for CreatedSlot {
         if let Some(name) = self.name.take() {
             match self.conn.connect("pgbb cleanup").and_then(|mut s| sql::drop_slot(&mut s, &name)) {
                 Ok(()) => log::info!("dropped replication slot {name}, created for the failed backup"),
-                Err(e) => log::error!("could not drop replication slot {name}: {e}; drop it with pg_drop_replication_slot('{name}')"),
+                Err(e) => log::error!(
+                    "could not drop replication slot {name}: {e}; drop it with pg_drop_replication_slot('{name}')"
+                ),
             }
         }
     }
@@ -389,7 +397,8 @@ fn write_recovery_conf(
         dest.write_file(&path, &data, sync)?;
         let mut d = Digest::new(algorithm);
         d.update(&data);
-        let entry = FileEntry { path: path.as_bytes(), size: data.len() as u64, mtime: now, algorithm, checksum: d.finish() };
+        let entry =
+            FileEntry { path: path.as_bytes(), size: data.len() as u64, mtime: now, algorithm, checksum: d.finish() };
         match entries.iter_mut().find(|e| e.path == entry.path) {
             Some(e) => *e = entry,
             None => entries.push(entry),

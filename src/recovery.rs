@@ -6,7 +6,8 @@ use crate::pg::conninfo::Params;
 
 /// Keywords of the DSN that make sense for a replication connection (no dbname, no
 /// options pgbb sets for itself).
-const KEPT: &[&str] = &["user", "host", "hostaddr", "port", "sslmode", "sslrootcert", "sslcert", "sslkey", "connect_timeout"];
+const KEPT: &[&str] =
+    &["user", "host", "hostaddr", "port", "sslmode", "sslrootcert", "sslcert", "sslkey", "connect_timeout"];
 
 /// A conninfo value, quoted when needed, as libpq reads it.
 fn conninfo_value(v: &str) -> String {
@@ -27,10 +28,8 @@ fn conninfo_value(v: &str) -> String {
 /// `primary_conninfo` from the connection pgbb used; the password is included when one was
 /// used, as pg_basebackup does (keep the copy's postgresql.auto.conf private).
 pub fn primary_conninfo(params: &Params, password: Option<&str>) -> String {
-    let mut parts: Vec<String> = KEPT
-        .iter()
-        .filter_map(|k| params.get(*k).map(|v| format!("{k}={}", conninfo_value(v))))
-        .collect();
+    let mut parts: Vec<String> =
+        KEPT.iter().filter_map(|k| params.get(*k).map(|v| format!("{k}={}", conninfo_value(v)))).collect();
     if let Some(p) = password {
         parts.insert(1, format!("password={}", conninfo_value(p)));
     }
@@ -58,7 +57,9 @@ mod tests {
     #[test]
     fn conninfo_and_escaping() {
         let mut p = Params::new();
-        for (k, v) in [("host", "/tmp/a b"), ("port", "5432"), ("user", "o'neil"), ("dbname", "x"), ("sslmode", "prefer")] {
+        for (k, v) in
+            [("host", "/tmp/a b"), ("port", "5432"), ("user", "o'neil"), ("dbname", "x"), ("sslmode", "prefer")]
+        {
             p.insert(k.into(), v.into());
         }
         let c = primary_conninfo(&p, Some("pa ss"));

@@ -200,8 +200,26 @@ pub fn run_child(common: &Common, start: Lsn, tli: u32, delay: Duration, compres
     r
 }
 
+/// True when DEST/pg_wal/NAME is really segment `segno`: full size, and its first page
+/// header names that position. A standby recycles old segments under future names; such a
+/// file has the right name and size but old contents, and must be copied over.
+fn genuine_segment(dest: &Dest, name: &str, segno: u64, geo: WalGeometry) -> bool {
+    use std::io::Read;
+    let Ok(mut f) = std::fs::File::open(dest.root().join("pg_wal").join(name)) else { return false };
+    if f.metadata().map(|m| m.len()).unwrap_or(0) != geo.seg_size {
+        return false;
+    }
+    let mut h = [0u8; 16];
+    if f.read_exact(&mut h).is_err() {
+        return false;
+    }
+    let magic = u16::from_ne_bytes([h[0], h[1]]);
+    let addr = u64::from_ne_bytes([h[8], h[9], h[10], h[11], h[12], h[13], h[14], h[15]]);
+    magic != 0 && addr == segno * geo.seg_size
+}
+
 /// Where a standalone loop starts: the backup's start segment if DEST holds a backup_label,
-/// else after the newest complete segment already in DEST/pg_wal, else (None) the current one.
+/// else after the newest genuine segment already in DEST/pg_wal, else (None) the current one.
 fn standalone_floor(dest: &Dest, geo: WalGeometry) -> Option<u64> {
     if let Ok(label) = std::fs::read_to_string(dest.root().join("backup_label")) {
         let start = label
@@ -215,15 +233,18 @@ fn standalone_floor(dest: &Dest, geo: WalGeometry) -> Option<u64> {
     }
     let dir = std::fs::read_dir(dest.root().join("pg_wal")).ok()?;
     dir.filter_map(|e| e.ok())
-        .filter(|e| e.metadata().map(|m| m.len() == geo.seg_size).unwrap_or(false))
-        .filter_map(|e| geo.parse_file_name(&e.file_name().to_string_lossy()).map(|(_, s)| s + 1))
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let (_, seg) = geo.parse_file_name(&name)?;
+            genuine_segment(dest, &name, seg, geo).then_some(seg + 1)
+        })
         .max()
 }
 
 /// `pgbb -x DSN DEST`: copies complete segments, keeps the one being written as
 /// `NAME.partial` (renamed when complete), until SIGINT/SIGTERM. A restart resumes after
 /// what DEST already holds.
-pub fn run_standalone(common: &Common, delay: Duration, compress: Compress) -> Result<(), Error> {
+pub fn run_standalone(common: &Common, delay: Duration, compress: Compress, slot: Option<&str>) -> Result<(), Error> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP] {
         signal_hook::flag::register(sig, stop.clone())
@@ -235,6 +256,7 @@ pub fn run_standalone(common: &Common, delay: Duration, compress: Compress) -> R
     let mut floor = standalone_floor(&c.dest, c.geo);
     let mut have: HashSet<String> = HashSet::new();
     let mut partial: Option<(String, Lsn)> = None;
+    let mut advanced = Lsn(0);
     let mut quiet = |r: Response| -> Result<(), Error> {
         log::info!("{r}");
         Ok(())
@@ -260,7 +282,7 @@ pub fn run_standalone(common: &Common, delay: Duration, compress: Compress) -> R
             if t != tli || seg < floor_seg || !c.geo.is_complete(seg, written) || have.contains(name) {
                 continue;
             }
-            if c.dest.file_size(&wal_path(name)?)? == Some(c.geo.seg_size) {
+            if genuine_segment(&c.dest, name, seg, c.geo) {
                 have.insert(name.clone());
                 continue;
             }
@@ -284,6 +306,28 @@ pub fn run_standalone(common: &Common, delay: Duration, compress: Compress) -> R
                 if let Outcome::Copied(_) = c.copy(&name, &format!("{name}.partial"))? {
                     partial = Some((name, written));
                 }
+            }
+        }
+        // With --slot, let the server recycle what is safely here: everything before the
+        // first segment still missing.
+        if let Some(slot) = slot {
+            let mut upto = floor_seg;
+            while upto < cur && have.contains(&c.geo.file_name(tli, upto)) {
+                upto += 1;
+            }
+            let target = Lsn(upto * c.geo.seg_size);
+            if target > advanced {
+                match sql::slot_restart_lsn(&mut c.s, slot)? {
+                    None => {
+                        return Err(PgError::Unsupported(format!("replication slot \"{slot}\" does not exist")).into())
+                    }
+                    Some(r) if r < target => {
+                        sql::advance_slot(&mut c.s, slot, target)?;
+                        log::info!("advanced slot {slot} to {target}");
+                    }
+                    Some(_) => {}
+                }
+                advanced = target;
             }
         }
         let until = Instant::now() + delay;

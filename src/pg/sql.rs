@@ -164,6 +164,16 @@ pub fn advance_slot(s: &mut Session, name: &str, to: Lsn) -> Result<(), PgError>
     )
 }
 
+/// The restart position of a slot (`None` if there is no such slot, or it reserves nothing).
+pub fn slot_restart_lsn(s: &mut Session, name: &str) -> Result<Option<Lsn>, PgError> {
+    let rows = s.query(
+        "SELECT restart_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+        &[&name],
+        "could not read the replication slot",
+    )?;
+    Ok(rows.first().and_then(|r| r.get::<_, Option<String>>(0)).and_then(|l| l.parse().ok()))
+}
+
 /// `wal_status` of a slot (`reserved`, `extended`, `unreserved`, `lost`), `None` if it is gone.
 pub fn slot_wal_status(s: &mut Session, name: &str) -> Result<Option<String>, PgError> {
     let rows = s.query(

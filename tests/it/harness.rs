@@ -383,7 +383,7 @@ pub fn procs_with(needle: &str) -> Vec<i32> {
         };
         let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
         // Zombies have an empty cmdline; only live processes count.
-        if cmd.contains(needle) && cmd.contains(pgbb_bin()) {
+        if cmd.contains(needle) && cmd.starts_with(pgbb_bin()) {
             v.push(pid);
         }
     }
@@ -415,7 +415,7 @@ pub fn wait_for_proc(needles: &[&str], timeout: Duration) -> Option<i32> {
                 continue;
             };
             let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            if cmd.contains(pgbb_bin()) && needles.iter().all(|n| cmd.contains(n)) {
+            if cmd.starts_with(pgbb_bin()) && needles.iter().all(|n| cmd.contains(n)) {
                 return Some(pid);
             }
         }
