@@ -132,6 +132,12 @@ pub struct Args {
     /// Worker: verify data pages, skipping those changed at or after this LSN
     #[arg(long = "verify-lsn", hide = true)]
     pub verify_lsn: Option<String>,
+    /// Show progress: a live display on a terminal, else a line every 5 seconds
+    #[arg(short = 'P', long = "progress")]
+    pub progress: bool,
+    /// Worker: print `progress` lines while copying
+    #[arg(long = "report-progress", hide = true)]
+    pub report_progress: bool,
     #[arg(long = "worker-id", hide = true)]
     pub worker_id: Option<usize>,
     #[arg(long = "start-lsn", hide = true)]
@@ -156,6 +162,8 @@ pub struct Common {
     pub algorithm: Algorithm,
     /// Page verification (workers): the backup's start LSN.
     pub verify_lsn: Option<Lsn>,
+    /// Workers print `progress` lines (the master shows -P).
+    pub report_progress: bool,
 }
 
 /// How compression was asked for.
@@ -181,6 +189,7 @@ pub struct MasterOpts {
     pub named_slot: Option<String>,
     pub create_slot: bool,
     pub write_recovery_conf: bool,
+    pub progress: bool,
 }
 
 pub enum Mode {
@@ -304,6 +313,7 @@ impl Config {
             group_access: a.group_access,
             algorithm,
             verify_lsn,
+            report_progress: a.report_progress || (a.progress && !a.slave),
         };
         let mode = match (a.slave, a.stdin, a.pg_xlog) {
             _ if a.check => Mode::Check { jobs: a.jobs },
@@ -346,6 +356,7 @@ impl Config {
                     named_slot: a.slot.clone(),
                     create_slot: a.create_slot,
                     write_recovery_conf: a.write_recovery_conf,
+                    progress: a.progress,
                 })
             }
         };
@@ -387,6 +398,9 @@ impl Common {
             vec!["--slave".into(), "--stdin".into(), "--worker-id".into(), id.to_string().into()];
         if let Some(l) = self.verify_lsn {
             v.extend(["--verify-lsn".into(), l.to_string().into()]);
+        }
+        if self.report_progress {
+            v.push("--report-progress".into());
         }
         v.extend(self.shared_args(method, self.algorithm));
         v.extend(self.positional());

@@ -14,6 +14,7 @@ pub mod manifest;
 pub mod master;
 pub mod pg;
 pub mod pool;
+pub mod progress;
 pub mod protocol;
 pub mod recovery;
 pub mod signals;
@@ -60,8 +61,16 @@ pub fn run(argv: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
         Mode::Master(opts) => {
             let s = master::run(&cfg.common, opts)?;
             let dest = cfg.common.dest.display();
+            let compression = match s.method {
+                transfer::Method::Zlib(_) if s.wire > 0 => format!(
+                    ", compressed {:.1}:1 ({} over the network)",
+                    s.bytes as f64 / s.wire as f64,
+                    human(s.wire)
+                ),
+                _ => String::new(),
+            };
             println!(
-                "pgbb: backup complete: {} files, {} in {:.1} s ({}/s), WAL {} to {} on timeline {} ({} segments), chunks {}",
+                "pgbb: backup complete: {} files, {} in {:.1} s ({}/s), WAL {} to {} on timeline {} ({} segments){compression}",
                 s.files,
                 human(s.bytes),
                 s.elapsed.as_secs_f64(),
@@ -70,7 +79,6 @@ pub fn run(argv: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
                 s.stop,
                 s.timeline,
                 s.wal_files,
-                s.method
             );
             if s.manifest {
                 println!("pgbb: verify it with: pg_verifybackup {dest}");

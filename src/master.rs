@@ -18,6 +18,7 @@ use crate::manifest::{self, FileEntry, WalRange};
 use crate::pg::caps::Support;
 use crate::pg::{sql, PgError, Session};
 use crate::pool::{describe_status, Event, Pool};
+use crate::progress::Progress;
 use crate::protocol::{show, Request, Response, WalCommand, PROTOCOL_VERSION};
 use crate::recovery;
 use crate::signals::{self, Interrupt};
@@ -42,6 +43,8 @@ pub struct Summary {
     /// Data pages whose checksum failed twice (the backup is kept; exit status 6).
     pub bad_pages: u64,
     pub manifest: bool,
+    /// Bytes that came over the network for the data files (`bytes` when uncompressed).
+    pub wire: u64,
 }
 
 struct WorkerState {
@@ -264,8 +267,12 @@ fn backup(
         algorithm: common.algorithm,
         sync: common.sync,
         pages: PageReport::default(),
+        progress: Progress::new(opts.progress, plan.total_bytes(), plan.files.len() as u64 + 1, opts.jobs),
+        wire: 0,
     };
+    run.progress.refresh(None);
     run.copy_files(pg_control)?;
+    run.progress.finish();
     run.finish_workers()?;
 
     // Every data file and pg_control are in place: stop the backup.
@@ -288,7 +295,7 @@ fn backup(
     }
     run.pool.send(run.wal, &WalCommand::Stop(stop.lsn).to_line())?;
     run.finish_wal()?;
-    let (files, bytes, vanished, wal_files) = (run.files, run.bytes, run.vanished, run.wal_files);
+    let (files, bytes, vanished, wal_files, wire) = (run.files, run.bytes, run.vanished, run.wal_files, run.wire);
     let wal_missing = std::mem::take(&mut run.wal_missing);
     let mut entries = std::mem::take(&mut run.entries);
     let pages = std::mem::take(&mut run.pages);
@@ -353,6 +360,7 @@ fn backup(
         method,
         bad_pages: pages.total,
         manifest: opts.manifest,
+        wire,
     })
 }
 
@@ -513,6 +521,9 @@ struct Run<'a> {
     algorithm: Algorithm,
     sync: bool,
     pages: PageReport,
+    progress: Progress,
+    /// Bytes that came over the network for data files.
+    wire: u64,
 }
 
 impl Run<'_> {
@@ -550,6 +561,9 @@ impl Run<'_> {
                 };
                 let idx = self.workers[w].idx;
                 self.pool.send(idx, &Request { src: job.path.clone(), dst: job.path.clone() }.to_line())?;
+                if self.workers[w].inflight.is_empty() {
+                    self.progress.started(w, &show(&job.path));
+                }
                 self.workers[w].inflight.push_back(job.path);
             }
         }
@@ -583,7 +597,11 @@ impl Run<'_> {
                 *self.sig = Some(s);
                 return Err(Error::Interrupted(s));
             }
-            default(Duration::from_secs(1)) => { self.report(); return Ok(()); }
+            default(Duration::from_secs(1)) => {
+                self.report();
+                self.progress.refresh(Some(self.wal_files));
+                return Ok(());
+            }
         };
         self.report();
         match ev {
@@ -626,11 +644,18 @@ impl Run<'_> {
                     None => self.wal_ready = true,
                 }
             }
-            Response::Ok { size, path, checksum, mtime } => match w {
+            Response::Progress { bytes } => {
+                if let Some(w) = w {
+                    self.progress.advanced(w, bytes);
+                }
+            }
+            Response::Ok { size, path, checksum, mtime, wire } => match w {
                 Some(w) => {
                     self.complete(w, role, &path)?;
+                    self.progress.finished(w, size);
                     self.files += 1;
                     self.bytes += size;
+                    self.wire += wire;
                     self.entries.push(FileEntry { path, size, mtime, algorithm: self.algorithm, checksum });
                 }
                 None => {
@@ -641,6 +666,7 @@ impl Run<'_> {
             Response::Vanished { path } => match w {
                 Some(w) => {
                     self.complete(w, role, &path)?;
+                    self.progress.finished(w, 0);
                     self.vanished += 1;
                     log::info!("{} was removed during the backup (normal)", show(&path));
                 }
@@ -673,6 +699,10 @@ impl Run<'_> {
         match self.workers[w].inflight.front() {
             Some(p) if p == path => {
                 self.workers[w].inflight.pop_front();
+                if let Some(next) = self.workers[w].inflight.front() {
+                    let next = show(next);
+                    self.progress.started(w, &next);
+                }
                 Ok(())
             }
             _ => Err(Error::ChildFailed {

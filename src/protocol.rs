@@ -6,9 +6,10 @@
 //!
 //! ```text
 //! hello   pgbb  2  0.1.0  worker        greeting, first line a child prints
-//! ok      8192  base/1/1259  8a744722  1764077306
+//! ok      8192  base/1/1259  8a744722  1764077306  2048
 //!                                       file written: size, manifest checksum (- if none),
-//!                                       server mtime (Unix seconds)
+//!                                       server mtime (Unix seconds), bytes over the network
+//! progress  1048576                     bytes of the current file so far (when asked)
 //! badpage base/1/16384  7  442A  449B   page 7 failed its checksum twice (before the ok)
 //! vanished      base/1/t3_99            file gone on the server (a normal result)
 //! error   ../x  unsafe path: ...        this file could not be copied
@@ -157,13 +158,41 @@ impl Request {
 /// One result line from a child.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Response {
-    Hello { protocol: u32, version: String, role: String },
-    Ok { size: u64, path: Vec<u8>, checksum: Option<String>, mtime: i64 },
-    BadPage { path: Vec<u8>, block: u32, calculated: u16, expected: u16 },
-    Vanished { path: Vec<u8> },
-    Error { path: Vec<u8>, message: String },
-    Fatal { message: String },
-    Done { count: u64 },
+    Hello {
+        protocol: u32,
+        version: String,
+        role: String,
+    },
+    Ok {
+        size: u64,
+        path: Vec<u8>,
+        checksum: Option<String>,
+        mtime: i64,
+        wire: u64,
+    },
+    BadPage {
+        path: Vec<u8>,
+        block: u32,
+        calculated: u16,
+        expected: u16,
+    },
+    Vanished {
+        path: Vec<u8>,
+    },
+    /// Bytes of the current file written so far (workers asked for progress, every 250 ms).
+    Progress {
+        bytes: u64,
+    },
+    Error {
+        path: Vec<u8>,
+        message: String,
+    },
+    Fatal {
+        message: String,
+    },
+    Done {
+        count: u64,
+    },
 }
 
 impl fmt::Display for Response {
@@ -173,9 +202,10 @@ impl fmt::Display for Response {
             Response::Hello { protocol, version, role } => {
                 write!(f, "hello\tpgbb\t{protocol}\t{}\t{}", escape(version.as_bytes()), escape(role.as_bytes()))
             }
-            Response::Ok { size, path, checksum, mtime } => {
-                write!(f, "ok\t{size}\t{}\t{}\t{mtime}", escape(path), checksum.as_deref().unwrap_or("-"))
+            Response::Ok { size, path, checksum, mtime, wire } => {
+                write!(f, "ok\t{size}\t{}\t{}\t{mtime}\t{wire}", escape(path), checksum.as_deref().unwrap_or("-"))
             }
+            Response::Progress { bytes } => write!(f, "progress\t{bytes}"),
             Response::BadPage { path, block, calculated, expected } => {
                 write!(f, "badpage\t{}\t{block}\t{calculated:04X}\t{expected:04X}", escape(path))
             }
@@ -201,7 +231,8 @@ impl Response {
                 version: unescape_text(version)?,
                 role: unescape_text(role)?,
             },
-            ["ok", size, path, sum, mtime] => Response::Ok {
+            ["progress", bytes] => Response::Progress { bytes: num(bytes)? },
+            ["ok", size, path, sum, mtime, wire] => Response::Ok {
                 size: num(size)?,
                 path: unescape(path)?,
                 checksum: match *sum {
@@ -212,6 +243,7 @@ impl Response {
                     _ => return Err(unknown()),
                 },
                 mtime: mtime.parse().map_err(|_| unknown())?,
+                wire: num(wire)?,
             },
             ["badpage", path, block, calc, exp] => Response::BadPage {
                 path: unescape(path)?,
@@ -298,8 +330,10 @@ mod tests {
                 path: "base/1/1259".into(),
                 checksum: Some("8a744722".into()),
                 mtime: 1764077306,
+                wire: 4000,
             },
-            Response::Ok { size: 0, path: "x".into(), checksum: None, mtime: 0 },
+            Response::Ok { size: 0, path: "x".into(), checksum: None, mtime: 0, wire: 0 },
+            Response::Progress { bytes: 123 },
             Response::BadPage { path: "base/5/16384".into(), block: 7, calculated: 0x442A, expected: 0x449B },
             Response::Vanished { path: "base/1/t3_4".into() },
             Response::Error { path: "../x".into(), message: "unsafe\tpath".into() },
@@ -310,7 +344,7 @@ mod tests {
             assert_eq!(Response::parse(&format!("{r}\n")).unwrap(), r);
         }
         assert!(Response::parse("ok\tx\ty").is_err());
-        assert!(Response::parse("ok\t1\tp\tnothex\t0").is_err());
+        assert!(Response::parse("ok\t1\tp\tnothex\t0\t1").is_err());
         assert_eq!(
             Response::BadPage { path: "p".into(), block: 0, calculated: 0x42a, expected: 1 }.to_string(),
             "badpage\tp\t0\t042A\t0001"

@@ -3,7 +3,7 @@
 //! The bytes are checksummed for the manifest and, for relation files, page-verified as they
 //! pass.
 
-use std::io::Read;
+use std::io::{Read, Write};
 
 use postgres::fallible_iterator::FallibleIterator;
 
@@ -58,6 +58,8 @@ pub struct Copied {
     /// The server's modification time, seconds since the epoch.
     pub mtime: i64,
     pub bad_pages: Vec<BadPage>,
+    /// Bytes that came over the network for it (less than `size` when compressed).
+    pub wire: u64,
 }
 
 /// The result of one file.
@@ -119,6 +121,8 @@ pub struct Transfer {
     pub sync: bool,
     pub algorithm: Algorithm,
     pub verify: Option<PageVerify>,
+    /// Print `progress` lines while copying large files (the master asks with -P).
+    pub progress: bool,
 }
 
 fn pg_err(what: &str, e: postgres::Error) -> TransferError {
@@ -164,11 +168,16 @@ impl Pages {
     }
 }
 
-/// Where the bytes of one file go: DEST, the manifest checksum, the page verifier.
+/// Where the bytes of one file go: DEST, the manifest checksum, the page verifier; and how
+/// far it got, for progress lines.
 struct Sink {
     w: FileWriter,
     digest: Digest,
     pages: Option<Pages>,
+    /// Bytes received from the server (compressed or not).
+    wire: u64,
+    /// Print `progress` lines (every 250 ms) for the master's display.
+    progress: Option<std::time::Instant>,
 }
 
 impl Sink {
@@ -177,6 +186,13 @@ impl Sink {
         self.digest.update(data);
         if let Some(p) = self.pages.as_mut() {
             p.feed(data);
+        }
+        if let Some(last) = self.progress {
+            if last.elapsed() >= std::time::Duration::from_millis(250) {
+                self.progress = Some(std::time::Instant::now());
+                let line = crate::protocol::Response::Progress { bytes: self.w.written() };
+                let _ = writeln!(std::io::stdout().lock(), "{line}");
+            }
         }
         Ok(())
     }
@@ -216,7 +232,8 @@ impl Transfer {
                 suspects: Vec::new(),
             })
         });
-        Ok(Sink { w: dest.create_file(dst)?, digest: Digest::new(self.algorithm), pages })
+        let progress = self.progress.then(std::time::Instant::now);
+        Ok(Sink { w: dest.create_file(dst)?, digest: Digest::new(self.algorithm), pages, wire: 0, progress })
     }
 
     /// Copies server file `src` (relative to the data directory) to `dst` below DEST.
@@ -232,13 +249,13 @@ impl Transfer {
             Method::Zlib(level) => self.fetch_zlib(s, src, dest, dst, level)?,
         };
         let Some((sink, mtime)) = got else { return Ok(Outcome::Vanished) };
-        let Sink { w, digest, pages } = sink;
+        let Sink { w, digest, pages, wire, .. } = sink;
         let size = w.finish(self.sync)?;
         let bad_pages = match pages {
             Some(p) if !p.suspects.is_empty() => self.reread(s, src, &p)?,
             _ => Vec::new(),
         };
-        Ok(Outcome::Copied(Copied { size, checksum: digest.finish(), mtime, bad_pages }))
+        Ok(Outcome::Copied(Copied { size, checksum: digest.finish(), mtime, bad_pages, wire }))
     }
 
     /// Reads each suspect page again: a page being written while we read it can look torn
@@ -298,6 +315,7 @@ impl Transfer {
                 // Removed while we were reading it.
                 None => return Ok(None),
                 Some(d) => {
+                    sink.wire += d.len() as u64;
                     // A file that shrank gives short chunks: zero-fill up to the size listed,
                     // as core does; WAL replay repairs the contents.
                     let want = self.chunk.min(size - sink.written()) as usize;
@@ -348,6 +366,7 @@ impl Transfer {
                     continue;
                 }
             };
+            sink.wire += data.len() as u64;
             buf.clear();
             flate2::read::ZlibDecoder::new(data).take(self.chunk + 1).read_to_end(&mut buf).map_err(|e| {
                 TransferError::Data { path: path.clone(), message: format!("corrupt compressed chunk: {e}") }

@@ -84,6 +84,7 @@ fn ok_line(c: &Copied, name: &str) -> Response {
         path: format!("pg_wal/{name}").into_bytes(),
         checksum: c.checksum.clone(),
         mtime: c.mtime,
+        wire: c.wire,
     }
 }
 

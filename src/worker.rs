@@ -56,8 +56,14 @@ pub fn open_session(common: &Common, app: &str, compress: Compress) -> Result<(c
         }
         None => None,
     };
-    let mut t =
-        Transfer { method: Method::Plain, chunk: common.chunk, sync: common.sync, algorithm: common.algorithm, verify };
+    let mut t = Transfer {
+        method: Method::Plain,
+        chunk: common.chunk,
+        sync: common.sync,
+        algorithm: common.algorithm,
+        verify,
+        progress: common.report_progress,
+    };
     match compress {
         Compress::Fixed(m) => {
             t.method = m;
@@ -137,7 +143,7 @@ pub fn run(common: &Common, id: Option<usize>, compress: Compress) -> Result<(),
                         expected: b.expected,
                     })?;
                 }
-                say(Response::Ok { size: c.size, path: req.src, checksum: c.checksum, mtime: c.mtime })?
+                say(Response::Ok { size: c.size, path: req.src, checksum: c.checksum, mtime: c.mtime, wire: c.wire })?
             }
             Ok(Outcome::Vanished) => say(Response::Vanished { path: req.src })?,
             Err(e) if e.is_fatal() => {

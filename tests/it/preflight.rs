@@ -327,3 +327,28 @@ fn every_session_is_named_in_pg_stat_activity() {
     }
     assert!(child.wait().unwrap().success());
 }
+
+#[test]
+fn progress_without_a_terminal_prints_plain_lines() {
+    let c = Cluster::new();
+    c.pgbench_init(2);
+    let dest = c.path("progress");
+    let out = pgbb_run(&["-P", "-c", "fast", &c.dsn(), dest.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("pgbb: progress: ")).collect();
+    assert!(lines.len() >= 2, "a first and a last line at least: {err}");
+    assert!(lines[0].contains("(0%)") && lines[0].contains("files 0/"), "{err}");
+    let last = lines.last().unwrap();
+    assert!(last.contains("(100%)") && last.contains("ETA 0 s"), "{err}");
+    assert!(!err.contains('\r') && !err.contains("\x1b["), "no terminal control codes in a pipe: {err:?}");
+    // The summary.
+    let summary = stdout(&out);
+    assert!(
+        summary.contains("backup complete:")
+            && summary.contains(" files, ")
+            && summary.contains("MB/s")
+            && summary.contains("WAL 0/"),
+        "{summary}"
+    );
+}

@@ -1,0 +1,145 @@
+//! `-P/--progress`: a live display on a terminal (bytes, percent, rate, ETA, files, and what
+//! each worker is copying), or a plain line every few seconds when stderr is not a terminal.
+
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// Interval between two plain progress lines.
+const PLAIN_EVERY: Duration = Duration::from_secs(5);
+
+enum Display {
+    Off,
+    Plain { last: Instant },
+    Bars { _multi: MultiProgress, total: ProgressBar, workers: Vec<ProgressBar> },
+}
+
+pub struct Progress {
+    display: Display,
+    started: Instant,
+    total_bytes: u64,
+    total_files: u64,
+    /// Bytes of completed files, and of each worker's current file so far.
+    done: u64,
+    current: Vec<u64>,
+    files: u64,
+}
+
+fn mb(b: u64) -> String {
+    format!("{:.1} MB", b as f64 / 1_048_576.0)
+}
+
+impl Progress {
+    pub fn new(enabled: bool, total_bytes: u64, total_files: u64, workers: usize) -> Progress {
+        let display = if !enabled {
+            Display::Off
+        } else if std::io::stderr().is_terminal() {
+            let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+            let style = ProgressStyle::with_template(
+                "{bar:30.cyan/blue} {bytes}/{total_bytes} {percent:>3}% {binary_bytes_per_sec} ETA {eta} {msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar());
+            let total = multi.add(ProgressBar::new(total_bytes).with_style(style));
+            let wstyle = ProgressStyle::with_template("  {prefix}: {wide_msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner());
+            let workers = (1..=workers)
+                .map(|i| {
+                    multi.add(ProgressBar::new_spinner().with_style(wstyle.clone()).with_prefix(format!("worker {i}")))
+                })
+                .collect();
+            Display::Bars { _multi: multi, total, workers }
+        } else {
+            // The first refresh prints at once.
+            Display::Plain { last: Instant::now().checked_sub(PLAIN_EVERY).unwrap_or_else(Instant::now) }
+        };
+        Progress {
+            display,
+            started: Instant::now(),
+            total_bytes,
+            total_files,
+            done: 0,
+            current: vec![0; workers],
+            files: 0,
+        }
+    }
+
+    fn bytes(&self) -> u64 {
+        self.done + self.current.iter().sum::<u64>()
+    }
+
+    /// Worker `w` (0-based) started on `path`.
+    pub fn started(&mut self, w: usize, path: &str) {
+        if let Display::Bars { workers, .. } = &self.display {
+            workers[w].set_message(path.to_string());
+        }
+        self.current[w] = 0;
+    }
+
+    /// Worker `w` has written `bytes` of its current file.
+    pub fn advanced(&mut self, w: usize, bytes: u64) {
+        self.current[w] = bytes;
+        self.refresh(None);
+    }
+
+    /// Worker `w` finished a file of `size` bytes.
+    pub fn finished(&mut self, w: usize, size: u64) {
+        self.current[w] = 0;
+        self.done += size;
+        self.files += 1;
+        if let Display::Bars { workers, .. } = &self.display {
+            workers[w].set_message("");
+        }
+        self.refresh(None);
+    }
+
+    /// Redraws (terminal) or prints a line when it is time (plain); `wal` adds the number of
+    /// WAL segments copied.
+    pub fn refresh(&mut self, wal: Option<u64>) {
+        let bytes = self.bytes().min(self.total_bytes);
+        let elapsed = self.started.elapsed().as_secs_f64().max(0.001);
+        match &mut self.display {
+            Display::Off => {}
+            Display::Bars { total, .. } => {
+                total.set_position(bytes);
+                total.set_message(format!("files {}/{}", self.files, self.total_files));
+            }
+            Display::Plain { last } => {
+                if last.elapsed() >= PLAIN_EVERY {
+                    *last = Instant::now();
+                    let rate = bytes as f64 / elapsed;
+                    let pct = (bytes * 100).checked_div(self.total_bytes).unwrap_or(100);
+                    let eta = if rate > 0.0 { (self.total_bytes - bytes) as f64 / rate } else { 0.0 };
+                    eprintln!(
+                        "pgbb: progress: {} of {} ({pct}%), {}/s, ETA {:.0} s, files {}/{}{}",
+                        mb(bytes),
+                        mb(self.total_bytes),
+                        mb(rate as u64),
+                        eta,
+                        self.files,
+                        self.total_files,
+                        wal.map_or(String::new(), |w| format!(", WAL segments {w}"))
+                    );
+                }
+            }
+        }
+    }
+
+    /// Clears the display (terminal) or prints the last line (plain).
+    pub fn finish(&mut self) {
+        match &mut self.display {
+            Display::Bars { total, workers, .. } => {
+                for w in workers.iter() {
+                    w.finish_and_clear();
+                }
+                total.finish_and_clear();
+            }
+            Display::Plain { last } => {
+                *last = Instant::now().checked_sub(PLAIN_EVERY).unwrap_or_else(Instant::now);
+                self.refresh(None);
+            }
+            Display::Off => {}
+        }
+        self.display = Display::Off;
+    }
+}
