@@ -132,6 +132,13 @@ pub struct Args {
     /// Worker: verify data pages, skipping those changed at or after this LSN
     #[arg(long = "verify-lsn", hide = true)]
     pub verify_lsn: Option<String>,
+    /// Limit the transfer of the data directory to RATE bytes per second over all workers
+    /// (suffix k or M; 32k to 1024M), as pg_basebackup; WAL is not limited
+    #[arg(short = 'r', long = "max-rate", value_name = "RATE")]
+    pub max_rate: Option<String>,
+    /// Worker: its share of --max-rate, bytes per second
+    #[arg(long = "worker-rate", hide = true)]
+    pub worker_rate: Option<u64>,
     /// Show progress: a live display on a terminal, else a line every 5 seconds
     #[arg(short = 'P', long = "progress")]
     pub progress: bool,
@@ -164,6 +171,10 @@ pub struct Common {
     pub verify_lsn: Option<Lsn>,
     /// Workers print `progress` lines (the master shows -P).
     pub report_progress: bool,
+    /// Bytes per second: for the master all workers together, for a worker its share.
+    pub rate: Option<u64>,
+    /// Workers the master runs (to split `rate`).
+    pub jobs: usize,
 }
 
 /// How compression was asked for.
@@ -296,6 +307,17 @@ impl Config {
             Some(l) => Some(l.parse().map_err(|e: crate::lsn::LsnParseError| Error::Usage(e.to_string()))?),
             None => None,
         };
+        let rate = match (&a.max_rate, a.worker_rate) {
+            (Some(r), _) => {
+                let r = parse_size(r).map_err(Error::Usage)?;
+                if !(32 << 10..=1024 << 20).contains(&r) {
+                    return Err(Error::Usage("--max-rate must be between 32k and 1024M (bytes per second)".into()));
+                }
+                Some(r)
+            }
+            (None, Some(w)) => Some(w),
+            (None, None) => None,
+        };
         let conn = ConnInfo::from_dsn(&a.dsn)?;
         let dest = match (&a.dest, a.check) {
             (Some(_), true) => return Err(Error::Usage("--check takes no DEST".into())),
@@ -314,6 +336,8 @@ impl Config {
             algorithm,
             verify_lsn,
             report_progress: a.report_progress || (a.progress && !a.slave),
+            rate,
+            jobs: a.jobs.max(1),
         };
         let mode = match (a.slave, a.stdin, a.pg_xlog) {
             _ if a.check => Mode::Check { jobs: a.jobs },
@@ -388,6 +412,11 @@ impl Common {
         v
     }
 
+    /// Each worker's share of a global rate (set by the master to rate / jobs).
+    fn worker_share(&self, rate: u64) -> u64 {
+        (rate / self.jobs.max(1) as u64).max(1)
+    }
+
     fn positional(&self) -> Vec<OsString> {
         vec!["--".into(), self.conn.child_dsn().into(), self.dest.clone().into_os_string()]
     }
@@ -401,6 +430,9 @@ impl Common {
         }
         if self.report_progress {
             v.push("--report-progress".into());
+        }
+        if let Some(r) = self.rate {
+            v.extend(["--worker-rate".into(), self.worker_share(r).to_string().into()]);
         }
         v.extend(self.shared_args(method, self.algorithm));
         v.extend(self.positional());

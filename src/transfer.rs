@@ -113,6 +113,32 @@ impl Source {
     }
 }
 
+/// `--max-rate`: this worker's share of the limit, in bytes per second over the network.
+#[derive(Debug, Clone)]
+pub struct Throttle {
+    rate: u64,
+    start: std::cell::Cell<Option<std::time::Instant>>,
+    bytes: std::cell::Cell<u64>,
+}
+
+impl Throttle {
+    pub fn new(rate: u64) -> Throttle {
+        Throttle { rate: rate.max(1), start: std::cell::Cell::new(None), bytes: std::cell::Cell::new(0) }
+    }
+
+    /// Counts `n` bytes received and sleeps as long as the worker is ahead of its rate.
+    fn pace(&self, n: u64) {
+        let start = *self.start.get().get_or_insert_with(std::time::Instant::now);
+        self.start.set(Some(start));
+        let total = self.bytes.get() + n;
+        self.bytes.set(total);
+        let due = std::time::Duration::from_secs_f64(total as f64 / self.rate as f64);
+        if let Some(wait) = due.checked_sub(start.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    }
+}
+
 /// Copies files from one session into DEST.
 #[derive(Debug, Clone)]
 pub struct Transfer {
@@ -123,6 +149,7 @@ pub struct Transfer {
     pub verify: Option<PageVerify>,
     /// Print `progress` lines while copying large files (the master asks with -P).
     pub progress: bool,
+    pub throttle: Option<Throttle>,
 }
 
 fn pg_err(what: &str, e: postgres::Error) -> TransferError {
@@ -316,6 +343,9 @@ impl Transfer {
                 None => return Ok(None),
                 Some(d) => {
                     sink.wire += d.len() as u64;
+                    if let Some(t) = &self.throttle {
+                        t.pace(d.len() as u64);
+                    }
                     // A file that shrank gives short chunks: zero-fill up to the size listed,
                     // as core does; WAL replay repairs the contents.
                     let want = self.chunk.min(size - sink.written()) as usize;
@@ -367,6 +397,9 @@ impl Transfer {
                 }
             };
             sink.wire += data.len() as u64;
+            if let Some(t) = &self.throttle {
+                t.pace(data.len() as u64);
+            }
             buf.clear();
             flate2::read::ZlibDecoder::new(data).take(self.chunk + 1).read_to_end(&mut buf).map_err(|e| {
                 TransferError::Data { path: path.clone(), message: format!("corrupt compressed chunk: {e}") }

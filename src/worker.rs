@@ -8,7 +8,7 @@ use crate::dest::{Dest, SafePath};
 use crate::error::Error;
 use crate::pg::{sql, PgError};
 use crate::protocol::{Request, Response, MAX_LINE, PROTOCOL_VERSION};
-use crate::transfer::{Method, Outcome, PageVerify, Transfer};
+use crate::transfer::{Method, Outcome, PageVerify, Throttle, Transfer};
 
 /// Reads one line of at most `MAX_LINE` bytes; longer lines are consumed and reported.
 /// Returns `None` at end of input.
@@ -63,6 +63,7 @@ pub fn open_session(common: &Common, app: &str, compress: Compress) -> Result<(c
         algorithm: common.algorithm,
         verify,
         progress: common.report_progress,
+        throttle: common.rate.map(Throttle::new),
     };
     match compress {
         Compress::Fixed(m) => {

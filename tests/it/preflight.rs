@@ -352,3 +352,34 @@ fn progress_without_a_terminal_prints_plain_lines() {
         "{summary}"
     );
 }
+
+#[test]
+fn max_rate_limits_all_workers_together() {
+    let c = Cluster::new();
+    c.pgbench_init(1);
+    let size: i64 = c
+        .client()
+        .query_one("SELECT sum(pg_relation_size(oid))::bigint FROM pg_class WHERE relkind IN ('r','i','t','m')", &[])
+        .unwrap()
+        .get(0);
+    let dest = c.path("slow");
+    let t = std::time::Instant::now();
+    let out = pgbb_run(&[
+        "-j",
+        "2",
+        "--max-rate",
+        "4M",
+        "--compress",
+        "none",
+        "-c",
+        "fast",
+        &c.dsn(),
+        dest.to_str().unwrap(),
+    ]);
+    let took = t.elapsed().as_secs_f64();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let floor = size as f64 / (4u64 << 20) as f64;
+    assert!(took >= 0.8 * floor, "{size} bytes at 4 MB/s should take at least {floor:.1} s, took {took:.1} s");
+    let out = pgbb_run(&["--max-rate", "1k", &c.dsn(), c.path("x").to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+}
