@@ -19,6 +19,18 @@ const MAX_CHUNK: u64 = 256 << 20;
 const MAX_JOBS: usize = 64;
 
 const AFTER_HELP: &str = "\
+Examples:
+  full backup, with progress:
+    pgbb -P -c fast 'host=db user=backup' /srv/copy
+  a new streaming standby, with its own slot:
+    pgbb -R --slot standby1 -C 'host=db user=backup' /srv/standby
+  what is missing for a backup (privileges, settings):
+    pgbb --check 'host=db user=backup'
+  fetch chosen files by hand:
+    printf 'PG_VERSION\\nglobal/pg_control\\n' | pgbb --slave --stdin 'host=db' /tmp/x
+  feed a warm standby's pg_wal, holding WAL with a slot:
+    pgbb -x --slot feeder 'host=db user=backup' /srv/standby
+
 Roles:
   pgbb DSN DEST                  take a base backup of the server into DEST (the master)
   pgbb --slave --stdin DSN DEST  copy the files named on stdin into DEST (a worker)
@@ -58,89 +70,100 @@ pub struct Args {
     pub dest: Option<PathBuf>,
     /// Check the server, settings and privileges a backup needs, print what passes and how to
     /// fix what fails, and exit (0 all pass, 4 something fails); takes no DEST
-    #[arg(long = "check")]
+    #[arg(long = "check", help_heading = "Backup")]
     pub check: bool,
     /// Worker processes copying files in parallel
-    #[arg(short = 'j', long = "jobs", default_value_t = 2)]
+    #[arg(short = 'j', long = "jobs", default_value_t = 2, help_heading = "Backup")]
     pub jobs: usize,
     /// Copy pg_wal in a loop: alone, a standing warm-standby feeder; with --slave, the WAL child
-    #[arg(short = 'x', long = "pg_xlog", visible_alias = "pg-wal")]
+    #[arg(short = 'x', long = "pg_xlog", visible_alias = "pg-wal", help_heading = "WAL loop (warm standby)")]
     pub pg_xlog: bool,
     /// Seconds between two passes of the WAL loop
-    #[arg(short = 'D', long = "delay", default_value = "2", allow_negative_numbers = true)]
+    #[arg(
+        short = 'D',
+        long = "delay",
+        default_value = "2",
+        allow_negative_numbers = true,
+        help_heading = "WAL loop (warm standby)"
+    )]
     pub delay: f64,
     /// Run as an auxiliary process (with --stdin: a worker; with -x: the WAL child)
-    #[arg(short = 'S', long = "slave")]
+    #[arg(short = 'S', long = "slave", help_heading = "Auxiliary roles")]
     pub slave: bool,
     /// Read the files to copy from standard input (worker role)
-    #[arg(long = "stdin")]
+    #[arg(long = "stdin", help_heading = "Auxiliary roles")]
     pub stdin: bool,
     /// Remove the contents of DEST first if it exists
-    #[arg(short = 'f', long = "force")]
+    #[arg(short = 'f', long = "force", help_heading = "Backup")]
     pub force: bool,
     /// Before starting, end backups left behind by earlier pgbb runs: terminate their
     /// sessions (application_name 'pgbb...') and drop their inactive slots (pgbb_*)
-    #[arg(long = "clean")]
+    #[arg(long = "clean", help_heading = "Backup")]
     pub clean: bool,
     /// Show progress messages
-    #[arg(short = 'v', long = "verbose")]
+    #[arg(short = 'v', long = "verbose", help_heading = "Output")]
     pub verbose: bool,
     /// Show debugging messages, including every SQL statement
-    #[arg(short = 'd', long = "debug")]
+    #[arg(short = 'd', long = "debug", help_heading = "Output")]
     pub debug: bool,
     /// Checkpoint at the start: fast (immediate) or spread (like pg_basebackup's default)
-    #[arg(short = 'c', long = "checkpoint", value_enum, default_value = "spread")]
+    #[arg(short = 'c', long = "checkpoint", value_enum, default_value = "spread", help_heading = "Backup")]
     pub checkpoint: Checkpoint,
     /// Backup label (at most 1024 bytes, one line)
-    #[arg(short = 'l', long = "label", default_value = "pgbb base backup")]
+    #[arg(short = 'l', long = "label", default_value = "pgbb base backup", help_heading = "Backup")]
     pub label: String,
     /// Bytes per chunk (suffixes k, M)
-    #[arg(long = "chunk-size", default_value = DEFAULT_CHUNK)]
+    #[arg(long = "chunk-size", default_value = DEFAULT_CHUNK, help_heading = "Backup")]
     pub chunk_size: String,
     /// Chunk compression: auto (zlib if the server can, else none), none, zlib[:LEVEL]
-    #[arg(long = "compress", default_value = "auto")]
+    #[arg(long = "compress", default_value = "auto", help_heading = "Backup")]
     pub compress: String,
     /// Do not fsync DEST at the end
-    #[arg(long = "no-sync")]
+    #[arg(long = "no-sync", help_heading = "Integrity and safety")]
     pub no_sync: bool,
     /// After a failure, keep DEST for inspection (without global/pg_control)
-    #[arg(long = "no-clean")]
+    #[arg(long = "no-clean", help_heading = "Integrity and safety")]
     pub no_clean: bool,
     /// Do not create a temporary replication slot to hold the WAL the backup needs
-    #[arg(long = "no-slot")]
+    #[arg(long = "no-slot", help_heading = "Backup")]
     pub no_slot: bool,
     /// Use this (permanent) replication slot to hold WAL, instead of a temporary one; with -R
     /// it becomes primary_slot_name; with -x it is advanced as segments are copied
-    #[arg(long = "slot", value_name = "NAME")]
+    #[arg(long = "slot", value_name = "NAME", help_heading = "Backup")]
     pub slot: Option<String>,
     /// Create the slot named by --slot (dropped again if the backup fails)
-    #[arg(short = 'C', long = "create-slot")]
+    #[arg(short = 'C', long = "create-slot", help_heading = "Backup")]
     pub create_slot: bool,
     /// Make the copy a standby of the source: standby.signal and primary_conninfo (and
     /// primary_slot_name with --slot) in postgresql.auto.conf
-    #[arg(short = 'R', long = "write-recovery-conf")]
+    #[arg(short = 'R', long = "write-recovery-conf", help_heading = "Backup")]
     pub write_recovery_conf: bool,
     /// Checksum of each file in backup_manifest: NONE, CRC32C, SHA224, SHA256, SHA384, SHA512
-    #[arg(long = "manifest-checksums", default_value = "CRC32C")]
+    #[arg(
+        long = "manifest-checksums",
+        value_name = "ALGO",
+        default_value = "CRC32C",
+        help_heading = "Integrity and safety"
+    )]
     pub manifest_checksums: String,
     /// Do not write backup_manifest
-    #[arg(long = "no-manifest")]
+    #[arg(long = "no-manifest", help_heading = "Integrity and safety")]
     pub no_manifest: bool,
     /// Do not verify data page checksums while copying
-    #[arg(long = "no-verify-checksums")]
+    #[arg(long = "no-verify-checksums", help_heading = "Integrity and safety")]
     pub no_verify_checksums: bool,
     /// Worker: verify data pages, skipping those changed at or after this LSN
     #[arg(long = "verify-lsn", hide = true)]
     pub verify_lsn: Option<String>,
     /// Limit the transfer of the data directory to RATE bytes per second over all workers
     /// (suffix k or M; 32k to 1024M), as pg_basebackup; WAL is not limited
-    #[arg(short = 'r', long = "max-rate", value_name = "RATE")]
+    #[arg(short = 'r', long = "max-rate", value_name = "RATE", help_heading = "Backup")]
     pub max_rate: Option<String>,
     /// Worker: its share of --max-rate, bytes per second
     #[arg(long = "worker-rate", hide = true)]
     pub worker_rate: Option<u64>,
     /// Show progress: a live display on a terminal, else a line every 5 seconds
-    #[arg(short = 'P', long = "progress")]
+    #[arg(short = 'P', long = "progress", help_heading = "Output")]
     pub progress: bool,
     /// Worker: print `progress` lines while copying
     #[arg(long = "report-progress", hide = true)]

@@ -4,6 +4,7 @@ mod harness;
 
 mod backup;
 mod compress;
+mod docs;
 mod failures;
 mod faults;
 mod integrity;
