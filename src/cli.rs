@@ -155,6 +155,12 @@ pub struct Args {
     /// Worker: verify data pages, skipping those changed at or after this LSN
     #[arg(long = "verify-lsn", hide = true)]
     pub verify_lsn: Option<String>,
+    /// Copy the tablespace at OLDDIR to NEWDIR instead (repeatable; write = in a path as \\=)
+    #[arg(short = 'T', long = "tablespace-mapping", value_name = "OLDDIR=NEWDIR", help_heading = "Backup")]
+    pub tablespace_mapping: Vec<String>,
+    /// Worker: tablespace OID is copied to DIR
+    #[arg(long = "tablespace", hide = true, value_name = "OID=DIR")]
+    pub tablespace: Vec<String>,
     /// Limit the transfer of the data directory to RATE bytes per second over all workers
     /// (suffix k or M; 32k to 1024M), as pg_basebackup; WAL is not limited
     #[arg(short = 'r', long = "max-rate", value_name = "RATE", help_heading = "Backup")]
@@ -198,6 +204,8 @@ pub struct Common {
     pub rate: Option<u64>,
     /// Workers the master runs (to split `rate`).
     pub jobs: usize,
+    /// Tablespaces copied outside DEST: (oid, target directory).
+    pub tablespaces: Vec<(u32, PathBuf)>,
 }
 
 /// How compression was asked for.
@@ -224,6 +232,7 @@ pub struct MasterOpts {
     pub create_slot: bool,
     pub write_recovery_conf: bool,
     pub progress: bool,
+    pub mappings: Vec<crate::tablespace::Mapping>,
 }
 
 pub enum Mode {
@@ -361,6 +370,15 @@ impl Config {
             report_progress: a.report_progress || (a.progress && !a.slave),
             rate,
             jobs: a.jobs.max(1),
+            tablespaces: a
+                .tablespace
+                .iter()
+                .map(|t| {
+                    t.split_once('=')
+                        .and_then(|(o, d)| Some((o.parse().ok()?, PathBuf::from(d))))
+                        .ok_or_else(|| Error::Usage(format!("invalid --tablespace {t:?}")))
+                })
+                .collect::<Result<_, _>>()?,
         };
         let mode = match (a.slave, a.stdin, a.pg_xlog) {
             _ if a.check => Mode::Check { jobs: a.jobs },
@@ -404,6 +422,12 @@ impl Config {
                     create_slot: a.create_slot,
                     write_recovery_conf: a.write_recovery_conf,
                     progress: a.progress,
+                    mappings: a
+                        .tablespace_mapping
+                        .iter()
+                        .map(|m| crate::tablespace::parse_mapping(m))
+                        .collect::<Result<_, _>>()
+                        .map_err(Error::Usage)?,
                 })
             }
         };
@@ -456,6 +480,11 @@ impl Common {
         }
         if let Some(r) = self.rate {
             v.extend(["--worker-rate".into(), self.worker_share(r).to_string().into()]);
+        }
+        for (oid, dir) in &self.tablespaces {
+            let mut arg = OsString::from(format!("{oid}="));
+            arg.push(dir);
+            v.extend(["--tablespace".into(), arg]);
         }
         v.extend(self.shared_args(method, self.algorithm));
         v.extend(self.positional());

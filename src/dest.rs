@@ -40,6 +40,8 @@ pub enum PathError {
 pub enum DestError {
     #[error("destination {0} exists and is not empty (use -f/--force to replace it)")]
     NotEmpty(PathBuf),
+    #[error("tablespace \"{name}\" would be copied to {target}, which exists and is not empty; map it elsewhere with -T {location}=NEWDIR")]
+    TablespaceInTheWay { name: String, target: PathBuf, location: PathBuf },
     #[error("destination {0} exists and is not a directory")]
     NotADirectory(PathBuf),
     #[error("cannot create destination {path}: {source}")]
@@ -295,6 +297,43 @@ impl Dest {
     }
 }
 
+/// DEST and the directories tablespaces are copied to: a path `pg_tblspc/<oid>/REST` is
+/// written as REST under that tablespace's target (DEST holds a symlink there).
+pub struct Roots {
+    pub main: Dest,
+    spc: Vec<(Vec<u8>, Dest)>,
+}
+
+impl Roots {
+    pub fn new(main: Dest) -> Roots {
+        Roots { main, spc: Vec::new() }
+    }
+
+    /// Adds tablespace `oid`, copied to `dir` (created if missing).
+    pub fn add_tablespace(&mut self, oid: u32, dir: &Path, group_access: bool) -> Result<(), DestError> {
+        fs::create_dir_all(dir).map_err(|e| DestError::Create { path: dir.into(), source: e })?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(if group_access { 0o750 } else { 0o700 }))
+            .map_err(|e| DestError::Create { path: dir.into(), source: e })?;
+        self.spc.push((oid.to_string().into_bytes(), Dest::open(dir, group_access)?));
+        Ok(())
+    }
+
+    /// Where `p` is written: the root, and the path below it.
+    pub fn route(&self, p: &SafePath) -> (&Dest, SafePath) {
+        if p.parts.len() > 2 && p.parts[0] == b"pg_tblspc" {
+            if let Some((_, d)) = self.spc.iter().find(|(oid, _)| *oid == p.parts[1]) {
+                return (d, SafePath { parts: p.parts[2..].to_vec() });
+            }
+        }
+        (&self.main, p.clone())
+    }
+
+    /// True for `pg_tblspc/<oid>` of a tablespace copied elsewhere (a symlink in DEST).
+    pub fn is_link(&self, p: &SafePath) -> bool {
+        p.parts.len() == 2 && p.parts[0] == b"pg_tblspc" && self.spc.iter().any(|(oid, _)| *oid == p.parts[1])
+    }
+}
+
 /// A file being written below DEST (see [`Dest::create_file`]).
 pub struct FileWriter {
     dir: OwnedFd,
@@ -362,6 +401,8 @@ pub struct DestGuard {
     created: bool,
     keep: bool,
     armed: bool,
+    /// Tablespace targets outside DEST, and whether pgbb created them.
+    extra: Vec<(PathBuf, bool)>,
 }
 
 impl DestGuard {
@@ -404,7 +445,7 @@ impl DestGuard {
         let mode = if group_access { 0o750 } else { 0o700 };
         fs::set_permissions(root, fs::Permissions::from_mode(mode))
             .map_err(|e| DestError::Create { path: root.into(), source: e })?;
-        Ok(DestGuard { root: root.into(), created, keep: keep_on_failure, armed: true })
+        Ok(DestGuard { root: root.into(), created, keep: keep_on_failure, armed: true, extra: Vec::new() })
     }
 
     /// What a second Ctrl-C does on its way out (from the signal thread, children already
@@ -422,6 +463,12 @@ impl DestGuard {
                 };
             }
         })
+    }
+
+    /// A directory outside DEST that the backup writes to (a tablespace target): undone with
+    /// DEST.
+    pub fn add_extra(&mut self, dir: &Path) {
+        self.extra.push((dir.to_path_buf(), !dir.exists()));
     }
 
     /// The backup succeeded: leave DEST alone.

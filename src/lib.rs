@@ -18,6 +18,7 @@ pub mod progress;
 pub mod protocol;
 pub mod recovery;
 pub mod signals;
+pub mod tablespace;
 pub mod transfer;
 pub mod wal;
 pub mod worker;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::select;
 
 use crate::cli::{Common, Compress, MasterOpts};
-use crate::dest::{Dest, DestGuard, SafePath, PG_CONTROL, PG_CONTROL_PENDING};
+use crate::dest::{Dest, DestGuard, Roots, SafePath, PG_CONTROL, PG_CONTROL_PENDING};
 use crate::digest::{Algorithm, Digest};
 use crate::error::Error;
 use crate::layout::{self, FileJob};
@@ -22,6 +22,7 @@ use crate::progress::Progress;
 use crate::protocol::{show, Request, Response, WalCommand, PROTOCOL_VERSION};
 use crate::recovery;
 use crate::signals::{self, Interrupt};
+use crate::tablespace;
 use crate::transfer::Method;
 
 /// Requests in flight per worker: one being copied and one queued, so a worker never waits
@@ -101,18 +102,6 @@ fn check_server(ctl: &mut Session, common: &Common) -> Result<sql::ServerInfo, E
             );
         }
     }
-    let external: Vec<String> = sql::tablespaces(ctl)?
-        .into_iter()
-        .filter(|(_, _, loc)| loc.starts_with('/'))
-        .map(|(oid, name, loc)| format!("{name} (oid {oid}) at {loc}"))
-        .collect();
-    if !external.is_empty() {
-        return Err(PgError::Unsupported(format!(
-            "the cluster has tablespaces outside the data directory, which this version of pgbb cannot back up yet: {}",
-            external.join(", ")
-        ))
-        .into());
-    }
     log::info!("connected to PostgreSQL {} at {}", info.version, common.conn.target());
     Ok(info)
 }
@@ -167,6 +156,16 @@ fn backup(
     let mut guard = DestGuard::prepare(&common.dest, opts.force, opts.keep_on_failure, info.group_access)?;
     interrupt.set_last_words(guard.emergency_cleanup());
     let dest = Dest::open(&common.dest, info.group_access)?;
+    // Tablespaces: each copied to its location or its -T mapping, pg_tblspc/<oid> a symlink.
+    let spcs = tablespace::plan(&sql::tablespaces(&mut ctl)?, &opts.mappings)?;
+    let mut roots = Roots::new(Dest::open(&common.dest, info.group_access)?);
+    for t in &spcs {
+        guard.add_extra(&t.target);
+        roots.add_tablespace(t.oid, &t.target, info.group_access)?;
+        common.tablespaces.push((t.oid, t.target.clone()));
+        log::info!("tablespace \"{}\" ({}) goes to {}", t.name, t.location.display(), t.target.display());
+    }
+    let version_dir = format!("PG_{}_{}", caps.major(), sql::catalog_version(&mut ctl)?);
 
     // A slot to hold the WAL the backup needs, before the backup starts. A named slot is
     // the user's (created with -C, then dropped again if the backup fails); otherwise a
@@ -222,14 +221,31 @@ fn backup(
     log::info!("backup started at {start} on timeline {tli}");
 
     let raw = sql::list_data_directory(&mut ctl)?;
-    let plan = layout::plan(sql::entries_from_listing(raw), caps.layout_rules());
+    let mut entries = sql::entries_from_listing(raw);
+    // In a tablespace only this server version's directory belongs to the backup.
+    entries.retain(|e| {
+        let p: Vec<&str> = e.path.splitn(4, '/').collect();
+        !(p.len() >= 3 && p[0] == "pg_tblspc" && spcs.iter().any(|t| t.oid.to_string() == p[1]) && p[2] != version_dir)
+    });
+    let plan = layout::plan(entries, caps.layout_rules());
     let pg_control = plan
         .pg_control
         .clone()
         .ok_or_else(|| Error::Inconsistent("the server's listing has no global/pg_control".into()))?;
     log::info!("{} files, {} MB to copy ({} excluded)", plan.files.len() + 1, plan.total_bytes() >> 20, plan.excluded);
     for d in &plan.dirs {
-        dest.create_dir_all(&SafePath::parse(d)?)?;
+        let d = SafePath::parse(d)?;
+        if roots.is_link(&d) {
+            continue;
+        }
+        let (root, rel) = roots.route(&d);
+        root.create_dir_all(&rel)?;
+    }
+    for t in &spcs {
+        let link = common.dest.join("pg_tblspc").join(t.oid.to_string());
+        std::fs::create_dir_all(common.dest.join("pg_tblspc"))
+            .and_then(|()| std::os::unix::fs::symlink(&t.target, &link))
+            .map_err(|e| Error::Io(format!("cannot create the tablespace link {}: {e}", link.display())))?;
     }
 
     // Page verification, as core does it, when the cluster has data checksums.
@@ -290,8 +306,10 @@ fn backup(
         )));
     }
     run.write_own_file(&dest, "backup_label", stop.labelfile.as_bytes())?;
+    // Plain format, as pg_basebackup: the pg_tblspc symlinks (to the mapped locations) are
+    // the tablespace map; a tablespace_map file would point recovery at the old locations.
     if !stop.spcmapfile.is_empty() {
-        run.write_own_file(&dest, "tablespace_map", stop.spcmapfile.as_bytes())?;
+        log::debug!("tablespace map (not written, the pg_tblspc links replace it):\n{}", stop.spcmapfile);
     }
     run.pool.send(run.wal, &WalCommand::Stop(stop.lsn).to_line())?;
     run.finish_wal()?;
@@ -314,7 +332,7 @@ fn backup(
         }
     }
     check_wal_range(&dest, geo, tli, start, stop.lsn, &wal_missing)?;
-    check_files(&dest, &entries)?;
+    check_files(&roots, &entries)?;
     if opts.write_recovery_conf {
         let conninfo = recovery::primary_conninfo(common.conn.params(), common.conn.password().as_deref());
         let slot = opts.named_slot.as_deref();
@@ -417,11 +435,12 @@ fn write_recovery_conf(
 
 /// Every file written is in DEST at the size recorded for the manifest (pg_control still
 /// under its pending name).
-fn check_files(dest: &Dest, entries: &[FileEntry]) -> Result<(), Error> {
+fn check_files(roots: &Roots, entries: &[FileEntry]) -> Result<(), Error> {
     let mut wrong = Vec::new();
     for e in entries {
         let on_disk: &[u8] = if e.path == PG_CONTROL.as_bytes() { PG_CONTROL_PENDING.as_bytes() } else { &e.path };
-        match dest.file_size(&SafePath::parse(on_disk)?)? {
+        let (dest, rel) = roots.route(&SafePath::parse(on_disk)?);
+        match dest.file_size(&rel)? {
             Some(n) if n == e.size => {}
             Some(n) => wrong.push(format!("{} is {n} bytes, {} were written", show(&e.path), e.size)),
             None => wrong.push(format!("{} is missing", show(&e.path))),

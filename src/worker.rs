@@ -4,7 +4,7 @@
 use std::io::{self, BufRead, Write};
 
 use crate::cli::{Common, Compress};
-use crate::dest::{Dest, SafePath};
+use crate::dest::{Dest, Roots, SafePath};
 use crate::error::Error;
 use crate::pg::{sql, PgError};
 use crate::protocol::{Request, Response, MAX_LINE, PROTOCOL_VERSION};
@@ -89,7 +89,10 @@ pub fn run(common: &Common, id: Option<usize>, compress: Compress) -> Result<(),
     };
     std::fs::create_dir_all(&common.dest)
         .map_err(|e| Error::Io(format!("cannot create {}: {e}", common.dest.display())))?;
-    let dest = Dest::open(&common.dest, common.group_access)?;
+    let mut roots = Roots::new(Dest::open(&common.dest, common.group_access)?);
+    for (oid, dir) in &common.tablespaces {
+        roots.add_tablespace(*oid, dir, common.group_access)?;
+    }
     let stdout = io::stdout();
     let mut out = stdout.lock();
     let mut say = |r: Response| -> Result<(), Error> {
@@ -134,7 +137,8 @@ pub fn run(common: &Common, id: Option<usize>, compress: Compress) -> Result<(),
                 continue;
             }
         };
-        match transfer.fetch(&mut s, &src, &dest, &dst) {
+        let (dest, dst) = roots.route(&dst);
+        match transfer.fetch(&mut s, &src, dest, &dst) {
             Ok(Outcome::Copied(c)) => {
                 for b in &c.bad_pages {
                     say(Response::BadPage {

@@ -368,6 +368,13 @@ pub fn page_geometry(s: &mut Session) -> Result<(i64, u32), PgError> {
     Ok((r.get(0), r.get::<_, i64>(1) as u32))
 }
 
+/// `catalog_version_no`: with the major version it names a tablespace's directory.
+pub fn catalog_version(s: &mut Session) -> Result<i32, PgError> {
+    let r =
+        s.query_one("SELECT catalog_version_no FROM pg_control_system()", &[], "could not read the catalog version")?;
+    Ok(r.get(0))
+}
+
 /// The cluster's system identifier (for the version 2 manifest).
 pub fn system_identifier(s: &mut Session) -> Result<u64, PgError> {
     let r =

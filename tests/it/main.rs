@@ -11,5 +11,6 @@ mod integrity;
 mod preflight;
 mod slave;
 mod standby;
+mod tablespaces;
 mod tls;
 mod wal_loop;

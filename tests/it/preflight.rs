@@ -100,7 +100,7 @@ fn wal_level_minimal_is_refused() {
 }
 
 #[test]
-fn tablespace_outside_the_data_directory_is_refused_not_silently_skipped() {
+fn a_tablespace_location_in_use_is_refused_with_the_mapping_hint() {
     let c = Cluster::new();
     let loc = c.path("spc");
     std::fs::create_dir(&loc).unwrap();
@@ -108,9 +108,10 @@ fn tablespace_outside_the_data_directory_is_refused_not_silently_skipped() {
     c.client().batch_execute(&format!("CREATE TABLESPACE elsewhere LOCATION '{}'", loc.display())).unwrap();
     let dest = c.path("tbs");
     let out = pgbb_run(&[&c.dsn(), dest.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("tablespaces outside the data directory") && stderr(&out).contains("elsewhere"),
+        stderr(&out).contains("tablespace \"elsewhere\"")
+            && stderr(&out).contains(&format!("-T {}=NEWDIR", loc.display())),
         "{}",
         stderr(&out)
     );
