@@ -119,10 +119,10 @@ pub struct Args {
     #[arg(long = "compress", default_value = "auto", help_heading = "Backup")]
     pub compress: String,
     /// Do not fsync DEST at the end
-    #[arg(long = "no-sync", help_heading = "Integrity and safety")]
+    #[arg(short = 'N', long = "no-sync", help_heading = "Integrity and safety")]
     pub no_sync: bool,
     /// After a failure, keep DEST for inspection (without global/pg_control)
-    #[arg(long = "no-clean", help_heading = "Integrity and safety")]
+    #[arg(short = 'n', long = "no-clean", help_heading = "Integrity and safety")]
     pub no_clean: bool,
     /// Do not create a temporary replication slot to hold the WAL the backup needs
     #[arg(long = "no-slot", help_heading = "Backup")]

@@ -384,3 +384,37 @@ fn max_rate_limits_all_workers_together() {
     let out = pgbb_run(&["--max-rate", "1k", &c.dsn(), c.path("x").to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn empty_dsn_takes_everything_from_the_environment_and_logs_say_who_and_when() {
+    let c = Cluster::new();
+    let dest = c.path("env");
+    let out = pgbb()
+        .env("PGHOST", &c.sock)
+        .env("PGPORT", c.port.to_string())
+        .env("PGUSER", "postgres")
+        .env("PGDATABASE", "postgres")
+        .args(["-v", "-N", "-c", "fast", "", dest.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Every log line: a timestamp, the role and the pid.
+    let err = stderr(&out);
+    let re_ok = |l: &str| {
+        let mut parts = l.splitn(4, ' ');
+        let ts = parts.next().unwrap_or("");
+        ts.len() >= 20 && ts.as_bytes()[4] == b'-' && ts.contains('T') && parts.next() == Some("pgbb") && {
+            let role_pid = parts.collect::<Vec<_>>().join(" ");
+            role_pid.contains('[') && role_pid.contains("] INFO:") || role_pid.contains("] WARNING:")
+        }
+    };
+    let logs: Vec<&str> = err.lines().filter(|l| !l.starts_with("pgbb: ")).collect();
+    assert!(!logs.is_empty());
+    for l in &logs {
+        assert!(re_ok(l), "log line without timestamp/role/pid: {l}");
+    }
+    assert!(
+        logs.iter().any(|l| l.contains(" pgbb master[")) && logs.iter().any(|l| l.contains(" pgbb worker 1[")),
+        "{err}"
+    );
+}
