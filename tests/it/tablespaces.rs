@@ -6,7 +6,7 @@ use crate::harness::*;
 fn two_tablespaces_mapped_elsewhere_restore() {
     let c = Cluster::new();
     let loc1 = c.path("ts one");
-    let loc2 = c.path("ts=two");
+    let loc2 = c.path("ts =two");
     for l in [&loc1, &loc2] {
         std::fs::create_dir(l).unwrap();
         chown_pg(l);
@@ -22,7 +22,7 @@ fn two_tablespaces_mapped_elsewhere_restore() {
     )
     .unwrap();
     let new1 = c.path("mapped one");
-    let new2 = c.path("mapped=two");
+    let new2 = c.path("mapped =two");
     let dest = c.path("backup");
     let m1 = format!("{}={}", loc1.display(), new1.display());
     let m2 = format!(
