@@ -287,7 +287,7 @@ fn backup(
         wire: 0,
     };
     run.progress.refresh(None);
-    run.copy_files(pg_control)?;
+    run.copy_files(pg_control, &common.dest)?;
     run.progress.finish();
     run.finish_workers()?;
 
@@ -733,7 +733,7 @@ impl Run<'_> {
     }
 
     /// Hands out every file, then pg_control, and waits for all of them.
-    fn copy_files(&mut self, pg_control: FileJob) -> Result<(), Error> {
+    fn copy_files(&mut self, pg_control: FileJob, dest_root: &std::path::Path) -> Result<(), Error> {
         loop {
             self.dispatch()?;
             if self.idle() && self.workers.iter().any(|w| w.ready) {
@@ -741,18 +741,32 @@ impl Run<'_> {
             }
             self.step()?;
         }
-        let w = self.workers.iter().position(|w| w.ready).unwrap_or(0);
-        let idx = self.workers[w].idx;
-        self.pool.send(idx, &Request { src: pg_control.path.clone(), dst: PG_CONTROL_PENDING.into() }.to_line())?;
-        self.workers[w].inflight.push_back(pg_control.path);
-        let before = self.files;
-        while !self.idle() {
-            self.step()?;
+        // pg_control last. The server may rewrite it while it is read (a checkpoint): a
+        // copy whose CRC does not match is read again.
+        const ATTEMPTS: u32 = 5;
+        for attempt in 1..=ATTEMPTS {
+            let w = self.workers.iter().position(|w| w.ready).unwrap_or(0);
+            let idx = self.workers[w].idx;
+            self.pool.send(idx, &Request { src: pg_control.path.clone(), dst: PG_CONTROL_PENDING.into() }.to_line())?;
+            self.workers[w].inflight.push_back(pg_control.path.clone());
+            let before = self.files;
+            while !self.idle() {
+                self.step()?;
+            }
+            if self.files == before {
+                return Err(Error::Inconsistent("global/pg_control vanished from the server".into()));
+            }
+            let copy = std::fs::read(dest_root.join(PG_CONTROL_PENDING))
+                .map_err(|e| Error::Io(format!("cannot read back global/pg_control: {e}")))?;
+            if crate::checksum::control_file_consistent(&copy) {
+                return Ok(());
+            }
+            log::warn!("global/pg_control was read while the server rewrote it (CRC mismatch); reading it again ({attempt}/{ATTEMPTS})");
+            self.entries.retain(|e| e.path != PG_CONTROL.as_bytes());
+            self.files -= 1;
+            self.bytes -= copy.len() as u64;
         }
-        if self.files == before {
-            return Err(Error::Inconsistent("global/pg_control vanished from the server".into()));
-        }
-        Ok(())
+        Err(Error::Inconsistent(format!("global/pg_control did not read consistently in {ATTEMPTS} attempts")))
     }
 
     /// Closes the workers' input and waits until each has exited cleanly.
