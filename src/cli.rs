@@ -445,9 +445,9 @@ impl Common {
             "--manifest-checksums".into(),
             algorithm.to_string().into(),
         ];
-        if !self.sync {
-            v.push("--no-sync".into());
-        }
+        // Children never fsync file by file: the master syncs the whole file system of DEST
+        // (and of each tablespace target) once at the end, with syncfs, before pg_control.
+        v.push("--no-sync".into());
         if self.group_access {
             v.push("--group-access".into());
         }
@@ -570,7 +570,7 @@ mod tests {
         let strs: Vec<String> = argv.iter().map(|a| a.to_string_lossy().into_owned()).collect();
         let back = cfg(&strs.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
         assert!(matches!(back.mode, Mode::Worker { id: Some(3), compress: Compress::Fixed(Method::Zlib(5)) }));
-        assert!(!back.common.sync);
+        assert!(!back.common.sync, "children leave syncing to the master");
         assert_eq!(back.common.algorithm, Algorithm::Sha256);
         assert_eq!(back.common.verify_lsn, Some(Lsn(0x5000028)));
         let w = c.common.wal_args(Lsn(0x5000028), 1, Duration::from_millis(500), Method::Plain);

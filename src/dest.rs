@@ -328,6 +328,15 @@ impl Roots {
         (&self.main, p.clone())
     }
 
+    /// `syncfs` of DEST's file system and of every tablespace target's.
+    pub fn sync_all(&self) -> Result<(), DestError> {
+        self.main.sync_all()?;
+        for (_, d) in &self.spc {
+            d.sync_all()?;
+        }
+        Ok(())
+    }
+
     /// True for `pg_tblspc/<oid>` of a tablespace copied elsewhere (a symlink in DEST).
     pub fn is_link(&self, p: &SafePath) -> bool {
         p.parts.len() == 2 && p.parts[0] == b"pg_tblspc" && self.spc.iter().any(|(oid, _)| *oid == p.parts[1])

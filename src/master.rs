@@ -355,7 +355,7 @@ fn backup(
     }
     if common.sync {
         log::info!("syncing {}", common.dest.display());
-        dest.sync_all()?;
+        roots.sync_all()?;
     }
     // The very last step: pg_control appears only in a complete, synced backup.
     dest.rename(&SafePath::parse(PG_CONTROL_PENDING)?, &SafePath::parse(PG_CONTROL)?)?;
