@@ -243,7 +243,56 @@ impl Dest {
             path: self.root.join(rel.to_path()),
             file: Some(io::BufWriter::with_capacity(1 << 20, file)),
             written: 0,
+            piece: false,
         })
+    }
+
+    /// Starts writing bytes `offset..` of `rel`, into its temporary name, which is neither
+    /// truncated nor renamed: several workers fill one file piece by piece, and the master
+    /// renames it (see [`Dest::finish_pieces`]) once every piece is in.
+    pub fn create_piece(&self, rel: &SafePath, offset: u64) -> Result<FileWriter, DestError> {
+        use std::io::Seek;
+        let dir = self.open_dirs(rel.dirs(), true)?;
+        let name = rel.file_name().to_vec();
+        let mut tmp = name.clone();
+        tmp.extend_from_slice(TMP_SUFFIX.as_bytes());
+        let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let fd = openat(Some(dir.as_raw_fd()), tmp.as_slice(), flags, self.file_mode)
+            .map_err(|e| self.io_err(&rel.to_path(), e))?;
+        // SAFETY: a fresh descriptor from openat.
+        let mut file = unsafe { fs::File::from_raw_fd(fd) };
+        let path = self.root.join(rel.to_path());
+        file.seek(io::SeekFrom::Start(offset)).map_err(|e| DestError::Io { path: path.clone(), source: e })?;
+        Ok(FileWriter {
+            dir,
+            tmp,
+            name,
+            path,
+            file: Some(io::BufWriter::with_capacity(1 << 20, file)),
+            written: 0,
+            piece: true,
+        })
+    }
+
+    /// Puts a file assembled from pieces in place; `size` cuts or extends it to its length.
+    pub fn finish_pieces(&self, rel: &SafePath, size: u64) -> Result<(), DestError> {
+        let mut tmp = rel.as_bytes();
+        tmp.extend_from_slice(TMP_SUFFIX.as_bytes());
+        let tmp = SafePath::parse(&tmp)?;
+        let path = self.root.join(tmp.to_path());
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(|e| DestError::Io { path: path.clone(), source: e })?;
+        f.set_len(size).map_err(|e| DestError::Io { path: path.clone(), source: e })?;
+        self.rename(&tmp, rel)
+    }
+
+    /// Removes the temporary file of a file whose pieces were abandoned (it vanished).
+    pub fn drop_pieces(&self, rel: &SafePath) -> Result<(), DestError> {
+        let mut tmp = rel.as_bytes();
+        tmp.extend_from_slice(TMP_SUFFIX.as_bytes());
+        self.remove_file(&SafePath::parse(&tmp)?)
     }
 
     /// Writes a whole small file atomically.
@@ -351,6 +400,8 @@ pub struct FileWriter {
     path: PathBuf,
     file: Option<io::BufWriter<fs::File>>,
     written: u64,
+    /// One piece of a larger file: never renamed or removed by the writer.
+    piece: bool,
 }
 
 impl FileWriter {
@@ -387,8 +438,10 @@ impl FileWriter {
                 f.sync_all().map_err(ioerr)?;
             }
         }
-        renameat(Some(self.dir.as_raw_fd()), self.tmp.as_slice(), Some(self.dir.as_raw_fd()), self.name.as_slice())
-            .map_err(|e| ioerr(errno_io(e)))?;
+        if !self.piece {
+            renameat(Some(self.dir.as_raw_fd()), self.tmp.as_slice(), Some(self.dir.as_raw_fd()), self.name.as_slice())
+                .map_err(|e| ioerr(errno_io(e)))?;
+        }
         self.tmp.clear();
         Ok(self.written)
     }
@@ -396,7 +449,7 @@ impl FileWriter {
 
 impl Drop for FileWriter {
     fn drop(&mut self) {
-        if !self.tmp.is_empty() {
+        if !self.tmp.is_empty() && !self.piece {
             self.file.take();
             let _ = unlinkat(Some(self.dir.as_raw_fd()), self.tmp.as_slice(), UnlinkatFlags::NoRemoveDir);
         }

@@ -51,8 +51,68 @@ pub struct Summary {
 struct WorkerState {
     idx: usize,
     ready: bool,
-    inflight: VecDeque<Vec<u8>>,
+    inflight: VecDeque<Work>,
     finished: bool,
+}
+
+/// One request for a worker: a whole file, or one piece of a large one.
+#[derive(Debug, Clone)]
+struct Work {
+    path: Vec<u8>,
+    range: Option<(u64, u64)>,
+}
+
+/// Files at least this large are split into pieces of [`PIECE`] bytes, copied by several
+/// workers at once (one big table otherwise bounds the backup by one worker's speed).
+const SPLIT_FROM: u64 = 128 << 20;
+const PIECE: u64 = 64 << 20;
+
+/// The work queue: largest file first, large files as pieces. Pieces need a checksum that
+/// combines (CRC-32C or none), and a UTF-8 name.
+fn work_queue(files: &[FileJob], jobs: usize, algorithm: Algorithm) -> VecDeque<Work> {
+    let split = jobs > 1 && matches!(algorithm, Algorithm::Crc32c | Algorithm::None);
+    let mut q = VecDeque::new();
+    for f in files {
+        if split && f.size >= SPLIT_FROM && std::str::from_utf8(&f.path).is_ok() {
+            let mut off = 0;
+            while off < f.size {
+                let len = PIECE.min(f.size - off);
+                q.push_back(Work { path: f.path.clone(), range: Some((off, len)) });
+                off += len;
+            }
+        } else {
+            q.push_back(Work { path: f.path.clone(), range: None });
+        }
+    }
+    q
+}
+
+/// The pieces of one file as they come in.
+#[derive(Default)]
+struct Assembly {
+    expected: usize,
+    size: u64,
+    mtime: i64,
+    vanished: bool,
+    /// (offset, length, checksum) of each piece received.
+    got: Vec<(u64, u64, Option<String>)>,
+}
+
+/// CRC-32C of a whole file from its pieces' (in offset order); `None` without checksums.
+fn combine_crc(pieces: &mut [(u64, u64, Option<String>)]) -> Option<String> {
+    pieces.sort_by_key(|p| p.0);
+    let mut acc: Option<u32> = None;
+    for (_, len, sum) in pieces.iter() {
+        let hex = sum.as_deref()?;
+        let bytes: Vec<u8> =
+            (0..hex.len()).step_by(2).filter_map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok()).collect();
+        let crc = u32::from_le_bytes(bytes.try_into().ok()?);
+        acc = Some(match acc {
+            None => crc,
+            Some(a) => crc32c::crc32c_combine(a, crc, *len as usize),
+        });
+    }
+    acc.map(|c| crate::digest::hex(&c.to_le_bytes()))
 }
 
 /// The first error wins; a signal overrides whatever it caused.
@@ -123,6 +183,46 @@ fn choose_method(ctl: &mut Session, c: Compress) -> Result<Method, Error> {
                 Ok(Method::Plain)
             }
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_files_are_split_only_when_it_can_pay() {
+        let files = vec![
+            FileJob { path: b"base/5/big".to_vec(), size: 200 << 20 },
+            FileJob { path: b"base/5/small".to_vec(), size: 8192 },
+        ];
+        let q = work_queue(&files, 2, Algorithm::Crc32c);
+        let r: Vec<_> = q.iter().map(|w| w.range).collect();
+        assert_eq!(
+            r,
+            vec![
+                Some((0, 64 << 20)),
+                Some((64 << 20, 64 << 20)),
+                Some((128 << 20, 64 << 20)),
+                Some((192 << 20, 8 << 20)),
+                None
+            ]
+        );
+        assert_eq!(work_queue(&files, 1, Algorithm::Crc32c).len(), 2, "one worker: no pieces");
+        assert_eq!(work_queue(&files, 2, Algorithm::Sha256).len(), 2, "SHA-2 does not combine: no pieces");
+    }
+
+    #[test]
+    fn piece_checksums_combine_into_the_files() {
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 31 % 251) as u8).collect();
+        let hex = |c: u32| crate::digest::hex(&c.to_le_bytes());
+        let mut pieces = vec![
+            (100_000u64, 150_000u64, Some(hex(crc32c::crc32c(&data[100_000..250_000])))),
+            (0, 100_000, Some(hex(crc32c::crc32c(&data[..100_000])))),
+            (250_000, 50_000, Some(hex(crc32c::crc32c(&data[250_000..])))),
+        ];
+        assert_eq!(combine_crc(&mut pieces), Some(hex(crc32c::crc32c(&data))));
+        assert_eq!(combine_crc(&mut [(0, 1, None)]), None);
     }
 }
 
@@ -271,7 +371,10 @@ fn backup(
         wal_done: None,
         wal_missing: Vec::new(),
         wal_files: 0,
-        queue: plan.files.clone().into(),
+        queue: work_queue(&plan.files, opts.jobs, common.algorithm),
+        assemblies: std::collections::HashMap::new(),
+        roots: &roots,
+        sizes: plan.files.iter().filter(|f| f.size >= SPLIT_FROM).map(|f| (f.path.clone(), f.size)).collect(),
         files: 0,
         bytes: 0,
         vanished: 0,
@@ -527,7 +630,7 @@ struct Run<'a> {
     wal_done: Option<u64>,
     wal_missing: Vec<String>,
     wal_files: u64,
-    queue: VecDeque<FileJob>,
+    queue: VecDeque<Work>,
     files: u64,
     bytes: u64,
     vanished: u64,
@@ -535,6 +638,11 @@ struct Run<'a> {
     sig_rx: &'a crossbeam_channel::Receiver<&'static str>,
     sig: &'a mut Option<&'static str>,
     last_report: Instant,
+    /// Large files being filled piece by piece.
+    assemblies: std::collections::HashMap<Vec<u8>, Assembly>,
+    roots: &'a Roots,
+    /// Listed sizes of the files large enough to be split.
+    sizes: std::collections::HashMap<Vec<u8>, u64>,
     /// What the manifest will list.
     entries: Vec<FileEntry>,
     algorithm: Algorithm,
@@ -579,11 +687,12 @@ impl Run<'_> {
                     return Ok(());
                 };
                 let idx = self.workers[w].idx;
-                self.pool.send(idx, &Request { src: job.path.clone(), dst: job.path.clone() }.to_line())?;
+                self.pool
+                    .send(idx, &Request { src: job.path.clone(), dst: job.path.clone(), range: job.range }.to_line())?;
                 if self.workers[w].inflight.is_empty() {
                     self.progress.started(w, &show(&job.path));
                 }
-                self.workers[w].inflight.push_back(job.path);
+                self.workers[w].inflight.push_back(job);
             }
         }
         Ok(())
@@ -670,12 +779,16 @@ impl Run<'_> {
             }
             Response::Ok { size, path, checksum, mtime, wire } => match w {
                 Some(w) => {
-                    self.complete(w, role, &path)?;
+                    let work = self.complete(w, role, &path)?;
                     self.progress.finished(w, size);
-                    self.files += 1;
                     self.bytes += size;
                     self.wire += wire;
-                    self.entries.push(FileEntry { path, size, mtime, algorithm: self.algorithm, checksum });
+                    if work.range.is_some() {
+                        self.piece_done(&work, Some((checksum, mtime)))?;
+                    } else {
+                        self.files += 1;
+                        self.entries.push(FileEntry { path, size, mtime, algorithm: self.algorithm, checksum });
+                    }
                 }
                 None => {
                     self.wal_files += 1;
@@ -684,10 +797,14 @@ impl Run<'_> {
             },
             Response::Vanished { path } => match w {
                 Some(w) => {
-                    self.complete(w, role, &path)?;
+                    let work = self.complete(w, role, &path)?;
                     self.progress.finished(w, 0);
-                    self.vanished += 1;
-                    log::info!("{} was removed during the backup (normal)", show(&path));
+                    if work.range.is_some() {
+                        self.piece_done(&work, None)?;
+                    } else {
+                        self.vanished += 1;
+                        log::info!("{} was removed during the backup (normal)", show(&path));
+                    }
                 }
                 None => self.wal_missing.push(show(&path)),
             },
@@ -714,15 +831,15 @@ impl Run<'_> {
         Ok(())
     }
 
-    fn complete(&mut self, w: usize, role: &str, path: &[u8]) -> Result<(), Error> {
+    fn complete(&mut self, w: usize, role: &str, path: &[u8]) -> Result<Work, Error> {
         match self.workers[w].inflight.front() {
-            Some(p) if p == path => {
-                self.workers[w].inflight.pop_front();
+            Some(p) if p.path == path => {
+                let done = self.workers[w].inflight.pop_front().ok_or_else(|| Error::Io("empty queue".into()))?;
                 if let Some(next) = self.workers[w].inflight.front() {
-                    let next = show(next);
+                    let next = show(&next.path);
                     self.progress.started(w, &next);
                 }
-                Ok(())
+                Ok(done)
             }
             _ => Err(Error::ChildFailed {
                 role: role.into(),
@@ -730,6 +847,58 @@ impl Run<'_> {
                 message: format!("answered for \"{}\", which it was not asked for", show(path)),
             }),
         }
+    }
+
+    /// Records one piece of a large file (`copied` = (checksum, mtime), `None` if it
+    /// vanished); when the last one is in, puts the file in place (or drops it).
+    fn piece_done(&mut self, work: &Work, copied: Option<(Option<String>, i64)>) -> Result<(), Error> {
+        let Some((off, len)) = work.range else { return Ok(()) };
+        let size = self.total_pieces_size(&work.path);
+        let a = self.assemblies.entry(work.path.clone()).or_default();
+        if a.expected == 0 {
+            a.size = size;
+            a.expected = size.div_ceil(PIECE) as usize;
+        }
+        match copied {
+            Some((sum, mtime)) => {
+                if a.got.is_empty() {
+                    a.mtime = mtime;
+                }
+                a.got.push((off, len, sum));
+            }
+            None => {
+                a.vanished = true;
+                a.got.push((off, len, None));
+            }
+        }
+        if a.got.len() < a.expected {
+            return Ok(());
+        }
+        let mut a = self.assemblies.remove(&work.path).unwrap_or_default();
+        let rel = SafePath::parse(&work.path)?;
+        let (dest, rel) = self.roots.route(&rel);
+        if a.vanished {
+            dest.drop_pieces(&rel)?;
+            self.vanished += 1;
+            log::info!("{} was removed during the backup (normal)", show(&work.path));
+            return Ok(());
+        }
+        dest.finish_pieces(&rel, a.size)?;
+        let checksum = combine_crc(&mut a.got);
+        self.files += 1;
+        self.entries.push(FileEntry {
+            path: work.path.clone(),
+            size: a.size,
+            mtime: a.mtime,
+            algorithm: self.algorithm,
+            checksum,
+        });
+        Ok(())
+    }
+
+    /// The listed size of a file being copied in pieces.
+    fn total_pieces_size(&self, path: &[u8]) -> u64 {
+        self.sizes.get(path).copied().unwrap_or(0)
     }
 
     /// Hands out every file, then pg_control, and waits for all of them.
@@ -747,8 +916,11 @@ impl Run<'_> {
         for attempt in 1..=ATTEMPTS {
             let w = self.workers.iter().position(|w| w.ready).unwrap_or(0);
             let idx = self.workers[w].idx;
-            self.pool.send(idx, &Request { src: pg_control.path.clone(), dst: PG_CONTROL_PENDING.into() }.to_line())?;
-            self.workers[w].inflight.push_back(pg_control.path.clone());
+            self.pool.send(
+                idx,
+                &Request { src: pg_control.path.clone(), dst: PG_CONTROL_PENDING.into(), range: None }.to_line(),
+            )?;
+            self.workers[w].inflight.push_back(Work { path: pg_control.path.clone(), range: None });
             let before = self.files;
             while !self.idle() {
                 self.step()?;

@@ -37,8 +37,10 @@ pub enum ProtocolError {
     Nul,
     #[error("bad escape sequence in {0:?}")]
     BadEscape(String),
-    #[error("too many fields (at most SRC<TAB>DST)")]
+    #[error("wrong number of fields (SRC, SRC<TAB>DST or SRC<TAB>DST<TAB>OFFSET<TAB>LENGTH)")]
     TooManyFields,
+    #[error("bad OFFSET<TAB>LENGTH in {0:?}")]
+    BadRange(String),
     #[error("unrecognised message {0:?}")]
     Unknown(String),
 }
@@ -113,6 +115,10 @@ pub fn show(path: &[u8]) -> String {
 pub struct Request {
     pub src: Vec<u8>,
     pub dst: Vec<u8>,
+    /// Only these bytes (offset, length) of the file: the master splits large files among
+    /// workers. DST's temporary name is written at that offset and left for the master to
+    /// rename when every piece is in.
+    pub range: Option<(u64, u64)>,
 }
 
 impl Request {
@@ -128,25 +134,38 @@ impl Request {
         if line.is_empty() {
             return Err(ProtocolError::Empty);
         }
-        let mut fields = line.split('\t');
-        let src = unescape(fields.next().unwrap_or(""))?;
-        let dst = match fields.next() {
+        let fields: Vec<&str> = line.split('\t').collect();
+        let src = unescape(fields[0])?;
+        let dst = match fields.get(1) {
             Some(d) => unescape(d)?,
             None => src.clone(),
         };
-        if fields.next().is_some() {
-            return Err(ProtocolError::TooManyFields);
-        }
+        let range = match fields.len() {
+            1 | 2 => None,
+            4 => {
+                let num =
+                    |s: &str| s.parse::<u64>().map_err(|_| ProtocolError::BadRange(line.chars().take(200).collect()));
+                let (off, len) = (num(fields[2])?, num(fields[3])?);
+                if len == 0 || off.checked_add(len).is_none() {
+                    return Err(ProtocolError::BadRange(line.chars().take(200).collect()));
+                }
+                Some((off, len))
+            }
+            _ => return Err(ProtocolError::TooManyFields),
+        };
         if src.is_empty() || dst.is_empty() {
             return Err(ProtocolError::Empty);
         }
         if src.contains(&0) || dst.contains(&0) {
             return Err(ProtocolError::Nul);
         }
-        Ok(Request { src, dst })
+        Ok(Request { src, dst, range })
     }
 
     pub fn to_line(&self) -> String {
+        if let Some((off, len)) = self.range {
+            return format!("{}\t{}\t{off}\t{len}\n", escape(&self.src), escape(&self.dst));
+        }
         if self.src == self.dst {
             format!("{}\n", escape(&self.src))
         } else {
@@ -307,7 +326,10 @@ mod tests {
     #[test]
     fn requests() {
         let p = |s: &str| s.as_bytes().to_vec();
-        assert_eq!(Request::parse("base/1/1259\n").unwrap(), Request { src: p("base/1/1259"), dst: p("base/1/1259") });
+        assert_eq!(
+            Request::parse("base/1/1259\n").unwrap(),
+            Request { src: p("base/1/1259"), dst: p("base/1/1259"), range: None }
+        );
         let r = Request::parse("global/pg_control\tglobal/pg_control.pending").unwrap();
         assert_eq!(r.dst, p("global/pg_control.pending"));
         assert_eq!(Request::parse(&r.to_line()).unwrap(), r);
@@ -317,8 +339,15 @@ mod tests {
         assert_eq!(Request::parse("a\\x00b"), Err(ProtocolError::Nul));
         assert_eq!(Request::parse("a\tb\tc"), Err(ProtocolError::TooManyFields));
         assert_eq!(Request::parse(&"x".repeat(MAX_LINE + 1)), Err(ProtocolError::TooLong));
-        let odd = Request { src: p("we\tird\nname"), dst: b"raw\xfe".to_vec() };
+        let odd = Request { src: p("we\tird\nname"), dst: b"raw\xfe".to_vec(), range: None };
         assert_eq!(Request::parse(&odd.to_line()).unwrap(), odd);
+        let piece = Request { src: p("base/5/16384"), dst: p("base/5/16384"), range: Some((67108864, 1024)) };
+        assert_eq!(piece.to_line(), "base/5/16384\tbase/5/16384\t67108864\t1024\n");
+        assert_eq!(Request::parse(&piece.to_line()).unwrap(), piece);
+        assert!(matches!(Request::parse("a\tb\tx\t1"), Err(ProtocolError::BadRange(_))));
+        assert!(matches!(Request::parse("a\tb\t1\t0"), Err(ProtocolError::BadRange(_))));
+        assert!(matches!(Request::parse("a\tb\t18446744073709551615\t2"), Err(ProtocolError::BadRange(_))));
+        assert_eq!(Request::parse("a\tb\tc"), Err(ProtocolError::TooManyFields));
     }
 
     #[test]

@@ -249,18 +249,28 @@ impl Transfer {
         Ok(())
     }
 
-    fn sink(&self, dest: &Dest, src: &SafePath, dst: &SafePath) -> Result<Sink, TransferError> {
+    fn sink(
+        &self,
+        dest: &Dest,
+        src: &SafePath,
+        dst: &SafePath,
+        range: Option<(u64, u64)>,
+    ) -> Result<Sink, TransferError> {
         let pages = self.verify.and_then(|v| {
             checksummed_segment(&String::from_utf8_lossy(&src.as_bytes()), v.rules).map(|segno| Pages {
                 buf: Vec::new(),
-                offset: 0,
+                offset: range.map_or(0, |(o, _)| o),
                 segno,
                 v,
                 suspects: Vec::new(),
             })
         });
         let progress = self.progress.then(std::time::Instant::now);
-        Ok(Sink { w: dest.create_file(dst)?, digest: Digest::new(self.algorithm), pages, wire: 0, progress })
+        let w = match range {
+            Some((off, _)) => dest.create_piece(dst, off)?,
+            None => dest.create_file(dst)?,
+        };
+        Ok(Sink { w, digest: Digest::new(self.algorithm), pages, wire: 0, progress })
     }
 
     /// Copies server file `src` (relative to the data directory) to `dst` below DEST.
@@ -270,10 +280,11 @@ impl Transfer {
         src: &SafePath,
         dest: &Dest,
         dst: &SafePath,
+        range: Option<(u64, u64)>,
     ) -> Result<Outcome, TransferError> {
         let got = match self.method {
-            Method::Plain => self.fetch_plain(s, src, dest, dst)?,
-            Method::Zlib(level) => self.fetch_zlib(s, src, dest, dst, level)?,
+            Method::Plain => self.fetch_plain(s, src, dest, dst, range)?,
+            Method::Zlib(level) => self.fetch_zlib(s, src, dest, dst, level, range)?,
         };
         let Some((sink, mtime)) = got else { return Ok(Outcome::Vanished) };
         let Sink { w, digest, pages, wire, .. } = sink;
@@ -314,14 +325,24 @@ impl Transfer {
         src: &SafePath,
         dest: &Dest,
         dst: &SafePath,
+        range: Option<(u64, u64)>,
     ) -> Result<Option<(Sink, i64)>, TransferError> {
         let path = src.display();
         let what = format!("could not read \"{path}\"");
         let chunk = self.chunk as i64;
         let source = Source::of(src)?;
-        let mut rows = match &source {
-            Source::Text(p) => s.stream(sql::READ_PLAIN, &[p, &chunk], &what)?,
-            Source::ByName(dir, name) => s.stream(sql::READ_PLAIN_BY_NAME, &[dir, name, &chunk], &what)?,
+        let mut rows = match (&source, range) {
+            (Source::Text(p), None) => s.stream(sql::READ_PLAIN, &[p, &chunk], &what)?,
+            (Source::Text(p), Some((off, len))) => {
+                s.stream(sql::READ_PLAIN_RANGE, &[p, &chunk, &(off as i64), &(len as i64)], &what)?
+            }
+            (Source::ByName(dir, name), None) => s.stream(sql::READ_PLAIN_BY_NAME, &[dir, name, &chunk], &what)?,
+            (Source::ByName(..), Some(_)) => {
+                return Err(TransferError::Data {
+                    path,
+                    message: "pieces of a file whose name is not UTF-8 are not supported".into(),
+                })
+            }
         };
         let mut out: Option<Sink> = None;
         let (mut size, mut mtime) = (0u64, 0i64);
@@ -332,9 +353,10 @@ impl Transfer {
             let sink = match out.as_mut() {
                 Some(w) => w,
                 None => {
-                    size = sz.max(0) as u64;
+                    // A piece is as long as asked, whatever the file's size now.
+                    size = range.map_or(sz.max(0) as u64, |(_, len)| len);
                     mtime = row.try_get::<_, Option<i64>>(1).map_err(|e| pg_err(&what, e))?.unwrap_or(0);
-                    out.insert(self.sink(dest, src, dst)?)
+                    out.insert(self.sink(dest, src, dst, range)?)
                 }
             };
             match row.try_get::<_, Option<&[u8]>>(2).map_err(|e| pg_err(&what, e))? {
@@ -371,13 +393,15 @@ impl Transfer {
         dest: &Dest,
         dst: &SafePath,
         level: u32,
+        range: Option<(u64, u64)>,
     ) -> Result<Option<(Sink, i64)>, TransferError> {
         // The PL/Python helper takes the name as text: a name that is not UTF-8 goes plain.
-        let Some(path) = src.to_str() else { return self.fetch_plain(s, src, dest, dst) };
+        let Some(path) = src.to_str() else { return self.fetch_plain(s, src, dest, dst, range) };
         let what = format!("could not read \"{path}\"");
         let chunk = self.chunk as i64;
         let level = level as i32;
-        let mut rows = s.stream(sql::READ_ZLIB, &[&path, &chunk, &level], &what)?;
+        let (off, len) = range.map_or((0i64, -1i64), |(o, l)| (o as i64, l as i64));
+        let mut rows = s.stream(sql::READ_ZLIB, &[&path, &chunk, &level, &off, &len], &what)?;
         let mut out: Option<Sink> = None;
         let (mut size, mut mtime) = (0u64, 0i64);
         let mut buf = Vec::with_capacity(self.chunk as usize);
@@ -392,7 +416,7 @@ impl Transfer {
                     })?;
                     size = i64::from_be_bytes(header[..8].try_into().unwrap_or_default()).max(0) as u64;
                     mtime = i64::from_be_bytes(header[8..].try_into().unwrap_or_default());
-                    out = Some(self.sink(dest, src, dst)?);
+                    out = Some(self.sink(dest, src, dst, range)?);
                     continue;
                 }
             };

@@ -53,7 +53,7 @@ impl Copier {
     fn copy(&mut self, name: &str, as_name: &str) -> Result<Outcome, Error> {
         let src = wal_path(name)?;
         let dst = wal_path(as_name)?;
-        self.t.fetch(&mut self.s, &src, &self.dest, &dst).map_err(transfer_err)
+        self.t.fetch(&mut self.s, &src, &self.dest, &dst, None).map_err(transfer_err)
     }
 
     /// Copies history files that are new or changed.

@@ -138,7 +138,7 @@ pub fn run(common: &Common, id: Option<usize>, compress: Compress) -> Result<(),
             }
         };
         let (dest, dst) = roots.route(&dst);
-        match transfer.fetch(&mut s, &src, dest, &dst) {
+        match transfer.fetch(&mut s, &src, dest, &dst, req.range) {
             Ok(Outcome::Copied(c)) => {
                 for b in &c.bad_pages {
                     say(Response::BadPage {

@@ -283,7 +283,7 @@ pub fn compression_available(s: &mut Session) -> Result<Result<(), String>, PgEr
 /// 8-byte big-endian integers (no row at all if the file does not exist); then one
 /// zlib-compressed chunk per row.
 pub const CREATE_ZLIB_READER: &str = r#"
-CREATE FUNCTION pg_temp.pgbb_read_zlib(path text, chunk bigint, level integer)
+CREATE FUNCTION pg_temp.pgbb_read_zlib(path text, chunk bigint, level integer, off bigint, want bigint)
 RETURNS SETOF bytea LANGUAGE plpython3u STRICT AS $pgbb$
 import os, struct, zlib
 try:
@@ -292,8 +292,10 @@ except FileNotFoundError:
     return
 with f:
     st = os.fstat(f.fileno())
-    size = st.st_size
+    size = st.st_size if want < 0 else want
     yield struct.pack('>qq', size, int(st.st_mtime))
+    if off > 0:
+        f.seek(off)
     left = size
     while left > 0:
         b = f.read(min(chunk, left))
@@ -303,9 +305,10 @@ with f:
         yield zlib.compress(b, level)
 $pgbb$"#;
 
-/// Streams a file compressed: see [`CREATE_ZLIB_READER`]. A target-list set-returning
-/// function runs value-per-call, so rows leave the server as they are produced.
-pub const READ_ZLIB: &str = "SELECT pg_temp.pgbb_read_zlib($1, $2, $3)";
+/// Streams a file (or, with `off`/`len` ≥ 0, one piece of it) compressed: see
+/// [`CREATE_ZLIB_READER`]. A target-list set-returning function runs value-per-call, so
+/// rows leave the server as they are produced.
+pub const READ_ZLIB: &str = "SELECT pg_temp.pgbb_read_zlib($1, $2, $3, $4, $5)";
 
 /// Streams a file plainly with built-in functions, one row per chunk: (size, mtime, chunk).
 /// A single row with a NULL size means the file does not exist; an empty file gives one row
@@ -314,6 +317,13 @@ pub const READ_PLAIN: &str = "SELECT st.size, extract(epoch FROM st.modification
        pg_read_binary_file($1, o, $2, true) \
        FROM pg_stat_file($1, true) AS st \
        LEFT JOIN LATERAL generate_series(0::bigint, st.size - 1, $2) AS o ON true";
+
+/// [`READ_PLAIN`] for one piece of a file: bytes $3 .. $3 + $4. Reads past the end give
+/// empty chunks (zero-filled by the worker, as for a file that shrank).
+pub const READ_PLAIN_RANGE: &str = "SELECT st.size, extract(epoch FROM st.modification)::bigint, \
+       pg_read_binary_file($1, o, least($2, $3 + $4 - o), true) \
+       FROM pg_stat_file($1, true) AS st \
+       LEFT JOIN LATERAL generate_series($3::bigint, $3 + $4 - 1, $2) AS o ON true";
 
 /// [`READ_PLAIN`] for a file whose name is not valid UTF-8: found by the raw bytes of its
 /// name ($2) in its directory ($1, `.` for the top), so the name never travels as text.
