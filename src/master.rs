@@ -371,7 +371,14 @@ fn backup(
         wal_done: None,
         wal_missing: Vec::new(),
         wal_files: 0,
-        queue: work_queue(&plan.files, opts.jobs, common.algorithm),
+        queue: {
+            let q = work_queue(&plan.files, opts.jobs, common.algorithm);
+            let pieces = q.iter().filter(|w| w.range.is_some()).count();
+            if pieces > 0 {
+                log::info!("large files go in {pieces} pieces of up to {} MB, copied in parallel", PIECE >> 20);
+            }
+            q
+        },
         assemblies: std::collections::HashMap::new(),
         roots: &roots,
         sizes: plan.files.iter().filter(|f| f.size >= SPLIT_FROM).map(|f| (f.path.clone(), f.size)).collect(),

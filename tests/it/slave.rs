@@ -129,7 +129,9 @@ fn slave_survives_hostile_lines() {
     let text = stdout(&out);
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 9, "{text}");
-    for (i, want) in ["NUL", "NUL", "longer than", "bad escape", "wrong number of fields", "..", ".."].iter().enumerate() {
+    for (i, want) in
+        ["NUL", "NUL", "longer than", "bad escape", "wrong number of fields", "..", ".."].iter().enumerate()
+    {
         assert!(lines[i + 1].starts_with("error\t") && lines[i + 1].contains(want), "line {}: {text}", i + 1);
     }
     assert!(lines[8].starts_with("ok\t"), "{text}");
