@@ -2,36 +2,20 @@
 //! source, in the form pg_basebackup writes them (`standby.signal` plus `primary_conninfo`
 //! and `primary_slot_name` in `postgresql.auto.conf`).
 
-use crate::pg::conninfo::Params;
+use crate::pg::conninfo::{quote_value, Params};
 
 /// Keywords of the DSN that make sense for a replication connection (no dbname, no
 /// options pgbb sets for itself).
 const KEPT: &[&str] =
     &["user", "host", "hostaddr", "port", "sslmode", "sslrootcert", "sslcert", "sslkey", "connect_timeout"];
 
-/// A conninfo value, quoted when needed, as libpq reads it.
-fn conninfo_value(v: &str) -> String {
-    if !v.is_empty() && !v.chars().any(|c| c.is_whitespace() || c == '\'' || c == '\\') {
-        return v.to_string();
-    }
-    let mut s = String::from("'");
-    for c in v.chars() {
-        if c == '\'' || c == '\\' {
-            s.push('\\');
-        }
-        s.push(c);
-    }
-    s.push('\'');
-    s
-}
-
 /// `primary_conninfo` from the connection pgbb used; the password is included when one was
 /// used, as pg_basebackup does (keep the copy's postgresql.auto.conf private).
 pub fn primary_conninfo(params: &Params, password: Option<&str>) -> String {
     let mut parts: Vec<String> =
-        KEPT.iter().filter_map(|k| params.get(*k).map(|v| format!("{k}={}", conninfo_value(v)))).collect();
+        KEPT.iter().filter_map(|k| params.get(*k).map(|v| format!("{k}={}", quote_value(v)))).collect();
     if let Some(p) = password {
-        parts.insert(1, format!("password={}", conninfo_value(p)));
+        parts.insert(1, format!("password={}", quote_value(p)));
     }
     parts.join(" ")
 }

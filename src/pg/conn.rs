@@ -109,18 +109,6 @@ fn os_user() -> String {
         .unwrap_or_else(|| "postgres".into())
 }
 
-fn quote(v: &str) -> String {
-    let mut s = String::from("'");
-    for c in v.chars() {
-        if c == '\'' || c == '\\' {
-            s.push('\\');
-        }
-        s.push(c);
-    }
-    s.push('\'');
-    s
-}
-
 /// Splits one password-file line into its five fields (`\\` escapes `:` and `\\`).
 fn passfile_fields(line: &str) -> Option<Vec<String>> {
     let mut fields = vec![String::new()];
@@ -284,7 +272,7 @@ impl ConnInfo {
 
     /// A key=value connection string with everything but the password, for a child's argv.
     pub fn child_dsn(&self) -> String {
-        self.params.iter().map(|(k, v)| format!("{k}={}", quote(v))).collect::<Vec<_>>().join(" ")
+        self.params.iter().map(|(k, v)| format!("{k}={}", conninfo::quote_value(v))).collect::<Vec<_>>().join(" ")
     }
 
     /// The resolved settings (no password), e.g. for `primary_conninfo`.
@@ -430,6 +418,8 @@ mod tests {
 
     #[test]
     fn quoting() {
-        assert_eq!(quote("a b'c\\"), "'a b\\'c\\\\'");
+        assert_eq!(conninfo::quote_value("a b'c\\"), "'a b\\'c\\\\'");
+        assert_eq!(conninfo::quote_value("plain"), "plain");
+        assert_eq!(conninfo::quote_value(""), "''");
     }
 }

@@ -16,6 +16,23 @@ pub fn parse(s: &str) -> Result<Params, String> {
     }
 }
 
+/// A value as it must appear in a key=value connection string: bare when it can be, else
+/// single-quoted with `'` and `\` escaped.
+pub fn quote_value(v: &str) -> String {
+    if !v.is_empty() && !v.chars().any(|c| c.is_whitespace() || c == '\'' || c == '\\') {
+        return v.to_string();
+    }
+    let mut s = String::from("'");
+    for c in v.chars() {
+        if c == '\'' || c == '\\' {
+            s.push('\\');
+        }
+        s.push(c);
+    }
+    s.push('\'');
+    s
+}
+
 fn parse_pairs(s: &str) -> Result<Params, String> {
     let mut out = Params::new();
     let mut chars = s.chars().peekable();

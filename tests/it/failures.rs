@@ -9,20 +9,6 @@ use nix::unistd::Pid;
 
 use crate::harness::*;
 
-fn wait_exit(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("pgbb did not exit within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn kill_worker(no_clean: bool) {
     let c = Cluster::new();
     c.pgbench_init(10);
@@ -38,7 +24,7 @@ fn kill_worker(no_clean: bool) {
     std::thread::sleep(Duration::from_millis(300));
     kill(Pid::from_raw(worker), Signal::SIGKILL).unwrap();
     let t = Instant::now();
-    let status = wait_exit(&mut child, Duration::from_secs(15));
+    let status = wait_exit(&mut child, Duration::from_secs(15)).0;
     let out = child.wait_with_output().unwrap();
     let err = stderr(&out);
     assert_eq!(status.code(), Some(1), "{err}");
@@ -102,7 +88,7 @@ fn missing_wal_segment_fails_the_backup() {
     assert!(!dest.join("pg_wal").join(&seg).exists(), "the frozen WAL child already had {seg}");
     std::fs::remove_file(c.data.join("pg_wal").join(&seg)).unwrap();
     kill(Pid::from_raw(wal), Signal::SIGCONT).unwrap();
-    let status = wait_exit(&mut child, Duration::from_secs(30));
+    let status = wait_exit(&mut child, Duration::from_secs(30)).0;
     let out = child.wait_with_output().unwrap();
     let err = stderr(&out);
     assert_eq!(status.code(), Some(1), "{err}");
@@ -143,7 +129,7 @@ fn clean_ends_a_leftover_backup() {
     for p in &frozen {
         kill(Pid::from_raw(*p), Signal::SIGCONT).unwrap();
     }
-    let status = wait_exit(&mut a, Duration::from_secs(20));
+    let status = wait_exit(&mut a, Duration::from_secs(20)).0;
     assert!(!status.success(), "the terminated backup must not report success");
     assert!(!old.join("global/pg_control").exists());
     assert_no_pgbb_process(&o);

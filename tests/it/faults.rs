@@ -26,20 +26,6 @@ fn start_slow(c: &Cluster, name: &str, extra: &[&str]) -> (Child, std::path::Pat
     (child, dest)
 }
 
-fn wait_exit(child: &mut Child, limit: Duration) -> (std::process::ExitStatus, Duration) {
-    let t = Instant::now();
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            return (s, t.elapsed());
-        }
-        if t.elapsed() > limit {
-            let _ = child.kill();
-            panic!("pgbb did not exit within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// What every row asserts after the failure; returns stderr.
 fn assert_failed_cleanly(c: &Cluster, child: Child, dest: &std::path::Path, code: i32, cause: &str) -> String {
     let out = child.wait_with_output().unwrap();

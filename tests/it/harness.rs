@@ -371,6 +371,22 @@ pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// Waits for a child to exit, at most `limit` (then kills it and fails); returns its status
+/// and how long it took.
+pub fn wait_exit(child: &mut Child, limit: Duration) -> (std::process::ExitStatus, Duration) {
+    let t = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return (s, t.elapsed());
+        }
+        if t.elapsed() > limit {
+            let _ = child.kill();
+            panic!("pgbb did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Pids of live processes whose command line contains `needle`.
 pub fn procs_with(needle: &str) -> Vec<i32> {
     let mut v = Vec::new();
