@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# The performance benchmark (docs/benchmarks.md): pgbb against core pg_basebackup, pgBackRest
+# and a plain `cp -a`, alternating contenders in one run, on a throwaway cluster.
+#
+#   scripts/bench.sh [--link loopback|1gbit|200mbit] [--scale N] [--random-mb N]
+#                    [--rounds N] [--out FILE] [CONTENDER...]
+#
+# Dataset: pgbench at --scale (100 ≈ 1.5 GB) plus a table of --random-mb MB of random
+# bytes (pgcrypto's gen_random_bytes: does not compress). Contenders (default: all):
+#   cp                   cp -a of the data directory, then sync (the floor; loopback only)
+#   basebackup           pg_basebackup -Fp -X stream -c fast (fsync and manifest on)
+#   basebackup-lz4/-zstd the same with --compress=server-lz4 / server-zstd
+#   pgbackrest-P-C       pgBackRest full backup, process-max P, compress-type C (none|lz4)
+#   pgbb-J-C             pgbb -j J --compress C (none|zlib)
+# --link 1gbit/200mbit puts the server in a network namespace behind a veth pair shaped with
+# `tc qdisc tbf`; clients connect over it (pgBackRest and cp read the files locally, so they
+# are left out there).
+# Each round runs every contender once, in order; the table gives median/min/max wall time,
+# throughput, client CPU and the largest resident set of one process (GNU time).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+LINK=loopback SCALE=100 RANDOM_MB=500 ROUNDS=5 OUT=""
+while [ $# -gt 0 ]; do
+  case $1 in
+    --link) LINK=$2; shift 2 ;;
+    --scale) SCALE=$2; shift 2 ;;
+    --random-mb) RANDOM_MB=$2; shift 2 ;;
+    --rounds) ROUNDS=$2; shift 2 ;;
+    --out) OUT=$2; shift 2 ;;
+    *) break ;;
+  esac
+done
+CONTENDERS=("$@")
+if [ ${#CONTENDERS[@]} -eq 0 ]; then
+  CONTENDERS=(basebackup basebackup-lz4 basebackup-zstd pgbb-1-none pgbb-2-none pgbb-4-none pgbb-1-zlib pgbb-2-zlib pgbb-4-zlib)
+  if [ "$LINK" = loopback ]; then
+    CONTENDERS=(cp "${CONTENDERS[@]}" pgbackrest-1-none pgbackrest-2-none pgbackrest-1-lz4 pgbackrest-2-lz4)
+  fi
+fi
+[ "$(id -u)" = 0 ] || { echo "bench: run as root (it starts the server as postgres and may create a network namespace)" >&2; exit 1; }
+scripts/deps.sh
+command -v pgbackrest >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbackrest >/dev/null
+cargo build --release --locked -q
+PGBB=$PWD/target/release/pgbb
+BIN=/usr/lib/postgresql/15/bin
+WORK=$(mktemp -d /tmp/pgbb-bench.XXXXXX); chmod 755 "$WORK"; chown postgres "$WORK"
+PORT=54351 NS="" HOSTADDR=""
+RUN=(runuser -u postgres --)
+cleanup() {
+  ${NS:+ip netns exec "$NS"} "${RUN[@]}" "$BIN/pg_ctl" -D "$WORK/data" -m immediate stop >/dev/null 2>&1 || true
+  [ -n "$NS" ] && { ip link del pgbbh0 2>/dev/null || true; ip netns del "$NS" 2>/dev/null || true; }
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+"${RUN[@]}" "$BIN/initdb" -D "$WORK/data" -U postgres --auth=trust --data-checksums --no-sync >/dev/null
+cat >> "$WORK/data/postgresql.conf" <<CONF
+shared_buffers = 256MB
+max_wal_size = 4GB
+listen_addresses = ''
+CONF
+START=("$BIN/pg_ctl" -D "$WORK/data" -l "$WORK/log" -w)
+if [ "$LINK" != loopback ]; then
+  case $LINK in 1gbit) RATE=1gbit ;; 200mbit) RATE=200mbit ;; *) echo "bench: --link loopback|1gbit|200mbit" >&2; exit 2 ;; esac
+  NS=pgbb-bench-$$
+  ip netns add "$NS"
+  ip link add pgbbh0 type veth peer name pgbbn0
+  ip link set pgbbn0 netns "$NS"
+  ip addr add 10.251.0.1/30 dev pgbbh0; ip link set pgbbh0 up
+  ip netns exec "$NS" ip addr add 10.251.0.2/30 dev pgbbn0
+  ip netns exec "$NS" ip link set pgbbn0 up; ip netns exec "$NS" ip link set lo up
+  # Shape both directions.
+  tc qdisc add dev pgbbh0 root tbf rate "$RATE" burst 256kb latency 50ms
+  ip netns exec "$NS" tc qdisc add dev pgbbn0 root tbf rate "$RATE" burst 256kb latency 50ms
+  echo "host all all 10.251.0.0/30 trust" >> "$WORK/data/pg_hba.conf"
+  echo "host replication all 10.251.0.0/30 trust" >> "$WORK/data/pg_hba.conf"
+  HOSTADDR=10.251.0.2
+  ip netns exec "$NS" "${RUN[@]}" "${START[@]}" -o "-p $PORT -k $WORK -c listen_addresses=$HOSTADDR" start >/dev/null
+else
+  "${RUN[@]}" "${START[@]}" -o "-p $PORT -k $WORK" start >/dev/null
+fi
+PSQL=("$BIN/psql" -h "$WORK" -p $PORT -U postgres -qAt postgres)
+echo "bench: building the dataset (pgbench scale $SCALE, $RANDOM_MB MB random)" >&2
+"$BIN/pgbench" -h "$WORK" -p $PORT -U postgres -i -q -s "$SCALE" postgres 2>/dev/null
+"${PSQL[@]}" -c "CREATE EXTENSION IF NOT EXISTS pgcrypto" -c "CREATE EXTENSION IF NOT EXISTS plpython3u" \
+  -c "CREATE TABLE rnd (b bytea)" -c "ALTER TABLE rnd ALTER COLUMN b SET STORAGE EXTERNAL" \
+  -c "INSERT INTO rnd SELECT gen_random_bytes(1024) FROM generate_series(1, $RANDOM_MB * 1024)" \
+  -c "VACUUM ANALYZE" -c "CHECKPOINT"
+SIZE=$("${PSQL[@]}" -c "SELECT sum(pg_database_size(oid)) FROM pg_database")
+echo "bench: $((SIZE / 1048576)) MB in databases, link $LINK, $ROUNDS rounds" >&2
+if [ -n "$HOSTADDR" ]; then DSN="host=$HOSTADDR port=$PORT user=postgres dbname=postgres"; BBHOST=$HOSTADDR
+else DSN="host=$WORK port=$PORT user=postgres dbname=postgres"; BBHOST=$WORK; fi
+
+# pgBackRest: a local repository, no WAL archiving (backups check nothing of it).
+cat > "$WORK/pgbackrest.conf" <<CONF
+[global]
+repo1-path=$WORK/repo
+log-level-console=warn
+log-path=$WORK
+lock-path=$WORK
+start-fast=y
+archive-check=n
+repo1-retention-full=1
+[bench]
+pg1-path=$WORK/data
+pg1-port=$PORT
+pg1-socket-path=$WORK
+CONF
+chown postgres "$WORK/pgbackrest.conf"
+BR=(pgbackrest --config="$WORK/pgbackrest.conf" --stanza=bench)
+
+run() {
+  local c=$1
+  rm -rf "$WORK/out" "$WORK/repo"; sync
+  case $c in
+    cp) /usr/bin/time -f '%e %U %S %M' -o "$WORK/time" sh -c "cp -a '$WORK/data' '$WORK/out' && sync" ;;
+    basebackup) /usr/bin/time -f '%e %U %S %M' -o "$WORK/time" "$BIN/pg_basebackup" -h "$BBHOST" -p $PORT -U postgres -D "$WORK/out" -Fp -X stream -c fast ;;
+    basebackup-lz4|basebackup-zstd)
+      /usr/bin/time -f '%e %U %S %M' -o "$WORK/time" "$BIN/pg_basebackup" -h "$BBHOST" -p $PORT -U postgres -D "$WORK/out" -Fp -X stream -c fast --compress=server-${c#basebackup-} ;;
+    pgbackrest-*)
+      local p=${c#pgbackrest-}; local procs=${p%-*} comp=${p#*-}
+      mkdir -p "$WORK/repo"; chown postgres "$WORK/repo"
+      "${RUN[@]}" "${BR[@]}" stanza-create >/dev/null
+      /usr/bin/time -f '%e %U %S %M' -o "$WORK/time" "${RUN[@]}" "${BR[@]}" --type=full --process-max="$procs" --compress-type="$comp" backup ;;
+    pgbb-*)
+      local p=${c#pgbb-}; local jobs=${p%-*} comp=${p#*-}
+      /usr/bin/time -f '%e %U %S %M' -o "$WORK/time" "$PGBB" -c fast -j "$jobs" --compress "$comp" "$DSN" "$WORK/out" >/dev/null ;;
+    *) echo "bench: unknown contender $c" >&2; exit 2 ;;
+  esac
+}
+
+declare -A T CPU RSS
+for r in $(seq 1 "$ROUNDS"); do
+  for c in "${CONTENDERS[@]}"; do
+    run "$c"
+    read -r t u s m < "$WORK/time"
+    T[$c]="${T[$c]:-} $t"; CPU[$c]="${CPU[$c]:-} $(echo "$u + $s" | bc -l)"; RSS[$c]="${RSS[$c]:-} $m"
+    printf 'round %d  %-20s %7.2f s\n' "$r" "$c" "$t" >&2
+  done
+done
+median() { sort -n | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; print m, a[1], a[NR]}'; }
+table=$(
+  printf '| contender | median s | min s | max s | MB/s | client CPU s | max RSS MiB |\n|---|---|---|---|---|---|---|\n'
+  for c in "${CONTENDERS[@]}"; do
+    # shellcheck disable=SC2086
+    read -r med min max < <(printf '%s\n' ${T[$c]} | median)
+    # shellcheck disable=SC2086
+    read -r cpu _ _ < <(printf '%s\n' ${CPU[$c]} | median)
+    # shellcheck disable=SC2086
+    read -r _ _ rss < <(printf '%s\n' ${RSS[$c]} | median)
+    printf '| %s | %.2f | %.2f | %.2f | %.0f | %.2f | %.0f |\n' "$c" "$med" "$min" "$max" \
+      "$(echo "$SIZE / 1048576 / $med" | bc -l)" "$cpu" "$(echo "$rss / 1024" | bc -l)"
+  done
+)
+echo
+echo "dataset: $((SIZE / 1048576)) MB (pgbench scale $SCALE + $RANDOM_MB MB random), link $LINK, $ROUNDS rounds, $(date -u +%F)"
+echo "$table"
+if [ -n "$OUT" ]; then
+  printf '%s\n' "$table" | awk -F'|' 'NR>2 {gsub(/ /,"",$2); print $2, $3}' > "$OUT.dat"
+  if command -v gnuplot >/dev/null; then
+    gnuplot <<GP
+set terminal pngcairo size 900,480
+set output "$OUT"
+set style data histograms
+set style fill solid 0.8
+set ylabel "median wall time, s (lower is better)"
+set title "Base backup of $((SIZE / 1048576)) MB, link $LINK"
+set xtics rotate by 45 right
+set bmargin 8
+set yrange [0:*]
+plot "$OUT.dat" using 2:xtic(1) notitle
+GP
+    echo "bench: chart in $OUT" >&2
+  fi
+fi
