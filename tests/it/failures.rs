@@ -65,27 +65,9 @@ fn missing_wal_segment_fails_the_backup() {
     c.pgbench_init(2);
     let dest = c.path("nowal");
     let d = dest.to_str().unwrap().to_string();
-    let mut child = pgbb()
-        .args(["-j", "1", "-c", "fast", "-v", "--no-slot"])
-        .arg(c.dsn())
-        .arg(&dest)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let wal = wait_for_proc(&["--slave", "-x", &d], Duration::from_secs(30)).expect("no WAL child appeared");
-    kill(Pid::from_raw(wal), Signal::SIGSTOP).unwrap();
+    let mut child = spawn_pgbb(&["-j", "1", "-c", "fast", "-v", "--no-slot"], &c.dsn(), &dest);
     // The master stops the backup and then waits for the frozen WAL child.
-    let label = dest.join("backup_label");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !label.exists() {
-        assert!(Instant::now() < deadline, "backup_label never appeared");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(100));
-    let text = std::fs::read_to_string(&label).unwrap();
-    let seg = text.lines().next().unwrap().split("(file ").nth(1).unwrap().trim_end_matches(')').to_string();
-    assert!(!dest.join("pg_wal").join(&seg).exists(), "the frozen WAL child already had {seg}");
+    let (wal, seg) = freeze_wal_child_until_stopped(&dest);
     std::fs::remove_file(c.data.join("pg_wal").join(&seg)).unwrap();
     kill(Pid::from_raw(wal), Signal::SIGCONT).unwrap();
     let status = wait_exit(&mut child, Duration::from_secs(30)).0;

@@ -200,17 +200,7 @@ fn f09_dest_fills_up() {
 /// Freezes the WAL child until the backup has stopped, then has the server recycle the
 /// backup's first segment (no slot, small max_wal_size, switches and checkpoints).
 fn starve_wal(c: &Cluster, dest: &std::path::Path) -> String {
-    let wal = wait_for_proc(&["--slave", "-x", dest.to_str().unwrap()], Duration::from_secs(30)).expect("no WAL child");
-    kill(Pid::from_raw(wal), Signal::SIGSTOP).unwrap();
-    let label = dest.join("backup_label");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !label.exists() {
-        assert!(Instant::now() < deadline, "backup_label never appeared");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(100));
-    let text = std::fs::read_to_string(&label).unwrap();
-    let seg = text.lines().next().unwrap().split("(file ").nth(1).unwrap().trim_end_matches(')').to_string();
+    let (wal, seg) = freeze_wal_child_until_stopped(dest);
     let mut cl = c.client();
     let deadline = Instant::now() + Duration::from_secs(60);
     while c.data.join("pg_wal").join(&seg).exists() {
@@ -233,14 +223,7 @@ fn f10_wal_recycled_before_it_was_copied() {
     c.pgbench_init(2);
     c.client().batch_execute("CREATE TABLE churn (x int)").unwrap();
     let dest = c.path("f10");
-    let child = pgbb()
-        .args(["-j", "1", "-c", "fast", "--no-slot"])
-        .arg(c.dsn())
-        .arg(&dest)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_pgbb(&["-j", "1", "-c", "fast", "--no-slot"], &c.dsn(), &dest);
     let seg = starve_wal(&c, &dest);
     let err = assert_failed_cleanly(&c, child, &dest, 1, "WAL needed to restore the backup is missing");
     assert!(err.contains(&seg), "{err}");
@@ -257,14 +240,7 @@ fn f11_slot_invalidated_by_max_slot_wal_keep_size() {
     c.pgbench_init(2);
     c.client().batch_execute("CREATE TABLE churn (x int)").unwrap();
     let dest = c.path("f11");
-    let child = pgbb()
-        .args(["-j", "1", "-c", "fast"])
-        .arg(c.dsn())
-        .arg(&dest)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_pgbb(&["-j", "1", "-c", "fast"], &c.dsn(), &dest);
     starve_wal(&c, &dest);
     assert_failed_cleanly(&c, child, &dest, 1, "was invalidated during the backup");
     assert!(!dest.exists());

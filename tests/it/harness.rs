@@ -387,23 +387,23 @@ pub fn wait_exit(child: &mut Child, limit: Duration) -> (std::process::ExitStatu
     }
 }
 
-/// Pids of live processes whose command line contains `needle`.
-pub fn procs_with(needle: &str) -> Vec<i32> {
+/// Live pgbb processes (zombies have an empty cmdline) and their command lines.
+fn pgbb_processes() -> Vec<(i32, String)> {
     let mut v = Vec::new();
     for e in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmd) = fs::read(e.path().join("cmdline")) else {
-            continue;
-        };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(cmd) = fs::read(e.path().join("cmdline")) else { continue };
         let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-        // Zombies have an empty cmdline; only live processes count.
-        if cmd.contains(needle) && cmd.starts_with(pgbb_bin()) {
-            v.push(pid);
+        if cmd.starts_with(pgbb_bin()) {
+            v.push((pid, cmd));
         }
     }
     v
+}
+
+/// Pids of live pgbb processes whose command line contains `needle`.
+pub fn procs_with(needle: &str) -> Vec<i32> {
+    pgbb_processes().into_iter().filter(|(_, cmd)| cmd.contains(needle)).map(|(pid, _)| pid).collect()
 }
 
 /// Waits until no pgbb process mentions `needle` (typically DEST).
@@ -419,25 +419,41 @@ pub fn assert_no_pgbb_process(needle: &str) {
     }
 }
 
-/// Waits for a process whose command line contains all of `needles`.
+/// Waits for a pgbb process whose command line contains all of `needles`.
 pub fn wait_for_proc(needles: &[&str], timeout: Duration) -> Option<i32> {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
-        for e in fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let Ok(cmd) = fs::read(e.path().join("cmdline")) else {
-                continue;
-            };
-            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-            if cmd.starts_with(pgbb_bin()) && needles.iter().all(|n| cmd.contains(n)) {
-                return Some(pid);
-            }
+        let found = pgbb_processes().into_iter().find(|(_, cmd)| needles.iter().all(|n| cmd.contains(n)));
+        if let Some((pid, _)) = found {
+            return Some(pid);
         }
         std::thread::sleep(Duration::from_millis(5));
     }
     None
+}
+
+/// Freezes the WAL child of the backup into `dest` (SIGSTOP) and waits until the master has
+/// stopped the backup (backup_label written) and waits for it. Returns the WAL child's pid
+/// and the backup's first segment, which the frozen child has not copied.
+pub fn freeze_wal_child_until_stopped(dest: &Path) -> (i32, String) {
+    let wal = wait_for_proc(&["--slave", "-x", dest.to_str().unwrap()], Duration::from_secs(30)).expect("no WAL child");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(wal), nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let label = dest.join("backup_label");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !label.exists() {
+        assert!(Instant::now() < deadline, "backup_label never appeared");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let text = fs::read_to_string(&label).unwrap();
+    let seg = text.lines().next().unwrap().split("(file ").nth(1).unwrap().trim_end_matches(')').to_string();
+    assert!(!dest.join("pg_wal").join(&seg).exists(), "the frozen WAL child already had {seg}");
+    (wal, seg)
+}
+
+/// Starts `pgbb ARGS DSN DEST` with stdout and stderr captured.
+pub fn spawn_pgbb(args: &[&str], dsn: &str, dest: &Path) -> Child {
+    pgbb().args(args).arg(dsn).arg(dest).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()
 }
 
 pub fn query_i64(c: &mut Client, sql: &str) -> i64 {
