@@ -2,22 +2,11 @@
 
 use crate::harness::*;
 use crate::slave::walk;
-use std::io::Write;
 use std::process::Stdio;
 
 fn slave_copy(c: &Cluster, dest: &std::path::Path, files: &[String], compress: &str) -> String {
-    let mut child = pgbb()
-        .args(["--slave", "--stdin", "-v", "--compress", compress, "--chunk-size", "64k"])
-        .arg(c.dsn())
-        .arg(dest)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
     let input: String = files.iter().map(|f| format!("{f}\n")).collect();
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = run_slave(c, dest, input.as_bytes(), &["-v", "--compress", compress, "--chunk-size", "64k"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out).lines().filter(|l| l.starts_with("ok\t")).count(), files.len(), "{}", stdout(&out));
     stderr(&out)

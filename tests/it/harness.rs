@@ -451,6 +451,22 @@ pub fn freeze_wal_child_until_stopped(dest: &Path) -> (i32, String) {
     (wal, seg)
 }
 
+/// Runs `pgbb --slave --stdin EXTRA DSN DEST` by hand with `input` on its stdin, to the end.
+pub fn run_slave(c: &Cluster, dest: &Path, input: &[u8], extra: &[&str]) -> Output {
+    let mut child = pgbb()
+        .args(["--slave", "--stdin"])
+        .args(extra)
+        .arg(c.dsn())
+        .arg(dest)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
 /// Starts `pgbb ARGS DSN DEST` with stdout and stderr captured.
 pub fn spawn_pgbb(args: &[&str], dsn: &str, dest: &Path) -> Child {
     pgbb().args(args).arg(dsn).arg(dest).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()

@@ -175,18 +175,7 @@ fn a_file_name_that_is_not_utf8_is_copied_and_encoded_in_the_manifest() {
     assert!(manifest.contains("{ \"Encoded-Path\": \"626164ff6e616d65\", \"Size\": 9,"), "{manifest}");
     verifybackup(&dest, &[]);
     // By hand too: the name travels escaped.
-    let out = pgbb()
-        .args(["--slave", "--stdin"])
-        .arg(c.dsn())
-        .arg(c.path("byhand-nonutf8"))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut ch| {
-            ch.stdin.take().unwrap().write_all(b"bad\\xffname\n")?;
-            ch.wait_with_output()
-        })
-        .unwrap();
+    let out = run_slave(&c, &c.path("byhand-nonutf8"), b"bad\\xffname\n", &[]);
     assert!(stdout(&out).contains("ok\t9\tbad\\xffname\t"), "{}", stdout(&out));
     assert_eq!(std::fs::read(c.path("byhand-nonutf8").join(name)).unwrap(), b"not utf-8");
 }

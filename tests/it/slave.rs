@@ -1,30 +1,6 @@
 //! The by-hand worker interface: `pgbb --slave --stdin DSN DEST` with a file list on stdin.
 
-use std::io::Write;
-use std::process::Stdio;
-
 use crate::harness::*;
-
-fn run_slave(
-    c: &Cluster,
-    dest: &std::path::Path,
-    input: &str,
-    extra: &[&str],
-) -> (String, String, std::process::ExitStatus) {
-    let mut child = pgbb()
-        .args(["--slave", "--stdin"])
-        .args(extra)
-        .arg(c.dsn())
-        .arg(dest)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    (stdout(&out), stderr(&out), out.status)
-}
 
 #[test]
 fn by_hand_slave_copies_exactly_and_refuses_escapes() {
@@ -39,7 +15,8 @@ fn by_hand_slave_copies_exactly_and_refuses_escapes() {
     let outside = c.path("outside-marker");
     let before: Vec<_> = std::fs::read_dir(c.tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     let input = format!("PG_VERSION\npg_hba.conf\n{rel}\n../x\n/etc/passwd\n\nnot/there\nPG_VERSION\n");
-    let (out, err, status) = run_slave(&c, &dest, &input, &["--compress", "none"]);
+    let res = run_slave(&c, &dest, input.as_bytes(), &["--compress", "none"]);
+    let (out, err, status) = (stdout(&res), stderr(&res), res.status);
     assert!(status.success(), "slave failed: {err}");
     let lines: Vec<&str> = out.lines().collect();
     assert!(lines[0].starts_with("hello\tpgbb\t2\t"), "{out}");
@@ -93,7 +70,8 @@ pub fn walk(root: &std::path::Path) -> Vec<String> {
 fn slave_tab_form_writes_to_another_name() {
     let c = Cluster::new();
     let dest = c.path("renamed");
-    let (out, err, status) = run_slave(&c, &dest, "PG_VERSION\tcopies/version\n", &[]);
+    let res = run_slave(&c, &dest, b"PG_VERSION\tcopies/version\n", &[]);
+    let (out, err, status) = (stdout(&res), stderr(&res), res.status);
     assert!(status.success(), "{err}");
     assert!(out.contains("ok\t"), "{out}");
     assert_eq!(std::fs::read(dest.join("copies/version")).unwrap(), std::fs::read(c.data.join("PG_VERSION")).unwrap());
@@ -114,17 +92,7 @@ fn slave_survives_hostile_lines() {
     input.extend_from_slice(b"../../../../tmp/evil\tPG_VERSION\n"); // unsafe source
     input.extend_from_slice(b"PG_VERSION\t../../evil\n"); // unsafe target
     input.extend_from_slice(b"PG_VERSION\n");
-    let mut child = pgbb()
-        .args(["--slave", "--stdin"])
-        .arg(c.dsn())
-        .arg(&dest)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(&input).unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = run_slave(&c, &dest, &input, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
     let lines: Vec<&str> = text.lines().collect();

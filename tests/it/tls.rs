@@ -10,26 +10,18 @@ fn openssl(dir: &Path, args: &[&str]) {
     run_ok(Command::new("openssl").current_dir(dir).args(args));
 }
 
-/// A CA, and a server certificate for "localhost" only (no IP address in it).
-fn make_certs(dir: &Path) {
+/// A self-signed CA certificate `NAME.crt` with key `NAME.key`.
+fn make_ca(dir: &Path, cn: &str, name: &str) {
+    let (subj, key, crt) = (format!("/CN={cn}"), format!("{name}.key"), format!("{name}.crt"));
     openssl(
         dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=pgbb test CA",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-        ],
+        &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", &subj, "-keyout", &key, "-out", &crt],
     );
+}
+
+/// A CA, and a server certificate for "localhost" only (no IP address in it).
+fn make_certs(dir: &Path) {
+    make_ca(dir, "pgbb test CA", "ca");
     openssl(
         dir,
         &[
@@ -67,24 +59,7 @@ fn make_certs(dir: &Path) {
         ],
     );
     // A second, unrelated CA.
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=other CA",
-            "-keyout",
-            "other.key",
-            "-out",
-            "other.crt",
-        ],
-    );
+    make_ca(dir, "other CA", "other");
 }
 
 #[test]
