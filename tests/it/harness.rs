@@ -419,11 +419,15 @@ pub fn assert_no_pgbb_process(needle: &str) {
     }
 }
 
-/// Waits for a pgbb process whose command line contains all of `needles`.
+/// Waits for a pgbb process whose command line holds every one of `needles` as whole arguments
+/// (a needle may span several: "--worker-id 1"). Whole arguments, because a substring match
+/// would take "-x" from a temporary directory named "pgbb-test-x4Dv…".
 pub fn wait_for_proc(needles: &[&str], timeout: Duration) -> Option<i32> {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
-        let found = pgbb_processes().into_iter().find(|(_, cmd)| needles.iter().all(|n| cmd.contains(n)));
+        let found = pgbb_processes()
+            .into_iter()
+            .find(|(_, cmd)| needles.iter().all(|n| format!(" {cmd}").contains(&format!(" {n} "))));
         if let Some((pid, _)) = found {
             return Some(pid);
         }
