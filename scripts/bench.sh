@@ -3,10 +3,17 @@
 # and a plain `cp -a`, alternating contenders in one run, on a throwaway cluster.
 #
 #   scripts/bench.sh [--link loopback|1gbit|200mbit] [--scale N] [--random-mb N]
-#                    [--rounds N] [--out FILE] [CONTENDER...]
+#                    [--small-files N] [--dest-fs ext4|root] [--rounds N] [--out FILE]
+#                    [CONTENDER...]
 #
 # Dataset: pgbench at --scale (100 ≈ 1.5 GB) plus a table of --random-mb MB of random
-# bytes (pgcrypto's gen_random_bytes: does not compress). Contenders (default: all):
+# bytes (pgcrypto's gen_random_bytes: does not compress); or, with --small-files N, about N
+# small files (tiny tables with an index and TOAST, 4 files each) for listing and per-file
+# overhead. The copies go to a fresh journaled ext4 file system in a loop file (--dest-fs
+# ext4, the default), like a backup volume: this VM's root file system has no journal, and
+# there ext4 rescans every recently deleted inode for each file it creates, which makes the
+# cost of creating files depend on what the previous round deleted (docs/benchmarks.md).
+# Contenders (default: all):
 #   cp                   cp -a of the data directory, then sync (the floor; loopback only)
 #   basebackup           pg_basebackup -Fp -X stream -c fast (fsync and manifest on)
 #   basebackup-lz4/-zstd the same with --compress=server-lz4 / server-zstd
@@ -19,10 +26,12 @@
 # throughput, client CPU and the largest resident set of one process (GNU time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-LINK=loopback SCALE=100 RANDOM_MB=500 ROUNDS=5 OUT=""
+LINK=loopback SCALE=100 RANDOM_MB=500 ROUNDS=5 OUT="" SMALL=0 DESTFS=ext4
 while [ $# -gt 0 ]; do
   case $1 in
     --link) LINK=$2; shift 2 ;;
+    --small-files) SMALL=$2; shift 2 ;;
+    --dest-fs) DESTFS=$2; shift 2 ;;
     --scale) SCALE=$2; shift 2 ;;
     --random-mb) RANDOM_MB=$2; shift 2 ;;
     --rounds) ROUNDS=$2; shift 2 ;;
@@ -44,11 +53,12 @@ cargo build --release --locked -q
 PGBB=$PWD/target/release/pgbb
 BIN=/usr/lib/postgresql/15/bin
 WORK=$(mktemp -d /tmp/pgbb-bench.XXXXXX); chmod 755 "$WORK"; chown postgres "$WORK"
-PORT=54351 NS="" HOSTADDR=""
+PORT=54351 NS="" HOSTADDR="" LOOP=""
 RUN=(runuser -u postgres --)
 cleanup() {
   ${NS:+ip netns exec "$NS"} "${RUN[@]}" "$BIN/pg_ctl" -D "$WORK/data" -m immediate stop >/dev/null 2>&1 || true
   [ -n "$NS" ] && { ip link del pgbbh0 2>/dev/null || true; ip netns del "$NS" 2>/dev/null || true; }
+  if [ -n "$LOOP" ]; then umount "$WORK/dest" 2>/dev/null || true; losetup -d "$LOOP" 2>/dev/null || true; fi
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -80,21 +90,44 @@ else
   "${RUN[@]}" "${START[@]}" -o "-p $PORT -k $WORK" start >/dev/null
 fi
 PSQL=("$BIN/psql" -h "$WORK" -p $PORT -U postgres -qAt postgres)
-echo "bench: building the dataset (pgbench scale $SCALE, $RANDOM_MB MB random)" >&2
-"$BIN/pgbench" -h "$WORK" -p $PORT -U postgres -i -q -s "$SCALE" postgres 2>/dev/null
-"${PSQL[@]}" -c "CREATE EXTENSION IF NOT EXISTS pgcrypto" -c "CREATE EXTENSION IF NOT EXISTS plpython3u" \
-  -c "CREATE TABLE rnd (b bytea)" -c "ALTER TABLE rnd ALTER COLUMN b SET STORAGE EXTERNAL" \
-  -c "INSERT INTO rnd SELECT gen_random_bytes(1024) FROM generate_series(1, $RANDOM_MB * 1024)" \
-  -c "VACUUM ANALYZE" -c "CHECKPOINT"
+"${PSQL[@]}" -c "CREATE EXTENSION IF NOT EXISTS plpython3u"
+if [ "$SMALL" -gt 0 ]; then
+  echo "bench: building the dataset (about $SMALL small files)" >&2
+  # Committed in batches: one transaction cannot lock that many new tables.
+  "${PSQL[@]}" -c "CREATE PROCEDURE mk(n int) LANGUAGE plpgsql AS \$\$
+    BEGIN FOR i IN 1..n LOOP
+      EXECUTE format('CREATE TABLE s%s (id int PRIMARY KEY, t text); INSERT INTO s%s VALUES (1, %L)', i, i, repeat('x', 100));
+      IF i % 500 = 0 THEN COMMIT; END IF;
+    END LOOP; END \$\$" -c "CALL mk($((SMALL / 4)))" -c "CHECKPOINT"
+  DATASET="$SMALL small files (tiny tables)"
+else
+  echo "bench: building the dataset (pgbench scale $SCALE, $RANDOM_MB MB random)" >&2
+  "$BIN/pgbench" -h "$WORK" -p $PORT -U postgres -i -q -s "$SCALE" postgres 2>/dev/null
+  "${PSQL[@]}" -c "CREATE EXTENSION IF NOT EXISTS pgcrypto" \
+    -c "CREATE TABLE rnd (b bytea)" -c "ALTER TABLE rnd ALTER COLUMN b SET STORAGE EXTERNAL" \
+    -c "INSERT INTO rnd SELECT gen_random_bytes(1024) FROM generate_series(1, $RANDOM_MB * 1024)" \
+    -c "VACUUM ANALYZE" -c "CHECKPOINT"
+  DATASET="pgbench scale $SCALE + $RANDOM_MB MB random"
+fi
 SIZE=$("${PSQL[@]}" -c "SELECT sum(pg_database_size(oid)) FROM pg_database")
-echo "bench: $((SIZE / 1048576)) MB in databases, link $LINK, $ROUNDS rounds" >&2
+NFILES=$(find "$WORK/data" -type f | wc -l)
+echo "bench: $((SIZE / 1048576)) MB in databases, $NFILES files, link $LINK, $ROUNDS rounds" >&2
+# Where the copies go (and pgBackRest's repository).
+OUTFS=$WORK
+if [ "$DESTFS" = ext4 ]; then
+  truncate -s $(( SIZE * 3 + (4 << 30) )) "$WORK/dest.img"
+  mkfs.ext4 -q -F "$WORK/dest.img"
+  LOOP=$(losetup --find --show --direct-io=on "$WORK/dest.img")
+  mkdir -p "$WORK/dest"; mount "$LOOP" "$WORK/dest"; chown postgres "$WORK/dest"; chmod 755 "$WORK/dest"
+  OUTFS=$WORK/dest
+fi
 if [ -n "$HOSTADDR" ]; then DSN="host=$HOSTADDR port=$PORT user=postgres dbname=postgres"; BBHOST=$HOSTADDR
 else DSN="host=$WORK port=$PORT user=postgres dbname=postgres"; BBHOST=$WORK; fi
 
 # pgBackRest: a local repository, no WAL archiving (backups check nothing of it).
 cat > "$WORK/pgbackrest.conf" <<CONF
 [global]
-repo1-path=$WORK/repo
+repo1-path=$OUTFS/repo
 log-level-console=warn
 log-path=$WORK
 lock-path=$WORK
@@ -111,49 +144,56 @@ BR=(pgbackrest --config="$WORK/pgbackrest.conf" --stanza=bench)
 
 run() {
   local c=$1
-  rm -rf "$WORK/out" "$WORK/repo"; sync
+  rm -rf "$OUTFS/out" "$OUTFS/repo"; sync
+  : > "$WORK/stderr"
   case $c in
-    cp) /usr/bin/time -f '%e %U %S %M' -o "$WORK/time" sh -c "cp -a '$WORK/data' '$WORK/out' && sync" ;;
-    basebackup) /usr/bin/time -f '%e %U %S %M' -o "$WORK/time" "$BIN/pg_basebackup" -h "$BBHOST" -p $PORT -U postgres -D "$WORK/out" -Fp -X stream -c fast ;;
+    cp) /usr/bin/time -f '%e %U %S %M' -o "$WORK/time" sh -c "cp -a '$WORK/data' '$OUTFS/out' && sync" ;;
+    basebackup) /usr/bin/time -f '%e %U %S %M' -o "$WORK/time" "$BIN/pg_basebackup" -h "$BBHOST" -p $PORT -U postgres -D "$OUTFS/out" -Fp -X stream -c fast ;;
     basebackup-lz4|basebackup-zstd)
-      /usr/bin/time -f '%e %U %S %M' -o "$WORK/time" "$BIN/pg_basebackup" -h "$BBHOST" -p $PORT -U postgres -D "$WORK/out" -Fp -X stream -c fast --compress=server-${c#basebackup-} ;;
+      /usr/bin/time -f '%e %U %S %M' -o "$WORK/time" "$BIN/pg_basebackup" -h "$BBHOST" -p $PORT -U postgres -D "$OUTFS/out" -Fp -X stream -c fast --compress=server-${c#basebackup-} ;;
     pgbackrest-*)
       local p=${c#pgbackrest-}; local procs=${p%-*} comp=${p#*-}
-      mkdir -p "$WORK/repo"; chown postgres "$WORK/repo"
+      mkdir -p "$OUTFS/repo"; chown postgres "$OUTFS/repo"
       "${RUN[@]}" "${BR[@]}" stanza-create >/dev/null
       /usr/bin/time -f '%e %U %S %M' -o "$WORK/time" "${RUN[@]}" "${BR[@]}" --type=full --process-max="$procs" --compress-type="$comp" backup ;;
     pgbb-*)
       local p=${c#pgbb-}; local jobs=${p%-*} comp=${p#*-}
-      /usr/bin/time -f '%e %U %S %M' -o "$WORK/time" "$PGBB" -c fast -j "$jobs" --compress "$comp" "$DSN" "$WORK/out" >/dev/null ;;
+      /usr/bin/time -f '%e %U %S %M' -o "$WORK/time" "$PGBB" -v -c fast -j "$jobs" --compress "$comp" "$DSN" "$OUTFS/out" >/dev/null 2>"$WORK/stderr" ;;
     *) echo "bench: unknown contender $c" >&2; exit 2 ;;
   esac
 }
 
-declare -A T CPU RSS
+declare -A T CPU RSS LIST
 for r in $(seq 1 "$ROUNDS"); do
   for c in "${CONTENDERS[@]}"; do
     run "$c"
     read -r t u s m < "$WORK/time"
     T[$c]="${T[$c]:-} $t"; CPU[$c]="${CPU[$c]:-} $(echo "$u + $s" | bc -l)"; RSS[$c]="${RSS[$c]:-} $m"
+    # pgbb -v: how long the master's one listing query took.
+    l=$(sed -n 's/.*listed in \([0-9]*\) ms.*/\1/p' "$WORK/stderr" | head -1)
+    [ -n "$l" ] && LIST[$c]="${LIST[$c]:-} $l"
     printf 'round %d  %-20s %7.2f s\n' "$r" "$c" "$t" >&2
   done
 done
 median() { sort -n | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; print m, a[1], a[NR]}'; }
 table=$(
-  printf '| contender | median s | min s | max s | MB/s | client CPU s | max RSS MiB |\n|---|---|---|---|---|---|---|\n'
+  printf '| contender | median s | min s | max s | MB/s | client CPU s | max RSS MiB | listing ms |\n|---|---|---|---|---|---|---|---|\n'
   for c in "${CONTENDERS[@]}"; do
+    lst=-
+    # shellcheck disable=SC2086
+    [ -n "${LIST[$c]:-}" ] && read -r lst _ _ < <(printf '%s\n' ${LIST[$c]} | median)
     # shellcheck disable=SC2086
     read -r med min max < <(printf '%s\n' ${T[$c]} | median)
     # shellcheck disable=SC2086
     read -r cpu _ _ < <(printf '%s\n' ${CPU[$c]} | median)
     # shellcheck disable=SC2086
     read -r _ _ rss < <(printf '%s\n' ${RSS[$c]} | median)
-    printf '| %s | %.2f | %.2f | %.2f | %.0f | %.2f | %.0f |\n' "$c" "$med" "$min" "$max" \
-      "$(echo "$SIZE / 1048576 / $med" | bc -l)" "$cpu" "$(echo "$rss / 1024" | bc -l)"
+    printf '| %s | %.2f | %.2f | %.2f | %.0f | %.2f | %.0f | %s |\n' "$c" "$med" "$min" "$max" \
+      "$(echo "$SIZE / 1048576 / $med" | bc -l)" "$cpu" "$(echo "$rss / 1024" | bc -l)" "$lst"
   done
 )
 echo
-echo "dataset: $((SIZE / 1048576)) MB (pgbench scale $SCALE + $RANDOM_MB MB random), link $LINK, $ROUNDS rounds, $(date -u +%F)"
+echo "dataset: $((SIZE / 1048576)) MB, $NFILES files ($DATASET), link $LINK, DEST on $DESTFS, $ROUNDS rounds, $(date -u +%F)"
 echo "$table"
 if [ -n "$OUT" ]; then
   printf '%s\n' "$table" | awk -F'|' 'NR>2 {gsub(/ /,"",$2); print $2, $3}' > "$OUT.dat"
@@ -164,7 +204,7 @@ set output "$OUT"
 set style data histograms
 set style fill solid 0.8
 set ylabel "median wall time, s (lower is better)"
-set title "Base backup of $((SIZE / 1048576)) MB, link $LINK"
+set title "Base backup of $((SIZE / 1048576)) MB in $NFILES files, link $LINK"
 set xtics rotate by 45 right
 set bmargin 8
 set yrange [0:*]

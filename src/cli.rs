@@ -115,7 +115,7 @@ pub struct Args {
     /// Bytes per chunk (suffixes k, M)
     #[arg(long = "chunk-size", default_value = DEFAULT_CHUNK, help_heading = "Backup")]
     pub chunk_size: String,
-    /// Chunk compression: auto (zlib if the server can, else none), none, zlib[:LEVEL]
+    /// Chunk compression: auto (zlib over the network if the server can, else none), none, zlib[:LEVEL]
     #[arg(long = "compress", default_value = "auto", help_heading = "Backup")]
     pub compress: String,
     /// Do not fsync DEST at the end
@@ -182,6 +182,12 @@ pub struct Args {
     pub timeline: Option<u32>,
     #[arg(long = "group-access", hide = true)]
     pub group_access: bool,
+    /// Worker: write files under their final names (the master's workers; see Dest::in_place)
+    #[arg(long = "in-place", hide = true)]
+    pub in_place: bool,
+    /// Worker: start write-back of each finished file (the master syncs at the end)
+    #[arg(long = "writeback", hide = true)]
+    pub writeback: bool,
 }
 
 /// Settings every role shares.
@@ -200,6 +206,10 @@ pub struct Common {
     pub verify_lsn: Option<Lsn>,
     /// Workers print `progress` lines (the master shows -P).
     pub report_progress: bool,
+    /// Workers write files in place, without temporary names (set for the master's workers).
+    pub in_place: bool,
+    /// Workers start write-back of each finished file (the master will syncfs).
+    pub writeback: bool,
     /// Bytes per second: for the master all workers together, for a worker its share.
     pub rate: Option<u64>,
     /// Workers the master runs (to split `rate`).
@@ -368,6 +378,8 @@ impl Config {
             algorithm,
             verify_lsn,
             report_progress: a.report_progress || (a.progress && !a.slave),
+            in_place: a.in_place,
+            writeback: a.writeback,
             rate,
             jobs: a.jobs.max(1),
             tablespaces: a
@@ -477,6 +489,11 @@ impl Common {
         }
         if self.report_progress {
             v.push("--report-progress".into());
+        }
+        // The backup becomes startable only with pg_control, written last by the master.
+        v.push("--in-place".into());
+        if self.sync {
+            v.push("--writeback".into());
         }
         if let Some(r) = self.rate {
             v.extend(["--worker-rate".into(), self.worker_share(r).to_string().into()]);

@@ -166,7 +166,7 @@ fn check_server(ctl: &mut Session, common: &Common) -> Result<sql::ServerInfo, E
     Ok(info)
 }
 
-fn choose_method(ctl: &mut Session, c: Compress) -> Result<Method, Error> {
+fn choose_method(ctl: &mut Session, c: Compress, local: bool) -> Result<Method, Error> {
     match c {
         Compress::Fixed(Method::Plain) => {
             log::info!("chunks travel uncompressed (--compress=none)");
@@ -176,6 +176,12 @@ fn choose_method(ctl: &mut Session, c: Compress) -> Result<Method, Error> {
             Ok(()) => Ok(Method::Zlib(l)),
             Err(why) => Err(PgError::Compression(why).into()),
         },
+        // Measured on loopback (docs/benchmarks.md): zlib costs the server more CPU than it
+        // saves, so a server on this machine gets plain chunks unless zlib is asked for.
+        Compress::Auto(_) if local => {
+            log::info!("chunks travel uncompressed (the server is on this machine; --compress zlib forces it)");
+            Ok(Method::Plain)
+        }
         Compress::Auto(l) => match sql::compression_available(ctl)? {
             Ok(()) => Ok(Method::Zlib(l)),
             Err(why) => {
@@ -242,7 +248,7 @@ fn backup(
     let caps = info.caps;
     let geo = WalGeometry::new(info.wal_segment_size)
         .ok_or_else(|| PgError::Unsupported(format!("unexpected wal_segment_size {}", info.wal_segment_size)))?;
-    let method = choose_method(&mut ctl, opts.compress)?;
+    let method = choose_method(&mut ctl, opts.compress, common.conn.is_local())?;
     if let Method::Zlib(_) = method {
         log::info!("chunks travel compressed ({method})");
     }
@@ -320,7 +326,9 @@ fn backup(
     let tli = sql::checkpoint_timeline(&mut ctl)?;
     log::info!("backup started at {start} on timeline {tli}");
 
+    let listing = Instant::now();
     let raw = sql::list_data_directory(&mut ctl)?;
+    let listed_in = listing.elapsed();
     let mut entries = sql::entries_from_listing(raw);
     // In a tablespace only this server version's directory belongs to the backup.
     entries.retain(|e| {
@@ -332,7 +340,13 @@ fn backup(
         .pg_control
         .clone()
         .ok_or_else(|| Error::Inconsistent("the server's listing has no global/pg_control".into()))?;
-    log::info!("{} files, {} MB to copy ({} excluded)", plan.files.len() + 1, plan.total_bytes() >> 20, plan.excluded);
+    log::info!(
+        "{} files, {} MB to copy ({} excluded), listed in {} ms",
+        plan.files.len() + 1,
+        plan.total_bytes() >> 20,
+        plan.excluded,
+        listed_in.as_millis()
+    );
     for d in &plan.dirs {
         let d = SafePath::parse(d)?;
         if roots.is_link(&d) {

@@ -70,6 +70,8 @@ pub fn open_session(common: &Common, app: &str, compress: Compress) -> Result<(c
             t.method = m;
             t.prepare(&mut s)?;
         }
+        // As the master decides: no compression to a server on this machine.
+        Compress::Auto(_) if common.conn.is_local() => {}
         Compress::Auto(level) => {
             t.method = Method::Zlib(level);
             if let Err(e) = t.prepare(&mut s) {
@@ -89,7 +91,9 @@ pub fn run(common: &Common, id: Option<usize>, compress: Compress) -> Result<(),
     };
     std::fs::create_dir_all(&common.dest)
         .map_err(|e| Error::Io(format!("cannot create {}: {e}", common.dest.display())))?;
-    let mut roots = Roots::new(Dest::open(&common.dest, common.group_access)?);
+    let mut roots = Roots::new(
+        Dest::open(&common.dest, common.group_access)?.in_place(common.in_place).writeback(common.writeback),
+    );
     for (oid, dir) in &common.tablespaces {
         roots.add_tablespace(*oid, dir, common.group_access)?;
     }

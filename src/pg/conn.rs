@@ -295,6 +295,24 @@ impl ConnInfo {
         )
     }
 
+    /// True when every host is on this machine: a Unix socket, `localhost` or a loopback
+    /// address. Compression only costs CPU there (`--compress auto` leaves it off).
+    pub fn is_local(&self) -> bool {
+        let addrs = self.config.get_hostaddrs();
+        if !addrs.is_empty() {
+            return addrs.iter().all(|a| a.is_loopback());
+        }
+        let hosts = self.config.get_hosts();
+        !hosts.is_empty()
+            && hosts.iter().all(|h| match h {
+                Host::Unix(_) => true,
+                Host::Tcp(name) => {
+                    name.eq_ignore_ascii_case("localhost")
+                        || name.parse::<std::net::IpAddr>().is_ok_and(|a| a.is_loopback())
+                }
+            })
+    }
+
     pub fn user(&self) -> &str {
         self.config.get_user().unwrap_or("")
     }
@@ -414,6 +432,20 @@ mod tests {
         std::env::remove_var("PGPASSFILE");
         assert_eq!(passfile_fields("a:b:c:d:e\\\\f").unwrap()[4], "e\\f");
         assert!(passfile_fields("a:b:c").is_none());
+    }
+
+    #[test]
+    fn local_servers() {
+        let local = |dsn: &str| ConnInfo::from_dsn(dsn).unwrap().is_local();
+        assert!(local("host=/tmp/x"));
+        assert!(local("host=localhost"));
+        assert!(local("host=127.0.0.5"));
+        assert!(local("host=::1"));
+        assert!(local("host=db.example hostaddr=127.0.0.1"));
+        assert!(!local("host=10.251.0.2"));
+        assert!(!local("host=db.example"));
+        assert!(!local("host=/tmp/x,db.example"));
+        assert!(!local("host=localhost hostaddr=192.0.2.1"));
     }
 
     #[test]

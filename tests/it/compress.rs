@@ -75,7 +75,7 @@ fn zlib_without_plpython_fails_clearly_and_auto_falls_back() {
     c.assert_no_pgbb_left();
     let out = pgbb_run(&["--compress", "auto", "-v", "-c", "fast", &c.dsn(), dest.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stderr(&out).contains("chunks travel uncompressed"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("chunks travel uncompressed (the server is on this machine"), "{}", stderr(&out));
     // A slave asked for zlib explicitly says why it cannot.
     let out = pgbb()
         .args(["--slave", "--stdin", "--compress", "zlib"])
@@ -87,4 +87,46 @@ fn zlib_without_plpython_fails_clearly_and_auto_falls_back() {
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     assert!(stdout(&out).starts_with("fatal\t"), "{}", stdout(&out));
     assert!(stderr(&out).contains("plpython3u"), "{}", stderr(&out));
+}
+
+#[test]
+fn auto_compresses_over_the_network_only_and_falls_back_without_plpython() {
+    if !is_root() {
+        eprintln!("SKIPPED auto_compresses_over_the_network_only: network namespaces need root");
+        return;
+    }
+    let ns = NetNs::new(78);
+    let c = Cluster::with(ClusterOpts { netns: Some((ns.name.clone(), "10.250.78.2".into())), ..Default::default() });
+    let hba = c.data.join("pg_hba.conf");
+    let old = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(&hba, format!("{old}\nhost all all 10.250.78.0/30 trust\n")).unwrap();
+    c.client().batch_execute("SELECT pg_reload_conf()").unwrap();
+    c.pgbench_init(2);
+    let tcp = format!("host=10.250.78.2 port={} user=postgres dbname=postgres", c.port);
+    // Over the network without plpython3u: plain chunks, and the log says why.
+    let d1 = c.path("auto-plain");
+    let out = pgbb_run(&["-v", "-c", "fast", &tcp, d1.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("chunks travel uncompressed: the language plpython3u is not installed"),
+        "{}",
+        stderr(&out)
+    );
+    // With it: zlib, and the copy restores.
+    c.client().batch_execute("CREATE EXTENSION plpython3u").unwrap();
+    let d2 = c.path("auto-zlib");
+    let out = pgbb_run(&["-v", "-c", "fast", "-j", "2", &tcp, d2.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("chunks travel compressed (zlib:1)"), "{}", stderr(&out));
+    assert!(stdout(&out).contains("over the network)"), "the summary gives the ratio: {}", stdout(&out));
+    verify_restore(
+        &d2,
+        &Expect { pgbench: true, databases: vec!["postgres".into()], unlogged: vec![], absent: vec![] },
+    );
+    // The same server through its Unix socket: on this machine, plain.
+    let d3 = c.path("auto-local");
+    let out = pgbb_run(&["-v", "-c", "fast", &c.dsn(), d3.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("chunks travel uncompressed (the server is on this machine"), "{}", stderr(&out));
+    c.assert_no_pgbb_left();
 }

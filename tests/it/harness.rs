@@ -630,3 +630,44 @@ pub fn verify_restore(backup: &Path, expect: &Expect) -> Cluster {
     }
     c
 }
+
+/// A network namespace with a veth pair, for a server that is reached over a real (non-loopback)
+/// address: `10.250.N.2` in the namespace, `10.250.N.1` on our side. Removed on drop.
+pub struct NetNs {
+    pub name: String,
+    host_if: String,
+}
+
+impl NetNs {
+    /// Creates the namespace with addresses `10.250.N.1` (host side) and `10.250.N.2`.
+    pub fn new(n: u8) -> NetNs {
+        let id = std::process::id() % 100_000;
+        let name = format!("pgbb-{id}-{n}");
+        let host_if = format!("pgbh{id}{n}");
+        let ns_if = format!("pgbn{id}{n}");
+        let ip = |args: &[&str]| run_ok(std::process::Command::new("ip").args(args));
+        let _ = std::process::Command::new("ip").args(["netns", "del", &name]).output();
+        ip(&["netns", "add", &name]);
+        let ns = NetNs { name: name.clone(), host_if: host_if.clone() };
+        ip(&["link", "add", &host_if, "type", "veth", "peer", "name", &ns_if]);
+        ip(&["link", "set", &ns_if, "netns", &name]);
+        ip(&["addr", "add", &format!("10.250.{n}.1/30"), "dev", &host_if]);
+        ip(&["link", "set", &host_if, "up"]);
+        ip(&["netns", "exec", &name, "ip", "addr", "add", &format!("10.250.{n}.2/30"), "dev", &ns_if]);
+        ip(&["netns", "exec", &name, "ip", "link", "set", &ns_if, "up"]);
+        ip(&["netns", "exec", &name, "ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Takes the host side of the link down (or up again).
+    pub fn link(&self, up: bool) {
+        run_ok(std::process::Command::new("ip").args(["link", "set", &self.host_if, if up { "up" } else { "down" }]));
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip").args(["link", "del", &self.host_if]).output();
+        let _ = std::process::Command::new("ip").args(["netns", "del", &self.name]).output();
+    }
+}
