@@ -8,6 +8,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use nix::errno::Errno;
 use nix::fcntl::{openat, renameat, OFlag};
@@ -22,6 +23,11 @@ pub const TMP_SUFFIX: &str = ".pgbb-tmp";
 /// Write buffer of a file: smaller writes are gathered, chunks of this size or more (the
 /// default chunk is 128 KiB) go straight to the kernel without a copy.
 const WRITE_BUFFER: usize = 64 << 10;
+
+/// Files from this size on start their write-back when finished (see [`Dest::writeback`]);
+/// for small files one I/O request each cost more than it overlapped (measured on a
+/// cluster of 20k small files: 5% of all CPU time in sync_file_range).
+const WRITEBACK_FROM: u64 = 1 << 20;
 /// Where `global/pg_control` waits until the backup has been proven complete.
 pub const PG_CONTROL: &str = "global/pg_control";
 pub const PG_CONTROL_PENDING: &str = "global/pg_control.pgbb-pending";
@@ -152,6 +158,9 @@ impl SafePath {
     }
 }
 
+/// A directory below DEST (its path components) and its open descriptor.
+type CachedDir = (Vec<Vec<u8>>, Arc<OwnedFd>);
+
 /// An open DEST directory. Every write goes through directory file descriptors opened with
 /// `O_NOFOLLOW`, so a symlink planted inside DEST can never redirect a write outside it.
 pub struct Dest {
@@ -164,6 +173,9 @@ pub struct Dest {
     in_place: bool,
     /// Start write-back of each file as it is finished (see [`Dest::writeback`]).
     writeback: bool,
+    /// The directory the last file was created in: most files of a backup share one
+    /// (base/<db>), and opening its path component by component for each file costs.
+    last_dir: std::sync::Mutex<Option<CachedDir>>,
 }
 
 fn errno_io(e: Errno) -> io::Error {
@@ -181,7 +193,15 @@ impl Dest {
         } else {
             (Mode::from_bits_truncate(0o600), Mode::from_bits_truncate(0o700))
         };
-        Ok(Dest { root: root.to_path_buf(), fd, file_mode, dir_mode, in_place: false, writeback: false })
+        Ok(Dest {
+            root: root.to_path_buf(),
+            fd,
+            file_mode,
+            dir_mode,
+            in_place: false,
+            writeback: false,
+            last_dir: Default::default(),
+        })
     }
 
     /// Files are written under their final names, without the temporary name and rename that
@@ -247,6 +267,33 @@ impl Dest {
         }
     }
 
+    /// Creates file `name` in directory `dirs` (created as needed) with `flags`: the
+    /// directory descriptor is cached for the next file; if the cached directory has been
+    /// removed meanwhile (ENOENT), its path is opened again once.
+    fn create_in(
+        &self,
+        dirs: &[Vec<u8>],
+        name: &[u8],
+        flags: OFlag,
+        rel: &SafePath,
+    ) -> Result<(Arc<OwnedFd>, fs::File), DestError> {
+        let mut last = self.last_dir.lock().unwrap_or_else(|p| p.into_inner());
+        let cached = last.as_ref().filter(|(path, _)| path.as_slice() == dirs).map(|(_, fd)| fd.clone());
+        let open = |dir: &OwnedFd| openat(Some(dir.as_raw_fd()), name, flags, self.file_mode);
+        let (dir, fd) = match cached.map(|d| (open(&d), d)) {
+            Some((Ok(fd), d)) => (d, fd),
+            Some((Err(e), _)) if e != Errno::ENOENT => return Err(self.io_err(&rel.to_path(), e)),
+            _ => {
+                let d = Arc::new(self.open_dirs(dirs, true)?);
+                let fd = open(&d).map_err(|e| self.io_err(&rel.to_path(), e))?;
+                *last = Some((dirs.to_vec(), d.clone()));
+                (d, fd)
+            }
+        };
+        // SAFETY: a fresh descriptor from openat.
+        Ok((dir, unsafe { fs::File::from_raw_fd(fd) }))
+    }
+
     /// Creates a directory (and its parents) below DEST.
     pub fn create_dir_all(&self, rel: &SafePath) -> Result<(), DestError> {
         self.open_dirs(&rel.parts, true).map(drop)
@@ -256,17 +303,13 @@ impl Dest {
     /// renames into place, so an interrupted file never looks complete (in place: to `rel`
     /// itself, removed if the writer is dropped unfinished).
     pub fn create_file(&self, rel: &SafePath) -> Result<FileWriter, DestError> {
-        let dir = self.open_dirs(rel.dirs(), true)?;
         let name = rel.file_name().to_vec();
         let mut tmp = name.clone();
         if !self.in_place {
             tmp.extend_from_slice(TMP_SUFFIX.as_bytes());
         }
         let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_TRUNC | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-        let fd = openat(Some(dir.as_raw_fd()), tmp.as_slice(), flags, self.file_mode)
-            .map_err(|e| self.io_err(&rel.to_path(), e))?;
-        // SAFETY: a fresh descriptor from openat.
-        let file = unsafe { fs::File::from_raw_fd(fd) };
+        let (dir, file) = self.create_in(rel.dirs(), &tmp, flags, rel)?;
         Ok(FileWriter {
             dir,
             tmp,
@@ -284,15 +327,11 @@ impl Dest {
     /// renames it (see [`Dest::finish_pieces`]) once every piece is in.
     pub fn create_piece(&self, rel: &SafePath, offset: u64) -> Result<FileWriter, DestError> {
         use std::io::Seek;
-        let dir = self.open_dirs(rel.dirs(), true)?;
         let name = rel.file_name().to_vec();
         let mut tmp = name.clone();
         tmp.extend_from_slice(TMP_SUFFIX.as_bytes());
         let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
-        let fd = openat(Some(dir.as_raw_fd()), tmp.as_slice(), flags, self.file_mode)
-            .map_err(|e| self.io_err(&rel.to_path(), e))?;
-        // SAFETY: a fresh descriptor from openat.
-        let mut file = unsafe { fs::File::from_raw_fd(fd) };
+        let (dir, mut file) = self.create_in(rel.dirs(), &tmp, flags, rel)?;
         let path = self.root.join(rel.to_path());
         file.seek(io::SeekFrom::Start(offset)).map_err(|e| DestError::Io { path: path.clone(), source: e })?;
         Ok(FileWriter {
@@ -428,7 +467,7 @@ impl Roots {
 
 /// A file being written below DEST (see [`Dest::create_file`]).
 pub struct FileWriter {
-    dir: OwnedFd,
+    dir: Arc<OwnedFd>,
     tmp: Vec<u8>,
     name: Vec<u8>,
     path: PathBuf,
@@ -471,7 +510,7 @@ impl FileWriter {
             let f = buf.into_inner().map_err(|e| ioerr(e.into_error()))?;
             if sync {
                 f.sync_all().map_err(ioerr)?;
-            } else if self.writeback {
+            } else if self.writeback && self.written >= WRITEBACK_FROM {
                 // SAFETY: a plain system call on a descriptor we own; it only starts I/O.
                 // A failure here is not fatal: the master's syncfs reports write-back errors.
                 if unsafe { libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) } != 0 {
