@@ -12,8 +12,10 @@ use crate::lsn::Lsn;
 use crate::pg::ConnInfo;
 use crate::transfer::Method;
 
-/// Default chunk size (see docs/benchmarks.md for the measurement behind it).
-pub const DEFAULT_CHUNK: &str = "128k";
+/// Default chunk size, plain and zlib-compressed (see docs/benchmarks.md for the
+/// measurements behind them: per-chunk overhead weighs more in the PL/Python helper).
+pub const DEFAULT_CHUNK: u64 = 128 << 10;
+pub const DEFAULT_ZLIB_CHUNK: u64 = 512 << 10;
 const MIN_CHUNK: u64 = 8 << 10;
 const MAX_CHUNK: u64 = 256 << 20;
 const MAX_JOBS: usize = 64;
@@ -112,9 +114,9 @@ pub struct Args {
     /// Backup label (at most 1024 bytes, one line)
     #[arg(short = 'l', long = "label", default_value = "pgbb base backup", help_heading = "Backup")]
     pub label: String,
-    /// Bytes per chunk (suffixes k, M)
-    #[arg(long = "chunk-size", default_value = DEFAULT_CHUNK, help_heading = "Backup")]
-    pub chunk_size: String,
+    /// Bytes per chunk (suffixes k, M) [default: 128k, 512k with zlib]
+    #[arg(long = "chunk-size", help_heading = "Backup")]
+    pub chunk_size: Option<String>,
     /// Chunk compression: auto (zlib over the network if the server can, else none), none, zlib[:LEVEL]
     #[arg(long = "compress", default_value = "auto", help_heading = "Backup")]
     pub compress: String,
@@ -196,6 +198,8 @@ pub struct Common {
     pub conn: ConnInfo,
     pub dest: PathBuf,
     pub chunk: u64,
+    /// `--chunk-size` was given (else the default follows the method, see [`Common::for_method`]).
+    pub chunk_set: bool,
     pub sync: bool,
     pub verbose: bool,
     pub debug: bool,
@@ -323,10 +327,16 @@ fn delay(d: f64) -> Result<Duration, Error> {
 
 impl Config {
     pub fn from_args(a: Args) -> Result<Config, Error> {
-        let chunk = parse_size(&a.chunk_size).map_err(Error::Usage)?;
-        if !(MIN_CHUNK..=MAX_CHUNK).contains(&chunk) {
-            return Err(Error::Usage(format!("--chunk-size must be between 8k and 256M, not {}", a.chunk_size)));
-        }
+        let chunk = match &a.chunk_size {
+            None => DEFAULT_CHUNK,
+            Some(c) => {
+                let n = parse_size(c).map_err(Error::Usage)?;
+                if !(MIN_CHUNK..=MAX_CHUNK).contains(&n) {
+                    return Err(Error::Usage(format!("--chunk-size must be between 8k and 256M, not {c}")));
+                }
+                n
+            }
+        };
         let compress = parse_compress(&a.compress).map_err(Error::Usage)?;
         let algorithm: Algorithm = a.manifest_checksums.parse().map_err(Error::Usage)?;
         if let Some(name) = &a.slot {
@@ -371,6 +381,7 @@ impl Config {
             conn,
             dest: dest.clone(),
             chunk,
+            chunk_set: a.chunk_size.is_some(),
             sync: !a.no_sync,
             verbose: a.verbose,
             debug: a.debug,
@@ -448,6 +459,14 @@ impl Config {
 }
 
 impl Common {
+    /// The chunk size for `method`: the one asked for, or that method's default.
+    pub fn chunk_for(&self, method: Method) -> u64 {
+        match method {
+            Method::Zlib(_) if !self.chunk_set => DEFAULT_ZLIB_CHUNK,
+            _ => self.chunk,
+        }
+    }
+
     fn shared_args(&self, method: Method, algorithm: Algorithm) -> Vec<OsString> {
         let mut v: Vec<OsString> = vec![
             "--chunk-size".into(),

@@ -259,6 +259,7 @@ fn backup(
 
     let mut common = common.clone();
     common.group_access = info.group_access;
+    common.chunk = common.chunk_for(method);
     let mut guard = DestGuard::prepare(&common.dest, opts.force, opts.keep_on_failure, info.group_access)?;
     interrupt.set_last_words(guard.emergency_cleanup());
     let dest = Dest::open(&common.dest, info.group_access)?;

@@ -80,7 +80,12 @@ pub fn open_session(common: &Common, app: &str, compress: Compress) -> Result<(c
             }
         }
     }
-    log::info!("chunks travel {}", if t.method == Method::Plain { "plain".to_string() } else { t.method.to_string() });
+    t.chunk = common.chunk_for(t.method);
+    log::info!(
+        "chunks travel {} in {} KiB chunks",
+        if t.method == Method::Plain { "plain".to_string() } else { t.method.to_string() },
+        t.chunk >> 10
+    );
     Ok((s, t))
 }
 

@@ -118,6 +118,8 @@ fn auto_compresses_over_the_network_only_and_falls_back_without_plpython() {
     let out = pgbb_run(&["-v", "-c", "fast", "-j", "2", &tcp, d2.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("chunks travel compressed (zlib:1)"), "{}", stderr(&out));
+    // The default chunk follows the method (docs/benchmarks.md): 512 KiB with zlib.
+    assert!(stderr(&out).contains("chunks travel zlib:1 in 512 KiB chunks"), "{}", stderr(&out));
     assert!(stdout(&out).contains("over the network)"), "the summary gives the ratio: {}", stdout(&out));
     verify_restore(
         &d2,
@@ -128,5 +130,6 @@ fn auto_compresses_over_the_network_only_and_falls_back_without_plpython() {
     let out = pgbb_run(&["-v", "-c", "fast", &c.dsn(), d3.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("chunks travel uncompressed (the server is on this machine"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("chunks travel plain in 128 KiB chunks"), "{}", stderr(&out));
     c.assert_no_pgbb_left();
 }
