@@ -327,6 +327,24 @@ fn backup(
     let tli = sql::checkpoint_timeline(&mut ctl)?;
     log::info!("backup started at {start} on timeline {tli}");
 
+    // Page verification, as core does it, when the cluster has data checksums.
+    if opts.verify_checksums && sql::data_checksums(&mut ctl)? {
+        common.verify_lsn = Some(start);
+    } else if opts.verify_checksums {
+        log::info!("the cluster has no data checksums: pages are not verified");
+    }
+
+    // The children start now, and connect while the master lists and plans: they get no
+    // work before the plan is made and DEST's directories exist (about 50–90 ms saved).
+    let mut pool = Pool::new(pids);
+    let password = common.conn.password();
+    let wal = pool.spawn("WAL child", common.wal_args(start, tli, opts.delay, method), password.as_deref())?;
+    let mut workers: Vec<WorkerState> = Vec::new();
+    for i in 1..=opts.jobs {
+        let idx = pool.spawn(&format!("worker {i}"), common.worker_args(i, method), password.as_deref())?;
+        workers.push(WorkerState { idx, ready: false, inflight: VecDeque::new(), finished: false });
+    }
+
     let listing = Instant::now();
     let raw = sql::list_data_directory(&mut ctl)?;
     let listed_in = listing.elapsed();
@@ -363,21 +381,6 @@ fn backup(
             .map_err(|e| Error::Io(format!("cannot create the tablespace link {}: {e}", link.display())))?;
     }
 
-    // Page verification, as core does it, when the cluster has data checksums.
-    if opts.verify_checksums && sql::data_checksums(&mut ctl)? {
-        common.verify_lsn = Some(start);
-    } else if opts.verify_checksums {
-        log::info!("the cluster has no data checksums: pages are not verified");
-    }
-
-    let mut pool = Pool::new(pids);
-    let password = common.conn.password();
-    let wal = pool.spawn("WAL child", common.wal_args(start, tli, opts.delay, method), password.as_deref())?;
-    let mut workers: Vec<WorkerState> = Vec::new();
-    for i in 1..=opts.jobs {
-        let idx = pool.spawn(&format!("worker {i}"), common.worker_args(i, method), password.as_deref())?;
-        workers.push(WorkerState { idx, ready: false, inflight: VecDeque::new(), finished: false });
-    }
     let mut run = Run {
         pool: &mut pool,
         workers: &mut workers,
