@@ -502,6 +502,21 @@ impl FileWriter {
         self.written
     }
 
+    /// This writer as an `io::Write` (errors keep the path in their message).
+    pub fn io(&mut self) -> impl Write + '_ {
+        struct W<'a>(&'a mut FileWriter);
+        impl Write for W<'_> {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                self.0.write(buf).map_err(io::Error::other)?;
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        W(self)
+    }
+
     /// Flushes (and with `sync`, fsyncs) the file and renames it into place.
     pub fn finish(mut self, sync: bool) -> Result<u64, DestError> {
         let path = self.path.clone();

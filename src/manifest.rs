@@ -63,7 +63,28 @@ pub fn gmt(t: i64) -> String {
 
 /// Renders the whole manifest, Manifest-Checksum included.
 pub fn render(system_identifier: Option<u64>, files: &[FileEntry], wal: &[WalRange]) -> Vec<u8> {
-    let mut s = String::with_capacity(200 + files.len() * 160);
+    let mut out = Vec::new();
+    // Writing to a Vec cannot fail.
+    let _ = write(&mut out, system_identifier, files, wal);
+    out
+}
+
+/// Writes the manifest to `w` a file entry at a time (the master's memory does not grow with
+/// a second copy of the file list), hashing the bytes for the Manifest-Checksum as they go.
+pub fn write(
+    w: &mut impl std::io::Write,
+    system_identifier: Option<u64>,
+    files: &[FileEntry],
+    wal: &[WalRange],
+) -> std::io::Result<()> {
+    let mut sha = sha2::Sha256::new();
+    let mut s = String::with_capacity(4096);
+    let mut flush = |s: &mut String, w: &mut dyn std::io::Write| -> std::io::Result<()> {
+        sha.update(s.as_bytes());
+        w.write_all(s.as_bytes())?;
+        s.clear();
+        Ok(())
+    };
     match system_identifier {
         Some(id) => s.push_str(&format!(
             "{{ \"PostgreSQL-Backup-Manifest-Version\": 2,\n\"System-Identifier\": {id},\n\"Files\": ["
@@ -87,6 +108,9 @@ pub fn render(system_identifier: Option<u64>, files: &[FileEntry], wal: &[WalRan
             }
         }
         s.push_str(" }");
+        if s.len() >= 4000 {
+            flush(&mut s, w)?;
+        }
     }
     s.push_str("\n],\n\"WAL-Ranges\": [\n");
     for (i, r) in wal.iter().enumerate() {
@@ -99,9 +123,9 @@ pub fn render(system_identifier: Option<u64>, files: &[FileEntry], wal: &[WalRan
         ));
     }
     s.push_str("\n],\n");
-    let sum = sha2::Sha256::digest(s.as_bytes());
-    s.push_str(&format!("\"Manifest-Checksum\": \"{}\"}}\n", hex(&sum)));
-    s.into_bytes()
+    flush(&mut s, w)?;
+    let sum = sha.finalize();
+    writeln!(w, "\"Manifest-Checksum\": \"{}\"}}", hex(&sum))
 }
 
 #[cfg(test)]

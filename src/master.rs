@@ -381,6 +381,15 @@ fn backup(
             .map_err(|e| Error::Io(format!("cannot create the tablespace link {}: {e}", link.display())))?;
     }
 
+    let (total, nfiles) = (plan.total_bytes(), plan.files.len());
+    let queue = work_queue(&plan.files, opts.jobs, common.algorithm);
+    let pieces = queue.iter().filter(|w| w.range.is_some()).count();
+    if pieces > 0 {
+        log::info!("large files go in {pieces} pieces of up to {} MB, copied in parallel", PIECE >> 20);
+    }
+    let sizes = plan.files.iter().filter(|f| f.size >= SPLIT_FROM).map(|f| (f.path.clone(), f.size)).collect();
+    // The queue holds the file list from here on (a master of 200k files keeps one copy).
+    drop(plan);
     let mut run = Run {
         pool: &mut pool,
         workers: &mut workers,
@@ -389,29 +398,22 @@ fn backup(
         wal_done: None,
         wal_missing: Vec::new(),
         wal_files: 0,
-        queue: {
-            let q = work_queue(&plan.files, opts.jobs, common.algorithm);
-            let pieces = q.iter().filter(|w| w.range.is_some()).count();
-            if pieces > 0 {
-                log::info!("large files go in {pieces} pieces of up to {} MB, copied in parallel", PIECE >> 20);
-            }
-            q
-        },
+        queue,
         assemblies: std::collections::HashMap::new(),
         roots: &roots,
-        sizes: plan.files.iter().filter(|f| f.size >= SPLIT_FROM).map(|f| (f.path.clone(), f.size)).collect(),
+        sizes,
         files: 0,
         bytes: 0,
         vanished: 0,
-        total: plan.total_bytes(),
+        total,
         sig_rx,
         sig,
         last_report: Instant::now(),
-        entries: Vec::with_capacity(plan.files.len() + 3),
+        entries: Vec::with_capacity(nfiles + 3),
         algorithm: common.algorithm,
         sync: common.sync,
         pages: PageReport::default(),
-        progress: Progress::new(opts.progress, plan.total_bytes(), plan.files.len() as u64 + 1, opts.jobs),
+        progress: Progress::new(opts.progress, total, nfiles as u64 + 1, opts.jobs),
         wire: 0,
     };
     run.progress.refresh(None);
@@ -478,8 +480,9 @@ fn backup(
         let system_id = if caps.manifest_system_identifier() { Some(sql::system_identifier(&mut ctl)?) } else { None };
         entries.sort_by(|a, b| a.path.cmp(&b.path));
         let wal = [WalRange { timeline: tli, start, end: stop.lsn }];
-        let manifest = manifest::render(system_id, &entries, &wal);
-        dest.write_file(&SafePath::parse("backup_manifest")?, &manifest, common.sync)?;
+        let mut w = dest.create_file(&SafePath::parse("backup_manifest")?)?;
+        manifest::write(&mut w.io(), system_id, &entries, &wal).map_err(|e| Error::Io(e.to_string()))?;
+        w.finish(common.sync)?;
     }
     if common.sync {
         log::info!("syncing {}", common.dest.display());

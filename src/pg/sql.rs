@@ -234,8 +234,12 @@ pub fn stop_backup(s: &mut Session, caps: Caps) -> Result<StopResult, PgError> {
 /// it runs are simply missing. Names come back as raw bytes (`textsend`), since the server
 /// does not validate the encoding of file names.
 pub fn list_data_directory(s: &mut Session) -> Result<Vec<(Vec<u8>, bool, u64)>, PgError> {
+    use postgres::fallible_iterator::FallibleIterator;
+    const WHAT: &str = "could not list the data directory";
     let pruned: Vec<String> = EXCLUDED_DIR_CONTENTS.iter().map(|d| d.to_string()).collect();
-    let rows = s.query(
+    // Streamed and converted row by row: the driver's rows of 200k files would cost the
+    // master about as much memory again as the listing itself.
+    let mut rows = s.stream(
         "WITH RECURSIVE tree(path, name, isdir, size) AS ( \
              SELECT n, n, st.isdir, st.size \
                FROM pg_ls_dir('.', true, false) AS n, pg_stat_file(n, true) AS st \
@@ -247,9 +251,18 @@ pub fn list_data_directory(s: &mut Session) -> Result<Vec<(Vec<u8>, bool, u64)>,
          ) \
          SELECT textsend(path), isdir, size FROM tree WHERE isdir IS NOT NULL",
         &[&pruned],
-        "could not list the data directory",
+        WHAT,
     )?;
-    Ok(rows.iter().map(|r| (r.get::<_, Vec<u8>>(0), r.get(1), r.get::<_, i64>(2).max(0) as u64)).collect())
+    let mut out = Vec::new();
+    while let Some(r) = rows.next().map_err(|e| PgError::query(WHAT, e))? {
+        let get = |e| PgError::query(WHAT, e);
+        out.push((
+            r.try_get::<_, Vec<u8>>(0).map_err(get)?,
+            r.try_get(1).map_err(get)?,
+            r.try_get::<_, i64>(2).map_err(get)?.max(0) as u64,
+        ));
+    }
+    Ok(out)
 }
 
 /// Converts the raw listing into entries (names stay raw bytes; see `Entry`).

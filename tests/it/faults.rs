@@ -40,9 +40,24 @@ fn assert_failed_cleanly(c: &Cluster, child: Child, dest: &std::path::Path, code
     err
 }
 
+/// Waits until the workers run and the copy is under way (a data file is in DEST): the
+/// workers start before the master has listed anything.
 fn workers_running(dest: &std::path::Path) -> i32 {
-    wait_for_proc(&["--stdin", "--worker-id 2", dest.to_str().unwrap()], Duration::from_secs(30))
-        .expect("no worker appeared")
+    let pid = wait_for_proc(&["--stdin", "--worker-id 2", dest.to_str().unwrap()], Duration::from_secs(30))
+        .expect("no worker appeared");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let copying = || {
+        std::fs::read_dir(dest.join("base"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|db| std::fs::read_dir(db.path()).into_iter().flatten().flatten().next().is_some())
+    };
+    while !copying() {
+        assert!(Instant::now() < deadline, "the copy never started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    pid
 }
 
 #[test]
