@@ -115,7 +115,7 @@ echo "bench: $((SIZE / 1048576)) MB in databases, $NFILES files, link $LINK, $RO
 # Where the copies go (and pgBackRest's repository).
 OUTFS=$WORK
 if [ "$DESTFS" = ext4 ]; then
-  truncate -s $(( SIZE * 3 + (4 << 30) )) "$WORK/dest.img"
+  truncate -s $(( SIZE * 3 / 1048576 + 4096 ))M "$WORK/dest.img"
   mkfs.ext4 -q -F "$WORK/dest.img"
   LOOP=$(losetup --find --show --direct-io=on "$WORK/dest.img")
   mkdir -p "$WORK/dest"; mount "$LOOP" "$WORK/dest"; chown postgres "$WORK/dest"; chmod 755 "$WORK/dest"

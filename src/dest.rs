@@ -724,6 +724,48 @@ mod tests {
     }
 
     #[test]
+    fn in_place_writes_the_final_name_and_never_follows_a_symlink() {
+        let t = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let d = Dest::open(t.path(), false).unwrap().in_place(true);
+        let rel = SafePath::parse("base/5/1259").unwrap();
+        let mut w = d.create_file(&rel).unwrap();
+        w.write(b"page").unwrap();
+        assert!(t.path().join("base/5/1259").exists(), "written under its own name");
+        assert!(!t.path().join("base/5/1259.pgbb-tmp").exists());
+        w.finish(false).unwrap();
+        assert_eq!(fs::read(t.path().join("base/5/1259")).unwrap(), b"page");
+        // Dropped unfinished: removed.
+        let mut w = d.create_file(&SafePath::parse("base/5/2000").unwrap()).unwrap();
+        w.write(b"partial").unwrap();
+        drop(w);
+        assert!(!t.path().join("base/5/2000").exists());
+        // A symlink at the name: an error (O_NOFOLLOW), nothing written outside.
+        std::os::unix::fs::symlink(outside.path().join("z"), t.path().join("base/5/z")).unwrap();
+        assert!(d.create_file(&SafePath::parse("base/5/z").unwrap()).is_err());
+        assert!(fs::read_dir(outside.path()).unwrap().next().is_none());
+    }
+
+    #[test]
+    fn the_cached_directory_is_reopened_when_it_was_removed() {
+        let t = tempfile::tempdir().unwrap();
+        let d = Dest::open(t.path(), false).unwrap().in_place(true);
+        d.write_file(&SafePath::parse("a/b/one").unwrap(), b"1", false).unwrap();
+        fs::remove_dir_all(t.path().join("a")).unwrap();
+        // The cached descriptor points at a deleted directory: the file must not vanish into it.
+        d.write_file(&SafePath::parse("a/b/two").unwrap(), b"2", false).unwrap();
+        assert_eq!(fs::read(t.path().join("a/b/two")).unwrap(), b"2");
+        // A directory replaced by a symlink after caching is not followed: the cached
+        // descriptor still names the old (now unlinked) directory, or the walk refuses.
+        let outside = tempfile::tempdir().unwrap();
+        d.write_file(&SafePath::parse("c/x").unwrap(), b"x", false).unwrap();
+        fs::rename(t.path().join("c"), t.path().join("c-old")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), t.path().join("c")).unwrap();
+        let _ = d.write_file(&SafePath::parse("c/y").unwrap(), b"y", false);
+        assert!(fs::read_dir(outside.path()).unwrap().next().is_none(), "a write left DEST");
+    }
+
+    #[test]
     fn unfinished_file_leaves_nothing() {
         let t = tempfile::tempdir().unwrap();
         let d = Dest::open(t.path(), false).unwrap();
