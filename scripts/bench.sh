@@ -196,7 +196,7 @@ echo
 echo "dataset: $((SIZE / 1048576)) MB, $NFILES files ($DATASET), link $LINK, DEST on $DESTFS, $ROUNDS rounds, $(date -u +%F)"
 echo "$table"
 if [ -n "$OUT" ]; then
-  printf '%s\n' "$table" | awk -F'|' 'NR>2 {gsub(/ /,"",$2); print $2, $3}' > "$OUT.dat"
+  printf '%s\n' "$table" | awk -F'|' 'NR>2 {gsub(/ /,"",$2); print $2, $3}' > "$WORK/chart.dat"
   if command -v gnuplot >/dev/null; then
     gnuplot <<GP
 set terminal pngcairo size 900,480
@@ -208,7 +208,7 @@ set title "Base backup of $((SIZE / 1048576)) MB in $NFILES files, link $LINK"
 set xtics rotate by 45 right
 set bmargin 8
 set yrange [0:*]
-plot "$OUT.dat" using 2:xtic(1) notitle
+plot "$WORK/chart.dat" using 2:xtic(1) notitle
 GP
     echo "bench: chart in $OUT" >&2
   fi
