@@ -198,7 +198,7 @@ pub struct Common {
     pub conn: ConnInfo,
     pub dest: PathBuf,
     pub chunk: u64,
-    /// `--chunk-size` was given (else the default follows the method, see [`Common::for_method`]).
+    /// `--chunk-size` was given (else the default follows the method, see [`Common::chunk_for`]).
     pub chunk_set: bool,
     pub sync: bool,
     pub verbose: bool,
