@@ -174,7 +174,7 @@ pub struct Dest {
     /// Start write-back of each file as it is finished (see [`Dest::writeback`]).
     writeback: bool,
     /// The directory the last file was created in: most files of a backup share one
-    /// (base/<db>), and opening its path component by component for each file costs.
+    /// (`base/<db>`), and opening its path component by component for each file costs.
     last_dir: std::sync::Mutex<Option<CachedDir>>,
 }
 
