@@ -95,14 +95,10 @@ fn auto_compresses_over_the_network_only_and_falls_back_without_plpython() {
         eprintln!("SKIPPED auto_compresses_over_the_network_only: network namespaces need root");
         return;
     }
-    let ns = NetNs::new(78);
-    let c = Cluster::with(ClusterOpts { netns: Some((ns.name.clone(), "10.250.78.2".into())), ..Default::default() });
-    let hba = c.data.join("pg_hba.conf");
-    let old = std::fs::read_to_string(&hba).unwrap();
-    std::fs::write(&hba, format!("{old}\nhost all all 10.250.78.0/30 trust\n")).unwrap();
-    c.client().batch_execute("SELECT pg_reload_conf()").unwrap();
+    let ns = NetNs::new(79);
+    let c = Cluster::with(ClusterOpts { netns: Some((ns.name.clone(), ns.server_addr())), ..Default::default() });
+    let tcp = ns.open_to(&c);
     c.pgbench_init(2);
-    let tcp = format!("host=10.250.78.2 port={} user=postgres dbname=postgres", c.port);
     // Over the network without plpython3u: plain chunks, and the log says why.
     let d1 = c.path("auto-plain");
     let out = pgbb_run(&["-v", "-c", "fast", &tcp, d1.to_str().unwrap()]);

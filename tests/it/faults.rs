@@ -228,18 +228,25 @@ fn starve_wal(c: &Cluster, dest: &std::path::Path) -> String {
     seg
 }
 
-#[test]
-fn f10_wal_recycled_before_it_was_copied() {
+/// A small cluster whose WAL is recycled quickly (`max_wal_size = 32MB` plus `setting`), a
+/// backup into DEST `name` with `args` whose WAL child is starved ([`starve_wal`]).
+fn starved_backup(name: &str, setting: &str, args: &[&str]) -> (Cluster, Child, std::path::PathBuf, String) {
     let c = Cluster::with(ClusterOpts {
         checksums: true,
-        conf: vec!["max_wal_size = 32MB".into(), "min_wal_size = 32MB".into(), "wal_keep_size = 0".into()],
+        conf: vec!["max_wal_size = 32MB".into(), "min_wal_size = 32MB".into(), setting.into()],
         ..Default::default()
     });
     c.pgbench_init(2);
     c.client().batch_execute("CREATE TABLE churn (x int)").unwrap();
-    let dest = c.path("f10");
-    let child = spawn_pgbb(&["-j", "1", "-c", "fast", "--no-slot"], &c.dsn(), &dest);
+    let dest = c.path(name);
+    let child = spawn_pgbb(args, &c.dsn(), &dest);
     let seg = starve_wal(&c, &dest);
+    (c, child, dest, seg)
+}
+
+#[test]
+fn f10_wal_recycled_before_it_was_copied() {
+    let (c, child, dest, seg) = starved_backup("f10", "wal_keep_size = 0", &["-j", "1", "-c", "fast", "--no-slot"]);
     let err = assert_failed_cleanly(&c, child, &dest, 1, "WAL needed to restore the backup is missing");
     assert!(err.contains(&seg), "{err}");
     assert!(!dest.exists());
@@ -247,21 +254,11 @@ fn f10_wal_recycled_before_it_was_copied() {
 
 #[test]
 fn f11_slot_invalidated_by_max_slot_wal_keep_size() {
-    let c = Cluster::with(ClusterOpts {
-        checksums: true,
-        conf: vec!["max_wal_size = 32MB".into(), "min_wal_size = 32MB".into(), "max_slot_wal_keep_size = 1MB".into()],
-        ..Default::default()
-    });
-    c.pgbench_init(2);
-    c.client().batch_execute("CREATE TABLE churn (x int)").unwrap();
-    let dest = c.path("f11");
-    let child = spawn_pgbb(&["-j", "1", "-c", "fast"], &c.dsn(), &dest);
-    starve_wal(&c, &dest);
+    let (c, child, dest, _) = starved_backup("f11", "max_slot_wal_keep_size = 1MB", &["-j", "1", "-c", "fast"]);
     assert_failed_cleanly(&c, child, &dest, 1, "was invalidated during the backup");
     assert!(!dest.exists());
 }
 
-/// A network namespace with a veth pair to the host: the server lives inside, pgbb outside.
 #[test]
 fn f08_the_network_path_cut_mid_transfer() {
     if !is_root() {
@@ -278,16 +275,12 @@ fn f08_the_network_path_cut_mid_transfer() {
             "tcp_keepalives_count = 2".into(),
             "tcp_user_timeout = 10000".into(),
         ],
-        netns: Some((ns.name.clone(), "10.250.77.2".into())),
+        netns: Some((ns.name.clone(), ns.server_addr())),
         ..Default::default()
     });
-    let hba = c.data.join("pg_hba.conf");
-    let old = std::fs::read_to_string(&hba).unwrap();
-    std::fs::write(&hba, format!("{old}\nhost all all 10.250.77.0/30 trust\n")).unwrap();
-    c.client().batch_execute("SELECT pg_reload_conf()").unwrap();
+    let dsn = ns.open_to(&c);
     c.pgbench_init(10);
     let dest = c.path("f08");
-    let dsn = format!("host=10.250.77.2 port={} user=postgres dbname=postgres", c.port);
     // Slow enough (tiny chunks) that the cut lands mid-transfer.
     let child = pgbb()
         .args(["-j", "2", "-c", "fast", "--chunk-size", "8k", "--compress", "none"])
@@ -333,9 +326,10 @@ fn unreachable_host_times_out_with_a_clear_error() {
     ns.link(false);
     let dest = std::env::temp_dir().join(format!("pgbb-unreachable-{}", std::process::id()));
     let t = Instant::now();
-    let out = pgbb_run(&["host=10.250.78.2 port=5432 user=postgres connect_timeout=3", dest.to_str().unwrap()]);
+    let addr = ns.server_addr();
+    let out = pgbb_run(&[&format!("host={addr} port=5432 user=postgres connect_timeout=3"), dest.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert!(stderr(&out).contains("could not connect to host \"10.250.78.2\""), "{}", stderr(&out));
+    assert!(stderr(&out).contains(&format!("could not connect to host \"{addr}\"")), "{}", stderr(&out));
     assert!(t.elapsed() < Duration::from_secs(15), "took {:?}", t.elapsed());
     assert!(!dest.exists());
 }

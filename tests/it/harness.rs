@@ -636,10 +636,12 @@ pub fn verify_restore(backup: &Path, expect: &Expect) -> Cluster {
 pub struct NetNs {
     pub name: String,
     host_if: String,
+    n: u8,
 }
 
 impl NetNs {
-    /// Creates the namespace with addresses `10.250.N.1` (host side) and `10.250.N.2`.
+    /// Creates the namespace with addresses `10.250.N.1` (host side) and `10.250.N.2`. Tests
+    /// that run at the same time need different N.
     pub fn new(n: u8) -> NetNs {
         let id = std::process::id() % 100_000;
         let name = format!("pgbb-{id}-{n}");
@@ -648,7 +650,7 @@ impl NetNs {
         let ip = |args: &[&str]| run_ok(std::process::Command::new("ip").args(args));
         let _ = std::process::Command::new("ip").args(["netns", "del", &name]).output();
         ip(&["netns", "add", &name]);
-        let ns = NetNs { name: name.clone(), host_if: host_if.clone() };
+        let ns = NetNs { name: name.clone(), host_if: host_if.clone(), n };
         ip(&["link", "add", &host_if, "type", "veth", "peer", "name", &ns_if]);
         ip(&["link", "set", &ns_if, "netns", &name]);
         ip(&["addr", "add", &format!("10.250.{n}.1/30"), "dev", &host_if]);
@@ -657,6 +659,21 @@ impl NetNs {
         ip(&["netns", "exec", &name, "ip", "link", "set", &ns_if, "up"]);
         ip(&["netns", "exec", &name, "ip", "link", "set", "lo", "up"]);
         ns
+    }
+
+    /// The server's address inside the namespace.
+    pub fn server_addr(&self) -> String {
+        format!("10.250.{}.2", self.n)
+    }
+
+    /// Lets clients from our side of the link in (trust, like the socket), and returns the DSN
+    /// that reaches `c` over the link.
+    pub fn open_to(&self, c: &Cluster) -> String {
+        let hba = c.data.join("pg_hba.conf");
+        let old = fs::read_to_string(&hba).unwrap();
+        fs::write(&hba, format!("{old}\nhost all all 10.250.{}.0/30 trust\n", self.n)).unwrap();
+        c.client().batch_execute("SELECT pg_reload_conf()").unwrap();
+        format!("host={} port={} user=postgres dbname=postgres", self.server_addr(), c.port)
     }
 
     /// Takes the host side of the link down (or up again).
