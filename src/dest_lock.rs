@@ -16,7 +16,9 @@ use crate::dest::DestError;
 /// however it ends).
 #[derive(Debug)]
 pub struct DestLock {
-    _lock: Flock<fs::File>,
+    /// `None` where the file system has no flock on a directory (NFS emulates flock with
+    /// POSIX locks, which need a descriptor open for writing): the run goes on, unguarded.
+    _lock: Option<Flock<fs::File>>,
 }
 
 impl DestLock {
@@ -30,13 +32,20 @@ impl DestLock {
             .open(dir)
             .map_err(io_err)?;
         match Flock::lock(f, FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => Ok(DestLock { _lock: lock }),
+            Ok(lock) => Ok(DestLock { _lock: Some(lock) }),
             Err((_, Errno::EWOULDBLOCK)) => {
                 let m = fs::metadata(dir).map_err(io_err)?;
                 let holder = holders(&fs::read_to_string("/proc/locks").unwrap_or_default(), m.dev(), m.ino())
                     .into_iter()
                     .find(|&p| p != std::process::id() as i32);
                 Err(DestError::InUse { path: dir.to_path_buf(), pid: holder })
+            }
+            Err((_, e @ (Errno::EBADF | Errno::ENOLCK | Errno::EOPNOTSUPP | Errno::EINVAL))) => {
+                log::warn!(
+                    "cannot lock {} on its file system ({e}): a second run into it would not be refused",
+                    dir.display()
+                );
+                Ok(DestLock { _lock: None })
             }
             Err((_, e)) => Err(io_err(io::Error::from_raw_os_error(e as i32))),
         }
