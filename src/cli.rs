@@ -133,7 +133,8 @@ pub struct Args {
     /// it becomes primary_slot_name; with -x it is advanced as segments are copied
     #[arg(long = "slot", value_name = "NAME", help_heading = "Backup")]
     pub slot: Option<String>,
-    /// Create the slot named by --slot (dropped again if the backup fails)
+    /// Create the slot named by --slot (dropped again if the backup fails; with -x, an existing
+    /// physical slot of that name is used)
     #[arg(short = 'C', long = "create-slot", help_heading = "Backup")]
     pub create_slot: bool,
     /// Make the copy a standby of the source: standby.signal and primary_conninfo (and
@@ -267,6 +268,8 @@ pub enum Mode {
     },
     WalStandalone {
         slot: Option<String>,
+        /// `-C`: create the slot first (see `wal_setup`).
+        create_slot: bool,
         delay: Duration,
         compress: Compress,
     },
@@ -416,7 +419,12 @@ impl Config {
                 let timeline = a.timeline.ok_or_else(|| Error::Usage("the WAL child needs --timeline".into()))?;
                 Mode::WalChild { start, timeline, delay: delay(a.delay)?, compress }
             }
-            (false, false, true) => Mode::WalStandalone { delay: delay(a.delay)?, compress, slot: a.slot.clone() },
+            (false, false, true) => Mode::WalStandalone {
+                delay: delay(a.delay)?,
+                compress,
+                slot: a.slot.clone(),
+                create_slot: a.create_slot,
+            },
             (true, true, true) => return Err(Error::Usage("--stdin and -x are different roles; use one".into())),
             (true, false, false) => {
                 return Err(Error::Usage("--slave needs --stdin (a worker) or -x (the WAL child)".into()))

@@ -66,6 +66,12 @@ pub enum DestError {
         #[source]
         source: PathError,
     },
+    #[error("destination {} is in use by another pgbb run ({}); wait for it to end or choose another DEST", path.display(), pid.map_or("its pid is unknown".to_string(), |p| format!("pid {p}")))]
+    InUse { path: PathBuf, pid: Option<i32> },
+    #[error("refusing {role} {}: it {relation} {what} ({}); a backup must go outside the server's data directory, tablespaces and WAL directory: choose another path", path.display(), at.display())]
+    Protected { role: &'static str, path: PathBuf, relation: &'static str, what: String, at: PathBuf },
+    #[error("refusing {role} {}: {} belongs to a running PostgreSQL server (pid {pid}{}): it is a live data directory; choose another path", path.display(), pidfile.display(), if *own { ", the one pgbb is connected to" } else { "" })]
+    LivePostmaster { role: &'static str, path: PathBuf, pidfile: PathBuf, pid: i32, own: bool },
     #[error("{path} in DEST is a symbolic link or not a directory; refusing to write through it")]
     NotADir { path: String },
     #[error("{}: {source}", describe_io(path, source))]
@@ -551,140 +557,6 @@ impl Drop for FileWriter {
     }
 }
 
-/// What the master did to DEST, so that a failure can undo exactly that.
-#[derive(Debug)]
-pub struct DestGuard {
-    root: PathBuf,
-    created: bool,
-    keep: bool,
-    armed: bool,
-    /// Tablespace targets outside DEST, and whether pgbb created them.
-    extra: Vec<(PathBuf, bool)>,
-}
-
-impl DestGuard {
-    /// Makes DEST ready: creates it (mode 0700, or 0750 with group access), or reuses an empty
-    /// directory; a non-empty one is an error unless `force`, which empties it first.
-    pub fn prepare(
-        root: &Path,
-        force: bool,
-        keep_on_failure: bool,
-        group_access: bool,
-    ) -> Result<DestGuard, DestError> {
-        let created = match fs::symlink_metadata(root) {
-            Ok(m) if m.is_dir() => {
-                let mut entries = fs::read_dir(root).map_err(|e| DestError::Io { path: root.into(), source: e })?;
-                if entries.next().is_some() {
-                    if !force {
-                        return Err(DestError::NotEmpty(root.into()));
-                    }
-                    log::info!("removing the contents of {} (--force)", root.display());
-                    empty_dir(root)?;
-                }
-                false
-            }
-            Ok(m) if m.file_type().is_symlink() && root.is_dir() => {
-                if fs::read_dir(root).map_err(|e| DestError::Io { path: root.into(), source: e })?.next().is_some() {
-                    if !force {
-                        return Err(DestError::NotEmpty(root.into()));
-                    }
-                    empty_dir(root)?;
-                }
-                false
-            }
-            Ok(_) => return Err(DestError::NotADirectory(root.into())),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::create_dir_all(root).map_err(|e| DestError::Create { path: root.into(), source: e })?;
-                true
-            }
-            Err(e) => return Err(DestError::Create { path: root.into(), source: e }),
-        };
-        let mode = if group_access { 0o750 } else { 0o700 };
-        fs::set_permissions(root, fs::Permissions::from_mode(mode))
-            .map_err(|e| DestError::Create { path: root.into(), source: e })?;
-        Ok(DestGuard { root: root.into(), created, keep: keep_on_failure, armed: true, extra: Vec::new() })
-    }
-
-    /// What a second Ctrl-C does on its way out (from the signal thread, children already
-    /// killed): the same as [`DestGuard::cleanup`], without waiting for the main thread.
-    pub fn emergency_cleanup(&self) -> Box<dyn Fn() + Send> {
-        let (root, created, keep) = (self.root.clone(), self.created, self.keep);
-        Box::new(move || {
-            let _ = fs::remove_file(root.join(PG_CONTROL_PENDING));
-            let _ = fs::remove_file(root.join(PG_CONTROL));
-            if !keep {
-                let _ = if created {
-                    fs::remove_dir_all(&root)
-                } else {
-                    empty_dir(&root).map_err(|e| io::Error::other(e.to_string()))
-                };
-            }
-        })
-    }
-
-    /// A directory outside DEST that the backup writes to (a tablespace target): undone with
-    /// DEST.
-    pub fn add_extra(&mut self, dir: &Path) {
-        self.extra.push((dir.to_path_buf(), !dir.exists()));
-    }
-
-    /// The backup succeeded: leave DEST alone.
-    pub fn disarm(&mut self) {
-        self.armed = false;
-    }
-
-    /// Undoes DEST after a failure: removes it (or only its contents if it existed before), or
-    /// with `--no-clean` keeps it but makes sure it cannot be started (no `global/pg_control`).
-    pub fn cleanup(&mut self) {
-        if !self.armed {
-            return;
-        }
-        self.armed = false;
-        if self.keep {
-            for f in [PG_CONTROL, PG_CONTROL_PENDING] {
-                let p = self.root.join(f);
-                if let Err(e) = fs::remove_file(&p) {
-                    if e.kind() != io::ErrorKind::NotFound {
-                        log::error!("could not remove {}: {e}; do not start this copy", p.display());
-                    }
-                }
-            }
-            eprintln!("pgbb: keeping the incomplete backup in {} (--no-clean); it has no global/pg_control and cannot be started", self.root.display());
-            return;
-        }
-        let res = if self.created {
-            fs::remove_dir_all(&self.root)
-        } else {
-            empty_dir(&self.root).map_err(|e| io::Error::other(e.to_string()))
-        };
-        match res {
-            Ok(()) => log::info!("removed the incomplete backup in {}", self.root.display()),
-            Err(e) => eprintln!("pgbb: could not remove the incomplete backup in {}: {e}", self.root.display()),
-        }
-    }
-}
-
-impl Drop for DestGuard {
-    fn drop(&mut self) {
-        self.cleanup();
-    }
-}
-
-fn empty_dir(root: &Path) -> Result<(), DestError> {
-    let io = |e: io::Error| DestError::Io { path: root.into(), source: e };
-    for entry in fs::read_dir(root).map_err(io)? {
-        let entry = entry.map_err(io)?;
-        let p = entry.path();
-        let ft = entry.file_type().map_err(io)?;
-        if ft.is_dir() {
-            fs::remove_dir_all(&p).map_err(io)?;
-        } else {
-            fs::remove_file(&p).map_err(io)?;
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -774,29 +646,6 @@ mod tests {
             w.write(b"partial").unwrap();
         }
         assert!(fs::read_dir(t.path()).unwrap().next().is_none());
-    }
-
-    #[test]
-    fn guard_refuses_non_empty_and_cleans_up() {
-        let t = tempfile::tempdir().unwrap();
-        let dest = t.path().join("d");
-        let mut g = DestGuard::prepare(&dest, false, false, false).unwrap();
-        fs::write(dest.join("x"), "x").unwrap();
-        g.cleanup();
-        assert!(!dest.exists());
-        let mut g = DestGuard::prepare(&dest, false, false, false).unwrap();
-        g.disarm();
-        fs::write(dest.join("x"), "x").unwrap();
-        drop(g);
-        assert!(matches!(DestGuard::prepare(&dest, false, false, false), Err(DestError::NotEmpty(_))));
-        let mut g = DestGuard::prepare(&dest, true, true, false).unwrap();
-        fs::create_dir(dest.join("global")).unwrap();
-        fs::write(dest.join(PG_CONTROL), "c").unwrap();
-        g.cleanup();
-        assert!(dest.join("global").exists() && !dest.join(PG_CONTROL).exists());
-        let f = t.path().join("file");
-        fs::write(&f, "").unwrap();
-        assert!(matches!(DestGuard::prepare(&f, false, false, false), Err(DestError::NotADirectory(_))));
     }
 }
 

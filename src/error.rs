@@ -17,7 +17,7 @@ pub mod exit {
     /// The server cannot be backed up as it is: version, settings, privileges, tablespaces.
     pub const SERVER: i32 = 4;
     /// DEST is in the way or cannot be written (exists and is not empty, not a directory,
-    /// no space left).
+    /// no space left), is (in) one of the server's own directories, or is in use by another run.
     pub const DEST: i32 = 5;
     /// The backup completed and is kept, but data pages failed their checksum on the server
     /// (the server's files are corrupt; the copy holds the same bytes).

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 
 /// Names skipped at any depth (files).
-const EXCLUDED_FILES: &[&str] = &[
+pub const EXCLUDED_FILES: &[&str] = &[
     "postgresql.auto.conf.tmp",
     "current_logfiles.tmp",
     "backup_label",
@@ -13,8 +13,8 @@ const EXCLUDED_FILES: &[&str] = &[
     "postmaster.pid",
     "postmaster.opts",
 ];
-const EXCLUDED_FILE_PREFIX: &str = "pg_internal.init";
-const TEMP_PREFIX: &str = "pgsql_tmp";
+pub const EXCLUDED_FILE_PREFIX: &str = "pg_internal.init";
+pub const TEMP_PREFIX: &str = "pgsql_tmp";
 
 /// Directories whose contents are skipped (the directory itself is recreated empty).
 pub const EXCLUDED_DIR_CONTENTS: &[&str] =

@@ -5,9 +5,13 @@ pub mod check;
 pub mod checksum;
 pub mod cli;
 pub mod dest;
+pub mod dest_lock;
+pub mod dest_safety;
 pub mod digest;
 pub mod error;
+pub mod guard;
 pub mod layout;
+pub mod listing;
 pub mod logging;
 pub mod lsn;
 pub mod manifest;
@@ -21,6 +25,7 @@ pub mod signals;
 pub mod tablespace;
 pub mod transfer;
 pub mod wal;
+pub mod wal_setup;
 pub mod worker;
 
 use clap::Parser;
@@ -98,7 +103,8 @@ pub fn run(argv: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
         Mode::WalChild { start, timeline, delay, compress } => {
             wal::run_child(&cfg.common, *start, *timeline, *delay, *compress).map(|()| exit::OK)
         }
-        Mode::WalStandalone { delay, compress, slot } => {
+        Mode::WalStandalone { delay, compress, slot, create_slot } => {
+            let _lock = wal_setup::prepare(&cfg.common, slot.as_deref(), *create_slot)?;
             wal::run_standalone(&cfg.common, *delay, *compress, slot.as_deref()).map(|()| exit::OK)
         }
     });

@@ -9,9 +9,11 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::select;
 
 use crate::cli::{Common, Compress, MasterOpts};
-use crate::dest::{Dest, DestGuard, Roots, SafePath, PG_CONTROL, PG_CONTROL_PENDING};
+use crate::dest::{Dest, Roots, SafePath, PG_CONTROL, PG_CONTROL_PENDING};
+use crate::dest_safety;
 use crate::digest::{Algorithm, Digest};
 use crate::error::Error;
+use crate::guard::DestGuard;
 use crate::layout::{self, FileJob};
 use crate::lsn::{Lsn, WalGeometry};
 use crate::manifest::{self, FileEntry, WalRange};
@@ -260,11 +262,13 @@ fn backup(
     let mut common = common.clone();
     common.group_access = info.group_access;
     common.chunk = common.chunk_for(method);
-    let mut guard = DestGuard::prepare(&common.dest, opts.force, opts.keep_on_failure, info.group_access)?;
-    interrupt.set_last_words(guard.emergency_cleanup());
-    let dest = Dest::open(&common.dest, info.group_access)?;
     // Tablespaces: each copied to its location or its -T mapping, pg_tblspc/<oid> a symlink.
     let spcs = tablespace::plan(&sql::tablespaces(&mut ctl)?, &opts.mappings)?;
+    // Nothing is created or removed before DEST and the targets are known to be safe.
+    let view = dest_safety::vet(&mut ctl, &common.dest, &spcs, opts.force)?;
+    let mut guard = DestGuard::prepare(&common.dest, opts.force, opts.keep_on_failure, info.group_access)?;
+    interrupt.set_last_words(guard.emergency_cleanup(pids.clone()));
+    let dest = Dest::open(&common.dest, info.group_access)?;
     let mut roots = Roots::new(Dest::open(&common.dest, info.group_access)?);
     for t in &spcs {
         guard.add_extra(&t.target);
@@ -346,7 +350,7 @@ fn backup(
     }
 
     let listing = Instant::now();
-    let raw = sql::list_data_directory(&mut ctl)?;
+    let raw = crate::listing::list(&mut ctl, &view)?;
     let listed_in = listing.elapsed();
     let mut entries = sql::entries_from_listing(raw);
     // In a tablespace only this server version's directory belongs to the backup.

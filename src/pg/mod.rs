@@ -4,6 +4,7 @@ pub mod caps;
 pub mod conn;
 pub mod conninfo;
 pub mod sql;
+pub mod sql_dest;
 
 pub use caps::Caps;
 pub use conn::{ConnInfo, Session};

@@ -4,12 +4,15 @@ mod harness;
 
 mod backup;
 mod compress;
+mod dest_lock;
+mod dest_safety;
 mod docs;
 mod failures;
 mod faults;
 mod integrity;
 mod preflight;
 mod slave;
+mod special_files;
 mod standby;
 mod tablespaces;
 mod tls;

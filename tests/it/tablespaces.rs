@@ -1,5 +1,11 @@
 //! Tablespaces: copied to their -T mappings, linked from pg_tblspc, verified and restored.
 
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
 use crate::harness::*;
 
 #[test]
@@ -63,4 +69,82 @@ fn two_tablespaces_mapped_elsewhere_restore() {
         .unwrap()
         .get(0);
     assert_eq!(loc, new2.display().to_string());
+}
+
+/// A cluster with a tablespace at `ts` holding a table large enough to interrupt its copy.
+fn cluster_with_a_big_tablespace() -> (Cluster, std::path::PathBuf) {
+    let c = Cluster::new();
+    let loc = c.path("ts");
+    std::fs::create_dir(&loc).unwrap();
+    chown_pg(&loc);
+    let mut cl = c.client();
+    cl.batch_execute(&format!("CREATE TABLESPACE one LOCATION '{}'", loc.display())).unwrap();
+    cl.batch_execute(
+        "CREATE TABLE big TABLESPACE one AS SELECT g, md5(g::text) AS v FROM generate_series(1, 400000) g",
+    )
+    .unwrap();
+    (c, loc)
+}
+
+/// Starts a slow `-T loc=new` backup and waits until it is copying into the tablespace target.
+fn interrupted_mapped_backup(c: &Cluster, loc: &Path, new: &Path, dest: &Path, signals: usize) -> std::process::Output {
+    let map = format!("{}={}", loc.display(), new.display());
+    let mut child =
+        spawn_pgbb(&["-j", "2", "-c", "fast", "--chunk-size", "8k", "--compress", "none", "-T", &map], &c.dsn(), dest);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let copying =
+        || glob_files(new).iter().any(|p| p.components().count() > new.components().count() + 2 && p.is_file());
+    while !copying() {
+        assert!(Instant::now() < deadline, "the copy into {} never started", new.display());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for _ in 0..signals {
+        kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
+    }
+    wait_exit(&mut child, Duration::from_secs(10));
+    child.wait_with_output().unwrap()
+}
+
+/// Every path below `dir` (symlinks not followed); empty if it does not exist.
+fn glob_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(e.path());
+            }
+            out.push(e.path());
+        }
+    }
+    out
+}
+
+#[test]
+fn an_interrupted_mapped_backup_leaves_no_tablespace_debris() {
+    let (c, loc) = cluster_with_a_big_tablespace();
+    // NEW did not exist: gone after Ctrl-C (once, and twice), with every directory pgbb made.
+    for (signals, name) in [(1, "a"), (2, "b")] {
+        let new = c.path(&format!("new-{name}/deeper"));
+        let dest = c.path(&format!("backup-{name}"));
+        let out = interrupted_mapped_backup(&c, &loc, &new, &dest, signals);
+        assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+        assert_no_pgbb_process(dest.to_str().unwrap());
+        assert!(!dest.exists(), "DEST left behind");
+        assert!(!c.path(&format!("new-{name}")).exists(), "tablespace target left behind: {:?}", glob_files(&new));
+    }
+    // NEW existed, empty: empty again.
+    let new = c.path("new-c");
+    std::fs::create_dir(&new).unwrap();
+    let dest = c.path("backup-c");
+    let out = interrupted_mapped_backup(&c, &loc, &new, &dest, 1);
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    assert!(new.is_dir() && glob_files(&new).is_empty(), "left in the target: {:?}", glob_files(&new));
+    assert!(!dest.exists());
+    c.assert_no_pgbb_left();
+    // The same command now succeeds.
+    let map = format!("{}={}", loc.display(), new.display());
+    let out = pgbb_run(&["-c", "fast", "-T", &map, &c.dsn(), dest.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    verifybackup(&dest, &[]);
 }

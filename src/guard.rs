@@ -1,0 +1,297 @@
+//! What a backup did to DEST and to each tablespace target, so that a failure (or a signal)
+//! undoes exactly that: directories pgbb created are removed, with the parents it created
+//! for them; a directory that existed (empty) is emptied again; nothing else is touched.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::dest::{DestError, PG_CONTROL, PG_CONTROL_PENDING};
+use crate::dest_lock::DestLock;
+
+/// A directory the run writes to.
+#[derive(Debug, Clone)]
+struct Owned {
+    dir: PathBuf,
+    /// The topmost directory pgbb created to make `dir` (`dir` itself or a parent); `None`
+    /// when `dir` existed before.
+    created_from: Option<PathBuf>,
+}
+
+/// DEST (first) and the tablespace targets, shared with the signal thread.
+type OwnedDirs = Arc<Mutex<Vec<Owned>>>;
+
+#[derive(Debug)]
+pub struct DestGuard {
+    root: PathBuf,
+    keep: bool,
+    armed: bool,
+    owned: OwnedDirs,
+    /// Held until the guard is dropped (after any cleanup).
+    _lock: DestLock,
+}
+
+/// The topmost missing directory on the way to `dir` (what creating `dir` creates first), or
+/// `None` if `dir` exists.
+fn first_missing(dir: &Path) -> Option<PathBuf> {
+    let mut top = None;
+    let mut cur = Some(dir);
+    while let Some(p) = cur.filter(|p| !p.as_os_str().is_empty()) {
+        match fs::symlink_metadata(p) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => top = Some(p.to_path_buf()),
+            _ => break,
+        }
+        cur = p.parent();
+    }
+    top
+}
+
+impl DestGuard {
+    /// Makes DEST ready: creates it (mode 0700, or 0750 with group access), or reuses an empty
+    /// directory; a non-empty one is an error unless `force`, which empties it first. DEST is
+    /// locked before anything in it is touched: a second run into it is refused.
+    pub fn prepare(
+        root: &Path,
+        force: bool,
+        keep_on_failure: bool,
+        group_access: bool,
+    ) -> Result<DestGuard, DestError> {
+        let created_from = first_missing(root);
+        let created = match fs::create_dir(root) {
+            Ok(()) => true,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::create_dir_all(root).map_err(|e| DestError::Create { path: root.into(), source: e })?;
+                true
+            }
+            Err(e) => return Err(DestError::Create { path: root.into(), source: e }),
+        };
+        // An existing DEST may be a symlink to a directory, not to anything else.
+        if !created && !root.is_dir() {
+            return Err(DestError::NotADirectory(root.into()));
+        }
+        let lock = DestLock::acquire(root)?;
+        if !created && fs::read_dir(root).map_err(|e| DestError::Io { path: root.into(), source: e })?.next().is_some()
+        {
+            if !force {
+                return Err(DestError::NotEmpty(root.into()));
+            }
+            log::info!("removing the contents of {} (--force)", root.display());
+            empty_dir(root)?;
+        }
+        let mode = if group_access { 0o750 } else { 0o700 };
+        fs::set_permissions(root, fs::Permissions::from_mode(mode))
+            .map_err(|e| DestError::Create { path: root.into(), source: e })?;
+        let owned = Owned { dir: root.into(), created_from: if created { created_from } else { None } };
+        Ok(DestGuard {
+            root: root.into(),
+            keep: keep_on_failure,
+            armed: true,
+            owned: Arc::new(Mutex::new(vec![owned])),
+            _lock: lock,
+        })
+    }
+
+    /// A directory outside DEST that the backup writes to (a tablespace target, empty or
+    /// missing): undone with DEST. Call it before the directory is created.
+    pub fn add_extra(&mut self, dir: &Path) {
+        let o = Owned { dir: dir.to_path_buf(), created_from: first_missing(dir) };
+        self.owned.lock().unwrap_or_else(|p| p.into_inner()).push(o);
+    }
+
+    /// What a second Ctrl-C does on its way out (from the signal thread, the children just
+    /// sent SIGKILL): waits until they are dead (so that none writes after), then undoes what
+    /// [`DestGuard::cleanup`] undoes, quietly.
+    pub fn emergency_cleanup(&self, children: crate::pool::Pids) -> Box<dyn Fn() + Send> {
+        let (root, keep, owned) = (self.root.clone(), self.keep, self.owned.clone());
+        Box::new(move || {
+            let pids: Vec<i32> = children.lock().map(|p| p.clone()).unwrap_or_default();
+            wait_dead(&pids, Duration::from_secs(2));
+            let _ = fs::remove_file(root.join(PG_CONTROL_PENDING));
+            let _ = fs::remove_file(root.join(PG_CONTROL));
+            if !keep {
+                let dirs = owned.lock().map(|o| o.clone()).unwrap_or_default();
+                for o in &dirs {
+                    let _ = undo(o);
+                }
+            }
+        })
+    }
+
+    /// The backup succeeded: leave DEST alone.
+    pub fn disarm(&mut self) {
+        self.armed = false;
+    }
+
+    /// Undoes DEST after a failure: removes it (or only its contents if it existed before), or
+    /// with `--no-clean` keeps it but makes sure it cannot be started (no `global/pg_control`).
+    /// The tablespace targets go (or are emptied) with it, or are kept with it.
+    pub fn cleanup(&mut self) {
+        if !self.armed {
+            return;
+        }
+        self.armed = false;
+        if self.keep {
+            for f in [PG_CONTROL, PG_CONTROL_PENDING] {
+                let p = self.root.join(f);
+                if let Err(e) = fs::remove_file(&p) {
+                    if e.kind() != io::ErrorKind::NotFound {
+                        log::error!("could not remove {}: {e}; do not start this copy", p.display());
+                    }
+                }
+            }
+            eprintln!("pgbb: keeping the incomplete backup in {} (--no-clean); it has no global/pg_control and cannot be started", self.root.display());
+            return;
+        }
+        let dirs = self.owned.lock().map(|o| o.clone()).unwrap_or_default();
+        for (i, o) in dirs.iter().enumerate() {
+            let what = if i == 0 { "backup" } else { "tablespace copy" };
+            match undo(o) {
+                Ok(()) => log::info!("removed the incomplete {what} in {}", o.dir.display()),
+                Err(e) => eprintln!("pgbb: could not remove the incomplete {what} in {}: {e}", o.dir.display()),
+            }
+        }
+    }
+}
+
+impl Drop for DestGuard {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
+}
+
+/// Removes what the run created of `o`, or empties it if it existed.
+fn undo(o: &Owned) -> io::Result<()> {
+    let Some(top) = &o.created_from else {
+        return match fs::symlink_metadata(&o.dir) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            _ => empty_dir(&o.dir).map_err(|e| io::Error::other(e.to_string())),
+        };
+    };
+    match fs::remove_dir_all(&o.dir) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    // The parents pgbb made for it, while they are empty (another run may use them now).
+    let mut cur = o.dir.parent();
+    while let Some(p) = cur.filter(|p| p.starts_with(top)) {
+        if fs::remove_dir(p).is_err() {
+            break;
+        }
+        cur = p.parent();
+    }
+    Ok(())
+}
+
+/// Waits (at most `limit`) until none of `pids` is alive: gone, or a zombie.
+fn wait_dead(pids: &[i32], limit: Duration) {
+    let deadline = Instant::now() + limit;
+    let alive = |pid: &i32| {
+        fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next()))
+            .is_some_and(|state| !matches!(state, 'Z' | 'X'))
+    };
+    while pids.iter().any(alive) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Removes everything inside `root` (symlinks themselves, never what they point to).
+pub fn empty_dir(root: &Path) -> Result<(), DestError> {
+    let io = |e: io::Error| DestError::Io { path: root.into(), source: e };
+    for entry in fs::read_dir(root).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let p = entry.path();
+        let ft = entry.file_type().map_err(io)?;
+        if ft.is_dir() {
+            fs::remove_dir_all(&p).map_err(io)?;
+        } else {
+            fs::remove_file(&p).map_err(io)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn guard_refuses_non_empty_and_cleans_up() {
+        let t = tempfile::tempdir().unwrap();
+        let dest = t.path().join("d");
+        let mut g = DestGuard::prepare(&dest, false, false, false).unwrap();
+        fs::write(dest.join("x"), "x").unwrap();
+        g.cleanup();
+        assert!(!dest.exists());
+        drop(g);
+        let mut g = DestGuard::prepare(&dest, false, false, false).unwrap();
+        g.disarm();
+        fs::write(dest.join("x"), "x").unwrap();
+        drop(g);
+        assert!(matches!(DestGuard::prepare(&dest, false, false, false), Err(DestError::NotEmpty(_))));
+        let mut g = DestGuard::prepare(&dest, true, true, false).unwrap();
+        fs::create_dir(dest.join("global")).unwrap();
+        fs::write(dest.join(PG_CONTROL), "c").unwrap();
+        g.cleanup();
+        assert!(dest.join("global").exists() && !dest.join(PG_CONTROL).exists());
+        drop(g);
+        let f = t.path().join("file");
+        fs::write(&f, "").unwrap();
+        assert!(matches!(DestGuard::prepare(&f, false, false, false), Err(DestError::NotADirectory(_))));
+    }
+
+    #[test]
+    fn a_locked_dest_is_refused_and_left_alone() {
+        let t = tempfile::tempdir().unwrap();
+        let dest = t.path().join("d");
+        let g = DestGuard::prepare(&dest, false, false, false).unwrap();
+        fs::write(dest.join("x"), "x").unwrap();
+        // Even with -f: the first run's files stay.
+        assert!(matches!(DestGuard::prepare(&dest, true, false, false), Err(DestError::InUse { .. })));
+        assert!(dest.join("x").exists());
+        drop(g);
+        assert!(!dest.exists());
+    }
+
+    #[test]
+    fn what_the_run_created_goes_and_what_existed_is_emptied() {
+        let t = tempfile::tempdir().unwrap();
+        let dest = t.path().join("new/deeper/d");
+        let made = t.path().join("spc/a/b");
+        let existed = t.path().join("existed");
+        fs::create_dir(&existed).unwrap();
+        let mut g = DestGuard::prepare(&dest, false, false, false).unwrap();
+        for d in [&made, &existed] {
+            g.add_extra(d);
+            fs::create_dir_all(d.join("PG_15_1/5")).unwrap();
+            fs::write(d.join("PG_15_1/5/1259"), "x").unwrap();
+        }
+        // Something else appeared next to what pgbb made meanwhile: it stays.
+        fs::create_dir(t.path().join("spc/other")).unwrap();
+        g.cleanup();
+        assert!(!t.path().join("new").exists(), "DEST and the parents made for it");
+        assert!(!t.path().join("spc/a").exists() && t.path().join("spc/other").exists());
+        assert!(existed.is_dir() && fs::read_dir(&existed).unwrap().next().is_none());
+    }
+
+    #[test]
+    fn the_emergency_path_undoes_the_same() {
+        let t = tempfile::tempdir().unwrap();
+        let dest = t.path().join("d");
+        let spc = t.path().join("spc");
+        let mut g = DestGuard::prepare(&dest, false, false, false).unwrap();
+        let last_words = g.emergency_cleanup(Arc::new(Mutex::new(Vec::new())));
+        // Added after the closure was made: still undone.
+        g.add_extra(&spc);
+        fs::create_dir_all(spc.join("PG_15_1")).unwrap();
+        last_words();
+        assert!(!dest.exists() && !spc.exists());
+        g.disarm();
+    }
+}
