@@ -251,8 +251,7 @@ pub fn run_standalone(common: &Common, delay: Duration, compress: Compress, slot
         signal_hook::flag::register(sig, stop.clone())
             .map_err(|e| Error::Io(format!("cannot install signal handlers: {e}")))?;
     }
-    std::fs::create_dir_all(&common.dest)
-        .map_err(|e| Error::Io(format!("cannot create {}: {e}", common.dest.display())))?;
+    crate::worker::create_dest(&common.dest, common.group_access)?;
     let mut c = Copier::open(common, compress)?;
     let mut floor = standalone_floor(&c.dest, c.geo);
     let mut have: HashSet<String> = HashSet::new();
