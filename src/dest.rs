@@ -649,7 +649,7 @@ impl DestGuard {
                     }
                 }
             }
-            eprintln!("pgbb: keeping the incomplete backup in {} (--no-clean); it has no global/pg_control and cannot be started", self.root.display());
+            crate::errln!("pgbb: keeping the incomplete backup in {} (--no-clean); it has no global/pg_control and cannot be started", self.root.display());
             return;
         }
         let res = if self.created {
@@ -659,7 +659,7 @@ impl DestGuard {
         };
         match res {
             Ok(()) => log::info!("removed the incomplete backup in {}", self.root.display()),
-            Err(e) => eprintln!("pgbb: could not remove the incomplete backup in {}: {e}", self.root.display()),
+            Err(e) => crate::errln!("pgbb: could not remove the incomplete backup in {}: {e}", self.root.display()),
         }
     }
 }

@@ -35,7 +35,10 @@ pub struct Summary {
     pub files: u64,
     pub bytes: u64,
     pub vanished: u64,
+    /// WAL segments copied.
     pub wal_files: u64,
+    /// Timeline history files copied (not segments).
+    pub wal_history: u64,
     pub start: Lsn,
     pub stop: Lsn,
     pub timeline: u32,
@@ -450,6 +453,7 @@ fn backup(
         wal_done: None,
         wal_missing: Vec::new(),
         wal_files: 0,
+        wal_history: 0,
         queue,
         assemblies: std::collections::HashMap::new(),
         roots: &roots,
@@ -496,6 +500,7 @@ fn backup(
     run.pool.send(run.wal, &WalCommand::Stop(stop.lsn).to_line())?;
     run.finish_wal()?;
     let (files, bytes, vanished, wal_files, wire) = (run.files, run.bytes, run.vanished, run.wal_files, run.wire);
+    let wal_history = run.wal_history;
     let wal_missing = std::mem::take(&mut run.wal_missing);
     let mut entries = std::mem::take(&mut run.entries);
     let pages = std::mem::take(&mut run.pages);
@@ -554,6 +559,7 @@ fn backup(
         bytes,
         vanished,
         wal_files,
+        wal_history,
         start,
         stop: stop.lsn,
         timeline: tli,
@@ -710,6 +716,7 @@ struct Run<'a> {
     wal_done: Option<u64>,
     wal_missing: Vec<String>,
     wal_files: u64,
+    wal_history: u64,
     queue: VecDeque<Work>,
     files: u64,
     bytes: u64,
@@ -871,7 +878,12 @@ impl Run<'_> {
                     }
                 }
                 None => {
-                    self.wal_files += 1;
+                    let history = path.rsplit(|&b| b == b'/').next().and_then(|n| std::str::from_utf8(n).ok());
+                    if history.is_some_and(crate::lsn::is_history_file) {
+                        self.wal_history += 1;
+                    } else {
+                        self.wal_files += 1;
+                    }
                     log::debug!("WAL child copied {}", show(&path));
                 }
             },

@@ -247,7 +247,7 @@ fn standalone_floor(dest: &Dest, geo: WalGeometry) -> Option<u64> {
 /// what DEST already holds.
 pub fn run_standalone(common: &Common, delay: Duration, compress: Compress, slot: Option<&str>) -> Result<(), Error> {
     let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP] {
+    for sig in crate::signals::handled() {
         signal_hook::flag::register(sig, stop.clone())
             .map_err(|e| Error::Io(format!("cannot install signal handlers: {e}")))?;
     }

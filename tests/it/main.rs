@@ -11,6 +11,7 @@ mod integrity;
 mod preflight;
 mod slave;
 mod standby;
+mod streams;
 mod tablespaces;
 mod tls;
 mod wal_loop;
