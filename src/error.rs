@@ -68,7 +68,7 @@ impl Error {
         match self {
             Error::Usage(_) => exit::USAGE,
             Error::Pg(PgError::BadDsn(_)) => exit::USAGE,
-            Error::Pg(PgError::Connect { .. }) => exit::CONNECT,
+            Error::Pg(PgError::Connect { .. } | PgError::Tls { .. }) => exit::CONNECT,
             Error::Pg(
                 PgError::TooOld(_)
                 | PgError::WalLevel(_)

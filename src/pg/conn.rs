@@ -330,10 +330,14 @@ impl ConnInfo {
         let connected = if self.tls.mode == SslMode::Disable {
             config.connect(NoTls)
         } else {
-            let tls = self.tls.connector().map_err(|message| PgError::Connect { target: self.target(), message })?;
+            let tls = self.tls.connector().map_err(|message| PgError::Tls { target: self.target(), message })?;
             config.connect(tls)
         };
-        let client = connected.map_err(|e| PgError::Connect { target: self.target(), message: describe(&e) })?;
+        let client = connected.map_err(|e| PgError::Connect {
+            target: self.target(),
+            message: describe(&e),
+            code: e.code().map(|c| c.code().to_string()),
+        })?;
         let mut s = Session { client, app: app.to_string(), prepared: std::collections::HashMap::new() };
         s.execute(super::sql::SESSION_SETUP, &[], "could not configure the session")?;
         Ok(s)
