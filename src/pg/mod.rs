@@ -4,6 +4,7 @@ pub mod caps;
 pub mod conn;
 pub mod conninfo;
 pub mod sql;
+pub mod tls;
 
 pub use caps::Caps;
 pub use conn::{ConnInfo, Session};
