@@ -877,15 +877,7 @@ impl Run<'_> {
                         self.entries.push(FileEntry { path, size, mtime, algorithm: self.algorithm, checksum });
                     }
                 }
-                None => {
-                    let history = path.rsplit(|&b| b == b'/').next().and_then(|n| std::str::from_utf8(n).ok());
-                    if history.is_some_and(crate::lsn::is_history_file) {
-                        self.wal_history += 1;
-                    } else {
-                        self.wal_files += 1;
-                    }
-                    log::debug!("WAL child copied {}", show(&path));
-                }
+                None => self.wal_copied(&path),
             },
             Response::Vanished { path } => match w {
                 Some(w) => {
@@ -921,6 +913,17 @@ impl Run<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Counts a file the WAL child copied: a segment, or a timeline history file.
+    fn wal_copied(&mut self, path: &[u8]) {
+        let name = path.rsplit(|&b| b == b'/').next().and_then(|n| std::str::from_utf8(n).ok());
+        if name.is_some_and(crate::lsn::is_history_file) {
+            self.wal_history += 1;
+        } else {
+            self.wal_files += 1;
+        }
+        log::debug!("WAL child copied {}", show(path));
     }
 
     fn complete(&mut self, w: usize, role: &str, path: &[u8]) -> Result<Work, Error> {

@@ -36,6 +36,24 @@ fn os_user() -> String {
         .unwrap_or_else(|| "postgres".into())
 }
 
+/// sslrootcert=system (the system's trusted roots) is safe only with the host name checked:
+/// verify-full is then the default sslmode and the only one allowed, as in libpq.
+fn system_roots_need_verify_full(params: &mut conninfo::Params) -> Result<(), PgError> {
+    if params.get("sslrootcert").map(String::as_str) != Some("system") {
+        return Ok(());
+    }
+    match params.get("sslmode").map(String::as_str) {
+        None => {
+            params.insert("sslmode".into(), "verify-full".into());
+            Ok(())
+        }
+        Some("verify-full") => Ok(()),
+        Some(weak) => Err(PgError::BadDsn(format!(
+            "weak sslmode \"{weak}\" may not be used with sslrootcert=system (use \"verify-full\")"
+        ))),
+    }
+}
+
 /// Splits one password-file line into its five fields (`\\` escapes `:` and `\\`).
 fn passfile_fields(line: &str) -> Option<Vec<String>> {
     let mut fields = vec![String::new()];
@@ -121,21 +139,7 @@ impl ConnInfo {
         params.insert("user".into(), user.clone());
         params.entry("dbname".into()).or_insert(user);
         params.entry("connect_timeout".into()).or_insert_with(|| "10".into());
-        // sslrootcert=system (the system's trusted roots) is safe only with the host name
-        // checked: verify-full is its default and the only mode allowed, as in libpq.
-        if params.get("sslrootcert").is_some_and(|r| r == "system") {
-            match params.get("sslmode").map(String::as_str) {
-                None => {
-                    params.insert("sslmode".into(), "verify-full".into());
-                }
-                Some("verify-full") => {}
-                Some(weak) => {
-                    return Err(PgError::BadDsn(format!(
-                        "weak sslmode \"{weak}\" may not be used with sslrootcert=system (use \"verify-full\")"
-                    )))
-                }
-            }
-        }
+        system_roots_need_verify_full(&mut params)?;
         params.entry("sslmode".into()).or_insert_with(|| "prefer".into());
 
         let bad = |k: &str, v: &str| PgError::BadDsn(format!("invalid value for \"{k}\": \"{v}\""));
@@ -406,6 +410,16 @@ mod tests {
         std::env::remove_var("PGPASSFILE");
         assert_eq!(passfile_fields("a:b:c:d:e\\\\f").unwrap()[4], "e\\f");
         assert!(passfile_fields("a:b:c").is_none());
+    }
+
+    #[test]
+    fn system_roots_need_verify_full() {
+        let c = ConnInfo::from_dsn("host=db sslrootcert=system").unwrap();
+        assert_eq!(c.tls.mode, SslMode::VerifyFull);
+        assert!(c.child_dsn().contains("sslmode=verify-full"), "children get the same mode");
+        assert!(ConnInfo::from_dsn("host=db sslrootcert=system sslmode=verify-full").is_ok());
+        let weak = ConnInfo::from_dsn("host=db sslrootcert=system sslmode=verify-ca").err().unwrap();
+        assert!(weak.to_string().contains("weak sslmode \"verify-ca\" may not be used with sslrootcert=system"));
     }
 
     #[test]
