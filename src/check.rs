@@ -142,16 +142,16 @@ pub fn run(common: &Common, jobs: usize) -> Result<i32, Error> {
                 "FAIL"
             }
         };
-        println!("{tag}  {}", i.what);
+        crate::outln!("{tag}  {}", i.what);
         if let Some(f) = &i.fix {
-            println!("      fix: {f}");
+            crate::outln!("      fix: {f}");
         }
     }
     if failed == 0 {
-        println!("pgbb --check: ready for a backup");
+        crate::outln!("pgbb --check: ready for a backup");
         Ok(exit::OK)
     } else {
-        println!("pgbb --check: {failed} check(s) failed");
+        crate::outln!("pgbb --check: {failed} check(s) failed");
         Ok(exit::SERVER)
     }
 }

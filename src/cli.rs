@@ -53,7 +53,8 @@ The worker exits 0 at the end of its input. Example:
 
 Exit status: 0 done, 1 backup failed, 2 usage, 3 cannot connect, 4 server not suitable
 (version, settings, privileges), 5 DEST problem, 6 backup kept but data pages failed their
-checksum on the server, 130/143 interrupted. See docs/.
+checksum on the server, 129/130/143 interrupted by SIGHUP/SIGINT/SIGTERM (a signal
+ignored at start, as under nohup, stays ignored). See docs/.
 The password is never put on a child's command line: children get it in PGPASSWORD.";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -22,7 +22,9 @@ pub mod exit {
     /// The backup completed and is kept, but data pages failed their checksum on the server
     /// (the server's files are corrupt; the copy holds the same bytes).
     pub const CHECKSUM: i32 = 6;
-    /// Interrupted by SIGINT (128 + 2) or SIGTERM (128 + 15).
+    /// Interrupted by SIGHUP (128 + 1), SIGINT (128 + 2) or SIGTERM (128 + 15). A signal
+    /// ignored when pgbb started (`nohup`) stays ignored and interrupts nothing.
+    pub const SIGHUP: i32 = 129;
     pub const SIGINT: i32 = 130;
     pub const SIGTERM: i32 = 143;
 }
@@ -66,7 +68,7 @@ impl Error {
         match self {
             Error::Usage(_) => exit::USAGE,
             Error::Pg(PgError::BadDsn(_)) => exit::USAGE,
-            Error::Pg(PgError::Connect { .. }) => exit::CONNECT,
+            Error::Pg(PgError::Connect { .. } | PgError::Tls { .. }) => exit::CONNECT,
             Error::Pg(
                 PgError::TooOld(_)
                 | PgError::WalLevel(_)
@@ -78,8 +80,7 @@ impl Error {
             Error::Dest(_) => exit::DEST,
             // A child that failed on DEST (no space...) exits with that code.
             Error::ChildFailed { code: Some(exit::DEST), .. } => exit::DEST,
-            Error::Interrupted("SIGTERM") => exit::SIGTERM,
-            Error::Interrupted(_) => exit::SIGINT,
+            Error::Interrupted(sig) => crate::signals::exit_code(sig),
             _ => exit::FAILED,
         }
     }

@@ -143,7 +143,7 @@ impl DestGuard {
                     }
                 }
             }
-            eprintln!("pgbb: keeping the incomplete backup in {} (--no-clean); it has no global/pg_control and cannot be started", self.root.display());
+            crate::errln!("pgbb: keeping the incomplete backup in {} (--no-clean); it has no global/pg_control and cannot be started", self.root.display());
             return;
         }
         let dirs = self.owned.lock().map(|o| o.clone()).unwrap_or_default();
@@ -151,7 +151,7 @@ impl DestGuard {
             let what = if i == 0 { "backup" } else { "tablespace copy" };
             match undo(o) {
                 Ok(()) => log::info!("removed the incomplete {what} in {}", o.dir.display()),
-                Err(e) => eprintln!("pgbb: could not remove the incomplete {what} in {}: {e}", o.dir.display()),
+                Err(e) => crate::errln!("pgbb: could not remove the incomplete {what} in {}: {e}", o.dir.display()),
             }
         }
     }

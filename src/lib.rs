@@ -22,6 +22,7 @@ pub mod progress;
 pub mod protocol;
 pub mod recovery;
 pub mod signals;
+pub mod summary;
 pub mod tablespace;
 pub mod transfer;
 pub mod wal;
@@ -43,14 +44,6 @@ fn role_name(a: &Args) -> String {
     }
 }
 
-fn human(bytes: u64) -> String {
-    match bytes {
-        b if b >= 1 << 30 => format!("{:.1} GB", b as f64 / f64::from(1u32 << 30)),
-        b if b >= 1 << 20 => format!("{:.1} MB", b as f64 / f64::from(1u32 << 20)),
-        b => format!("{:.1} kB", b as f64 / 1024.0),
-    }
-}
-
 /// Runs pgbb with these arguments and returns the process exit code.
 pub fn run(argv: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
     let args = match Args::try_parse_from(argv) {
@@ -66,32 +59,9 @@ pub fn run(argv: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
         Mode::Check { jobs } => check::run(&cfg.common, *jobs),
         Mode::Master(opts) => {
             let s = master::run(&cfg.common, opts)?;
-            let dest = cfg.common.dest.display();
-            let compression = match s.method {
-                transfer::Method::Zlib(_) if s.wire > 0 => format!(
-                    ", compressed {:.1}:1 ({} over the network)",
-                    s.bytes as f64 / s.wire as f64,
-                    human(s.wire)
-                ),
-                _ => String::new(),
-            };
-            println!(
-                "pgbb: backup complete: {} files, {} in {:.1} s ({}/s), WAL {} to {} on timeline {} ({} segments){compression}",
-                s.files,
-                human(s.bytes),
-                s.elapsed.as_secs_f64(),
-                human((s.bytes as f64 / s.elapsed.as_secs_f64().max(0.001)) as u64),
-                s.start,
-                s.stop,
-                s.timeline,
-                s.wal_files,
-            );
-            if s.manifest {
-                println!("pgbb: verify it with: pg_verifybackup {dest}");
-            }
-            println!("pgbb: start it with: pg_ctl -D {dest} start");
+            summary::print(&cfg.common.dest, &s);
             if s.bad_pages > 0 {
-                eprintln!(
+                crate::errln!(
                     "pgbb: error: {} data page(s) failed checksum verification on the server (listed above); the backup is complete and kept, but those pages are corrupt in the source too",
                     s.bad_pages
                 );
@@ -120,9 +90,9 @@ pub fn run(argv: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
 }
 
 fn report(e: &Error) -> i32 {
-    eprintln!("pgbb: error: {e}");
+    crate::errln!("pgbb: error: {e}");
     if let Some(h) = e.hint() {
-        eprintln!("pgbb: hint: {h}");
+        crate::errln!("pgbb: hint: {h}");
     }
     e.exit_code()
 }

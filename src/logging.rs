@@ -29,3 +29,35 @@ pub fn init(role: &str, verbose: bool, debug: bool) {
         .target(env_logger::Target::Stderr)
         .try_init();
 }
+
+/// Writes one line to stdout without ever panicking (`println!` panics on a closed pipe, as
+/// in `pgbb … | head`): a reader that went away (EPIPE) is ignored, any other error is logged.
+/// What pgbb did does not depend on whether someone still reads its summary.
+pub fn out(line: &[u8]) {
+    let mut o = std::io::stdout().lock();
+    let r = o.write_all(line).and_then(|()| o.write_all(b"\n")).and_then(|()| o.flush());
+    if let Err(e) = r {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            log::warn!("could not write to stdout: {e}");
+        }
+    }
+}
+
+/// Writes one line to stderr without ever panicking (`eprintln!` panics when stderr is a
+/// closed pipe, as in `pgbb … 2>&1 | head`); there is nowhere left to report a failure.
+pub fn err(line: &str) {
+    let mut e = std::io::stderr().lock();
+    let _ = e.write_all(line.as_bytes()).and_then(|()| e.write_all(b"\n"));
+}
+
+/// `println!` that never panics: see [`out`].
+#[macro_export]
+macro_rules! outln {
+    ($($arg:tt)*) => { $crate::logging::out(format!($($arg)*).as_bytes()) };
+}
+
+/// `eprintln!` that never panics: see [`err`].
+#[macro_export]
+macro_rules! errln {
+    ($($arg:tt)*) => { $crate::logging::err(&format!($($arg)*)) };
+}

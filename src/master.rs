@@ -37,7 +37,10 @@ pub struct Summary {
     pub files: u64,
     pub bytes: u64,
     pub vanished: u64,
+    /// WAL segments copied.
     pub wal_files: u64,
+    /// Timeline history files copied (not segments).
+    pub wal_history: u64,
     pub start: Lsn,
     pub stop: Lsn,
     pub timeline: u32,
@@ -96,23 +99,52 @@ struct Assembly {
     size: u64,
     mtime: i64,
     vanished: bool,
-    /// (offset, length, checksum) of each piece received.
-    got: Vec<(u64, u64, Option<String>)>,
+    got: Vec<Piece>,
 }
 
-/// CRC-32C of a whole file from its pieces' (in offset order); `None` without checksums.
-fn combine_crc(pieces: &mut [(u64, u64, Option<String>)]) -> Option<String> {
-    pieces.sort_by_key(|p| p.0);
+/// One piece of a large file as a worker wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Piece {
+    off: u64,
+    /// As asked.
+    len: u64,
+    /// As written: fewer than `len` when the file had shrunk by the time the piece was read
+    /// (the rest stays zeros: the file is completed to its listed size, as core does).
+    written: u64,
+    checksum: Option<String>,
+}
+
+/// CRC-32C of `n` zero bytes.
+fn crc_of_zeros(mut n: u64) -> u32 {
+    static ZEROS: [u8; 65536] = [0; 65536];
+    let mut crc = 0;
+    while n > 0 {
+        let k = n.min(ZEROS.len() as u64) as usize;
+        crc = crc32c::crc32c_append(crc, &ZEROS[..k]);
+        n -= k as u64;
+    }
+    crc
+}
+
+/// CRC-32C of a whole file from its pieces' (in offset order), each followed by the zeros
+/// that complete a short one; `None` without checksums.
+fn combine_crc(pieces: &mut [Piece]) -> Option<String> {
+    pieces.sort_by_key(|p| p.off);
     let mut acc: Option<u32> = None;
-    for (_, len, sum) in pieces.iter() {
-        let hex = sum.as_deref()?;
-        let bytes: Vec<u8> =
-            (0..hex.len()).step_by(2).filter_map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok()).collect();
-        let crc = u32::from_le_bytes(bytes.try_into().ok()?);
+    let mut add = |crc: u32, len: u64| {
         acc = Some(match acc {
             None => crc,
-            Some(a) => crc32c::crc32c_combine(a, crc, *len as usize),
+            Some(a) => crc32c::crc32c_combine(a, crc, len as usize),
         });
+    };
+    for p in pieces.iter() {
+        let hex = p.checksum.as_deref()?;
+        let bytes: Vec<u8> =
+            (0..hex.len()).step_by(2).filter_map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok()).collect();
+        add(u32::from_le_bytes(bytes.try_into().ok()?), p.written);
+        if p.written < p.len {
+            add(crc_of_zeros(p.len - p.written), p.len - p.written);
+        }
     }
     acc.map(|c| crate::digest::hex(&c.to_le_bytes()))
 }
@@ -224,13 +256,36 @@ mod tests {
     fn piece_checksums_combine_into_the_files() {
         let data: Vec<u8> = (0..300_000u32).map(|i| (i * 31 % 251) as u8).collect();
         let hex = |c: u32| crate::digest::hex(&c.to_le_bytes());
+        let piece = |off: u64, len: u64, written: u64, sum: Option<String>| Piece { off, len, written, checksum: sum };
         let mut pieces = vec![
-            (100_000u64, 150_000u64, Some(hex(crc32c::crc32c(&data[100_000..250_000])))),
-            (0, 100_000, Some(hex(crc32c::crc32c(&data[..100_000])))),
-            (250_000, 50_000, Some(hex(crc32c::crc32c(&data[250_000..])))),
+            piece(100_000, 150_000, 150_000, Some(hex(crc32c::crc32c(&data[100_000..250_000])))),
+            piece(0, 100_000, 100_000, Some(hex(crc32c::crc32c(&data[..100_000])))),
+            piece(250_000, 50_000, 50_000, Some(hex(crc32c::crc32c(&data[250_000..])))),
         ];
         assert_eq!(combine_crc(&mut pieces), Some(hex(crc32c::crc32c(&data))));
-        assert_eq!(combine_crc(&mut [(0, 1, None)]), None);
+        assert_eq!(combine_crc(&mut [piece(0, 1, 1, None)]), None);
+    }
+
+    #[test]
+    fn short_pieces_combine_with_the_zeros_that_complete_the_file() {
+        // The file shrank to 120 000 bytes before its pieces were read: the second piece
+        // got 20 000 bytes, the third none; the file is completed with zeros to 300 000.
+        let data: Vec<u8> = (0..120_000u32).map(|i| (i * 7 % 253) as u8).collect();
+        let mut whole = data.clone();
+        whole.resize(300_000, 0);
+        let hex = |c: u32| crate::digest::hex(&c.to_le_bytes());
+        let mut pieces = vec![
+            Piece { off: 0, len: 100_000, written: 100_000, checksum: Some(hex(crc32c::crc32c(&data[..100_000]))) },
+            Piece {
+                off: 100_000,
+                len: 100_000,
+                written: 20_000,
+                checksum: Some(hex(crc32c::crc32c(&data[100_000..]))),
+            },
+            Piece { off: 200_000, len: 100_000, written: 0, checksum: Some(hex(crc32c::crc32c(b""))) },
+        ];
+        assert_eq!(combine_crc(&mut pieces), Some(hex(crc32c::crc32c(&whole))));
+        assert_eq!(crc_of_zeros(200_000), crc32c::crc32c(&[0u8; 200_000]));
     }
 }
 
@@ -402,6 +457,7 @@ fn backup(
         wal_done: None,
         wal_missing: Vec::new(),
         wal_files: 0,
+        wal_history: 0,
         queue,
         assemblies: std::collections::HashMap::new(),
         roots: &roots,
@@ -448,6 +504,7 @@ fn backup(
     run.pool.send(run.wal, &WalCommand::Stop(stop.lsn).to_line())?;
     run.finish_wal()?;
     let (files, bytes, vanished, wal_files, wire) = (run.files, run.bytes, run.vanished, run.wal_files, run.wire);
+    let wal_history = run.wal_history;
     let wal_missing = std::mem::take(&mut run.wal_missing);
     let mut entries = std::mem::take(&mut run.entries);
     let pages = std::mem::take(&mut run.pages);
@@ -506,6 +563,7 @@ fn backup(
         bytes,
         vanished,
         wal_files,
+        wal_history,
         start,
         stop: stop.lsn,
         timeline: tli,
@@ -662,6 +720,7 @@ struct Run<'a> {
     wal_done: Option<u64>,
     wal_missing: Vec<String>,
     wal_files: u64,
+    wal_history: u64,
     queue: VecDeque<Work>,
     files: u64,
     bytes: u64,
@@ -816,16 +875,13 @@ impl Run<'_> {
                     self.bytes += size;
                     self.wire += wire;
                     if work.range.is_some() {
-                        self.piece_done(&work, Some((checksum, mtime)))?;
+                        self.piece_done(&work, Some((size, checksum, mtime)))?;
                     } else {
                         self.files += 1;
                         self.entries.push(FileEntry { path, size, mtime, algorithm: self.algorithm, checksum });
                     }
                 }
-                None => {
-                    self.wal_files += 1;
-                    log::debug!("WAL child copied {}", show(&path));
-                }
+                None => self.wal_copied(&path),
             },
             Response::Vanished { path } => match w {
                 Some(w) => {
@@ -863,6 +919,17 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// Counts a file the WAL child copied: a segment, or a timeline history file.
+    fn wal_copied(&mut self, path: &[u8]) {
+        let name = path.rsplit(|&b| b == b'/').next().and_then(|n| std::str::from_utf8(n).ok());
+        if name.is_some_and(crate::lsn::is_history_file) {
+            self.wal_history += 1;
+        } else {
+            self.wal_files += 1;
+        }
+        log::debug!("WAL child copied {}", show(path));
+    }
+
     fn complete(&mut self, w: usize, role: &str, path: &[u8]) -> Result<Work, Error> {
         match self.workers[w].inflight.front() {
             Some(p) if p.path == path => {
@@ -883,7 +950,7 @@ impl Run<'_> {
 
     /// Records one piece of a large file (`copied` = (checksum, mtime), `None` if it
     /// vanished); when the last one is in, puts the file in place (or drops it).
-    fn piece_done(&mut self, work: &Work, copied: Option<(Option<String>, i64)>) -> Result<(), Error> {
+    fn piece_done(&mut self, work: &Work, copied: Option<(u64, Option<String>, i64)>) -> Result<(), Error> {
         let Some((off, len)) = work.range else { return Ok(()) };
         let size = self.total_pieces_size(&work.path);
         let a = self.assemblies.entry(work.path.clone()).or_default();
@@ -892,15 +959,15 @@ impl Run<'_> {
             a.expected = size.div_ceil(PIECE) as usize;
         }
         match copied {
-            Some((sum, mtime)) => {
+            Some((written, checksum, mtime)) => {
                 if a.got.is_empty() {
                     a.mtime = mtime;
                 }
-                a.got.push((off, len, sum));
+                a.got.push(Piece { off, len, written: written.min(len), checksum });
             }
             None => {
                 a.vanished = true;
-                a.got.push((off, len, None));
+                a.got.push(Piece { off, len, written: 0, checksum: None });
             }
         }
         if a.got.len() < a.expected {

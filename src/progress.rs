@@ -110,7 +110,7 @@ impl Progress {
                     let rate = bytes as f64 / elapsed;
                     let pct = (bytes * 100).checked_div(self.total_bytes).unwrap_or(100);
                     let eta = if rate > 0.0 { (self.total_bytes - bytes) as f64 / rate } else { 0.0 };
-                    eprintln!(
+                    crate::errln!(
                         "pgbb: progress: {} of {} ({pct}%), {}/s, ETA {:.0} s, files {}/{}{}",
                         mb(bytes),
                         mb(self.total_bytes),

@@ -1,6 +1,7 @@
 //! SIGINT/SIGTERM/SIGHUP in the master: the first asks for an orderly abort (the running
 //! query is cancelled, children are told to stop); the second kills the children at once and
-//! exits.
+//! exits. A signal that was ignored when pgbb started (`nohup`, a background job of a
+//! non-interactive shell) stays ignored, as pg_basebackup leaves it.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -51,10 +52,42 @@ fn name(sig: i32) -> &'static str {
     }
 }
 
+/// The exit status for a run ended by this signal (128 + its number).
+pub fn exit_code(name: &str) -> i32 {
+    match name {
+        "SIGTERM" => exit::SIGTERM,
+        "SIGHUP" => exit::SIGHUP,
+        _ => exit::SIGINT,
+    }
+}
+
+/// True when `sig` is ignored (SIG_IGN), as `nohup` leaves SIGHUP for the program it starts.
+fn ignored(sig: i32) -> bool {
+    // SAFETY: a null new action only reads the current one into `old`.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(sig, std::ptr::null(), &mut old) == 0 && old.sa_sigaction == libc::SIG_IGN
+    }
+}
+
+/// Of SIGINT, SIGTERM and SIGHUP, those pgbb handles: the ones not ignored at start. Call it
+/// before installing any handler.
+pub fn handled() -> Vec<i32> {
+    [SIGINT, SIGTERM, SIGHUP]
+        .into_iter()
+        .filter(|&s| {
+            let ign = ignored(s);
+            if ign {
+                log::debug!("{} was ignored at start: it stays ignored", name(s));
+            }
+            !ign
+        })
+        .collect()
+}
+
 /// Installs the handlers. The receiver yields the name of the first signal.
 pub fn install(pids: Pids) -> Result<(Arc<Interrupt>, Receiver<&'static str>), Error> {
-    let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])
-        .map_err(|e| Error::Io(format!("cannot install signal handlers: {e}")))?;
+    let mut signals = Signals::new(handled()).map_err(|e| Error::Io(format!("cannot install signal handlers: {e}")))?;
     let state = Arc::new(Interrupt::default());
     let (tx, rx) = bounded(1);
     let st = state.clone();
@@ -65,7 +98,7 @@ pub fn install(pids: Pids) -> Result<(Arc<Interrupt>, Receiver<&'static str>), E
                 let n = st.count.fetch_add(1, Ordering::SeqCst) + 1;
                 let children: Vec<i32> = pids.lock().map(|p| p.clone()).unwrap_or_default();
                 if n == 1 {
-                    eprintln!("pgbb: {} received: aborting the backup (send it again to kill at once)", name(sig));
+                    crate::errln!("pgbb: {} received: aborting the backup (send it again to kill at once)", name(sig));
                     let _ = tx.try_send(name(sig));
                     for p in &children {
                         let _ = kill(Pid::from_raw(*p), Signal::SIGTERM);
@@ -81,11 +114,11 @@ pub fn install(pids: Pids) -> Result<(Arc<Interrupt>, Receiver<&'static str>), E
                     if let Some(f) = st.last_words.lock().ok().and_then(|mut l| l.take()) {
                         f();
                     }
-                    eprintln!(
+                    crate::errln!(
                         "pgbb: killed by a second {}; the server ends the backup when this connection drops",
                         name(sig)
                     );
-                    std::process::exit(if sig == SIGTERM { exit::SIGTERM } else { exit::SIGINT });
+                    std::process::exit(exit_code(name(sig)));
                 }
             }
         })

@@ -152,6 +152,16 @@ pub struct Transfer {
     pub throttle: Option<Throttle>,
 }
 
+/// How many bytes one request writes: the whole file at the size stat'd when its read
+/// starts, or, for a range, what the file holds of that range then (nothing past its end).
+/// Only a file that shrinks during the read is zero-filled, up to this size.
+pub fn extent(stat_size: u64, range: Option<(u64, u64)>) -> u64 {
+    match range {
+        None => stat_size,
+        Some((off, len)) => len.min(stat_size.saturating_sub(off)),
+    }
+}
+
 fn pg_err(what: &str, e: postgres::Error) -> TransferError {
     TransferError::Pg(PgError::query(what, e))
 }
@@ -353,8 +363,7 @@ impl Transfer {
             let sink = match out.as_mut() {
                 Some(w) => w,
                 None => {
-                    // A piece is as long as asked, whatever the file's size now.
-                    size = range.map_or(sz.max(0) as u64, |(_, len)| len);
+                    size = extent(sz.max(0) as u64, range);
                     mtime = row.try_get::<_, Option<i64>>(1).map_err(|e| pg_err(&what, e))?.unwrap_or(0);
                     out.insert(self.sink(dest, src, dst, range)?)
                 }
@@ -414,7 +423,8 @@ impl Transfer {
                         path: path.clone(),
                         message: "bad header from the compression helper".into(),
                     })?;
-                    size = i64::from_be_bytes(header[..8].try_into().unwrap_or_default()).max(0) as u64;
+                    let listed = i64::from_be_bytes(header[..8].try_into().unwrap_or_default()).max(0) as u64;
+                    size = range.map_or(listed, |(_, len)| listed.min(len));
                     mtime = i64::from_be_bytes(header[8..].try_into().unwrap_or_default());
                     out = Some(self.sink(dest, src, dst, range)?);
                     continue;
@@ -445,5 +455,21 @@ impl Transfer {
                 Ok(Some((sink, mtime)))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::extent;
+
+    #[test]
+    fn a_request_never_extends_past_the_end_of_the_file() {
+        assert_eq!(extent(3, None), 3);
+        assert_eq!(extent(3, Some((0, 100 << 20))), 3);
+        assert_eq!(extent(3, Some((1, 13))), 2);
+        assert_eq!(extent(3, Some((3, 5))), 0);
+        assert_eq!(extent(3, Some((1000, 1))), 0);
+        assert_eq!(extent(1 << 30, Some((64 << 20, 64 << 20))), 64 << 20);
+        assert_eq!(extent(0, Some((u64::MAX - 1, 1))), 0);
     }
 }

@@ -242,98 +242,184 @@ fn standalone_floor(dest: &Dest, geo: WalGeometry) -> Option<u64> {
         .max()
 }
 
-/// `pgbb -x DSN DEST`: copies complete segments, keeps the one being written as
-/// `NAME.partial` (renamed when complete), until SIGINT/SIGTERM. A restart resumes after
-/// what DEST already holds.
-pub fn run_standalone(common: &Common, delay: Duration, compress: Compress, slot: Option<&str>) -> Result<(), Error> {
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM, signal_hook::consts::SIGHUP] {
-        signal_hook::flag::register(sig, stop.clone())
-            .map_err(|e| Error::Io(format!("cannot install signal handlers: {e}")))?;
+/// What a standalone loop knows, kept across reconnections: where it started, the segments
+/// DEST holds, the partial segment last copied, how far the slot was advanced.
+struct Feed<'a> {
+    stop: &'a AtomicBool,
+    slot: Option<&'a str>,
+    floor: Option<u64>,
+    have: HashSet<String>,
+    partial: Option<(String, Lsn)>,
+    advanced: Lsn,
+}
+
+impl Feed<'_> {
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
     }
-    std::fs::create_dir_all(&common.dest)
-        .map_err(|e| Error::Io(format!("cannot create {}: {e}", common.dest.display())))?;
-    let mut c = Copier::open(common, compress)?;
-    let mut floor = standalone_floor(&c.dest, c.geo);
-    let mut have: HashSet<String> = HashSet::new();
-    let mut partial: Option<(String, Lsn)> = None;
-    let mut advanced = Lsn(0);
-    let mut quiet = |r: Response| -> Result<(), Error> {
-        log::info!("{r}");
+
+    /// Copies until a stop is asked for (Ok) or the session fails (Err).
+    fn run(&mut self, c: &mut Copier, delay: Duration) -> Result<(), Error> {
+        while !self.stopped() {
+            self.pass(c)?;
+            if !pause(self.stop, delay) {
+                break;
+            }
+        }
         Ok(())
-    };
-    log::info!(
-        "copying WAL into {} every {:?}; stop with SIGINT or SIGTERM",
-        c.dest.root().join("pg_wal").display(),
-        delay
-    );
-    while !stop.load(Ordering::SeqCst) {
+    }
+
+    /// One look at the server's pg_wal: new complete segments, the partial one, the slot.
+    fn pass(&mut self, c: &mut Copier) -> Result<(), Error> {
         let (files, written) = sql::list_wal(&mut c.s)?;
-        c.copy_history(&files, &mut quiet)?;
+        c.copy_history(&files, &mut |r: Response| {
+            log::info!("{r}");
+            Ok(())
+        })?;
         let cur = c.geo.segno(written);
-        let floor_seg = *floor.get_or_insert(cur);
+        let floor = *self.floor.get_or_insert(cur);
         let tli = files.iter().filter_map(|(n, _)| c.geo.parse_file_name(n)).map(|(t, _)| t).max().unwrap_or(1);
         for (name, _) in &files {
-            if stop.load(Ordering::SeqCst) {
-                break;
+            if self.stopped() {
+                return Ok(());
             }
             let Some((t, seg)) = c.geo.parse_file_name(name) else {
                 continue;
             };
-            if t != tli || seg < floor_seg || !c.geo.is_complete(seg, written) || have.contains(name) {
+            if t != tli || seg < floor || !c.geo.is_complete(seg, written) || self.have.contains(name) {
                 continue;
             }
             if genuine_segment(&c.dest, name, seg, c.geo) {
-                have.insert(name.clone());
+                self.have.insert(name.clone());
                 continue;
             }
             if let Outcome::Copied(got) = c.copy(name, name)? {
                 if got.size == c.geo.seg_size {
                     log::info!("copied {name}");
-                    have.insert(name.clone());
+                    self.have.insert(name.clone());
                     c.dest.remove_file(&wal_path(&format!("{name}.partial"))?)?;
                 }
             }
         }
         // The segment being written, as NAME.partial, when it moved on since the last copy.
-        if cur >= floor_seg && !stop.load(Ordering::SeqCst) {
+        if cur >= floor && !self.stopped() {
             let name = c.geo.file_name(tli, cur);
-            if partial.as_ref() != Some(&(name.clone(), written)) && files.iter().any(|(n, _)| *n == name) {
-                if let Some((old, _)) = &partial {
-                    if *old != name && !have.contains(old) {
+            if self.partial.as_ref() != Some(&(name.clone(), written)) && files.iter().any(|(n, _)| *n == name) {
+                if let Some((old, _)) = &self.partial {
+                    if *old != name && !self.have.contains(old) {
                         c.dest.remove_file(&wal_path(&format!("{old}.partial"))?)?;
                     }
                 }
                 if let Outcome::Copied(_) = c.copy(&name, &format!("{name}.partial"))? {
-                    partial = Some((name, written));
+                    self.partial = Some((name, written));
                 }
             }
         }
-        // With --slot, let the server recycle what is safely here: everything before the
-        // first segment still missing.
-        if let Some(slot) = slot {
-            let mut upto = floor_seg;
-            while upto < cur && have.contains(&c.geo.file_name(tli, upto)) {
-                upto += 1;
-            }
-            let target = Lsn(upto * c.geo.seg_size);
-            if target > advanced {
-                match sql::slot_restart_lsn(&mut c.s, slot)? {
-                    None => {
-                        return Err(PgError::Unsupported(format!("replication slot \"{slot}\" does not exist")).into())
-                    }
-                    Some(r) if r < target => {
-                        sql::advance_slot(&mut c.s, slot, target)?;
-                        log::info!("advanced slot {slot} to {target}");
-                    }
-                    Some(_) => {}
-                }
-                advanced = target;
-            }
+        self.advance_slot(c, floor, cur, tli)
+    }
+
+    /// With --slot, lets the server recycle what is safely here: everything before the first
+    /// segment still missing.
+    fn advance_slot(&mut self, c: &mut Copier, floor: u64, cur: u64, tli: u32) -> Result<(), Error> {
+        let Some(slot) = self.slot else { return Ok(()) };
+        let mut upto = floor;
+        while upto < cur && self.have.contains(&c.geo.file_name(tli, upto)) {
+            upto += 1;
         }
-        let until = Instant::now() + delay;
-        while !stop.load(Ordering::SeqCst) && Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(50).min(until - Instant::now()));
+        let target = Lsn(upto * c.geo.seg_size);
+        if target > self.advanced {
+            match sql::slot_restart_lsn(&mut c.s, slot)? {
+                None => return Err(PgError::Unsupported(format!("replication slot \"{slot}\" does not exist")).into()),
+                Some(r) if r < target => {
+                    sql::advance_slot(&mut c.s, slot, target)?;
+                    log::info!("advanced slot {slot} to {target}");
+                }
+                Some(_) => {}
+            }
+            self.advanced = target;
+        }
+        Ok(())
+    }
+}
+
+/// Waits `d`, or less if a stop is asked for; false when it was.
+fn pause(stop: &AtomicBool, d: Duration) -> bool {
+    let until = Instant::now() + d;
+    while !stop.load(Ordering::SeqCst) {
+        let now = Instant::now();
+        if now >= until {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50).min(until - now));
+    }
+    false
+}
+
+/// First wait before reconnecting, doubled after each failed attempt up to [`RETRY_MAX`].
+/// pg_receivewal waits a fixed 5 s; starting at 1 s catches a routine restart (a few
+/// seconds) sooner, and the cap keeps a long outage to one attempt every 30 s — a standby
+/// fed every few seconds loses at most that on top of the outage.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// True for a failure a new connection can get past (the server restarting or shutting down,
+/// a network cut); false for what waiting cannot heal: authentication, a database or role
+/// that is gone, missing privileges, TLS settings, DEST.
+fn may_heal(e: &Error) -> bool {
+    matches!(e, Error::Pg(p) if p.may_heal())
+}
+
+/// Connects again after `why`, waiting longer after each failed attempt. None when a stop is
+/// asked for meanwhile; an error that cannot heal ends the loop.
+fn reconnect(common: &Common, compress: Compress, stop: &AtomicBool, why: &Error) -> Result<Option<Copier>, Error> {
+    let mut wait = RETRY_FIRST;
+    log::warn!("lost the connection to the server: {why}; reconnecting in {} s", wait.as_secs());
+    loop {
+        if !pause(stop, wait) {
+            return Ok(None);
+        }
+        match Copier::open(common, compress) {
+            Ok(c) => {
+                log::warn!("reconnected to the server; resuming");
+                return Ok(Some(c));
+            }
+            Err(e) if may_heal(&e) => {
+                wait = (wait * 2).min(RETRY_MAX);
+                log::warn!("could not reconnect: {e}; next attempt in {} s", wait.as_secs());
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// `pgbb -x DSN DEST`: copies complete segments, keeps the one being written as
+/// `NAME.partial` (renamed when complete), until SIGINT/SIGTERM (or SIGHUP). A lost
+/// connection (a server restart) is retried with backoff and the loop resumes where it was;
+/// only a failure that cannot heal ends it. A restart of pgbb resumes after what DEST holds.
+pub fn run_standalone(common: &Common, delay: Duration, compress: Compress, slot: Option<&str>) -> Result<(), Error> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in crate::signals::handled() {
+        signal_hook::flag::register(sig, stop.clone())
+            .map_err(|e| Error::Io(format!("cannot install signal handlers: {e}")))?;
+    }
+    crate::worker::create_dest(&common.dest, common.group_access)?;
+    // The first connection must work: a loop that never ran is a mistake to report.
+    let mut c = Copier::open(common, compress)?;
+    let floor = standalone_floor(&c.dest, c.geo);
+    let mut feed = Feed { stop: &stop, slot, floor, have: HashSet::new(), partial: None, advanced: Lsn(0) };
+    log::info!(
+        "copying WAL into {} every {:?}; stop with SIGINT or SIGTERM",
+        c.dest.root().join("pg_wal").display(),
+        delay
+    );
+    loop {
+        match feed.run(&mut c, delay) {
+            Ok(()) => break,
+            Err(e) if may_heal(&e) && !feed.stopped() => match reconnect(common, compress, &stop, &e)? {
+                Some(again) => c = again,
+                None => break,
+            },
+            Err(e) => return Err(e),
         }
     }
     log::info!("stopping on request");

@@ -5,14 +5,13 @@
 //! cannot serve (logical, or invalidated) is an error.
 
 use crate::cli::Common;
-use crate::dest::DestError;
 use crate::dest_lock::DestLock;
 use crate::error::Error;
 use crate::pg::{sql_dest, PgError};
 
 /// Creates and locks DEST, and makes the slot when asked; the lock lasts as long as the value.
 pub fn prepare(common: &Common, slot: Option<&str>, create_slot: bool) -> Result<DestLock, Error> {
-    std::fs::create_dir_all(&common.dest).map_err(|e| DestError::Create { path: common.dest.clone(), source: e })?;
+    crate::worker::create_dest(&common.dest, common.group_access)?;
     let lock = DestLock::acquire(&common.dest)?;
     if let (Some(name), true) = (slot, create_slot) {
         let mut s = common.conn.connect("pgbb slot")?;

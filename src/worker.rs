@@ -38,6 +38,23 @@ fn read_line(r: &mut impl BufRead, buf: &mut Vec<u8>) -> io::Result<Option<bool>
     }
 }
 
+/// A request line without its line end (LF or CRLF).
+fn trim_eol(line: &[u8]) -> &[u8] {
+    let line = line.strip_suffix(b"\n").unwrap_or(line);
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+/// Creates DEST (and missing parents) for a worker or `-x` run by hand, private as a
+/// backup's: 0700, or 0750 with group access. An existing DEST is left as it is.
+pub fn create_dest(dest: &std::path::Path, group_access: bool) -> Result<(), Error> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(if group_access { 0o750 } else { 0o700 })
+        .create(dest)
+        .map_err(|source| crate::dest::DestError::Create { path: dest.into(), source }.into())
+}
+
 /// Opens the session and chooses how chunks travel (`auto`: zlib if the helper can be
 /// created, else plain); with `--verify-lsn`, reads what page verification needs.
 pub fn open_session(common: &Common, app: &str, compress: Compress) -> Result<(crate::pg::Session, Transfer), Error> {
@@ -94,8 +111,7 @@ pub fn run(common: &Common, id: Option<usize>, compress: Compress) -> Result<(),
         Some(i) => format!("pgbb worker {i}"),
         None => "pgbb worker".to_string(),
     };
-    std::fs::create_dir_all(&common.dest)
-        .map_err(|e| Error::Io(format!("cannot create {}: {e}", common.dest.display())))?;
+    create_dest(&common.dest, common.group_access)?;
     let mut roots = Roots::new(
         Dest::open(&common.dest, common.group_access)?.in_place(common.in_place).writeback(common.writeback),
     );
@@ -122,14 +138,17 @@ pub fn run(common: &Common, id: Option<usize>, compress: Compress) -> Result<(),
     while let Some(too_long) =
         read_line(&mut input, &mut buf).map_err(|e| Error::Io(format!("cannot read stdin: {e}")))?
     {
-        let raw = String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_string();
-        let shown: Vec<u8> = raw.chars().take(200).collect::<String>().into_bytes();
+        let line = trim_eol(&buf);
+        // An error line echoes the request's own bytes (escaped as \xHH where they are not
+        // UTF-8), so that the caller can match it to what it sent.
+        let shown = line[..line.len().min(200)].to_vec();
         let req = if too_long {
             Err("line longer than 8192 bytes".to_string())
-        } else if std::str::from_utf8(&buf).is_err() {
-            Err("line is not valid UTF-8 (write such bytes as \\xHH)".to_string())
         } else {
-            Request::parse(&raw).map_err(|e| e.to_string())
+            match std::str::from_utf8(line) {
+                Ok(text) => Request::parse(text).map_err(|e| e.to_string()),
+                Err(_) => Err("line is not valid UTF-8 (write such bytes as \\xHH)".to_string()),
+            }
         };
         let req = match req {
             Ok(r) => r,

@@ -7,9 +7,7 @@ use postgres::config::Host;
 use postgres::types::ToSql;
 use postgres::{Client, Config, NoTls, Row, RowIter};
 
-use openssl::ssl::{SslConnector, SslFiletype, SslMethod, SslVerifyMode};
-use postgres_openssl::MakeTlsConnector;
-
+use super::tls::{LibpqTls, SslMode, TlsSettings, TlsSetupError};
 use super::{conninfo, describe, PgError};
 
 /// Environment variable through which the master hands the password to its children,
@@ -25,77 +23,6 @@ pub struct ConnInfo {
     tls: TlsSettings,
 }
 
-/// libpq's `sslmode`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum SslMode {
-    Disable,
-    Allow,
-    #[default]
-    Prefer,
-    Require,
-    VerifyCa,
-    VerifyFull,
-}
-
-impl std::str::FromStr for SslMode {
-    type Err = ();
-    fn from_str(s: &str) -> Result<SslMode, ()> {
-        Ok(match s {
-            "disable" => SslMode::Disable,
-            "allow" => SslMode::Allow,
-            "prefer" => SslMode::Prefer,
-            "require" => SslMode::Require,
-            "verify-ca" => SslMode::VerifyCa,
-            "verify-full" => SslMode::VerifyFull,
-            _ => return Err(()),
-        })
-    }
-}
-
-/// TLS settings from `sslmode`, `sslrootcert`, `sslcert`, `sslkey`.
-#[derive(Debug, Clone, Default)]
-pub struct TlsSettings {
-    pub mode: SslMode,
-    pub root_cert: Option<std::path::PathBuf>,
-    pub cert: Option<std::path::PathBuf>,
-    pub key: Option<std::path::PathBuf>,
-}
-
-impl TlsSettings {
-    /// The OpenSSL connector for these settings: certificate checks for verify-ca (chain) and
-    /// verify-full (chain and host name); none for require/prefer, as libpq.
-    fn connector(&self) -> Result<MakeTlsConnector, String> {
-        let mut b = SslConnector::builder(SslMethod::tls_client()).map_err(|e| e.to_string())?;
-        let verify = matches!(self.mode, SslMode::VerifyCa | SslMode::VerifyFull);
-        if verify {
-            let root = match &self.root_cert {
-                Some(r) => r.clone(),
-                None => std::path::PathBuf::from(env("HOME").unwrap_or_default()).join(".postgresql/root.crt"),
-            };
-            b.set_ca_file(&root)
-                .map_err(|e| format!("could not read root certificate file \"{}\": {e}", root.display()))?;
-            b.set_verify(SslVerifyMode::PEER);
-        } else {
-            b.set_verify(SslVerifyMode::NONE);
-        }
-        if let Some(cert) = &self.cert {
-            b.set_certificate_chain_file(cert)
-                .map_err(|e| format!("could not read certificate \"{}\": {e}", cert.display()))?;
-        }
-        if let Some(key) = &self.key {
-            b.set_private_key_file(key, SslFiletype::PEM)
-                .map_err(|e| format!("could not read private key \"{}\": {e}", key.display()))?;
-        }
-        let mut c = MakeTlsConnector::new(b.build());
-        let full = self.mode == SslMode::VerifyFull;
-        c.set_callback(move |config, _| {
-            config.set_verify_hostname(full);
-            Ok(())
-        });
-        Ok(c)
-    }
-}
-
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
@@ -107,6 +34,24 @@ fn os_user() -> String {
         .map(|u| u.name)
         .or_else(|| env("USER"))
         .unwrap_or_else(|| "postgres".into())
+}
+
+/// sslrootcert=system (the system's trusted roots) is safe only with the host name checked:
+/// verify-full is then the default sslmode and the only one allowed, as in libpq.
+fn system_roots_need_verify_full(params: &mut conninfo::Params) -> Result<(), PgError> {
+    if params.get("sslrootcert").map(String::as_str) != Some("system") {
+        return Ok(());
+    }
+    match params.get("sslmode").map(String::as_str) {
+        None => {
+            params.insert("sslmode".into(), "verify-full".into());
+            Ok(())
+        }
+        Some("verify-full") => Ok(()),
+        Some(weak) => Err(PgError::BadDsn(format!(
+            "weak sslmode \"{weak}\" may not be used with sslrootcert=system (use \"verify-full\")"
+        ))),
+    }
 }
 
 /// Splits one password-file line into its five fields (`\\` escapes `:` and `\\`).
@@ -131,7 +76,7 @@ pub fn passfile_password(config: &Config) -> Option<String> {
     use std::os::unix::fs::PermissionsExt;
     let path = match env("PGPASSFILE") {
         Some(p) => std::path::PathBuf::from(p),
-        None => std::path::PathBuf::from(env("HOME")?).join(".pgpass"),
+        None => super::tls::home_dir()?.join(".pgpass"),
     };
     let meta = std::fs::metadata(&path).ok()?;
     if !meta.is_file() {
@@ -172,6 +117,8 @@ impl ConnInfo {
             ("options", "PGOPTIONS"),
             ("sslmode", "PGSSLMODE"),
             ("sslrootcert", "PGSSLROOTCERT"),
+            ("sslcrl", "PGSSLCRL"),
+            ("sslcrldir", "PGSSLCRLDIR"),
             ("sslcert", "PGSSLCERT"),
             ("sslkey", "PGSSLKEY"),
             ("connect_timeout", "PGCONNECT_TIMEOUT"),
@@ -192,6 +139,7 @@ impl ConnInfo {
         params.insert("user".into(), user.clone());
         params.entry("dbname".into()).or_insert(user);
         params.entry("connect_timeout".into()).or_insert_with(|| "10".into());
+        system_roots_need_verify_full(&mut params)?;
         params.entry("sslmode".into()).or_insert_with(|| "prefer".into());
 
         let bad = |k: &str, v: &str| PgError::BadDsn(format!("invalid value for \"{k}\": \"{v}\""));
@@ -232,6 +180,8 @@ impl ConnInfo {
                 }
                 "sslmode" => tls.mode = v.parse().map_err(|_| bad(k, v))?,
                 "sslrootcert" => tls.root_cert = Some(v.into()),
+                "sslcrl" => tls.crl = Some(v.into()),
+                "sslcrldir" => tls.crl_dir = Some(v.into()),
                 "sslcert" => tls.cert = Some(v.into()),
                 "sslkey" => tls.key = Some(v.into()),
                 // pgbb names its sessions itself (pgbb, pgbb worker N, ...).
@@ -330,13 +280,28 @@ impl ConnInfo {
         let connected = if self.tls.mode == SslMode::Disable {
             config.connect(NoTls)
         } else {
-            let tls = self.tls.connector().map_err(|message| PgError::Connect { target: self.target(), message })?;
-            config.connect(tls)
+            config.connect(LibpqTls::new(self.tls.clone()))
         };
-        let client = connected.map_err(|e| PgError::Connect { target: self.target(), message: describe(&e) })?;
+        let client = connected.map_err(|e| self.connect_error(&e))?;
         let mut s = Session { client, app: app.to_string(), prepared: std::collections::HashMap::new() };
         s.execute(super::sql::SESSION_SETUP, &[], "could not configure the session")?;
         Ok(s)
+    }
+}
+
+impl ConnInfo {
+    /// A failed connection in libpq's words: a TLS failure on this side as its own message
+    /// (a lasting one), else the server's or the driver's, with the SQLSTATE when there is one.
+    fn connect_error(&self, e: &postgres::Error) -> PgError {
+        let tls = std::error::Error::source(e).and_then(|s| s.downcast_ref::<TlsSetupError>());
+        match tls {
+            Some(t) => PgError::Tls { target: self.target(), message: t.0.clone() },
+            None => PgError::Connect {
+                target: self.target(),
+                message: describe(e),
+                code: e.code().map(|c| c.code().to_string()),
+            },
+        }
     }
 }
 
@@ -445,6 +410,16 @@ mod tests {
         std::env::remove_var("PGPASSFILE");
         assert_eq!(passfile_fields("a:b:c:d:e\\\\f").unwrap()[4], "e\\f");
         assert!(passfile_fields("a:b:c").is_none());
+    }
+
+    #[test]
+    fn system_roots_need_verify_full() {
+        let c = ConnInfo::from_dsn("host=db sslrootcert=system").unwrap();
+        assert_eq!(c.tls.mode, SslMode::VerifyFull);
+        assert!(c.child_dsn().contains("sslmode=verify-full"), "children get the same mode");
+        assert!(ConnInfo::from_dsn("host=db sslrootcert=system sslmode=verify-full").is_ok());
+        let weak = ConnInfo::from_dsn("host=db sslrootcert=system sslmode=verify-ca").err().unwrap();
+        assert!(weak.to_string().contains("weak sslmode \"verify-ca\" may not be used with sslrootcert=system"));
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod conn;
 pub mod conninfo;
 pub mod sql;
 pub mod sql_dest;
+pub mod tls;
 
 pub use caps::Caps;
 pub use conn::{ConnInfo, Session};
@@ -15,7 +16,12 @@ pub enum PgError {
     #[error("invalid connection string: {0}")]
     BadDsn(String),
     #[error("could not connect to {target}: {message}")]
-    Connect { target: String, message: String },
+    Connect { target: String, message: String, code: Option<String> },
+    /// The TLS settings on this side cannot work (a key file others can read, a certificate
+    /// without its key, a server certificate that fails verification): a connection failure,
+    /// as libpq reports it, that retrying will not heal.
+    #[error("could not connect to {target}: {message}")]
+    Tls { target: String, message: String },
     #[error("{what}: {message}")]
     Query { what: String, message: String, closed: bool, code: Option<String> },
     #[error("server version {0} is not supported: pgbb needs PostgreSQL 13 or later")]
@@ -48,7 +54,22 @@ impl PgError {
             PgError::Query { closed, code, .. } => {
                 *closed || code.as_deref().is_some_and(|c| c.starts_with("57P") || c.starts_with("08"))
             }
-            PgError::Connect { .. } => true,
+            PgError::Connect { .. } | PgError::Tls { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// True when a new connection may succeed later: the server restarting or shutting down,
+    /// a network cut, too many connections. False for what waiting will not heal: failed
+    /// authentication, a role or database that does not exist, missing privileges, TLS
+    /// settings, and every error that is not about the connection.
+    pub fn may_heal(&self) -> bool {
+        let lasting = |code: &Option<String>| {
+            code.as_deref().is_some_and(|c| c.starts_with("28") || c == "3D000" || c == "42501")
+        };
+        match self {
+            PgError::Connect { code, .. } => !lasting(code),
+            PgError::Query { code, .. } => self.connection_lost() && !lasting(code),
             _ => false,
         }
     }
@@ -95,4 +116,35 @@ pub fn describe(e: &postgres::Error) -> String {
         src = inner.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_a_reconnection_can_heal() {
+        let connect = |code: Option<&str>| PgError::Connect {
+            target: "t".into(),
+            message: "m".into(),
+            code: code.map(String::from),
+        };
+        let query = |code: Option<&str>, closed| PgError::Query {
+            what: "w".into(),
+            message: "m".into(),
+            closed,
+            code: code.map(String::from),
+        };
+        assert!(connect(None).may_heal(), "refused, unreachable");
+        assert!(connect(Some("57P03")).may_heal(), "the server is starting up");
+        assert!(connect(Some("53300")).may_heal(), "too many connections");
+        for lasting in ["28P01", "28000", "3D000", "42501"] {
+            assert!(!connect(Some(lasting)).may_heal(), "{lasting}");
+        }
+        assert!(query(Some("57P01"), false).may_heal(), "terminated by a shutdown");
+        assert!(query(None, true).may_heal(), "connection closed");
+        assert!(!query(Some("42P01"), false).may_heal(), "a failed statement");
+        assert!(!PgError::Tls { target: "t".into(), message: "m".into() }.may_heal());
+        assert!(!PgError::Unsupported("x".into()).may_heal());
+    }
 }

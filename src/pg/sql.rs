@@ -307,7 +307,7 @@ except FileNotFoundError:
     return
 with f:
     st = os.fstat(f.fileno())
-    size = st.st_size if want < 0 else want
+    size = st.st_size if want < 0 else max(0, min(want, st.st_size - off))
     yield struct.pack('>qq', size, int(st.st_mtime))
     if off > 0:
         f.seek(off)
@@ -333,12 +333,13 @@ pub const READ_PLAIN: &str = "SELECT st.size, extract(epoch FROM st.modification
        FROM pg_stat_file($1, true) AS st \
        LEFT JOIN LATERAL generate_series(0::bigint, st.size - 1, $2) AS o ON true";
 
-/// [`READ_PLAIN`] for one piece of a file: bytes $3 .. $3 + $4. Reads past the end give
-/// empty chunks (zero-filled by the worker, as for a file that shrank).
+/// [`READ_PLAIN`] for one piece of a file: bytes $3 .. $3 + $4, cut at the file's size as
+/// stat'd here (no chunk past its end; a piece that starts past it has none). Short chunks
+/// mean the file shrank while being read (zero-filled by the worker up to that size).
 pub const READ_PLAIN_RANGE: &str = "SELECT st.size, extract(epoch FROM st.modification)::bigint, \
        pg_read_binary_file($1, o, least($2, $3 + $4 - o), true) \
        FROM pg_stat_file($1, true) AS st \
-       LEFT JOIN LATERAL generate_series($3::bigint, $3 + $4 - 1, $2) AS o ON true";
+       LEFT JOIN LATERAL generate_series($3::bigint, least($3 + $4, st.size) - 1, $2) AS o ON true";
 
 /// [`READ_PLAIN`] for a file whose name is not valid UTF-8: found by the raw bytes of its
 /// name ($2) in its directory ($1, `.` for the top), so the name never travels as text.

@@ -12,7 +12,7 @@ use nix::unistd::Pid;
 use crate::harness::*;
 
 /// A backup slow enough to be interrupted: small chunks, no compression.
-fn start_slow(c: &Cluster, name: &str, extra: &[&str]) -> (Child, std::path::PathBuf) {
+pub fn start_slow(c: &Cluster, name: &str, extra: &[&str]) -> (Child, std::path::PathBuf) {
     let dest = c.path(name);
     let child = pgbb()
         .args(["-j", "2", "-c", "fast", "--chunk-size", "8k", "--compress", "none"])
@@ -42,7 +42,7 @@ fn assert_failed_cleanly(c: &Cluster, child: Child, dest: &std::path::Path, code
 
 /// Waits until the workers run and the copy is under way (a data file is in DEST): the
 /// workers start before the master has listed anything.
-fn workers_running(dest: &std::path::Path) -> i32 {
+pub fn workers_running(dest: &std::path::Path) -> i32 {
     let pid = wait_for_proc(&["--stdin", "--worker-id 2", dest.to_str().unwrap()], Duration::from_secs(30))
         .expect("no worker appeared");
     let deadline = Instant::now() + Duration::from_secs(30);

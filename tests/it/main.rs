@@ -14,6 +14,7 @@ mod preflight;
 mod slave;
 mod special_files;
 mod standby;
+mod streams;
 mod tablespaces;
 mod tls;
 mod wal_loop;

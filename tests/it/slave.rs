@@ -106,3 +106,70 @@ fn slave_survives_hostile_lines() {
     assert_eq!(walk(&dest), vec!["PG_VERSION".to_string()]);
     assert!(!c.tmp.path().join("evil").exists() && !std::path::Path::new("/tmp/evil").exists());
 }
+
+/// An error line names the request as the caller wrote it: bytes that are not UTF-8 come
+/// back as `\xHH` (docs/protocol.md), not as replacement characters.
+#[test]
+fn slave_error_lines_escape_undecodable_bytes() {
+    let c = Cluster::new();
+    let dest = c.path("undecodable");
+    let out = run_slave(&c, &dest, b"caf\xe9\tx\xff\xfey\nPG_VERSION\n", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(lines[1].starts_with("error\tcaf\\xe9\\tx\\xff\\xfey\t"), "{text}");
+    assert!(!lines[1].contains('\u{fffd}'), "{text}");
+    assert!(lines[2].starts_with("ok\t"), "{text}");
+}
+
+/// A range request writes at most what the file holds at that range: cut at the file's size
+/// (a 3-byte file gives 3 bytes, not the 100 MB asked for), nothing past its end.
+#[test]
+fn slave_range_requests_stop_at_the_end_of_the_file() {
+    let c = Cluster::new();
+    c.client().batch_execute("CREATE EXTENSION plpython3u").unwrap();
+    let version = std::fs::read(c.data.join("PG_VERSION")).unwrap();
+    let n = version.len() as u64;
+    for compress in ["none", "zlib"] {
+        let dest = c.path(&format!("ranges-{compress}"));
+        let input = format!(
+            "PG_VERSION\ta\t0\t104857600\nPG_VERSION\tb\t1\t{}\nPG_VERSION\tc\t{n}\t5\nPG_VERSION\td\t1000\t1\n",
+            n + 10
+        );
+        let out = run_slave(&c, &dest, input.as_bytes(), &["--compress", compress]);
+        assert!(out.status.success(), "{compress}: {}", stderr(&out));
+        let text = stdout(&out);
+        let sizes: Vec<&str> = text.lines().skip(1).map(|l| l.split('\t').nth(1).unwrap_or("?")).collect();
+        assert_eq!(sizes, [n.to_string(), (n - 1).to_string(), "0".into(), "0".into()], "{compress}: {text}");
+        let read = |name: &str| std::fs::read(dest.join(format!("{name}.pgbb-tmp"))).unwrap_or_default();
+        assert_eq!(read("a"), version, "{compress}");
+        // A piece is written at its offset into the temporary file: a hole before it.
+        assert_eq!(read("b")[1..], version[1..], "{compress}");
+        assert_eq!(read("b").len() as u64, n, "{compress}");
+        for name in ["c", "d"] {
+            assert!(read(name).len() as u64 <= n, "{compress}: {name} grew past the end of the file");
+        }
+        // The piece's checksum is of the bytes written.
+        let crc = crc32c::crc32c(&version);
+        let sum: String = crc.to_le_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(text.lines().nth(1).unwrap().split('\t').nth(3), Some(sum.as_str()), "{compress}: {text}");
+    }
+}
+
+/// DEST made by a worker (or `-x`) run by hand is private like a backup's: 0700, or 0750
+/// with --group-access.
+#[test]
+fn by_hand_dest_is_created_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let c = Cluster::new();
+    for (extra, want) in [(&[][..], 0o700), (&["--group-access"][..], 0o750)] {
+        let dest = c.path(&format!("private-{want:o}")).join("sub");
+        let out = run_slave(&c, &dest, b"PG_VERSION\n", extra);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let mode = std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, want, "DEST mode with {extra:?}");
+        let parent = std::fs::metadata(dest.parent().unwrap()).unwrap().permissions().mode() & 0o777;
+        assert_eq!(parent & 0o007, 0, "a parent created for DEST is open to others: {parent:o}");
+    }
+}

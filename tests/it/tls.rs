@@ -1,8 +1,11 @@
 //! TLS the libpq way: sslmode disable / prefer / require / verify-ca / verify-full against a
-//! server with a certificate from a throwaway CA.
+//! server with a certificate from a throwaway CA; client certificates and keys, the files
+//! libpq reads from ~/.postgresql (root.crt, root.crl, postgresql.crt, postgresql.key) and
+//! its rules for them, and its messages.
 
-use std::path::Path;
-use std::process::Command;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 use crate::harness::*;
 
@@ -60,77 +63,340 @@ fn make_certs(dir: &Path) {
     );
     // A second, unrelated CA.
     make_ca(dir, "other CA", "other");
+    // A client certificate for user "postgres" from the first CA.
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=postgres",
+            "-keyout",
+            "client.key",
+            "-out",
+            "client.csr",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "client.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            "client.crt",
+        ],
+    );
+}
+
+/// A certificate revocation list from the first CA that revokes the server's certificate.
+fn revoke_server(dir: &Path) -> PathBuf {
+    std::fs::write(
+        dir.join("ca.cnf"),
+        "[ca]\ndefault_ca = d\n[d]\ndatabase = index.txt\ncrlnumber = crlnumber\ndefault_md = sha256\ndefault_crl_days = 2\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("index.txt"), "").unwrap();
+    std::fs::write(dir.join("crlnumber"), "01\n").unwrap();
+    let ca = ["ca", "-config", "ca.cnf", "-keyfile", "ca.key", "-cert", "ca.crt"];
+    openssl(dir, &[&ca[..], &["-revoke", "server.crt"]].concat());
+    openssl(dir, &[&ca[..], &["-gencrl", "-out", "revoked.crl"]].concat());
+    dir.join("revoked.crl")
+}
+
+/// A cluster with TLS on (the certificates of `make_certs`) whose TCP connections must use
+/// TLS and authenticate with `method` (`trust`, or `cert` for a client certificate).
+fn tls_cluster(certs: &Path, method: &str) -> Cluster {
+    let mut c = Cluster::with(ClusterOpts { listen: Some("127.0.0.1".into()), ..Default::default() });
+    for f in ["server.crt", "server.key", "ca.crt"] {
+        std::fs::copy(certs.join(f), c.data.join(f)).unwrap();
+        std::fs::set_permissions(c.data.join(f), std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    chown_pg(&c.data);
+    let hba = c.data.join("pg_hba.conf");
+    let old = std::fs::read_to_string(&hba).unwrap();
+    let local: String = old.lines().filter(|l| l.starts_with("local")).map(|l| format!("{l}\n")).collect();
+    std::fs::write(&hba, format!("{local}hostssl all all 127.0.0.1/32 {method}\n")).unwrap();
+    let conf = c.data.join("postgresql.conf");
+    let mut text = std::fs::read_to_string(&conf).unwrap();
+    text.push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\nssl_ca_file = 'ca.crt'\n");
+    std::fs::write(&conf, text).unwrap();
+    c.stop();
+    c.start();
+    c
+}
+
+/// A home directory for pgbb with `~/.postgresql/NAME` copied from `certs` for each
+/// (NAME, file, mode); nothing of the real home leaks into a test.
+fn home_with(certs: &Path, files: &[(&str, &str, u32)]) -> tempfile::TempDir {
+    let home = tempfile::tempdir().unwrap();
+    let dir = home.path().join(".postgresql");
+    std::fs::create_dir(&dir).unwrap();
+    for (name, from, mode) in files {
+        std::fs::copy(certs.join(from), dir.join(name)).unwrap();
+        std::fs::set_permissions(dir.join(name), std::fs::Permissions::from_mode(*mode)).unwrap();
+    }
+    home
+}
+
+/// `pgbb --check DSN` with this home (and no PGSSL* from the test's environment).
+fn check_with_home(home: &Path, dsn: &str, env: &[(&str, &Path)]) -> Output {
+    let mut cmd = pgbb();
+    for v in ["PGSSLMODE", "PGSSLROOTCERT", "PGSSLCERT", "PGSSLKEY", "PGSSLCRL", "PGSSLCRLDIR", "SSL_CERT_FILE"] {
+        cmd.env_remove(v);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.env("HOME", home).args(["--check", dsn]).output().unwrap()
+}
+
+fn all(o: &Output) -> String {
+    format!("{}{}", stdout(o), stderr(o))
+}
+
+/// libpq's refusal of a key file others may read.
+fn group_or_world(key: &Path) -> String {
+    format!(
+        "private key file \"{}\" has group or world access; file must have permissions u=rw (0600) or less if owned by the current user, or permissions u=rw,g=r (0640) or less if owned by root",
+        key.display()
+    )
 }
 
 #[test]
 fn tls_modes() {
     let certs = tempfile::tempdir().unwrap();
     make_certs(certs.path());
-    let mut c = Cluster::with(ClusterOpts { listen: Some("127.0.0.1".into()), ..Default::default() });
-    for f in ["server.crt", "server.key"] {
-        std::fs::copy(certs.path().join(f), c.data.join(f)).unwrap();
-        std::fs::set_permissions(c.data.join(f), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    }
-    chown_pg(&c.data);
-    // TCP connections must use TLS.
-    let hba = c.data.join("pg_hba.conf");
-    let old = std::fs::read_to_string(&hba).unwrap();
-    let local: String = old.lines().filter(|l| l.starts_with("local")).map(|l| format!("{l}\n")).collect();
-    std::fs::write(&hba, format!("{local}hostssl all all 127.0.0.1/32 trust\n")).unwrap();
-    let conf = c.data.join("postgresql.conf");
-    let mut text = std::fs::read_to_string(&conf).unwrap();
-    text.push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
-    std::fs::write(&conf, text).unwrap();
-    c.stop();
-    c.start();
+    let c = tls_cluster(certs.path(), "trust");
     c.pgbench_init(1);
     let ca = certs.path().join("ca.crt");
     let other = certs.path().join("other.crt");
     let dsn = |host: &str, extra: &str| format!("host={host} port={} user=postgres dbname=postgres {extra}", c.port);
+    let empty = home_with(certs.path(), &[]);
+    let check = |dsn: &str| check_with_home(empty.path(), dsn, &[]);
 
     // verify-full with the right CA and host name: a whole backup, every child over TLS
     // (the server accepts nothing else on TCP).
     let dest = c.path("tls-full");
-    let out = pgbb_run(&[
-        "-c",
-        "fast",
-        &dsn("localhost", &format!("sslmode=verify-full sslrootcert={}", ca.display())),
-        dest.to_str().unwrap(),
-    ]);
+    let out = pgbb()
+        .env("HOME", empty.path())
+        .args([
+            "-c",
+            "fast",
+            &dsn("localhost", &format!("sslmode=verify-full sslrootcert={}", ca.display())),
+            dest.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     verify_restore(&dest, &Expect { pgbench: true, databases: vec![], unlogged: vec![], absent: vec![] });
 
-    // verify-full by IP: the certificate does not name 127.0.0.1.
-    let out = pgbb_run(&["--check", &dsn("127.0.0.1", &format!("sslmode=verify-full sslrootcert={}", ca.display()))]);
-    assert_eq!(out.status.code(), Some(3), "{}{}", stdout(&out), stderr(&out));
+    // verify-full by IP: the certificate does not name 127.0.0.1. libpq's message names the
+    // certificate's first name, how many others it has, and the host name.
+    let out = check(&dsn("127.0.0.1", &format!("sslmode=verify-full sslrootcert={}", ca.display())));
+    assert_eq!(out.status.code(), Some(3), "{}", all(&out));
     assert!(
-        stderr(&out).contains("certificate verify failed") || stderr(&out).contains("hostname mismatch"),
+        stderr(&out)
+            .contains("server certificate for \"localhost\" (and 1 other name) does not match host name \"127.0.0.1\""),
+        "{}",
+        stderr(&out)
+    );
+    // A host name the certificate does not hold (reached through hostaddr).
+    let out =
+        check(&dsn("db.example hostaddr=127.0.0.1", &format!("sslmode=verify-full sslrootcert={}", ca.display())));
+    assert_eq!(out.status.code(), Some(3), "{}", all(&out));
+    assert!(
+        stderr(&out).contains("server certificate for \"localhost\" does not match host name \"db.example\""),
         "{}",
         stderr(&out)
     );
 
     // verify-ca checks the chain only: by IP it passes, with another CA it fails.
-    let out = pgbb_run(&["--check", &dsn("127.0.0.1", &format!("sslmode=verify-ca sslrootcert={}", ca.display()))]);
-    assert_eq!(out.status.code(), Some(0), "{}{}", stdout(&out), stderr(&out));
-    let out = pgbb_run(&["--check", &dsn("localhost", &format!("sslmode=verify-ca sslrootcert={}", other.display()))]);
+    let out = check(&dsn("127.0.0.1", &format!("sslmode=verify-ca sslrootcert={}", ca.display())));
+    assert_eq!(out.status.code(), Some(0), "{}", all(&out));
+    let out = check(&dsn("localhost", &format!("sslmode=verify-ca sslrootcert={}", other.display())));
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(stderr(&out).contains("certificate verify failed"), "{}", stderr(&out));
 
     // require and prefer encrypt without checking; disable is refused by pg_hba.
     for mode in ["require", "prefer"] {
-        let out = pgbb_run(&["--check", &dsn("127.0.0.1", &format!("sslmode={mode}"))]);
+        let out = check(&dsn("127.0.0.1", &format!("sslmode={mode}")));
         assert_eq!(out.status.code(), Some(0), "{mode}: {}", stderr(&out));
     }
-    let out = pgbb_run(&["--check", &dsn("127.0.0.1", "sslmode=disable")]);
+    let out = check(&dsn("127.0.0.1", "sslmode=disable"));
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
     assert!(stderr(&out).contains("no pg_hba.conf entry"), "{}", stderr(&out));
 
     // The environment works like libpq's: PGSSLMODE, PGSSLROOTCERT.
-    let out = pgbb()
-        .env("PGSSLMODE", "verify-full")
-        .env("PGSSLROOTCERT", &other)
-        .args(["--check", &dsn("localhost", "")])
-        .output()
-        .unwrap();
+    let out = check_with_home(
+        empty.path(),
+        &dsn("localhost", ""),
+        &[("PGSSLMODE", Path::new("verify-full")), ("PGSSLROOTCERT", &other)],
+    );
     assert_eq!(out.status.code(), Some(3), "PGSSLROOTCERT ignored? {}", stderr(&out));
+}
+
+/// Only the root certificates libpq is given are trusted: not the system's store (here
+/// pointed at the test CA through SSL_CERT_FILE) — unless sslrootcert=system asks for it,
+/// which then requires verify-full.
+#[test]
+fn tls_trusts_only_the_root_certificates_it_is_given() {
+    let certs = tempfile::tempdir().unwrap();
+    make_certs(certs.path());
+    let c = tls_cluster(certs.path(), "trust");
+    let (ca, other) = (certs.path().join("ca.crt"), certs.path().join("other.crt"));
+    let dsn = |extra: &str| format!("host=localhost port={} user=postgres dbname=postgres {extra}", c.port);
+    let empty = home_with(certs.path(), &[]);
+    let system = [("SSL_CERT_FILE", ca.as_path())];
+
+    let out =
+        check_with_home(empty.path(), &dsn(&format!("sslmode=verify-ca sslrootcert={}", other.display())), &system);
+    assert_eq!(out.status.code(), Some(3), "the system store must not be trusted: {}", all(&out));
+    assert!(stderr(&out).contains("certificate verify failed"), "{}", stderr(&out));
+
+    // sslrootcert=system: the system's roots, and verify-full by default.
+    let out = check_with_home(empty.path(), &dsn("sslrootcert=system"), &system);
+    assert_eq!(out.status.code(), Some(0), "{}", all(&out));
+    let out = check_with_home(
+        empty.path(),
+        &format!("host=127.0.0.1 port={} user=postgres dbname=postgres sslrootcert=system", c.port),
+        &system,
+    );
+    assert_eq!(out.status.code(), Some(3), "verify-full by default: {}", all(&out));
+    let out = check_with_home(empty.path(), &dsn("sslrootcert=system sslmode=require"), &system);
+    assert_eq!(out.status.code(), Some(2), "{}", all(&out));
+    assert!(
+        stderr(&out).contains("weak sslmode \"require\" may not be used with sslrootcert=system (use \"verify-full\")"),
+        "{}",
+        stderr(&out)
+    );
+
+    // ~/.postgresql/root.crt, when it exists, is checked by require too (libpq: "if a root
+    // CA file exists, require behaves as verify-ca").
+    let home = home_with(certs.path(), &[("root.crt", "other.crt", 0o644)]);
+    let out = check_with_home(home.path(), &dsn("sslmode=require"), &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", all(&out));
+    assert!(stderr(&out).contains("certificate verify failed"), "{}", stderr(&out));
+    let home = home_with(certs.path(), &[("root.crt", "ca.crt", 0o644)]);
+    let out = check_with_home(home.path(), &dsn("sslmode=require"), &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", all(&out));
+
+    // A verify mode without any root certificate: libpq's message.
+    let out = check_with_home(empty.path(), &dsn("sslmode=verify-ca"), &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", all(&out));
+    let root = empty.path().join(".postgresql/root.crt");
+    assert!(
+        stderr(&out).contains(&format!("root certificate file \"{}\" does not exist", root.display())),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// ~/.postgresql/root.crl (libpq's default) or sslcrl: a revoked server certificate fails.
+#[test]
+fn tls_revoked_server_certificate_is_refused() {
+    let certs = tempfile::tempdir().unwrap();
+    make_certs(certs.path());
+    let crl = revoke_server(certs.path());
+    let c = tls_cluster(certs.path(), "trust");
+    let dsn = |extra: &str| format!("host=localhost port={} user=postgres dbname=postgres {extra}", c.port);
+    let home = home_with(certs.path(), &[("root.crt", "ca.crt", 0o644)]);
+    let out = check_with_home(home.path(), &dsn("sslmode=verify-full"), &[]);
+    assert_eq!(out.status.code(), Some(0), "before the CRL: {}", all(&out));
+    let out = check_with_home(home.path(), &dsn(&format!("sslmode=verify-full sslcrl={}", crl.display())), &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", all(&out));
+    assert!(stderr(&out).contains("certificate revoked"), "{}", stderr(&out));
+    std::fs::copy(&crl, home.path().join(".postgresql/root.crl")).unwrap();
+    let out = check_with_home(home.path(), &dsn("sslmode=verify-full"), &[]);
+    assert_eq!(out.status.code(), Some(3), "the default root.crl: {}", all(&out));
+    assert!(stderr(&out).contains("certificate revoked"), "{}", stderr(&out));
+}
+
+/// A server that authenticates by client certificate (`cert` in pg_hba.conf): the
+/// connection works only with the certificate, taken from the DSN or from libpq's default
+/// place, and its key must be private.
+#[test]
+fn tls_client_certificate_and_key_as_libpq() {
+    let certs = tempfile::tempdir().unwrap();
+    make_certs(certs.path());
+    let c = tls_cluster(certs.path(), "cert");
+    let dsn = |extra: &str| {
+        format!("host=localhost port={} user=postgres dbname=postgres sslmode=verify-full {extra}", c.port)
+    };
+
+    // Without a client certificate the server refuses.
+    let home = home_with(certs.path(), &[("root.crt", "ca.crt", 0o644)]);
+    let out = check_with_home(home.path(), &dsn(""), &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", all(&out));
+
+    // ~/.postgresql/postgresql.crt and .key are used when the DSN names none: a whole backup,
+    // every child authenticated by the certificate.
+    let home = home_with(
+        certs.path(),
+        &[
+            ("root.crt", "ca.crt", 0o644),
+            ("postgresql.crt", "client.crt", 0o644),
+            ("postgresql.key", "client.key", 0o600),
+        ],
+    );
+    let out = check_with_home(home.path(), &dsn(""), &[]);
+    assert_eq!(out.status.code(), Some(0), "the default certificate was not used: {}", all(&out));
+    let dest = c.path("by-cert");
+    let out = pgbb().env("HOME", home.path()).args(["-c", "fast", &dsn(""), dest.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    verifybackup(&dest, &[]);
+
+    // A key others can read is refused, with libpq's message (0640 is allowed to a key owned
+    // by root only).
+    let key = home.path().join(".postgresql/postgresql.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = check_with_home(home.path(), &dsn(""), &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", all(&out));
+    assert!(stderr(&out).contains(&group_or_world(&key)), "{}", stderr(&out));
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let out = check_with_home(home.path(), &dsn(""), &[]);
+    if is_root() {
+        assert_eq!(out.status.code(), Some(0), "0640 owned by root: {}", all(&out));
+    } else {
+        assert_eq!(out.status.code(), Some(3), "0640 not owned by root: {}", all(&out));
+    }
+    // Named in the DSN: the same rule.
+    let (crt, loose) = (certs.path().join("client.crt"), certs.path().join("loose.key"));
+    std::fs::copy(certs.path().join("client.key"), &loose).unwrap();
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o604)).unwrap();
+    let named = dsn(&format!("sslcert={} sslkey={}", crt.display(), loose.display()));
+    let out = check_with_home(home.path(), &named, &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", all(&out));
+    assert!(stderr(&out).contains(&group_or_world(&loose)), "{}", stderr(&out));
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = check_with_home(home.path(), &named, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", all(&out));
+
+    // A certificate without its key, a key that is not a regular file.
+    std::fs::remove_file(&key).unwrap();
+    let out = check_with_home(home.path(), &dsn(""), &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", all(&out));
+    assert!(
+        stderr(&out).contains(&format!("certificate present, but not private key file \"{}\"", key.display())),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::create_dir(&key).unwrap();
+    let out = check_with_home(home.path(), &dsn(""), &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", all(&out));
+    assert!(
+        stderr(&out).contains(&format!("private key file \"{}\" is not a regular file", key.display())),
+        "{}",
+        stderr(&out)
+    );
 }

@@ -46,6 +46,14 @@ fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// Waits until a loop copying into `wal` has made its first pass (the segment being written
+/// is there as .partial).
+fn wait_running(wal: &std::path::Path) {
+    wait_for("the loop's first pass", Duration::from_secs(30), || {
+        segments(wal).iter().any(|(n, _, _)| n.ends_with(".partial"))
+    });
+}
+
 fn start_loop(c: &Cluster, dest: &std::path::Path) -> std::process::Child {
     pgbb()
         .args(["-x", "-D", "0.2", "-v"])
@@ -57,7 +65,8 @@ fn start_loop(c: &Cluster, dest: &std::path::Path) -> std::process::Child {
         .unwrap()
 }
 
-fn stop_loop(mut child: std::process::Child) {
+/// Stops the loop with SIGTERM, asserts it exits 0 within 5 s, returns its stderr.
+fn stop_loop(mut child: std::process::Child) -> String {
     kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
@@ -65,7 +74,7 @@ fn stop_loop(mut child: std::process::Child) {
             let mut err = String::new();
             std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
             assert!(s.success(), "pgbb -x did not stop cleanly on SIGTERM: {s}\n{err}");
-            return;
+            return err;
         }
         assert!(Instant::now() < deadline, "pgbb -x did not stop within 5 s of SIGTERM");
         std::thread::sleep(Duration::from_millis(20));
@@ -111,4 +120,53 @@ fn standalone_wal_loop_copies_keeps_partial_and_resumes() {
     assert!(wal.join(&current).exists(), "the former partial segment was completed");
     assert!(!wal.join(format!("{current}.partial")).exists());
     c.assert_no_pgbb_left();
+}
+
+/// A routine restart of the server does not end the loop: it reconnects (logged), resumes
+/// where it was, and the first segment completed after the restart arrives in DEST.
+#[test]
+fn standalone_wal_loop_survives_a_server_restart() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut c = Cluster::new();
+    let dest = c.path("restart-feed").join("wal");
+    let child = start_loop(&c, &dest);
+    let wal = dest.join("pg_wal");
+    wait_running(&wal);
+    let before = switch_wal(&c, 1);
+    wait_for("a segment before the restart", Duration::from_secs(30), || wal.join(&before[0]).exists());
+    c.stop();
+    c.start();
+    let after = switch_wal(&c, 2);
+    wait_for("the segments completed after the restart", Duration::from_secs(60), || {
+        after.iter().all(|n| std::fs::metadata(wal.join(n)).is_ok_and(|m| m.len() == 16 << 20))
+    });
+    let mode = std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "DEST of -x by hand");
+    let err = stop_loop(child);
+    assert!(err.contains("reconnect"), "the reconnection is logged: {err}");
+    c.assert_no_pgbb_left();
+}
+
+/// What waiting cannot heal ends the loop at once, with the cause: here its database is
+/// dropped (its session terminated), and reconnecting finds it gone.
+#[test]
+fn standalone_wal_loop_gives_up_when_its_database_is_gone() {
+    let c = Cluster::new();
+    c.client().batch_execute("CREATE DATABASE feed").unwrap();
+    let dest = c.path("gone-feed");
+    let mut child = pgbb()
+        .args(["-x", "-D", "0.2", "-v"])
+        .arg(c.dsn_db("feed"))
+        .arg(&dest)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_running(&dest.join("pg_wal"));
+    c.client().batch_execute("DROP DATABASE feed WITH (FORCE)").unwrap();
+    let (status, _) = wait_exit(&mut child, Duration::from_secs(20));
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(3), "{err}");
+    assert!(err.contains("database \"feed\" does not exist"), "{err}");
 }

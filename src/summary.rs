@@ -1,0 +1,132 @@
+//! What a finished backup prints on stdout: one summary line, and the commands that verify
+//! and start the copy, quoted for a POSIX shell so that they can be pasted whatever DEST's
+//! name. Printed with [`crate::logging::out`]: a closed stdout loses them but never fails
+//! the backup.
+
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use crate::master::Summary;
+use crate::transfer::Method;
+
+pub fn human(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 => format!("{:.1} GB", b as f64 / f64::from(1u32 << 30)),
+        b if b >= 1 << 20 => format!("{:.1} MB", b as f64 / f64::from(1u32 << 20)),
+        b => format!("{:.1} kB", b as f64 / 1024.0),
+    }
+}
+
+/// "1 segment", "2 segments".
+fn count(n: u64, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
+}
+
+/// One word for a POSIX shell: bare when it holds only characters no shell treats specially,
+/// else in single quotes, a quote inside written `'\''`. Any bytes (a path need not be UTF-8).
+pub fn shell_quote(word: &[u8]) -> Vec<u8> {
+    let safe = |b: &u8| b.is_ascii_alphanumeric() || b"_@%+=:,./-".contains(b);
+    if !word.is_empty() && word.iter().all(safe) {
+        return word.to_vec();
+    }
+    let mut q = vec![b'\''];
+    for &b in word {
+        if b == b'\'' {
+            q.extend_from_slice(b"'\\''");
+        } else {
+            q.push(b);
+        }
+    }
+    q.push(b'\'');
+    q
+}
+
+/// The summary line (WAL segments and timeline history files counted apart).
+pub fn line(s: &Summary) -> String {
+    let compression = match s.method {
+        Method::Zlib(_) if s.wire > 0 => {
+            format!(", compressed {:.1}:1 ({} over the network)", s.bytes as f64 / s.wire as f64, human(s.wire))
+        }
+        _ => String::new(),
+    };
+    let wal = match s.wal_history {
+        0 => count(s.wal_files, "segment"),
+        h => format!("{}, {}", count(s.wal_files, "segment"), count(h, "history file")),
+    };
+    format!(
+        "pgbb: backup complete: {} files, {} in {:.1} s ({}/s), WAL {} to {} on timeline {} ({wal}){compression}",
+        s.files,
+        human(s.bytes),
+        s.elapsed.as_secs_f64(),
+        human((s.bytes as f64 / s.elapsed.as_secs_f64().max(0.001)) as u64),
+        s.start,
+        s.stop,
+        s.timeline,
+    )
+}
+
+/// `PREFIX` then the command, its DEST quoted.
+fn command(prefix: &str, dest: &Path, suffix: &str) -> Vec<u8> {
+    let mut l = prefix.as_bytes().to_vec();
+    l.extend(shell_quote(dest.as_os_str().as_bytes()));
+    l.extend_from_slice(suffix.as_bytes());
+    l
+}
+
+/// Prints the summary and the commands.
+pub fn print(dest: &Path, s: &Summary) {
+    crate::logging::out(line(s).as_bytes());
+    if s.manifest {
+        crate::logging::out(&command("pgbb: verify it with: pg_verifybackup ", dest, ""));
+    }
+    crate::logging::out(&command("pgbb: start it with: pg_ctl -D ", dest, " start"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_quoting() {
+        let q = |s: &[u8]| String::from_utf8_lossy(&shell_quote(s)).into_owned();
+        assert_eq!(q(b"/var/lib/pgbb/backup-1.2_x"), "/var/lib/pgbb/backup-1.2_x");
+        assert_eq!(q(b"/tmp/a b"), "'/tmp/a b'");
+        assert_eq!(q(b"/tmp/it's"), "'/tmp/it'\\''s'");
+        assert_eq!(q(b"$HOME`x`\"y\"\\z*?~!#;&|<>(){}"), "'$HOME`x`\"y\"\\z*?~!#;&|<>(){}'");
+        assert_eq!(q(b"line\nbreak"), "'line\nbreak'");
+        assert_eq!(q(b""), "''");
+        assert_eq!(shell_quote(b"caf\xe9 x"), b"'caf\xe9 x'");
+    }
+
+    #[test]
+    fn quoted_words_survive_sh() {
+        for word in ["plain", "a b", "it's", "'", "''", "\"$(touch /tmp/pgbb-never)\"", "tab\there", "-n", "x\\y"] {
+            let cmd = format!("printf '%s' {}", String::from_utf8_lossy(&shell_quote(word.as_bytes())));
+            let out = std::process::Command::new("sh").arg("-c").arg(&cmd).output().unwrap();
+            assert_eq!(String::from_utf8_lossy(&out.stdout), word, "{cmd}");
+        }
+        assert!(!Path::new("/tmp/pgbb-never").exists());
+    }
+
+    #[test]
+    fn history_files_are_not_segments() {
+        let mut s = Summary {
+            files: 3,
+            bytes: 1 << 20,
+            vanished: 0,
+            wal_files: 1,
+            wal_history: 0,
+            start: crate::lsn::Lsn(0x2000028),
+            stop: crate::lsn::Lsn(0x2000100),
+            timeline: 1,
+            elapsed: std::time::Duration::from_secs(1),
+            method: Method::Plain,
+            bad_pages: 0,
+            manifest: true,
+            wire: 1 << 20,
+        };
+        assert!(line(&s).ends_with("on timeline 1 (1 segment)"), "{}", line(&s));
+        (s.wal_files, s.wal_history, s.timeline) = (2, 1, 2);
+        assert!(line(&s).ends_with("on timeline 2 (2 segments, 1 history file)"), "{}", line(&s));
+    }
+}
