@@ -41,7 +41,7 @@ fn read_line(r: &mut impl BufRead, buf: &mut Vec<u8>) -> io::Result<Option<bool>
 /// Opens the session and chooses how chunks travel (`auto`: zlib if the helper can be
 /// created, else plain); with `--verify-lsn`, reads what page verification needs.
 pub fn open_session(common: &Common, app: &str, compress: Compress) -> Result<(crate::pg::Session, Transfer), Error> {
-    let mut s = common.conn.connect(app)?;
+    let mut s = common.conn.connect(&common.session_name(app))?;
     let (caps, _) = sql::version(&mut s)?;
     sql::session_setup_for(&mut s, caps)?;
     let verify = match common.verify_lsn {

@@ -7,6 +7,7 @@ mod compress;
 mod docs;
 mod failures;
 mod faults;
+mod hostile;
 mod integrity;
 mod preflight;
 mod slave;
