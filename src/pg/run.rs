@@ -29,8 +29,9 @@ pub fn session_name(role: &str, key: Option<i32>) -> String {
 }
 
 /// The pattern (a POSIX regular expression with the key as its only group) that finds the
-/// key in an application_name made by [`session_name`].
-pub const SESSION_KEY_PATTERN: &str = r"^pgbb.* \[run ([0-9]+)\]$";
+/// key in an application_name made by [`session_name`]: a positive int4 has at most ten
+/// digits, and any other name (however it was made) is no run's.
+pub const SESSION_KEY_PATTERN: &str = r"^pgbb.* \[run ([1-9][0-9]{0,9})\]$";
 
 #[cfg(test)]
 mod tests {

@@ -238,7 +238,7 @@ pub fn clean_leftovers(s: &mut Session) -> Result<Cleaned, PgError> {
     let r = s.query_one(
         "WITH t AS ( \
              SELECT a.pid, k.run, EXISTS (SELECT 1 FROM pg_catalog.pg_locks l \
-                     WHERE l.locktype = 'advisory' AND l.classid = $1 AND l.objid = k.run::pg_catalog.oid \
+                     WHERE l.locktype = 'advisory' AND l.classid = $1 AND l.objid::pg_catalog.text = k.run \
                        AND l.objsubid = 2 AND l.granted) AS live \
                FROM pg_catalog.pg_stat_activity a, \
                     LATERAL (SELECT pg_catalog.substring(a.application_name, $2) AS run) k \

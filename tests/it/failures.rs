@@ -162,6 +162,11 @@ fn clean_spares_live_backups_and_ends_leftovers() {
     wait_sessions(&c, "pgbb [run %]", 1);
     let (mut keyed, mut keyed_out) = by_hand_worker(&c, "keyed", &["--run-key", "12345"]);
     let (mut plain, mut plain_out) = by_hand_worker(&c, "plain", &[]);
+    // A name that only looks like a run's (no int4 is that long) is no run's, and does not
+    // stop --clean.
+    let odd =
+        postgres::Client::connect(&format!("{} application_name='pgbb [run 99999999999]'", c.dsn()), postgres::NoTls)
+            .unwrap();
     wait_sessions(&c, "pgbb worker [run 12345]", 1);
     wait_sessions(&c, "pgbb worker", 1);
 
@@ -172,7 +177,9 @@ fn clean_spares_live_backups_and_ends_leftovers() {
     // B's worker, WAL child and slot holder, and the keyed one; A's four sessions stay.
     assert!(err.contains("--clean: terminated 4 session(s) of pgbb runs whose master is gone"), "{err}");
     assert!(err.contains("--clean: left alone 4 session(s) of pgbb runs in progress"), "{err}");
-    assert!(err.contains("--clean: left alone 1 pgbb session(s) that belong to no backup run"), "{err}");
+    assert!(err.contains("--clean: left alone 2 pgbb session(s) that belong to no backup run"), "{err}");
+    assert_eq!(sessions_named(&c, "pgbb [run 99999999999]"), 1);
+    drop(odd);
     verifybackup(&new, &[]);
 
     // A victim says what happened to it.

@@ -12,8 +12,10 @@ use nix::unistd::Pid;
 
 use crate::harness::*;
 
-/// Every look-alike records its calls here (as the role that called it).
+/// Every look-alike records its calls here (as the role that called it). Bodies are not
+/// checked: the originals of another major version's look-alikes do not exist.
 const LOG: &str = "
+SET check_function_bodies = off;
 CREATE TABLE public.calls (fn pg_catalog.text, by_role pg_catalog.text DEFAULT CURRENT_USER);
 GRANT INSERT, SELECT ON public.calls TO PUBLIC;
 CREATE FUNCTION public.hit(pg_catalog.text) RETURNS boolean LANGUAGE sql SET search_path = pg_catalog
@@ -40,6 +42,12 @@ const FUNCTIONS: &[(&str, &str, &str, &str)] = &[
     ("pg_last_wal_receive_lsn", "", "pg_lsn", "pg_catalog.pg_last_wal_receive_lsn()"),
     ("pg_last_wal_replay_lsn", "", "pg_lsn", "pg_catalog.pg_last_wal_replay_lsn()"),
     ("pg_backup_start", "a text, b boolean DEFAULT false", "pg_lsn", "pg_catalog.pg_backup_start(a, b)"),
+    (
+        "pg_start_backup",
+        "a text, b boolean DEFAULT false, c boolean DEFAULT true",
+        "pg_lsn",
+        "pg_catalog.pg_start_backup(a, b, c)",
+    ),
     ("pg_drop_replication_slot", "a name", "void", "pg_catalog.pg_drop_replication_slot(a)"),
     (
         "pg_read_binary_file",
@@ -64,6 +72,11 @@ const ROW_FUNCTIONS: &[(&str, &str, &str)] = &[
         "pg_backup_stop",
         "a boolean DEFAULT true, OUT lsn pg_lsn, OUT labelfile text, OUT spcmapfile text",
         "pg_catalog.pg_backup_stop(a)",
+    ),
+    (
+        "pg_stop_backup",
+        "a boolean, b boolean DEFAULT true, OUT lsn pg_lsn, OUT labelfile text, OUT spcmapfile text",
+        "pg_catalog.pg_stop_backup(a, b)",
     ),
     ("pg_control_checkpoint", "OUT timeline_id integer, OUT redo_wal_file text", "pg_catalog.pg_control_checkpoint()"),
     (
@@ -159,9 +172,16 @@ const ROLES: &str = "CREATE ROLE sbackup LOGIN SUPERUSER; CREATE ROLE lbackup LO
 const GRANTS: &str = "
 GRANT EXECUTE ON FUNCTION pg_catalog.pg_ls_dir(text, boolean, boolean),
                           pg_catalog.pg_stat_file(text, boolean),
-                          pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean),
-                          pg_catalog.pg_backup_start(text, boolean),
-                          pg_catalog.pg_backup_stop(boolean) TO lbackup;";
+                          pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean) TO lbackup;
+DO $$ BEGIN
+  IF current_setting('server_version_num')::int >= 150000 THEN
+    GRANT EXECUTE ON FUNCTION pg_catalog.pg_backup_start(text, boolean), pg_catalog.pg_backup_stop(boolean)
+       TO lbackup;
+  ELSE
+    GRANT EXECUTE ON FUNCTION pg_catalog.pg_start_backup(text, boolean, boolean),
+                              pg_catalog.pg_stop_backup(boolean, boolean) TO lbackup;
+  END IF;
+END $$;";
 
 /// A session on the hostile database that itself resolves everything in pg_catalog first.
 fn safe_client(c: &Cluster) -> postgres::Client {
