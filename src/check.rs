@@ -4,7 +4,8 @@
 use crate::cli::Common;
 use crate::error::{exit, Error};
 use crate::pg::caps::Support;
-use crate::pg::sql;
+use crate::pg::sql::{self, ServerInfo};
+use crate::pg::Session;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -31,91 +32,23 @@ pub fn checks(common: &Common, jobs: usize) -> Result<Vec<Item>, Error> {
     let mut s = common.conn.connect("pgbb check")?;
     let mut v = vec![item(Status::Ok, format!("connected to {}", common.conn.target()), None)];
     let (caps, version) = sql::version(&mut s)?;
-    match caps.support() {
-        Support::TooOld => {
-            v.push(item(Status::Fail, format!("server version {version}: pgbb needs PostgreSQL 13 or later"), None));
-            return Ok(v);
-        }
-        Support::BestEffort => v.push(item(
-            Status::Warn,
-            format!("server version {version}: supported on a best-effort basis (14 to 18 are tested)"),
-            None,
-        )),
-        Support::Untested => {
-            v.push(item(Status::Warn, format!("server version {version}: newer than pgbb knows (18)"), None))
-        }
-        Support::Supported => v.push(item(Status::Ok, format!("server version {version}"), None)),
+    let supported = version_item(caps.support(), &version);
+    let too_old = supported.status == Status::Fail;
+    v.push(supported);
+    if too_old {
+        return Ok(v);
     }
     sql::session_setup_for(&mut s, caps)?;
     let info = sql::server_info(&mut s, caps, version)?;
     if info.wal_level == "minimal" {
-        v.push(item(
-            Status::Fail,
-            "wal_level = minimal",
-            Some("set wal_level = replica in postgresql.conf and restart the server".into()),
-        ));
+        v.push(item(Status::Fail, "wal_level = minimal", Some(WAL_LEVEL_FIX.into())));
     } else {
         v.push(item(Status::Ok, format!("wal_level = {}", info.wal_level), None));
     }
-    if info.superuser {
-        v.push(item(Status::Ok, format!("role \"{}\" is a superuser", info.current_user), None));
-    } else {
-        let missing = sql::missing_function_privileges(&mut s, &caps.needed_functions())?;
-        for f in caps.needed_functions() {
-            if missing.iter().any(|m| m == f) {
-                v.push(item(
-                    Status::Fail,
-                    format!("EXECUTE on {f}"),
-                    Some(format!(
-                        "GRANT EXECUTE ON FUNCTION {f} TO \"{}\"; (in database \"{}\")",
-                        info.current_user, info.database
-                    )),
-                ));
-            } else {
-                v.push(item(Status::Ok, format!("EXECUTE on {f}"), None));
-            }
-        }
-    }
-    let slots = sql::slot_capacity(&mut s)?;
-    if !(info.superuser || info.replication) {
-        v.push(item(
-            Status::Warn,
-            "no REPLICATION attribute: no temporary slot will hold the backup's WAL (a long backup may fail if WAL is recycled)",
-            Some(format!("ALTER ROLE \"{}\" REPLICATION;", info.current_user)),
-        ));
-    } else if slots.0 <= slots.1 {
-        v.push(item(
-            Status::Warn,
-            format!("no free replication slot (max_replication_slots = {}, {} in use)", slots.0, slots.1),
-            Some("raise max_replication_slots (restart needed)".into()),
-        ));
-    } else {
-        v.push(item(Status::Ok, "a temporary replication slot can hold the backup's WAL", None));
-    }
-    let external: Vec<String> = sql::tablespaces(&mut s)?
-        .into_iter()
-        .filter(|(_, _, loc)| loc.starts_with('/'))
-        .map(|(oid, name, loc)| format!("{name} (oid {oid}) at {loc}"))
-        .collect();
-    if external.is_empty() {
-        v.push(item(Status::Ok, "no tablespace outside the data directory", None));
-    } else {
-        v.push(item(
-            Status::Fail,
-            format!("tablespaces outside the data directory are not supported yet: {}", external.join(", ")),
-            None,
-        ));
-    }
-    let (free, needed) = sql::connection_capacity(&mut s, jobs)?;
-    if free < needed {
-        v.push(item(
-            Status::Fail,
-            format!("a backup with -j {jobs} needs {needed} connections, {free} are free"),
-            Some("use fewer jobs or raise max_connections".into()),
-        ));
-    } else {
-        v.push(item(Status::Ok, format!("{needed} connections for -j {jobs} ({free} free)"), None));
-    }
+    v.extend(privilege_items(&mut s, &info)?);
+    v.push(slot_item(&mut s, &info)?);
+    v.push(tablespace_item(&mut s)?);
+    v.extend(connection_items(&mut s, &info, jobs)?);
     match sql::compression_available(&mut s)? {
         Ok(()) => v.push(item(Status::Info, "compressed chunks available (plpython3u)", None)),
         Err(why) => v.push(item(Status::Info, format!("chunks will travel uncompressed: {why}"), None)),
@@ -124,6 +57,137 @@ pub fn checks(common: &Common, jobs: usize) -> Result<Vec<Item>, Error> {
         v.push(item(Status::Info, "data checksums on: pages are verified while copying", None));
     } else {
         v.push(item(Status::Info, "data checksums off: pages cannot be verified", None));
+    }
+    Ok(v)
+}
+
+const WAL_LEVEL_FIX: &str = "set wal_level = replica in postgresql.conf and restart the server";
+
+fn version_item(support: Support, version: &str) -> Item {
+    match support {
+        Support::TooOld => {
+            item(Status::Fail, format!("server version {version}: pgbb needs PostgreSQL 13 or later"), None)
+        }
+        Support::BestEffort => item(
+            Status::Warn,
+            format!("server version {version}: supported on a best-effort basis (14 to 18 are tested)"),
+            None,
+        ),
+        Support::Untested => item(Status::Warn, format!("server version {version}: newer than pgbb knows (18)"), None),
+        Support::Supported => item(Status::Ok, format!("server version {version}"), None),
+    }
+}
+
+/// An identifier quoted for SQL, as in the fixes printed.
+fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+fn privilege_items(s: &mut Session, info: &ServerInfo) -> Result<Vec<Item>, Error> {
+    if info.superuser {
+        return Ok(vec![item(Status::Ok, format!("role {} is a superuser", ident(&info.current_user)), None)]);
+    }
+    let wanted = info.caps.needed_functions();
+    let missing = sql::missing_function_privileges(s, &wanted)?;
+    Ok(wanted
+        .into_iter()
+        .map(|f| {
+            if missing.iter().any(|m| m == f) {
+                let fix = format!(
+                    "GRANT EXECUTE ON FUNCTION {f} TO {}; (in database {})",
+                    ident(&info.current_user),
+                    ident(&info.database)
+                );
+                item(Status::Fail, format!("EXECUTE on {f}"), Some(fix))
+            } else {
+                item(Status::Ok, format!("EXECUTE on {f}"), None)
+            }
+        })
+        .collect())
+}
+
+fn slot_item(s: &mut Session, info: &ServerInfo) -> Result<Item, Error> {
+    let (max, used) = sql::slot_capacity(s)?;
+    Ok(if info.wal_level == "minimal" {
+        item(
+            Status::Warn,
+            "no replication slot can hold the backup's WAL: a slot needs wal_level = replica or logical",
+            Some(WAL_LEVEL_FIX.into()),
+        )
+    } else if !(info.superuser || info.replication) {
+        item(
+            Status::Warn,
+            "no REPLICATION attribute: no temporary slot will hold the backup's WAL (a long backup may fail if WAL is recycled)",
+            Some(format!("ALTER ROLE {} REPLICATION;", ident(&info.current_user))),
+        )
+    } else if max <= used {
+        item(
+            Status::Warn,
+            format!("no free replication slot (max_replication_slots = {max}, {used} in use)"),
+            Some("raise max_replication_slots (restart needed)".into()),
+        )
+    } else {
+        item(Status::Ok, "a temporary replication slot can hold the backup's WAL", None)
+    })
+}
+
+fn tablespace_item(s: &mut Session) -> Result<Item, Error> {
+    let external: Vec<String> = sql::tablespaces(s)?
+        .into_iter()
+        .filter(|(_, _, loc)| loc.starts_with('/'))
+        .map(|(oid, name, loc)| format!("{name} (oid {oid}) at {loc}"))
+        .collect();
+    Ok(if external.is_empty() {
+        item(Status::Ok, "no tablespace outside the data directory", None)
+    } else {
+        item(
+            Status::Fail,
+            format!("tablespaces outside the data directory are not supported yet: {}", external.join(", ")),
+            None,
+        )
+    })
+}
+
+/// Connections a backup with `jobs` workers uses: master, slot holder, WAL child, workers.
+fn connections_needed(jobs: usize) -> i64 {
+    jobs as i64 + 3
+}
+
+/// Whether the server, the role's CONNECTION LIMIT and the database's leave room for the
+/// backup's connections (counting the sessions already open); one FAIL, with its fix, per
+/// limit that does not.
+fn connection_items(s: &mut Session, info: &ServerInfo, jobs: usize) -> Result<Vec<Item>, Error> {
+    let room = sql::connection_room(s)?;
+    let needed = connections_needed(jobs);
+    let fewer = |free: i64| match free - 3 {
+        n if n >= 1 => format!(", or use -j {n}"),
+        _ => String::new(),
+    };
+    let mut v = Vec::new();
+    if room.server < needed {
+        v.push(item(
+            Status::Fail,
+            format!("a backup with -j {jobs} needs {needed} connections, {} are free", room.server),
+            Some("use fewer jobs or raise max_connections".into()),
+        ));
+    }
+    for (what, limit, free, alter) in [
+        ("role", room.role_limit, room.role_free, format!("ROLE {}", ident(&info.current_user))),
+        ("database", room.database_limit, room.database_free, format!("DATABASE {}", ident(&info.database))),
+    ] {
+        if let Some(limit) = limit.filter(|_| free < needed) {
+            v.push(item(
+                Status::Fail,
+                format!(
+                    "{what} CONNECTION LIMIT {limit} leaves {free} connection(s) free (other sessions count), \
+                     a backup with -j {jobs} needs {needed}"
+                ),
+                Some(format!("ALTER {alter} CONNECTION LIMIT {};{}", limit + needed - free, fewer(free))),
+            ));
+        }
+    }
+    if v.is_empty() {
+        v.push(item(Status::Ok, format!("{needed} connections for -j {jobs} ({} free)", room.free()), None));
     }
     Ok(v)
 }

@@ -99,8 +99,8 @@ pub struct Args {
     /// Remove the contents of DEST first if it exists
     #[arg(short = 'f', long = "force", help_heading = "Backup")]
     pub force: bool,
-    /// Before starting, end backups left behind by earlier pgbb runs: terminate their
-    /// sessions (application_name 'pgbb...') and drop their inactive slots (pgbb_*)
+    /// Before starting, end what earlier pgbb runs whose master is gone left behind: terminate
+    /// their sessions (their temporary slots go with them); runs in progress are left alone
     #[arg(long = "clean", help_heading = "Backup")]
     pub clean: bool,
     /// Show progress messages
@@ -118,7 +118,7 @@ pub struct Args {
     /// Bytes per chunk (suffixes k, M) [default: 128k, 512k with zlib]
     #[arg(long = "chunk-size", help_heading = "Backup")]
     pub chunk_size: Option<String>,
-    /// Chunk compression: auto (zlib over the network if the server can, else none), none, zlib[:LEVEL]
+    /// Chunk compression: auto (zlib over the network if the server can, not from a standby), none, zlib[:LEVEL]
     #[arg(long = "compress", default_value = "auto", help_heading = "Backup")]
     pub compress: String,
     /// Do not fsync DEST at the end
@@ -180,6 +180,9 @@ pub struct Args {
     pub report_progress: bool,
     #[arg(long = "worker-id", hide = true)]
     pub worker_id: Option<usize>,
+    /// Child: the key of the master's run, in its session's application_name (see pg::run)
+    #[arg(long = "run-key", hide = true)]
+    pub run_key: Option<i32>,
     #[arg(long = "start-lsn", hide = true)]
     pub start_lsn: Option<String>,
     #[arg(long = "timeline", hide = true)]
@@ -222,6 +225,8 @@ pub struct Common {
     pub jobs: usize,
     /// Tablespaces copied outside DEST: (oid, target directory).
     pub tablespaces: Vec<(u32, PathBuf)>,
+    /// The master's run this process belongs to (see [`crate::pg::run`]).
+    pub run_key: Option<i32>,
 }
 
 /// How compression was asked for.
@@ -406,6 +411,7 @@ impl Config {
                         .ok_or_else(|| Error::Usage(format!("invalid --tablespace {t:?}")))
                 })
                 .collect::<Result<_, _>>()?,
+            run_key: a.run_key,
         };
         let mode = match (a.slave, a.stdin, a.pg_xlog) {
             _ if a.check => Mode::Check { jobs: a.jobs },
@@ -476,6 +482,12 @@ impl Common {
         }
     }
 
+    /// The application_name of this process's session with role `role` (with the run key
+    /// of the master's run, if any).
+    pub fn session_name(&self, role: &str) -> String {
+        crate::pg::run::session_name(role, self.run_key)
+    }
+
     fn shared_args(&self, method: Method, algorithm: Algorithm) -> Vec<OsString> {
         let mut v: Vec<OsString> = vec![
             "--chunk-size".into(),
@@ -490,6 +502,9 @@ impl Common {
         v.push("--no-sync".into());
         if self.group_access {
             v.push("--group-access".into());
+        }
+        if let Some(k) = self.run_key {
+            v.extend(["--run-key".into(), k.to_string().into()]);
         }
         if self.debug {
             v.push("--debug".into());
@@ -610,6 +625,7 @@ mod tests {
         ])
         .unwrap();
         c.common.verify_lsn = Some(Lsn(0x5000028));
+        c.common.run_key = Some(77);
         let argv = c.common.worker_args(3, Method::Zlib(5));
         assert!(!argv.iter().any(|a| a.to_string_lossy().contains("hunter2")));
         let strs: Vec<String> = argv.iter().map(|a| a.to_string_lossy().into_owned()).collect();
@@ -618,6 +634,7 @@ mod tests {
         assert!(!back.common.sync, "children leave syncing to the master");
         assert_eq!(back.common.algorithm, Algorithm::Sha256);
         assert_eq!(back.common.verify_lsn, Some(Lsn(0x5000028)));
+        assert_eq!(back.common.session_name("pgbb worker 3"), "pgbb worker 3 [run 77]");
         let w = c.common.wal_args(Lsn(0x5000028), 1, Duration::from_millis(500), Method::Plain);
         let strs: Vec<String> = w.iter().map(|a| a.to_string_lossy().into_owned()).collect();
         let back = cfg(&strs.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();

@@ -18,7 +18,7 @@ use crate::layout::{self, FileJob};
 use crate::lsn::{Lsn, WalGeometry};
 use crate::manifest::{self, FileEntry, WalRange};
 use crate::pg::caps::Support;
-use crate::pg::{sql, PgError, Session};
+use crate::pg::{run, sql, PgError, Session};
 use crate::pool::{describe_status, Event, Pool};
 use crate::progress::Progress;
 use crate::protocol::{show, Request, Response, WalCommand, PROTOCOL_VERSION};
@@ -200,16 +200,63 @@ fn check_server(ctl: &mut Session, common: &Common) -> Result<sql::ServerInfo, E
     Ok(info)
 }
 
-fn choose_method(ctl: &mut Session, c: Compress, local: bool) -> Result<Method, Error> {
+/// Takes this run's advisory lock on the master's session, then names the session after the
+/// run: from here on a `pgbb --clean` elsewhere leaves every session of this run alone, and
+/// a session named after a run whose lock is free is a leftover (see [`sql::clean_leftovers`]).
+/// With `--clean` (`clean`), then ends such leftovers.
+fn claim_run(ctl: &mut Session, clean: bool) -> Result<i32, Error> {
+    for _ in 0..8 {
+        let key = run::new_key();
+        // Taken by a live run (a chance in 2^31): draw again.
+        if sql::lock_run(ctl, key)? {
+            sql::set_application_name(ctl, &run::session_name("pgbb", Some(key)))?;
+            log::debug!("run key {key}");
+            if clean {
+                clean_leftovers(ctl)?;
+            }
+            return Ok(key);
+        }
+    }
+    Err(PgError::Unsupported("could not take a pgbb run lock: every key drawn was held".into()).into())
+}
+
+/// `--clean`: ends what runs whose master is gone left behind, and says what it left alone.
+fn clean_leftovers(ctl: &mut Session) -> Result<(), Error> {
+    let c = sql::clean_leftovers(ctl)?;
+    log::warn!("--clean: terminated {} session(s) of pgbb runs whose master is gone", c.terminated);
+    if c.live > 0 {
+        log::info!("--clean: left alone {} session(s) of pgbb runs in progress (their master holds its lock)", c.live);
+    }
+    if c.unkeyed > 0 {
+        log::info!(
+            "--clean: left alone {} pgbb session(s) that belong to no backup run (a worker started by hand, \
+             --check, pgbb -x, or an older pgbb); end them with pg_terminate_backend if they are leftovers",
+            c.unkeyed
+        );
+    }
+    Ok(())
+}
+
+fn choose_method(ctl: &mut Session, c: Compress, local: bool, in_recovery: bool) -> Result<Method, Error> {
     match c {
         Compress::Fixed(Method::Plain) => {
             log::info!("chunks travel uncompressed (--compress=none)");
             Ok(Method::Plain)
         }
+        // Installing plpython3u or connecting as a superuser would not help here.
+        Compress::Fixed(Method::Zlib(_)) if in_recovery => {
+            Err(PgError::Unsupported(format!("--compress zlib: {}", sql::READ_ONLY_NO_COMPRESSION)).into())
+        }
         Compress::Fixed(Method::Zlib(l)) => match sql::compression_available(ctl)? {
             Ok(()) => Ok(Method::Zlib(l)),
             Err(why) => Err(PgError::Compression(why).into()),
         },
+        Compress::Auto(_) if in_recovery => {
+            log::info!(
+                "chunks travel uncompressed (the server is in recovery: a standby cannot hold the compression helper)"
+            );
+            Ok(Method::Plain)
+        }
         // Measured on loopback (docs/benchmarks.md): zlib costs the server more CPU than it
         // saves, so a server on this machine gets plain chunks unless zlib is asked for.
         Compress::Auto(_) if local => {
@@ -302,19 +349,17 @@ fn backup(
     let mut ctl = common.conn.connect("pgbb")?;
     interrupt.set_cancel(Some(ctl.cancel_token()));
     let info = check_server(&mut ctl, common)?;
+    let run_key = claim_run(&mut ctl, opts.clean)?;
     let caps = info.caps;
     let geo = WalGeometry::new(info.wal_segment_size)
         .ok_or_else(|| PgError::Unsupported(format!("unexpected wal_segment_size {}", info.wal_segment_size)))?;
-    let method = choose_method(&mut ctl, opts.compress, common.conn.is_local())?;
+    let method = choose_method(&mut ctl, opts.compress, common.conn.is_local(), info.in_recovery)?;
     if let Method::Zlib(_) = method {
         log::info!("chunks travel compressed ({method})");
     }
-    if opts.clean {
-        let (sessions, slots) = sql::clean_leftovers(&mut ctl)?;
-        log::warn!("--clean: terminated {sessions} leftover pgbb session(s), dropped {slots} leftover pgbb slot(s)");
-    }
 
     let mut common = common.clone();
+    common.run_key = Some(run_key);
     common.group_access = info.group_access;
     common.chunk = common.chunk_for(method);
     // Tablespaces: each copied to its location or its -T mapping, pg_tblspc/<oid> a symlink.
@@ -339,7 +384,8 @@ fn backup(
     // error in its session.
     let mut slot_name = format!("pgbb_{}", std::process::id());
     let mut slot_session: Option<Session> = None;
-    let mut created_slot = CreatedSlot { conn: common.conn.clone(), name: None };
+    let mut created_slot =
+        CreatedSlot { conn: common.conn.clone(), app: common.session_name("pgbb cleanup"), name: None };
     let mut slot_held = false;
     if let Some(name) = &opts.named_slot {
         slot_name = name.clone();
@@ -363,7 +409,7 @@ fn backup(
         }
         slot_held = true;
     } else if opts.slot {
-        let mut ss = common.conn.connect("pgbb slot")?;
+        let mut ss = common.conn.connect(&common.session_name("pgbb slot"))?;
         sql::session_setup_for(&mut ss, caps)?;
         match sql::create_temp_slot(&mut ss, &slot_name) {
             Ok(_) => {
@@ -579,13 +625,14 @@ fn backup(
 /// standby to feed).
 struct CreatedSlot {
     conn: crate::pg::ConnInfo,
+    app: String,
     name: Option<String>,
 }
 
 impl Drop for CreatedSlot {
     fn drop(&mut self) {
         if let Some(name) = self.name.take() {
-            match self.conn.connect("pgbb cleanup").and_then(|mut s| sql::drop_slot(&mut s, &name)) {
+            match self.conn.connect(&self.app).and_then(|mut s| sql::drop_slot(&mut s, &name)) {
                 Ok(()) => log::info!("dropped replication slot {name}, created for the failed backup"),
                 Err(e) => log::error!(
                     "could not drop replication slot {name}: {e}; drop it with pg_drop_replication_slot('{name}')"

@@ -93,23 +93,21 @@ impl TransferError {
     }
 }
 
-/// How the server is told which file: by its path, or, for a name that is not valid UTF-8
-/// (which cannot be sent as text), by its directory and the raw bytes of its name.
+/// How the server is told which file, always as raw bytes (never converted between
+/// encodings): by its path, or, for a name that is not valid UTF-8 (which a UTF8 server
+/// refuses as text), by its directory and the raw bytes of its name.
 enum Source {
-    Text(String),
-    ByName(String, Vec<u8>),
+    Path(Vec<u8>),
+    ByName(Vec<u8>, Vec<u8>),
 }
 
 impl Source {
-    fn of(src: &SafePath) -> Result<Source, TransferError> {
-        if let Some(p) = src.to_str() {
-            return Ok(Source::Text(p));
+    fn of(src: &SafePath) -> Source {
+        if src.to_str().is_some() {
+            return Source::Path(src.as_bytes());
         }
-        let dir = String::from_utf8(src.parent_bytes()).map_err(|_| TransferError::Data {
-            path: src.display(),
-            message: "a directory whose name is not valid UTF-8 is not supported".into(),
-        })?;
-        Ok(Source::ByName(if dir.is_empty() { ".".into() } else { dir }, src.file_name().to_vec()))
+        let dir = src.parent_bytes();
+        Source::ByName(if dir.is_empty() { b".".to_vec() } else { dir }, src.file_name().to_vec())
     }
 }
 
@@ -253,8 +251,14 @@ impl Transfer {
     /// Creates what the method needs in this session (the pg_temp helper for zlib).
     pub fn prepare(&self, s: &mut Session) -> Result<(), PgError> {
         if let Method::Zlib(_) = self.method {
-            s.execute(sql::CREATE_ZLIB_READER, &[], "could not create the compression helper")
-                .map_err(|e| PgError::Compression(e.to_string()))?;
+            s.execute(sql::CREATE_ZLIB_READER, &[], "could not create the compression helper").map_err(|e| {
+                // read_only_sql_transaction: a server in recovery.
+                if e.code() == Some("25006") {
+                    PgError::Unsupported(format!("--compress zlib: {}", sql::READ_ONLY_NO_COMPRESSION))
+                } else {
+                    PgError::Compression(e.to_string())
+                }
+            })?;
         }
         Ok(())
     }
@@ -293,9 +297,13 @@ impl Transfer {
         range: Option<(u64, u64)>,
     ) -> Result<Outcome, TransferError> {
         let got = match self.method {
-            Method::Plain => self.fetch_plain(s, src, dest, dst, range)?,
-            Method::Zlib(level) => self.fetch_zlib(s, src, dest, dst, level, range)?,
+            Method::Plain => self.fetch_plain(s, src, dest, dst, range),
+            Method::Zlib(level) => self.fetch_zlib(s, src, dest, dst, level, range),
         };
+        let got = got.map_err(|e| match e {
+            TransferError::Pg(p) => TransferError::Pg(s.explain(p)),
+            other => other,
+        })?;
         let Some((sink, mtime)) = got else { return Ok(Outcome::Vanished) };
         let Sink { w, digest, pages, wire, .. } = sink;
         let size = w.finish(self.sync)?;
@@ -310,12 +318,12 @@ impl Transfer {
     /// once; only a page that fails twice counts.
     fn reread(&self, s: &mut Session, src: &SafePath, p: &Pages) -> Result<Vec<BadPage>, TransferError> {
         let what = format!("could not re-read a page of \"{}\"", src.display());
-        let source = Source::of(src)?;
+        let source = Source::of(src);
         let mut bad = Vec::new();
         for &(block, offset) in &p.suspects {
             let (offset, len) = (offset as i64, BLCKSZ as i64);
             let rows = match &source {
-                Source::Text(path) => s.query(sql::READ_PAGE, &[path, &offset, &len], &what)?,
+                Source::Path(path) => s.query(sql::READ_PAGE, &[path, &offset, &len], &what)?,
                 Source::ByName(dir, name) => s.query(sql::READ_PAGE_BY_NAME, &[dir, name, &offset, &len], &what)?,
             };
             let Some(page) = rows.first().and_then(|r| r.get::<_, Option<Vec<u8>>>(0)) else { continue };
@@ -340,10 +348,10 @@ impl Transfer {
         let path = src.display();
         let what = format!("could not read \"{path}\"");
         let chunk = self.chunk as i64;
-        let source = Source::of(src)?;
+        let source = Source::of(src);
         let mut rows = match (&source, range) {
-            (Source::Text(p), None) => s.stream(sql::READ_PLAIN, &[p, &chunk], &what)?,
-            (Source::Text(p), Some((off, len))) => {
+            (Source::Path(p), None) => s.stream(sql::READ_PLAIN, &[p, &chunk], &what)?,
+            (Source::Path(p), Some((off, len))) => {
                 s.stream(sql::READ_PLAIN_RANGE, &[p, &chunk, &(off as i64), &(len as i64)], &what)?
             }
             (Source::ByName(dir, name), None) => s.stream(sql::READ_PLAIN_BY_NAME, &[dir, name, &chunk], &what)?,
@@ -391,7 +399,7 @@ impl Transfer {
             (Some(sink), _) => Ok(Some((sink, mtime))),
             // Looked up by name in its directory: not there.
             (None, Source::ByName(..)) => Ok(None),
-            (None, Source::Text(_)) => Err(TransferError::Data { path, message: "the server returned no rows".into() }),
+            (None, Source::Path(_)) => Err(TransferError::Data { path, message: "the server returned no rows".into() }),
         }
     }
 
@@ -404,13 +412,14 @@ impl Transfer {
         level: u32,
         range: Option<(u64, u64)>,
     ) -> Result<Option<(Sink, i64)>, TransferError> {
-        // The PL/Python helper takes the name as text: a name that is not UTF-8 goes plain.
-        let Some(path) = src.to_str() else { return self.fetch_plain(s, src, dest, dst, range) };
+        // The PL/Python helper takes the path as raw bytes: any name.
+        let path = src.display();
+        let raw = src.as_bytes();
         let what = format!("could not read \"{path}\"");
         let chunk = self.chunk as i64;
         let level = level as i32;
         let (off, len) = range.map_or((0i64, -1i64), |(o, l)| (o as i64, l as i64));
-        let mut rows = s.stream(sql::READ_ZLIB, &[&path, &chunk, &level, &off, &len], &what)?;
+        let mut rows = s.stream(sql::READ_ZLIB, &[&raw, &chunk, &level, &off, &len], &what)?;
         let mut out: Option<Sink> = None;
         let (mut size, mut mtime) = (0u64, 0i64);
         let mut buf = Vec::with_capacity(self.chunk as usize);

@@ -58,7 +58,7 @@ pub fn create_dest(dest: &std::path::Path, group_access: bool) -> Result<(), Err
 /// Opens the session and chooses how chunks travel (`auto`: zlib if the helper can be
 /// created, else plain); with `--verify-lsn`, reads what page verification needs.
 pub fn open_session(common: &Common, app: &str, compress: Compress) -> Result<(crate::pg::Session, Transfer), Error> {
-    let mut s = common.conn.connect(app)?;
+    let mut s = common.conn.connect(&common.session_name(app))?;
     let (caps, _) = sql::version(&mut s)?;
     sql::session_setup_for(&mut s, caps)?;
     let verify = match common.verify_lsn {

@@ -55,17 +55,22 @@ impl Caps {
         LayoutRules { pg17: self.version_num >= 170000 }
     }
 
-    /// The functions (with signatures) a backup uses, for privilege checks.
+    /// The functions (with signatures) a backup uses, for privilege checks and the GRANTs
+    /// pgbb prints: schema-qualified, so that neither the check nor a GRANT run by an
+    /// administrator can resolve to a look-alike in another schema.
     pub fn needed_functions(&self) -> Vec<&'static str> {
         let mut v = vec![
-            "pg_ls_dir(text,boolean,boolean)",
-            "pg_stat_file(text,boolean)",
-            "pg_read_binary_file(text,bigint,bigint,boolean)",
+            "pg_catalog.pg_ls_dir(text,boolean,boolean)",
+            "pg_catalog.pg_stat_file(text,boolean)",
+            "pg_catalog.pg_read_binary_file(text,bigint,bigint,boolean)",
         ];
         if self.new_backup_api() {
-            v.extend(["pg_backup_start(text,boolean)", "pg_backup_stop(boolean)"]);
+            v.extend(["pg_catalog.pg_backup_start(text,boolean)", "pg_catalog.pg_backup_stop(boolean)"]);
         } else {
-            v.extend(["pg_start_backup(text,boolean,boolean)", "pg_stop_backup(boolean,boolean)"]);
+            v.extend([
+                "pg_catalog.pg_start_backup(text,boolean,boolean)",
+                "pg_catalog.pg_stop_backup(boolean,boolean)",
+            ]);
         }
         v
     }
@@ -86,6 +91,6 @@ mod tests {
         assert!(Caps::new(140000).idle_session_timeout());
         assert!(!Caps::new(130000).idle_session_timeout());
         assert!(Caps::new(170000).layout_rules().pg17);
-        assert!(Caps::new(140000).needed_functions().contains(&"pg_stop_backup(boolean,boolean)"));
+        assert!(Caps::new(140000).needed_functions().contains(&"pg_catalog.pg_stop_backup(boolean,boolean)"));
     }
 }

@@ -271,11 +271,13 @@ impl ConnInfo {
         self.config.get_dbname().unwrap_or("")
     }
 
-    /// Opens a session named `app` in pg_stat_activity, with every timeout that could cut a
-    /// long backup turned off.
+    /// Opens a session named `app` in pg_stat_activity, with a safe `search_path` from its
+    /// first statement on (see `startup_options`) and every timeout that could cut a long
+    /// backup turned off.
     pub fn connect(&self, app: &str) -> Result<Session, PgError> {
         let mut config = self.config.clone();
         config.application_name(app);
+        config.options(&startup_options(self.config.get_options()));
         log::debug!("connecting to {} as {app:?}", self.target());
         let connected = if self.tls.mode == SslMode::Disable {
             config.connect(NoTls)
@@ -283,9 +285,44 @@ impl ConnInfo {
             config.connect(LibpqTls::new(self.tls.clone()))
         };
         let client = connected.map_err(|e| self.connect_error(&e))?;
-        let mut s = Session { client, app: app.to_string(), prepared: std::collections::HashMap::new() };
-        s.execute(super::sql::SESSION_SETUP, &[], "could not configure the session")?;
+        let mut s = Session {
+            client,
+            app: app.to_string(),
+            prepared: std::collections::HashMap::new(),
+            backend_pid: None,
+            conn: self.clone(),
+        };
+        s.setup()?;
         Ok(s)
+    }
+
+    /// Whether backend `pid` still exists, asked over a new short-lived session; `None` when
+    /// the server cannot be reached within a few seconds.
+    fn backend_exists(&self, pid: i32) -> Option<bool> {
+        let mut quick = self.clone();
+        quick.config.connect_timeout(Duration::from_secs(3));
+        let mut s = quick.connect("pgbb probe").ok()?;
+        // A probe explains nothing itself.
+        s.backend_pid = None;
+        super::sql::backend_exists(&mut s, pid).ok()
+    }
+}
+
+/// Appended to the startup `options` of every session: a hostile role may plant look-alikes
+/// of catalog functions in a schema it can write and put that schema first with `ALTER
+/// DATABASE/ROLE ... SET search_path` (the CVE-2018-1058 class). Options in the startup packet
+/// outrank those settings, and the server applies options in order, so the user's own
+/// `options` (which come first) cannot override this either. `pg_temp` last: temporary objects
+/// never shadow catalog ones, and functions are never looked up there anyway.
+const SAFE_SEARCH_PATH: &str = "-c search_path=pg_catalog,pg_temp";
+
+/// The user's `options` (from the DSN or PGOPTIONS), then [`SAFE_SEARCH_PATH`].
+fn startup_options(user: Option<&str>) -> String {
+    match user.map(str::trim).filter(|o| !o.is_empty()) {
+        // A trailing backslash would escape the separating space and swallow ours.
+        Some(o) if o.ends_with('\\') => format!("{o}  {SAFE_SEARCH_PATH}"),
+        Some(o) => format!("{o} {SAFE_SEARCH_PATH}"),
+        None => SAFE_SEARCH_PATH.to_string(),
     }
 }
 
@@ -313,9 +350,47 @@ pub struct Session {
     /// round trip (Bind/Execute) instead of two (Parse/Describe first), and the server plans
     /// it once (measured: the per-file cost that dominates a cluster of many small files).
     prepared: std::collections::HashMap<&'static str, postgres::Statement>,
+    /// The server process of this session (to tell, when the connection is lost, whether
+    /// the server ended it).
+    backend_pid: Option<i32>,
+    conn: ConnInfo,
 }
 
 impl Session {
+    /// [`super::sql::SESSION_SETUP`], and the backend's pid, in one round trip.
+    fn setup(&mut self) -> Result<(), PgError> {
+        const WHAT: &str = "could not configure the session";
+        let sql = format!("{}; {}", super::sql::SESSION_SETUP, super::sql::BACKEND_PID);
+        self.log(&sql);
+        let msgs = self.client.simple_query(&sql).map_err(|e| PgError::query(WHAT, e))?;
+        self.backend_pid = msgs.iter().find_map(|m| match m {
+            postgres::SimpleQueryMessage::Row(r) => r.get(0)?.parse().ok(),
+            _ => None,
+        });
+        Ok(())
+    }
+
+    /// `e` with its cause when the connection was lost without the server's words (it drops
+    /// them when it ends a session in the middle of sending a row): a backend that is gone
+    /// while the server is up, asked over a new session, was ended by the server. A timeout
+    /// is the network's doing and is left as it is.
+    pub fn explain(&self, e: PgError) -> PgError {
+        match e {
+            PgError::Query { what, message, closed: true, code: None } if !message.contains("timed out") => {
+                let gone = self.backend_pid.filter(|&pid| self.conn.backend_exists(pid) == Some(false));
+                let message = match gone {
+                    Some(pid) => format!(
+                        "the server ended this session (its backend, pid {pid}, is gone): an administrator or \
+                         another pgbb --clean terminated it, or it crashed; {message}"
+                    ),
+                    None => message,
+                };
+                PgError::Query { what, message, closed: true, code: None }
+            }
+            other => other,
+        }
+    }
+
     pub fn app(&self) -> &str {
         &self.app
     }
@@ -324,23 +399,41 @@ impl Session {
         log::debug!("SQL: {}", sql.split_whitespace().collect::<Vec<_>>().join(" "));
     }
 
+    /// What the server said while the session was idle, as the error of the statement about
+    /// to be sent. When the server ends a session (`pg_terminate_backend`, a shutdown) it
+    /// sends the reason and closes the socket; unread, the next statement would fail with a
+    /// bare "broken pipe" instead of that reason.
+    fn said_while_idle(&mut self, what: &str) -> Result<(), PgError> {
+        use postgres::fallible_iterator::FallibleIterator;
+        match self.client.notifications().iter().next() {
+            Err(e) if e.as_db_error().is_some() => Err(PgError::query(what, e)),
+            _ => Ok(()),
+        }
+    }
+
     pub fn execute(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)], what: &str) -> Result<(), PgError> {
         self.log(sql);
-        if params.is_empty() {
+        self.said_while_idle(what)?;
+        let r = if params.is_empty() {
             self.client.batch_execute(sql).map_err(|e| PgError::query(what, e))
         } else {
             self.client.execute(sql, params).map(drop).map_err(|e| PgError::query(what, e))
-        }
+        };
+        r.map_err(|e| self.explain(e))
     }
 
     pub fn query(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)], what: &str) -> Result<Vec<Row>, PgError> {
         self.log(sql);
-        self.client.query(sql, params).map_err(|e| PgError::query(what, e))
+        self.said_while_idle(what)?;
+        let r = self.client.query(sql, params).map_err(|e| PgError::query(what, e));
+        r.map_err(|e| self.explain(e))
     }
 
     pub fn query_one(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)], what: &str) -> Result<Row, PgError> {
         self.log(sql);
-        self.client.query_one(sql, params).map_err(|e| PgError::query(what, e))
+        self.said_while_idle(what)?;
+        let r = self.client.query_one(sql, params).map_err(|e| PgError::query(what, e));
+        r.map_err(|e| self.explain(e))
     }
 
     /// Runs a query whose rows are streamed as the server produces them; the statement is
@@ -352,6 +445,7 @@ impl Session {
         what: &str,
     ) -> Result<RowIter<'a>, PgError> {
         self.log(sql);
+        self.said_while_idle(what)?;
         let stmt = match self.prepared.get(sql) {
             Some(st) => st.clone(),
             None => {
@@ -434,6 +528,19 @@ mod tests {
         assert!(!local("host=db.example"));
         assert!(!local("host=/tmp/x,db.example"));
         assert!(!local("host=localhost hostaddr=192.0.2.1"));
+    }
+
+    #[test]
+    fn the_safe_search_path_comes_last() {
+        assert_eq!(startup_options(None), "-c search_path=pg_catalog,pg_temp");
+        assert_eq!(startup_options(Some("  ")), "-c search_path=pg_catalog,pg_temp");
+        assert_eq!(
+            startup_options(Some("-c search_path=public -c work_mem=64MB")),
+            "-c search_path=public -c work_mem=64MB -c search_path=pg_catalog,pg_temp"
+        );
+        assert_eq!(startup_options(Some("-c x=a\\")), "-c x=a\\  -c search_path=pg_catalog,pg_temp");
+        let c = ConnInfo::from_dsn("host=/tmp/x options='-c search_path=public'").unwrap();
+        assert!(!c.child_dsn().contains("pg_catalog"), "children add it themselves: {}", c.child_dsn());
     }
 
     #[test]

@@ -3,6 +3,7 @@
 pub mod caps;
 pub mod conn;
 pub mod conninfo;
+pub mod run;
 pub mod sql;
 pub mod sql_dest;
 pub mod tls;
@@ -87,6 +88,10 @@ impl PgError {
 pub fn describe(e: &postgres::Error) -> String {
     if let Some(db) = e.as_db_error() {
         let mut s = db.message().to_string();
+        if db.code() == &postgres::error::SqlState::ADMIN_SHUTDOWN {
+            // The same words for pg_terminate_backend and for a shutdown.
+            s.push_str(" (the server ended this session: an administrator or another pgbb --clean terminated it, or the server is shutting down)");
+        }
         if let Some(d) = db.detail() {
             s.push_str(&format!(" ({d})"));
         }

@@ -4,11 +4,41 @@ use super::{Caps, PgError, Session};
 use crate::layout::{Entry, EXCLUDED_DIR_CONTENTS};
 use crate::lsn::Lsn;
 
-/// Run on every new session: nothing may cut a long backup short. JIT off: the planner
-/// cannot estimate set-returning file functions and takes the recursive listing for a
-/// query worth compiling, which cost 100–230 ms of LLVM time per backup (measured).
-pub const SESSION_SETUP: &str = "SET statement_timeout = 0; SET lock_timeout = 0; \
-     SET idle_in_transaction_session_timeout = 0; SET jit = off";
+/// The raw bytes of a file name (text column `$n`) as `bytea`, in every server encoding.
+/// `textsend` would do on a UTF8 server only: it converts to the client encoding (UTF8),
+/// which fails on a SQL_ASCII server for a name that is not UTF-8 ("invalid byte sequence")
+/// and changes the bytes of a non-ASCII name on a LATIN1 one. `decode(…, 'escape')` takes
+/// the bytes as they are once backslashes are doubled; `replace` works byte by byte on
+/// single-byte encodings and on UTF8.
+macro_rules! raw_name {
+    ($col:literal) => {
+        concat!("pg_catalog.decode(pg_catalog.replace(", $col, r", E'\\', E'\\\\'), 'escape')")
+    };
+}
+
+/// A path sent as raw bytes (`bytea` parameter `$n`) as the server's text, byte for byte:
+/// no encoding conversion, only the server's check that the bytes are valid in its encoding
+/// (always true on SQL_ASCII and single-byte encodings). A text parameter would be converted
+/// from UTF8 to the server encoding.
+macro_rules! text_path {
+    ($param:literal) => {
+        concat!("pg_catalog.convert_from(", $param, ", 'SQL_ASCII')")
+    };
+}
+
+/// Run on every new session. First the safe search path, which the startup options already
+/// set (see `conn::SAFE_SEARCH_PATH`); set again here so that no statement of pgbb's ever runs
+/// without it. Every function, catalog and type below is schema-qualified as well; operators
+/// are found through the path alone, and only in pg_catalog: the path names no other schema,
+/// and pg_temp is never searched for functions or operators.
+/// Then nothing may cut a long backup short. JIT off: the planner cannot estimate
+/// set-returning file functions and takes the recursive listing for a query worth
+/// compiling, which cost 100–230 ms of LLVM time per backup (measured).
+pub const SESSION_SETUP: &str = "SET search_path = pg_catalog, pg_temp; SET standard_conforming_strings = on; \
+     SET statement_timeout = 0; SET lock_timeout = 0; SET idle_in_transaction_session_timeout = 0; SET jit = off";
+/// Run with [`SESSION_SETUP`]: the session's server process.
+pub const BACKEND_PID: &str = "SELECT pg_catalog.pg_backend_pid()";
+
 const IDLE_SESSION_TIMEOUT_OFF: &str = "SET idle_session_timeout = 0";
 
 /// Facts about the server, read once by the master.
@@ -28,7 +58,7 @@ pub struct ServerInfo {
 
 pub fn version(s: &mut Session) -> Result<(Caps, String), PgError> {
     let r = s.query_one(
-        "SELECT current_setting('server_version_num')::int, current_setting('server_version')",
+        "SELECT pg_catalog.current_setting('server_version_num')::int, pg_catalog.current_setting('server_version')",
         &[],
         "could not read the server version",
     )?;
@@ -45,11 +75,12 @@ pub fn session_setup_for(s: &mut Session, caps: Caps) -> Result<(), PgError> {
 
 pub fn server_info(s: &mut Session, caps: Caps, version: String) -> Result<ServerInfo, PgError> {
     let r = s.query_one(
-        "SELECT current_setting('wal_level'), \
-                (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'), \
-                current_setting('data_directory_mode'), \
-                pg_is_in_recovery(), r.rolsuper, r.rolreplication, current_user::text, current_database()::text \
-           FROM pg_roles r WHERE r.rolname = current_user",
+        "SELECT pg_catalog.current_setting('wal_level'), \
+                (SELECT setting::bigint FROM pg_catalog.pg_settings WHERE name = 'wal_segment_size'), \
+                pg_catalog.current_setting('data_directory_mode'), pg_catalog.pg_is_in_recovery(), \
+                r.rolsuper, r.rolreplication, current_user::pg_catalog.text, \
+                pg_catalog.current_database()::pg_catalog.text \
+           FROM pg_catalog.pg_roles r WHERE r.rolname = current_user",
         &[],
         "could not read the server settings",
     )?;
@@ -68,11 +99,12 @@ pub fn server_info(s: &mut Session, caps: Caps, version: String) -> Result<Serve
     })
 }
 
-/// The functions (of `wanted`) the current role may not execute.
+/// The functions (of `wanted`, schema-qualified signatures) the current role may not execute.
 pub fn missing_function_privileges(s: &mut Session, wanted: &[&str]) -> Result<Vec<String>, PgError> {
     let wanted: Vec<String> = wanted.iter().map(|f| f.to_string()).collect();
     let rows = s.query(
-        "SELECT f FROM unnest($1::text[]) AS f WHERE NOT has_function_privilege(f, 'EXECUTE')",
+        "SELECT f FROM pg_catalog.unnest($1::pg_catalog.text[]) AS f \
+          WHERE NOT pg_catalog.has_function_privilege(f, 'EXECUTE')",
         &[&wanted],
         "could not check function privileges",
     )?;
@@ -82,32 +114,78 @@ pub fn missing_function_privileges(s: &mut Session, wanted: &[&str]) -> Result<V
 /// (max_replication_slots, slots in use).
 pub fn slot_capacity(s: &mut Session) -> Result<(i64, i64), PgError> {
     let r = s.query_one(
-        "SELECT current_setting('max_replication_slots')::bigint, (SELECT count(*) FROM pg_replication_slots)",
+        "SELECT pg_catalog.current_setting('max_replication_slots')::bigint, \
+                (SELECT pg_catalog.count(*) FROM pg_catalog.pg_replication_slots)",
         &[],
         "could not read the replication slot settings",
     )?;
     Ok((r.get(0), r.get(1)))
 }
 
-/// (connections this role may still open, connections a backup with `jobs` workers uses:
-/// master, slot holder, WAL child, workers).
-pub fn connection_capacity(s: &mut Session, jobs: usize) -> Result<(i64, i64), PgError> {
+/// How many more connections the server takes from this role, by each limit (this
+/// session, which goes away before a backup, counted as free).
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionRoom {
+    /// max_connections, less the superuser-reserved ones for others, less the open sessions.
+    pub server: i64,
+    /// The role's CONNECTION LIMIT (when it applies: set, and the role is no superuser) and
+    /// the connections it leaves free.
+    pub role_limit: Option<i64>,
+    pub role_free: i64,
+    /// The same for the database.
+    pub database_limit: Option<i64>,
+    pub database_free: i64,
+}
+
+impl ConnectionRoom {
+    /// What the tightest limit leaves.
+    pub fn free(&self) -> i64 {
+        let mut f = self.server;
+        if self.role_limit.is_some() {
+            f = f.min(self.role_free);
+        }
+        if self.database_limit.is_some() {
+            f = f.min(self.database_free);
+        }
+        f
+    }
+}
+
+/// See [`ConnectionRoom`]. The server counts a role's sessions (all of them) against its
+/// limit, and a database's client sessions, WAL senders and autovacuum workers against its
+/// own; superusers are exempt from both.
+pub fn connection_room(s: &mut Session) -> Result<ConnectionRoom, PgError> {
     let r = s.query_one(
-        "SELECT current_setting('max_connections')::bigint \
-                - CASE WHEN r.rolsuper THEN 0 ELSE current_setting('superuser_reserved_connections')::bigint END \
-                - (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend') \
-           FROM pg_roles r WHERE r.rolname = current_user",
+        "SELECT pg_catalog.current_setting('max_connections')::bigint \
+                - CASE WHEN r.rolsuper THEN 0 \
+                       ELSE pg_catalog.current_setting('superuser_reserved_connections')::bigint END \
+                - (SELECT pg_catalog.count(*) FROM pg_catalog.pg_stat_activity \
+                    WHERE backend_type = 'client backend'), \
+                CASE WHEN r.rolsuper OR r.rolconnlimit < 0 THEN NULL ELSE r.rolconnlimit::bigint END, \
+                (SELECT pg_catalog.count(*) FROM pg_catalog.pg_stat_activity a WHERE a.usesysid = r.oid), \
+                CASE WHEN r.rolsuper OR d.datconnlimit < 0 THEN NULL ELSE d.datconnlimit::bigint END, \
+                (SELECT pg_catalog.count(*) FROM pg_catalog.pg_stat_activity a WHERE a.datid = d.oid \
+                    AND a.backend_type IN ('client backend', 'walsender', 'autovacuum worker')) \
+           FROM pg_catalog.pg_roles r, pg_catalog.pg_database d \
+          WHERE r.rolname = current_user AND d.datname = pg_catalog.current_database()",
         &[],
         "could not read the connection settings",
     )?;
+    let (role_limit, database_limit): (Option<i64>, Option<i64>) = (r.get(1), r.get(3));
     // This check's own session goes away before the backup.
-    Ok((r.get::<_, i64>(0) + 1, jobs as i64 + 3))
+    Ok(ConnectionRoom {
+        server: r.get::<_, i64>(0) + 1,
+        role_limit,
+        role_free: role_limit.unwrap_or(0) - r.get::<_, i64>(2) + 1,
+        database_limit,
+        database_free: database_limit.unwrap_or(0) - r.get::<_, i64>(4) + 1,
+    })
 }
 
 /// Tablespaces other than pg_default and pg_global: (oid, name, location).
 pub fn tablespaces(s: &mut Session) -> Result<Vec<(u32, String, String)>, PgError> {
     let rows = s.query(
-        "SELECT oid, spcname::text, pg_tablespace_location(oid) FROM pg_tablespace \
+        "SELECT oid, spcname::pg_catalog.text, pg_catalog.pg_tablespace_location(oid) FROM pg_catalog.pg_tablespace \
           WHERE spcname NOT IN ('pg_default', 'pg_global') ORDER BY oid",
         &[],
         "could not list tablespaces",
@@ -115,28 +193,72 @@ pub fn tablespaces(s: &mut Session) -> Result<Vec<(u32, String, String)>, PgErro
     Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
 }
 
-/// `--clean`: ends backups left behind by earlier pgbb masters (a non-exclusive backup lives
-/// as long as its session) and drops their leftover slots. Returns (sessions, slots).
-pub fn clean_leftovers(s: &mut Session) -> Result<(i64, i64), PgError> {
-    let sessions = s.query_one(
-        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity \
-          WHERE application_name LIKE 'pgbb%' AND pid <> pg_backend_pid() AND backend_type = 'client backend'",
-        &[],
-        "could not terminate leftover pgbb sessions",
+/// Takes the advisory lock of run `key` (see [`super::run`]) on this session, where it stays
+/// until the session ends; false if another session holds it.
+pub fn lock_run(s: &mut Session, key: i32) -> Result<bool, PgError> {
+    let r = s.query_one(
+        "SELECT pg_catalog.pg_try_advisory_lock($1, $2)",
+        &[&super::run::RUN_LOCK_CLASS, &key],
+        "could not take the run's advisory lock",
     )?;
-    let slots = s.query_one(
-        "SELECT count(pg_drop_replication_slot(slot_name)) FROM pg_replication_slots \
-          WHERE slot_name LIKE 'pgbb\\_%' AND NOT active",
-        &[],
-        "could not drop leftover pgbb slots",
+    Ok(r.get(0))
+}
+
+/// Whether server process `pid` is still there.
+pub fn backend_exists(s: &mut Session, pid: i32) -> Result<bool, PgError> {
+    let r = s.query_one(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity WHERE pid = $1)",
+        &[&pid],
+        "could not look for a server process",
     )?;
-    Ok((sessions.get(0), slots.get(0)))
+    Ok(r.get(0))
+}
+
+/// Renames this session in pg_stat_activity.
+pub fn set_application_name(s: &mut Session, name: &str) -> Result<(), PgError> {
+    s.execute("SELECT pg_catalog.set_config('application_name', $1, false)", &[&name], "could not set application_name")
+}
+
+/// What `--clean` did: sessions ended, and sessions left alone because their run is live
+/// or because they carry no run key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cleaned {
+    pub terminated: i64,
+    pub live: i64,
+    pub unkeyed: i64,
+}
+
+/// `--clean`: ends the sessions of pgbb runs whose master is gone — those whose
+/// application_name carries a run key whose advisory lock no session holds (a non-exclusive
+/// backup lives as long as its session; a temporary slot goes with the session that holds
+/// it). Sessions of a live run, and pgbb sessions without a run key (a worker started by
+/// hand, `--check`, `pgbb -x`, another version), are left alone: nothing shows they are
+/// leftovers. CASE, not AND, so that nothing but a leftover is ever terminated.
+pub fn clean_leftovers(s: &mut Session) -> Result<Cleaned, PgError> {
+    let r = s.query_one(
+        "WITH t AS ( \
+             SELECT a.pid, k.run, EXISTS (SELECT 1 FROM pg_catalog.pg_locks l \
+                     WHERE l.locktype = 'advisory' AND l.classid = $1 AND l.objid::pg_catalog.text = k.run \
+                       AND l.objsubid = 2 AND l.granted) AS live \
+               FROM pg_catalog.pg_stat_activity a, \
+                    LATERAL (SELECT pg_catalog.substring(a.application_name, $2) AS run) k \
+              WHERE a.application_name LIKE 'pgbb%' AND a.pid <> pg_catalog.pg_backend_pid() \
+                AND a.backend_type = 'client backend') \
+         SELECT pg_catalog.count(*) FILTER (WHERE CASE WHEN run IS NOT NULL AND NOT live \
+                                                  THEN pg_catalog.pg_terminate_backend(pid) ELSE false END), \
+                pg_catalog.count(*) FILTER (WHERE run IS NOT NULL AND live), \
+                pg_catalog.count(*) FILTER (WHERE run IS NULL) \
+           FROM t",
+        &[&(super::run::RUN_LOCK_CLASS as u32), &super::run::SESSION_KEY_PATTERN],
+        "could not end leftover pgbb sessions",
+    )?;
+    Ok(Cleaned { terminated: r.get(0), live: r.get(1), unkeyed: r.get(2) })
 }
 
 /// Creates a temporary physical slot that reserves WAL at once.
 pub fn create_temp_slot(s: &mut Session, name: &str) -> Result<Lsn, PgError> {
     let r = s.query_one(
-        "SELECT lsn::text FROM pg_create_physical_replication_slot($1, true, true)",
+        "SELECT lsn::pg_catalog.text FROM pg_catalog.pg_create_physical_replication_slot($1, true, true)",
         &[&name],
         "could not create the temporary replication slot",
     )?;
@@ -147,20 +269,24 @@ pub fn create_temp_slot(s: &mut Session, name: &str) -> Result<Lsn, PgError> {
 /// Creates a permanent physical slot that reserves WAL at once (`-C`).
 pub fn create_permanent_slot(s: &mut Session, name: &str) -> Result<(), PgError> {
     s.execute(
-        "SELECT pg_create_physical_replication_slot($1, true, false)",
+        "SELECT pg_catalog.pg_create_physical_replication_slot($1, true, false)",
         &[&name],
         &format!("could not create replication slot \"{name}\""),
     )
 }
 
 pub fn drop_slot(s: &mut Session, name: &str) -> Result<(), PgError> {
-    s.execute("SELECT pg_drop_replication_slot($1)", &[&name], &format!("could not drop replication slot \"{name}\""))
+    s.execute(
+        "SELECT pg_catalog.pg_drop_replication_slot($1)",
+        &[&name],
+        &format!("could not drop replication slot \"{name}\""),
+    )
 }
 
 /// Moves a physical slot's restart point forward (the WAL loop, once segments are copied).
 pub fn advance_slot(s: &mut Session, name: &str, to: Lsn) -> Result<(), PgError> {
     s.execute(
-        "SELECT pg_replication_slot_advance($1, $2::text::pg_lsn)",
+        "SELECT pg_catalog.pg_replication_slot_advance($1, $2::pg_catalog.text::pg_catalog.pg_lsn)",
         &[&name, &to.to_string()],
         &format!("could not advance replication slot \"{name}\""),
     )
@@ -169,7 +295,7 @@ pub fn advance_slot(s: &mut Session, name: &str, to: Lsn) -> Result<(), PgError>
 /// The restart position of a slot (`None` if there is no such slot, or it reserves nothing).
 pub fn slot_restart_lsn(s: &mut Session, name: &str) -> Result<Option<Lsn>, PgError> {
     let rows = s.query(
-        "SELECT restart_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+        "SELECT restart_lsn::pg_catalog.text FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
         &[&name],
         "could not read the replication slot",
     )?;
@@ -179,7 +305,7 @@ pub fn slot_restart_lsn(s: &mut Session, name: &str) -> Result<Option<Lsn>, PgEr
 /// `wal_status` of a slot (`reserved`, `extended`, `unreserved`, `lost`), `None` if it is gone.
 pub fn slot_wal_status(s: &mut Session, name: &str) -> Result<Option<String>, PgError> {
     let rows = s.query(
-        "SELECT coalesce(wal_status, 'unknown') FROM pg_replication_slots WHERE slot_name = $1",
+        "SELECT coalesce(wal_status, 'unknown') FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
         &[&name],
         "could not check the replication slot",
     )?;
@@ -189,9 +315,9 @@ pub fn slot_wal_status(s: &mut Session, name: &str) -> Result<Option<String>, Pg
 /// Starts a non-exclusive backup on this session; returns the start (REDO) LSN.
 pub fn start_backup(s: &mut Session, caps: Caps, label: &str, fast: bool) -> Result<Lsn, PgError> {
     let sql = if caps.new_backup_api() {
-        "SELECT pg_backup_start($1, $2)::text"
+        "SELECT pg_catalog.pg_backup_start($1, $2)::pg_catalog.text"
     } else {
-        "SELECT pg_start_backup($1, $2, false)::text"
+        "SELECT pg_catalog.pg_start_backup($1, $2, false)::pg_catalog.text"
     };
     let r = s.query_one(sql, &[&label, &fast], "could not start the backup")?;
     let lsn: String = r.get(0);
@@ -200,7 +326,8 @@ pub fn start_backup(s: &mut Session, caps: Caps, label: &str, fast: bool) -> Res
 
 /// The timeline of the backup's checkpoint.
 pub fn checkpoint_timeline(s: &mut Session) -> Result<u32, PgError> {
-    let r = s.query_one("SELECT timeline_id FROM pg_control_checkpoint()", &[], "could not read the timeline")?;
+    let r =
+        s.query_one("SELECT timeline_id FROM pg_catalog.pg_control_checkpoint()", &[], "could not read the timeline")?;
     Ok(r.get::<_, i32>(0) as u32)
 }
 
@@ -216,9 +343,9 @@ pub struct StopResult {
 /// the WAL itself).
 pub fn stop_backup(s: &mut Session, caps: Caps) -> Result<StopResult, PgError> {
     let sql = if caps.new_backup_api() {
-        "SELECT lsn::text, labelfile, spcmapfile FROM pg_backup_stop(false)"
+        "SELECT lsn::pg_catalog.text, labelfile, spcmapfile FROM pg_catalog.pg_backup_stop(false)"
     } else {
-        "SELECT lsn::text, labelfile, spcmapfile FROM pg_stop_backup(false, false)"
+        "SELECT lsn::pg_catalog.text, labelfile, spcmapfile FROM pg_catalog.pg_stop_backup(false, false)"
     };
     let r = s.query_one(sql, &[], "could not stop the backup")?;
     let lsn: String = r.get(0);
@@ -231,8 +358,8 @@ pub fn stop_backup(s: &mut Session, caps: Caps) -> Result<StopResult, PgError> {
 
 /// Lists the whole data directory in one recursive query. It does not descend into `pg_wal`,
 /// the directories whose contents are excluded, or temp directories; files that vanish while
-/// it runs are simply missing. Names come back as raw bytes (`textsend`), since the server
-/// does not validate the encoding of file names.
+/// it runs are simply missing. Names come back as raw bytes (see `raw_name!`), since the
+/// server does not validate the encoding of file names.
 pub fn list_data_directory(s: &mut Session) -> Result<Vec<(Vec<u8>, bool, u64)>, PgError> {
     use postgres::fallible_iterator::FallibleIterator;
     const WHAT: &str = "could not list the data directory";
@@ -240,16 +367,21 @@ pub fn list_data_directory(s: &mut Session) -> Result<Vec<(Vec<u8>, bool, u64)>,
     // Streamed and converted row by row: the driver's rows of 200k files would cost the
     // master about as much memory again as the listing itself.
     let mut rows = s.stream(
-        "WITH RECURSIVE tree(path, name, isdir, size) AS ( \
-             SELECT n, n, st.isdir, st.size \
-               FROM pg_ls_dir('.', true, false) AS n, pg_stat_file(n, true) AS st \
-           UNION ALL \
-             SELECT t.path || '/' || n, n, st.isdir, st.size \
-               FROM tree AS t, pg_ls_dir(t.path, true, false) AS n, pg_stat_file(t.path || '/' || n, true) AS st \
-              WHERE t.isdir AND t.path <> 'pg_wal' AND t.name <> ALL ($1::text[]) \
-                AND t.name NOT LIKE 'pgsql\\_tmp%' \
-         ) \
-         SELECT textsend(path), isdir, size FROM tree WHERE isdir IS NOT NULL",
+        concat!(
+            "WITH RECURSIVE tree(path, name, isdir, size) AS ( \
+                 SELECT n, n, st.isdir, st.size \
+                   FROM pg_catalog.pg_ls_dir('.', true, false) AS n, pg_catalog.pg_stat_file(n, true) AS st \
+               UNION ALL \
+                 SELECT t.path || '/' || n, n, st.isdir, st.size \
+                   FROM tree AS t, pg_catalog.pg_ls_dir(t.path, true, false) AS n, \
+                        pg_catalog.pg_stat_file(t.path || '/' || n, true) AS st \
+                  WHERE t.isdir AND t.path <> 'pg_wal' AND t.name <> ALL ($1::pg_catalog.text[]) \
+                    AND t.name NOT LIKE 'pgsql\\_tmp%' \
+             ) \
+             SELECT ",
+            raw_name!("path"),
+            ", isdir, size FROM tree WHERE isdir IS NOT NULL"
+        ),
         &[&pruned],
         WHAT,
     )?;
@@ -277,29 +409,38 @@ pub fn entries_from_listing(raw: Vec<(Vec<u8>, bool, u64)>) -> Vec<Entry> {
         .collect()
 }
 
-/// Can this session create the PL/Python compression helper? (plpython3u installed and the
-/// role allowed to create functions in it, which for an untrusted language means superuser.)
+/// Why compressed chunks are impossible on a server in recovery.
+pub const READ_ONLY_NO_COMPRESSION: &str = "the server is in recovery (a standby), which is read-only: the \
+     temporary compression helper cannot be created there; use --compress none";
+
+/// Can this session create the PL/Python compression helper? (Not on a server in recovery,
+/// which is read-only; plpython3u installed and the role allowed to create functions in it,
+/// which for an untrusted language means superuser.)
 pub fn compression_available(s: &mut Session) -> Result<Result<(), String>, PgError> {
     let r = s.query_one(
-        "SELECT EXISTS (SELECT 1 FROM pg_language WHERE lanname = 'plpython3u'), \
-                (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)",
+        "SELECT pg_catalog.pg_is_in_recovery(), \
+                EXISTS (SELECT 1 FROM pg_catalog.pg_language WHERE lanname = 'plpython3u'), \
+                (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user)",
         &[],
         "could not check for plpython3u",
     )?;
-    Ok(match (r.get::<_, bool>(0), r.get::<_, bool>(1)) {
-        (false, _) => Err("the language plpython3u is not installed in this database".into()),
-        (true, false) => Err("only a superuser may create a plpython3u function".into()),
-        (true, true) => Ok(()),
+    Ok(match (r.get::<_, bool>(0), r.get::<_, bool>(1), r.get::<_, bool>(2)) {
+        (true, _, _) => Err(READ_ONLY_NO_COMPRESSION.into()),
+        (false, false, _) => Err("the language plpython3u is not installed in this database".into()),
+        (false, true, false) => Err("only a superuser may create a plpython3u function".into()),
+        (false, true, true) => Ok(()),
     })
 }
 
 /// The compression helper: a session-local (pg_temp) PL/Python function, gone when the
-/// session ends. First row: the file's size and modification time (Unix seconds) as two
+/// session ends, created and called by its qualified name only. It takes the path as raw
+/// bytes (Python opens a `bytes` path as it is), so any name can be read. First row: the file's size and modification time (Unix seconds) as two
 /// 8-byte big-endian integers (no row at all if the file does not exist); then one
 /// zlib-compressed chunk per row.
 pub const CREATE_ZLIB_READER: &str = r#"
-CREATE FUNCTION pg_temp.pgbb_read_zlib(path text, chunk bigint, level integer, off bigint, want bigint)
-RETURNS SETOF bytea LANGUAGE plpython3u STRICT AS $pgbb$
+CREATE FUNCTION pg_temp.pgbb_read_zlib(path pg_catalog.bytea, chunk pg_catalog.int8, level pg_catalog.int4,
+                                       off pg_catalog.int8, want pg_catalog.int8)
+RETURNS SETOF pg_catalog.bytea LANGUAGE plpython3u STRICT AS $pgbb$
 import os, struct, zlib
 try:
     f = open(path, 'rb')
@@ -328,36 +469,62 @@ pub const READ_ZLIB: &str = "SELECT pg_temp.pgbb_read_zlib($1, $2, $3, $4, $5)";
 /// Streams a file plainly with built-in functions, one row per chunk: (size, mtime, chunk).
 /// A single row with a NULL size means the file does not exist; an empty file gives one row
 /// with a NULL chunk. A NULL chunk after that means the file vanished while being read.
-pub const READ_PLAIN: &str = "SELECT st.size, extract(epoch FROM st.modification)::bigint, \
-       pg_read_binary_file($1, o, $2, true) \
-       FROM pg_stat_file($1, true) AS st \
-       LEFT JOIN LATERAL generate_series(0::bigint, st.size - 1, $2) AS o ON true";
+/// The path ($1) travels as raw bytes (see `text_path!`).
+pub const READ_PLAIN: &str = concat!(
+    "SELECT st.size, extract(epoch FROM st.modification)::bigint, \
+            pg_catalog.pg_read_binary_file(f.p, o, $2, true) \
+       FROM (SELECT ",
+    text_path!("$1"),
+    " AS p) AS f \
+      CROSS JOIN LATERAL pg_catalog.pg_stat_file(f.p, true) AS st \
+       LEFT JOIN LATERAL pg_catalog.generate_series(0::bigint, st.size - 1, $2) AS o ON true"
+);
 
 /// [`READ_PLAIN`] for one piece of a file: bytes $3 .. $3 + $4, cut at the file's size as
 /// stat'd here (no chunk past its end; a piece that starts past it has none). Short chunks
 /// mean the file shrank while being read (zero-filled by the worker up to that size).
-pub const READ_PLAIN_RANGE: &str = "SELECT st.size, extract(epoch FROM st.modification)::bigint, \
-       pg_read_binary_file($1, o, least($2, $3 + $4 - o), true) \
-       FROM pg_stat_file($1, true) AS st \
-       LEFT JOIN LATERAL generate_series($3::bigint, least($3 + $4, st.size) - 1, $2) AS o ON true";
+pub const READ_PLAIN_RANGE: &str = concat!(
+    "SELECT st.size, extract(epoch FROM st.modification)::bigint, \
+            pg_catalog.pg_read_binary_file(f.p, o, least($2, $3 + $4 - o), true) \
+       FROM (SELECT ",
+    text_path!("$1"),
+    " AS p) AS f \
+      CROSS JOIN LATERAL pg_catalog.pg_stat_file(f.p, true) AS st \
+       LEFT JOIN LATERAL pg_catalog.generate_series($3::bigint, least($3 + $4, st.size) - 1, $2) AS o ON true"
+);
 
-/// [`READ_PLAIN`] for a file whose name is not valid UTF-8: found by the raw bytes of its
-/// name ($2) in its directory ($1, `.` for the top), so the name never travels as text.
-/// No row at all if it is not there.
-pub const READ_PLAIN_BY_NAME: &str = "SELECT st.size, extract(epoch FROM st.modification)::bigint, \
-       pg_read_binary_file(f.p, o, $3, true) \
-       FROM (SELECT CASE WHEN $1 = '.' THEN n ELSE $1 || '/' || n END AS p \
-               FROM pg_ls_dir($1, true, false) AS n WHERE textsend(n) = $2) AS f \
-       CROSS JOIN LATERAL pg_stat_file(f.p, true) AS st \
-       LEFT JOIN LATERAL generate_series(0::bigint, st.size - 1, $3) AS o ON true";
+/// A file found by the raw bytes of its name ($2) in its directory ($1, raw bytes, `.` for
+/// the top): for a name that is not valid in the server's encoding (on a UTF8 server, one
+/// that is not UTF-8), which the server would refuse as text. Its path (`f.p`).
+macro_rules! by_name {
+    () => {
+        concat!(
+            "(SELECT CASE WHEN d.d = '.' THEN n ELSE d.d || '/' || n END AS p \
+                FROM (SELECT ",
+            text_path!("$1"),
+            " AS d) AS d, pg_catalog.pg_ls_dir(d.d, true, false) AS n WHERE ",
+            raw_name!("n"),
+            " = $2) AS f"
+        )
+    };
+}
+
+/// [`READ_PLAIN`] by directory and raw name (see `by_name!`). No row at all if it is not
+/// there.
+pub const READ_PLAIN_BY_NAME: &str = concat!(
+    "SELECT st.size, extract(epoch FROM st.modification)::bigint, \
+            pg_catalog.pg_read_binary_file(f.p, o, $3, true) FROM ",
+    by_name!(),
+    " CROSS JOIN LATERAL pg_catalog.pg_stat_file(f.p, true) AS st \
+       LEFT JOIN LATERAL pg_catalog.generate_series(0::bigint, st.size - 1, $3) AS o ON true"
+);
 
 /// [`READ_PAGE`] by directory and raw name.
 pub const READ_PAGE_BY_NAME: &str =
-    "SELECT pg_read_binary_file(CASE WHEN $1 = '.' THEN n ELSE $1 || '/' || n END, $3, $4, true) \
-       FROM pg_ls_dir($1, true, false) AS n WHERE textsend(n) = $2";
+    concat!("SELECT pg_catalog.pg_read_binary_file(f.p, $3, $4, true) FROM ", by_name!());
 
 /// One page again, after it failed verification.
-pub const READ_PAGE: &str = "SELECT pg_read_binary_file($1, $2, $3, true)";
+pub const READ_PAGE: &str = concat!("SELECT pg_catalog.pg_read_binary_file(", text_path!("$1"), ", $2, $3, true)");
 
 /// One directory's regular files and their sizes (for the WAL loop), plus the position up to
 /// which WAL has been written (primary) or received/replayed (standby).
@@ -365,29 +532,40 @@ pub fn list_wal(s: &mut Session) -> Result<(Vec<(String, u64)>, Lsn), PgError> {
     // The position first: every segment complete at that position is in the listing that
     // follows unless it was removed.
     let r = s.query_one(
-        "SELECT (CASE WHEN pg_is_in_recovery() \
-                 THEN greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) \
-                 ELSE pg_current_wal_lsn() END)::text",
+        "SELECT (CASE WHEN pg_catalog.pg_is_in_recovery() \
+                 THEN greatest(pg_catalog.pg_last_wal_receive_lsn(), pg_catalog.pg_last_wal_replay_lsn()) \
+                 ELSE pg_catalog.pg_current_wal_lsn() END)::pg_catalog.text",
         &[],
         "could not read the current WAL position",
     )?;
     let lsn: Option<String> = r.get(0);
     let lsn = lsn.and_then(|l| l.parse().ok()).unwrap_or(Lsn(0));
+    // Names as raw bytes: a stray file whose name the client encoding cannot carry must not
+    // stop the loop. Only UTF-8 names can be WAL segments or history files.
     let rows = s.query(
-        "SELECT n, st.size FROM pg_ls_dir('pg_wal', true, false) AS n, pg_stat_file('pg_wal/' || n, true) AS st \
-          WHERE NOT st.isdir ORDER BY n",
+        concat!(
+            "SELECT ",
+            raw_name!("n"),
+            ", st.size FROM pg_catalog.pg_ls_dir('pg_wal', true, false) AS n, \
+                    pg_catalog.pg_stat_file('pg_wal/' || n, true) AS st \
+              WHERE NOT st.isdir"
+        ),
         &[],
         "could not list pg_wal",
     )?;
-    let files = rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1).max(0) as u64)).collect();
+    let mut files: Vec<(String, u64)> = rows
+        .iter()
+        .filter_map(|r| Some((String::from_utf8(r.get::<_, Vec<u8>>(0)).ok()?, r.get::<_, i64>(1).max(0) as u64)))
+        .collect();
+    files.sort();
     Ok((files, lsn))
 }
 
 /// (block_size, blocks per relation segment).
 pub fn page_geometry(s: &mut Session) -> Result<(i64, u32), PgError> {
     let r = s.query_one(
-        "SELECT current_setting('block_size')::bigint, \
-                (SELECT setting::bigint FROM pg_settings WHERE name = 'segment_size')",
+        "SELECT pg_catalog.current_setting('block_size')::bigint, \
+                (SELECT setting::bigint FROM pg_catalog.pg_settings WHERE name = 'segment_size')",
         &[],
         "could not read the page geometry",
     )?;
@@ -396,27 +574,37 @@ pub fn page_geometry(s: &mut Session) -> Result<(i64, u32), PgError> {
 
 /// `catalog_version_no`: with the major version it names a tablespace's directory.
 pub fn catalog_version(s: &mut Session) -> Result<i32, PgError> {
-    let r =
-        s.query_one("SELECT catalog_version_no FROM pg_control_system()", &[], "could not read the catalog version")?;
+    let r = s.query_one(
+        "SELECT catalog_version_no FROM pg_catalog.pg_control_system()",
+        &[],
+        "could not read the catalog version",
+    )?;
     Ok(r.get(0))
 }
 
 /// The cluster's system identifier (for the version 2 manifest).
 pub fn system_identifier(s: &mut Session) -> Result<u64, PgError> {
-    let r =
-        s.query_one("SELECT system_identifier FROM pg_control_system()", &[], "could not read the system identifier")?;
+    let r = s.query_one(
+        "SELECT system_identifier FROM pg_catalog.pg_control_system()",
+        &[],
+        "could not read the system identifier",
+    )?;
     Ok(r.get::<_, i64>(0) as u64)
 }
 
 /// `on` when the cluster has data checksums.
 pub fn data_checksums(s: &mut Session) -> Result<bool, PgError> {
-    let r = s.query_one("SELECT current_setting('data_checksums') = 'on'", &[], "could not read data_checksums")?;
+    let r = s.query_one(
+        "SELECT pg_catalog.current_setting('data_checksums') = 'on'",
+        &[],
+        "could not read data_checksums",
+    )?;
     Ok(r.get(0))
 }
 
 pub fn wal_segment_size(s: &mut Session) -> Result<u64, PgError> {
     let r = s.query_one(
-        "SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size'",
+        "SELECT setting::bigint FROM pg_catalog.pg_settings WHERE name = 'wal_segment_size'",
         &[],
         "could not read wal_segment_size",
     )?;

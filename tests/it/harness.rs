@@ -122,11 +122,13 @@ pub struct ClusterOpts {
     pub bin: Option<PathBuf>,
     /// Also listen on this TCP address (besides the unix socket).
     pub listen: Option<String>,
+    /// The cluster's encoding (initdb -E), UTF8 when not given.
+    pub encoding: Option<&'static str>,
 }
 
 impl Default for ClusterOpts {
     fn default() -> Self {
-        ClusterOpts { checksums: true, conf: Vec::new(), netns: None, bin: None, listen: None }
+        ClusterOpts { checksums: true, conf: Vec::new(), netns: None, bin: None, listen: None, encoding: None }
     }
 }
 
@@ -144,7 +146,8 @@ impl Cluster {
         chown_pg(tmp.path());
         let bin = opts.bin.clone().unwrap_or_else(bin_dir);
         let mut initdb = as_pg(&bin.join("initdb"));
-        initdb.arg("-D").arg(&data).args(["-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8", "--locale=C"]);
+        initdb.arg("-D").arg(&data).args(["-U", "postgres", "--auth=trust", "--no-sync", "--locale=C"]);
+        initdb.args(["-E", opts.encoding.unwrap_or("UTF8")]);
         if opts.checksums {
             initdb.arg("--data-checksums");
         }
@@ -280,13 +283,18 @@ impl Cluster {
             .get(0)
     }
 
-    /// Waits until a session named `app` is connected.
+    /// Waits until a session named `app` is connected (the sessions of a backup run are named
+    /// `app [run KEY]`).
     pub fn wait_for_session(&self, app: &str) {
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut cl = self.client();
         loop {
             let n: i64 = cl
-                .query_one("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1", &[&app])
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity \
+                      WHERE application_name = $1 OR application_name LIKE $1 || ' [run %]'",
+                    &[&app],
+                )
                 .unwrap()
                 .get(0);
             if n > 0 {
@@ -511,6 +519,12 @@ pub fn verifybackup_result(backup: &Path) -> (bool, String) {
 /// Starts PostgreSQL on a copy (in its own temp dir for socket and log; the data stays where
 /// pgbb wrote it), without checking anything.
 pub fn start_copy(backup: &Path) -> Cluster {
+    start_copy_in(backup, None)
+}
+
+/// [`start_copy`], the server in network namespace `netns` (name, address to listen on), as
+/// [`ClusterOpts::netns`].
+pub fn start_copy_in(backup: &Path, netns: Option<(String, String)>) -> Cluster {
     // The copy runs in its own temp dir (socket, log); the data stays where pgbb wrote it.
     let tmp = tempfile::Builder::new().prefix("pgbb-restore-").tempdir().unwrap();
     fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
@@ -524,7 +538,7 @@ pub fn start_copy(backup: &Path) -> Cluster {
         sock,
         port: free_port(),
         running: false,
-        netns: None,
+        netns,
         bin: bin_dir(),
         listen: String::new(),
     };

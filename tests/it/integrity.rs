@@ -180,6 +180,53 @@ fn a_file_name_that_is_not_utf8_is_copied_and_encoded_in_the_manifest() {
     assert_eq!(std::fs::read(c.path("byhand-nonutf8").join(name)).unwrap(), b"not utf-8");
 }
 
+/// File names are bytes, whatever the server's encoding: on SQL_ASCII and LATIN1 clusters as
+/// on a UTF8 one, names that are not UTF-8, that are UTF-8 but not ASCII (which the server
+/// would convert from the client's UTF8 on LATIN1), and that hold backslashes are copied
+/// byte for byte under their raw names, plain and through the zlib helper, listed in the
+/// manifest (Encoded-Path when not UTF-8), and the copy restores.
+#[test]
+fn file_names_are_copied_byte_for_byte_in_every_server_encoding() {
+    use std::os::unix::ffi::OsStrExt;
+    let names: [&[u8]; 5] = [b"bad\xffname", b"caf\xc3\xa9", b"back\\slash", b"b\\\xe9", b"\xe9t\xe9"];
+    for encoding in ["SQL_ASCII", "LATIN1", "UTF8"] {
+        let c = Cluster::with(ClusterOpts { encoding: Some(encoding), ..Default::default() });
+        c.pgbench_init(1);
+        c.client().batch_execute("CREATE EXTENSION plpython3u").unwrap();
+        let db: u32 =
+            c.client().query_one("SELECT oid FROM pg_database WHERE datname = 'postgres'", &[]).unwrap().get(0);
+        let mut planted = Vec::new();
+        for (i, n) in names.iter().enumerate() {
+            for dir in [String::new(), format!("base/{db}/")] {
+                let mut p = dir.into_bytes();
+                p.extend_from_slice(n);
+                std::fs::write(c.data.join(std::ffi::OsStr::from_bytes(&p)), format!("file {i} of {encoding}"))
+                    .unwrap();
+                planted.push(p);
+            }
+        }
+        chown_pg(&c.data);
+        for compress in ["none", "zlib"] {
+            let (dest, out) = backup(&c, &format!("names-{compress}"), &["-j", "2", "--compress", compress]);
+            assert!(out.status.success(), "{encoding} {compress}: {}", stderr(&out));
+            let manifest = std::fs::read_to_string(dest.join("backup_manifest")).unwrap();
+            for p in &planted {
+                let path = std::ffi::OsStr::from_bytes(p);
+                assert_eq!(std::fs::read(dest.join(path)).unwrap(), std::fs::read(c.data.join(path)).unwrap());
+                let entry = match std::str::from_utf8(p) {
+                    Ok(s) => format!("{{ \"Path\": {s:?},"),
+                    Err(_) => format!(
+                        "{{ \"Encoded-Path\": \"{}\",",
+                        p.iter().map(|b| format!("{b:02x}")).collect::<String>()
+                    ),
+                };
+                assert!(manifest.contains(&entry), "{encoding} {compress}: {entry} not in the manifest");
+            }
+            drop(verify_restore(&dest, &Expect { pgbench: true, databases: vec![], unlogged: vec![], absent: vec![] }));
+        }
+    }
+}
+
 /// PostgreSQL 17+: manifest version 2 carries the cluster's System-Identifier, which
 /// pg_verifybackup 17+ compares with the copy's pg_control. Older servers: version 1, none.
 #[test]

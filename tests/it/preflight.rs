@@ -48,11 +48,11 @@ fn missing_privileges_are_named_with_their_grants() {
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(4), "{err}");
     for f in [
-        "pg_ls_dir(text,boolean,boolean)",
-        "pg_stat_file(text,boolean)",
-        "pg_read_binary_file(text,bigint,bigint,boolean)",
-        "pg_backup_start(text,boolean)",
-        "pg_backup_stop(boolean)",
+        "pg_catalog.pg_ls_dir(text,boolean,boolean)",
+        "pg_catalog.pg_stat_file(text,boolean)",
+        "pg_catalog.pg_read_binary_file(text,bigint,bigint,boolean)",
+        "pg_catalog.pg_backup_start(text,boolean)",
+        "pg_catalog.pg_backup_stop(boolean)",
     ] {
         assert!(err.contains(&format!("GRANT EXECUTE ON FUNCTION {f} TO \"plain\";")), "{f} missing from: {err}");
     }
@@ -97,6 +97,25 @@ fn wal_level_minimal_is_refused() {
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     assert!(stderr(&out).contains("wal_level = replica"), "{}", stderr(&out));
     assert!(!dest.exists());
+}
+
+/// Under wal_level = minimal no replication slot can be created: `--check` must not call the
+/// slot ok.
+#[test]
+fn check_calls_the_slot_unusable_under_wal_level_minimal() {
+    let c = Cluster::with(ClusterOpts {
+        conf: vec!["wal_level = minimal".into(), "max_wal_senders = 0".into()],
+        ..Default::default()
+    });
+    let out = pgbb_run(&["--check", &c.dsn()]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(4), "{text}");
+    assert!(text.contains("FAIL  wal_level = minimal"), "{text}");
+    assert!(!text.contains("ok    a temporary replication slot"), "{text}");
+    assert!(
+        text.contains("warn  no replication slot can hold the backup's WAL: a slot needs wal_level = replica"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -225,8 +244,11 @@ fn check_reports_what_passes_and_how_to_fix_what_fails() {
     let out = pgbb_run(&["--check", &format!("{} user=weak", c.dsn())]);
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(4), "{text}");
-    assert!(text.contains("FAIL  EXECUTE on pg_backup_start(text,boolean)"), "{text}");
-    assert!(text.contains("fix: GRANT EXECUTE ON FUNCTION pg_backup_start(text,boolean) TO \"weak\";"), "{text}");
+    assert!(text.contains("FAIL  EXECUTE on pg_catalog.pg_backup_start(text,boolean)"), "{text}");
+    assert!(
+        text.contains("fix: GRANT EXECUTE ON FUNCTION pg_catalog.pg_backup_start(text,boolean) TO \"weak\";"),
+        "{text}"
+    );
     assert!(
         text.contains("warn  no REPLICATION attribute") && text.contains("fix: ALTER ROLE \"weak\" REPLICATION;"),
         "{text}"
@@ -235,6 +257,75 @@ fn check_reports_what_passes_and_how_to_fix_what_fails() {
     c.assert_no_pgbb_left();
     let out = pgbb_run(&["--check", &c.dsn(), "/some/dest"]);
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// `--check` counts the role's and the database's CONNECTION LIMIT, and the sessions already
+/// open under each, against the connections a backup with `-j` uses (master, slot holder,
+/// WAL child, one per worker) — exactly: at the limit a backup succeeds.
+#[test]
+fn check_counts_role_and_database_connection_limits() {
+    let c = Cluster::new();
+    c.pgbench_init(1);
+    c.client()
+        .batch_execute(
+            "CREATE ROLE lim LOGIN REPLICATION CONNECTION LIMIT 4; \
+             GRANT EXECUTE ON FUNCTION pg_ls_dir(text,boolean,boolean), pg_stat_file(text,boolean), \
+                   pg_read_binary_file(text,bigint,bigint,boolean), pg_backup_start(text,boolean), \
+                   pg_backup_stop(boolean) TO lim;",
+        )
+        .unwrap();
+    let dsn = format!("{} user=lim", c.dsn());
+    // Waits until the sessions that ended (ours, earlier checks') are gone from the server, so
+    // that exactly `others` client sessions are open when pgbb counts; it watches from another
+    // database, whose sessions do not count.
+    let monitor = std::cell::RefCell::new(c.client_db("template1"));
+    let settle = |others: i64| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while query_i64(
+            &mut monitor.borrow_mut(),
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND datname = 'postgres'",
+        ) != others
+        {
+            assert!(std::time::Instant::now() < deadline, "sessions linger");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    let check = |jobs: &str| {
+        settle(0);
+        let out = pgbb_run(&["--check", "-j", jobs, &dsn]);
+        (out.status.code(), stdout(&out))
+    };
+    // The role: 4 allowed, -j 2 needs 5.
+    let (code, text) = check("2");
+    assert_eq!(code, Some(4), "{text}");
+    assert!(text.contains("FAIL  role CONNECTION LIMIT 4 leaves 4 connection(s) free"), "{text}");
+    assert!(text.contains("fix: ALTER ROLE \"lim\" CONNECTION LIMIT 5;, or use -j 1"), "{text}");
+    assert!(!text.contains("ready for a backup"), "{text}");
+    let (code, text) = check("1");
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("ok    4 connections for -j 1 (4 free)"), "{text}");
+    // Its sessions already open count.
+    let other = postgres::Client::connect(&dsn, postgres::NoTls).unwrap();
+    settle(1);
+    let out = pgbb_run(&["--check", "-j", "1", &dsn]);
+    let (code, text) = (out.status.code(), stdout(&out));
+    assert_eq!(code, Some(4), "{text}");
+    assert!(text.contains("FAIL  role CONNECTION LIMIT 4 leaves 3 connection(s) free"), "{text}");
+    assert!(text.contains("fix: ALTER ROLE \"lim\" CONNECTION LIMIT 5;"), "{text}");
+    drop(other);
+    // The database's limit, for a role without one; at the limit a backup succeeds.
+    c.client().batch_execute("ALTER ROLE lim CONNECTION LIMIT -1; ALTER DATABASE postgres CONNECTION LIMIT 5").unwrap();
+    let (code, text) = check("3");
+    assert_eq!(code, Some(4), "{text}");
+    assert!(text.contains("FAIL  database CONNECTION LIMIT 5 leaves 5 connection(s) free"), "{text}");
+    assert!(text.contains("fix: ALTER DATABASE \"postgres\" CONNECTION LIMIT 6;, or use -j 2"), "{text}");
+    let (code, text) = check("2");
+    assert_eq!(code, Some(0), "{text}");
+    let dest = c.path("at-the-limit");
+    let out = pgbb_run(&["-j", "2", "-c", "fast", &dsn, dest.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = pgbb_run(&["-j", "3", "-c", "fast", &dsn, c.path("over").to_str().unwrap()]);
+    assert!(!out.status.success(), "over the limit the backup fails, as --check said");
 }
 
 #[test]

@@ -172,3 +172,57 @@ fn warm_standby_fed_by_the_wal_loop() {
     drop(sc);
     drop(standby);
 }
+
+/// A standby is read-only: the temporary compression helper cannot be created there. Over
+/// the network `--compress auto` takes plain chunks from it (it would pick zlib for a
+/// primary), and the copy restores; an explicit `--compress zlib` is refused before anything
+/// is created, with the true reason, by the master and by a worker started by hand.
+#[test]
+fn compression_from_a_standby_is_plain_for_auto_and_refused_for_zlib() {
+    if !is_root() {
+        eprintln!("SKIPPED compression_from_a_standby: network namespaces need root");
+        return;
+    }
+    let c = Cluster::new();
+    c.pgbench_init(2);
+    c.client().batch_execute("CREATE EXTENSION plpython3u").unwrap();
+    let copy = c.path("standby");
+    let out = pgbb_run(&["-R", "-c", "fast", &c.dsn(), copy.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let ns = NetNs::new(83);
+    let standby = start_copy_in(&copy, Some((ns.name.clone(), ns.server_addr())));
+    let tcp = ns.open_to(&standby);
+    let rec: bool = standby.client().query_one("SELECT pg_is_in_recovery()", &[]).unwrap().get(0);
+    assert!(rec, "the copy should be a standby");
+
+    let auto = c.path("auto-from-standby");
+    let out = pgbb_run(&["-v", "-c", "fast", &tcp, auto.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("chunks travel uncompressed (the server is in recovery"), "{}", stderr(&out));
+    verify_restore(&auto, &Expect { pgbench: true, databases: vec![], unlogged: vec![], absent: vec![] });
+
+    let zlib = c.path("zlib-from-standby");
+    for dsn in [tcp.as_str(), standby.dsn().as_str()] {
+        let out = pgbb_run(&["--compress", "zlib", "-c", "fast", dsn, zlib.to_str().unwrap()]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(4), "{err}");
+        assert!(
+            err.contains("in recovery (a standby), which is read-only") && err.contains("--compress none"),
+            "{err}"
+        );
+        assert!(!err.contains("install plpython3u"), "a hint that cannot help: {err}");
+        assert!(!zlib.exists(), "DEST created for a refused backup");
+    }
+    let out = pgbb()
+        .args(["--slave", "--stdin", "--compress", "zlib"])
+        .arg(standby.dsn())
+        .arg(c.path("by-hand"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(stdout(&out).starts_with("fatal\t") && stdout(&out).contains("in recovery"), "{}", stdout(&out));
+    let out = pgbb_run(&["--check", &tcp]);
+    assert!(stdout(&out).contains("chunks will travel uncompressed: the server is in recovery"), "{}", stdout(&out));
+    standby.assert_no_pgbb_left();
+}
