@@ -212,3 +212,19 @@ fn manifest_version_and_system_identifier_follow_the_server() {
     }
     verifybackup(&dest, &[]);
 }
+
+/// A file in a database directory whose name has a segment number beyond any real
+/// relation's: the page verifier computes its block number as core does (32-bit, wrapping)
+/// instead of a worker dying on an arithmetic overflow.
+#[test]
+fn a_segment_number_past_the_largest_relation_is_verified_not_fatal() {
+    let c = Cluster::new();
+    let oid: u32 = c.client().query_one("SELECT oid FROM pg_database WHERE datname = 'postgres'", &[]).unwrap().get(0);
+    let stray = format!("base/{oid}/99999.40000");
+    std::fs::write(c.data.join(&stray), vec![0u8; 2 * 8192]).unwrap();
+    chown_pg(&c.data);
+    let (dest, out) = backup(&c, "bigsegno", &["-v"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read(dest.join(&stray)).unwrap(), vec![0u8; 2 * 8192]);
+    verifybackup(&dest, &[]);
+}
