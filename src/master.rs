@@ -3,7 +3,6 @@
 //! checks the WAL range and finishes DEST.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::select;
@@ -126,7 +125,7 @@ fn first_cause(e: Error, interrupt: &Interrupt, sig: Option<&'static str>) -> Er
 }
 
 pub fn run(common: &Common, opts: &MasterOpts) -> Result<Summary, Error> {
-    let pids = Arc::new(Mutex::new(Vec::new()));
+    let pids = crate::pool::Pids::default();
     let (interrupt, sig_rx) = signals::install(pids.clone())?;
     let t0 = Instant::now();
     let mut sig: Option<&'static str> = None;
