@@ -676,6 +676,24 @@ impl NetNs {
         format!("host={} port={} user=postgres dbname=postgres", self.server_addr(), c.port)
     }
 
+    /// Makes the server's side silently deaf to us: the link stays up and ARP answers, but
+    /// every reply to our side goes to a blackhole route inside the namespace. A connection
+    /// attempt then gets no answer at all (no refusal, no ICMP error) and can only time out.
+    /// (A blackhole route on our side, or a link that is down, answers at once with an error.)
+    pub fn drop_replies(&self) {
+        let host = format!("10.250.{}.1/32", self.n);
+        run_ok(std::process::Command::new("ip").args([
+            "netns",
+            "exec",
+            &self.name,
+            "ip",
+            "route",
+            "add",
+            "blackhole",
+            &host,
+        ]));
+    }
+
     /// Takes the host side of the link down (or up again).
     pub fn link(&self, up: bool) {
         run_ok(std::process::Command::new("ip").args(["link", "set", &self.host_if, if up { "up" } else { "down" }]));
