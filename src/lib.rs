@@ -77,7 +77,7 @@ pub fn run(argv: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
                 _ => String::new(),
             };
             println!(
-                "pgbb: backup complete: {} files, {} in {:.1} s ({}/s), WAL {} to {} on timeline {} ({} segments){compression}",
+                "pgbb: backup complete: {} files, {} in {:.1} s ({}/s), WAL {} to {} on timeline {} ({} segments), {} pages verified{compression}",
                 s.files,
                 human(s.bytes),
                 s.elapsed.as_secs_f64(),
@@ -86,6 +86,7 @@ pub fn run(argv: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
                 s.stop,
                 s.timeline,
                 s.wal_files,
+                s.verified_pages,
             );
             if s.manifest {
                 println!("pgbb: verify it with: pg_verifybackup {dest}");
