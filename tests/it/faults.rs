@@ -40,23 +40,11 @@ fn assert_failed_cleanly(c: &Cluster, child: Child, dest: &std::path::Path, code
     err
 }
 
-/// Waits until the workers run and the copy is under way (a data file is in DEST): the
-/// workers start before the master has listed anything.
+/// Waits until the workers run and the copy is under way (a data file is in DEST).
 fn workers_running(dest: &std::path::Path) -> i32 {
     let pid = wait_for_proc(&["--stdin", "--worker-id 2", dest.to_str().unwrap()], Duration::from_secs(30))
         .expect("no worker appeared");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let copying = || {
-        std::fs::read_dir(dest.join("base"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .any(|db| std::fs::read_dir(db.path()).into_iter().flatten().flatten().next().is_some())
-    };
-    while !copying() {
-        assert!(Instant::now() < deadline, "the copy never started");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_until_copying(dest);
     pid
 }
 
@@ -291,7 +279,9 @@ fn f08_the_network_path_cut_mid_transfer() {
         .spawn()
         .unwrap();
     workers_running(&dest);
-    std::thread::sleep(Duration::from_millis(300));
+    // Both workers copy over the link when it is cut.
+    c.wait_for_session("pgbb worker 1");
+    c.wait_for_session("pgbb worker 2");
     ns.link(false);
     let t = Instant::now();
     let mut child = child;
