@@ -87,9 +87,11 @@ pub fn control_file_consistent(data: &[u8]) -> bool {
     })
 }
 
-/// Block number of the page at `offset` in segment `segno` of a relation.
+/// Block number of the page at `offset` in segment `segno` of a relation. Core computes it
+/// in 32-bit unsigned arithmetic (`BlockNumber`), which wraps for a file whose name claims a
+/// segment past the largest relation: so does this, as the checksum must match core's.
 pub fn block_number(offset: u64, segno: u32, blocks_per_segment: u32) -> u32 {
-    (offset / BLCKSZ as u64) as u32 + segno * blocks_per_segment
+    ((offset / BLCKSZ as u64) as u32).wrapping_add(segno.wrapping_mul(blocks_per_segment))
 }
 
 #[cfg(test)]
@@ -157,5 +159,22 @@ mod tests {
     fn block_numbers_count_segments() {
         assert_eq!(block_number(0, 0, 131072), 0);
         assert_eq!(block_number(3 * 8192, 2, 131072), 262147);
+        // The last block a relation can have (MaxBlockNumber), in its last 1 GB segment.
+        assert_eq!(block_number(131070 * 8192, 32767, 131072), 0xFFFF_FFFE);
+    }
+
+    /// A file in a relation directory whose segment number is beyond any real relation's
+    /// (`base/5/junk.40000`): core computes the block number in 32-bit unsigned arithmetic,
+    /// which wraps; pgbb must do the same and not panic (debug builds check overflow).
+    #[test]
+    fn block_numbers_past_the_largest_relation_wrap_as_in_core() {
+        assert_eq!(block_number(0, 40000, 131072), 40000u32.wrapping_mul(131072));
+        assert_eq!(block_number(0, 40000, 131072), 947_912_704);
+        assert_eq!(block_number(131071 * 8192, 32767, 131072), 0xFFFF_FFFF);
+        assert_eq!(block_number(131072 * 8192, 32767, 131072), 0);
+        assert_eq!(block_number(8192, u32::MAX, u32::MAX), 2);
+        // The page is still checked under that number: a zero page is new, not bad.
+        let zero = vec![0u8; BLCKSZ];
+        assert_eq!(check_page(&zero, block_number(0, 99999, 131072), u64::MAX), PageCheck::New);
     }
 }

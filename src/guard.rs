@@ -7,7 +7,7 @@ use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::dest::{DestError, PG_CONTROL, PG_CONTROL_PENDING};
 use crate::dest_lock::DestLock;
@@ -108,8 +108,7 @@ impl DestGuard {
     pub fn emergency_cleanup(&self, children: crate::pool::Pids) -> Box<dyn Fn() + Send> {
         let (root, keep, owned) = (self.root.clone(), self.keep, self.owned.clone());
         Box::new(move || {
-            let pids: Vec<i32> = children.lock().map(|p| p.clone()).unwrap_or_default();
-            wait_dead(&pids, Duration::from_secs(2));
+            children.wait_dead(Duration::from_secs(2));
             let _ = fs::remove_file(root.join(PG_CONTROL_PENDING));
             let _ = fs::remove_file(root.join(PG_CONTROL));
             if !keep {
@@ -186,20 +185,6 @@ fn undo(o: &Owned) -> io::Result<()> {
     Ok(())
 }
 
-/// Waits (at most `limit`) until none of `pids` is alive: gone, or a zombie.
-fn wait_dead(pids: &[i32], limit: Duration) {
-    let deadline = Instant::now() + limit;
-    let alive = |pid: &i32| {
-        fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| s.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next()))
-            .is_some_and(|state| !matches!(state, 'Z' | 'X'))
-    };
-    while pids.iter().any(alive) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
 /// Removes everything inside `root` (symlinks themselves, never what they point to).
 pub fn empty_dir(root: &Path) -> Result<(), DestError> {
     let io = |e: io::Error| DestError::Io { path: root.into(), source: e };
@@ -219,7 +204,6 @@ pub fn empty_dir(root: &Path) -> Result<(), DestError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     #[test]
     fn guard_refuses_non_empty_and_cleans_up() {
@@ -286,7 +270,7 @@ mod tests {
         let dest = t.path().join("d");
         let spc = t.path().join("spc");
         let mut g = DestGuard::prepare(&dest, false, false, false).unwrap();
-        let last_words = g.emergency_cleanup(Arc::new(Mutex::new(Vec::new())));
+        let last_words = g.emergency_cleanup(crate::pool::Pids::default());
         // Added after the closure was made: still undone.
         g.add_extra(&spc);
         fs::create_dir_all(spc.join("PG_15_1")).unwrap();

@@ -17,6 +17,7 @@ pub mod lsn;
 pub mod manifest;
 pub mod master;
 pub mod pg;
+pub mod pidfd;
 pub mod pool;
 pub mod progress;
 pub mod protocol;

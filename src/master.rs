@@ -3,7 +3,6 @@
 //! checks the WAL range and finishes DEST.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::select;
@@ -48,6 +47,8 @@ pub struct Summary {
     pub method: Method,
     /// Data pages whose checksum failed twice (the backup is kept; exit status 6).
     pub bad_pages: u64,
+    /// Data pages whose checksum was compared (0 when pages are not verified).
+    pub verified_pages: u64,
     pub manifest: bool,
     /// Bytes that came over the network for the data files (`bytes` when uncompressed).
     pub wire: u64,
@@ -158,7 +159,7 @@ fn first_cause(e: Error, interrupt: &Interrupt, sig: Option<&'static str>) -> Er
 }
 
 pub fn run(common: &Common, opts: &MasterOpts) -> Result<Summary, Error> {
-    let pids = Arc::new(Mutex::new(Vec::new()));
+    let pids = crate::pool::Pids::default();
     let (interrupt, sig_rx) = signals::install(pids.clone())?;
     let t0 = Instant::now();
     let mut sig: Option<&'static str> = None;
@@ -616,6 +617,7 @@ fn backup(
         elapsed: t0.elapsed(),
         method,
         bad_pages: pages.total,
+        verified_pages: pages.verified,
         manifest: opts.manifest,
         wire,
     })
@@ -699,6 +701,8 @@ fn check_files(roots: &Roots, entries: &[FileEntry]) -> Result<(), Error> {
 struct PageReport {
     per_file: std::collections::BTreeMap<String, u64>,
     total: u64,
+    /// Pages whose checksum the workers compared.
+    verified: u64,
 }
 
 /// Failures shown per file before the rest are only counted.
@@ -718,6 +722,7 @@ impl PageReport {
     }
 
     fn print_totals(&self) {
+        log::info!("{} data pages verified", self.verified);
         for (path, n) in &self.per_file {
             log::warn!("file \"./{path}\" has a total of {n} checksum verification failures");
         }
@@ -915,9 +920,10 @@ impl Run<'_> {
                     self.progress.advanced(w, bytes);
                 }
             }
-            Response::Ok { size, path, checksum, mtime, wire } => match w {
+            Response::Ok { size, path, checksum, mtime, wire, verified } => match w {
                 Some(w) => {
                     let work = self.complete(w, role, &path)?;
+                    self.pages.verified += verified;
                     self.progress.finished(w, size);
                     self.bytes += size;
                     self.wire += wire;

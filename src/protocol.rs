@@ -6,9 +6,10 @@
 //!
 //! ```text
 //! hello   pgbb  2  0.1.0  worker        greeting, first line a child prints
-//! ok      8192  base/1/1259  8a744722  1764077306  2048
+//! ok      8192  base/1/1259  8a744722  1764077306  2048  1
 //!                                       file written: size, manifest checksum (- if none),
-//!                                       server mtime (Unix seconds), bytes over the network
+//!                                       server mtime (Unix seconds), bytes over the network,
+//!                                       data pages verified (optional, only when not 0)
 //! progress  1048576                     bytes of the current file so far (when asked)
 //! badpage base/1/16384  7  442A  449B   page 7 failed its checksum twice (before the ok)
 //! vanished      base/1/t3_99            file gone on the server (a normal result)
@@ -188,6 +189,9 @@ pub enum Response {
         checksum: Option<String>,
         mtime: i64,
         wire: u64,
+        /// Data pages whose checksum was compared; written only when not 0, and a line
+        /// without it reads as 0.
+        verified: u64,
     },
     BadPage {
         path: Vec<u8>,
@@ -221,8 +225,12 @@ impl fmt::Display for Response {
             Response::Hello { protocol, version, role } => {
                 write!(f, "hello\tpgbb\t{protocol}\t{}\t{}", escape(version.as_bytes()), escape(role.as_bytes()))
             }
-            Response::Ok { size, path, checksum, mtime, wire } => {
-                write!(f, "ok\t{size}\t{}\t{}\t{mtime}\t{wire}", escape(path), checksum.as_deref().unwrap_or("-"))
+            Response::Ok { size, path, checksum, mtime, wire, verified } => {
+                write!(f, "ok\t{size}\t{}\t{}\t{mtime}\t{wire}", escape(path), checksum.as_deref().unwrap_or("-"))?;
+                match verified {
+                    0 => Ok(()),
+                    n => write!(f, "\t{n}"),
+                }
             }
             Response::Progress { bytes } => write!(f, "progress\t{bytes}"),
             Response::BadPage { path, block, calculated, expected } => {
@@ -251,7 +259,7 @@ impl Response {
                 role: unescape_text(role)?,
             },
             ["progress", bytes] => Response::Progress { bytes: num(bytes)? },
-            ["ok", size, path, sum, mtime, wire] => Response::Ok {
+            ["ok", size, path, sum, mtime, wire, verified @ ..] if verified.len() <= 1 => Response::Ok {
                 size: num(size)?,
                 path: unescape(path)?,
                 checksum: match *sum {
@@ -263,6 +271,7 @@ impl Response {
                 },
                 mtime: mtime.parse().map_err(|_| unknown())?,
                 wire: num(wire)?,
+                verified: verified.first().map_or(Ok(0), |v| num(v))?,
             },
             ["badpage", path, block, calc, exp] => Response::BadPage {
                 path: unescape(path)?,
@@ -360,8 +369,9 @@ mod tests {
                 checksum: Some("8a744722".into()),
                 mtime: 1764077306,
                 wire: 4000,
+                verified: 1,
             },
-            Response::Ok { size: 0, path: "x".into(), checksum: None, mtime: 0, wire: 0 },
+            Response::Ok { size: 0, path: "x".into(), checksum: None, mtime: 0, wire: 0, verified: 0 },
             Response::Progress { bytes: 123 },
             Response::BadPage { path: "base/5/16384".into(), block: 7, calculated: 0x442A, expected: 0x449B },
             Response::Vanished { path: "base/1/t3_4".into() },
@@ -373,6 +383,13 @@ mod tests {
             assert_eq!(Response::parse(&format!("{r}\n")).unwrap(), r);
         }
         assert!(Response::parse("ok\tx\ty").is_err());
+        // The verified-pages field is optional: absent reads as 0, and 0 is not written.
+        let ok = |verified| Response::Ok { size: 8192, path: "p".into(), checksum: None, mtime: 5, wire: 9, verified };
+        assert_eq!(Response::parse("ok\t8192\tp\t-\t5\t9").unwrap(), ok(0));
+        assert_eq!(ok(0).to_string(), "ok\t8192\tp\t-\t5\t9");
+        assert_eq!(ok(1).to_string(), "ok\t8192\tp\t-\t5\t9\t1");
+        assert!(Response::parse("ok\t8192\tp\t-\t5\t9\tx").is_err());
+        assert!(Response::parse("ok\t8192\tp\t-\t5\t9\t1\t1").is_err());
         assert!(Response::parse("ok\t1\tp\tnothex\t0\t1").is_err());
         assert_eq!(
             Response::BadPage { path: "p".into(), block: 0, calculated: 0x42a, expected: 1 }.to_string(),

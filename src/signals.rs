@@ -7,8 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::{bounded, Receiver};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use postgres::{CancelToken, NoTls};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -96,21 +95,16 @@ pub fn install(pids: Pids) -> Result<(Arc<Interrupt>, Receiver<&'static str>), E
         .spawn(move || {
             for sig in signals.forever() {
                 let n = st.count.fetch_add(1, Ordering::SeqCst) + 1;
-                let children: Vec<i32> = pids.lock().map(|p| p.clone()).unwrap_or_default();
                 if n == 1 {
                     crate::errln!("pgbb: {} received: aborting the backup (send it again to kill at once)", name(sig));
                     let _ = tx.try_send(name(sig));
-                    for p in &children {
-                        let _ = kill(Pid::from_raw(*p), Signal::SIGTERM);
-                    }
+                    pids.signal_all(Signal::SIGTERM);
                     let token = st.cancel.lock().ok().and_then(|c| c.clone());
                     if let Some(t) = token {
                         let _ = t.cancel_query(NoTls);
                     }
                 } else {
-                    for p in &children {
-                        let _ = kill(Pid::from_raw(*p), Signal::SIGKILL);
-                    }
+                    pids.signal_all(Signal::SIGKILL);
                     if let Some(f) = st.last_words.lock().ok().and_then(|mut l| l.take()) {
                         f();
                     }

@@ -54,7 +54,7 @@ pub fn line(s: &Summary) -> String {
         h => format!("{}, {}", count(s.wal_files, "segment"), count(h, "history file")),
     };
     format!(
-        "pgbb: backup complete: {} files, {} in {:.1} s ({}/s), WAL {} to {} on timeline {} ({wal}){compression}",
+        "pgbb: backup complete: {} files, {} in {:.1} s ({}/s), WAL {} to {} on timeline {} ({wal}), {} pages verified{compression}",
         s.files,
         human(s.bytes),
         s.elapsed.as_secs_f64(),
@@ -62,6 +62,7 @@ pub fn line(s: &Summary) -> String {
         s.start,
         s.stop,
         s.timeline,
+        s.verified_pages,
     )
 }
 
@@ -124,9 +125,10 @@ mod tests {
             bad_pages: 0,
             manifest: true,
             wire: 1 << 20,
+            verified_pages: 7,
         };
-        assert!(line(&s).ends_with("on timeline 1 (1 segment)"), "{}", line(&s));
+        assert!(line(&s).ends_with("on timeline 1 (1 segment), 7 pages verified"), "{}", line(&s));
         (s.wal_files, s.wal_history, s.timeline) = (2, 1, 2);
-        assert!(line(&s).ends_with("on timeline 2 (2 segments, 1 history file)"), "{}", line(&s));
+        assert!(line(&s).ends_with("on timeline 2 (2 segments, 1 history file), 7 pages verified"), "{}", line(&s));
     }
 }

@@ -85,6 +85,7 @@ fn ok_line(c: &Copied, name: &str) -> Response {
         checksum: c.checksum.clone(),
         mtime: c.mtime,
         wire: c.wire,
+        verified: c.verified_pages,
     }
 }
 

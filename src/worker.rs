@@ -176,7 +176,14 @@ pub fn run(common: &Common, id: Option<usize>, compress: Compress) -> Result<(),
                         expected: b.expected,
                     })?;
                 }
-                say(Response::Ok { size: c.size, path: req.src, checksum: c.checksum, mtime: c.mtime, wire: c.wire })?
+                say(Response::Ok {
+                    size: c.size,
+                    path: req.src,
+                    checksum: c.checksum,
+                    mtime: c.mtime,
+                    wire: c.wire,
+                    verified: c.verified_pages,
+                })?
             }
             Ok(Outcome::Vanished) => say(Response::Vanished { path: req.src })?,
             Err(e) if e.is_fatal() => {

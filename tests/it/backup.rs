@@ -37,26 +37,41 @@ fn seed(c: &Cluster) -> Expect {
     }
 }
 
+fn history_rows(c: &Cluster) -> i64 {
+    query_i64(&mut c.client(), "SELECT count(*) FROM pgbench_history")
+}
+
 fn backup_under_load(jobs: &str) {
     let c = Cluster::new();
     let expect = seed(&c);
     let dest = c.path("backup");
     let load = c.pgbench_load(2, 600);
-    std::thread::sleep(Duration::from_secs(1));
+    wait_until("pgbench to write", Duration::from_secs(60), || history_rows(&c) > 0);
+    let before = history_rows(&c);
     let out = pgbb_run(&["-j", jobs, "-c", "fast", "-v", "--chunk-size", "64k", &c.dsn(), dest.to_str().unwrap()]);
+    let after = history_rows(&c);
     assert!(out.status.success(), "pgbb failed: {}", stderr(&out));
     assert!(stdout(&out).contains("backup complete"), "{}", stdout(&out));
     println!("MATRIX backup ok");
     if jobs != "1" {
         assert!(stderr(&out).contains("large files go in"), "the big table should be split: {}", stderr(&out));
     }
-    std::thread::sleep(Duration::from_millis(300));
+    // pgbench goes on writing after the backup, and made no error (finish).
+    wait_until("pgbench to go on writing", Duration::from_secs(60), || history_rows(&c) > after);
     load.finish();
     c.assert_no_pgbb_left();
+    // The restore check includes pgbench's invariant: the sums of abalance, bbalance, tbalance
+    // and history's delta agree.
     let copy = verify_restore(&dest, &expect);
     println!("MATRIX verify ok");
     println!("MATRIX restore ok");
-    // The pgbench rows written after the backup are not in the copy, the ones before are.
+    // The copy is the server as of the end of the backup: every transaction that committed
+    // before it started, those that committed while it ran, none after it ended.
+    let restored = history_rows(&copy);
+    assert!(
+        before < restored && restored <= after,
+        "the copy has {restored} pgbench_history rows; the server had {before} when the backup started and {after} when it ended"
+    );
     let mut cl = copy.client_db("second");
     assert_eq!(query_i64(&mut cl, "SELECT count(*) FROM t2"), 50000);
 }

@@ -11,18 +11,7 @@ use crate::harness::*;
 
 /// Waits until a data file of the backup into `dest` is in place (the run holds DEST).
 fn copying(dest: &std::path::Path) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let started = || {
-        std::fs::read_dir(dest.join("base"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .any(|db| std::fs::read_dir(db.path()).into_iter().flatten().flatten().next().is_some())
-    };
-    while !started() {
-        assert!(Instant::now() < deadline, "the first backup never started copying");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_until_copying(dest);
 }
 
 #[test]

@@ -22,7 +22,8 @@ fn kill_worker(no_clean: bool) {
     let mut child =
         pgbb().args(&args).arg(c.dsn()).arg(&dest).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let worker = wait_for_proc(&["--stdin", "--worker-id 1", &d], Duration::from_secs(30)).expect("no worker appeared");
-    std::thread::sleep(Duration::from_millis(300));
+    // Killed mid-copy.
+    wait_until_copying(&dest);
     kill(Pid::from_raw(worker), Signal::SIGKILL).unwrap();
     let t = Instant::now();
     let status = wait_exit(&mut child, Duration::from_secs(15)).0;

@@ -45,18 +45,7 @@ fn assert_failed_cleanly(c: &Cluster, child: Child, dest: &std::path::Path, code
 pub fn workers_running(dest: &std::path::Path) -> i32 {
     let pid = wait_for_proc(&["--stdin", "--worker-id 2", dest.to_str().unwrap()], Duration::from_secs(30))
         .expect("no worker appeared");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let copying = || {
-        std::fs::read_dir(dest.join("base"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .any(|db| std::fs::read_dir(db.path()).into_iter().flatten().flatten().next().is_some())
-    };
-    while !copying() {
-        assert!(Instant::now() < deadline, "the copy never started");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_until_copying(dest);
     pid
 }
 
@@ -294,7 +283,9 @@ fn f08_the_network_path_cut_mid_transfer() {
         .spawn()
         .unwrap();
     workers_running(&dest);
-    std::thread::sleep(Duration::from_millis(300));
+    // Both workers copy over the link when it is cut.
+    c.wait_for_session("pgbb worker 1");
+    c.wait_for_session("pgbb worker 2");
     ns.link(false);
     let t = Instant::now();
     let mut child = child;
@@ -326,13 +317,26 @@ fn unreachable_host_times_out_with_a_clear_error() {
         return;
     }
     let ns = NetNs::new(78);
-    ns.link(false);
-    let dest = std::env::temp_dir().join(format!("pgbb-unreachable-{}", std::process::id()));
-    let t = Instant::now();
+    ns.drop_replies();
     let addr = ns.server_addr();
-    let out = pgbb_run(&[&format!("host={addr} port=5432 user=postgres connect_timeout=3"), dest.to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
-    assert!(stderr(&out).contains(&format!("could not connect to host \"{addr}\"")), "{}", stderr(&out));
-    assert!(t.elapsed() < Duration::from_secs(15), "took {:?}", t.elapsed());
+    // The setup really drops: a plain connect gets no answer (a refusal or an unreachable
+    // network would come back at once and leave the timeout untested).
+    let sock: std::net::SocketAddr = format!("{addr}:5432").parse().unwrap();
+    let probe = std::net::TcpStream::connect_timeout(&sock, Duration::from_millis(500)).map(drop);
+    assert_eq!(probe.as_ref().map_err(|e| e.kind()), Err(std::io::ErrorKind::TimedOut), "{probe:?}");
+    let dest = std::env::temp_dir().join(format!("pgbb-unreachable-{}", std::process::id()));
+    let timeout = Duration::from_secs(3);
+    let t = Instant::now();
+    let dsn = format!("host={addr} port=5432 user=postgres connect_timeout={}", timeout.as_secs());
+    let out = pgbb_run(&[&dsn, dest.to_str().unwrap()]);
+    let took = t.elapsed();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains(&format!("could not connect to host \"{addr}\"")) && err.contains("connection timed out"),
+        "{err}"
+    );
+    assert!(took >= timeout, "gave up after {took:?}, before connect_timeout ({timeout:?}) ran out: {err}");
+    assert!(took < timeout + Duration::from_secs(5), "took {took:?} for a {timeout:?} connect_timeout");
     assert!(!dest.exists());
 }

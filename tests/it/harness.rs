@@ -379,6 +379,28 @@ pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// Waits until `cond` holds, looking every 20 ms; fails naming `what` after `limit`.
+pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until the backup into `dest` is copying data files (one is in `dest/base/<db>/`):
+/// the workers start before the master has listed anything.
+pub fn wait_until_copying(dest: &Path) {
+    let copying = || {
+        fs::read_dir(dest.join("base"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|db| fs::read_dir(db.path()).into_iter().flatten().flatten().next().is_some())
+    };
+    wait_until(&format!("the backup into {} to copy data files", dest.display()), Duration::from_secs(60), copying);
+}
+
 /// Waits for a child to exit, at most `limit` (then kills it and fails); returns its status
 /// and how long it took.
 pub fn wait_exit(child: &mut Child, limit: Duration) -> (std::process::ExitStatus, Duration) {
@@ -451,12 +473,8 @@ pub fn freeze_wal_child_until_stopped(dest: &Path) -> (i32, String) {
     let wal = wait_for_proc(&["--slave", "-x", dest.to_str().unwrap()], Duration::from_secs(30)).expect("no WAL child");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(wal), nix::sys::signal::Signal::SIGSTOP).unwrap();
     let label = dest.join("backup_label");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !label.exists() {
-        assert!(Instant::now() < deadline, "backup_label never appeared");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(100));
+    // Written under a temporary name and renamed into place: once there, it is complete.
+    wait_until("backup_label", Duration::from_secs(60), || label.exists());
     let text = fs::read_to_string(&label).unwrap();
     let seg = text.lines().next().unwrap().split("(file ").nth(1).unwrap().trim_end_matches(')').to_string();
     assert!(!dest.join("pg_wal").join(&seg).exists(), "the frozen WAL child already had {seg}");
@@ -688,6 +706,24 @@ impl NetNs {
         fs::write(&hba, format!("{old}\nhost all all 10.250.{}.0/30 trust\n", self.n)).unwrap();
         c.client().batch_execute("SELECT pg_reload_conf()").unwrap();
         format!("host={} port={} user=postgres dbname=postgres", self.server_addr(), c.port)
+    }
+
+    /// Makes the server's side silently deaf to us: the link stays up and ARP answers, but
+    /// every reply to our side goes to a blackhole route inside the namespace. A connection
+    /// attempt then gets no answer at all (no refusal, no ICMP error) and can only time out.
+    /// (A blackhole route on our side, or a link that is down, answers at once with an error.)
+    pub fn drop_replies(&self) {
+        let host = format!("10.250.{}.1/32", self.n);
+        run_ok(std::process::Command::new("ip").args([
+            "netns",
+            "exec",
+            &self.name,
+            "ip",
+            "route",
+            "add",
+            "blackhole",
+            &host,
+        ]));
     }
 
     /// Takes the host side of the link down (or up again).

@@ -17,6 +17,15 @@ fn backup(c: &Cluster, name: &str, extra: &[&str]) -> (std::path::PathBuf, std::
     (dest, out)
 }
 
+/// The number of data pages the summary line says were verified.
+fn pages_verified(out: &std::process::Output) -> u64 {
+    let text = stdout(out);
+    let line = text.lines().find(|l| l.contains("backup complete")).unwrap_or_else(|| panic!("no summary: {text}"));
+    let before = line.split(" pages verified").next().filter(|b| b.len() < line.len());
+    let n = before.and_then(|b| b.rsplit(' ').next()).and_then(|n| n.parse().ok());
+    n.unwrap_or_else(|| panic!("the summary does not say how many pages were verified: {line}"))
+}
+
 #[test]
 fn manifest_with_every_checksum_algorithm_passes_pg_verifybackup() {
     let c = Cluster::new();
@@ -133,6 +142,8 @@ fn corrupt_pages_on_the_server_are_reported_and_the_backup_is_kept() {
     assert!(err.contains(&format!("file \"./{small}\" has a total of 1 checksum verification failures")), "{err}");
     assert!(err.contains("8 checksum verification failures in total"), "{err}");
     assert!(err.contains("8 data page(s) failed checksum verification"), "{err}");
+    // The corrupt pages are among those verified (the count includes them).
+    assert!(pages_verified(&out) > 8, "{}", stdout(&out));
     // The rest of the backup is complete, and the copy holds the server's (corrupt) bytes.
     assert!(dest.join("global/pg_control").exists());
     assert_eq!(std::fs::read(dest.join(&big)).unwrap(), std::fs::read(c.data.join(&big)).unwrap());
@@ -143,6 +154,7 @@ fn corrupt_pages_on_the_server_are_reported_and_the_backup_is_kept() {
     let (dest, out) = backup(&c, "noverify", &["--no-verify-checksums"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(!stderr(&out).contains("checksum verification failed"));
+    assert_eq!(pages_verified(&out), 0, "{}", stdout(&out));
     verifybackup(&dest, &[]);
 }
 
@@ -152,9 +164,13 @@ fn no_false_checksum_alarms_under_concurrent_writes() {
     c.pgbench_init(5);
     let load = c.pgbench_load(2, 600);
     for i in 0..10 {
-        let (dest, out) = backup(&c, &format!("load-{i}"), &["-j", "2"]);
+        let (dest, out) = backup(&c, &format!("load-{i}"), &["-j", "2", "-v"]);
         assert!(out.status.success(), "backup {i}: {}", stderr(&out));
         assert!(!stderr(&out).contains("checksum verification failed"), "false alarm in backup {i}: {}", stderr(&out));
+        // No alarm because pages were verified and passed, not because none was looked at.
+        let n = pages_verified(&out);
+        assert!(n > 0, "backup {i} verified no page: {}", stdout(&out));
+        assert!(stderr(&out).contains(&format!("INFO: {n} data pages verified")), "{}", stderr(&out));
         verifybackup(&dest, &[]);
         std::fs::remove_dir_all(&dest).unwrap();
     }
@@ -257,5 +273,21 @@ fn manifest_version_and_system_identifier_follow_the_server() {
     } else {
         assert!(manifest.starts_with("{ \"PostgreSQL-Backup-Manifest-Version\": 1,\n\"Files\""), "{}", &manifest[..80]);
     }
+    verifybackup(&dest, &[]);
+}
+
+/// A file in a database directory whose name has a segment number beyond any real
+/// relation's: the page verifier computes its block number as core does (32-bit, wrapping)
+/// instead of a worker dying on an arithmetic overflow.
+#[test]
+fn a_segment_number_past_the_largest_relation_is_verified_not_fatal() {
+    let c = Cluster::new();
+    let oid: u32 = c.client().query_one("SELECT oid FROM pg_database WHERE datname = 'postgres'", &[]).unwrap().get(0);
+    let stray = format!("base/{oid}/99999.40000");
+    std::fs::write(c.data.join(&stray), vec![0u8; 2 * 8192]).unwrap();
+    chown_pg(&c.data);
+    let (dest, out) = backup(&c, "bigsegno", &["-v"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read(dest.join(&stray)).unwrap(), vec![0u8; 2 * 8192]);
     verifybackup(&dest, &[]);
 }

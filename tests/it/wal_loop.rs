@@ -87,7 +87,12 @@ fn standalone_wal_loop_copies_keeps_partial_and_resumes() {
     let dest = c.path("standby-wal");
     let seg_size = 16u64 << 20;
     let child = start_loop(&c, &dest);
-    std::thread::sleep(Duration::from_millis(500));
+    // The loop starts from the segment being written at its first round (it keeps it as
+    // .partial): segments switched away from before that would not be its to copy.
+    let first: String = c.client().query_one("SELECT pg_walfile_name(pg_current_wal_lsn())", &[]).unwrap().get(0);
+    wait_for("the loop's first round", Duration::from_secs(30), || {
+        dest.join("pg_wal").join(format!("{first}.partial")).exists()
+    });
     let done = switch_wal(&c, 3);
     let wal = dest.join("pg_wal");
     wait_for("3 complete segments", Duration::from_secs(30), || {
