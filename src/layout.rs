@@ -48,11 +48,32 @@ pub struct Layout {
     pub excluded: usize,
 }
 
-/// Rules that differ between PostgreSQL versions.
-#[derive(Debug, Clone, Copy)]
+/// Rules that differ between PostgreSQL versions, one flag per rule (set by
+/// [`crate::pg::Caps::layout_rules`]).
+#[derive(Debug, Clone, Copy, Default)]
 pub struct LayoutRules {
-    /// PG17+: stricter relation file name parsing, `.DS_Store` skipped, `pg_wal/summaries`.
-    pub pg17: bool,
+    /// Relation file names parse strictly: no leading zero, a number of at most 2³²−1.
+    pub strict_relation_names: bool,
+    /// `global` holds relation files (for the unlogged and temp rules and page checks).
+    pub global_is_relation_dir: bool,
+    /// Page checksums are verified in relation files only, not in every file under
+    /// `global`, `base` and the tablespaces.
+    pub checksums_in_relation_files_only: bool,
+    /// `.DS_Store` files are skipped.
+    pub skip_ds_store: bool,
+    /// `pg_wal/summaries` (WAL summaries) is created empty.
+    pub wal_summaries_dir: bool,
+}
+
+impl LayoutRules {
+    /// Every rule of PostgreSQL 17 and later.
+    pub const V17: LayoutRules = LayoutRules {
+        strict_relation_names: true,
+        global_is_relation_dir: true,
+        checksums_in_relation_files_only: true,
+        skip_ds_store: true,
+        wal_summaries_dir: true,
+    };
 }
 
 impl Layout {
@@ -77,7 +98,7 @@ fn is_relation_dir(dir: &str, rules: LayoutRules) -> bool {
     match parts.as_slice() {
         ["base", db] => digits(db),
         ["pg_tblspc", spc, ver, db] => digits(spc) && ver.starts_with("PG_") && digits(db),
-        ["global"] => rules.pg17,
+        ["global"] => rules.global_is_relation_dir,
         _ => false,
     }
 }
@@ -105,7 +126,10 @@ pub fn parse_relation_file(name: &str, rules: LayoutRules) -> Option<RelFile<'_>
     };
     let (base, segment) = match rest.split_once('.') {
         Some((b, s)) => {
-            if s.is_empty() || !s.bytes().all(|c| c.is_ascii_digit()) || (rules.pg17 && s.starts_with('0')) {
+            if s.is_empty()
+                || !s.bytes().all(|c| c.is_ascii_digit())
+                || (rules.strict_relation_names && s.starts_with('0'))
+            {
                 return None;
             }
             (b, s.parse::<u32>().ok()?)
@@ -124,7 +148,7 @@ pub fn parse_relation_file(name: &str, rules: LayoutRules) -> Option<RelFile<'_>
     if number.is_empty() || number.len() > 10 || !number.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    if rules.pg17 && (number.starts_with('0') || number.parse::<u64>().ok()? > u64::from(u32::MAX)) {
+    if rules.strict_relation_names && (number.starts_with('0') || number.parse::<u64>().ok()? > u64::from(u32::MAX)) {
         return None;
     }
     Some(RelFile { temp, number, fork, segment })
@@ -136,7 +160,7 @@ pub fn parse_relation_file(name: &str, rules: LayoutRules) -> Option<RelFile<'_>
 /// `pg_control`, `pg_filenode.map`, `PG_VERSION` and `pg_internal.init*`.
 pub fn checksummed_segment(path: &str, rules: LayoutRules) -> Option<u32> {
     let name = name_of(path);
-    if rules.pg17 {
+    if rules.checksums_in_relation_files_only {
         if !is_relation_dir(parent_of(path), rules) {
             return None;
         }
@@ -178,7 +202,7 @@ pub fn plan(entries: Vec<Entry>, rules: LayoutRules) -> Layout {
         let parts: Vec<&str> = e.path.split('/').collect();
         for (i, p) in parts.iter().enumerate() {
             let is_last = i + 1 == parts.len();
-            if p.starts_with(TEMP_PREFIX) || (rules.pg17 && *p == ".DS_Store") {
+            if p.starts_with(TEMP_PREFIX) || (rules.skip_ds_store && *p == ".DS_Store") {
                 layout.excluded += 1;
                 continue 'entries;
             }
@@ -215,7 +239,7 @@ pub fn plan(entries: Vec<Entry>, rules: LayoutRules) -> Layout {
     }
     dirs.insert(b"pg_wal".to_vec());
     dirs.insert(b"pg_wal/archive_status".to_vec());
-    if rules.pg17 {
+    if rules.wal_summaries_dir {
         dirs.insert(b"pg_wal/summaries".to_vec());
     }
     let mut dirs: Vec<Vec<u8>> = dirs.into_iter().collect();
@@ -230,8 +254,14 @@ pub fn plan(entries: Vec<Entry>, rules: LayoutRules) -> Layout {
 mod tests {
     use super::*;
 
-    const R16: LayoutRules = LayoutRules { pg17: false };
-    const R17: LayoutRules = LayoutRules { pg17: true };
+    const R16: LayoutRules = LayoutRules {
+        strict_relation_names: false,
+        global_is_relation_dir: false,
+        checksums_in_relation_files_only: false,
+        skip_ds_store: false,
+        wal_summaries_dir: false,
+    };
+    const R17: LayoutRules = LayoutRules::V17;
 
     fn f(p: &str, size: u64) -> Entry {
         Entry { raw: p.as_bytes().to_vec(), path: p.into(), is_dir: false, size }

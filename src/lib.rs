@@ -1,6 +1,7 @@
 //! pgbb: parallel physical base backup of a live PostgreSQL server over ordinary SQL
 //! connections. `run` is the whole program; `main.rs` only calls it.
 
+pub mod backup;
 pub mod check;
 pub mod checksum;
 pub mod cli;
@@ -15,7 +16,6 @@ pub mod listing;
 pub mod logging;
 pub mod lsn;
 pub mod manifest;
-pub mod master;
 pub mod pg;
 pub mod pidfd;
 pub mod pool;
@@ -59,7 +59,7 @@ pub fn run(argv: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
     let result = Config::from_args(args).and_then(|cfg| match &cfg.mode {
         Mode::Check { jobs } => check::run(&cfg.common, *jobs),
         Mode::Master(opts) => {
-            let s = master::run(&cfg.common, opts)?;
+            let s = backup::run(&cfg.common, opts)?;
             summary::print(&cfg.common.dest, &s);
             if s.bad_pages > 0 {
                 crate::errln!(

@@ -6,7 +6,7 @@
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use crate::master::Summary;
+use crate::backup::Summary;
 use crate::transfer::Method;
 
 pub fn human(bytes: u64) -> String {

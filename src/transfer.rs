@@ -3,7 +3,7 @@
 //! The bytes are checksummed for the manifest and, for relation files, page-verified as they
 //! pass.
 
-use std::io::{Read, Write};
+use std::io::Read;
 
 use postgres::fallible_iterator::FallibleIterator;
 
@@ -147,8 +147,9 @@ pub struct Transfer {
     pub sync: bool,
     pub algorithm: Algorithm,
     pub verify: Option<PageVerify>,
-    /// Print `progress` lines while copying large files (the master asks with -P).
-    pub progress: bool,
+    /// Where to report how far a file got while it is copied (the worker's `progress` lines,
+    /// when the master asks for them with -P); the transfer itself prints nothing.
+    pub progress: Option<fn(u64)>,
     pub throttle: Option<Throttle>,
 }
 
@@ -224,8 +225,8 @@ struct Sink {
     pages: Option<Pages>,
     /// Bytes received from the server (compressed or not).
     wire: u64,
-    /// Print `progress` lines (every 250 ms) for the master's display.
-    progress: Option<std::time::Instant>,
+    /// Reports how far the file got (every 250 ms), and when it last did.
+    progress: Option<(fn(u64), std::time::Instant)>,
 }
 
 impl Sink {
@@ -235,11 +236,10 @@ impl Sink {
         if let Some(p) = self.pages.as_mut() {
             p.feed(data);
         }
-        if let Some(last) = self.progress {
+        if let Some((report, last)) = self.progress {
             if last.elapsed() >= std::time::Duration::from_millis(250) {
-                self.progress = Some(std::time::Instant::now());
-                let line = crate::protocol::Response::Progress { bytes: self.w.written() };
-                let _ = writeln!(std::io::stdout().lock(), "{line}");
+                self.progress = Some((report, std::time::Instant::now()));
+                report(self.w.written());
             }
         }
         Ok(())
@@ -287,7 +287,7 @@ impl Transfer {
             checksummed_segment(&String::from_utf8_lossy(&src.as_bytes()), v.rules)
                 .map(|segno| Pages::new(segno, range.map_or(0, |(o, _)| o), v))
         });
-        let progress = self.progress.then(std::time::Instant::now);
+        let progress = self.progress.map(|report| (report, std::time::Instant::now()));
         let w = match range {
             Some((off, _)) => dest.create_piece(dst, off)?,
             None => dest.create_file(dst)?,
@@ -484,7 +484,7 @@ mod tests {
     const PAGES: &[u8] = include_bytes!("../tests/fixtures/pg15-pgbench_accounts-blocks-100-102.bin");
 
     fn verifier(start_lsn: u64) -> Pages {
-        let v = PageVerify { start_lsn, blocks_per_segment: 131072, rules: LayoutRules { pg17: false } };
+        let v = PageVerify { start_lsn, blocks_per_segment: 131072, rules: LayoutRules::default() };
         Pages::new(0, 100 * BLCKSZ as u64, v)
     }
 

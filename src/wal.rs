@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{unbounded, RecvTimeoutError};
+use crossbeam_channel::{unbounded, Receiver, RecvTimeoutError};
 
 use crate::cli::{Common, Compress};
 use crate::dest::{Dest, SafePath};
@@ -102,7 +102,7 @@ fn stdout_say() -> impl FnMut(Response) -> Result<(), Error> {
 /// it could not copy as `vanished`, prints `done N` and exits.
 pub fn run_child(common: &Common, start: Lsn, tli: u32, delay: Duration, compress: Compress) -> Result<(), Error> {
     let mut say = stdout_say();
-    let mut c = match Copier::open(common, compress) {
+    let c = match Copier::open(common, compress) {
         Ok(c) => c,
         Err(e) => {
             let _ = say(Response::Fatal { message: e.to_string() });
@@ -114,6 +114,18 @@ pub fn run_child(common: &Common, start: Lsn, tli: u32, delay: Duration, compres
         version: env!("CARGO_PKG_VERSION").into(),
         role: "pgbb wal".into(),
     })?;
+    let commands = read_commands();
+    let start_seg = c.geo.segno(start);
+    let mut child = WalChild { c, tli, start_seg, copied: HashSet::new(), count: 0, stop: None };
+    let r = child.run(&commands, delay, &mut say);
+    if let Err(e) = &r {
+        let _ = stdout_say()(Response::Fatal { message: e.to_string() });
+    }
+    r
+}
+
+/// The master's commands, read from stdin on a thread of their own (`None`: stdin closed).
+fn read_commands() -> Receiver<Option<Result<WalCommand, crate::protocol::ProtocolError>>> {
     let (tx, rx) = unbounded();
     std::thread::spawn(move || {
         for line in io::stdin().lock().lines() {
@@ -124,68 +136,37 @@ pub fn run_child(common: &Common, start: Lsn, tli: u32, delay: Duration, compres
         }
         let _ = tx.send(None);
     });
-    let start_seg = c.geo.segno(start);
-    let mut copied: HashSet<u64> = HashSet::new();
-    let mut count = 0u64;
-    let mut stop: Option<Lsn> = None;
-    let mut res = || -> Result<(), Error> {
+    rx
+}
+
+/// The WAL child's state between two passes over pg_wal.
+struct WalChild {
+    c: Copier,
+    tli: u32,
+    start_seg: u64,
+    copied: HashSet<u64>,
+    count: u64,
+    /// Where the backup stopped, once the master has said so.
+    stop: Option<Lsn>,
+}
+
+impl WalChild {
+    fn run(
+        &mut self,
+        commands: &Receiver<Option<Result<WalCommand, crate::protocol::ProtocolError>>>,
+        delay: Duration,
+        say: &mut impl FnMut(Response) -> Result<(), Error>,
+    ) -> Result<(), Error> {
         loop {
-            let (files, written) = sql::list_wal(&mut c.s)?;
-            c.copy_history(&files, &mut say)?;
-            let last = stop.map(|s| c.geo.end_segno(s));
-            for (name, size) in &files {
-                let Some((t, seg)) = c.geo.parse_file_name(name) else {
-                    continue;
-                };
-                if t != tli
-                    || seg < start_seg
-                    || last.is_some_and(|l| seg > l)
-                    || !c.geo.is_complete(seg, written)
-                    || copied.contains(&seg)
-                {
-                    continue;
-                }
-                match c.copy(name, name)? {
-                    Outcome::Copied(got) if got.size == c.geo.seg_size => {
-                        copied.insert(seg);
-                        count += 1;
-                        say(ok_line(&got, name))?;
-                    }
-                    Outcome::Copied(got) => {
-                        say(Response::Error {
-                            path: format!("pg_wal/{name}").into_bytes(),
-                            message: format!(
-                                "segment is {} bytes (listed {size}), expected {}",
-                                got.size, c.geo.seg_size
-                            ),
-                        })?;
-                    }
-                    Outcome::Vanished => {
-                        log::warn!("WAL segment {name} was removed before it could be copied")
-                    }
-                }
+            if self.pass(say)? {
+                return Ok(());
             }
-            if let Some(last) = last {
-                if c.geo.is_complete(last, written) {
-                    for seg in start_seg..=last {
-                        if !copied.contains(&seg) {
-                            say(Response::Vanished {
-                                path: format!("pg_wal/{}", c.geo.file_name(tli, seg)).into_bytes(),
-                            })?;
-                        }
-                    }
-                    say(Response::Done { count })?;
-                    return Ok(());
-                }
-            }
-            let wait = if stop.is_some() { Duration::from_millis(100) } else { delay };
-            match rx.recv_timeout(wait) {
+            let wait = if self.stop.is_some() { Duration::from_millis(100) } else { delay };
+            match commands.recv_timeout(wait) {
                 Ok(Some(Ok(WalCommand::Stop(l)))) => {
-                    log::info!(
-                        "backup stopped at {l}; copying WAL through segment {}",
-                        c.geo.file_name(tli, c.geo.end_segno(l))
-                    );
-                    stop = Some(l);
+                    let last = self.c.geo.file_name(self.tli, self.c.geo.end_segno(l));
+                    log::info!("backup stopped at {l}; copying WAL through segment {last}");
+                    self.stop = Some(l);
                 }
                 Ok(Some(Err(e))) => return Err(Error::Io(format!("bad command from the master: {e}"))),
                 Ok(None) | Err(RecvTimeoutError::Disconnected) => {
@@ -194,12 +175,65 @@ pub fn run_child(common: &Common, start: Lsn, tli: u32, delay: Duration, compres
                 Err(RecvTimeoutError::Timeout) => {}
             }
         }
-    };
-    let r = res();
-    if let Err(e) = &r {
-        let _ = stdout_say()(Response::Fatal { message: e.to_string() });
     }
-    r
+
+    /// One pass: copies every complete segment of the range not copied yet; true when the
+    /// range is complete (after the stop) and `done` was said.
+    fn pass(&mut self, say: &mut impl FnMut(Response) -> Result<(), Error>) -> Result<bool, Error> {
+        let (files, written) = sql::list_wal(&mut self.c.s)?;
+        self.c.copy_history(&files, say)?;
+        let last = self.stop.map(|s| self.c.geo.end_segno(s));
+        for (name, size) in &files {
+            let Some((t, seg)) = self.c.geo.parse_file_name(name) else {
+                continue;
+            };
+            if t == self.tli
+                && seg >= self.start_seg
+                && !last.is_some_and(|l| seg > l)
+                && self.c.geo.is_complete(seg, written)
+                && !self.copied.contains(&seg)
+            {
+                self.copy_segment(name, *size, seg, say)?;
+            }
+        }
+        match last {
+            Some(last) if self.c.geo.is_complete(last, written) => {
+                for seg in self.start_seg..=last {
+                    if !self.copied.contains(&seg) {
+                        let path = format!("pg_wal/{}", self.c.geo.file_name(self.tli, seg)).into_bytes();
+                        say(Response::Vanished { path })?;
+                    }
+                }
+                say(Response::Done { count: self.count })?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    fn copy_segment(
+        &mut self,
+        name: &str,
+        size: u64,
+        seg: u64,
+        say: &mut impl FnMut(Response) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        match self.c.copy(name, name)? {
+            Outcome::Copied(got) if got.size == self.c.geo.seg_size => {
+                self.copied.insert(seg);
+                self.count += 1;
+                say(ok_line(&got, name))
+            }
+            Outcome::Copied(got) => say(Response::Error {
+                path: format!("pg_wal/{name}").into_bytes(),
+                message: format!("segment is {} bytes (listed {size}), expected {}", got.size, self.c.geo.seg_size),
+            }),
+            Outcome::Vanished => {
+                log::warn!("WAL segment {name} was removed before it could be copied");
+                Ok(())
+            }
+        }
+    }
 }
 
 /// True when DEST/pg_wal/NAME is really segment `segno`: full size, and its first page

@@ -79,7 +79,7 @@ pub fn open_session(common: &Common, app: &str, compress: Compress) -> Result<(c
         sync: common.sync,
         algorithm: common.algorithm,
         verify,
-        progress: common.report_progress,
+        progress: common.report_progress.then_some(say_progress as fn(u64)),
         throttle: common.rate.map(Throttle::new),
     };
     match compress {
@@ -111,13 +111,7 @@ pub fn run(common: &Common, id: Option<usize>, compress: Compress) -> Result<(),
         Some(i) => format!("pgbb worker {i}"),
         None => "pgbb worker".to_string(),
     };
-    create_dest(&common.dest, common.group_access)?;
-    let mut roots = Roots::new(
-        Dest::open(&common.dest, common.group_access)?.in_place(common.in_place).writeback(common.writeback),
-    );
-    for (oid, dir) in &common.tablespaces {
-        roots.add_tablespace(*oid, dir, common.group_access)?;
-    }
+    let roots = open_roots(common)?;
     let stdout = io::stdout();
     let mut out = stdout.lock();
     let mut say = |r: Response| -> Result<(), Error> {
@@ -138,64 +132,9 @@ pub fn run(common: &Common, id: Option<usize>, compress: Compress) -> Result<(),
     while let Some(too_long) =
         read_line(&mut input, &mut buf).map_err(|e| Error::Io(format!("cannot read stdin: {e}")))?
     {
-        let line = trim_eol(&buf);
-        // An error line echoes the request's own bytes (escaped as \xHH where they are not
-        // UTF-8), so that the caller can match it to what it sent.
-        let shown = line[..line.len().min(200)].to_vec();
-        let req = if too_long {
-            Err("line longer than 8192 bytes".to_string())
-        } else {
-            match std::str::from_utf8(line) {
-                Ok(text) => Request::parse(text).map_err(|e| e.to_string()),
-                Err(_) => Err("line is not valid UTF-8 (write such bytes as \\xHH)".to_string()),
-            }
-        };
-        let req = match req {
-            Ok(r) => r,
-            Err(message) => {
-                say(Response::Error { path: shown, message })?;
-                continue;
-            }
-        };
-        let paths = SafePath::parse(&req.src).and_then(|src| Ok((src, SafePath::parse(&req.dst)?)));
-        let (src, dst) = match paths {
-            Ok(p) => p,
-            Err(e) => {
-                say(Response::Error { path: req.src.clone(), message: e.to_string() })?;
-                continue;
-            }
-        };
-        let (dest, dst) = roots.route(&dst);
-        match transfer.fetch(&mut s, &src, dest, &dst, req.range) {
-            Ok(Outcome::Copied(c)) => {
-                for b in &c.bad_pages {
-                    say(Response::BadPage {
-                        path: req.src.clone(),
-                        block: b.block,
-                        calculated: b.calculated,
-                        expected: b.expected,
-                    })?;
-                }
-                say(Response::Ok {
-                    size: c.size,
-                    path: req.src,
-                    checksum: c.checksum,
-                    mtime: c.mtime,
-                    wire: c.wire,
-                    verified: c.verified_pages,
-                })?
-            }
-            Ok(Outcome::Vanished) => say(Response::Vanished { path: req.src })?,
-            Err(e) if e.is_fatal() => {
-                let message = format!("{e}");
-                let _ = say(Response::Fatal { message: message.clone() });
-                return Err(match e {
-                    crate::transfer::TransferError::Dest(d) => Error::Dest(d),
-                    crate::transfer::TransferError::Pg(p) => Error::Pg(p),
-                    other => Error::Io(other.to_string()),
-                });
-            }
-            Err(e) => say(Response::Error { path: req.src, message: e.to_string() })?,
+        match parse_request(trim_eol(&buf), too_long) {
+            Ok((req, src, dst)) => serve(&mut s, &transfer, &roots, req, &src, &dst, &mut say)?,
+            Err(answer) => say(answer)?,
         }
         if s.is_closed() {
             let e = PgError::Query {
@@ -210,6 +149,84 @@ pub fn run(common: &Common, id: Option<usize>, compress: Compress) -> Result<(),
     }
     log::debug!("end of input");
     Ok(())
+}
+
+/// A `progress` line for the master's display (the transfer calls it while copying).
+fn say_progress(bytes: u64) {
+    let line = Response::Progress { bytes };
+    let _ = writeln!(io::stdout().lock(), "{line}");
+}
+
+/// DEST (created private when a worker runs by hand) and the tablespace targets.
+fn open_roots(common: &Common) -> Result<Roots, Error> {
+    create_dest(&common.dest, common.group_access)?;
+    let mut roots = Roots::new(
+        Dest::open(&common.dest, common.group_access)?.in_place(common.in_place).writeback(common.writeback),
+    );
+    for (oid, dir) in &common.tablespaces {
+        roots.add_tablespace(*oid, dir, common.group_access)?;
+    }
+    Ok(roots)
+}
+
+/// One request line, checked; or the error line that answers it. An error line echoes the
+/// request's own bytes (escaped as \xHH where they are not UTF-8), so that the caller can
+/// match it to what it sent.
+fn parse_request(line: &[u8], too_long: bool) -> Result<(Request, SafePath, SafePath), Response> {
+    let shown = line[..line.len().min(200)].to_vec();
+    let req = if too_long {
+        Err("line longer than 8192 bytes".to_string())
+    } else {
+        match std::str::from_utf8(line) {
+            Ok(text) => Request::parse(text).map_err(|e| e.to_string()),
+            Err(_) => Err("line is not valid UTF-8 (write such bytes as \\xHH)".to_string()),
+        }
+    };
+    let req = req.map_err(|message| Response::Error { path: shown, message })?;
+    let paths = SafePath::parse(&req.src).and_then(|src| Ok((src, SafePath::parse(&req.dst)?)));
+    match paths {
+        Ok((src, dst)) => Ok((req, src, dst)),
+        Err(e) => Err(Response::Error { path: req.src.clone(), message: e.to_string() }),
+    }
+}
+
+/// Copies one request's file (or piece) and answers it; a fatal error ends the worker.
+fn serve(
+    s: &mut crate::pg::Session,
+    transfer: &Transfer,
+    roots: &Roots,
+    req: Request,
+    src: &SafePath,
+    dst: &SafePath,
+    say: &mut impl FnMut(Response) -> Result<(), Error>,
+) -> Result<(), Error> {
+    let (dest, dst) = roots.route(dst);
+    match transfer.fetch(s, src, dest, &dst, req.range) {
+        Ok(Outcome::Copied(c)) => {
+            for b in &c.bad_pages {
+                let (block, calculated, expected) = (b.block, b.calculated, b.expected);
+                say(Response::BadPage { path: req.src.clone(), block, calculated, expected })?;
+            }
+            say(Response::Ok {
+                size: c.size,
+                path: req.src,
+                checksum: c.checksum,
+                mtime: c.mtime,
+                wire: c.wire,
+                verified: c.verified_pages,
+            })
+        }
+        Ok(Outcome::Vanished) => say(Response::Vanished { path: req.src }),
+        Err(e) if e.is_fatal() => {
+            let _ = say(Response::Fatal { message: e.to_string() });
+            Err(match e {
+                crate::transfer::TransferError::Dest(d) => Error::Dest(d),
+                crate::transfer::TransferError::Pg(p) => Error::Pg(p),
+                other => Error::Io(other.to_string()),
+            })
+        }
+        Err(e) => say(Response::Error { path: req.src, message: e.to_string() }),
+    }
 }
 
 #[cfg(test)]

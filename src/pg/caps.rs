@@ -50,9 +50,14 @@ impl Caps {
         self.version_num >= 170000
     }
 
-    /// File-layout rules (relation names, `pg_wal/summaries`, `.DS_Store`): 17+.
+    /// File-layout rules: strict relation names, `global` as a relation directory, page
+    /// checks in relation files only, `.DS_Store` skipped, `pg_wal/summaries` (all 17+).
     pub fn layout_rules(&self) -> LayoutRules {
-        LayoutRules { pg17: self.version_num >= 170000 }
+        if self.version_num >= 170000 {
+            LayoutRules::V17
+        } else {
+            LayoutRules::default()
+        }
     }
 
     /// The functions (with signatures) a backup uses, for privilege checks and the GRANTs
@@ -90,7 +95,8 @@ mod tests {
         assert!(Caps::new(150000).new_backup_api());
         assert!(Caps::new(140000).idle_session_timeout());
         assert!(!Caps::new(130000).idle_session_timeout());
-        assert!(Caps::new(170000).layout_rules().pg17);
+        assert!(Caps::new(170000).layout_rules().strict_relation_names);
+        assert!(!Caps::new(160000).layout_rules().wal_summaries_dir);
         assert!(Caps::new(140000).needed_functions().contains(&"pg_catalog.pg_stop_backup(boolean,boolean)"));
     }
 }

@@ -1,0 +1,148 @@
+//! Phase 1, connect and check: the master's session, the server's facts and suitability,
+//! this run's lock (and `--clean`), and how chunks will travel.
+
+use crate::cli::{Common, Compress, MasterOpts};
+use crate::error::Error;
+use crate::lsn::WalGeometry;
+use crate::pg::caps::Support;
+use crate::pg::{run, sql, PgError, Session};
+use crate::transfer::Method;
+
+use super::Signals;
+
+/// The connected, checked server, and the settings every later phase shares.
+pub(super) struct Server {
+    /// The master's session: it holds the backup, from start to stop.
+    pub ctl: Session,
+    pub info: sql::ServerInfo,
+    pub geo: WalGeometry,
+    pub method: Method,
+    /// The command line's settings, completed with what the server said (run key, group
+    /// access, chunk size for the method).
+    pub common: Common,
+}
+
+pub(super) fn connect(common: &Common, opts: &MasterOpts, sig: &Signals) -> Result<Server, Error> {
+    let mut ctl = common.conn.connect("pgbb")?;
+    sig.interrupt.set_cancel(Some(ctl.cancel_token()));
+    let info = check_server(&mut ctl, common)?;
+    let run_key = claim_run(&mut ctl, opts.clean)?;
+    let geo = WalGeometry::new(info.wal_segment_size)
+        .ok_or_else(|| PgError::Unsupported(format!("unexpected wal_segment_size {}", info.wal_segment_size)))?;
+    let method = choose_method(&mut ctl, opts.compress, common.conn.is_local(), info.in_recovery)?;
+    if let Method::Zlib(_) = method {
+        log::info!("chunks travel compressed ({method})");
+    }
+    let mut common = common.clone();
+    common.run_key = Some(run_key);
+    common.group_access = info.group_access;
+    common.chunk = common.chunk_for(method);
+    Ok(Server { ctl, info, geo, method, common })
+}
+
+fn check_server(ctl: &mut Session, common: &Common) -> Result<sql::ServerInfo, Error> {
+    let (caps, version) = sql::version(ctl)?;
+    match caps.support() {
+        Support::TooOld => return Err(PgError::TooOld(version).into()),
+        Support::BestEffort => {
+            log::warn!("PostgreSQL {version} is supported on a best-effort basis; 14 to 18 are tested")
+        }
+        Support::Untested => {
+            log::warn!("PostgreSQL {version} is newer than pgbb knows (18); proceeding")
+        }
+        Support::Supported => {}
+    }
+    sql::session_setup_for(ctl, caps)?;
+    let info = sql::server_info(ctl, caps, version)?;
+    if info.wal_level == "minimal" {
+        return Err(PgError::WalLevel(info.wal_level).into());
+    }
+    if !info.superuser {
+        let missing = sql::missing_function_privileges(ctl, &caps.needed_functions())?;
+        if !missing.is_empty() {
+            let grants = missing
+                .iter()
+                .map(|f| format!("  GRANT EXECUTE ON FUNCTION {f} TO \"{}\";", info.current_user))
+                .collect::<Vec<_>>()
+                .join("\n");
+            return Err(
+                PgError::Privileges { role: info.current_user.clone(), db: info.database.clone(), grants }.into()
+            );
+        }
+    }
+    log::info!("connected to PostgreSQL {} at {}", info.version, common.conn.target());
+    Ok(info)
+}
+
+/// Takes this run's advisory lock on the master's session, then names the session after the
+/// run: from here on a `pgbb --clean` elsewhere leaves every session of this run alone, and
+/// a session named after a run whose lock is free is a leftover (see [`sql::clean_leftovers`]).
+/// With `--clean` (`clean`), then ends such leftovers.
+fn claim_run(ctl: &mut Session, clean: bool) -> Result<i32, Error> {
+    for _ in 0..8 {
+        let key = run::new_key();
+        // Taken by a live run (a chance in 2^31): draw again.
+        if sql::lock_run(ctl, key)? {
+            sql::set_application_name(ctl, &run::session_name("pgbb", Some(key)))?;
+            log::debug!("run key {key}");
+            if clean {
+                clean_leftovers(ctl)?;
+            }
+            return Ok(key);
+        }
+    }
+    Err(PgError::Unsupported("could not take a pgbb run lock: every key drawn was held".into()).into())
+}
+
+/// `--clean`: ends what runs whose master is gone left behind, and says what it left alone.
+fn clean_leftovers(ctl: &mut Session) -> Result<(), Error> {
+    let c = sql::clean_leftovers(ctl)?;
+    log::warn!("--clean: terminated {} session(s) of pgbb runs whose master is gone", c.terminated);
+    if c.live > 0 {
+        log::info!("--clean: left alone {} session(s) of pgbb runs in progress (their master holds its lock)", c.live);
+    }
+    if c.unkeyed > 0 {
+        log::info!(
+            "--clean: left alone {} pgbb session(s) that belong to no backup run (a worker started by hand, \
+             --check, pgbb -x, or an older pgbb); end them with pg_terminate_backend if they are leftovers",
+            c.unkeyed
+        );
+    }
+    Ok(())
+}
+
+fn choose_method(ctl: &mut Session, c: Compress, local: bool, in_recovery: bool) -> Result<Method, Error> {
+    match c {
+        Compress::Fixed(Method::Plain) => {
+            log::info!("chunks travel uncompressed (--compress=none)");
+            Ok(Method::Plain)
+        }
+        // Installing plpython3u or connecting as a superuser would not help here.
+        Compress::Fixed(Method::Zlib(_)) if in_recovery => {
+            Err(PgError::Unsupported(format!("--compress zlib: {}", sql::READ_ONLY_NO_COMPRESSION)).into())
+        }
+        Compress::Fixed(Method::Zlib(l)) => match sql::compression_available(ctl)? {
+            Ok(()) => Ok(Method::Zlib(l)),
+            Err(why) => Err(PgError::Compression(why).into()),
+        },
+        Compress::Auto(_) if in_recovery => {
+            log::info!(
+                "chunks travel uncompressed (the server is in recovery: a standby cannot hold the compression helper)"
+            );
+            Ok(Method::Plain)
+        }
+        // Measured on loopback (docs/benchmarks.md): zlib costs the server more CPU than it
+        // saves, so a server on this machine gets plain chunks unless zlib is asked for.
+        Compress::Auto(_) if local => {
+            log::info!("chunks travel uncompressed (the server is on this machine; --compress zlib forces it)");
+            Ok(Method::Plain)
+        }
+        Compress::Auto(l) => match sql::compression_available(ctl)? {
+            Ok(()) => Ok(Method::Zlib(l)),
+            Err(why) => {
+                log::info!("chunks travel uncompressed: {why}");
+                Ok(Method::Plain)
+            }
+        },
+    }
+}

@@ -1,0 +1,149 @@
+//! Phase 8, finish: the self-check of every file's size, `-R`'s recovery settings, the WAL
+//! segments' archive status, the manifest, one sync, and pg_control put in place last — only a
+//! complete, synced backup can be started.
+
+use crate::cli::MasterOpts;
+use crate::dest::{Dest, Roots, SafePath, PG_CONTROL, PG_CONTROL_PENDING};
+use crate::digest::{Algorithm, Digest};
+use crate::error::Error;
+use crate::manifest::{self, FileEntry, WalRange};
+use crate::pg::sql;
+use crate::protocol::show;
+use crate::recovery;
+
+use super::connect::Server;
+use super::copy::Copied;
+use super::destination::Target;
+use super::start::Started;
+use super::stop::Stopped;
+use super::Summary;
+
+pub(super) fn finish(
+    server: &mut Server,
+    opts: &MasterOpts,
+    target: &mut Target,
+    mut copied: Copied,
+    started: &Started,
+    stopped: &Stopped,
+) -> Result<Summary, Error> {
+    let (dest, sync, algorithm) = (&target.dest, server.common.sync, server.common.algorithm);
+    check_files(&target.roots, &copied.entries)?;
+    if opts.write_recovery_conf {
+        let conn = &server.common.conn;
+        let conninfo = recovery::primary_conninfo(conn.params(), conn.password().as_deref());
+        let slot = opts.named_slot.as_deref();
+        write_recovery_conf(dest, &mut copied.entries, &conninfo, slot, algorithm, sync)?;
+        log::info!(
+            "wrote standby.signal and primary_conninfo{}",
+            if slot.is_some() { " and primary_slot_name" } else { "" }
+        );
+    }
+    let geo = server.geo;
+    for seg in geo.segno(started.lsn)..=geo.end_segno(stopped.lsn) {
+        let done = format!("pg_wal/archive_status/{}.done", geo.file_name(started.tli, seg));
+        dest.write_file(&SafePath::parse(&done)?, b"", false)?;
+    }
+    if opts.manifest {
+        write_manifest(server, dest, &mut copied.entries, started, stopped)?;
+    }
+    if sync {
+        log::info!("syncing {}", dest.root().display());
+        target.roots.sync_all()?;
+    }
+    // The very last step: pg_control appears only in a complete, synced backup.
+    dest.rename(&SafePath::parse(PG_CONTROL_PENDING)?, &SafePath::parse(PG_CONTROL)?)?;
+    if sync {
+        dest.sync_dir(Some(&SafePath::parse("global")?))?;
+    }
+    target.guard.disarm();
+    copied.pages.print_totals();
+    Ok(summary(server, opts, copied, started, stopped))
+}
+
+fn write_manifest(
+    server: &mut Server,
+    dest: &Dest,
+    entries: &mut [FileEntry],
+    started: &Started,
+    stopped: &Stopped,
+) -> Result<(), Error> {
+    let caps = server.info.caps;
+    let system_id =
+        if caps.manifest_system_identifier() { Some(sql::system_identifier(&mut server.ctl)?) } else { None };
+    entries.sort_by(|a, b| a.path.cmp(&b.path));
+    let wal = [WalRange { timeline: started.tli, start: started.lsn, end: stopped.lsn }];
+    let mut w = dest.create_file(&SafePath::parse("backup_manifest")?)?;
+    manifest::write(&mut w.io(), system_id, entries, &wal).map_err(|e| Error::Io(e.to_string()))?;
+    w.finish(server.common.sync)?;
+    Ok(())
+}
+
+fn summary(server: &Server, opts: &MasterOpts, c: Copied, started: &Started, stopped: &Stopped) -> Summary {
+    Summary {
+        files: c.files,
+        bytes: c.bytes,
+        vanished: c.vanished,
+        wal_files: c.wal_files,
+        wal_history: c.wal_history,
+        start: started.lsn,
+        stop: stopped.lsn,
+        timeline: started.tli,
+        elapsed: std::time::Duration::ZERO,
+        method: server.method,
+        bad_pages: c.pages.total,
+        verified_pages: c.pages.verified,
+        manifest: opts.manifest,
+        wire: c.wire,
+    }
+}
+
+/// `-R`: appends primary_conninfo (and primary_slot_name) to postgresql.auto.conf and writes
+/// standby.signal, keeping the manifest entries true.
+fn write_recovery_conf(
+    dest: &Dest,
+    entries: &mut Vec<FileEntry>,
+    conninfo: &str,
+    slot: Option<&str>,
+    algorithm: Algorithm,
+    sync: bool,
+) -> Result<(), Error> {
+    let auto = SafePath::parse("postgresql.auto.conf")?;
+    let mut text = std::fs::read(dest.root().join("postgresql.auto.conf")).unwrap_or_default();
+    if !text.is_empty() && !text.ends_with(b"\n") {
+        text.push(b'\n');
+    }
+    text.extend_from_slice(recovery::auto_conf_lines(conninfo, slot).as_bytes());
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |t| t.as_secs() as i64);
+    for (path, data) in [(auto, text), (SafePath::parse("standby.signal")?, Vec::new())] {
+        dest.write_file(&path, &data, sync)?;
+        let mut d = Digest::new(algorithm);
+        d.update(&data);
+        let entry =
+            FileEntry { path: path.as_bytes(), size: data.len() as u64, mtime: now, algorithm, checksum: d.finish() };
+        match entries.iter_mut().find(|e| e.path == entry.path) {
+            Some(e) => *e = entry,
+            None => entries.push(entry),
+        }
+    }
+    Ok(())
+}
+
+/// Every file written is in DEST at the size recorded for the manifest (pg_control still
+/// under its pending name).
+fn check_files(roots: &Roots, entries: &[FileEntry]) -> Result<(), Error> {
+    let mut wrong = Vec::new();
+    for e in entries {
+        let on_disk: &[u8] = if e.path == PG_CONTROL.as_bytes() { PG_CONTROL_PENDING.as_bytes() } else { &e.path };
+        let (dest, rel) = roots.route(&SafePath::parse(on_disk)?);
+        match dest.file_size(&rel)? {
+            Some(n) if n == e.size => {}
+            Some(n) => wrong.push(format!("{} is {n} bytes, {} were written", show(&e.path), e.size)),
+            None => wrong.push(format!("{} is missing", show(&e.path))),
+        }
+    }
+    if wrong.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Inconsistent(format!("DEST does not hold what was copied: {}", wrong.join("; "))))
+    }
+}

@@ -1,0 +1,151 @@
+//! Phase 5, list and plan (a full backup): the data directory listed, core's layout rules
+//! applied, DEST's directories and tablespace links made, and the work queue built — largest
+//! file first, large files in pieces for several workers. pg_control is held back for last.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Instant;
+
+use crate::cli::MasterOpts;
+use crate::dest::SafePath;
+use crate::digest::Algorithm;
+use crate::error::Error;
+use crate::layout::{self, FileJob, Layout};
+use crate::pg::sql;
+
+use super::connect::Server;
+use super::destination::Target;
+
+/// What the copy phase does.
+pub(super) struct Plan {
+    pub queue: VecDeque<Work>,
+    /// `global/pg_control`, copied after everything else.
+    pub pg_control: FileJob,
+    /// Listed sizes of the files large enough to be split.
+    pub sizes: HashMap<Vec<u8>, u64>,
+    /// Bytes and files to copy (pg_control not counted in `files`).
+    pub total: u64,
+    pub files: usize,
+}
+
+/// Every file of the data directory, copied whole (or in pieces).
+pub(super) fn full(server: &mut Server, target: &Target, opts: &MasterOpts) -> Result<Plan, Error> {
+    let listing = Instant::now();
+    let raw = crate::listing::list(&mut server.ctl, &target.view)?;
+    let listed_in = listing.elapsed();
+    let mut entries = sql::entries_from_listing(raw);
+    // In a tablespace only this server version's directory belongs to the backup.
+    entries.retain(|e| {
+        let p: Vec<&str> = e.path.splitn(4, '/').collect();
+        !(p.len() >= 3
+            && p[0] == "pg_tblspc"
+            && target.spcs.iter().any(|t| t.oid.to_string() == p[1])
+            && p[2] != target.version_dir)
+    });
+    let layout = layout::plan(entries, server.info.caps.layout_rules());
+    log::info!(
+        "{} files, {} MB to copy ({} excluded), listed in {} ms",
+        layout.files.len() + 1,
+        layout.total_bytes() >> 20,
+        layout.excluded,
+        listed_in.as_millis()
+    );
+    make_directories(&layout, target)?;
+    queue(layout, opts.jobs, server.common.algorithm)
+}
+
+/// DEST's directories (each to its root: DEST or a tablespace target), and the pg_tblspc
+/// links to the tablespaces' targets.
+fn make_directories(layout: &Layout, target: &Target) -> Result<(), Error> {
+    for d in &layout.dirs {
+        let d = SafePath::parse(d)?;
+        if target.roots.is_link(&d) {
+            continue;
+        }
+        let (root, rel) = target.roots.route(&d);
+        root.create_dir_all(&rel)?;
+    }
+    let dest = target.dest.root();
+    for t in &target.spcs {
+        let link = dest.join("pg_tblspc").join(t.oid.to_string());
+        std::fs::create_dir_all(dest.join("pg_tblspc"))
+            .and_then(|()| std::os::unix::fs::symlink(&t.target, &link))
+            .map_err(|e| Error::Io(format!("cannot create the tablespace link {}: {e}", link.display())))?;
+    }
+    Ok(())
+}
+
+/// The plan from the layout; the queue holds the file list from here on (a master of 200k
+/// files keeps one copy).
+fn queue(layout: Layout, jobs: usize, algorithm: Algorithm) -> Result<Plan, Error> {
+    let pg_control = layout
+        .pg_control
+        .clone()
+        .ok_or_else(|| Error::Inconsistent("the server's listing has no global/pg_control".into()))?;
+    let total = layout.total_bytes();
+    let queue = work_queue(&layout.files, jobs, algorithm);
+    let pieces = queue.iter().filter(|w| w.range.is_some()).count();
+    if pieces > 0 {
+        log::info!("large files go in {pieces} pieces of up to {} MB, copied in parallel", PIECE >> 20);
+    }
+    let sizes = layout.files.iter().filter(|f| f.size >= SPLIT_FROM).map(|f| (f.path.clone(), f.size)).collect();
+    Ok(Plan { queue, pg_control, sizes, total, files: layout.files.len() })
+}
+
+/// One request for a worker: a whole file, or one piece of a large one.
+#[derive(Debug, Clone)]
+pub(super) struct Work {
+    pub path: Vec<u8>,
+    pub range: Option<(u64, u64)>,
+}
+
+/// Files at least this large are split into pieces of [`PIECE`] bytes, copied by several
+/// workers at once (one big table otherwise bounds the backup by one worker's speed).
+pub(super) const SPLIT_FROM: u64 = 128 << 20;
+pub(super) const PIECE: u64 = 64 << 20;
+
+/// The work queue: largest file first, large files as pieces. Pieces need a checksum that
+/// combines (CRC-32C or none), and a UTF-8 name.
+pub(super) fn work_queue(files: &[FileJob], jobs: usize, algorithm: Algorithm) -> VecDeque<Work> {
+    let split = jobs > 1 && matches!(algorithm, Algorithm::Crc32c | Algorithm::None);
+    let mut q = VecDeque::new();
+    for f in files {
+        if split && f.size >= SPLIT_FROM && std::str::from_utf8(&f.path).is_ok() {
+            let mut off = 0;
+            while off < f.size {
+                let len = PIECE.min(f.size - off);
+                q.push_back(Work { path: f.path.clone(), range: Some((off, len)) });
+                off += len;
+            }
+        } else {
+            q.push_back(Work { path: f.path.clone(), range: None });
+        }
+    }
+    q
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_files_are_split_only_when_it_can_pay() {
+        let files = vec![
+            FileJob { path: b"base/5/big".to_vec(), size: 200 << 20 },
+            FileJob { path: b"base/5/small".to_vec(), size: 8192 },
+        ];
+        let q = work_queue(&files, 2, Algorithm::Crc32c);
+        let r: Vec<_> = q.iter().map(|w| w.range).collect();
+        assert_eq!(
+            r,
+            vec![
+                Some((0, 64 << 20)),
+                Some((64 << 20, 64 << 20)),
+                Some((128 << 20, 64 << 20)),
+                Some((192 << 20, 8 << 20)),
+                None
+            ]
+        );
+        assert_eq!(work_queue(&files, 1, Algorithm::Crc32c).len(), 2, "one worker: no pieces");
+        assert_eq!(work_queue(&files, 2, Algorithm::Sha256).len(), 2, "SHA-2 does not combine: no pieces");
+    }
+}
