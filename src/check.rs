@@ -94,8 +94,8 @@ pub fn checks(common: &Common, jobs: usize) -> Result<Vec<Item>, Error> {
     }
     let external: Vec<String> = sql::tablespaces(&mut s)?
         .into_iter()
-        .filter(|(_, _, loc)| loc.starts_with('/'))
-        .map(|(oid, name, loc)| format!("{name} (oid {oid}) at {loc}"))
+        .filter(|(_, _, loc)| loc.is_absolute())
+        .map(|(oid, name, loc)| format!("{name} (oid {oid}) at {}", loc.display()))
         .collect();
     if external.is_empty() {
         v.push(item(Status::Ok, "no tablespace outside the data directory", None));

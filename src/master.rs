@@ -300,7 +300,7 @@ fn backup(
     sig: &mut Option<&'static str>,
 ) -> Result<Summary, Error> {
     let mut ctl = common.conn.connect("pgbb")?;
-    interrupt.set_cancel(Some(ctl.cancel_token()));
+    interrupt.set_cancel(Some(common.conn.canceller(&ctl)));
     let info = check_server(&mut ctl, common)?;
     let caps = info.caps;
     let geo = WalGeometry::new(info.wal_segment_size)
@@ -482,7 +482,7 @@ fn backup(
     run.finish_workers()?;
 
     // Every data file and pg_control are in place: stop the backup.
-    interrupt.set_cancel(Some(ctl.cancel_token()));
+    interrupt.set_cancel(Some(common.conn.canceller(&ctl)));
     let stop = sql::stop_backup(&mut ctl, caps)?;
     log::info!("backup stopped at {}", stop.lsn);
     let label_tli = stop
@@ -525,9 +525,10 @@ fn backup(
     check_wal_range(&dest, geo, tli, start, stop.lsn, &wal_missing)?;
     check_files(&roots, &entries)?;
     if opts.write_recovery_conf {
-        let conninfo = recovery::primary_conninfo(common.conn.params(), common.conn.password().as_deref());
+        let (password, passfile) = (common.conn.password_given(), common.conn.passfile_used());
+        let conninfo = recovery::primary_conninfo(common.conn.params(), password.as_deref(), passfile.as_deref());
         let slot = opts.named_slot.as_deref();
-        write_recovery_conf(&dest, &mut entries, &conninfo, slot, common.algorithm, common.sync)?;
+        recovery::write_recovery_conf(&dest, &mut entries, &conninfo, slot, common.algorithm, common.sync)?;
         log::info!(
             "wrote standby.signal and primary_conninfo{}",
             if slot.is_some() { " and primary_slot_name" } else { "" }
@@ -593,37 +594,6 @@ impl Drop for CreatedSlot {
             }
         }
     }
-}
-
-/// `-R`: appends primary_conninfo (and primary_slot_name) to postgresql.auto.conf and writes
-/// standby.signal, keeping the manifest entries true.
-fn write_recovery_conf(
-    dest: &Dest,
-    entries: &mut Vec<FileEntry>,
-    conninfo: &str,
-    slot: Option<&str>,
-    algorithm: Algorithm,
-    sync: bool,
-) -> Result<(), Error> {
-    let auto = SafePath::parse("postgresql.auto.conf")?;
-    let mut text = std::fs::read(dest.root().join("postgresql.auto.conf")).unwrap_or_default();
-    if !text.is_empty() && !text.ends_with(b"\n") {
-        text.push(b'\n');
-    }
-    text.extend_from_slice(recovery::auto_conf_lines(conninfo, slot).as_bytes());
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |t| t.as_secs() as i64);
-    for (path, data) in [(auto, text), (SafePath::parse("standby.signal")?, Vec::new())] {
-        dest.write_file(&path, &data, sync)?;
-        let mut d = Digest::new(algorithm);
-        d.update(&data);
-        let entry =
-            FileEntry { path: path.as_bytes(), size: data.len() as u64, mtime: now, algorithm, checksum: d.finish() };
-        match entries.iter_mut().find(|e| e.path == entry.path) {
-            Some(e) => *e = entry,
-            None => entries.push(entry),
-        }
-    }
-    Ok(())
 }
 
 /// Every file written is in DEST at the size recorded for the manifest (pg_control still

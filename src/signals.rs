@@ -9,18 +9,18 @@ use std::sync::{Arc, Mutex};
 use crossbeam_channel::{bounded, Receiver};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use postgres::{CancelToken, NoTls};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::error::{exit, Error};
+use crate::pg::conn::Canceller;
 use crate::pool::Pids;
 
 /// Shared between the master's main thread and its signal thread.
 #[derive(Default)]
 pub struct Interrupt {
     count: AtomicUsize,
-    cancel: Mutex<Option<CancelToken>>,
+    cancel: Mutex<Option<Canceller>>,
     last_words: Mutex<Option<Box<dyn Fn() + Send>>>,
 }
 
@@ -29,8 +29,9 @@ impl Interrupt {
         self.count.load(Ordering::SeqCst) > 0
     }
 
-    /// The session whose running statement the first signal cancels.
-    pub fn set_cancel(&self, t: Option<CancelToken>) {
+    /// The session whose running statement the first signal cancels (over TLS when the
+    /// session may use it, as libpq sends a cancel request).
+    pub fn set_cancel(&self, t: Option<Canceller>) {
         if let Ok(mut c) = self.cancel.lock() {
             *c = t;
         }
@@ -105,7 +106,9 @@ pub fn install(pids: Pids) -> Result<(Arc<Interrupt>, Receiver<&'static str>), E
                     }
                     let token = st.cancel.lock().ok().and_then(|c| c.clone());
                     if let Some(t) = token {
-                        let _ = t.cancel_query(NoTls);
+                        if let Err(e) = t.cancel() {
+                            log::warn!("could not send the cancel request: {e}");
+                        }
                     }
                 } else {
                     for p in &children {

@@ -93,23 +93,19 @@ impl TransferError {
     }
 }
 
-/// How the server is told which file: by its path, or, for a name that is not valid UTF-8
-/// (which cannot be sent as text), by its directory and the raw bytes of its name.
+/// How the server is told which file: by its path, or, for a path that is not valid UTF-8
+/// (which cannot be sent as text), by the raw bytes of its components, directories included.
 enum Source {
     Text(String),
-    ByName(String, Vec<u8>),
+    ByName(Vec<Vec<u8>>),
 }
 
 impl Source {
-    fn of(src: &SafePath) -> Result<Source, TransferError> {
-        if let Some(p) = src.to_str() {
-            return Ok(Source::Text(p));
+    fn of(src: &SafePath) -> Source {
+        match src.to_str() {
+            Some(p) => Source::Text(p),
+            None => Source::ByName(src.as_bytes().split(|&b| b == b'/').map(<[u8]>::to_vec).collect()),
         }
-        let dir = String::from_utf8(src.parent_bytes()).map_err(|_| TransferError::Data {
-            path: src.display(),
-            message: "a directory whose name is not valid UTF-8 is not supported".into(),
-        })?;
-        Ok(Source::ByName(if dir.is_empty() { ".".into() } else { dir }, src.file_name().to_vec()))
     }
 }
 
@@ -310,13 +306,13 @@ impl Transfer {
     /// once; only a page that fails twice counts.
     fn reread(&self, s: &mut Session, src: &SafePath, p: &Pages) -> Result<Vec<BadPage>, TransferError> {
         let what = format!("could not re-read a page of \"{}\"", src.display());
-        let source = Source::of(src)?;
+        let source = Source::of(src);
         let mut bad = Vec::new();
         for &(block, offset) in &p.suspects {
             let (offset, len) = (offset as i64, BLCKSZ as i64);
             let rows = match &source {
                 Source::Text(path) => s.query(sql::READ_PAGE, &[path, &offset, &len], &what)?,
-                Source::ByName(dir, name) => s.query(sql::READ_PAGE_BY_NAME, &[dir, name, &offset, &len], &what)?,
+                Source::ByName(parts) => s.query(sql::READ_PAGE_BY_NAME, &[parts, &offset, &len], &what)?,
             };
             let Some(page) = rows.first().and_then(|r| r.get::<_, Option<Vec<u8>>>(0)) else { continue };
             if page.len() != BLCKSZ {
@@ -340,13 +336,13 @@ impl Transfer {
         let path = src.display();
         let what = format!("could not read \"{path}\"");
         let chunk = self.chunk as i64;
-        let source = Source::of(src)?;
+        let source = Source::of(src);
         let mut rows = match (&source, range) {
             (Source::Text(p), None) => s.stream(sql::READ_PLAIN, &[p, &chunk], &what)?,
             (Source::Text(p), Some((off, len))) => {
                 s.stream(sql::READ_PLAIN_RANGE, &[p, &chunk, &(off as i64), &(len as i64)], &what)?
             }
-            (Source::ByName(dir, name), None) => s.stream(sql::READ_PLAIN_BY_NAME, &[dir, name, &chunk], &what)?,
+            (Source::ByName(parts), None) => s.stream(sql::READ_PLAIN_BY_NAME, &[parts, &chunk], &what)?,
             (Source::ByName(..), Some(_)) => {
                 return Err(TransferError::Data {
                     path,

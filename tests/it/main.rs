@@ -10,6 +10,7 @@ mod docs;
 mod failures;
 mod faults;
 mod integrity;
+mod libpq;
 mod preflight;
 mod slave;
 mod special_files;
