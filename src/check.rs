@@ -134,8 +134,8 @@ fn slot_item(s: &mut Session, info: &ServerInfo) -> Result<Item, Error> {
 fn tablespace_item(s: &mut Session) -> Result<Item, Error> {
     let external: Vec<String> = sql::tablespaces(s)?
         .into_iter()
-        .filter(|(_, _, loc)| loc.starts_with('/'))
-        .map(|(oid, name, loc)| format!("{name} (oid {oid}) at {loc}"))
+        .filter(|(_, _, loc)| loc.is_absolute())
+        .map(|(oid, name, loc)| format!("{name} (oid {oid}) at {}", loc.display()))
         .collect();
     Ok(if external.is_empty() {
         item(Status::Ok, "no tablespace outside the data directory", None)

@@ -161,12 +161,13 @@ pub struct Args {
     pub verify_lsn: Option<String>,
     /// Copy the tablespace at OLDDIR to NEWDIR instead (repeatable; write = in a path as \\=)
     #[arg(short = 'T', long = "tablespace-mapping", value_name = "OLDDIR=NEWDIR", help_heading = "Backup")]
-    pub tablespace_mapping: Vec<String>,
+    pub tablespace_mapping: Vec<OsString>,
     /// Worker: tablespace OID is copied to DIR
     #[arg(long = "tablespace", hide = true, value_name = "OID=DIR")]
-    pub tablespace: Vec<String>,
-    /// Limit the transfer of the data directory to RATE bytes per second over all workers
-    /// (suffix k or M; 32k to 1024M), as pg_basebackup; WAL is not limited
+    pub tablespace: Vec<OsString>,
+    /// Limit the transfer of the data directory to RATE over all workers, as pg_basebackup:
+    /// kilobytes per second, or with suffix k (kB/s) or M (MB/s); 32 to 1048576 kB/s (1024M).
+    /// WAL is not limited
     #[arg(short = 'r', long = "max-rate", value_name = "RATE", help_heading = "Backup")]
     pub max_rate: Option<String>,
     /// Worker: its share of --max-rate, bytes per second
@@ -305,6 +306,79 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     n.checked_mul(mult).ok_or_else(|| format!("size {s:?} is too large"))
 }
 
+/// A worker's `--tablespace OID=DIR` (DIR in any bytes, as the server's locations).
+fn parse_worker_tablespace(t: &std::ffi::OsStr) -> Option<(u32, PathBuf)> {
+    use std::os::unix::ffi::OsStrExt;
+    let b = t.as_bytes();
+    let i = b.iter().position(|&c| c == b'=')?;
+    let oid = std::str::from_utf8(&b[..i]).ok()?.parse().ok()?;
+    Some((oid, PathBuf::from(std::ffi::OsStr::from_bytes(&b[i + 1..]))))
+}
+
+/// The length of the longest prefix of `t` that C's `strtod` reads as a decimal number
+/// (sign, digits, a point, an exponent); 0 when there is none.
+fn float_prefix(t: &str) -> usize {
+    let b = t.as_bytes();
+    let digits = |i: usize| b.get(i..).map_or(0, |r| r.iter().take_while(|c| c.is_ascii_digit()).count());
+    let mut i = usize::from(matches!(b.first(), Some(b'+' | b'-')));
+    let int = digits(i);
+    i += int;
+    let frac = if b.get(i) == Some(&b'.') { digits(i + 1) } else { 0 };
+    if int + frac == 0 {
+        return 0;
+    }
+    if b.get(i) == Some(&b'.') {
+        i += 1 + frac;
+    }
+    if matches!(b.get(i), Some(b'e' | b'E')) {
+        let sign = usize::from(matches!(b.get(i + 1), Some(b'+' | b'-')));
+        let exp = digits(i + 1 + sign);
+        if exp > 0 {
+            i += 1 + sign + exp;
+        }
+    }
+    i
+}
+
+/// `--max-rate` as pg_basebackup's `-r` reads it (parse_max_rate): a number (decimals
+/// allowed) in kilobytes per second, or with the suffix `k` (the same) or `M` (megabytes);
+/// 32 kB/s to 1024 MB/s. Returns bytes per second (a kilobyte is 1024 bytes).
+pub fn parse_max_rate(src: &str) -> Result<u64, String> {
+    let t = src.trim_start();
+    let end = float_prefix(t);
+    if end == 0 {
+        return Err(format!("transfer rate \"{src}\" is not a valid value"));
+    }
+    let mut kb: f64 = t[..end].parse().map_err(|_| format!("transfer rate \"{src}\" is not a valid value"))?;
+    if kb.is_infinite() {
+        return Err(format!("invalid transfer rate \"{src}\": Numerical result out of range"));
+    }
+    if kb <= 0.0 {
+        return Err("transfer rate must be greater than zero".into());
+    }
+    let suffix = t[end..].trim_start();
+    let rest = match suffix.strip_prefix('k') {
+        Some(r) => r,
+        None => match suffix.strip_prefix('M') {
+            Some(r) => {
+                kb *= 1024.0;
+                r
+            }
+            None => suffix,
+        },
+    };
+    if !rest.trim_start().is_empty() {
+        return Err(format!("invalid --max-rate unit: \"{suffix}\""));
+    }
+    if kb >= 4294967296.0 {
+        return Err(format!("transfer rate \"{src}\" exceeds integer range"));
+    }
+    if !(32.0..=1048576.0).contains(&kb) {
+        return Err(format!("transfer rate \"{src}\" is out of range"));
+    }
+    Ok((kb as u64) << 10)
+}
+
 pub fn parse_compress(s: &str) -> Result<Compress, String> {
     let level = |l: &str| match l.parse::<u32>() {
         Ok(n) if n <= 9 => Ok(n),
@@ -369,13 +443,7 @@ impl Config {
             None => None,
         };
         let rate = match (&a.max_rate, a.worker_rate) {
-            (Some(r), _) => {
-                let r = parse_size(r).map_err(Error::Usage)?;
-                if !(32 << 10..=1024 << 20).contains(&r) {
-                    return Err(Error::Usage("--max-rate must be between 32k and 1024M (bytes per second)".into()));
-                }
-                Some(r)
-            }
+            (Some(r), _) => Some(parse_max_rate(r).map_err(Error::Usage)?),
             (None, Some(w)) => Some(w),
             (None, None) => None,
         };
@@ -405,11 +473,7 @@ impl Config {
             tablespaces: a
                 .tablespace
                 .iter()
-                .map(|t| {
-                    t.split_once('=')
-                        .and_then(|(o, d)| Some((o.parse().ok()?, PathBuf::from(d))))
-                        .ok_or_else(|| Error::Usage(format!("invalid --tablespace {t:?}")))
-                })
+                .map(|t| parse_worker_tablespace(t).ok_or_else(|| Error::Usage(format!("invalid --tablespace {t:?}"))))
                 .collect::<Result<_, _>>()?,
             run_key: a.run_key,
         };
@@ -573,6 +637,26 @@ impl Common {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn max_rate_as_pg_basebackup() {
+        assert_eq!(parse_max_rate("1000").unwrap(), 1000 << 10, "kilobytes by default");
+        assert_eq!(parse_max_rate("32").unwrap(), 32 << 10);
+        assert_eq!(parse_max_rate("50M").unwrap(), 50 << 20);
+        assert_eq!(parse_max_rate(" 64 k ").unwrap(), 64 << 10);
+        assert_eq!(parse_max_rate("1.5M").unwrap(), 1536 << 10);
+        assert_eq!(parse_max_rate("1e3").unwrap(), 1000 << 10);
+        assert_eq!(parse_max_rate("1024M").unwrap(), 1 << 30);
+        assert_eq!(parse_max_rate("x").unwrap_err(), "transfer rate \"x\" is not a valid value");
+        assert_eq!(parse_max_rate("0").unwrap_err(), "transfer rate must be greater than zero");
+        assert_eq!(parse_max_rate("-5").unwrap_err(), "transfer rate must be greater than zero");
+        assert_eq!(parse_max_rate("31").unwrap_err(), "transfer rate \"31\" is out of range");
+        assert_eq!(parse_max_rate("1025M").unwrap_err(), "transfer rate \"1025M\" is out of range");
+        assert_eq!(parse_max_rate("5000000M").unwrap_err(), "transfer rate \"5000000M\" exceeds integer range");
+        assert_eq!(parse_max_rate("50G").unwrap_err(), "invalid --max-rate unit: \"G\"");
+        assert_eq!(parse_max_rate("50 kB").unwrap_err(), "invalid --max-rate unit: \"kB\"");
+        assert!(parse_max_rate("1e999").unwrap_err().starts_with("invalid transfer rate"));
+    }
 
     fn cfg(args: &[&str]) -> Result<Config, Error> {
         let a = Args::try_parse_from(std::iter::once("pgbb").chain(args.iter().copied()))

@@ -67,7 +67,7 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Usage(_) => exit::USAGE,
-            Error::Pg(PgError::BadDsn(_)) => exit::USAGE,
+            Error::Pg(PgError::BadDsn(_) | PgError::BadEnv(_)) => exit::USAGE,
             Error::Pg(PgError::Connect { .. } | PgError::Tls { .. }) => exit::CONNECT,
             Error::Pg(
                 PgError::TooOld(_)

@@ -8,18 +8,18 @@ use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::{bounded, Receiver};
 use nix::sys::signal::Signal;
-use postgres::{CancelToken, NoTls};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
 use crate::error::{exit, Error};
+use crate::pg::conn::Canceller;
 use crate::pool::Pids;
 
 /// Shared between the master's main thread and its signal thread.
 #[derive(Default)]
 pub struct Interrupt {
     count: AtomicUsize,
-    cancel: Mutex<Option<CancelToken>>,
+    cancel: Mutex<Option<Canceller>>,
     last_words: Mutex<Option<Box<dyn Fn() + Send>>>,
 }
 
@@ -28,8 +28,9 @@ impl Interrupt {
         self.count.load(Ordering::SeqCst) > 0
     }
 
-    /// The session whose running statement the first signal cancels.
-    pub fn set_cancel(&self, t: Option<CancelToken>) {
+    /// The session whose running statement the first signal cancels (over TLS when the
+    /// session may use it, as libpq sends a cancel request).
+    pub fn set_cancel(&self, t: Option<Canceller>) {
         if let Ok(mut c) = self.cancel.lock() {
             *c = t;
         }
@@ -101,7 +102,9 @@ pub fn install(pids: Pids) -> Result<(Arc<Interrupt>, Receiver<&'static str>), E
                     pids.signal_all(Signal::SIGTERM);
                     let token = st.cancel.lock().ok().and_then(|c| c.clone());
                     if let Some(t) = token {
-                        let _ = t.cancel_query(NoTls);
+                        if let Err(e) = t.cancel() {
+                            log::warn!("could not send the cancel request: {e}");
+                        }
                     }
                 } else {
                     pids.signal_all(Signal::SIGKILL);

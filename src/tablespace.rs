@@ -3,7 +3,8 @@
 //! maps it to — and `pg_tblspc/<oid>` in DEST becomes a symlink there. No tablespace_map is
 //! written (the symlinks are the map).
 
-use std::path::{Path, PathBuf};
+use std::os::unix::ffi::OsStringExt;
+use std::path::PathBuf;
 
 use crate::error::Error;
 
@@ -14,30 +15,35 @@ pub struct Mapping {
     pub new: PathBuf,
 }
 
-/// Parses `OLDDIR=NEWDIR`; a `=` inside a path is written `\=`. Both must be absolute.
-pub fn parse_mapping(s: &str) -> Result<Mapping, String> {
-    let mut old = String::new();
-    let mut new = String::new();
+/// Parses `OLDDIR=NEWDIR`; a `=` inside a path is written `\=`. Both must be absolute. The
+/// paths are bytes, as the server's locations are (they need not be UTF-8).
+pub fn parse_mapping(arg: &std::ffi::OsStr) -> Result<Mapping, String> {
+    use std::os::unix::ffi::OsStrExt;
+    let (mut old, mut new) = (Vec::new(), Vec::new());
     let mut seen_eq = false;
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
+    let mut bytes = arg.as_bytes().iter().copied().peekable();
+    let shown = arg.to_string_lossy();
+    while let Some(b) = bytes.next() {
         let target = if seen_eq { &mut new } else { &mut old };
-        match c {
-            '\\' if chars.peek() == Some(&'=') => {
-                target.push('=');
-                chars.next();
+        match b {
+            b'\\' if bytes.peek() == Some(&b'=') => {
+                target.push(b'=');
+                bytes.next();
             }
-            '=' if !seen_eq => seen_eq = true,
-            '=' => return Err(format!("multiple \"=\" signs in tablespace mapping {s:?} (escape = in a path as \\=)")),
-            c => target.push(c),
+            b'=' if !seen_eq => seen_eq = true,
+            b'=' => {
+                return Err(format!("multiple \"=\" signs in tablespace mapping {shown:?} (escape = in a path as \\=)"))
+            }
+            b => target.push(b),
         }
     }
     if !seen_eq {
-        return Err(format!("invalid tablespace mapping format {s:?}, must be \"OLDDIR=NEWDIR\""));
+        return Err(format!("invalid tablespace mapping format {shown:?}, must be \"OLDDIR=NEWDIR\""));
     }
-    let (old, new) = (PathBuf::from(old), PathBuf::from(new));
+    let path = |v: Vec<u8>| PathBuf::from(std::ffi::OsString::from_vec(v));
+    let (old, new) = (path(old), path(new));
     if !old.is_absolute() || !new.is_absolute() {
-        return Err(format!("both directories of tablespace mapping {s:?} must be absolute paths"));
+        return Err(format!("both directories of tablespace mapping {shown:?} must be absolute paths"));
     }
     Ok(Mapping { old, new })
 }
@@ -55,30 +61,29 @@ pub struct Tablespace {
 
 /// Decides where each tablespace goes, and checks that every target can be used: it must not
 /// exist, or be an empty directory (writing into the server's own live tablespace location
-/// would destroy it).
-pub fn plan(spcs: &[(u32, String, String)], mappings: &[Mapping]) -> Result<Vec<Tablespace>, Error> {
+/// would destroy it). Locations are the server's bytes, in any encoding.
+pub fn plan(spcs: &[(u32, String, PathBuf)], mappings: &[Mapping]) -> Result<Vec<Tablespace>, Error> {
     for m in mappings {
-        if !spcs.iter().any(|(_, _, loc)| Path::new(loc) == m.old) {
+        if !spcs.iter().any(|(_, _, loc)| *loc == m.old) {
             return Err(Error::Usage(format!(
                 "-T {}: no tablespace is at {} (locations: {})",
                 m.old.display(),
                 m.old.display(),
-                spcs.iter().map(|(_, _, l)| l.as_str()).collect::<Vec<_>>().join(", ")
+                spcs.iter().map(|(_, _, l)| l.display().to_string()).collect::<Vec<_>>().join(", ")
             )));
         }
     }
     let mut out = Vec::new();
-    for (oid, name, loc) in spcs.iter().filter(|(_, _, loc)| loc.starts_with('/')) {
-        let location = PathBuf::from(loc);
-        let target = mappings.iter().find(|m| m.old == location).map_or(location.clone(), |m| m.new.clone());
+    for (oid, name, location) in spcs.iter().filter(|(_, _, loc)| loc.is_absolute()) {
+        let target = mappings.iter().find(|m| m.old == *location).map_or(location.clone(), |m| m.new.clone());
         if std::fs::read_dir(&target).map(|mut d| d.next().is_some()).unwrap_or(false) {
             return Err(Error::Dest(crate::dest::DestError::TablespaceInTheWay {
                 name: name.clone(),
                 target,
-                location,
+                location: location.clone(),
             }));
         }
-        out.push(Tablespace { oid: *oid, name: name.clone(), location, target });
+        out.push(Tablespace { oid: *oid, name: name.clone(), location: location.clone(), target });
     }
     Ok(out)
 }
@@ -89,11 +94,15 @@ mod tests {
 
     #[test]
     fn mappings() {
-        assert_eq!(parse_mapping("/a=/b").unwrap(), Mapping { old: "/a".into(), new: "/b".into() });
-        assert_eq!(parse_mapping("/a\\=x y=/b c").unwrap(), Mapping { old: "/a=x y".into(), new: "/b c".into() });
-        assert!(parse_mapping("/a").is_err());
-        assert!(parse_mapping("a=/b").is_err());
-        assert!(parse_mapping("/a=/b=/c").is_err());
+        let parse = |s: &str| parse_mapping(std::ffi::OsStr::new(s));
+        assert_eq!(parse("/a=/b").unwrap(), Mapping { old: "/a".into(), new: "/b".into() });
+        assert_eq!(parse("/a\\=x y=/b c").unwrap(), Mapping { old: "/a=x y".into(), new: "/b c".into() });
+        assert!(parse("/a").is_err());
+        assert!(parse("a=/b").is_err());
+        assert!(parse("/a=/b=/c").is_err());
+        use std::os::unix::ffi::OsStrExt;
+        let odd = parse_mapping(std::ffi::OsStr::from_bytes(b"/sp\xff=/new")).unwrap();
+        assert_eq!(odd.old.as_os_str().as_bytes(), b"/sp\xff");
     }
 
     #[test]
@@ -102,7 +111,7 @@ mod tests {
         let busy = t.path().join("busy");
         std::fs::create_dir(&busy).unwrap();
         std::fs::write(busy.join("x"), "").unwrap();
-        let spcs = vec![(16400u32, "ts".to_string(), busy.display().to_string())];
+        let spcs = vec![(16400u32, "ts".to_string(), busy.clone())];
         assert!(plan(&spcs, &[]).is_err(), "the live location is refused");
         let new = t.path().join("new");
         let p = plan(&spcs, &[Mapping { old: busy.clone(), new: new.clone() }]).unwrap();
@@ -113,5 +122,10 @@ mod tests {
         );
         // In-place tablespaces (relative locations) are ordinary data.
         assert!(plan(&[(1, "inplace".into(), "pg_tblspc/1".into())], &[]).unwrap().is_empty());
+        // A location that is not UTF-8 is matched byte for byte.
+        use std::os::unix::ffi::OsStrExt;
+        let odd = PathBuf::from(std::ffi::OsStr::from_bytes(b"/srv/sp\xffce"));
+        let p = plan(&[(7, "odd".into(), odd.clone())], &[Mapping { old: odd, new: t.path().join("n") }]).unwrap();
+        assert_eq!(p[0].target, t.path().join("n"));
     }
 }

@@ -96,11 +96,11 @@ impl TransferError {
 }
 
 /// How the server is told which file, always as raw bytes (never converted between
-/// encodings): by its path, or, for a name that is not valid UTF-8 (which a UTF8 server
-/// refuses as text), by its directory and the raw bytes of its name.
+/// encodings): by its path, or, for a path that is not valid UTF-8 (which a UTF8 server
+/// refuses as text), by the raw bytes of its components, directories included.
 enum Source {
     Path(Vec<u8>),
-    ByName(Vec<u8>, Vec<u8>),
+    ByName(Vec<Vec<u8>>),
 }
 
 impl Source {
@@ -108,8 +108,7 @@ impl Source {
         if src.to_str().is_some() {
             return Source::Path(src.as_bytes());
         }
-        let dir = src.parent_bytes();
-        Source::ByName(if dir.is_empty() { b".".to_vec() } else { dir }, src.file_name().to_vec())
+        Source::ByName(src.as_bytes().split(|&b| b == b'/').map(<[u8]>::to_vec).collect())
     }
 }
 
@@ -333,7 +332,7 @@ impl Transfer {
             let (offset, len) = (offset as i64, BLCKSZ as i64);
             let rows = match &source {
                 Source::Path(path) => s.query(sql::READ_PAGE, &[path, &offset, &len], &what)?,
-                Source::ByName(dir, name) => s.query(sql::READ_PAGE_BY_NAME, &[dir, name, &offset, &len], &what)?,
+                Source::ByName(parts) => s.query(sql::READ_PAGE_BY_NAME, &[parts, &offset, &len], &what)?,
             };
             let Some(page) = rows.first().and_then(|r| r.get::<_, Option<Vec<u8>>>(0)) else { continue };
             if page.len() != BLCKSZ {
@@ -363,7 +362,7 @@ impl Transfer {
             (Source::Path(p), Some((off, len))) => {
                 s.stream(sql::READ_PLAIN_RANGE, &[p, &chunk, &(off as i64), &(len as i64)], &what)?
             }
-            (Source::ByName(dir, name), None) => s.stream(sql::READ_PLAIN_BY_NAME, &[dir, name, &chunk], &what)?,
+            (Source::ByName(parts), None) => s.stream(sql::READ_PLAIN_BY_NAME, &[parts, &chunk], &what)?,
             (Source::ByName(..), Some(_)) => {
                 return Err(TransferError::Data {
                     path,

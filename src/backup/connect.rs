@@ -24,7 +24,7 @@ pub(super) struct Server {
 
 pub(super) fn connect(common: &Common, opts: &MasterOpts, sig: &Signals) -> Result<Server, Error> {
     let mut ctl = common.conn.connect("pgbb")?;
-    sig.interrupt.set_cancel(Some(ctl.cancel_token()));
+    sig.interrupt.set_cancel(Some(common.conn.canceller(&ctl)));
     let info = check_server(&mut ctl, common)?;
     let run_key = claim_run(&mut ctl, opts.clean)?;
     let geo = WalGeometry::new(info.wal_segment_size)

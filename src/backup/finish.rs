@@ -4,7 +4,6 @@
 
 use crate::cli::MasterOpts;
 use crate::dest::{Dest, Roots, SafePath, PG_CONTROL, PG_CONTROL_PENDING};
-use crate::digest::{Algorithm, Digest};
 use crate::error::Error;
 use crate::manifest::{self, FileEntry, WalRange};
 use crate::pg::sql;
@@ -30,9 +29,10 @@ pub(super) fn finish(
     check_files(&target.roots, &copied.entries)?;
     if opts.write_recovery_conf {
         let conn = &server.common.conn;
-        let conninfo = recovery::primary_conninfo(conn.params(), conn.password().as_deref());
+        let (password, passfile) = (conn.password_given(), conn.passfile_used());
+        let conninfo = recovery::primary_conninfo(conn.params(), password.as_deref(), passfile.as_deref());
         let slot = opts.named_slot.as_deref();
-        write_recovery_conf(dest, &mut copied.entries, &conninfo, slot, algorithm, sync)?;
+        recovery::write_recovery_conf(dest, &mut copied.entries, &conninfo, slot, algorithm, sync)?;
         log::info!(
             "wrote standby.signal and primary_conninfo{}",
             if slot.is_some() { " and primary_slot_name" } else { "" }
@@ -95,37 +95,6 @@ fn summary(server: &Server, opts: &MasterOpts, c: Copied, started: &Started, sto
         manifest: opts.manifest,
         wire: c.wire,
     }
-}
-
-/// `-R`: appends primary_conninfo (and primary_slot_name) to postgresql.auto.conf and writes
-/// standby.signal, keeping the manifest entries true.
-fn write_recovery_conf(
-    dest: &Dest,
-    entries: &mut Vec<FileEntry>,
-    conninfo: &str,
-    slot: Option<&str>,
-    algorithm: Algorithm,
-    sync: bool,
-) -> Result<(), Error> {
-    let auto = SafePath::parse("postgresql.auto.conf")?;
-    let mut text = std::fs::read(dest.root().join("postgresql.auto.conf")).unwrap_or_default();
-    if !text.is_empty() && !text.ends_with(b"\n") {
-        text.push(b'\n');
-    }
-    text.extend_from_slice(recovery::auto_conf_lines(conninfo, slot).as_bytes());
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |t| t.as_secs() as i64);
-    for (path, data) in [(auto, text), (SafePath::parse("standby.signal")?, Vec::new())] {
-        dest.write_file(&path, &data, sync)?;
-        let mut d = Digest::new(algorithm);
-        d.update(&data);
-        let entry =
-            FileEntry { path: path.as_bytes(), size: data.len() as u64, mtime: now, algorithm, checksum: d.finish() };
-        match entries.iter_mut().find(|e| e.path == entry.path) {
-            Some(e) => *e = entry,
-            None => entries.push(entry),
-        }
-    }
-    Ok(())
 }
 
 /// Every file written is in DEST at the size recorded for the manifest (pg_control still

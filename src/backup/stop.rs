@@ -27,7 +27,7 @@ pub(super) fn stop_backup(
     sig: &Signals,
 ) -> Result<Stopped, Error> {
     // Every data file and pg_control are in place: stop the backup.
-    sig.interrupt.set_cancel(Some(server.ctl.cancel_token()));
+    sig.interrupt.set_cancel(Some(server.common.conn.canceller(&server.ctl)));
     let stop = sql::stop_backup(&mut server.ctl, server.info.caps)?;
     log::info!("backup stopped at {}", stop.lsn);
     let label_tli = stop

@@ -1,12 +1,14 @@
-//! Connection settings the libpq way (DSN plus PG* environment) and a session wrapper that
-//! logs every SQL statement at debug level.
+//! Connection settings the libpq way (a DSN plus the PG* environment, see [`super::settings`])
+//! and the server they lead to (see [`super::hosts`]), and a session wrapper that logs every
+//! SQL statement at debug level.
 
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
 
-use postgres::config::Host;
 use postgres::types::ToSql;
 use postgres::{Client, Config, NoTls, Row, RowIter};
 
+use super::hosts::{self, Endpoint, TargetAttrs};
+use super::settings;
 use super::tls::{LibpqTls, SslMode, TlsSettings, TlsSetupError};
 use super::{conninfo, describe, PgError};
 
@@ -17,250 +19,131 @@ pub const PASSWORD_ENV: &str = "PGPASSWORD";
 /// Resolved connection settings.
 #[derive(Clone)]
 pub struct ConnInfo {
+    /// The driver's settings without hosts, ports, or a password from the password file.
     config: Config,
     /// Every setting as libpq keywords, resolved, without the password.
     params: conninfo::Params,
     tls: TlsSettings,
-}
-
-fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.is_empty())
-}
-
-fn os_user() -> String {
-    nix::unistd::User::from_uid(nix::unistd::getuid())
-        .ok()
-        .flatten()
-        .map(|u| u.name)
-        .or_else(|| env("USER"))
-        .unwrap_or_else(|| "postgres".into())
-}
-
-/// sslrootcert=system (the system's trusted roots) is safe only with the host name checked:
-/// verify-full is then the default sslmode and the only one allowed, as in libpq.
-fn system_roots_need_verify_full(params: &mut conninfo::Params) -> Result<(), PgError> {
-    if params.get("sslrootcert").map(String::as_str) != Some("system") {
-        return Ok(());
-    }
-    match params.get("sslmode").map(String::as_str) {
-        None => {
-            params.insert("sslmode".into(), "verify-full".into());
-            Ok(())
-        }
-        Some("verify-full") => Ok(()),
-        Some(weak) => Err(PgError::BadDsn(format!(
-            "weak sslmode \"{weak}\" may not be used with sslrootcert=system (use \"verify-full\")"
-        ))),
-    }
-}
-
-/// Splits one password-file line into its five fields (`\\` escapes `:` and `\\`).
-fn passfile_fields(line: &str) -> Option<Vec<String>> {
-    let mut fields = vec![String::new()];
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => fields.last_mut()?.push(chars.next().unwrap_or('\\')),
-            ':' if fields.len() < 5 => fields.push(String::new()),
-            c => fields.last_mut()?.push(c),
-        }
-    }
-    (fields.len() == 5).then_some(fields)
-}
-
-/// The password for these settings from `PGPASSFILE` or `~/.pgpass`, as libpq finds it: the
-/// first line whose host, port, database and user match (`*` matches anything; a socket
-/// directory counts as `localhost`). A file readable by group or others is ignored, with a
-/// warning, as libpq does.
-pub fn passfile_password(config: &Config) -> Option<String> {
-    use std::os::unix::fs::PermissionsExt;
-    let path = match env("PGPASSFILE") {
-        Some(p) => std::path::PathBuf::from(p),
-        None => super::tls::home_dir()?.join(".pgpass"),
-    };
-    let meta = std::fs::metadata(&path).ok()?;
-    if !meta.is_file() {
-        return None;
-    }
-    if meta.permissions().mode() & 0o077 != 0 {
-        log::warn!(
-            "password file \"{}\" has group or world access; permissions should be u=rw (0600) or less",
-            path.display()
-        );
-        return None;
-    }
-    let text = std::fs::read_to_string(&path).ok()?;
-    let host = match config.get_hosts().first() {
-        Some(Host::Tcp(h)) => h.clone(),
-        _ => "localhost".to_string(),
-    };
-    let port = config.get_ports().first().copied().unwrap_or(5432).to_string();
-    let want = [host.as_str(), port.as_str(), config.get_dbname().unwrap_or(""), config.get_user().unwrap_or("")];
-    text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()).find_map(|l| {
-        let f = passfile_fields(l)?;
-        f.iter().zip(want).all(|(have, want)| have == "*" || have == want).then(|| f[4].clone())
-    })
+    endpoints: Vec<Endpoint>,
+    target: TargetAttrs,
+    random_order: bool,
+    /// The password file's password for each endpoint (libpq looks one up per host), when
+    /// no password was given.
+    file_passwords: Vec<Option<String>>,
+    /// The endpoint the first connection went to: every later one goes there too, and so do
+    /// the children (a backup must come from one server). Shared by clones.
+    chosen: Arc<OnceLock<usize>>,
 }
 
 impl ConnInfo {
     /// Parses a key=value or URI connection string; unset parts come from the environment
-    /// (PGHOST, PGHOSTADDR, PGPORT, PGUSER, PGDATABASE, PGPASSWORD, PGPASSFILE, PGOPTIONS,
-    /// PGSSLMODE, PGSSLROOTCERT, PGSSLCERT, PGSSLKEY, PGCONNECT_TIMEOUT), then libpq's defaults.
+    /// (see `settings::complete`), then libpq's defaults.
     pub fn from_dsn(dsn: &str) -> Result<ConnInfo, PgError> {
         let mut params = conninfo::parse(dsn).map_err(PgError::BadDsn)?;
-        for (key, var) in [
-            ("host", "PGHOST"),
-            ("hostaddr", "PGHOSTADDR"),
-            ("port", "PGPORT"),
-            ("user", "PGUSER"),
-            ("dbname", "PGDATABASE"),
-            ("options", "PGOPTIONS"),
-            ("sslmode", "PGSSLMODE"),
-            ("sslrootcert", "PGSSLROOTCERT"),
-            ("sslcrl", "PGSSLCRL"),
-            ("sslcrldir", "PGSSLCRLDIR"),
-            ("sslcert", "PGSSLCERT"),
-            ("sslkey", "PGSSLKEY"),
-            ("connect_timeout", "PGCONNECT_TIMEOUT"),
-            ("application_name", "PGAPPNAME"),
-        ] {
-            if !params.contains_key(key) {
-                if let Some(v) = env(var) {
-                    params.insert(key.into(), v);
-                }
-            }
+        settings::complete(&mut params)?;
+        let endpoints = hosts::endpoints(params.get("host"), params.get("hostaddr"), params.get("port"))
+            .map_err(PgError::BadDsn)?;
+        let s = settings::from_params(&params)?;
+        let mut config = s.config;
+        if let Some(p) = params.get("password") {
+            config.password(p);
+        } else if let Some(p) = settings::env(PASSWORD_ENV)? {
+            config.password(p);
         }
-        if !params.contains_key("host") && !params.contains_key("hostaddr") {
-            let sock = ["/var/run/postgresql", "/tmp"].into_iter().find(|d| std::path::Path::new(d).is_dir());
-            params.insert("host".into(), sock.unwrap_or("localhost").into());
-        }
-        params.entry("port".into()).or_insert_with(|| "5432".into());
-        let user = params.get("user").cloned().unwrap_or_else(os_user);
-        params.insert("user".into(), user.clone());
-        params.entry("dbname".into()).or_insert(user);
-        params.entry("connect_timeout".into()).or_insert_with(|| "10".into());
-        system_roots_need_verify_full(&mut params)?;
-        params.entry("sslmode".into()).or_insert_with(|| "prefer".into());
-
-        let bad = |k: &str, v: &str| PgError::BadDsn(format!("invalid value for \"{k}\": \"{v}\""));
-        let mut config = Config::new();
-        let mut tls = TlsSettings::default();
-        for (k, v) in &params {
-            match k.as_str() {
-                "host" => {
-                    for h in v.split(',') {
-                        config.host(h);
-                    }
-                }
-                "hostaddr" => {
-                    for a in v.split(',') {
-                        config.hostaddr(a.parse().map_err(|_| bad(k, a))?);
-                    }
-                }
-                "port" => {
-                    for p in v.split(',') {
-                        config.port(if p.is_empty() { 5432 } else { p.parse().map_err(|_| bad(k, p))? });
-                    }
-                }
-                "user" => {
-                    config.user(v);
-                }
-                "password" => {
-                    config.password(v);
-                }
-                "dbname" => {
-                    config.dbname(v);
-                }
-                "options" => {
-                    config.options(v);
-                }
-                "connect_timeout" => {
-                    let secs: u64 = v.parse().map_err(|_| bad(k, v))?;
-                    config.connect_timeout(Duration::from_secs(secs.max(2)));
-                }
-                "sslmode" => tls.mode = v.parse().map_err(|_| bad(k, v))?,
-                "sslrootcert" => tls.root_cert = Some(v.into()),
-                "sslcrl" => tls.crl = Some(v.into()),
-                "sslcrldir" => tls.crl_dir = Some(v.into()),
-                "sslcert" => tls.cert = Some(v.into()),
-                "sslkey" => tls.key = Some(v.into()),
-                // pgbb names its sessions itself (pgbb, pgbb worker N, ...).
-                "application_name" | "fallback_application_name" => {}
-                // Handled by pgbb itself (keepalives are always on, see below).
-                "keepalives" | "keepalives_idle" | "keepalives_interval" | "keepalives_count" | "tcp_user_timeout" => {}
-                "target_session_attrs" | "channel_binding" | "load_balance_hosts" | "sslnegotiation" => {}
-                other => return Err(PgError::BadDsn(format!("invalid connection option \"{other}\""))),
-            }
-        }
-        if config.get_password().is_none() {
-            if let Some(p) = env(PASSWORD_ENV) {
-                config.password(p);
-            } else if let Some(p) = passfile_password(&config) {
-                config.password(p);
-            }
-        }
-        config.ssl_mode(match tls.mode {
-            SslMode::Disable => postgres::config::SslMode::Disable,
-            SslMode::Allow | SslMode::Prefer => postgres::config::SslMode::Prefer,
-            _ => postgres::config::SslMode::Require,
-        });
-        // A dead peer must turn into an error, not a hang.
-        config.keepalives(true);
-        config.keepalives_idle(Duration::from_secs(10));
-        config.keepalives_interval(Duration::from_secs(5));
-        config.keepalives_retries(3);
-        // Unacknowledged data for 30 s (a request sent into a dead network) is an error too.
-        config.tcp_user_timeout(Duration::from_secs(30));
+        let file_passwords = match settings::passfile_path(&params).filter(|_| config.get_password().is_none()) {
+            Some(file) => endpoints
+                .iter()
+                .map(|e| {
+                    let port = e.port.to_string();
+                    let (db, user) = (config.get_dbname().unwrap_or(""), config.get_user().unwrap_or(""));
+                    settings::passfile_password(&file, [&e.passfile_host(), &port, db, user])
+                })
+                .collect(),
+            None => vec![None; endpoints.len()],
+        };
         params.remove("password");
-        Ok(ConnInfo { config, params, tls })
+        Ok(ConnInfo {
+            config,
+            params,
+            tls: s.tls,
+            endpoints,
+            target: s.target,
+            random_order: s.random_order,
+            file_passwords,
+            chosen: Arc::new(OnceLock::new()),
+        })
     }
 
-    /// The password, if any (handed to children through the environment).
+    /// The endpoint connections go to: the chosen one, else (before the first) the first.
+    fn endpoint(&self) -> (usize, &Endpoint) {
+        let i = self.chosen.get().copied().unwrap_or(0);
+        (i, &self.endpoints[i])
+    }
+
+    /// The password, if any: the one given, else the password file's for the server of this
+    /// run (handed to children through the environment).
     pub fn password(&self) -> Option<String> {
+        match self.config.get_password() {
+            Some(p) => Some(String::from_utf8_lossy(p).into_owned()),
+            None => self.file_passwords[self.endpoint().0].clone(),
+        }
+    }
+
+    /// The password file, when the password came from it (`-R` names the file, as
+    /// pg_basebackup does, rather than copying the password out of it).
+    pub fn passfile_used(&self) -> Option<String> {
+        self.file_passwords[self.endpoint().0].as_ref()?;
+        settings::passfile_path(&self.params).map(|p| p.display().to_string())
+    }
+
+    /// The password given in the DSN or PGPASSWORD.
+    pub fn password_given(&self) -> Option<String> {
         self.config.get_password().map(|p| String::from_utf8_lossy(p).into_owned())
     }
 
     /// A key=value connection string with everything but the password, for a child's argv.
+    /// Once a server is chosen it names that host only: the children must reach the same
+    /// server, whatever the host list and target_session_attrs would pick now.
     pub fn child_dsn(&self) -> String {
-        self.params.iter().map(|(k, v)| format!("{k}={}", conninfo::quote_value(v))).collect::<Vec<_>>().join(" ")
+        let mut p = self.params.clone();
+        if let Some(&i) = self.chosen.get() {
+            let e = &self.endpoints[i];
+            for k in ["host", "hostaddr", "target_session_attrs", "load_balance_hosts"] {
+                p.remove(k);
+            }
+            if let Some(h) = &e.host {
+                p.insert("host".into(), h.clone());
+            }
+            if let Some(a) = e.hostaddr {
+                p.insert("hostaddr".into(), a.to_string());
+            }
+            p.insert("port".into(), e.port.to_string());
+        }
+        p.iter().map(|(k, v)| format!("{k}={}", conninfo::quote_value(v))).collect::<Vec<_>>().join(" ")
     }
 
-    /// The resolved settings (no password), e.g. for `primary_conninfo`.
+    /// The resolved settings as given (no password), e.g. for `primary_conninfo`.
     pub fn params(&self) -> &conninfo::Params {
         &self.params
     }
 
     /// Where we connect, for messages (never the password).
     pub fn target(&self) -> String {
-        let host = match self.config.get_hosts().first() {
-            Some(Host::Tcp(s)) => format!("host \"{s}\""),
-            Some(Host::Unix(p)) => format!("socket in \"{}\"", p.display()),
-            None => "default host".into(),
-        };
-        let port = self.config.get_ports().first().copied().unwrap_or(5432);
-        format!(
-            "{host} port {port} as user \"{}\" database \"{}\"",
-            self.config.get_user().unwrap_or(""),
-            self.config.get_dbname().unwrap_or("")
-        )
+        self.target_at(self.endpoint().1)
     }
 
-    /// True when every host is on this machine: a Unix socket, `localhost` or a loopback
-    /// address. Compression only costs CPU there (`--compress auto` leaves it off).
+    fn target_at(&self, e: &Endpoint) -> String {
+        format!("{} as user \"{}\" database \"{}\"", e.describe(), self.user(), self.dbname())
+    }
+
+    /// True when the server is on this machine (every host of the list, until one is
+    /// chosen): a Unix socket, `localhost` or a loopback address. Compression only costs
+    /// CPU there (`--compress auto` leaves it off).
     pub fn is_local(&self) -> bool {
-        let addrs = self.config.get_hostaddrs();
-        if !addrs.is_empty() {
-            return addrs.iter().all(|a| a.is_loopback());
+        match self.chosen.get() {
+            Some(&i) => self.endpoints[i].is_local(),
+            None => self.endpoints.iter().all(Endpoint::is_local),
         }
-        let hosts = self.config.get_hosts();
-        !hosts.is_empty()
-            && hosts.iter().all(|h| match h {
-                Host::Unix(_) => true,
-                Host::Tcp(name) => {
-                    name.eq_ignore_ascii_case("localhost")
-                        || name.parse::<std::net::IpAddr>().is_ok_and(|a| a.is_loopback())
-                }
-            })
     }
 
     pub fn user(&self) -> &str {
@@ -279,12 +162,7 @@ impl ConnInfo {
         config.application_name(app);
         config.options(&startup_options(self.config.get_options()));
         log::debug!("connecting to {} as {app:?}", self.target());
-        let connected = if self.tls.mode == SslMode::Disable {
-            config.connect(NoTls)
-        } else {
-            config.connect(LibpqTls::new(self.tls.clone()))
-        };
-        let client = connected.map_err(|e| self.connect_error(&e))?;
+        let client = self.open(&config)?;
         let mut s = Session {
             client,
             app: app.to_string(),
@@ -296,11 +174,81 @@ impl ConnInfo {
         Ok(s)
     }
 
+    /// What cancels a statement of a session of these settings: its token, sent over TLS
+    /// when the settings allow TLS (as the session itself was), in the clear otherwise.
+    pub fn canceller(&self, s: &Session) -> Canceller {
+        let tls = (self.tls.mode != SslMode::Disable).then(|| LibpqTls::new(self.tls.clone()));
+        Canceller { token: s.client.cancel_token(), tls }
+    }
+}
+
+impl ConnInfo {
+    /// The client for a new session: to the run's server, or, for the first connection,
+    /// to the first host (in libpq's order) that accepts it and fits target_session_attrs
+    /// (`prefer-standby`: a standby if any host is one) — that one becomes the run's server.
+    fn open(&self, config: &Config) -> Result<Client, PgError> {
+        if let Some(&i) = self.chosen.get() {
+            return self.open_at(config, i, TargetAttrs::Any);
+        }
+        let order = hosts::order(self.endpoints.len(), self.random_order);
+        let mut failed = Vec::new();
+        for &want in self.target.passes() {
+            for &i in &order {
+                match self.open_at(config, i, want) {
+                    Ok(c) => {
+                        let _ = self.chosen.set(i);
+                        return Ok(c);
+                    }
+                    Err(e) => failed.push(e),
+                }
+            }
+        }
+        Err(all_failed(failed))
+    }
+
+    fn open_at(&self, base: &Config, i: usize, want: TargetAttrs) -> Result<Client, PgError> {
+        let e = &self.endpoints[i];
+        let mut config = base.clone();
+        e.apply(&mut config);
+        if let (None, Some(p)) = (config.get_password(), &self.file_passwords[i]) {
+            config.password(p);
+        }
+        let connected = if self.tls.mode == SslMode::Disable {
+            config.connect(NoTls)
+        } else {
+            config.connect(LibpqTls::new(self.tls.clone()))
+        };
+        let mut client = connected.map_err(|err| self.connect_error(e, &err))?;
+        match hosts::check(&mut client, want) {
+            Ok(None) => Ok(client),
+            Ok(Some(why)) => Err(PgError::Connect { target: self.target_at(e), message: why.into(), code: None }),
+            Err(err) => Err(self.connect_error(e, &err)),
+        }
+    }
+
+    /// A failed connection in libpq's words: a TLS failure on this side or a channel
+    /// binding the server did not do as its own message (a lasting one), else the server's
+    /// or the driver's, with the SQLSTATE when there is one.
+    fn connect_error(&self, at: &Endpoint, e: &postgres::Error) -> PgError {
+        let target = self.target_at(at);
+        if let Some(t) = std::error::Error::source(e).and_then(|s| s.downcast_ref::<TlsSetupError>()) {
+            return PgError::Tls { target, message: t.0.clone() };
+        }
+        let message = describe(e);
+        if message.contains("server did not use channel binding") {
+            let why =
+                if self.tls.mode == SslMode::Disable { " (sslmode=disable: without TLS there is none)" } else { "" };
+            let message = format!("channel binding required but not supported by server's authentication request{why}");
+            return PgError::Tls { target, message };
+        }
+        PgError::Connect { target, message, code: e.code().map(|c| c.code().to_string()) }
+    }
+
     /// Whether backend `pid` still exists, asked over a new short-lived session; `None` when
     /// the server cannot be reached within a few seconds.
     fn backend_exists(&self, pid: i32) -> Option<bool> {
         let mut quick = self.clone();
-        quick.config.connect_timeout(Duration::from_secs(3));
+        quick.config.connect_timeout(std::time::Duration::from_secs(3));
         let mut s = quick.connect("pgbb probe").ok()?;
         // A probe explains nothing itself.
         s.backend_pid = None;
@@ -326,18 +274,47 @@ fn startup_options(user: Option<&str>) -> String {
     }
 }
 
-impl ConnInfo {
-    /// A failed connection in libpq's words: a TLS failure on this side as its own message
-    /// (a lasting one), else the server's or the driver's, with the SQLSTATE when there is one.
-    fn connect_error(&self, e: &postgres::Error) -> PgError {
-        let tls = std::error::Error::source(e).and_then(|s| s.downcast_ref::<TlsSetupError>());
-        match tls {
-            Some(t) => PgError::Tls { target: self.target(), message: t.0.clone() },
-            None => PgError::Connect {
-                target: self.target(),
-                message: describe(e),
-                code: e.code().map(|c| c.code().to_string()),
-            },
+/// One error for a connection that failed on every host: the only one as it is, else each
+/// host's reason (as libpq lists them), lasting only when every reason is.
+fn all_failed(mut failed: Vec<PgError>) -> PgError {
+    if failed.len() == 1 {
+        return failed.remove(0);
+    }
+    let lasting = failed.iter().all(|e| matches!(e, PgError::Tls { .. }));
+    let message = failed
+        .iter()
+        .map(|e| match e {
+            PgError::Connect { target, message, .. } | PgError::Tls { target, message } => {
+                format!("{target}: {message}")
+            }
+            other => other.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    let target = format!("any of the {} hosts", failed.len());
+    if lasting {
+        return PgError::Tls { target, message };
+    }
+    let code = failed.iter().rev().find_map(|e| match e {
+        PgError::Connect { code, .. } => code.clone(),
+        _ => None,
+    });
+    PgError::Connect { target, message, code }
+}
+
+/// Cancels the running statement of one session from another thread (see
+/// [`ConnInfo::canceller`]).
+#[derive(Clone)]
+pub struct Canceller {
+    token: postgres::CancelToken,
+    tls: Option<LibpqTls>,
+}
+
+impl Canceller {
+    pub fn cancel(&self) -> Result<(), postgres::Error> {
+        match &self.tls {
+            Some(t) => self.token.cancel_query(t.clone()),
+            None => self.token.cancel_query(NoTls),
         }
     }
 }
@@ -457,11 +434,6 @@ impl Session {
         self.client.query_raw(&stmt, params.iter().copied()).map_err(|e| PgError::query(what, e))
     }
 
-    /// A token that cancels this session's running statement from another thread.
-    pub fn cancel_token(&self) -> postgres::CancelToken {
-        self.client.cancel_token()
-    }
-
     pub fn is_closed(&self) -> bool {
         self.client.is_closed()
     }
@@ -480,7 +452,7 @@ mod tests {
         let again = ConnInfo::from_dsn(&dsn).unwrap();
         assert_eq!(again.user(), "bob");
         assert_eq!(again.dbname(), "d");
-        assert_eq!(again.config.get_ports(), &[5433]);
+        assert_eq!(again.endpoints[0].port, 5433);
         let uri = ConnInfo::from_dsn("postgresql://al:pw@localhost:6000/db1").unwrap();
         assert!(!uri.child_dsn().contains("pw"));
         assert_eq!(uri.password().as_deref(), Some("pw"));
@@ -488,22 +460,33 @@ mod tests {
     }
 
     #[test]
-    fn password_file() {
-        use std::os::unix::fs::PermissionsExt;
-        let t = tempfile::tempdir().unwrap();
-        let f = t.path().join("pass");
-        std::fs::write(&f, "# comment\nother:*:*:*:no\nlocalhost:5433:*:bob:pa\\:ss\n*:*:*:*:fallback\n").unwrap();
-        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
-        std::env::set_var("PGPASSFILE", &f);
-        let mut c = <Config as std::str::FromStr>::from_str("host=/tmp port=5433 user=bob dbname=x").unwrap();
-        assert_eq!(passfile_password(&c).as_deref(), Some("pa:ss"));
-        c.user("alice");
-        assert_eq!(passfile_password(&c).as_deref(), Some("fallback"));
-        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert_eq!(passfile_password(&c), None, "a world-readable file is ignored");
-        std::env::remove_var("PGPASSFILE");
-        assert_eq!(passfile_fields("a:b:c:d:e\\\\f").unwrap()[4], "e\\f");
-        assert!(passfile_fields("a:b:c").is_none());
+    fn connect_timeout_zero_waits_for_ever_as_in_libpq() {
+        use std::time::Duration;
+        let t = |dsn: &str| ConnInfo::from_dsn(dsn).unwrap().config.get_connect_timeout().copied();
+        assert_eq!(t("host=/tmp connect_timeout=0"), None);
+        assert_eq!(t("host=/tmp connect_timeout=-1"), None);
+        assert_eq!(t("host=/tmp connect_timeout=1"), Some(Duration::from_secs(2)));
+        assert_eq!(t("host=/tmp connect_timeout=30"), Some(Duration::from_secs(30)));
+        assert_eq!(t("host=/tmp"), Some(Duration::from_secs(10)), "pgbb's documented default");
+        assert!(!ConnInfo::from_dsn("host=/tmp").unwrap().child_dsn().contains("connect_timeout"));
+    }
+
+    #[test]
+    fn children_follow_the_chosen_server() {
+        let c = ConnInfo::from_dsn(
+            "host=a,b hostaddr=10.0.0.1,10.0.0.2 port=1,2 user=u dbname=d target_session_attrs=primary \
+             load_balance_hosts=random",
+        )
+        .unwrap();
+        assert!(c.child_dsn().contains("host=a,b"), "{}", c.child_dsn());
+        assert!(!c.is_local());
+        c.chosen.set(1).unwrap();
+        let d = c.child_dsn();
+        assert!(d.contains("host=b ") && d.contains("hostaddr=10.0.0.2 ") && d.contains("port=2 "), "{d}");
+        assert!(!d.contains("target_session_attrs") && !d.contains("load_balance_hosts"), "{d}");
+        assert_eq!(c.clone().child_dsn(), d, "clones share the choice");
+        assert_eq!(c.target(), "host \"b\" (10.0.0.2) port 2 as user \"u\" database \"d\"");
+        assert_eq!(ConnInfo::from_dsn(&d).unwrap().endpoints.len(), 1);
     }
 
     #[test]

@@ -3,7 +3,10 @@
 pub mod caps;
 pub mod conn;
 pub mod conninfo;
+pub mod hosts;
+pub mod raw;
 pub mod run;
+pub mod settings;
 pub mod sql;
 pub mod sql_dest;
 pub mod tls;
@@ -16,6 +19,9 @@ pub use conn::{ConnInfo, Session};
 pub enum PgError {
     #[error("invalid connection string: {0}")]
     BadDsn(String),
+    /// A PG* environment variable pgbb reads cannot be used (not UTF-8).
+    #[error("{0}")]
+    BadEnv(String),
     #[error("could not connect to {target}: {message}")]
     Connect { target: String, message: String, code: Option<String> },
     /// The TLS settings on this side cannot work (a key file others can read, a certificate

@@ -1,5 +1,6 @@
 //! All SQL pgbb runs, in one place, with small typed wrappers.
 
+use super::raw::RawText;
 use super::{Caps, PgError, Session};
 use crate::layout::{Entry, EXCLUDED_DIR_CONTENTS};
 use crate::lsn::Lsn;
@@ -182,15 +183,25 @@ pub fn connection_room(s: &mut Session) -> Result<ConnectionRoom, PgError> {
     })
 }
 
-/// Tablespaces other than pg_default and pg_global: (oid, name, location).
-pub fn tablespaces(s: &mut Session) -> Result<Vec<(u32, String, String)>, PgError> {
+/// Tablespaces other than pg_default and pg_global: (oid, name, location). The location is
+/// the server's bytes (it need not be UTF-8: an administrator may have moved the directory);
+/// the name is for messages.
+pub fn tablespaces(s: &mut Session) -> Result<Vec<(u32, String, std::path::PathBuf)>, PgError> {
+    const WHAT: &str = "could not list tablespaces";
     let rows = s.query(
-        "SELECT oid, spcname::pg_catalog.text, pg_catalog.pg_tablespace_location(oid) FROM pg_catalog.pg_tablespace \
-          WHERE spcname NOT IN ('pg_default', 'pg_global') ORDER BY oid",
+        concat!(
+            "SELECT oid, spcname::pg_catalog.text, ",
+            raw_name!("pg_catalog.pg_tablespace_location(oid)"),
+            " FROM pg_catalog.pg_tablespace WHERE spcname NOT IN ('pg_default', 'pg_global') ORDER BY oid"
+        ),
         &[],
-        "could not list tablespaces",
+        WHAT,
     )?;
-    Ok(rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+    let row = |r: &postgres::Row| -> Result<_, postgres::Error> {
+        let location = RawText(r.try_get::<_, Vec<u8>>(2)?);
+        Ok((r.try_get(0)?, r.try_get::<_, RawText>(1)?.lossy(), location.path()))
+    };
+    rows.iter().map(|r| row(r).map_err(|e| PgError::query(WHAT, e))).collect()
 }
 
 /// Takes the advisory lock of run `key` (see [`super::run`]) on this session, where it stays
@@ -352,7 +363,8 @@ pub fn stop_backup(s: &mut Session, caps: Caps) -> Result<StopResult, PgError> {
     Ok(StopResult {
         lsn: lsn.parse().map_err(|e: crate::lsn::LsnParseError| PgError::Unsupported(e.to_string()))?,
         labelfile: r.get::<_, Option<String>>(1).unwrap_or_default(),
-        spcmapfile: r.get::<_, Option<String>>(2).unwrap_or_default(),
+        // Tablespace locations, which need not be UTF-8 (only logged).
+        spcmapfile: r.get::<_, Option<RawText>>(2).map(|t| t.lossy()).unwrap_or_default(),
     })
 }
 
@@ -493,35 +505,46 @@ pub const READ_PLAIN_RANGE: &str = concat!(
        LEFT JOIN LATERAL pg_catalog.generate_series($3::bigint, least($3 + $4, st.size) - 1, $2) AS o ON true"
 );
 
-/// A file found by the raw bytes of its name ($2) in its directory ($1, raw bytes, `.` for
-/// the top): for a name that is not valid in the server's encoding (on a UTF8 server, one
-/// that is not UTF-8), which the server would refuse as text. Its path (`f.p`).
-macro_rules! by_name {
+/// The server's path of a file whose path is not valid UTF-8 (which cannot travel as text):
+/// found one component at a time by the raw bytes of its names ($1, a `bytea[]`), from the
+/// data directory down, so that any directory or file name works. `pg_ls_dir` is strict: it
+/// lists nothing once every component is matched.
+macro_rules! walk_to_raw_path {
     () => {
         concat!(
-            "(SELECT CASE WHEN d.d = '.' THEN n ELSE d.d || '/' || n END AS p \
-                FROM (SELECT ",
-            text_path!("$1"),
-            " AS d) AS d, pg_catalog.pg_ls_dir(d.d, true, false) AS n WHERE ",
+            "WITH RECURSIVE walk(p, i) AS ( \
+                 SELECT NULL::pg_catalog.text, 0 \
+               UNION ALL \
+                 SELECT CASE WHEN w.i = 0 THEN n ELSE w.p || '/' || n END, w.i + 1 \
+                   FROM walk AS w, \
+                        pg_catalog.pg_ls_dir(CASE WHEN w.i = 0 THEN '.' \
+                                                  WHEN w.i < pg_catalog.cardinality($1::pg_catalog.bytea[]) THEN w.p END, \
+                                             true, false) AS n \
+                  WHERE ",
             raw_name!("n"),
-            " = $2) AS f"
+            " = ($1::pg_catalog.bytea[])[w.i + 1] \
+             ) "
         )
     };
 }
 
-/// [`READ_PLAIN`] by directory and raw name (see `by_name!`). No row at all if it is not
-/// there.
+/// [`READ_PLAIN`] for a file whose path is not valid UTF-8 ($1: its components, see
+/// `walk_to_raw_path!`; $2: the chunk size). No row at all if it is not there.
 pub const READ_PLAIN_BY_NAME: &str = concat!(
-    "SELECT st.size, extract(epoch FROM st.modification)::bigint, \
-            pg_catalog.pg_read_binary_file(f.p, o, $3, true) FROM ",
-    by_name!(),
-    " CROSS JOIN LATERAL pg_catalog.pg_stat_file(f.p, true) AS st \
-       LEFT JOIN LATERAL pg_catalog.generate_series(0::bigint, st.size - 1, $3) AS o ON true"
+    walk_to_raw_path!(),
+    "SELECT st.size, extract(epoch FROM st.modification)::bigint, pg_catalog.pg_read_binary_file(f.p, o, $2, true) \
+       FROM (SELECT p FROM walk WHERE i = pg_catalog.cardinality($1::pg_catalog.bytea[])) AS f \
+       CROSS JOIN LATERAL pg_catalog.pg_stat_file(f.p, true) AS st \
+       LEFT JOIN LATERAL pg_catalog.generate_series(0::bigint, st.size - 1, $2) AS o ON true"
 );
 
-/// [`READ_PAGE`] by directory and raw name.
-pub const READ_PAGE_BY_NAME: &str =
-    concat!("SELECT pg_catalog.pg_read_binary_file(f.p, $3, $4, true) FROM ", by_name!());
+/// [`READ_PAGE`] by the components of a path that is not valid UTF-8 ($1), offset $2,
+/// length $3.
+pub const READ_PAGE_BY_NAME: &str = concat!(
+    walk_to_raw_path!(),
+    "SELECT pg_catalog.pg_read_binary_file(p, $2, $3, true) FROM walk \
+      WHERE i = pg_catalog.cardinality($1::pg_catalog.bytea[])"
+);
 
 /// One page again, after it failed verification.
 pub const READ_PAGE: &str = concat!("SELECT pg_catalog.pg_read_binary_file(", text_path!("$1"), ", $2, $3, true)");
@@ -529,6 +552,7 @@ pub const READ_PAGE: &str = concat!("SELECT pg_catalog.pg_read_binary_file(", te
 /// One directory's regular files and their sizes (for the WAL loop), plus the position up to
 /// which WAL has been written (primary) or received/replayed (standby).
 pub fn list_wal(s: &mut Session) -> Result<(Vec<(String, u64)>, Lsn), PgError> {
+    const WHAT: &str = "could not list pg_wal";
     // The position first: every segment complete at that position is in the listing that
     // follows unless it was removed.
     let r = s.query_one(
@@ -551,12 +575,18 @@ pub fn list_wal(s: &mut Session) -> Result<(Vec<(String, u64)>, Lsn), PgError> {
               WHERE NOT st.isdir"
         ),
         &[],
-        "could not list pg_wal",
+        WHAT,
     )?;
-    let mut files: Vec<(String, u64)> = rows
-        .iter()
-        .filter_map(|r| Some((String::from_utf8(r.get::<_, Vec<u8>>(0)).ok()?, r.get::<_, i64>(1).max(0) as u64)))
-        .collect();
+    // A name that is not UTF-8 is neither a segment nor a history file: skipped.
+    let mut files = Vec::new();
+    for r in &rows {
+        let (name, size) = (r.try_get::<_, Vec<u8>>(0), r.try_get::<_, i64>(1));
+        let (name, size) = (name.map_err(|e| PgError::query(WHAT, e))?, size.map_err(|e| PgError::query(WHAT, e))?);
+        match String::from_utf8(name) {
+            Ok(n) => files.push((n, size.max(0) as u64)),
+            Err(e) => log::debug!("pg_wal/{} is not a WAL file: skipped", String::from_utf8_lossy(e.as_bytes())),
+        }
+    }
     files.sort();
     Ok((files, lsn))
 }
@@ -610,3 +640,12 @@ pub fn wal_segment_size(s: &mut Session) -> Result<u64, PgError> {
     )?;
     Ok(r.get::<_, i64>(0) as u64)
 }
+
+/// `target_session_attrs=read-write|read-only`: `on` in a read-only session (hot standby, or
+/// `default_transaction_read_only`), as libpq asks it. Run before the session's setup, so it
+/// is a statement with no function in it.
+pub const TRANSACTION_READ_ONLY: &str = "SHOW transaction_read_only";
+
+/// `target_session_attrs=primary|standby|prefer-standby`: true on a server in recovery, as
+/// libpq asks a server that does not report `in_hot_standby`.
+pub const IN_HOT_STANDBY: &str = "SELECT pg_catalog.pg_is_in_recovery()";

@@ -56,6 +56,8 @@ pub struct TlsSettings {
     pub crl_dir: Option<PathBuf>,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
+    /// Offer ALPN `postgresql` (needed by `sslnegotiation=direct`).
+    pub alpn: bool,
 }
 
 /// A TLS failure on this side, in libpq's words (a key file others can read, a certificate
@@ -292,6 +294,9 @@ impl TlsSettings {
         let have_root = self.load_roots(&mut store)?;
         b.set_cert_store(store.build());
         self.load_client(&mut b)?;
+        if self.alpn {
+            postgres_openssl::set_postgresql_alpn(&mut b).map_err(setup)?;
+        }
         let mut cfg = b.build().configure().map_err(setup)?;
         cfg.set_verify_hostname(false);
         if !have_root || matches!(self.mode, SslMode::Allow | SslMode::Prefer) {

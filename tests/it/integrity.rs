@@ -243,6 +243,52 @@ fn file_names_are_copied_byte_for_byte_in_every_server_encoding() {
     }
 }
 
+/// A directory whose name is not UTF-8 (a stray one at the top, and one deeper with a
+/// UTF-8 file inside it) is copied as pg_basebackup copies it: names and contents byte for
+/// byte, the files in the manifest with Encoded-Path; pg_verifybackup accepts the copy.
+#[test]
+fn a_directory_name_that_is_not_utf8_is_copied_with_its_files() {
+    use std::os::unix::ffi::OsStrExt;
+    let c = Cluster::new();
+    let top = c.data.join(std::ffi::OsStr::from_bytes(b"stray\xe9dir"));
+    let deeper = top.join(std::ffi::OsStr::from_bytes(b"sub\xff"));
+    std::fs::create_dir_all(&deeper).unwrap();
+    std::fs::write(top.join("plain.txt"), b"in a latin-1 directory").unwrap();
+    std::fs::write(deeper.join(std::ffi::OsStr::from_bytes(b"f\xfe")), vec![7u8; 70_000]).unwrap();
+    chown_pg(&c.data);
+    let (dest, out) = backup(&c, "nonutf8-dir", &["--chunk-size", "16k"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let copy = |p: &std::path::Path| dest.join(p.strip_prefix(&c.data).unwrap());
+    assert_eq!(std::fs::read(copy(&top.join("plain.txt"))).unwrap(), b"in a latin-1 directory");
+    assert_eq!(std::fs::read(copy(&deeper.join(std::ffi::OsStr::from_bytes(b"f\xfe")))).unwrap(), vec![7u8; 70_000]);
+    let manifest = std::fs::read_to_string(dest.join("backup_manifest")).unwrap();
+    // "stray\xe9dir/plain.txt" and "stray\xe9dir/sub\xff/f\xfe", hex-encoded.
+    assert!(
+        manifest.contains("\"Encoded-Path\": \"7374726179e96469722f706c61696e2e747874\", \"Size\": 22,"),
+        "{manifest}"
+    );
+    assert!(
+        manifest.contains("\"Encoded-Path\": \"7374726179e96469722f737562ff2f66fe\", \"Size\": 70000,"),
+        "{manifest}"
+    );
+    verifybackup(&dest, &[]);
+}
+
+/// A stray file in pg_wal whose name is not UTF-8 (it cannot be WAL) is left behind, as
+/// pg_basebackup leaves it; the WAL child used to panic on it.
+#[test]
+fn a_stray_pg_wal_name_that_is_not_utf8_is_skipped() {
+    use std::os::unix::ffi::OsStrExt;
+    let c = Cluster::new();
+    let stray = std::ffi::OsStr::from_bytes(b"stray\xff");
+    std::fs::write(c.data.join("pg_wal").join(stray), b"x").unwrap();
+    chown_pg(&c.data);
+    let (dest, out) = backup(&c, "stray-wal", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!dest.join("pg_wal").join(stray).exists());
+    verifybackup(&dest, &[]);
+}
+
 /// PostgreSQL 17+: manifest version 2 carries the cluster's System-Identifier, which
 /// pg_verifybackup 17+ compares with the copy's pg_control. Older servers: version 1, none.
 #[test]

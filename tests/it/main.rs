@@ -11,6 +11,7 @@ mod failures;
 mod faults;
 mod hostile;
 mod integrity;
+mod libpq;
 mod preflight;
 mod slave;
 mod special_files;

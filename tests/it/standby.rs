@@ -23,11 +23,14 @@ fn write_recovery_conf_makes_a_streaming_standby() {
     c.pgbench_init(2);
     c.client().batch_execute("CREATE TABLE after (x text)").unwrap();
     let dest = c.path("standby");
-    let out = pgbb_run(&["-R", "--slot", "standby_1", "-C", "-c", "fast", &c.dsn(), dest.to_str().unwrap()]);
+    // Routing and security settings go into primary_conninfo, as pg_basebackup writes them.
+    let dsn = format!("{} target_session_attrs=read-write channel_binding=disable application_name=standby1", c.dsn());
+    let out = pgbb_run(&["-R", "--slot", "standby_1", "-C", "-c", "fast", &dsn, dest.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(dest.join("standby.signal").exists());
     let auto = std::fs::read_to_string(dest.join("postgresql.auto.conf")).unwrap();
-    assert!(auto.contains("primary_conninfo = 'user=postgres host="), "{auto}");
+    assert!(auto.contains("primary_conninfo = 'user=postgres channel_binding=disable host="), "{auto}");
+    assert!(auto.contains(" application_name=standby1 sslmode=prefer target_session_attrs=read-write'"), "{auto}");
     assert!(auto.contains("primary_slot_name = 'standby_1'"), "{auto}");
     verifybackup(&dest, &[]);
     let copy = start_copy(&dest);
@@ -44,6 +47,8 @@ fn write_recovery_conf_makes_a_streaming_standby() {
         .unwrap()
         .get(0);
     assert!(active, "the standby streams through its slot");
+    let name: String = c.client().query_one("SELECT application_name FROM pg_stat_replication", &[]).unwrap().get(0);
+    assert_eq!(name, "standby1", "the walreceiver connects with the settings given");
 }
 
 #[test]

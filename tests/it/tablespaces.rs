@@ -71,6 +71,50 @@ fn two_tablespaces_mapped_elsewhere_restore() {
     assert_eq!(loc, new2.display().to_string());
 }
 
+/// A tablespace whose location is not UTF-8 (its directory moved by an administrator while
+/// the server was down, the link re-pointed, as one does): mapped with `-T` in those bytes,
+/// copied and restored. pgbb used to panic reading the location.
+#[test]
+fn a_tablespace_location_that_is_not_utf8_is_mapped_and_copied() {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let mut c = Cluster::new();
+    let loc = c.path("ts-loc");
+    std::fs::create_dir(&loc).unwrap();
+    chown_pg(&loc);
+    let mut cl = c.client();
+    cl.batch_execute(&format!("CREATE TABLESPACE odd LOCATION '{}'", loc.display())).unwrap();
+    cl.batch_execute("CREATE TABLE t TABLESPACE odd AS SELECT g FROM generate_series(1, 3000) g").unwrap();
+    let oid: u32 = cl.query_one("SELECT oid FROM pg_tablespace WHERE spcname = 'odd'", &[]).unwrap().get(0);
+    drop(cl);
+    c.stop();
+    let moved = c.path("").join(std::ffi::OsStr::from_bytes(b"ts-caf\xe9"));
+    std::fs::rename(&loc, &moved).unwrap();
+    let link = c.data.join("pg_tblspc").join(oid.to_string());
+    std::fs::remove_file(&link).unwrap();
+    std::os::unix::fs::symlink(&moved, &link).unwrap();
+    c.start();
+    let new = c.path("mapped");
+    let mut mapping = moved.clone().into_os_string().into_vec();
+    mapping.push(b'=');
+    mapping.extend_from_slice(new.as_os_str().as_bytes());
+    let dest = c.path("backup");
+    let out = pgbb()
+        .args(["-c", "fast", "-T"])
+        .arg(std::ffi::OsString::from_vec(mapping))
+        .arg(c.dsn())
+        .arg(&dest)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(std::fs::read_link(dest.join("pg_tblspc").join(oid.to_string())).unwrap(), new);
+    chown_pg(&new);
+    let copy = verify_restore(
+        &dest,
+        &Expect { pgbench: false, databases: vec!["postgres".into()], unlogged: vec![], absent: vec![] },
+    );
+    assert_eq!(query_i64(&mut copy.client(), "SELECT count(*) FROM t"), 3000);
+}
+
 /// A cluster with a tablespace at `ts` holding a table large enough to interrupt its copy.
 fn cluster_with_a_big_tablespace() -> (Cluster, std::path::PathBuf) {
     let c = Cluster::new();

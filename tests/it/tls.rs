@@ -117,7 +117,12 @@ fn revoke_server(dir: &Path) -> PathBuf {
 /// A cluster with TLS on (the certificates of `make_certs`) whose TCP connections must use
 /// TLS and authenticate with `method` (`trust`, or `cert` for a client certificate).
 fn tls_cluster(certs: &Path, method: &str) -> Cluster {
-    let mut c = Cluster::with(ClusterOpts { listen: Some("127.0.0.1".into()), ..Default::default() });
+    tls_cluster_of(certs, method, None)
+}
+
+/// [`tls_cluster`] with the server binaries of `bin` (another major version).
+fn tls_cluster_of(certs: &Path, method: &str, bin: Option<PathBuf>) -> Cluster {
+    let mut c = Cluster::with(ClusterOpts { listen: Some("127.0.0.1".into()), bin, ..Default::default() });
     for f in ["server.crt", "server.key", "ca.crt"] {
         std::fs::copy(certs.join(f), c.data.join(f)).unwrap();
         std::fs::set_permissions(c.data.join(f), std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -398,5 +403,188 @@ fn tls_client_certificate_and_key_as_libpq() {
         stderr(&out).contains(&format!("private key file \"{}\" is not a regular file", key.display())),
         "{}",
         stderr(&out)
+    );
+}
+
+/// channel_binding=require over TLS: SCRAM with channel binding (SCRAM-SHA-256-PLUS) makes
+/// a whole backup; md5 over the same TLS is refused before the password is sent.
+#[test]
+fn tls_channel_binding_with_scram() {
+    let certs = tempfile::tempdir().unwrap();
+    make_certs(certs.path());
+    let c = tls_cluster(certs.path(), "scram-sha-256");
+    c.client()
+        .batch_execute(
+            "ALTER ROLE postgres PASSWORD 'scram-pw'; SET password_encryption = 'md5'; \
+             CREATE ROLE md5user LOGIN SUPERUSER PASSWORD 'md5-pw'",
+        )
+        .unwrap();
+    let hba = c.data.join("pg_hba.conf");
+    let old = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(&hba, format!("hostssl all md5user 127.0.0.1/32 md5\n{old}")).unwrap();
+    c.client().batch_execute("SELECT pg_reload_conf()").unwrap();
+    let empty = home_with(certs.path(), &[]);
+    let dsn = |user: &str| {
+        format!("host=localhost hostaddr=127.0.0.1 port={} user={user} dbname=postgres sslmode=require channel_binding=require", c.port)
+    };
+    let dest = c.path("bound");
+    let out = pgbb()
+        .env("HOME", empty.path())
+        .env("PGPASSWORD", "scram-pw")
+        .args(["-c", "fast", &dsn("postgres"), dest.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    verifybackup(&dest, &[]);
+    let out = check_with_home(empty.path(), &dsn("md5user"), &[("PGPASSWORD", Path::new("md5-pw"))]);
+    assert_eq!(out.status.code(), Some(3), "{}", all(&out));
+    assert!(
+        stderr(&out).contains("channel binding required but not supported by server's authentication request"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// A TCP proxy to a local port that passes only the connections whose first 8 bytes `pass`
+/// accepts and drops any other. Stopped when dropped.
+struct FilterProxy {
+    port: u16,
+    dropped: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// An SSLRequest (TLS negotiated the PostgreSQL way) passes; a plain startup or cancel request
+/// does not: a path on which only TLS gets through.
+fn ssl_request(head: &[u8]) -> bool {
+    head[4..8] == 80877103u32.to_be_bytes()
+}
+
+/// A TLS handshake record from the first byte (sslnegotiation=direct) passes; anything else,
+/// an SSLRequest included, does not.
+fn tls_record(head: &[u8]) -> bool {
+    head[0] == 0x16 && head[1] == 0x03
+}
+
+impl FilterProxy {
+    fn to(upstream: u16, pass: fn(&[u8]) -> bool) -> FilterProxy {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering::SeqCst;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let proxy = FilterProxy { port, dropped: Default::default(), stop: Default::default() };
+        let (dropped, stop) = (proxy.dropped.clone(), proxy.stop.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stop.load(SeqCst) {
+                    return;
+                }
+                let (Ok(mut client), dropped) = (conn, dropped.clone()) else { continue };
+                std::thread::spawn(move || {
+                    let mut head = [0u8; 8];
+                    if client.read_exact(&mut head).is_err() {
+                        return;
+                    }
+                    if !pass(&head) {
+                        dropped.fetch_add(1, SeqCst);
+                        return;
+                    }
+                    let Ok(mut server) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else { return };
+                    let _ = server.write_all(&head);
+                    let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut s2, &mut c2);
+                        let _ = c2.shutdown(std::net::Shutdown::Both);
+                    });
+                    let _ = std::io::copy(&mut client, &mut server);
+                    let _ = server.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        proxy
+    }
+}
+
+impl Drop for FilterProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+/// The cancel request goes over TLS like the session it cancels: through a path that lets
+/// only TLS through, a SIGINT during a long statement (pg_backup_start waiting for a spread
+/// checkpoint of an hour) cancels it at once.
+#[test]
+fn tls_cancel_request_travels_over_tls() {
+    let certs = tempfile::tempdir().unwrap();
+    make_certs(certs.path());
+    let c = tls_cluster(certs.path(), "trust");
+    let mut admin = c.client();
+    for sql in [
+        "ALTER SYSTEM SET checkpoint_timeout = '1h'",
+        "ALTER SYSTEM SET checkpoint_completion_target = 0.9",
+        "SELECT pg_reload_conf()",
+        "CHECKPOINT",
+        // Dirty buffers for the spread checkpoint to write slowly.
+        "CREATE TABLE dirty AS SELECT g FROM generate_series(1, 1) AS g",
+        "INSERT INTO dirty SELECT g FROM generate_series(1, 300000) AS g",
+    ] {
+        admin.batch_execute(sql).unwrap();
+    }
+    let proxy = FilterProxy::to(c.port, ssl_request);
+    let empty = home_with(certs.path(), &[]);
+    let dsn =
+        format!("host=localhost hostaddr=127.0.0.1 port={} user=postgres dbname=postgres sslmode=require", proxy.port);
+    let dest = c.path("cancelled");
+    let mut child = pgbb()
+        .env("HOME", empty.path())
+        .args(["-c", "spread", &dsn, dest.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let waiting =
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgbb [run %' AND state = 'active' \
+                   AND query LIKE '%backup_start%'";
+    while query_i64(&mut admin, waiting) == 0 {
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "pg_backup_start never ran");
+        assert!(child.try_wait().unwrap().is_none(), "pgbb ended before pg_backup_start");
+    }
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    let (status, took) = wait_exit(&mut child, std::time::Duration::from_secs(30));
+    assert_eq!(status.code(), Some(130));
+    assert!(took < std::time::Duration::from_secs(15), "the abort took {took:?}");
+    assert!(c.log().contains("canceling statement due to user request"), "{}", c.log());
+    assert_eq!(proxy.dropped.load(std::sync::atomic::Ordering::SeqCst), 0, "nothing tried plain text");
+    assert!(!dest.exists());
+    c.assert_no_pgbb_left();
+}
+
+/// sslnegotiation=direct (PostgreSQL 17+): TLS from the first byte, with ALPN `postgresql`
+/// as the server requires; as libpq, only with an sslmode that insists on TLS.
+#[test]
+fn tls_direct_negotiation_with_postgresql_17() {
+    let certs = tempfile::tempdir().unwrap();
+    make_certs(certs.path());
+    let c = tls_cluster_of(certs.path(), "trust", Some(other_major(17)));
+    let empty = home_with(certs.path(), &[]);
+    // Through a path that lets only a TLS handshake from the first byte through.
+    let proxy = FilterProxy::to(c.port, tls_record);
+    let dsn = |extra: &str| {
+        format!("host=localhost hostaddr=127.0.0.1 port={} user=postgres dbname=postgres {extra}", proxy.port)
+    };
+    let out = check_with_home(empty.path(), &dsn("sslmode=require sslnegotiation=direct"), &[]);
+    assert!(stdout(&out).contains("connected to host \"localhost\""), "{}", all(&out));
+    assert_eq!(proxy.dropped.load(std::sync::atomic::Ordering::SeqCst), 0);
+    // The PostgreSQL way (an SSLRequest first) does not get through that path.
+    let out = check_with_home(empty.path(), &dsn("sslmode=require"), &[]);
+    assert_eq!(out.status.code(), Some(3), "{}", all(&out));
+    let out = check_with_home(empty.path(), &dsn("sslnegotiation=direct"), &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", all(&out));
+    assert!(
+        stderr(&out).contains("weak sslmode \"prefer\" may not be used with sslnegotiation=direct"),
+        "{}",
+        all(&out)
     );
 }
