@@ -476,8 +476,12 @@ fn backup(
     }
     for t in &spcs {
         let link = common.dest.join("pg_tblspc").join(t.oid.to_string());
-        std::fs::create_dir_all(common.dest.join("pg_tblspc"))
-            .and_then(|()| std::os::unix::fs::symlink(&t.target, &link))
+        // By path: under the guard, or it could make DEST again after a second signal.
+        guard
+            .mutate(|| {
+                std::fs::create_dir_all(common.dest.join("pg_tblspc"))
+                    .and_then(|()| std::os::unix::fs::symlink(&t.target, &link))
+            })
             .map_err(|e| Error::Io(format!("cannot create the tablespace link {}: {e}", link.display())))?;
     }
 
@@ -536,7 +540,7 @@ fn backup(
             "backup_label says timeline {label_tli:?}, the checkpoint said {tli}"
         )));
     }
-    run.write_own_file(&dest, "backup_label", stop.labelfile.as_bytes())?;
+    guard.mutate(|| run.write_own_file(&dest, "backup_label", stop.labelfile.as_bytes()))?;
     // Plain format, as pg_basebackup: the pg_tblspc symlinks (to the mapped locations) are
     // the tablespace map; a tablespace_map file would point recovery at the old locations.
     if !stop.spcmapfile.is_empty() {
@@ -590,12 +594,15 @@ fn backup(
         log::info!("syncing {}", common.dest.display());
         roots.sync_all()?;
     }
-    // The very last step: pg_control appears only in a complete, synced backup.
-    dest.rename(&SafePath::parse(PG_CONTROL_PENDING)?, &SafePath::parse(PG_CONTROL)?)?;
-    if common.sync {
-        dest.sync_dir(Some(&SafePath::parse("global")?))?;
-    }
-    guard.disarm();
+    // The very last step: pg_control appears only in a complete, synced backup; from then
+    // on DEST is left alone (one step for a second signal, see DestGuard::complete).
+    guard.complete(|| -> Result<(), Error> {
+        dest.rename(&SafePath::parse(PG_CONTROL_PENDING)?, &SafePath::parse(PG_CONTROL)?)?;
+        if common.sync {
+            dest.sync_dir(Some(&SafePath::parse("global")?))?;
+        }
+        Ok(())
+    })?;
     created_slot.name = None;
     drop(slot_session);
     pages.print_totals();
