@@ -4,14 +4,14 @@
 use std::ffi::OsStr;
 use std::fs;
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use nix::errno::Errno;
-use nix::fcntl::{openat, renameat, OFlag};
+use nix::fcntl::{openat, renameat, OFlag, AT_FDCWD};
 use nix::sys::stat::{mkdirat, Mode};
 use nix::unistd::{unlinkat, UnlinkatFlags};
 
@@ -190,10 +190,8 @@ fn errno_io(e: Errno) -> io::Error {
 
 impl Dest {
     pub fn open(root: &Path, group_access: bool) -> Result<Dest, DestError> {
-        let fd = openat(None, root, OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
+        let fd = openat(AT_FDCWD, root, OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
             .map_err(|e| DestError::Io { path: root.to_path_buf(), source: errno_io(e) })?;
-        // SAFETY: openat returned a fresh descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         let (file_mode, dir_mode) = if group_access {
             (Mode::from_bits_truncate(0o640), Mode::from_bits_truncate(0o750))
         } else {
@@ -245,16 +243,16 @@ impl Dest {
         for d in dirs {
             let d = d.as_slice();
             sofar.push(OsStr::from_bytes(d));
-            let parent: RawFd = cur.as_ref().map_or(self.fd.as_raw_fd(), |f| f.as_raw_fd());
+            let parent: BorrowedFd = cur.as_ref().map_or(self.fd.as_fd(), |f| f.as_fd());
             let flags = OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_RDONLY | OFlag::O_CLOEXEC;
-            let fd = match openat(Some(parent), d, flags, Mode::empty()) {
+            let fd = match openat(parent, d, flags, Mode::empty()) {
                 Ok(fd) => fd,
                 Err(Errno::ENOENT) if create => {
-                    match mkdirat(Some(parent), d, self.dir_mode) {
+                    match mkdirat(parent, d, self.dir_mode) {
                         Ok(()) | Err(Errno::EEXIST) => {}
                         Err(e) => return Err(self.io_err(&sofar, e)),
                     }
-                    openat(Some(parent), d, flags, Mode::empty()).map_err(|e| match e {
+                    openat(parent, d, flags, Mode::empty()).map_err(|e| match e {
                         Errno::ELOOP | Errno::ENOTDIR => DestError::NotADir { path: sofar.display().to_string() },
                         e => self.io_err(&sofar, e),
                     })?
@@ -264,8 +262,7 @@ impl Dest {
                 }
                 Err(e) => return Err(self.io_err(&sofar, e)),
             };
-            // SAFETY: a fresh descriptor from openat.
-            cur = Some(unsafe { OwnedFd::from_raw_fd(fd) });
+            cur = Some(fd);
         }
         match cur {
             Some(fd) => Ok(fd),
@@ -285,7 +282,7 @@ impl Dest {
     ) -> Result<(Arc<OwnedFd>, fs::File), DestError> {
         let mut last = self.last_dir.lock().unwrap_or_else(|p| p.into_inner());
         let cached = last.as_ref().filter(|(path, _)| path.as_slice() == dirs).map(|(_, fd)| fd.clone());
-        let open = |dir: &OwnedFd| openat(Some(dir.as_raw_fd()), name, flags, self.file_mode);
+        let open = |dir: &OwnedFd| openat(dir, name, flags, self.file_mode);
         let (dir, fd) = match cached.map(|d| (open(&d), d)) {
             Some((Ok(fd), d)) => (d, fd),
             Some((Err(e), _)) if e != Errno::ENOENT => return Err(self.io_err(&rel.to_path(), e)),
@@ -296,8 +293,7 @@ impl Dest {
                 (d, fd)
             }
         };
-        // SAFETY: a fresh descriptor from openat.
-        Ok((dir, unsafe { fs::File::from_raw_fd(fd) }))
+        Ok((dir, fs::File::from(fd)))
     }
 
     /// Creates a directory (and its parents) below DEST.
@@ -383,8 +379,7 @@ impl Dest {
     pub fn rename(&self, from: &SafePath, to: &SafePath) -> Result<(), DestError> {
         let a = self.open_dirs(from.dirs(), false)?;
         let b = self.open_dirs(to.dirs(), false)?;
-        renameat(Some(a.as_raw_fd()), from.file_name(), Some(b.as_raw_fd()), to.file_name())
-            .map_err(|e| self.io_err(&to.to_path(), e))
+        renameat(&a, from.file_name(), &b, to.file_name()).map_err(|e| self.io_err(&to.to_path(), e))
     }
 
     /// Removes a file if it exists.
@@ -394,7 +389,7 @@ impl Dest {
             Err(DestError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(e),
         };
-        match unlinkat(Some(dir.as_raw_fd()), rel.file_name(), UnlinkatFlags::NoRemoveDir) {
+        match unlinkat(&dir, rel.file_name(), UnlinkatFlags::NoRemoveDir) {
             Ok(()) | Err(Errno::ENOENT) => Ok(()),
             Err(e) => Err(self.io_err(&rel.to_path(), e)),
         }
@@ -403,13 +398,13 @@ impl Dest {
     /// fsyncs one directory below DEST (or DEST itself for an empty list).
     pub fn sync_dir(&self, rel: Option<&SafePath>) -> Result<(), DestError> {
         let fd = self.open_dirs(rel.map_or(&[][..], |r| &r.parts[..]), false)?;
-        nix::unistd::fsync(fd.as_raw_fd()).map_err(|e| self.io_err(&rel.map_or(PathBuf::new(), |r| r.to_path()), e))
+        nix::unistd::fsync(&fd).map_err(|e| self.io_err(&rel.map_or(PathBuf::new(), |r| r.to_path()), e))
     }
 
     /// Flushes everything written to DEST's file system to stable storage (`syncfs`, which
     /// reports write-back errors on Linux 5.8+).
     pub fn sync_all(&self) -> Result<(), DestError> {
-        nix::unistd::syncfs(self.fd.as_raw_fd()).map_err(|e| self.io_err(Path::new(""), e))
+        nix::unistd::syncfs(&self.fd).map_err(|e| self.io_err(Path::new(""), e))
     }
 
     /// Size of a regular file below DEST, `None` if it does not exist.
@@ -540,7 +535,7 @@ impl FileWriter {
             }
         }
         if !self.piece && self.tmp != self.name {
-            renameat(Some(self.dir.as_raw_fd()), self.tmp.as_slice(), Some(self.dir.as_raw_fd()), self.name.as_slice())
+            renameat(&*self.dir, self.tmp.as_slice(), &*self.dir, self.name.as_slice())
                 .map_err(|e| ioerr(errno_io(e)))?;
         }
         self.tmp.clear();
@@ -552,7 +547,7 @@ impl Drop for FileWriter {
     fn drop(&mut self) {
         if !self.tmp.is_empty() && !self.piece {
             self.file.take();
-            let _ = unlinkat(Some(self.dir.as_raw_fd()), self.tmp.as_slice(), UnlinkatFlags::NoRemoveDir);
+            let _ = unlinkat(&*self.dir, self.tmp.as_slice(), UnlinkatFlags::NoRemoveDir);
         }
     }
 }

@@ -59,8 +59,55 @@ pub enum Digest {
     Sha512(sha2::Sha512),
 }
 
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// A finished checksum. CRC-32C stays a number (so that the pieces of a large file can be
+/// combined); SHA-2 is its bytes. Rendered as hex only where text is needed: the wire
+/// protocol and the manifest (CRC-32C as its four bytes in little-endian order, as core
+/// writes it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Checksum {
+    Crc32c(u32),
+    Sha(Vec<u8>),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ChecksumError {
+    #[error("checksum {0:?} is not hex")]
+    NotHex(String),
+    #[error("checksum {0:?} has the length of no checksum algorithm (CRC-32C: 4 bytes, SHA-2: 28, 32, 48 or 64)")]
+    Length(String),
+}
+
+impl Checksum {
+    /// The CRC-32C value, `None` for a SHA-2 checksum.
+    pub fn crc32c(&self) -> Option<u32> {
+        match self {
+            Checksum::Crc32c(c) => Some(*c),
+            Checksum::Sha(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for Checksum {
+    /// Lowercase hex, as in the manifest.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Checksum::Crc32c(c) => f.write_str(&hex::encode(c.to_le_bytes())),
+            Checksum::Sha(b) => f.write_str(&hex::encode(b)),
+        }
+    }
+}
+
+impl FromStr for Checksum {
+    type Err = ChecksumError;
+    /// The hex text of [`fmt::Display`]; the length tells the algorithm.
+    fn from_str(s: &str) -> Result<Checksum, ChecksumError> {
+        let bytes = hex::decode(s).map_err(|_| ChecksumError::NotHex(s.chars().take(200).collect()))?;
+        match bytes.len() {
+            4 => Ok(Checksum::Crc32c(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))),
+            28 | 32 | 48 | 64 => Ok(Checksum::Sha(bytes)),
+            _ => Err(ChecksumError::Length(s.chars().take(200).collect())),
+        }
+    }
 }
 
 impl Digest {
@@ -86,16 +133,15 @@ impl Digest {
         }
     }
 
-    /// Lowercase hex as in the manifest (CRC-32C: its four bytes in little-endian order),
-    /// `None` for no checksum.
-    pub fn finish(self) -> Option<String> {
+    /// The checksum, `None` for no checksum.
+    pub fn finish(self) -> Option<Checksum> {
         match self {
             Digest::None => None,
-            Digest::Crc32c(c) => Some(hex(&c.to_le_bytes())),
-            Digest::Sha224(h) => Some(hex(&h.finalize())),
-            Digest::Sha256(h) => Some(hex(&h.finalize())),
-            Digest::Sha384(h) => Some(hex(&h.finalize())),
-            Digest::Sha512(h) => Some(hex(&h.finalize())),
+            Digest::Crc32c(c) => Some(Checksum::Crc32c(c)),
+            Digest::Sha224(h) => Some(Checksum::Sha(h.finalize().to_vec())),
+            Digest::Sha256(h) => Some(Checksum::Sha(h.finalize().to_vec())),
+            Digest::Sha384(h) => Some(Checksum::Sha(h.finalize().to_vec())),
+            Digest::Sha512(h) => Some(Checksum::Sha(h.finalize().to_vec())),
         }
     }
 }
@@ -110,7 +156,7 @@ mod tests {
         for piece in data.chunks(2) {
             d.update(piece);
         }
-        d.finish()
+        d.finish().map(|c| c.to_string())
     }
 
     #[test]
@@ -127,5 +173,25 @@ mod tests {
         assert_eq!(sum(Algorithm::None, b"x"), None);
         assert_eq!("sha384".parse::<Algorithm>().unwrap(), Algorithm::Sha384);
         assert!("md5".parse::<Algorithm>().is_err());
+    }
+
+    #[test]
+    fn checksums_are_typed_and_read_back_from_their_hex() {
+        let crc: Checksum = "8a744722".parse().unwrap();
+        assert_eq!(crc, Checksum::Crc32c(crc32c::crc32c(b"15\n")));
+        assert_eq!(crc.crc32c(), Some(0x2247748a));
+        assert_eq!(crc.to_string(), "8a744722");
+        // Upper case is read, lower case is written.
+        assert_eq!("8A744722".parse::<Checksum>().unwrap(), crc);
+        let sha = sum(Algorithm::Sha224, b"abc").unwrap();
+        let typed: Checksum = sha.parse().unwrap();
+        assert_eq!((typed.crc32c(), typed.to_string()), (None, sha));
+        for len in [28, 32, 48, 64] {
+            assert!(matches!(hex::encode(vec![7u8; len]).parse(), Ok(Checksum::Sha(b)) if b.len() == len));
+        }
+        // Odd length, not hex, or the length of no algorithm: never a checksum.
+        for bad in ["", "abc", "8a74472", "8a7447zz", "+a744722", "8a74472200", &"ab".repeat(20)] {
+            assert!(bad.parse::<Checksum>().is_err(), "{bad:?}");
+        }
     }
 }

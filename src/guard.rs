@@ -1,13 +1,19 @@
 //! What a backup did to DEST and to each tablespace target, so that a failure (or a signal)
 //! undoes exactly that: directories pgbb created are removed, with the parents it created
 //! for them; a directory that existed (empty) is emptied again; nothing else is touched.
+//!
+//! The master's own changes to DEST ([`DestGuard::mutate`], [`DestGuard::complete`]) and its
+//! cleanup hold one lock that a second signal's emergency path takes for good: that path
+//! waits for the change in progress, and none follows it.
 
 use std::fs;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
+
+use parking_lot::RwLock;
 
 use crate::dest::{DestError, PG_CONTROL, PG_CONTROL_PENDING};
 use crate::dest_lock::DestLock;
@@ -21,15 +27,35 @@ struct Owned {
     created_from: Option<PathBuf>,
 }
 
-/// DEST (first) and the tablespace targets, shared with the signal thread.
-type OwnedDirs = Arc<Mutex<Vec<Owned>>>;
+/// Where the backup in DEST stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Being made: a failure or a signal undoes it.
+    Armed,
+    /// Complete (global/pg_control in place): left alone.
+    Complete,
+    /// Undone already.
+    Undone,
+}
+
+/// Shared with the signal thread: the master's changes to DEST hold it for reading, its
+/// cleanup and the emergency path for writing.
+#[derive(Debug)]
+struct State {
+    phase: Phase,
+    /// DEST (first) and the tablespace targets.
+    owned: Vec<Owned>,
+}
+
+/// How long a second signal waits for the change to DEST in progress (a write, a rename,
+/// the first signal's cleanup) before it leaves DEST as it is.
+const EMERGENCY_WAIT: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 pub struct DestGuard {
     root: PathBuf,
     keep: bool,
-    armed: bool,
-    owned: OwnedDirs,
+    state: Arc<RwLock<State>>,
     /// Held until the guard is dropped (after any cleanup).
     _lock: DestLock,
 }
@@ -89,8 +115,7 @@ impl DestGuard {
         Ok(DestGuard {
             root: root.into(),
             keep: keep_on_failure,
-            armed: true,
-            owned: Arc::new(Mutex::new(vec![owned])),
+            state: Arc::new(RwLock::new(State { phase: Phase::Armed, owned: vec![owned] })),
             _lock: lock,
         })
     }
@@ -99,40 +124,67 @@ impl DestGuard {
     /// missing): undone with DEST. Call it before the directory is created.
     pub fn add_extra(&mut self, dir: &Path) {
         let o = Owned { dir: dir.to_path_buf(), created_from: first_missing(dir) };
-        self.owned.lock().unwrap_or_else(|p| p.into_inner()).push(o);
+        self.state.write().owned.push(o);
+    }
+
+    /// Runs `change`, one short change the master makes to DEST (a file of its own, the
+    /// tablespace links), so that a second signal's emergency path never runs during it:
+    /// that path waits for it to finish, and the master makes no change after that path.
+    pub fn mutate<T>(&self, change: impl FnOnce() -> T) -> T {
+        let _held = self.state.read();
+        change()
+    }
+
+    /// Runs `last`, the change that makes the backup complete (global/pg_control into
+    /// place), and if it succeeds leaves DEST alone from then on, in one step: a second
+    /// signal finds DEST either incomplete (and undoes it) or complete (and keeps it).
+    pub fn complete<T, E>(&mut self, last: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
+        let mut state = self.state.write();
+        let r = last();
+        if r.is_ok() && state.phase == Phase::Armed {
+            state.phase = Phase::Complete;
+        }
+        r
     }
 
     /// What a second Ctrl-C does on its way out (from the signal thread, the children just
-    /// sent SIGKILL): waits until they are dead (so that none writes after), then undoes what
-    /// [`DestGuard::cleanup`] undoes, quietly.
-    pub fn emergency_cleanup(&self, children: crate::pool::Pids) -> Box<dyn Fn() + Send> {
-        let (root, keep, owned) = (self.root.clone(), self.keep, self.owned.clone());
+    /// sent SIGKILL): waits until they are dead (so that none writes after), then for the
+    /// master's change to DEST in progress, undoes what [`DestGuard::cleanup`] undoes,
+    /// quietly, and keeps the master from changing DEST again. Returns what became of DEST,
+    /// for the last message; the caller exits at once.
+    pub fn emergency_cleanup(&self, children: crate::pool::Pids) -> Box<dyn FnOnce() -> String + Send> {
+        let (root, keep, state) = (self.root.clone(), self.keep, self.state.clone());
         Box::new(move || {
             children.wait_dead(Duration::from_secs(2));
-            let _ = fs::remove_file(root.join(PG_CONTROL_PENDING));
-            let _ = fs::remove_file(root.join(PG_CONTROL));
-            if !keep {
-                let dirs = owned.lock().map(|o| o.clone()).unwrap_or_default();
-                for o in &dirs {
-                    let _ = undo(o);
-                }
-            }
+            let waiting = || {
+                crate::errln!(
+                    "pgbb: waiting for the change to {} in progress (at most {} s)",
+                    root.display(),
+                    EMERGENCY_WAIT.as_secs()
+                )
+            };
+            last_words(&state, &root, keep, EMERGENCY_WAIT, waiting)
         })
     }
 
     /// The backup succeeded: leave DEST alone.
     pub fn disarm(&mut self) {
-        self.armed = false;
+        let mut state = self.state.write();
+        if state.phase == Phase::Armed {
+            state.phase = Phase::Complete;
+        }
     }
 
     /// Undoes DEST after a failure: removes it (or only its contents if it existed before), or
     /// with `--no-clean` keeps it but makes sure it cannot be started (no `global/pg_control`).
     /// The tablespace targets go (or are emptied) with it, or are kept with it.
     pub fn cleanup(&mut self) {
-        if !self.armed {
+        // Held throughout: a second signal waits for this cleanup rather than racing it.
+        let mut state = self.state.write();
+        if state.phase != Phase::Armed {
             return;
         }
-        self.armed = false;
+        state.phase = Phase::Undone;
         if self.keep {
             for f in [PG_CONTROL, PG_CONTROL_PENDING] {
                 let p = self.root.join(f);
@@ -145,8 +197,7 @@ impl DestGuard {
             crate::errln!("pgbb: keeping the incomplete backup in {} (--no-clean); it has no global/pg_control and cannot be started", self.root.display());
             return;
         }
-        let dirs = self.owned.lock().map(|o| o.clone()).unwrap_or_default();
-        for (i, o) in dirs.iter().enumerate() {
+        for (i, o) in state.owned.iter().enumerate() {
             let what = if i == 0 { "backup" } else { "tablespace copy" };
             match undo(o) {
                 Ok(()) => log::info!("removed the incomplete {what} in {}", o.dir.display()),
@@ -154,6 +205,44 @@ impl DestGuard {
             }
         }
     }
+}
+
+/// The emergency path proper (see [`DestGuard::emergency_cleanup`]); `waiting` is called
+/// when a change is in progress, before waiting for it at most `limit`.
+fn last_words(state: &RwLock<State>, root: &Path, keep: bool, limit: Duration, waiting: impl FnOnce()) -> String {
+    let held = state.try_write().or_else(|| {
+        waiting();
+        state.try_write_for(limit)
+    });
+    let Some(mut state) = held else {
+        return format!(
+            "a change to {} did not finish within {} s: it is left as it is (remove it if it has no global/pg_control)",
+            root.display(),
+            limit.as_secs()
+        );
+    };
+    if state.phase == Phase::Armed {
+        state.phase = Phase::Undone;
+        let _ = fs::remove_file(root.join(PG_CONTROL_PENDING));
+        let _ = fs::remove_file(root.join(PG_CONTROL));
+        if !keep {
+            for o in &state.owned {
+                // Again if something was being written in it meanwhile (by the master
+                // through a directory descriptor, outside any change it announced).
+                let _ = undo(o).or_else(|_| undo(o)).or_else(|_| undo(o));
+            }
+        }
+    }
+    let what = match state.phase {
+        Phase::Complete => format!("the backup in {} was complete and is kept", root.display()),
+        _ if keep => {
+            format!("the incomplete backup in {} is kept without global/pg_control (--no-clean)", root.display())
+        }
+        _ => format!("the incomplete backup in {} was removed", root.display()),
+    };
+    // Held until the process exits: the master changes DEST no more.
+    std::mem::forget(state);
+    what
 }
 
 impl Drop for DestGuard {
@@ -274,8 +363,58 @@ mod tests {
         // Added after the closure was made: still undone.
         g.add_extra(&spc);
         fs::create_dir_all(spc.join("PG_15_1")).unwrap();
-        last_words();
+        assert!(last_words().contains("was removed"));
         assert!(!dest.exists() && !spc.exists());
-        g.disarm();
+        // Its lock stays taken (the process exits at once): the guard's own cleanup would
+        // wait for it forever.
+        std::mem::forget(g);
+    }
+
+    #[test]
+    fn the_emergency_path_waits_for_the_change_in_progress_and_none_follows() {
+        let t = tempfile::tempdir().unwrap();
+        let dest = t.path().join("d");
+        let g = DestGuard::prepare(&dest, false, false, false).unwrap();
+        let (state, root) = (g.state.clone(), g.root.clone());
+        let (waiting_tx, waiting_rx) = crossbeam_channel::bounded(1);
+        let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+        g.mutate(|| {
+            fs::write(dest.join("backup_label"), "x").unwrap();
+            // The second signal arrives in the middle of the change.
+            std::thread::spawn(move || {
+                let notify = move || waiting_tx.send(()).unwrap();
+                done_tx.send(last_words(&state, &root, false, Duration::from_secs(600), notify)).unwrap();
+            });
+            // It found the change in progress: it waits, and has undone nothing.
+            waiting_rx.recv().unwrap();
+            assert!(done_rx.try_recv().is_err() && dest.join("backup_label").exists());
+            // The change goes on to its end.
+            fs::write(dest.join("backup_manifest"), "y").unwrap();
+        });
+        assert!(done_rx.recv().unwrap().contains("was removed"));
+        assert!(!dest.exists(), "all of the change undone after it");
+        // And no change after it: the lock stays taken until the process exits.
+        assert!(g.state.try_read().is_none());
+        std::mem::forget(g);
+    }
+
+    #[test]
+    fn a_second_signal_keeps_a_complete_backup_and_gives_up_on_a_change_that_hangs() {
+        let t = tempfile::tempdir().unwrap();
+        let dest = t.path().join("d");
+        let mut g = DestGuard::prepare(&dest, false, false, false).unwrap();
+        fs::create_dir(dest.join("global")).unwrap();
+        g.complete(|| fs::write(dest.join(PG_CONTROL), "c")).unwrap();
+        let what = last_words(&g.state, &g.root, false, Duration::ZERO, || {});
+        assert!(what.contains("was complete and is kept"), "{what}");
+        assert!(dest.join(PG_CONTROL).exists());
+        std::mem::forget(g);
+
+        // A change that does not finish (a hung file system): DEST is left as it is.
+        let dest = t.path().join("e");
+        let g = DestGuard::prepare(&dest, false, false, false).unwrap();
+        let what = g.mutate(|| last_words(&g.state, &g.root, false, Duration::from_millis(1), || {}));
+        assert!(what.contains("did not finish within"), "{what}");
+        assert!(dest.exists());
     }
 }

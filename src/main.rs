@@ -1,5 +1,5 @@
 //! The `pgbb` binary: everything is in the library; this maps its result to an exit code.
 
 fn main() {
-    std::process::exit(pgbb::run(std::env::args_os()));
+    pgbb::signals::exit(pgbb::run(std::env::args_os()));
 }

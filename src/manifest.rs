@@ -1,7 +1,7 @@
 //! `backup_manifest` in PostgreSQL's exact byte layout (version 1 on 13–16, version 2 with
 //! `System-Identifier` on 17+), so that `pg_verifybackup` accepts it.
 
-use crate::digest::{hex, Algorithm};
+use crate::digest::{Algorithm, Checksum};
 use crate::lsn::Lsn;
 use sha2::Digest as _;
 
@@ -14,8 +14,8 @@ pub struct FileEntry {
     /// Modification time, seconds since the epoch.
     pub mtime: i64,
     pub algorithm: Algorithm,
-    /// Lowercase hex; `None` with `Algorithm::None`.
-    pub checksum: Option<String>,
+    /// `None` with `Algorithm::None`.
+    pub checksum: Option<Checksum>,
 }
 
 /// A WAL range the backup needs.
@@ -99,7 +99,7 @@ pub fn write(
                 escape_json(p, &mut s);
                 s.push_str(", ");
             }
-            Err(_) => s.push_str(&format!("{{ \"Encoded-Path\": \"{}\", ", hex(&f.path))),
+            Err(_) => s.push_str(&format!("{{ \"Encoded-Path\": \"{}\", ", hex::encode(&f.path))),
         }
         s.push_str(&format!("\"Size\": {}, \"Last-Modified\": \"{}\"", f.size, gmt(f.mtime)));
         if let (Some(sum), a) = (&f.checksum, f.algorithm) {
@@ -125,7 +125,7 @@ pub fn write(
     s.push_str("\n],\n");
     flush(&mut s, w)?;
     let sum = sha.finalize();
-    writeln!(w, "\"Manifest-Checksum\": \"{}\"}}", hex(&sum))
+    writeln!(w, "\"Manifest-Checksum\": \"{}\"}}", hex::encode(sum))
 }
 
 #[cfg(test)]
@@ -147,7 +147,7 @@ mod tests {
                 size: 3,
                 mtime: 0,
                 algorithm: Algorithm::Crc32c,
-                checksum: Some("8a744722".into()),
+                checksum: Some(Checksum::Crc32c(crc32c::crc32c(b"15\n"))),
             },
             FileEntry { path: b"a\"b\\c".to_vec(), size: 0, mtime: 60, algorithm: Algorithm::None, checksum: None },
             FileEntry {
@@ -155,7 +155,7 @@ mod tests {
                 size: 1,
                 mtime: 0,
                 algorithm: Algorithm::Crc32c,
-                checksum: Some("00000000".into()),
+                checksum: Some(Checksum::Crc32c(0)),
             },
         ];
         let wal = [WalRange { timeline: 1, start: Lsn(0x5000028), end: Lsn(0x5000100) }];
@@ -167,7 +167,7 @@ mod tests {
 ],\n\"WAL-Ranges\": [\n{ \"Timeline\": 1, \"Start-LSN\": \"0/5000028\", \"End-LSN\": \"0/5000100\" }\n],\n";
         assert!(m.starts_with(body), "{m}");
         let tail = &m[body.len()..];
-        let want = hex(&sha2::Sha256::digest(body.as_bytes()));
+        let want = hex::encode(sha2::Sha256::digest(body.as_bytes()));
         assert_eq!(tail, format!("\"Manifest-Checksum\": \"{want}\"}}\n"));
         assert_eq!(want.len(), 64);
         let v2 = String::from_utf8(render(Some(7712084942259703383), &[], &wal)).unwrap();

@@ -1,7 +1,8 @@
 //! Linux process file descriptors (5.3+): a handle on one process that a reused pid cannot
-//! alias (`pidfd_open`, `pidfd_send_signal`), and waiting for its exit with poll(2).
+//! alias (`pidfd_open`, `pidfd_send_signal`, from rustix: nix has neither), and waiting for its
+//! exit with poll(2).
 
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -11,28 +12,24 @@ use nix::sys::signal::Signal;
 #[derive(Debug)]
 pub struct PidFd(OwnedFd);
 
+/// rustix's error as nix's (the rest of pgbb speaks nix).
+fn errno(e: rustix::io::Errno) -> Errno {
+    Errno::from_raw(e.raw_os_error())
+}
+
 impl PidFd {
     /// A handle on process `pid`. Open it on a child not yet reaped: until it is, the pid
     /// cannot name another process.
     pub fn open(pid: i32) -> Result<PidFd, Errno> {
-        // SAFETY: pidfd_open(2) takes a pid and flags and returns a new descriptor or -1.
-        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-        if fd < 0 {
-            return Err(Errno::last());
-        }
-        let fd = i32::try_from(fd).map_err(|_| Errno::EBADF)?;
-        // SAFETY: the kernel just gave us this descriptor; nothing else owns it.
-        Ok(PidFd(unsafe { OwnedFd::from_raw_fd(fd) }))
+        let pid = Some(pid).filter(|&p| p > 0).and_then(rustix::process::Pid::from_raw).ok_or(Errno::EINVAL)?;
+        rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).map(PidFd).map_err(errno)
     }
 
     /// Sends `sig` to the process; `ESRCH` once it has exited, whatever process has its pid
     /// by then.
     pub fn signal(&self, sig: Signal) -> Result<(), Errno> {
-        let info: *const libc::siginfo_t = std::ptr::null();
-        // SAFETY: pidfd_send_signal(2) with a descriptor we own, a valid signal number, no
-        // siginfo (NULL: as kill(2) would send it) and no flags.
-        let r = unsafe { libc::syscall(libc::SYS_pidfd_send_signal, self.0.as_raw_fd(), sig as libc::c_int, info, 0) };
-        Errno::result(r).map(drop)
+        let sig = rustix::process::Signal::from_named_raw(sig as i32).ok_or(Errno::EINVAL)?;
+        rustix::process::pidfd_send_signal(&self.0, sig).map_err(errno)
     }
 
     /// Blocks until the process has exited (it may still need reaping) or `timeout` has

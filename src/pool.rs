@@ -366,7 +366,7 @@ mod tests {
         let listed = pids.lock();
         let (tx, rx) = crossbeam_channel::bounded(1);
         let waiter = std::thread::spawn(move || {
-            tx.send(unsafe { libc::gettid() }).unwrap();
+            tx.send(nix::unistd::gettid().as_raw()).unwrap();
             pool.wait(i, Duration::from_secs(30))
         });
         let tid = rx.recv().unwrap();

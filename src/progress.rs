@@ -26,8 +26,14 @@ pub struct Progress {
     files: u64,
 }
 
-fn mb(b: u64) -> String {
-    format!("{:.1} MB", b as f64 / 1_048_576.0)
+/// A byte count for people, in binary units as pg_basebackup shows them: "512.0 kB",
+/// "12.3 MB", "1.5 GB". The progress lines and the summary use it.
+pub fn human(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 => format!("{:.1} GB", b as f64 / f64::from(1u32 << 30)),
+        b if b >= 1 << 20 => format!("{:.1} MB", b as f64 / f64::from(1u32 << 20)),
+        b => format!("{:.1} kB", b as f64 / 1024.0),
+    }
 }
 
 impl Progress {
@@ -112,9 +118,9 @@ impl Progress {
                     let eta = if rate > 0.0 { (self.total_bytes - bytes) as f64 / rate } else { 0.0 };
                     crate::errln!(
                         "pgbb: progress: {} of {} ({pct}%), {}/s, ETA {:.0} s, files {}/{}{}",
-                        mb(bytes),
-                        mb(self.total_bytes),
-                        mb(rate as u64),
+                        human(bytes),
+                        human(self.total_bytes),
+                        human(rate as u64),
                         eta,
                         self.files,
                         self.total_files,
@@ -141,5 +147,16 @@ impl Progress {
             Display::Off => {}
         }
         self.display = Display::Off;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn human_sizes() {
+        assert_eq!(super::human(0), "0.0 kB");
+        assert_eq!(super::human(512), "0.5 kB");
+        assert_eq!(super::human(1 << 20), "1.0 MB");
+        assert_eq!(super::human(3 << 29), "1.5 GB");
     }
 }

@@ -23,6 +23,8 @@
 
 use std::fmt;
 
+use crate::digest::Checksum;
+
 /// Version of this protocol; a child that greets with another one is refused.
 pub const PROTOCOL_VERSION: u32 = 2;
 /// Longest request line a child accepts (bytes, without the newline).
@@ -57,15 +59,20 @@ pub fn escape(s: &[u8]) -> String {
                 '\t' => out.push_str("\\t"),
                 '\n' => out.push_str("\\n"),
                 '\r' => out.push_str("\\r"),
-                c if (c as u32) < 0x20 || c == '\u{7f}' => out.push_str(&format!("\\x{:02x}", c as u32)),
+                c if (c as u32) < 0x20 || c == '\u{7f}' => push_hex_escape(&mut out, c as u8),
                 c => out.push(c),
             }
         }
-        for b in chunk.invalid() {
-            out.push_str(&format!("\\x{b:02x}"));
+        for &b in chunk.invalid() {
+            push_hex_escape(&mut out, b);
         }
     }
     out
+}
+
+fn push_hex_escape(out: &mut String, b: u8) {
+    out.push_str("\\x");
+    out.push_str(&hex::encode([b]));
 }
 
 /// Reverses [`escape`]: the raw bytes.
@@ -86,8 +93,9 @@ pub fn unescape(s: &str) -> Result<Vec<u8>, ProtocolError> {
             Some(b'n') => out.push(b'\n'),
             Some(b'r') => out.push(b'\r'),
             Some(b'x') => {
-                let hex = s.get(i + 2..i + 4).ok_or_else(bad)?;
-                out.push(u8::from_str_radix(hex, 16).map_err(|_| bad())?);
+                let mut byte = [0u8];
+                hex::decode_to_slice(b.get(i + 2..i + 4).ok_or_else(bad)?, &mut byte).map_err(|_| bad())?;
+                out.push(byte[0]);
                 i += 2;
             }
             _ => return Err(bad()),
@@ -186,7 +194,7 @@ pub enum Response {
     Ok {
         size: u64,
         path: Vec<u8>,
-        checksum: Option<String>,
+        checksum: Option<Checksum>,
         mtime: i64,
         wire: u64,
         /// Data pages whose checksum was compared; written only when not 0, and a line
@@ -226,7 +234,8 @@ impl fmt::Display for Response {
                 write!(f, "hello\tpgbb\t{protocol}\t{}\t{}", escape(version.as_bytes()), escape(role.as_bytes()))
             }
             Response::Ok { size, path, checksum, mtime, wire, verified } => {
-                write!(f, "ok\t{size}\t{}\t{}\t{mtime}\t{wire}", escape(path), checksum.as_deref().unwrap_or("-"))?;
+                let sum = checksum.as_ref().map_or_else(|| "-".to_string(), Checksum::to_string);
+                write!(f, "ok\t{size}\t{}\t{sum}\t{mtime}\t{wire}", escape(path))?;
                 match verified {
                     0 => Ok(()),
                     n => write!(f, "\t{n}"),
@@ -264,10 +273,7 @@ impl Response {
                 path: unescape(path)?,
                 checksum: match *sum {
                     "-" => None,
-                    h if !h.is_empty() && h.len() <= 128 && h.bytes().all(|b| b.is_ascii_hexdigit()) => {
-                        Some(h.to_string())
-                    }
-                    _ => return Err(unknown()),
+                    h => Some(h.parse().map_err(|_| unknown())?),
                 },
                 mtime: mtime.parse().map_err(|_| unknown())?,
                 wire: num(wire)?,
@@ -330,6 +336,9 @@ mod tests {
         assert_eq!(show(raw), "bad\\xffname\\xc3");
         assert!(unescape("bad\\q").is_err());
         assert!(unescape("bad\\x4").is_err());
+        // Exactly two hex digits (a sign is not one).
+        assert!(unescape("bad\\x+1").is_err());
+        assert!(unescape("bad\\x-1").is_err());
     }
 
     #[test]
@@ -366,7 +375,7 @@ mod tests {
             Response::Ok {
                 size: 8192,
                 path: "base/1/1259".into(),
-                checksum: Some("8a744722".into()),
+                checksum: Some(Checksum::Crc32c(0x2247748a)),
                 mtime: 1764077306,
                 wire: 4000,
                 verified: 1,
@@ -391,6 +400,21 @@ mod tests {
         assert!(Response::parse("ok\t8192\tp\t-\t5\t9\tx").is_err());
         assert!(Response::parse("ok\t8192\tp\t-\t5\t9\t1\t1").is_err());
         assert!(Response::parse("ok\t1\tp\tnothex\t0\t1").is_err());
+        // A SHA-2 checksum travels as hex and comes back as the same bytes.
+        let sha = Response::Ok {
+            size: 1,
+            path: "p".into(),
+            checksum: Some(Checksum::Sha(vec![0xab; 32])),
+            mtime: 0,
+            wire: 1,
+            verified: 0,
+        };
+        assert_eq!(Response::parse(&sha.to_string()).unwrap(), sha);
+        // Hex that is no checksum (odd length, or the length of no algorithm) is refused: it
+        // would otherwise be written into the manifest as it came.
+        for bad in ["abc", "8a7447", "8a74472200", "+a744722"] {
+            assert!(Response::parse(&format!("ok\t1\tp\t{bad}\t0\t1")).is_err(), "{bad}");
+        }
         assert_eq!(
             Response::BadPage { path: "p".into(), block: 0, calculated: 0x42a, expected: 1 }.to_string(),
             "badpage\tp\t0\t042A\t0001"

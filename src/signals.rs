@@ -1,6 +1,7 @@
 //! SIGINT/SIGTERM/SIGHUP in the master: the first asks for an orderly abort (the running
-//! query is cancelled, children are told to stop); the second kills the children at once and
-//! exits. A signal that was ignored when pgbb started (`nohup`, a background job of a
+//! query is cancelled, children are told to stop); the second kills the children at once,
+//! undoes DEST once the master's change to it in progress is done (see [`crate::guard`]) and
+//! exits with `_exit`: no exit handler runs while the main thread may still be busy. A signal that was ignored when pgbb started (`nohup`, a background job of a
 //! non-interactive shell) stays ignored, as pg_basebackup leaves it.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,12 +16,28 @@ use crate::error::{exit, Error};
 use crate::pg::conn::Canceller;
 use crate::pool::Pids;
 
+/// Taken, for good, by whichever thread ends the process first: the main thread on its way
+/// out ([`exit`]) or the signal thread on a second signal. The other cannot end it its own
+/// way halfway (the main thread's exit with its own status and message while the second
+/// signal is undoing DEST, or the reverse).
+static ENDING: Mutex<()> = Mutex::new(());
+
+/// Ends the process with `code` (the main thread's way out); if a second signal is being
+/// handled, waits for it instead: it ends the process.
+pub fn exit(code: i32) -> ! {
+    std::mem::forget(ENDING.lock().unwrap_or_else(|p| p.into_inner()));
+    std::process::exit(code)
+}
+
+/// What a second signal does just before exiting; says what became of DEST.
+pub type LastWords = Box<dyn FnOnce() -> String + Send>;
+
 /// Shared between the master's main thread and its signal thread.
 #[derive(Default)]
 pub struct Interrupt {
     count: AtomicUsize,
     cancel: Mutex<Option<Canceller>>,
-    last_words: Mutex<Option<Box<dyn Fn() + Send>>>,
+    last_words: Mutex<Option<LastWords>>,
 }
 
 impl Interrupt {
@@ -37,7 +54,7 @@ impl Interrupt {
     }
 
     /// What a second signal does just before exiting (make DEST unstartable).
-    pub fn set_last_words(&self, f: Box<dyn Fn() + Send>) {
+    pub fn set_last_words(&self, f: LastWords) {
         if let Ok(mut l) = self.last_words.lock() {
             *l = Some(f);
         }
@@ -107,15 +124,16 @@ pub fn install(pids: Pids) -> Result<(Arc<Interrupt>, Receiver<&'static str>), E
                         }
                     }
                 } else {
+                    std::mem::forget(ENDING.lock().unwrap_or_else(|p| p.into_inner()));
                     pids.signal_all(Signal::SIGKILL);
-                    if let Some(f) = st.last_words.lock().ok().and_then(|mut l| l.take()) {
-                        f();
-                    }
+                    let dest = st.last_words.lock().ok().and_then(|mut l| l.take()).map(|f| f());
                     crate::errln!(
-                        "pgbb: killed by a second {}; the server ends the backup when this connection drops",
-                        name(sig)
+                        "pgbb: killed by a second {}; {}the server ends the backup when this connection drops",
+                        name(sig),
+                        dest.map_or(String::new(), |d| format!("{d}; "))
                     );
-                    std::process::exit(exit_code(name(sig)));
+                    // SAFETY: _exit(2) ends the process at once; it is always safe to call.
+                    unsafe { libc::_exit(exit_code(name(sig))) }
                 }
             }
         })

@@ -7,15 +7,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use crate::backup::Summary;
+use crate::progress::human;
 use crate::transfer::Method;
-
-pub fn human(bytes: u64) -> String {
-    match bytes {
-        b if b >= 1 << 30 => format!("{:.1} GB", b as f64 / f64::from(1u32 << 30)),
-        b if b >= 1 << 20 => format!("{:.1} MB", b as f64 / f64::from(1u32 << 20)),
-        b => format!("{:.1} kB", b as f64 / 1024.0),
-    }
-}
 
 /// "1 segment", "2 segments".
 fn count(n: u64, what: &str) -> String {

@@ -53,8 +53,8 @@ pub struct BadPage {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Copied {
     pub size: u64,
-    /// Manifest checksum (lowercase hex), `None` with `--manifest-checksums NONE`.
-    pub checksum: Option<String>,
+    /// Manifest checksum, `None` with `--manifest-checksums NONE`.
+    pub checksum: Option<crate::digest::Checksum>,
     /// The server's modification time, seconds since the epoch.
     pub mtime: i64,
     pub bad_pages: Vec<BadPage>,

@@ -189,7 +189,7 @@ impl WalChild {
             };
             if t == self.tli
                 && seg >= self.start_seg
-                && !last.is_some_and(|l| seg > l)
+                && last.is_none_or(|l| seg <= l)
                 && self.c.geo.is_complete(seg, written)
                 && !self.copied.contains(&seg)
             {

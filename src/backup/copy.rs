@@ -9,7 +9,7 @@ use crossbeam_channel::select;
 
 use crate::cli::{Common, MasterOpts};
 use crate::dest::{Dest, Roots, SafePath, PG_CONTROL, PG_CONTROL_PENDING};
-use crate::digest::{Algorithm, Digest};
+use crate::digest::{Algorithm, Checksum, Digest};
 use crate::error::Error;
 use crate::layout::FileJob;
 use crate::manifest::FileEntry;
@@ -347,7 +347,7 @@ impl Run<'_> {
 
     /// Records one piece of a large file (`copied` = (checksum, mtime), `None` if it
     /// vanished); when the last one is in, puts the file in place (or drops it).
-    fn piece_done(&mut self, work: &Work, copied: Option<(u64, Option<String>, i64)>) -> Result<(), Error> {
+    fn piece_done(&mut self, work: &Work, copied: Option<(u64, Option<Checksum>, i64)>) -> Result<(), Error> {
         let Some((off, len)) = work.range else { return Ok(()) };
         let size = self.total_pieces_size(&work.path);
         let a = self.assemblies.entry(work.path.clone()).or_default();

@@ -50,12 +50,15 @@ pub(super) fn finish(
         log::info!("syncing {}", dest.root().display());
         target.roots.sync_all()?;
     }
-    // The very last step: pg_control appears only in a complete, synced backup.
-    dest.rename(&SafePath::parse(PG_CONTROL_PENDING)?, &SafePath::parse(PG_CONTROL)?)?;
-    if sync {
-        dest.sync_dir(Some(&SafePath::parse("global")?))?;
-    }
-    target.guard.disarm();
+    // The very last step: pg_control appears only in a complete, synced backup; from then
+    // on DEST is left alone (one step for a second signal, see DestGuard::complete).
+    target.guard.complete(|| -> Result<(), Error> {
+        dest.rename(&SafePath::parse(PG_CONTROL_PENDING)?, &SafePath::parse(PG_CONTROL)?)?;
+        if sync {
+            dest.sync_dir(Some(&SafePath::parse("global")?))?;
+        }
+        Ok(())
+    })?;
     copied.pages.print_totals();
     Ok(summary(server, opts, copied, started, stopped))
 }

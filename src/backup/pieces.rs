@@ -2,6 +2,8 @@
 //! file's (CRC-32C combines; a short piece is completed with zeros, as core completes a file
 //! that shrank).
 
+use crate::digest::Checksum;
+
 /// The pieces of one file as they come in.
 #[derive(Default)]
 pub(super) struct Assembly {
@@ -21,7 +23,7 @@ pub(super) struct Piece {
     /// As written: fewer than `len` when the file had shrunk by the time the piece was read
     /// (the rest stays zeros: the file is completed to its listed size, as core does).
     pub written: u64,
-    pub checksum: Option<String>,
+    pub checksum: Option<Checksum>,
 }
 
 /// CRC-32C of `n` zero bytes.
@@ -38,7 +40,7 @@ fn crc_of_zeros(mut n: u64) -> u32 {
 
 /// CRC-32C of a whole file from its pieces' (in offset order), each followed by the zeros
 /// that complete a short one; `None` without checksums.
-pub(super) fn combine_crc(pieces: &mut [Piece]) -> Option<String> {
+pub(super) fn combine_crc(pieces: &mut [Piece]) -> Option<Checksum> {
     pieces.sort_by_key(|p| p.off);
     let mut acc: Option<u32> = None;
     let mut add = |crc: u32, len: u64| {
@@ -48,15 +50,12 @@ pub(super) fn combine_crc(pieces: &mut [Piece]) -> Option<String> {
         });
     };
     for p in pieces.iter() {
-        let hex = p.checksum.as_deref()?;
-        let bytes: Vec<u8> =
-            (0..hex.len()).step_by(2).filter_map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok()).collect();
-        add(u32::from_le_bytes(bytes.try_into().ok()?), p.written);
+        add(p.checksum.as_ref()?.crc32c()?, p.written);
         if p.written < p.len {
             add(crc_of_zeros(p.len - p.written), p.len - p.written);
         }
     }
-    acc.map(|c| crate::digest::hex(&c.to_le_bytes()))
+    acc.map(Checksum::Crc32c)
 }
 
 #[cfg(test)]
@@ -66,15 +65,17 @@ mod tests {
     #[test]
     fn piece_checksums_combine_into_the_files() {
         let data: Vec<u8> = (0..300_000u32).map(|i| (i * 31 % 251) as u8).collect();
-        let hex = |c: u32| crate::digest::hex(&c.to_le_bytes());
-        let piece = |off: u64, len: u64, written: u64, sum: Option<String>| Piece { off, len, written, checksum: sum };
+        let crc = |b: &[u8]| Some(Checksum::Crc32c(crc32c::crc32c(b)));
+        let piece = |off: u64, len: u64, written: u64, sum| Piece { off, len, written, checksum: sum };
         let mut pieces = vec![
-            piece(100_000, 150_000, 150_000, Some(hex(crc32c::crc32c(&data[100_000..250_000])))),
-            piece(0, 100_000, 100_000, Some(hex(crc32c::crc32c(&data[..100_000])))),
-            piece(250_000, 50_000, 50_000, Some(hex(crc32c::crc32c(&data[250_000..])))),
+            piece(100_000, 150_000, 150_000, crc(&data[100_000..250_000])),
+            piece(0, 100_000, 100_000, crc(&data[..100_000])),
+            piece(250_000, 50_000, 50_000, crc(&data[250_000..])),
         ];
-        assert_eq!(combine_crc(&mut pieces), Some(hex(crc32c::crc32c(&data))));
+        assert_eq!(combine_crc(&mut pieces), crc(&data));
         assert_eq!(combine_crc(&mut [piece(0, 1, 1, None)]), None);
+        // A SHA-2 checksum does not combine (pieces are made only for CRC-32C).
+        assert_eq!(combine_crc(&mut [piece(0, 1, 1, Some(Checksum::Sha(vec![0; 32])))]), None);
     }
 
     #[test]
@@ -84,18 +85,13 @@ mod tests {
         let data: Vec<u8> = (0..120_000u32).map(|i| (i * 7 % 253) as u8).collect();
         let mut whole = data.clone();
         whole.resize(300_000, 0);
-        let hex = |c: u32| crate::digest::hex(&c.to_le_bytes());
+        let crc = |b: &[u8]| Some(Checksum::Crc32c(crc32c::crc32c(b)));
         let mut pieces = vec![
-            Piece { off: 0, len: 100_000, written: 100_000, checksum: Some(hex(crc32c::crc32c(&data[..100_000]))) },
-            Piece {
-                off: 100_000,
-                len: 100_000,
-                written: 20_000,
-                checksum: Some(hex(crc32c::crc32c(&data[100_000..]))),
-            },
-            Piece { off: 200_000, len: 100_000, written: 0, checksum: Some(hex(crc32c::crc32c(b""))) },
+            Piece { off: 0, len: 100_000, written: 100_000, checksum: crc(&data[..100_000]) },
+            Piece { off: 100_000, len: 100_000, written: 20_000, checksum: crc(&data[100_000..]) },
+            Piece { off: 200_000, len: 100_000, written: 0, checksum: crc(b"") },
         ];
-        assert_eq!(combine_crc(&mut pieces), Some(hex(crc32c::crc32c(&whole))));
+        assert_eq!(combine_crc(&mut pieces), crc(&whole));
         assert_eq!(crc_of_zeros(200_000), crc32c::crc32c(&[0u8; 200_000]));
     }
 }

@@ -67,8 +67,13 @@ fn make_directories(layout: &Layout, target: &Target) -> Result<(), Error> {
     let dest = target.dest.root();
     for t in &target.spcs {
         let link = dest.join("pg_tblspc").join(t.oid.to_string());
-        std::fs::create_dir_all(dest.join("pg_tblspc"))
-            .and_then(|()| std::os::unix::fs::symlink(&t.target, &link))
+        // By path: under the guard, or it could make DEST again after a second signal.
+        target
+            .guard
+            .mutate(|| {
+                std::fs::create_dir_all(dest.join("pg_tblspc"))
+                    .and_then(|()| std::os::unix::fs::symlink(&t.target, &link))
+            })
             .map_err(|e| Error::Io(format!("cannot create the tablespace link {}: {e}", link.display())))?;
     }
     Ok(())

@@ -41,7 +41,7 @@ pub(super) fn stop_backup(
             started.tli
         )));
     }
-    copy.write_own_file(&target.dest, "backup_label", stop.labelfile.as_bytes())?;
+    target.guard.mutate(|| copy.write_own_file(&target.dest, "backup_label", stop.labelfile.as_bytes()))?;
     // Plain format, as pg_basebackup: the pg_tblspc symlinks (to the mapped locations) are
     // the tablespace map; a tablespace_map file would point recovery at the old locations.
     if !stop.spcmapfile.is_empty() {

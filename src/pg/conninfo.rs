@@ -95,21 +95,22 @@ fn parse_pairs(s: &str) -> Result<Params, String> {
     }
 }
 
+/// A URI component decoded as libpq decodes it: the decoding is the `percent-encoding` crate's,
+/// which passes a malformed `%` through as it is; libpq refuses it, and `%00`.
 fn percent_decode(s: &str) -> Result<String, String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = s.get(i + 1..i + 3).ok_or_else(|| format!("invalid percent-encoding in {s:?}"))?;
-            out.push(u8::from_str_radix(hex, 16).map_err(|_| format!("invalid percent-encoding in {s:?}"))?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
+    let well_formed = |t: &str| t.as_bytes().get(..2).is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit));
+    for t in s.split('%').skip(1) {
+        if !well_formed(t) {
+            return Err(format!("invalid percent-encoded token in {s:?}"));
+        }
+        if t.starts_with("00") {
+            return Err(format!("forbidden value %00 in percent-encoded value {s:?}"));
         }
     }
-    String::from_utf8(out).map_err(|_| format!("invalid UTF-8 after percent-decoding {s:?}"))
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8()
+        .map(|d| d.into_owned())
+        .map_err(|_| format!("invalid UTF-8 after percent-decoding {s:?}"))
 }
 
 fn parse_uri(s: &str) -> Result<Params, String> {
@@ -211,5 +212,17 @@ mod tests {
         assert_eq!(parse("postgresql://").unwrap(), Params::new());
         assert_eq!(parse("postgresql:///db?host=/tmp").unwrap(), p(&[("dbname", "db"), ("host", "/tmp")]));
         assert!(parse("postgresql://h/d?x").is_err());
+    }
+
+    #[test]
+    fn malformed_percent_encoding_is_refused_as_libpq_refuses_it() {
+        for bad in ["postgresql://u%4@h/", "postgresql://u%zz@h/", "postgresql://h/d%", "postgresql://u%%41@h/"] {
+            assert!(parse(bad).unwrap_err().contains("invalid percent-encoded token"), "{bad}");
+        }
+        // A sign is not a hex digit; %00 would put a NUL in the value.
+        assert!(parse("postgresql://u%+1@h/").is_err());
+        assert!(parse("postgresql://u%00x@h/").unwrap_err().contains("%00"));
+        assert!(parse("postgresql://h/%ff").unwrap_err().contains("UTF-8"));
+        assert_eq!(parse("postgresql://h/caf%C3%A9").unwrap(), p(&[("host", "h"), ("dbname", "café")]));
     }
 }

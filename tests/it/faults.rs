@@ -72,18 +72,72 @@ fn f03_sigint_aborts_in_order_and_a_second_one_kills_at_once() {
     assert_failed_cleanly(&c, child, &dest, 130, "interrupted by SIGINT");
     assert!(!dest.exists());
 
-    // Twice: the children are killed and pgbb exits at once.
+    // Twice: the children are killed and pgbb exits at once. A frozen worker would keep the
+    // orderly abort waiting (2 s, then SIGKILL): only the second SIGINT ends it at once.
     let (mut child, dest) = start_slow(&c, "f03b", &[]);
-    workers_running(&dest);
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
-    let (_, took) = wait_exit(&mut child, Duration::from_secs(10));
-    assert!(took < Duration::from_secs(2), "a second SIGINT should kill at once, took {took:?}");
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    let worker = workers_running(&dest);
+    kill(Pid::from_raw(worker), Signal::SIGSTOP).unwrap();
+    let (status, err) = sigint_twice(&mut child);
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(err.contains("killed by a second SIGINT"), "{err}");
     assert_no_pgbb_process(dest.to_str().unwrap());
     c.assert_no_pgbb_left();
     assert!(!dest.join("global/pg_control").exists());
+}
+
+/// Sends the master SIGINT twice, the second once the first has been taken (two signals of
+/// one kind sent back to back may arrive as one), and waits for it to exit, at once after
+/// the second: returns its status and stderr.
+fn sigint_twice(child: &mut Child) -> (std::process::ExitStatus, String) {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let err = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut all = String::new();
+        for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = tx.send(line.clone());
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let pid = Pid::from_raw(child.id() as i32);
+    kill(pid, Signal::SIGINT).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx.recv_timeout(left).expect("pgbb did not take the first SIGINT");
+        if line.contains("SIGINT received: aborting") {
+            break;
+        }
+    }
+    kill(pid, Signal::SIGINT).unwrap();
+    let (status, took) = wait_exit(child, Duration::from_secs(10));
+    let err = reader.join().unwrap();
+    assert!(took < Duration::from_secs(2), "a second SIGINT should kill at once, took {took:?}: {err}");
+    (status, err)
+}
+
+/// Two SIGINTs in a late step: the backup has stopped (backup_label is in DEST) and the
+/// master waits for its frozen WAL child. The children are killed, DEST is removed once the
+/// master's change in progress (if any) is done, and pgbb exits 130 at once.
+#[test]
+fn f03_two_sigints_after_the_stop_remove_dest_and_exit_at_once() {
+    let c = Cluster::new();
+    c.pgbench_init(1);
+    let dest = c.path("f03c");
+    let mut child = spawn_pgbb(&["-j", "2", "-c", "fast"], &c.dsn(), &dest);
+    freeze_wal_child_until_stopped(&dest);
+    // At once: not after the 2 s the master would give its frozen child before killing it.
+    let (status, err) = sigint_twice(&mut child);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(status.code(), Some(130), "{err}");
+    let removed = format!("killed by a second SIGINT; the incomplete backup in {} was removed", dest.display());
+    assert!(err.contains(&removed), "{err}");
+    assert!(!stdout(&out).contains("backup complete"));
+    assert_no_pgbb_process(dest.to_str().unwrap());
+    c.assert_no_pgbb_left();
+    assert!(!dest.exists(), "DEST should be gone");
 }
 
 #[test]
