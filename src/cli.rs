@@ -410,131 +410,145 @@ fn delay(d: f64) -> Result<Duration, Error> {
 
 impl Config {
     pub fn from_args(a: Args) -> Result<Config, Error> {
-        let chunk = match &a.chunk_size {
-            None => DEFAULT_CHUNK,
-            Some(c) => {
-                let n = parse_size(c).map_err(Error::Usage)?;
-                if !(MIN_CHUNK..=MAX_CHUNK).contains(&n) {
-                    return Err(Error::Usage(format!("--chunk-size must be between 8k and 256M, not {c}")));
-                }
-                n
-            }
-        };
         let compress = parse_compress(&a.compress).map_err(Error::Usage)?;
-        let algorithm: Algorithm = a.manifest_checksums.parse().map_err(Error::Usage)?;
-        if let Some(name) = &a.slot {
-            if name.is_empty()
-                || name.len() > 63
-                || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-            {
-                return Err(Error::Usage(format!(
-                    "invalid slot name {name:?}: use a-z, 0-9 and _, at most 63 characters"
-                )));
-            }
-            if a.no_slot {
-                return Err(Error::Usage("--slot and --no-slot contradict each other".into()));
-            }
-        }
-        if a.create_slot && a.slot.is_none() {
-            return Err(Error::Usage("-C/--create-slot needs --slot NAME".into()));
-        }
-        let verify_lsn = match a.verify_lsn.as_deref() {
-            Some(l) => Some(l.parse().map_err(|e: crate::lsn::LsnParseError| Error::Usage(e.to_string()))?),
-            None => None,
-        };
-        let rate = match (&a.max_rate, a.worker_rate) {
-            (Some(r), _) => Some(parse_max_rate(r).map_err(Error::Usage)?),
-            (None, Some(w)) => Some(w),
-            (None, None) => None,
-        };
-        let conn = ConnInfo::from_dsn(&a.dsn)?;
-        let dest = match (&a.dest, a.check) {
-            (Some(_), true) => return Err(Error::Usage("--check takes no DEST".into())),
-            (None, true) => PathBuf::new(),
-            (Some(d), false) => d.clone(),
-            (None, false) => return Err(Error::Usage("missing DEST (the target directory)".into())),
-        };
-        let common = Common {
-            conn,
-            dest: dest.clone(),
-            chunk,
-            chunk_set: a.chunk_size.is_some(),
-            sync: !a.no_sync,
-            verbose: a.verbose,
-            debug: a.debug,
-            group_access: a.group_access,
-            algorithm,
-            verify_lsn,
-            report_progress: a.report_progress || (a.progress && !a.slave),
-            in_place: a.in_place,
-            writeback: a.writeback,
-            rate,
-            jobs: a.jobs.max(1),
-            tablespaces: a
-                .tablespace
-                .iter()
-                .map(|t| parse_worker_tablespace(t).ok_or_else(|| Error::Usage(format!("invalid --tablespace {t:?}"))))
-                .collect::<Result<_, _>>()?,
-            run_key: a.run_key,
-        };
-        let mode = match (a.slave, a.stdin, a.pg_xlog) {
-            _ if a.check => Mode::Check { jobs: a.jobs },
-            (true, true, false) => Mode::Worker { id: a.worker_id, compress },
-            (true, false, true) => {
-                let start = a
-                    .start_lsn
-                    .as_deref()
-                    .ok_or_else(|| Error::Usage("the WAL child needs --start-lsn".into()))?
-                    .parse()
-                    .map_err(|e: crate::lsn::LsnParseError| Error::Usage(e.to_string()))?;
-                let timeline = a.timeline.ok_or_else(|| Error::Usage("the WAL child needs --timeline".into()))?;
-                Mode::WalChild { start, timeline, delay: delay(a.delay)?, compress }
-            }
-            (false, false, true) => Mode::WalStandalone {
-                delay: delay(a.delay)?,
-                compress,
-                slot: a.slot.clone(),
-                create_slot: a.create_slot,
-            },
-            (true, true, true) => return Err(Error::Usage("--stdin and -x are different roles; use one".into())),
-            (true, false, false) => {
-                return Err(Error::Usage("--slave needs --stdin (a worker) or -x (the WAL child)".into()))
-            }
-            (false, true, _) => return Err(Error::Usage("--stdin goes with --slave".into())),
-            (false, false, false) => {
-                if a.jobs == 0 || a.jobs > MAX_JOBS {
-                    return Err(Error::Usage(format!("-j/--jobs must be between 1 and {MAX_JOBS}, not {}", a.jobs)));
-                }
-                if a.label.len() > 1024 || a.label.contains(['\n', '\r']) {
-                    return Err(Error::Usage("--label must be one line of at most 1024 bytes".into()));
-                }
-                Mode::Master(MasterOpts {
-                    jobs: a.jobs,
-                    delay: delay(a.delay)?,
-                    force: a.force,
-                    clean: a.clean,
-                    fast: a.checkpoint == Checkpoint::Fast,
-                    label: a.label,
-                    compress,
-                    keep_on_failure: a.no_clean,
-                    slot: !a.no_slot,
-                    manifest: !a.no_manifest,
-                    verify_checksums: !a.no_verify_checksums,
-                    named_slot: a.slot.clone(),
-                    create_slot: a.create_slot,
-                    write_recovery_conf: a.write_recovery_conf,
-                    progress: a.progress,
-                    mappings: a
-                        .tablespace_mapping
-                        .iter()
-                        .map(|m| crate::tablespace::parse_mapping(m))
-                        .collect::<Result<_, _>>()
-                        .map_err(Error::Usage)?,
-                })
-            }
-        };
+        check_slot_args(&a)?;
+        let common = common_settings(&a)?;
+        let mode = mode(a, compress)?;
         Ok(Config { common, mode })
     }
+}
+
+/// `--chunk-size`, within its bounds.
+fn chunk_size(a: &Args) -> Result<u64, Error> {
+    let Some(c) = &a.chunk_size else { return Ok(DEFAULT_CHUNK) };
+    let n = parse_size(c).map_err(Error::Usage)?;
+    if !(MIN_CHUNK..=MAX_CHUNK).contains(&n) {
+        return Err(Error::Usage(format!("--chunk-size must be between 8k and 256M, not {c}")));
+    }
+    Ok(n)
+}
+
+/// `--slot`, `--no-slot` and `-C` together.
+fn check_slot_args(a: &Args) -> Result<(), Error> {
+    if let Some(name) = &a.slot {
+        if name.is_empty()
+            || name.len() > 63
+            || !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            return Err(Error::Usage(format!("invalid slot name {name:?}: use a-z, 0-9 and _, at most 63 characters")));
+        }
+        if a.no_slot {
+            return Err(Error::Usage("--slot and --no-slot contradict each other".into()));
+        }
+    }
+    if a.create_slot && a.slot.is_none() {
+        return Err(Error::Usage("-C/--create-slot needs --slot NAME".into()));
+    }
+    Ok(())
+}
+
+fn parse_lsn(l: &str) -> Result<crate::lsn::Lsn, Error> {
+    l.parse().map_err(|e: crate::lsn::LsnParseError| Error::Usage(e.to_string()))
+}
+
+/// What every role shares: the connection, DEST, chunks, checksums, rate, tablespaces.
+fn common_settings(a: &Args) -> Result<Common, Error> {
+    let algorithm: Algorithm = a.manifest_checksums.parse().map_err(Error::Usage)?;
+    let verify_lsn = a.verify_lsn.as_deref().map(parse_lsn).transpose()?;
+    let rate = match (&a.max_rate, a.worker_rate) {
+        (Some(r), _) => Some(parse_max_rate(r).map_err(Error::Usage)?),
+        (None, Some(w)) => Some(w),
+        (None, None) => None,
+    };
+    let conn = ConnInfo::from_dsn(&a.dsn)?;
+    let dest = match (&a.dest, a.check) {
+        (Some(_), true) => return Err(Error::Usage("--check takes no DEST".into())),
+        (None, true) => PathBuf::new(),
+        (Some(d), false) => d.clone(),
+        (None, false) => return Err(Error::Usage("missing DEST (the target directory)".into())),
+    };
+    let tablespaces = a
+        .tablespace
+        .iter()
+        .map(|t| parse_worker_tablespace(t).ok_or_else(|| Error::Usage(format!("invalid --tablespace {t:?}"))))
+        .collect::<Result<_, _>>()?;
+    Ok(Common {
+        conn,
+        dest,
+        chunk: chunk_size(a)?,
+        chunk_set: a.chunk_size.is_some(),
+        sync: !a.no_sync,
+        verbose: a.verbose,
+        debug: a.debug,
+        group_access: a.group_access,
+        algorithm,
+        verify_lsn,
+        report_progress: a.report_progress || (a.progress && !a.slave),
+        in_place: a.in_place,
+        writeback: a.writeback,
+        rate,
+        jobs: a.jobs.max(1),
+        tablespaces,
+        run_key: a.run_key,
+    })
+}
+
+/// The role this process plays, from `--slave`, `--stdin`, `-x` and `--check`.
+fn mode(a: Args, compress: Compress) -> Result<Mode, Error> {
+    Ok(match (a.slave, a.stdin, a.pg_xlog) {
+        _ if a.check => Mode::Check { jobs: a.jobs },
+        (true, true, false) => Mode::Worker { id: a.worker_id, compress },
+        (true, false, true) => {
+            let start = parse_lsn(
+                a.start_lsn.as_deref().ok_or_else(|| Error::Usage("the WAL child needs --start-lsn".into()))?,
+            )?;
+            let timeline = a.timeline.ok_or_else(|| Error::Usage("the WAL child needs --timeline".into()))?;
+            Mode::WalChild { start, timeline, delay: delay(a.delay)?, compress }
+        }
+        (false, false, true) => {
+            Mode::WalStandalone { delay: delay(a.delay)?, compress, slot: a.slot.clone(), create_slot: a.create_slot }
+        }
+        (true, true, true) => return Err(Error::Usage("--stdin and -x are different roles; use one".into())),
+        (true, false, false) => {
+            return Err(Error::Usage("--slave needs --stdin (a worker) or -x (the WAL child)".into()))
+        }
+        (false, true, _) => return Err(Error::Usage("--stdin goes with --slave".into())),
+        (false, false, false) => Mode::Master(master_opts(a, compress)?),
+    })
+}
+
+/// A backup's own options, checked.
+fn master_opts(a: Args, compress: Compress) -> Result<MasterOpts, Error> {
+    if a.jobs == 0 || a.jobs > MAX_JOBS {
+        return Err(Error::Usage(format!("-j/--jobs must be between 1 and {MAX_JOBS}, not {}", a.jobs)));
+    }
+    if a.label.len() > 1024 || a.label.contains(['\n', '\r']) {
+        return Err(Error::Usage("--label must be one line of at most 1024 bytes".into()));
+    }
+    let mappings = a
+        .tablespace_mapping
+        .iter()
+        .map(|m| crate::tablespace::parse_mapping(m))
+        .collect::<Result<_, _>>()
+        .map_err(Error::Usage)?;
+    Ok(MasterOpts {
+        jobs: a.jobs,
+        delay: delay(a.delay)?,
+        force: a.force,
+        clean: a.clean,
+        fast: a.checkpoint == Checkpoint::Fast,
+        label: a.label,
+        compress,
+        keep_on_failure: a.no_clean,
+        slot: !a.no_slot,
+        manifest: !a.no_manifest,
+        verify_checksums: !a.no_verify_checksums,
+        named_slot: a.slot,
+        create_slot: a.create_slot,
+        write_recovery_conf: a.write_recovery_conf,
+        progress: a.progress,
+        mappings,
+    })
 }
 
 impl Common {
