@@ -258,7 +258,9 @@ impl Cluster {
 
     /// pgbench writing until the returned guard is dropped (or `secs` pass).
     pub fn pgbench_load(&self, clients: u32, secs: u32) -> Load {
-        let child = Command::new(client_bin("pgbench"))
+        let mut cmd = Command::new(client_bin("pgbench"));
+        default_signals(&mut cmd);
+        let child = cmd
             .args(["-n", "-c", &clients.to_string(), "-T", &secs.to_string(), "-h"])
             .arg(&self.sock)
             .args(["-p", &self.port.to_string(), "-U", "postgres", "postgres"])
@@ -363,7 +365,26 @@ pub fn pgbb_bin() -> &'static str {
 pub fn pgbb() -> Command {
     let mut c = Command::new(pgbb_bin());
     c.env_remove("PGPASSWORD");
+    default_signals(&mut c);
     c
+}
+
+/// The tests signal the processes they start (SIGINT to pgbb, to pgbench): those signals must
+/// not stay ignored because the test run itself was started with them ignored (a background
+/// job of a non-interactive shell ignores SIGINT and SIGQUIT), or pgbb, which leaves an
+/// ignored signal ignored as pg_basebackup does, and pgbench would not react.
+pub fn default_signals(c: &mut Command) {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    use std::os::unix::process::CommandExt;
+    // SAFETY: only signal(2), async-signal-safe, between fork and exec.
+    unsafe {
+        c.pre_exec(|| {
+            for sig in [Signal::SIGINT, Signal::SIGQUIT, Signal::SIGTERM, Signal::SIGHUP] {
+                signal(sig, SigHandler::SigDfl).map_err(std::io::Error::from)?;
+            }
+            Ok(())
+        });
+    }
 }
 
 /// Runs pgbb to completion and returns its output.
