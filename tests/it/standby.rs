@@ -9,14 +9,6 @@ use nix::unistd::Pid;
 
 use crate::harness::*;
 
-fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn write_recovery_conf_makes_a_streaming_standby() {
     let c = Cluster::new();
