@@ -47,14 +47,14 @@ One result per line on stdout, fields separated by TABs:
   badpage  PATH  BLOCK  CALC  EXPECTED     a data page failed its checksum (with --verify-lsn)
   vanished     PATH                        no such file on the server (normal in a backup)
   error  PATH  MESSAGE                     this file failed; the worker goes on
-  fatal  MESSAGE                           the worker cannot go on; exit status 1
+  fatal  MESSAGE                           the worker cannot go on; it exits as below (5: DEST)
 The worker exits 0 at the end of its input. Example:
   printf 'PG_VERSION\\nglobal/pg_control\\n' | pgbb --slave --stdin 'host=db user=postgres' /tmp/x
 
-Exit status: 0 done, 1 backup failed, 2 usage, 3 cannot connect, 4 server not suitable
+Exit status: 0 success, 1 backup failed, 2 usage, 3 cannot connect, 4 server not suitable
 (version, settings, privileges), 5 DEST problem, 6 backup kept but data pages failed their
-checksum on the server, 129/130/143 interrupted by SIGHUP/SIGINT/SIGTERM (a signal
-ignored at start, as under nohup, stays ignored). See docs/.
+checksum on the server, 129 interrupted by SIGHUP, 130 interrupted by SIGINT, 143 interrupted
+by SIGTERM (a signal ignored at start, as under nohup, stays ignored). See docs/exit-codes.md.
 The password is never put on a child's command line: children get it in PGPASSWORD.";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -80,6 +80,14 @@ pub enum DestError {
         #[source]
         source: io::Error,
     },
+    /// Another operation on a path in DEST than writing a file: `cannot {action} {path}`.
+    #[error("cannot {action} {}: {source}", path.display())]
+    Op {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
 }
 
 fn describe_io(path: &Path, e: &io::Error) -> String {
@@ -92,7 +100,8 @@ fn describe_io(path: &Path, e: &io::Error) -> String {
 
 impl DestError {
     pub fn is_no_space(&self) -> bool {
-        matches!(self, DestError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC))
+        matches!(self, DestError::Io { source, .. } | DestError::Op { source, .. } | DestError::Create { source, .. }
+            if source.raw_os_error() == Some(libc::ENOSPC))
     }
 }
 
@@ -503,12 +512,37 @@ impl FileWriter {
         self.written
     }
 
-    /// This writer as an `io::Write` (errors keep the path in their message).
+    /// A writer straight to `file` (no directory, no temporary name), for tests.
+    #[cfg(test)]
+    pub(crate) fn on(file: fs::File, path: PathBuf) -> FileWriter {
+        let dir = Arc::new(OwnedFd::from(fs::File::open("/").expect("/")));
+        FileWriter {
+            dir,
+            tmp: Vec::new(),
+            name: Vec::new(),
+            path,
+            file: Some(io::BufWriter::with_capacity(WRITE_BUFFER, file)),
+            written: 0,
+            piece: false,
+            writeback: false,
+        }
+    }
+
+    /// Where the file goes (its final name).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// This writer as an `io::Write`. Its errors are the system's own (ENOSPC stays ENOSPC);
+    /// [`FileWriter::path`] names the file.
     pub fn io(&mut self) -> impl Write + '_ {
         struct W<'a>(&'a mut FileWriter);
         impl Write for W<'_> {
             fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-                self.0.write(buf).map_err(io::Error::other)?;
+                self.0.write(buf).map_err(|e| match e {
+                    DestError::Io { source, .. } => source,
+                    other => io::Error::other(other),
+                })?;
                 Ok(buf.len())
             }
             fn flush(&mut self) -> io::Result<()> {

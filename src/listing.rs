@@ -24,8 +24,7 @@ pub type Listing = Vec<(Vec<u8>, bool, u64)>;
 
 pub fn list(s: &mut Session, view: &ServerView) -> Result<Listing, Error> {
     match &view.local_data_dir {
-        Some(root) => list_local(root)
-            .map_err(|e| Error::Io(format!("could not list the data directory {}: {e}", root.display()))),
+        Some(root) => list_local(root).map_err(|source| Error::LocalListing { root: root.clone(), source }),
         None => sql::list_data_directory(s).map_err(explain_loop),
     }
 }

@@ -207,7 +207,7 @@ impl Pool {
         let stdin = child.stdin.take();
         self.slots.push(Slot { role: role.to_string(), child, stdin, status: None, pidfd });
         log::debug!("started {role} as pid {pid}");
-        let stdout = stdout.ok_or_else(|| Error::Io("child has no stdout".into()))?;
+        let stdout = stdout.ok_or(Error::Internal("a child was started without a pipe for its stdout"))?;
         let tx = self.tx.clone();
         std::thread::Builder::new()
             .name(format!("read-{role}"))
@@ -220,7 +220,7 @@ impl Pool {
     pub fn send(&mut self, i: usize, line: &str) -> Result<(), Error> {
         let slot = &mut self.slots[i];
         let role = slot.role.clone();
-        let stdin = slot.stdin.as_mut().ok_or_else(|| Error::Io(format!("{role}: input already closed")))?;
+        let stdin = slot.stdin.as_mut().ok_or(Error::Internal("a line was sent to a child whose input was closed"))?;
         match stdin.write_all(line.as_bytes()).and_then(|()| stdin.flush()) {
             Ok(()) => Ok(()),
             // The child is gone: report how it ended rather than the broken pipe.

@@ -8,11 +8,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::{bounded, Receiver};
-use nix::sys::signal::Signal;
+use nix::sys::signal::Signal as NixSignal;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::error::{exit, Error};
+use crate::error::Error;
 use crate::pg::conn::Canceller;
 use crate::pool::Pids;
 
@@ -61,20 +61,46 @@ impl Interrupt {
     }
 }
 
-fn name(sig: i32) -> &'static str {
-    match sig {
-        SIGINT => "SIGINT",
-        SIGTERM => "SIGTERM",
-        _ => "SIGHUP",
+/// The signals that interrupt a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    Hup,
+    Int,
+    Term,
+}
+
+impl Signal {
+    pub const ALL: [Signal; 3] = [Signal::Int, Signal::Term, Signal::Hup];
+
+    pub const fn number(self) -> i32 {
+        match self {
+            Signal::Hup => SIGHUP,
+            Signal::Int => SIGINT,
+            Signal::Term => SIGTERM,
+        }
+    }
+
+    pub fn from_number(n: i32) -> Option<Signal> {
+        Signal::ALL.into_iter().find(|s| s.number() == n)
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Signal::Hup => "SIGHUP",
+            Signal::Int => "SIGINT",
+            Signal::Term => "SIGTERM",
+        }
+    }
+
+    /// The exit status of a run this signal ended: 128 + its number, as a shell shows it.
+    pub const fn exit_code(self) -> i32 {
+        128 + self.number()
     }
 }
 
-/// The exit status for a run ended by this signal (128 + its number).
-pub fn exit_code(name: &str) -> i32 {
-    match name {
-        "SIGTERM" => exit::SIGTERM,
-        "SIGHUP" => exit::SIGHUP,
-        _ => exit::SIGINT,
+impl std::fmt::Display for Signal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
@@ -89,34 +115,35 @@ fn ignored(sig: i32) -> bool {
 
 /// Of SIGINT, SIGTERM and SIGHUP, those pgbb handles: the ones not ignored at start. Call it
 /// before installing any handler.
-pub fn handled() -> Vec<i32> {
-    [SIGINT, SIGTERM, SIGHUP]
+pub fn handled() -> Vec<Signal> {
+    Signal::ALL
         .into_iter()
         .filter(|&s| {
-            let ign = ignored(s);
+            let ign = ignored(s.number());
             if ign {
-                log::debug!("{} was ignored at start: it stays ignored", name(s));
+                log::debug!("{s} was ignored at start: it stays ignored");
             }
             !ign
         })
         .collect()
 }
 
-/// Installs the handlers. The receiver yields the name of the first signal.
-pub fn install(pids: Pids) -> Result<(Arc<Interrupt>, Receiver<&'static str>), Error> {
-    let mut signals = Signals::new(handled()).map_err(|e| Error::Io(format!("cannot install signal handlers: {e}")))?;
+/// Installs the handlers. The receiver yields the first signal.
+pub fn install(pids: Pids) -> Result<(Arc<Interrupt>, Receiver<Signal>), Error> {
+    let mut signals = Signals::new(handled().into_iter().map(Signal::number))
+        .map_err(|source| Error::System { what: "install signal handlers", source })?;
     let state = Arc::new(Interrupt::default());
     let (tx, rx) = bounded(1);
     let st = state.clone();
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
-            for sig in signals.forever() {
+            for sig in signals.forever().filter_map(Signal::from_number) {
                 let n = st.count.fetch_add(1, Ordering::SeqCst) + 1;
                 if n == 1 {
-                    crate::errln!("pgbb: {} received: aborting the backup (send it again to kill at once)", name(sig));
-                    let _ = tx.try_send(name(sig));
-                    pids.signal_all(Signal::SIGTERM);
+                    crate::errln!("pgbb: {sig} received: aborting the backup (send it again to kill at once)");
+                    let _ = tx.try_send(sig);
+                    pids.signal_all(NixSignal::SIGTERM);
                     let token = st.cancel.lock().ok().and_then(|c| c.clone());
                     if let Some(t) = token {
                         if let Err(e) = t.cancel() {
@@ -125,18 +152,34 @@ pub fn install(pids: Pids) -> Result<(Arc<Interrupt>, Receiver<&'static str>), E
                     }
                 } else {
                     std::mem::forget(ENDING.lock().unwrap_or_else(|p| p.into_inner()));
-                    pids.signal_all(Signal::SIGKILL);
+                    pids.signal_all(NixSignal::SIGKILL);
                     let dest = st.last_words.lock().ok().and_then(|mut l| l.take()).map(|f| f());
                     crate::errln!(
-                        "pgbb: killed by a second {}; {}the server ends the backup when this connection drops",
-                        name(sig),
+                        "pgbb: killed by a second {sig}; {}the server ends the backup when this connection drops",
                         dest.map_or(String::new(), |d| format!("{d}; "))
                     );
                     // SAFETY: _exit(2) ends the process at once; it is always safe to call.
-                    unsafe { libc::_exit(exit_code(name(sig))) }
+                    unsafe { libc::_exit(sig.exit_code()) }
                 }
             }
         })
-        .map_err(|e| Error::Io(format!("cannot start the signal thread: {e}")))?;
+        .map_err(|source| Error::System { what: "start the signal thread", source })?;
     Ok((state, rx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_codes_are_128_plus_the_number() {
+        assert_eq!(Signal::Hup.exit_code(), 129);
+        assert_eq!(Signal::Int.exit_code(), 130);
+        assert_eq!(Signal::Term.exit_code(), 143);
+        for s in Signal::ALL {
+            assert_eq!(Signal::from_number(s.number()), Some(s));
+        }
+        assert_eq!(Signal::from_number(libc::SIGUSR1), None);
+        assert_eq!(Signal::Hup.to_string(), "SIGHUP");
+    }
 }

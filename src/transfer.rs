@@ -264,8 +264,8 @@ impl Transfer {
     pub fn prepare(&self, s: &mut Session) -> Result<(), PgError> {
         if let Method::Zlib(_) = self.method {
             s.execute(sql::CREATE_ZLIB_READER, &[], "could not create the compression helper").map_err(|e| {
-                // read_only_sql_transaction: a server in recovery.
-                if e.code() == Some("25006") {
+                // A server in recovery.
+                if e.code() == Some(&crate::pg::SqlState::READ_ONLY_SQL_TRANSACTION) {
                     PgError::Unsupported(format!("--compress zlib: {}", sql::READ_ONLY_NO_COMPRESSION))
                 } else {
                     PgError::Compression(e.to_string())

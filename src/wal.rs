@@ -16,7 +16,7 @@ use crate::error::Error;
 use crate::lsn::{is_history_file, Lsn, WalGeometry};
 use crate::pg::{sql, PgError, Session};
 use crate::protocol::{Response, WalCommand, PROTOCOL_VERSION};
-use crate::transfer::{Copied, Outcome, Transfer, TransferError};
+use crate::transfer::{Copied, Outcome, Transfer};
 
 struct Copier {
     s: Session,
@@ -28,14 +28,6 @@ struct Copier {
 
 fn wal_path(name: &str) -> Result<SafePath, Error> {
     Ok(SafePath::parse(format!("pg_wal/{name}"))?)
-}
-
-fn transfer_err(e: TransferError) -> Error {
-    match e {
-        TransferError::Pg(p) => Error::Pg(p),
-        TransferError::Dest(d) => Error::Dest(d),
-        other => Error::Io(other.to_string()),
-    }
 }
 
 impl Copier {
@@ -53,7 +45,7 @@ impl Copier {
     fn copy(&mut self, name: &str, as_name: &str) -> Result<Outcome, Error> {
         let src = wal_path(name)?;
         let dst = wal_path(as_name)?;
-        self.t.fetch(&mut self.s, &src, &self.dest, &dst, None).map_err(transfer_err)
+        self.t.fetch(&mut self.s, &src, &self.dest, &dst, None).map_err(Error::from)
     }
 
     /// Copies history files that are new or changed.
@@ -93,7 +85,9 @@ fn stdout_say() -> impl FnMut(Response) -> Result<(), Error> {
     let stdout = io::stdout();
     move |r: Response| {
         let mut out = stdout.lock();
-        writeln!(out, "{r}").and_then(|()| out.flush()).map_err(|e| Error::Io(format!("cannot write results: {e}")))
+        writeln!(out, "{r}")
+            .and_then(|()| out.flush())
+            .map_err(|source| Error::Pipe { what: "cannot write results", source })
     }
 }
 
@@ -168,10 +162,8 @@ impl WalChild {
                     log::info!("backup stopped at {l}; copying WAL through segment {last}");
                     self.stop = Some(l);
                 }
-                Ok(Some(Err(e))) => return Err(Error::Io(format!("bad command from the master: {e}"))),
-                Ok(None) | Err(RecvTimeoutError::Disconnected) => {
-                    return Err(Error::Io("the master closed the WAL child's input before the backup stopped".into()))
-                }
+                Ok(Some(Err(source))) => return Err(Error::Protocol { role: "the master".into(), source }),
+                Ok(None) | Err(RecvTimeoutError::Disconnected) => return Err(Error::MasterGone),
                 Err(RecvTimeoutError::Timeout) => {}
             }
         }
@@ -434,8 +426,8 @@ fn reconnect(common: &Common, compress: Compress, stop: &AtomicBool, why: &Error
 pub fn run_standalone(common: &Common, delay: Duration, compress: Compress, slot: Option<&str>) -> Result<(), Error> {
     let stop = Arc::new(AtomicBool::new(false));
     for sig in crate::signals::handled() {
-        signal_hook::flag::register(sig, stop.clone())
-            .map_err(|e| Error::Io(format!("cannot install signal handlers: {e}")))?;
+        signal_hook::flag::register(sig.number(), stop.clone())
+            .map_err(|source| Error::System { what: "install signal handlers", source })?;
     }
     crate::worker::create_dest(&common.dest, common.group_access)?;
     // The first connection must work: a loop that never ran is a mistake to report.

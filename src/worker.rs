@@ -111,13 +111,17 @@ pub fn run(common: &Common, id: Option<usize>, compress: Compress) -> Result<(),
         Some(i) => format!("pgbb worker {i}"),
         None => "pgbb worker".to_string(),
     };
-    let roots = open_roots(common)?;
     let stdout = io::stdout();
     let mut out = stdout.lock();
     let mut say = |r: Response| -> Result<(), Error> {
-        writeln!(out, "{r}").and_then(|()| out.flush()).map_err(|e| Error::Io(format!("cannot write results: {e}")))
+        writeln!(out, "{r}")
+            .and_then(|()| out.flush())
+            .map_err(|source| Error::Pipe { what: "cannot write results", source })
     };
-    let (mut s, transfer) = match open_session(common, &app, compress) {
+    // A DEST that cannot be made or opened is told like any fatal error: the master then
+    // knows it from the exit status (5), not as a child that died without a word.
+    let opened = open_roots(common).and_then(|roots| Ok((roots, open_session(common, &app, compress)?)));
+    let (roots, (mut s, transfer)) = match opened {
         Ok(x) => x,
         Err(e) => {
             let _ = say(Response::Fatal { message: e.to_string() });
@@ -130,7 +134,7 @@ pub fn run(common: &Common, id: Option<usize>, compress: Compress) -> Result<(),
     let mut input = stdin.lock();
     let mut buf = Vec::new();
     while let Some(too_long) =
-        read_line(&mut input, &mut buf).map_err(|e| Error::Io(format!("cannot read stdin: {e}")))?
+        read_line(&mut input, &mut buf).map_err(|source| Error::Pipe { what: "cannot read stdin", source })?
     {
         match parse_request(trim_eol(&buf), too_long) {
             Ok((req, src, dst)) => serve(&mut s, &transfer, &roots, req, &src, &dst, &mut say)?,
@@ -219,11 +223,7 @@ fn serve(
         Ok(Outcome::Vanished) => say(Response::Vanished { path: req.src }),
         Err(e) if e.is_fatal() => {
             let _ = say(Response::Fatal { message: e.to_string() });
-            Err(match e {
-                crate::transfer::TransferError::Dest(d) => Error::Dest(d),
-                crate::transfer::TransferError::Pg(p) => Error::Pg(p),
-                other => Error::Io(other.to_string()),
-            })
+            Err(e.into())
         }
         Err(e) => say(Response::Error { path: req.src, message: e.to_string() }),
     }

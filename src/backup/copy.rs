@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::select;
 
 use crate::cli::{Common, MasterOpts};
-use crate::dest::{Dest, Roots, SafePath, PG_CONTROL, PG_CONTROL_PENDING};
+use crate::dest::{Dest, DestError, Roots, SafePath, PG_CONTROL, PG_CONTROL_PENDING};
 use crate::digest::{Algorithm, Checksum, Digest};
 use crate::error::Error;
 use crate::layout::FileJob;
@@ -210,7 +210,7 @@ impl Run<'_> {
     /// Waits for one event and applies it.
     fn step(&mut self) -> Result<(), Error> {
         let ev = select! {
-            recv(self.pool.events()) -> ev => ev.map_err(|_| Error::Io("all children are gone".into()))?,
+            recv(self.pool.events()) -> ev => ev.map_err(|_| Error::Internal("the children's event channel closed while they ran"))?,
             recv(self.sig.rx) -> s => return Err(self.sig.received(s)),
             default(Duration::from_secs(1)) => {
                 self.report();
@@ -330,7 +330,10 @@ impl Run<'_> {
     fn complete(&mut self, w: usize, role: &str, path: &[u8]) -> Result<Work, Error> {
         match self.workers[w].inflight.front() {
             Some(p) if p.path == path => {
-                let done = self.workers[w].inflight.pop_front().ok_or_else(|| Error::Io("empty queue".into()))?;
+                let done = self.workers[w]
+                    .inflight
+                    .pop_front()
+                    .ok_or(Error::Internal("a result came from a worker with no file in flight"))?;
                 if let Some(next) = self.workers[w].inflight.front() {
                     let next = show(&next.path);
                     self.progress.started(w, &next);
@@ -402,7 +405,7 @@ impl Run<'_> {
     pub fn copy_files(&mut self, dest_root: &std::path::Path) -> Result<(), Error> {
         self.progress.refresh(None);
         self.copy_data_files()?;
-        let pg_control = self.pg_control.take().ok_or_else(|| Error::Io("pg_control was copied already".into()))?;
+        let pg_control = self.pg_control.take().ok_or(Error::Internal("pg_control was copied already"))?;
         self.copy_pg_control(&pg_control, dest_root)?;
         self.progress.finish();
         self.finish_workers()
@@ -439,8 +442,8 @@ impl Run<'_> {
             if self.files == before {
                 return Err(Error::Inconsistent("global/pg_control vanished from the server".into()));
             }
-            let copy = std::fs::read(dest_root.join(PG_CONTROL_PENDING))
-                .map_err(|e| Error::Io(format!("cannot read back global/pg_control: {e}")))?;
+            let path = dest_root.join(PG_CONTROL_PENDING);
+            let copy = std::fs::read(&path).map_err(|source| DestError::Op { action: "read back", path, source })?;
             if crate::checksum::control_file_consistent(&copy) {
                 return Ok(());
             }
@@ -461,7 +464,7 @@ impl Run<'_> {
         let mut open = self.workers.len();
         while open > 0 {
             let ev = select! {
-                recv(self.pool.events()) -> ev => ev.map_err(|_| Error::Io("all children are gone".into()))?,
+                recv(self.pool.events()) -> ev => ev.map_err(|_| Error::Internal("the children's event channel closed while they ran"))?,
                 recv(self.sig.rx) -> s => return Err(self.sig.received(s)),
             };
             match ev {

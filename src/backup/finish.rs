@@ -3,7 +3,7 @@
 //! complete, synced backup can be started.
 
 use crate::cli::MasterOpts;
-use crate::dest::{Dest, Roots, SafePath, PG_CONTROL, PG_CONTROL_PENDING};
+use crate::dest::{Dest, DestError, FileWriter, Roots, SafePath, PG_CONTROL, PG_CONTROL_PENDING};
 use crate::error::Error;
 use crate::manifest::{self, FileEntry, WalRange};
 use crate::pg::sql;
@@ -76,9 +76,15 @@ fn write_manifest(
     entries.sort_by(|a, b| a.path.cmp(&b.path));
     let wal = [WalRange { timeline: started.tli, start: started.lsn, end: stopped.lsn }];
     let mut w = dest.create_file(&SafePath::parse("backup_manifest")?)?;
-    manifest::write(&mut w.io(), system_id, entries, &wal).map_err(|e| Error::Io(e.to_string()))?;
+    let written = manifest::write(&mut w.io(), system_id, entries, &wal);
+    written.map_err(|e| manifest_error(&w, e))?;
     w.finish(server.common.sync)?;
     Ok(())
+}
+
+/// A failure writing the manifest is DEST's (no space: exit 5, with the hint to free some).
+fn manifest_error(w: &FileWriter, source: std::io::Error) -> Error {
+    Error::Dest(DestError::Io { path: w.path().to_path_buf(), source })
 }
 
 fn summary(server: &Server, opts: &MasterOpts, c: Copied, started: &Started, stopped: &Stopped) -> Summary {
@@ -117,5 +123,36 @@ fn check_files(roots: &Roots, entries: &[FileEntry]) -> Result<(), Error> {
         Ok(())
     } else {
         Err(Error::Inconsistent(format!("DEST does not hold what was copied: {}", wrong.join("; "))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::Algorithm;
+
+    /// ENOSPC while the manifest is written (the device fills up after the data files) is a
+    /// DEST problem: exit 5 and the hint to free space, naming backup_manifest.
+    #[test]
+    fn no_space_for_the_manifest_is_a_dest_error() {
+        let full = std::fs::OpenOptions::new().write(true).open("/dev/full").unwrap();
+        let mut w = FileWriter::on(full, "/backups/b1/backup_manifest".into());
+        // More than the write buffer, so that a write (not only the final flush) fails.
+        let entries: Vec<FileEntry> = (0..5000)
+            .map(|i| FileEntry {
+                path: format!("base/5/{i}").into_bytes(),
+                size: 8192,
+                mtime: 0,
+                algorithm: Algorithm::None,
+                checksum: None,
+            })
+            .collect();
+        let wal = [WalRange { timeline: 1, start: crate::lsn::Lsn(0), end: crate::lsn::Lsn(1) }];
+        let written = manifest::write(&mut w.io(), None, &entries, &wal);
+        let e = manifest_error(&w, written.unwrap_err());
+        assert_eq!(e.exit_code(), crate::error::exit::DEST, "{e}");
+        assert!(e.to_string().contains("no space left on device while writing /backups/b1/backup_manifest"), "{e}");
+        assert!(e.hint().is_some_and(|h| h.contains("free some space")), "{e}");
+        assert!(std::error::Error::source(&e).is_some());
     }
 }

@@ -26,7 +26,7 @@ use crate::cli::{Common, MasterOpts};
 use crate::error::Error;
 use crate::lsn::Lsn;
 use crate::pool::Pids;
-use crate::signals::{self, Interrupt};
+use crate::signals::{self, Interrupt, Signal};
 use crate::transfer::Method;
 
 pub use stop::check_wal_range;
@@ -59,15 +59,15 @@ pub struct Summary {
 /// the first signal arrives, and which signal the event loop saw first.
 pub(crate) struct Signals {
     interrupt: Arc<Interrupt>,
-    rx: Receiver<&'static str>,
+    rx: Receiver<Signal>,
     pids: Pids,
-    seen: Cell<Option<&'static str>>,
+    seen: Cell<Option<Signal>>,
 }
 
 impl Signals {
     /// Takes the first signal off the channel (the event loop's `select!` arm).
-    fn received(&self, s: Result<&'static str, crossbeam_channel::RecvError>) -> Error {
-        let s = s.unwrap_or("SIGINT");
+    fn received(&self, s: Result<Signal, crossbeam_channel::RecvError>) -> Error {
+        let s = s.unwrap_or(Signal::Int);
         self.seen.set(Some(s));
         Error::Interrupted(s)
     }
@@ -75,7 +75,7 @@ impl Signals {
     /// A signal arrived between two phases.
     fn check(&self) -> Result<(), Error> {
         if self.interrupt.requested() {
-            return Err(Error::Interrupted(self.seen.get().unwrap_or("SIGINT")));
+            return Err(Error::Interrupted(self.seen.get().unwrap_or(Signal::Int)));
         }
         Ok(())
     }
@@ -84,7 +84,7 @@ impl Signals {
     fn first_cause(&self, e: Error) -> Error {
         if self.interrupt.requested() {
             let sig = self.seen.get().or_else(|| self.rx.try_recv().ok());
-            return Error::Interrupted(sig.unwrap_or("SIGINT"));
+            return Error::Interrupted(sig.unwrap_or(Signal::Int));
         }
         e
     }

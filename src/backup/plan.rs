@@ -6,7 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::Instant;
 
 use crate::cli::MasterOpts;
-use crate::dest::SafePath;
+use crate::dest::{DestError, SafePath};
 use crate::digest::Algorithm;
 use crate::error::Error;
 use crate::layout::{self, FileJob, Layout};
@@ -74,7 +74,7 @@ fn make_directories(layout: &Layout, target: &Target) -> Result<(), Error> {
                 std::fs::create_dir_all(dest.join("pg_tblspc"))
                     .and_then(|()| std::os::unix::fs::symlink(&t.target, &link))
             })
-            .map_err(|e| Error::Io(format!("cannot create the tablespace link {}: {e}", link.display())))?;
+            .map_err(|source| DestError::Op { action: "create the tablespace link", path: link, source })?;
     }
     Ok(())
 }

@@ -5,7 +5,7 @@
 
 use crate::cli::MasterOpts;
 use crate::error::Error;
-use crate::pg::{sql, PgError, Session};
+use crate::pg::{sql, PgError, Session, SqlState};
 
 use super::connect::Server;
 
@@ -41,7 +41,12 @@ pub(super) fn hold_wal(server: &mut Server, opts: &MasterOpts) -> Result<WalHold
                 hold.session = Some(ss);
                 hold.held = true;
             }
-            Err(e) if matches!(e.code(), Some("42501") | Some("55000")) => {
+            Err(e)
+                if matches!(
+                    e.code(),
+                    Some(&SqlState::INSUFFICIENT_PRIVILEGE | &SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE)
+                ) =>
+            {
                 log::warn!("no replication slot ({e}); WAL the backup needs is not protected from removal. Give the role REPLICATION (ALTER ROLE ... REPLICATION) and set max_replication_slots > 0, or use --no-slot to silence this");
             }
             Err(e) => return Err(e.into()),

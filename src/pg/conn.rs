@@ -241,7 +241,7 @@ impl ConnInfo {
             let message = format!("channel binding required but not supported by server's authentication request{why}");
             return PgError::Tls { target, message };
         }
-        PgError::Connect { target, message, code: e.code().map(|c| c.code().to_string()) }
+        PgError::Connect { target, message, code: e.code().cloned() }
     }
 
     /// Whether backend `pid` still exists, asked over a new short-lived session; `None` when

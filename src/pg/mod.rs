@@ -13,6 +13,35 @@ pub mod tls;
 
 pub use caps::Caps;
 pub use conn::{ConnInfo, Session};
+pub use postgres::error::SqlState;
+
+/// The groups of SQLSTATEs pgbb tells apart by their leading characters. The only place a
+/// code is read as text: everywhere else codes are [`SqlState`] constants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SqlClass {
+    /// Class 08, connection exception: the connection failed or broke.
+    ConnectionException,
+    /// Class 28, invalid authorization specification: authentication failed.
+    InvalidAuthorization,
+    /// 57P01–57P05 (of class 57, operator intervention): the server ended the session or
+    /// refuses it for now (shutdown, crash, starting up, database dropped, idle timeout).
+    ServerEndedSession,
+}
+
+impl SqlClass {
+    pub fn of(code: &SqlState) -> Option<SqlClass> {
+        let c = code.code();
+        if c.starts_with("08") {
+            Some(SqlClass::ConnectionException)
+        } else if c.starts_with("28") {
+            Some(SqlClass::InvalidAuthorization)
+        } else if c.starts_with("57P") {
+            Some(SqlClass::ServerEndedSession)
+        } else {
+            None
+        }
+    }
+}
 
 /// Errors of the database layer.
 #[derive(Debug, thiserror::Error)]
@@ -23,14 +52,14 @@ pub enum PgError {
     #[error("{0}")]
     BadEnv(String),
     #[error("could not connect to {target}: {message}")]
-    Connect { target: String, message: String, code: Option<String> },
+    Connect { target: String, message: String, code: Option<SqlState> },
     /// The TLS settings on this side cannot work (a key file others can read, a certificate
     /// without its key, a server certificate that fails verification): a connection failure,
     /// as libpq reports it, that retrying will not heal.
     #[error("could not connect to {target}: {message}")]
     Tls { target: String, message: String },
     #[error("{what}: {message}")]
-    Query { what: String, message: String, closed: bool, code: Option<String> },
+    Query { what: String, message: String, closed: bool, code: Option<SqlState> },
     #[error("server version {0} is not supported: pgbb needs PostgreSQL 13 or later")]
     TooOld(String),
     #[error("wal_level is \"{0}\" on the server; a base backup needs wal_level = replica (or logical): set it in postgresql.conf and restart the server")]
@@ -46,7 +75,7 @@ pub enum PgError {
 impl PgError {
     /// Wraps a driver error from a statement, keeping the server's words.
     pub fn query(what: impl Into<String>, e: postgres::Error) -> PgError {
-        let code = e.code().map(|c| c.code().to_string());
+        let code = e.code().cloned();
         PgError::Query {
             what: what.into(),
             message: describe(&e),
@@ -58,8 +87,8 @@ impl PgError {
     /// True when the connection itself is gone (as opposed to one statement failing).
     pub fn connection_lost(&self) -> bool {
         match self {
-            PgError::Query { closed, code, .. } => {
-                *closed || code.as_deref().is_some_and(|c| c.starts_with("57P") || c.starts_with("08"))
+            PgError::Query { closed, .. } => {
+                *closed || matches!(self.class(), Some(SqlClass::ServerEndedSession | SqlClass::ConnectionException))
             }
             PgError::Connect { .. } | PgError::Tls { .. } => true,
             _ => false,
@@ -71,22 +100,26 @@ impl PgError {
     /// authentication, a role or database that does not exist, missing privileges, TLS
     /// settings, and every error that is not about the connection.
     pub fn may_heal(&self) -> bool {
-        let lasting = |code: &Option<String>| {
-            code.as_deref().is_some_and(|c| c.starts_with("28") || c == "3D000" || c == "42501")
-        };
+        let lasting = self.class() == Some(SqlClass::InvalidAuthorization)
+            || matches!(self.code(), Some(&SqlState::INVALID_CATALOG_NAME | &SqlState::INSUFFICIENT_PRIVILEGE));
         match self {
-            PgError::Connect { code, .. } => !lasting(code),
-            PgError::Query { code, .. } => self.connection_lost() && !lasting(code),
+            PgError::Connect { .. } => !lasting,
+            PgError::Query { .. } => self.connection_lost() && !lasting,
             _ => false,
         }
     }
 
-    /// The SQLSTATE of a failed statement.
-    pub fn code(&self) -> Option<&str> {
+    /// The SQLSTATE of a failed statement or connection.
+    pub fn code(&self) -> Option<&SqlState> {
         match self {
-            PgError::Query { code, .. } => code.as_deref(),
+            PgError::Query { code, .. } | PgError::Connect { code, .. } => code.as_ref(),
             _ => None,
         }
+    }
+
+    /// The group of its SQLSTATE, when pgbb tells that group apart.
+    pub fn class(&self) -> Option<SqlClass> {
+        self.code().and_then(SqlClass::of)
     }
 }
 
@@ -138,13 +171,13 @@ mod tests {
         let connect = |code: Option<&str>| PgError::Connect {
             target: "t".into(),
             message: "m".into(),
-            code: code.map(String::from),
+            code: code.map(SqlState::from_code),
         };
         let query = |code: Option<&str>, closed| PgError::Query {
             what: "w".into(),
             message: "m".into(),
             closed,
-            code: code.map(String::from),
+            code: code.map(SqlState::from_code),
         };
         assert!(connect(None).may_heal(), "refused, unreachable");
         assert!(connect(Some("57P03")).may_heal(), "the server is starting up");

@@ -2,7 +2,7 @@
 //! the identity of its postmaster, and a physical slot's state. Every call is
 //! schema-qualified.
 
-use super::{PgError, Session};
+use super::{PgError, Session, SqlState};
 
 /// What the server says about its own files, to find them (and prove them) on this machine.
 #[derive(Debug, Clone, Default)]
@@ -65,7 +65,7 @@ pub fn create_physical_slot(s: &mut Session, name: &str) -> Result<bool, PgError
         &format!("could not create replication slot \"{name}\""),
     ) {
         Ok(()) => Ok(true),
-        Err(e) if e.code() == Some("42710") => Ok(false),
+        Err(e) if e.code() == Some(&SqlState::DUPLICATE_OBJECT) => Ok(false),
         Err(e) => Err(e),
     }
 }

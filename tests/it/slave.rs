@@ -173,3 +173,32 @@ fn by_hand_dest_is_created_private() {
         assert_eq!(parent & 0o007, 0, "a parent created for DEST is open to others: {parent:o}");
     }
 }
+
+/// A worker that cannot create DEST says so as a `fatal` line (so that a master reports the
+/// DEST problem, not a child that died without a word) and exits 5, the DEST code.
+#[test]
+fn by_hand_worker_that_cannot_create_dest_exits_5() {
+    use std::os::unix::fs::PermissionsExt;
+    let c = Cluster::new();
+    let parent = c.path("locked");
+    std::fs::create_dir(&parent).unwrap();
+    let dest = parent.join("dest");
+    // Root writes anywhere: the worker runs as postgres under a root-owned parent.
+    let mut cmd = if is_root() {
+        std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut cmd = std::process::Command::new("runuser");
+        cmd.args(["-u", "postgres", "--", pgbb_bin()]);
+        cmd
+    } else {
+        std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o555)).unwrap();
+        std::process::Command::new(pgbb_bin())
+    };
+    let out =
+        cmd.args(["--slave", "--stdin"]).arg(c.dsn()).arg(&dest).stdin(std::process::Stdio::null()).output().unwrap();
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    let said = stdout(&out);
+    assert!(said.starts_with("fatal\tcannot create destination ") && said.contains("Permission denied"), "{said}");
+    assert!(stderr(&out).contains("cannot create destination"), "{}", stderr(&out));
+    assert!(!dest.exists());
+    std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
