@@ -56,6 +56,13 @@ impl Copier {
         self.t.fetch(&mut self.s, &src, &self.dest, &dst, None).map_err(transfer_err)
     }
 
+    /// Copies the first `len` bytes of `pg_wal/NAME` and zero-fills it to a full segment.
+    fn copy_head(&mut self, name: &str, len: u64) -> Result<Outcome, Error> {
+        let path = wal_path(name)?;
+        let size = self.geo.seg_size;
+        self.t.fetch_head(&mut self.s, &path, &self.dest, &path, len, size).map_err(transfer_err)
+    }
+
     /// Copies history files that are new or changed.
     fn copy_history(
         &mut self,
@@ -177,27 +184,40 @@ impl WalChild {
         }
     }
 
-    /// One pass: copies every complete segment of the range not copied yet; true when the
-    /// range is complete (after the stop) and `done` was said.
+    /// How much of segment `seg` to copy now that WAL is written up to `written`: all of a
+    /// complete one; of the one holding the stop, only the bytes through the stop, as soon as
+    /// they are written (the rest is zero-filled locally: a standby never completes that
+    /// segment while its primary is idle, and a primary's tail past the stop is not needed).
+    fn wanted(&self, seg: u64, written: Lsn) -> Option<u64> {
+        let geo = self.c.geo;
+        match self.stop {
+            Some(stop) if seg == geo.end_segno(stop) && geo.end_offset(stop) < geo.seg_size => {
+                (written >= stop).then(|| geo.end_offset(stop))
+            }
+            Some(stop) if seg > geo.end_segno(stop) => None,
+            _ => geo.is_complete(seg, written).then_some(geo.seg_size),
+        }
+    }
+
+    /// One pass: copies every segment of the range that is ready and not copied yet; true
+    /// when the range is complete (after the stop) and `done` was said.
     fn pass(&mut self, say: &mut impl FnMut(Response) -> Result<(), Error>) -> Result<bool, Error> {
         let (files, written) = sql::list_wal(&mut self.c.s)?;
         self.c.copy_history(&files, say)?;
-        let last = self.stop.map(|s| self.c.geo.end_segno(s));
         for (name, size) in &files {
             let Some((t, seg)) = self.c.geo.parse_file_name(name) else {
                 continue;
             };
-            if t == self.tli
-                && seg >= self.start_seg
-                && last.is_none_or(|l| seg <= l)
-                && self.c.geo.is_complete(seg, written)
-                && !self.copied.contains(&seg)
-            {
-                self.copy_segment(name, *size, seg, say)?;
+            if t != self.tli || seg < self.start_seg || self.copied.contains(&seg) {
+                continue;
+            }
+            if let Some(len) = self.wanted(seg, written) {
+                self.copy_segment(name, *size, seg, len, say)?;
             }
         }
-        match last {
-            Some(last) if self.c.geo.is_complete(last, written) => {
+        match self.stop {
+            Some(stop) if written >= stop => {
+                let last = self.c.geo.end_segno(stop);
                 for seg in self.start_seg..=last {
                     if !self.copied.contains(&seg) {
                         let path = format!("pg_wal/{}", self.c.geo.file_name(self.tli, seg)).into_bytes();
@@ -216,9 +236,16 @@ impl WalChild {
         name: &str,
         size: u64,
         seg: u64,
+        len: u64,
         say: &mut impl FnMut(Response) -> Result<(), Error>,
     ) -> Result<(), Error> {
-        match self.c.copy(name, name)? {
+        let got = if len < self.c.geo.seg_size {
+            log::info!("copying {name} through the backup's stop ({len} bytes), the rest as zeros");
+            self.c.copy_head(name, len)?
+        } else {
+            self.c.copy(name, name)?
+        };
+        match got {
             Outcome::Copied(got) if got.size == self.c.geo.seg_size => {
                 self.copied.insert(seg);
                 self.count += 1;
@@ -239,7 +266,7 @@ impl WalChild {
 /// True when DEST/pg_wal/NAME is really segment `segno`: full size, and its first page
 /// header names that position. A standby recycles old segments under future names; such a
 /// file has the right name and size but old contents, and must be copied over.
-fn genuine_segment(dest: &Dest, name: &str, segno: u64, geo: WalGeometry) -> bool {
+pub(crate) fn genuine_segment(dest: &Dest, name: &str, segno: u64, geo: WalGeometry) -> bool {
     use std::io::Read;
     let Ok(mut f) = std::fs::File::open(dest.root().join("pg_wal").join(name)) else { return false };
     if f.metadata().map(|m| m.len()).unwrap_or(0) != geo.seg_size {
