@@ -263,26 +263,41 @@ impl WalChild {
     }
 }
 
+/// The page header at `offset` of DEST/pg_wal/NAME names WAL position `addr`.
+fn page_names(f: &mut std::fs::File, offset: u64, addr: u64) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut h = [0u8; 16];
+    if f.seek(SeekFrom::Start(offset)).is_err() || f.read_exact(&mut h).is_err() {
+        return false;
+    }
+    let magic = u16::from_ne_bytes([h[0], h[1]]);
+    let at = u64::from_ne_bytes([h[8], h[9], h[10], h[11], h[12], h[13], h[14], h[15]]);
+    magic != 0 && at == addr
+}
+
 /// True when DEST/pg_wal/NAME is really segment `segno`: full size, and its first page
 /// header names that position. A standby recycles old segments under future names; such a
 /// file has the right name and size but old contents, and must be copied over.
 pub(crate) fn genuine_segment(dest: &Dest, name: &str, segno: u64, geo: WalGeometry) -> bool {
-    use std::io::Read;
     let Ok(mut f) = std::fs::File::open(dest.root().join("pg_wal").join(name)) else { return false };
-    if f.metadata().map(|m| m.len()).unwrap_or(0) != geo.seg_size {
-        return false;
-    }
-    let mut h = [0u8; 16];
-    if f.read_exact(&mut h).is_err() {
-        return false;
-    }
-    let magic = u16::from_ne_bytes([h[0], h[1]]);
-    let addr = u64::from_ne_bytes([h[8], h[9], h[10], h[11], h[12], h[13], h[14], h[15]]);
-    magic != 0 && addr == segno * geo.seg_size
+    f.metadata().map(|m| m.len()).unwrap_or(0) == geo.seg_size && page_names(&mut f, 0, segno * geo.seg_size)
+}
+
+/// A genuine segment the loop need not copy again. In a data directory (a backup, a warm
+/// standby) only one with a `.done`: the backup's last segment has none, as it is cut at the
+/// stop and zero-filled (see [`WalChild::wanted`]), and the loop must copy it again once
+/// complete (segments the loop copied there have none either: a restart copies the newest
+/// again, see [`standalone_floor`]).
+fn complete_segment(dest: &Dest, name: &str, segno: u64, geo: WalGeometry) -> bool {
+    let root = dest.root();
+    genuine_segment(dest, name, segno, geo)
+        && (!root.join("global/pg_control").exists()
+            || root.join(format!("pg_wal/archive_status/{name}.done")).exists())
 }
 
 /// Where a standalone loop starts: the backup's start segment if DEST holds a backup_label,
-/// else after the newest genuine segment already in DEST/pg_wal, else (None) the current one.
+/// else after the newest genuine segment already in DEST/pg_wal (at it, if it may be
+/// incomplete: see [`complete_segment`]), else (None) the current one.
 fn standalone_floor(dest: &Dest, geo: WalGeometry) -> Option<u64> {
     if let Ok(label) = std::fs::read_to_string(dest.root().join("backup_label")) {
         let start = label
@@ -299,7 +314,7 @@ fn standalone_floor(dest: &Dest, geo: WalGeometry) -> Option<u64> {
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
             let (_, seg) = geo.parse_file_name(&name)?;
-            genuine_segment(dest, &name, seg, geo).then_some(seg + 1)
+            genuine_segment(dest, &name, seg, geo).then(|| seg + u64::from(complete_segment(dest, &name, seg, geo)))
         })
         .max()
 }
@@ -351,7 +366,7 @@ impl Feed<'_> {
             if t != tli || seg < floor || !c.geo.is_complete(seg, written) || self.have.contains(name) {
                 continue;
             }
-            if genuine_segment(&c.dest, name, seg, c.geo) {
+            if complete_segment(&c.dest, name, seg, c.geo) {
                 self.have.insert(name.clone());
                 continue;
             }
@@ -467,7 +482,12 @@ pub fn run_standalone(common: &Common, delay: Duration, compress: Compress, slot
     crate::worker::create_dest(&common.dest, common.group_access)?;
     // The first connection must work: a loop that never ran is a mistake to report.
     let mut c = Copier::open(common, compress)?;
-    let floor = standalone_floor(&c.dest, c.geo);
+    let mut floor = standalone_floor(&c.dest, c.geo);
+    // Nothing in DEST yet: with a slot, from its restart point, as pg_receivewal (a backup
+    // taken since ends in a segment cut at its stop: the archive must hold that segment).
+    if let (None, Some(slot)) = (floor, slot) {
+        floor = sql::slot_restart_lsn(&mut c.s, slot)?.map(|l| c.geo.segno(l));
+    }
     let mut feed = Feed { stop: &stop, slot, floor, have: HashSet::new(), partial: None, advanced: Lsn(0) };
     log::info!(
         "copying WAL into {} every {:?}; stop with SIGINT or SIGTERM",
