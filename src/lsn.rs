@@ -60,6 +60,12 @@ impl WalGeometry {
         end.0.saturating_sub(1) / self.seg_size
     }
 
+    /// How many bytes of its last segment (see [`Self::end_segno`]) a backup ending at `end`
+    /// needs: up to `end` itself, the whole segment when `end` is on a segment boundary.
+    pub fn end_offset(&self, end: Lsn) -> u64 {
+        end.0 - self.end_segno(end) * self.seg_size
+    }
+
     /// File name of segment `segno` on timeline `tli`.
     pub fn file_name(&self, tli: u32, segno: u64) -> String {
         format!("{:08X}{:08X}{:08X}", tli, segno / self.segs_per_xlogid(), segno % self.segs_per_xlogid())
@@ -131,6 +137,10 @@ mod tests {
         assert!(g.is_complete(5, Lsn(6 * (16 << 20))));
         assert!(!g.is_complete(5, Lsn(6 * (16 << 20) - 1)));
         assert!(WalGeometry::new(3 << 20).is_none());
+        // What of the last segment a backup needs: through the stop, all of it on a boundary.
+        assert_eq!(g.end_offset(Lsn(6 * (16 << 20) + 0x128)), 0x128);
+        assert_eq!(g.end_offset(Lsn(6 * (16 << 20))), 16 << 20);
+        assert_eq!(g.end_offset(Lsn(6 * (16 << 20) + (16 << 20) - 8)), (16 << 20) - 8);
     }
 
     #[test]

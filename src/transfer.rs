@@ -138,6 +138,28 @@ impl Throttle {
     }
 }
 
+/// What one request copies, and into what.
+#[derive(Debug, Clone, Copy)]
+enum Request {
+    /// The whole file, into a file of its own.
+    Whole,
+    /// Bytes `offset..offset + len`, into their place in a file assembled from pieces.
+    Piece(u64, u64),
+    /// The first `len` bytes, into a file of its own zero-filled to `size` bytes.
+    Head(u64, u64),
+}
+
+impl Request {
+    /// The byte range read from the server, `None` for the whole file.
+    fn range(self) -> Option<(u64, u64)> {
+        match self {
+            Request::Whole => None,
+            Request::Piece(off, len) => Some((off, len)),
+            Request::Head(len, _) => Some((0, len)),
+        }
+    }
+}
+
 /// Copies files from one session into DEST.
 #[derive(Debug, Clone)]
 pub struct Transfer {
@@ -275,21 +297,16 @@ impl Transfer {
         Ok(())
     }
 
-    fn sink(
-        &self,
-        dest: &Dest,
-        src: &SafePath,
-        dst: &SafePath,
-        range: Option<(u64, u64)>,
-    ) -> Result<Sink, TransferError> {
+    fn sink(&self, dest: &Dest, src: &SafePath, dst: &SafePath, req: Request) -> Result<Sink, TransferError> {
+        let range = req.range();
         let pages = self.verify.and_then(|v| {
             checksummed_segment(&String::from_utf8_lossy(&src.as_bytes()), v.rules)
                 .map(|segno| Pages::new(segno, range.map_or(0, |(o, _)| o), v))
         });
         let progress = self.progress.map(|report| (report, std::time::Instant::now()));
-        let w = match range {
-            Some((off, _)) => dest.create_piece(dst, off)?,
-            None => dest.create_file(dst)?,
+        let w = match req {
+            Request::Piece(off, _) => dest.create_piece(dst, off)?,
+            Request::Whole | Request::Head(..) => dest.create_file(dst)?,
         };
         Ok(Sink { w, digest: Digest::new(self.algorithm), pages, wire: 0, progress })
     }
@@ -303,15 +320,48 @@ impl Transfer {
         dst: &SafePath,
         range: Option<(u64, u64)>,
     ) -> Result<Outcome, TransferError> {
+        let req = range.map_or(Request::Whole, |(off, len)| Request::Piece(off, len));
+        self.fetch_as(s, src, dest, dst, req)
+    }
+
+    /// Copies the first `len` bytes of server file `src` to `dst` and zero-fills it to `size`
+    /// bytes: the WAL segment holding a backup's stop, whose bytes past the stop are not
+    /// needed (recovery ends at the zeros). A file shorter than `len` on the server is not
+    /// padded: the result is short, for the caller to report.
+    pub fn fetch_head(
+        &self,
+        s: &mut Session,
+        src: &SafePath,
+        dest: &Dest,
+        dst: &SafePath,
+        len: u64,
+        size: u64,
+    ) -> Result<Outcome, TransferError> {
+        self.fetch_as(s, src, dest, dst, Request::Head(len, size))
+    }
+
+    fn fetch_as(
+        &self,
+        s: &mut Session,
+        src: &SafePath,
+        dest: &Dest,
+        dst: &SafePath,
+        req: Request,
+    ) -> Result<Outcome, TransferError> {
         let got = match self.method {
-            Method::Plain => self.fetch_plain(s, src, dest, dst, range),
-            Method::Zlib(level) => self.fetch_zlib(s, src, dest, dst, level, range),
+            Method::Plain => self.fetch_plain(s, src, dest, dst, req),
+            Method::Zlib(level) => self.fetch_zlib(s, src, dest, dst, level, req),
         };
         let got = got.map_err(|e| match e {
             TransferError::Pg(p) => TransferError::Pg(s.explain(p)),
             other => other,
         })?;
-        let Some((sink, mtime)) = got else { return Ok(Outcome::Vanished) };
+        let Some((mut sink, mtime)) = got else { return Ok(Outcome::Vanished) };
+        if let Request::Head(len, size) = req {
+            if sink.written() == len {
+                sink.zeros(size.saturating_sub(len))?;
+            }
+        }
         let Sink { w, digest, pages, wire, .. } = sink;
         let size = w.finish(self.sync)?;
         let verified_pages = pages.as_ref().map_or(0, |p| p.verified);
@@ -351,8 +401,9 @@ impl Transfer {
         src: &SafePath,
         dest: &Dest,
         dst: &SafePath,
-        range: Option<(u64, u64)>,
+        req: Request,
     ) -> Result<Option<(Sink, i64)>, TransferError> {
+        let range = req.range();
         let path = src.display();
         let what = format!("could not read \"{path}\"");
         let chunk = self.chunk as i64;
@@ -381,7 +432,7 @@ impl Transfer {
                 None => {
                     size = extent(sz.max(0) as u64, range);
                     mtime = row.try_get::<_, Option<i64>>(1).map_err(|e| pg_err(&what, e))?.unwrap_or(0);
-                    out.insert(self.sink(dest, src, dst, range)?)
+                    out.insert(self.sink(dest, src, dst, req)?)
                 }
             };
             match row.try_get::<_, Option<&[u8]>>(2).map_err(|e| pg_err(&what, e))? {
@@ -418,8 +469,9 @@ impl Transfer {
         dest: &Dest,
         dst: &SafePath,
         level: u32,
-        range: Option<(u64, u64)>,
+        req: Request,
     ) -> Result<Option<(Sink, i64)>, TransferError> {
+        let range = req.range();
         // The PL/Python helper takes the path as raw bytes: any name.
         let path = src.display();
         let raw = src.as_bytes();
@@ -443,7 +495,7 @@ impl Transfer {
                     let listed = i64::from_be_bytes(header[..8].try_into().unwrap_or_default()).max(0) as u64;
                     size = range.map_or(listed, |(_, len)| listed.min(len));
                     mtime = i64::from_be_bytes(header[8..].try_into().unwrap_or_default());
-                    out = Some(self.sink(dest, src, dst, range)?);
+                    out = Some(self.sink(dest, src, dst, req)?);
                     continue;
                 }
             };

@@ -48,6 +48,13 @@ impl Copier {
         self.t.fetch(&mut self.s, &src, &self.dest, &dst, None).map_err(Error::from)
     }
 
+    /// Copies the first `len` bytes of `pg_wal/NAME` and zero-fills it to a full segment.
+    fn copy_head(&mut self, name: &str, len: u64) -> Result<Outcome, Error> {
+        let path = wal_path(name)?;
+        let size = self.geo.seg_size;
+        self.t.fetch_head(&mut self.s, &path, &self.dest, &path, len, size).map_err(transfer_err)
+    }
+
     /// Copies history files that are new or changed.
     fn copy_history(
         &mut self,
@@ -169,27 +176,40 @@ impl WalChild {
         }
     }
 
-    /// One pass: copies every complete segment of the range not copied yet; true when the
-    /// range is complete (after the stop) and `done` was said.
+    /// How much of segment `seg` to copy now that WAL is written up to `written`: all of a
+    /// complete one; of the one holding the stop, only the bytes through the stop, as soon as
+    /// they are written (the rest is zero-filled locally: a standby never completes that
+    /// segment while its primary is idle, and a primary's tail past the stop is not needed).
+    fn wanted(&self, seg: u64, written: Lsn) -> Option<u64> {
+        let geo = self.c.geo;
+        match self.stop {
+            Some(stop) if seg == geo.end_segno(stop) && geo.end_offset(stop) < geo.seg_size => {
+                (written >= stop).then(|| geo.end_offset(stop))
+            }
+            Some(stop) if seg > geo.end_segno(stop) => None,
+            _ => geo.is_complete(seg, written).then_some(geo.seg_size),
+        }
+    }
+
+    /// One pass: copies every segment of the range that is ready and not copied yet; true
+    /// when the range is complete (after the stop) and `done` was said.
     fn pass(&mut self, say: &mut impl FnMut(Response) -> Result<(), Error>) -> Result<bool, Error> {
         let (files, written) = sql::list_wal(&mut self.c.s)?;
         self.c.copy_history(&files, say)?;
-        let last = self.stop.map(|s| self.c.geo.end_segno(s));
         for (name, size) in &files {
             let Some((t, seg)) = self.c.geo.parse_file_name(name) else {
                 continue;
             };
-            if t == self.tli
-                && seg >= self.start_seg
-                && last.is_none_or(|l| seg <= l)
-                && self.c.geo.is_complete(seg, written)
-                && !self.copied.contains(&seg)
-            {
-                self.copy_segment(name, *size, seg, say)?;
+            if t != self.tli || seg < self.start_seg || self.copied.contains(&seg) {
+                continue;
+            }
+            if let Some(len) = self.wanted(seg, written) {
+                self.copy_segment(name, *size, seg, len, say)?;
             }
         }
-        match last {
-            Some(last) if self.c.geo.is_complete(last, written) => {
+        match self.stop {
+            Some(stop) if written >= stop => {
+                let last = self.c.geo.end_segno(stop);
                 for seg in self.start_seg..=last {
                     if !self.copied.contains(&seg) {
                         let path = format!("pg_wal/{}", self.c.geo.file_name(self.tli, seg)).into_bytes();
@@ -208,9 +228,16 @@ impl WalChild {
         name: &str,
         size: u64,
         seg: u64,
+        len: u64,
         say: &mut impl FnMut(Response) -> Result<(), Error>,
     ) -> Result<(), Error> {
-        match self.c.copy(name, name)? {
+        let got = if len < self.c.geo.seg_size {
+            log::info!("copying {name} through the backup's stop ({len} bytes), the rest as zeros");
+            self.c.copy_head(name, len)?
+        } else {
+            self.c.copy(name, name)?
+        };
+        match got {
             Outcome::Copied(got) if got.size == self.c.geo.seg_size => {
                 self.copied.insert(seg);
                 self.count += 1;
@@ -228,26 +255,41 @@ impl WalChild {
     }
 }
 
-/// True when DEST/pg_wal/NAME is really segment `segno`: full size, and its first page
-/// header names that position. A standby recycles old segments under future names; such a
-/// file has the right name and size but old contents, and must be copied over.
-fn genuine_segment(dest: &Dest, name: &str, segno: u64, geo: WalGeometry) -> bool {
-    use std::io::Read;
-    let Ok(mut f) = std::fs::File::open(dest.root().join("pg_wal").join(name)) else { return false };
-    if f.metadata().map(|m| m.len()).unwrap_or(0) != geo.seg_size {
-        return false;
-    }
+/// The page header at `offset` of DEST/pg_wal/NAME names WAL position `addr`.
+fn page_names(f: &mut std::fs::File, offset: u64, addr: u64) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
     let mut h = [0u8; 16];
-    if f.read_exact(&mut h).is_err() {
+    if f.seek(SeekFrom::Start(offset)).is_err() || f.read_exact(&mut h).is_err() {
         return false;
     }
     let magic = u16::from_ne_bytes([h[0], h[1]]);
-    let addr = u64::from_ne_bytes([h[8], h[9], h[10], h[11], h[12], h[13], h[14], h[15]]);
-    magic != 0 && addr == segno * geo.seg_size
+    let at = u64::from_ne_bytes([h[8], h[9], h[10], h[11], h[12], h[13], h[14], h[15]]);
+    magic != 0 && at == addr
+}
+
+/// True when DEST/pg_wal/NAME is really segment `segno`: full size, and its first page
+/// header names that position. A standby recycles old segments under future names; such a
+/// file has the right name and size but old contents, and must be copied over.
+pub(crate) fn genuine_segment(dest: &Dest, name: &str, segno: u64, geo: WalGeometry) -> bool {
+    let Ok(mut f) = std::fs::File::open(dest.root().join("pg_wal").join(name)) else { return false };
+    f.metadata().map(|m| m.len()).unwrap_or(0) == geo.seg_size && page_names(&mut f, 0, segno * geo.seg_size)
+}
+
+/// A genuine segment the loop need not copy again. In a data directory (a backup, a warm
+/// standby) only one with a `.done`: the backup's last segment has none, as it is cut at the
+/// stop and zero-filled (see [`WalChild::wanted`]), and the loop must copy it again once
+/// complete (segments the loop copied there have none either: a restart copies the newest
+/// again, see [`standalone_floor`]).
+fn complete_segment(dest: &Dest, name: &str, segno: u64, geo: WalGeometry) -> bool {
+    let root = dest.root();
+    genuine_segment(dest, name, segno, geo)
+        && (!root.join("global/pg_control").exists()
+            || root.join(format!("pg_wal/archive_status/{name}.done")).exists())
 }
 
 /// Where a standalone loop starts: the backup's start segment if DEST holds a backup_label,
-/// else after the newest genuine segment already in DEST/pg_wal, else (None) the current one.
+/// else after the newest genuine segment already in DEST/pg_wal (at it, if it may be
+/// incomplete: see [`complete_segment`]), else (None) the current one.
 fn standalone_floor(dest: &Dest, geo: WalGeometry) -> Option<u64> {
     if let Ok(label) = std::fs::read_to_string(dest.root().join("backup_label")) {
         let start = label
@@ -264,7 +306,7 @@ fn standalone_floor(dest: &Dest, geo: WalGeometry) -> Option<u64> {
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
             let (_, seg) = geo.parse_file_name(&name)?;
-            genuine_segment(dest, &name, seg, geo).then_some(seg + 1)
+            genuine_segment(dest, &name, seg, geo).then(|| seg + u64::from(complete_segment(dest, &name, seg, geo)))
         })
         .max()
 }
@@ -316,7 +358,7 @@ impl Feed<'_> {
             if t != tli || seg < floor || !c.geo.is_complete(seg, written) || self.have.contains(name) {
                 continue;
             }
-            if genuine_segment(&c.dest, name, seg, c.geo) {
+            if complete_segment(&c.dest, name, seg, c.geo) {
                 self.have.insert(name.clone());
                 continue;
             }
@@ -432,7 +474,12 @@ pub fn run_standalone(common: &Common, delay: Duration, compress: Compress, slot
     crate::worker::create_dest(&common.dest, common.group_access)?;
     // The first connection must work: a loop that never ran is a mistake to report.
     let mut c = Copier::open(common, compress)?;
-    let floor = standalone_floor(&c.dest, c.geo);
+    let mut floor = standalone_floor(&c.dest, c.geo);
+    // Nothing in DEST yet: with a slot, from its restart point, as pg_receivewal (a backup
+    // taken since ends in a segment cut at its stop: the archive must hold that segment).
+    if let (None, Some(slot)) = (floor, slot) {
+        floor = sql::slot_restart_lsn(&mut c.s, slot)?.map(|l| c.geo.segno(l));
+    }
     let mut feed = Feed { stop: &stop, slot, floor, have: HashSet::new(), partial: None, advanced: Lsn(0) };
     log::info!(
         "copying WAL into {} every {:?}; stop with SIGINT or SIGTERM",

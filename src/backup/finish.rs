@@ -39,7 +39,11 @@ pub(super) fn finish(
         );
     }
     let geo = server.geo;
-    for seg in geo.segno(started.lsn)..=geo.end_segno(stopped.lsn) {
+    // `.done` for complete segments only, as pg_basebackup: the last one is cut at the stop
+    // (zeros after it) unless the stop is on a boundary; the restored server completes it.
+    let partial = geo.end_offset(stopped.lsn) < geo.seg_size;
+    let last = geo.end_segno(stopped.lsn) + 1 - u64::from(partial);
+    for seg in geo.segno(started.lsn)..last {
         let done = format!("pg_wal/archive_status/{}.done", geo.file_name(started.tli, seg));
         dest.write_file(&SafePath::parse(&done)?, b"", false)?;
     }

@@ -65,7 +65,10 @@ pub(super) fn check_wal(
     check_wal_range(&target.dest, server.geo, started.tli, started.lsn, stopped.lsn, &copied.wal_missing)
 }
 
-/// Every segment from the start's through the stop's must be in DEST/pg_wal, full size.
+/// Every segment from the start's through the stop's must be in DEST/pg_wal, full size, and
+/// really that segment (its first page header names its position: not a zero-filled or stale
+/// file). The last one holds the server's bytes through the stop and zeros after them (see
+/// the WAL child), which is full size too.
 pub fn check_wal_range(
     dest: &Dest,
     geo: WalGeometry,
@@ -78,7 +81,8 @@ pub fn check_wal_range(
     for seg in geo.segno(start)..=geo.end_segno(stop) {
         let name = geo.file_name(tli, seg);
         match dest.file_size(&SafePath::parse(format!("pg_wal/{name}"))?)? {
-            Some(n) if n == geo.seg_size => {}
+            Some(n) if n == geo.seg_size && crate::wal::genuine_segment(dest, &name, seg, geo) => {}
+            Some(n) if n == geo.seg_size => missing.push(format!("{name} (not a WAL segment of that position)")),
             Some(n) => missing.push(format!("{name} ({n} bytes, expected {})", geo.seg_size)),
             None => missing.push(name),
         }
@@ -93,5 +97,62 @@ pub fn check_wal_range(
         Ok(())
     } else {
         Err(Error::WalIncomplete { missing: missing.join(", ") })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEG: u64 = 1 << 20;
+
+    /// A segment file as the WAL child leaves it: a long page header naming `segno`, the
+    /// first `len` bytes written, zeros after.
+    fn segment(dest: &Dest, geo: WalGeometry, segno: u64, len: u64) {
+        let mut b = vec![0u8; SEG as usize];
+        b[0..2].copy_from_slice(&0xD10Du16.to_ne_bytes());
+        b[8..16].copy_from_slice(&(segno * SEG).to_ne_bytes());
+        b[40..len as usize].fill(7);
+        std::fs::write(dest.root().join("pg_wal").join(geo.file_name(1, segno)), b).unwrap();
+    }
+
+    fn check(dest: &Dest, geo: WalGeometry) -> Result<(), String> {
+        check_wal_range(dest, geo, 1, Lsn(3 * SEG + 40), Lsn(5 * SEG + 0x128), &[]).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_wal_range_check_is_exact() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("pg_wal")).unwrap();
+        let dest = Dest::open(dir.path(), false).unwrap();
+        let geo = WalGeometry::new(SEG).unwrap();
+        // 3 and 4 complete, 5 cut at the stop and zero-filled: complete.
+        for seg in 3..=4 {
+            segment(&dest, geo, seg, SEG);
+        }
+        segment(&dest, geo, 5, 0x128);
+        assert_eq!(check(&dest, geo), Ok(()));
+        // A short last segment.
+        let last = dest.root().join("pg_wal").join(geo.file_name(1, 5));
+        std::fs::OpenOptions::new().write(true).open(&last).unwrap().set_len(0x128).unwrap();
+        let e = check(&dest, geo).unwrap_err();
+        assert!(e.contains("000000010000000000000005 (296 bytes"), "{e}");
+        // All zeros at full size: not that segment.
+        std::fs::write(&last, vec![0u8; SEG as usize]).unwrap();
+        let e = check(&dest, geo).unwrap_err();
+        assert!(e.contains("000000010000000000000005 (not a WAL segment"), "{e}");
+        // Another segment's contents under this name.
+        segment(&dest, geo, 5, 0x128);
+        std::fs::copy(
+            dest.root().join("pg_wal").join(geo.file_name(1, 3)),
+            dest.root().join("pg_wal").join(geo.file_name(1, 4)),
+        )
+        .unwrap();
+        let e = check(&dest, geo).unwrap_err();
+        assert!(e.contains("000000010000000000000004 (not a WAL segment"), "{e}");
+        // A missing one in the middle.
+        std::fs::remove_file(dest.root().join("pg_wal").join(geo.file_name(1, 4))).unwrap();
+        let e = check(&dest, geo).unwrap_err();
+        assert!(e.contains("000000010000000000000004") && !e.contains("0005"), "{e}");
     }
 }

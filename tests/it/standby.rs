@@ -223,3 +223,111 @@ fn compression_from_a_standby_is_plain_for_auto_and_refused_for_zlib() {
     assert!(stdout(&out).contains("chunks will travel uncompressed: the server is in recovery"), "{}", stdout(&out));
     standby.assert_no_pgbb_left();
 }
+
+/// (timeline, stop LSN) of a backup, from its manifest's WAL range.
+fn manifest_wal_end(dest: &std::path::Path) -> (u32, u64) {
+    let m = std::fs::read_to_string(dest.join("backup_manifest")).unwrap();
+    let field = |key: &str| -> String {
+        let at = m.find(key).unwrap_or_else(|| panic!("{key} not in the manifest")) + key.len();
+        m[at..]
+            .trim_start_matches([' ', ':', '"'])
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '/')
+            .collect()
+    };
+    let tli: u32 = field("\"Timeline\"").parse().unwrap();
+    let (hi, lo) = field("\"End-LSN\"").split_once('/').map(|(h, l)| (h.to_string(), l.to_string())).unwrap();
+    (tli, (u64::from_str_radix(&hi, 16).unwrap() << 32) | u64::from_str_radix(&lo, 16).unwrap())
+}
+
+/// The segment holding the stop LSN is in DEST at full size, its bytes through the stop LSN
+/// copied (the page holding the stop has a WAL page header), and everything after the stop is
+/// zeros, written locally (not the server's bytes that follow the backup's end). No `.done`
+/// for it: the restored server completes and archives that segment itself, as with
+/// pg_basebackup's streamed WAL.
+fn assert_stop_segment_cut(dest: &std::path::Path) {
+    const SEG: u64 = 16 << 20;
+    let (tli, stop) = manifest_wal_end(dest);
+    let seg = (stop - 1) / SEG;
+    let name = format!("{tli:08X}{:08X}{:08X}", seg / 256, seg % 256);
+    let bytes = std::fs::read(dest.join("pg_wal").join(&name)).unwrap();
+    assert_eq!(bytes.len() as u64, SEG, "{name} is not full size");
+    let off = (stop - seg * SEG) as usize;
+    assert!(off < SEG as usize, "the stop {stop:X} is on a segment boundary: nothing to cut");
+    let page = off / 8192 * 8192;
+    assert_ne!(&bytes[page..page + 2], &[0, 0], "no WAL page header on the stop's page in {name}");
+    if let Some(i) = bytes[off..].iter().position(|&b| b != 0) {
+        panic!("{name}: byte {} (stop at {off}) is not zero: the segment's tail was copied", off + i);
+    }
+    assert!(!dest.join(format!("pg_wal/archive_status/{name}.done")).exists(), "{name}.done for a partial segment");
+}
+
+/// With the primary idle, the standby's stop segment never completes (the stop is in its
+/// middle and a standby cannot switch segments): the WAL child copies it up to the stop and
+/// zero-fills the rest, so the backup ends promptly, as pg_basebackup's does. The copy
+/// restores, and pg_verifybackup (WAL parsing on) reads the WAL up to the stop.
+#[test]
+fn standby_backup_with_an_idle_primary_ends_promptly() {
+    let c = Cluster::new();
+    c.pgbench_init(2);
+    let copy = c.path("standby");
+    let out = pgbb_run(&["-R", "-c", "fast", &c.dsn(), copy.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let standby = start_copy(&copy);
+    let mut sc = standby.client();
+    let rec: bool = sc.query_one("SELECT pg_is_in_recovery()", &[]).unwrap().get(0);
+    assert!(rec, "the copy should be a standby");
+    // Some WAL and a checkpoint in the middle of a segment (the standby's restartpoint, and so
+    // the stop, lands there); the standby catches up, then nothing more is written.
+    c.client().batch_execute("CREATE TABLE before_backup AS SELECT generate_series(1, 1000) AS x; CHECKPOINT").unwrap();
+    let primary_lsn: String = c.client().query_one("SELECT pg_current_wal_lsn()::text", &[]).unwrap().get(0);
+    wait_until("the standby to replay the primary's WAL", Duration::from_secs(60), || {
+        sc.query_one("SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn", &[&primary_lsn])
+            .map(|r| r.get::<_, bool>(0))
+            .unwrap_or(false)
+    });
+    let dest = c.path("from-standby");
+    let mut child = spawn_pgbb(&["-c", "fast"], &standby.dsn(), &dest);
+    let (status, took) = wait_exit(&mut child, Duration::from_secs(120));
+    let out = child.wait_with_output().unwrap();
+    assert!(status.success(), "{}", stderr(&out));
+    eprintln!("the backup from the standby took {took:?}");
+    assert!(took < Duration::from_secs(20), "the backup from the standby took {took:?}");
+    assert!(std::fs::read_to_string(dest.join("backup_label")).unwrap().contains("BACKUP FROM: standby"));
+    assert_stop_segment_cut(&dest);
+    verifybackup(&dest, &[]);
+    // Restored standalone (the standby's standby.signal was copied with it): recovery has the
+    // copied WAL only, no primary to stream the rest from, and must reach the stop.
+    std::fs::remove_file(dest.join("standby.signal")).unwrap();
+    let restored = start_copy(&dest);
+    let (_, stop) = manifest_wal_end(&dest);
+    let reached = format!("consistent recovery state reached at {:X}/{:X}", stop >> 32, stop & 0xffff_ffff);
+    assert!(restored.log().contains(&reached), "{reached} not in:\n{}", restored.log());
+    let mut rc = restored.client();
+    assert!(!rc.query_one("SELECT pg_is_in_recovery()", &[]).unwrap().get::<_, bool>(0));
+    assert_eq!(query_i64(&mut rc, "SELECT count(*) FROM before_backup"), 1000);
+    let a = query_i64(&mut rc, "SELECT sum(abalance)::bigint FROM pgbench_accounts");
+    let n = query_i64(&mut rc, "SELECT count(*) FROM pgbench_accounts");
+    assert_eq!((a, n), (0, 200_000), "pgbench_accounts in the copy");
+    rc.batch_execute("CREATE EXTENSION amcheck").unwrap();
+    let checked = query_i64(
+        &mut rc,
+        "SELECT count(*) FROM (SELECT bt_index_check(i.indexrelid, true) FROM pg_index i \
+           JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relam = 403 AND c.relpersistence <> 't') s",
+    );
+    assert!(checked > 10, "amcheck checked only {checked} indexes");
+    standby.assert_no_pgbb_left();
+}
+
+/// From a primary the stop forces a segment switch, so the stop segment is complete on the
+/// server; still only the part up to the stop travels, and the rest is zeros in DEST.
+#[test]
+fn primary_backup_stop_segment_tail_is_zeros() {
+    let c = Cluster::new();
+    c.pgbench_init(1);
+    let dest = c.path("from-primary");
+    let out = pgbb_run(&["-c", "fast", &c.dsn(), dest.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_stop_segment_cut(&dest);
+    verify_restore(&dest, &Expect { pgbench: true, databases: vec![], unlogged: vec![], absent: vec![] });
+}
