@@ -52,7 +52,7 @@ impl Copier {
     fn copy_head(&mut self, name: &str, len: u64) -> Result<Outcome, Error> {
         let path = wal_path(name)?;
         let size = self.geo.seg_size;
-        self.t.fetch_head(&mut self.s, &path, &self.dest, &path, len, size).map_err(transfer_err)
+        self.t.fetch_head(&mut self.s, &path, &self.dest, &path, len, size).map_err(Error::from)
     }
 
     /// Copies history files that are new or changed.
