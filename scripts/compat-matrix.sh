@@ -34,7 +34,10 @@ for major in "${majors[@]}"; do
   version=$("$server/postgres" --version | awk '{print $NF}')
   client=$(client_bin "$major")
   vargs=""; [ "$major" = 13 ] && vargs="-n"
-  tests=(backup::backup_j4_under_pgbench_restores integrity::manifest_version_and_system_identifier_follow_the_server)
+  tests=(backup::backup_j4_under_pgbench_restores integrity::manifest_version_and_system_identifier_follow_the_server
+         # The last WAL segment copied through the stop LSN, zero-filled: from a standby with
+         # an idle primary (must end promptly), and from a primary.
+         standby::standby_backup_with_an_idle_primary_ends_promptly standby::primary_backup_stop_segment_tail_is_zeros)
   # Old backup API: a killed worker must still end the server-side backup.
   [ "$major" -le 14 ] && tests+=(failures::sigkill_of_a_worker_aborts_and_cleans_up)
   log=$(mktemp)
