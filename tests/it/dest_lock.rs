@@ -1,7 +1,6 @@
 //! One run per DEST (issue 10, items 7 and 8b): a second backup or WAL loop into a DEST in use
 //! is refused at once (exit 5) naming the pid that holds it, and the first goes on unharmed.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -39,43 +38,23 @@ fn a_second_backup_into_a_dest_in_use_is_refused_naming_the_first() {
     c.assert_no_pgbb_left();
 }
 
-fn wal_loop(c: &Cluster, dest: &std::path::Path, extra: &[&str]) -> std::process::Child {
-    pgbb()
-        .args(["-x", "-D", "0.2"])
-        .args(extra)
-        .arg(c.dsn())
-        .arg(dest)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
-}
-
-fn stop(mut child: std::process::Child) -> String {
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
-    wait_exit(&mut child, Duration::from_secs(10));
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "pgbb -x did not stop cleanly: {}", stderr(&out));
-    stderr(&out)
-}
-
 #[test]
 fn a_second_wal_loop_into_a_dest_in_use_is_refused_naming_the_first() {
     let c = Cluster::new();
     let dest = c.path("wal");
-    let first = wal_loop(&c, &dest, &[]);
+    let first = start_wal_loop(&c, &dest, &[]);
     let deadline = Instant::now() + Duration::from_secs(30);
     while !dest.join("pg_wal/archive_status").exists() {
         assert!(Instant::now() < deadline, "the first loop never started");
         std::thread::sleep(Duration::from_millis(5));
     }
-    let mut second = wal_loop(&c, &dest, &[]);
+    let mut second = start_wal_loop(&c, &dest, &[]);
     let (status, took) = wait_exit(&mut second, Duration::from_secs(20));
     let err = stderr(&second.wait_with_output().unwrap());
     assert_eq!(status.code(), Some(5), "{err}");
     assert!(err.contains(&format!("pid {}", first.id())), "the message should name the first loop: {err}");
     assert!(took < Duration::from_secs(10), "refused only after {took:?}");
-    stop(first);
+    stop_wal_loop(first);
     c.assert_no_pgbb_left();
 }
 
@@ -89,7 +68,7 @@ fn wal_loop_creates_its_slot_with_c_and_reuses_it() {
             .unwrap()
             .map(|r| r.get::<_, Option<String>>(0).unwrap_or_default())
     };
-    let first = wal_loop(&c, &dest, &["--slot", "feed", "-C"]);
+    let first = start_wal_loop(&c, &dest, &["--slot", "feed", "-C"]);
     let deadline = Instant::now() + Duration::from_secs(30);
     while slot_lsn(&c).is_none() {
         assert!(Instant::now() < deadline, "-C did not create the slot");
@@ -128,11 +107,11 @@ fn wal_loop_creates_its_slot_with_c_and_reuses_it() {
         assert!(Instant::now() < deadline, "segment {seg} not copied or the slot not advanced to {current}");
         std::thread::sleep(Duration::from_millis(50));
     }
-    stop(first);
+    stop_wal_loop(first);
     assert!(slot_lsn(&c).is_some(), "the slot is the standby's: it stays");
     // Again with -C: the slot exists and is used, not an error.
-    let again = wal_loop(&c, &dest, &["--slot", "feed", "-C", "-v"]);
+    let again = start_wal_loop(&c, &dest, &["--slot", "feed", "-C", "-v"]);
     c.wait_for_session("pgbb wal");
-    let err = stop(again);
+    let err = stop_wal_loop(again);
     assert!(err.contains("already exists"), "{err}");
 }

@@ -759,3 +759,26 @@ impl Drop for NetNs {
         let _ = std::process::Command::new("ip").args(["netns", "del", &self.name]).output();
     }
 }
+
+/// Starts the standalone WAL loop (`pgbb -x`, a 0.2 s delay) into `dest`, with `extra` options.
+pub fn start_wal_loop(c: &Cluster, dest: &Path, extra: &[&str]) -> Child {
+    pgbb()
+        .args(["-x", "-D", "0.2"])
+        .args(extra)
+        .arg(c.dsn())
+        .arg(dest)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Stops the WAL loop with SIGTERM, asserts it exits 0 within 5 s, returns its stderr.
+pub fn stop_wal_loop(mut child: Child) -> String {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    let (status, took) = wait_exit(&mut child, Duration::from_secs(10));
+    let out = child.wait_with_output().unwrap();
+    assert!(status.success(), "pgbb -x did not stop cleanly on SIGTERM: {status}\n{}", stderr(&out));
+    assert!(took < Duration::from_secs(5), "pgbb -x took {took:?} to stop after SIGTERM");
+    stderr(&out)
+}

@@ -4,9 +4,6 @@ use std::os::unix::fs::MetadataExt;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
-
 use crate::harness::*;
 
 fn segments(dir: &std::path::Path) -> Vec<(String, u64, u64)> {
@@ -55,30 +52,11 @@ fn wait_running(wal: &std::path::Path) {
 }
 
 fn start_loop(c: &Cluster, dest: &std::path::Path) -> std::process::Child {
-    pgbb()
-        .args(["-x", "-D", "0.2", "-v"])
-        .arg(c.dsn())
-        .arg(dest)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+    start_wal_loop(c, dest, &["-v"])
 }
 
-/// Stops the loop with SIGTERM, asserts it exits 0 within 5 s, returns its stderr.
-fn stop_loop(mut child: std::process::Child) -> String {
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            let mut err = String::new();
-            std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
-            assert!(s.success(), "pgbb -x did not stop cleanly on SIGTERM: {s}\n{err}");
-            return err;
-        }
-        assert!(Instant::now() < deadline, "pgbb -x did not stop within 5 s of SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn stop_loop(child: std::process::Child) -> String {
+    stop_wal_loop(child)
 }
 
 #[test]
