@@ -4,7 +4,7 @@
 #
 #   scripts/bench.sh [--link loopback|1gbit|200mbit] [--scale N] [--random-mb N]
 #                    [--small-files N] [--dest-fs ext4|root] [--rounds N] [--out FILE]
-#                    [CONTENDER...]
+#                    [--standby] [CONTENDER...]
 #
 # Dataset: pgbench at --scale (100 ≈ 1.5 GB) plus a table of --random-mb MB of random
 # bytes (pgcrypto's gen_random_bytes: does not compress); or, with --small-files N, about N
@@ -19,6 +19,13 @@
 #   basebackup-lz4/-zstd the same with --compress=server-lz4 / server-zstd
 #   pgbackrest-P-C       pgBackRest full backup, process-max P, compress-type C (none|lz4)
 #   pgbb-J-C             pgbb -j J --compress C (none|zlib)
+#   X@standby            contender X (basebackup… or pgbb-…) run against a hot standby of the
+#                        cluster instead of the primary (needs --standby); the primary stays
+#                        idle, so the stop segment never completes on the standby
+# --standby makes a streaming standby of the cluster (pg_basebackup -R), on the same side of
+# the link as the primary. For pgbb the table's "tail s" column is the time from the end of
+# the data copy ("data files copied" in its -v log) to its exit: the stop, the WAL, the
+# manifest and the final sync.
 # --link 1gbit/200mbit puts the server in a network namespace behind a veth pair shaped with
 # `tc qdisc tbf`; clients connect over it (pgBackRest and cp read the files locally, so they
 # are left out there).
@@ -26,7 +33,7 @@
 # throughput, client CPU and the largest resident set of one process (GNU time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-LINK=loopback SCALE=100 RANDOM_MB=500 ROUNDS=5 OUT="" SMALL=0 DESTFS=ext4
+LINK=loopback SCALE=100 RANDOM_MB=500 ROUNDS=5 OUT="" SMALL=0 DESTFS=ext4 STANDBY=0
 while [ $# -gt 0 ]; do
   case $1 in
     --link) LINK=$2; shift 2 ;;
@@ -36,6 +43,7 @@ while [ $# -gt 0 ]; do
     --random-mb) RANDOM_MB=$2; shift 2 ;;
     --rounds) ROUNDS=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
+    --standby) STANDBY=1; shift ;;
     *) break ;;
   esac
 done
@@ -56,6 +64,7 @@ WORK=$(mktemp -d /tmp/pgbb-bench.XXXXXX); chmod 755 "$WORK"; chown postgres "$WO
 PORT=54351 NS="" HOSTADDR="" LOOP=""
 RUN=(runuser -u postgres --)
 cleanup() {
+  ${NS:+ip netns exec "$NS"} "${RUN[@]}" "$BIN/pg_ctl" -D "$WORK/standby" -m immediate stop >/dev/null 2>&1 || true
   ${NS:+ip netns exec "$NS"} "${RUN[@]}" "$BIN/pg_ctl" -D "$WORK/data" -m immediate stop >/dev/null 2>&1 || true
   [ -n "$NS" ] && { ip link del pgbbh0 2>/dev/null || true; ip netns del "$NS" 2>/dev/null || true; }
   if [ -n "$LOOP" ]; then umount "$WORK/dest" 2>/dev/null || true; losetup -d "$LOOP" 2>/dev/null || true; fi
@@ -110,6 +119,19 @@ else
   DATASET="pgbench scale $SCALE + $RANDOM_MB MB random"
 fi
 SIZE=$("${PSQL[@]}" -c "SELECT sum(pg_database_size(oid)) FROM pg_database")
+SBPORT=$((PORT + 1))
+if [ "$STANDBY" = 1 ]; then
+  # Over the socket (not network-namespaced): the shaped link is for the contenders only.
+  "${RUN[@]}" "$BIN/pg_basebackup" -h "$WORK" -p $PORT -U postgres -D "$WORK/standby" -R -X stream -c fast
+  if [ -n "$NS" ]; then
+    ip netns exec "$NS" "${RUN[@]}" "$BIN/pg_ctl" -D "$WORK/standby" -l "$WORK/standby.log" -w \
+      -o "-p $SBPORT -k $WORK -c listen_addresses=$HOSTADDR" start >/dev/null
+  else
+    "${RUN[@]}" "$BIN/pg_ctl" -D "$WORK/standby" -l "$WORK/standby.log" -w -o "-p $SBPORT -k $WORK" start >/dev/null
+  fi
+  [ "$("$BIN/psql" -h "$WORK" -p $SBPORT -U postgres -qAt postgres -c 'SELECT pg_is_in_recovery()')" = t ] \
+    || { echo "bench: the standby is not in recovery" >&2; exit 1; }
+fi
 NFILES=$(find "$WORK/data" -type f | wc -l)
 echo "bench: $((SIZE / 1048576)) MB in databases, $NFILES files, link $LINK, $ROUNDS rounds" >&2
 # Where the copies go (and pgBackRest's repository).
@@ -121,8 +143,10 @@ if [ "$DESTFS" = ext4 ]; then
   mkdir -p "$WORK/dest"; mount "$LOOP" "$WORK/dest"; chown postgres "$WORK/dest"; chmod 755 "$WORK/dest"
   OUTFS=$WORK/dest
 fi
-if [ -n "$HOSTADDR" ]; then DSN="host=$HOSTADDR port=$PORT user=postgres dbname=postgres"; BBHOST=$HOSTADDR
-else DSN="host=$WORK port=$PORT user=postgres dbname=postgres"; BBHOST=$WORK; fi
+if [ -n "$HOSTADDR" ]; then BBHOST=$HOSTADDR; else BBHOST=$WORK; fi
+for c in "${CONTENDERS[@]}"; do
+  case $c in *@standby) [ "$STANDBY" = 1 ] || { echo "bench: $c needs --standby" >&2; exit 2; } ;; esac
+done
 
 # pgBackRest: a local repository, no WAL archiving (backups check nothing of it).
 cat > "$WORK/pgbackrest.conf" <<CONF
@@ -143,14 +167,16 @@ chown postgres "$WORK/pgbackrest.conf"
 BR=(pgbackrest --config="$WORK/pgbackrest.conf" --stanza=bench)
 
 run() {
-  local c=$1
+  local c=$1 port=$PORT
+  case $c in *@standby) c=${c%@standby}; port=$SBPORT ;; esac
+  local DSN="host=$BBHOST port=$port user=postgres dbname=postgres"
   rm -rf "$OUTFS/out" "$OUTFS/repo"; sync
   : > "$WORK/stderr"
   case $c in
     cp) /usr/bin/time -f '%e %U %S %M' -o "$WORK/time" sh -c "cp -a '$WORK/data' '$OUTFS/out' && sync" ;;
-    basebackup) /usr/bin/time -f '%e %U %S %M' -o "$WORK/time" "$BIN/pg_basebackup" -h "$BBHOST" -p $PORT -U postgres -D "$OUTFS/out" -Fp -X stream -c fast ;;
+    basebackup) /usr/bin/time -f '%e %U %S %M' -o "$WORK/time" "$BIN/pg_basebackup" -h "$BBHOST" -p $port -U postgres -D "$OUTFS/out" -Fp -X stream -c fast ;;
     basebackup-lz4|basebackup-zstd)
-      /usr/bin/time -f '%e %U %S %M' -o "$WORK/time" "$BIN/pg_basebackup" -h "$BBHOST" -p $PORT -U postgres -D "$OUTFS/out" -Fp -X stream -c fast --compress=server-${c#basebackup-} ;;
+      /usr/bin/time -f '%e %U %S %M' -o "$WORK/time" "$BIN/pg_basebackup" -h "$BBHOST" -p $port -U postgres -D "$OUTFS/out" -Fp -X stream -c fast --compress=server-${c#basebackup-} ;;
     pgbackrest-*)
       local p=${c#pgbackrest-}; local procs=${p%-*} comp=${p#*-}
       mkdir -p "$OUTFS/repo"; chown postgres "$OUTFS/repo"
@@ -158,12 +184,13 @@ run() {
       /usr/bin/time -f '%e %U %S %M' -o "$WORK/time" "${RUN[@]}" "${BR[@]}" --type=full --process-max="$procs" --compress-type="$comp" backup ;;
     pgbb-*)
       local p=${c#pgbb-}; local jobs=${p%-*} comp=${p#*-}
-      /usr/bin/time -f '%e %U %S %M' -o "$WORK/time" "$PGBB" -v -c fast -j "$jobs" --compress "$comp" "$DSN" "$OUTFS/out" >/dev/null 2>"$WORK/stderr" ;;
+      /usr/bin/time -f '%e %U %S %M' -o "$WORK/time" "$PGBB" -v -c fast -j "$jobs" --compress "$comp" "$DSN" "$OUTFS/out" >/dev/null 2>"$WORK/stderr"
+      date +%s.%N > "$WORK/end" ;;
     *) echo "bench: unknown contender $c" >&2; exit 2 ;;
   esac
 }
 
-declare -A T CPU RSS LIST
+declare -A T CPU RSS LIST TAIL
 for r in $(seq 1 "$ROUNDS"); do
   for c in "${CONTENDERS[@]}"; do
     run "$c"
@@ -172,24 +199,29 @@ for r in $(seq 1 "$ROUNDS"); do
     # pgbb -v: how long the master's one listing query took.
     l=$(sed -n 's/.*listed in \([0-9]*\) ms.*/\1/p' "$WORK/stderr" | head -1)
     [ -n "$l" ] && LIST[$c]="${LIST[$c]:-} $l"
+    # pgbb -v: from the end of the data copy to the exit.
+    d=$(sed -n 's/^\([0-9T:.-]*\)Z .*data files copied.*/\1/p' "$WORK/stderr" | head -1)
+    [ -n "$d" ] && TAIL[$c]="${TAIL[$c]:-} $(echo "$(cat "$WORK/end") - $(date -u -d "$d" +%s.%N)" | bc -l)"
     printf 'round %d  %-20s %7.2f s\n' "$r" "$c" "$t" >&2
   done
 done
 median() { sort -n | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; print m, a[1], a[NR]}'; }
 table=$(
-  printf '| contender | median s | min s | max s | MB/s | client CPU s | max RSS MiB | listing ms |\n|---|---|---|---|---|---|---|---|\n'
+  printf '| contender | median s | min s | max s | MB/s | client CPU s | max RSS MiB | listing ms | tail s (max) |\n|---|---|---|---|---|---|---|---|---|\n'
   for c in "${CONTENDERS[@]}"; do
-    lst=-
+    lst=- tail=-
     # shellcheck disable=SC2086
     [ -n "${LIST[$c]:-}" ] && read -r lst _ _ < <(printf '%s\n' ${LIST[$c]} | median)
+    # shellcheck disable=SC2086
+    [ -n "${TAIL[$c]:-}" ] && { read -r tm _ tx < <(printf '%s\n' ${TAIL[$c]} | median); tail=$(printf '%.2f (%.2f)' "$tm" "$tx"); }
     # shellcheck disable=SC2086
     read -r med min max < <(printf '%s\n' ${T[$c]} | median)
     # shellcheck disable=SC2086
     read -r cpu _ _ < <(printf '%s\n' ${CPU[$c]} | median)
     # shellcheck disable=SC2086
     read -r _ _ rss < <(printf '%s\n' ${RSS[$c]} | median)
-    printf '| %s | %.2f | %.2f | %.2f | %.0f | %.2f | %.0f | %s |\n' "$c" "$med" "$min" "$max" \
-      "$(echo "$SIZE / 1048576 / $med" | bc -l)" "$cpu" "$(echo "$rss / 1024" | bc -l)" "$lst"
+    printf '| %s | %.2f | %.2f | %.2f | %.0f | %.2f | %.0f | %s | %s |\n' "$c" "$med" "$min" "$max" \
+      "$(echo "$SIZE / 1048576 / $med" | bc -l)" "$cpu" "$(echo "$rss / 1024" | bc -l)" "$lst" "$tail"
   done
 )
 echo

@@ -400,7 +400,6 @@ impl Run<'_> {
         self.sizes.get(path).copied().unwrap_or(0)
     }
 
-    /// Hands out every file, then pg_control, and waits for all of them.
     /// The copy phase: every file, then pg_control, then the workers' clean exit.
     pub fn copy_files(&mut self, dest_root: &std::path::Path) -> Result<(), Error> {
         self.progress.refresh(None);
@@ -408,6 +407,8 @@ impl Run<'_> {
         let pg_control = self.pg_control.take().ok_or(Error::Internal("pg_control was copied already"))?;
         self.copy_pg_control(&pg_control, dest_root)?;
         self.progress.finish();
+        // scripts/bench.sh times the stop, the WAL and the finish from this line.
+        log::info!("data files copied");
         self.finish_workers()
     }
 
