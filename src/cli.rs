@@ -24,6 +24,8 @@ const AFTER_HELP: &str = "\
 Examples:
   full backup, with progress:
     pgbb -P -c fast 'host=db user=backup' /srv/copy
+  spare the standbys: hold the copy while one lags more than 1 GB of WAL:
+    pgbb --max-lag 1GB 'host=db user=backup' /srv/copy
   a new streaming standby, with its own slot:
     pgbb -R --slot standby1 -C 'host=db user=backup' /srv/standby
   what is missing for a backup (privileges, settings):

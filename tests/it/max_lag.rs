@@ -125,6 +125,26 @@ fn max_lag_holds_the_copy_while_a_standby_lags_and_resumes_when_it_catches_up() 
     );
 }
 
+/// A held backup still follows signals: Ctrl-C aborts it at once, leaving nothing.
+#[test]
+fn max_lag_a_held_backup_stops_on_ctrl_c() {
+    let c = Cluster::new();
+    c.pgbench_init(1);
+    let s = standby_of(&c, "stuck");
+    hold_back(&c, &s, &c, "stuck", 8 << 20);
+    let dest = c.path("interrupted");
+    let mut child = spawn_pgbb(&["--max-lag", "4MB", "-c", "fast"], &c.dsn(), &dest);
+    let log = collect_stderr(&mut child);
+    wait_until("the copy to be held", Duration::from_secs(60), || log.lock().unwrap().contains("the copy is held"));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    let (status, took) = wait_exit(&mut child, Duration::from_secs(30));
+    assert_eq!(status.code(), Some(130), "{}", log.lock().unwrap());
+    assert!(took < Duration::from_secs(5), "took {took:?} to stop a held backup");
+    assert!(!dest.exists(), "DEST left behind");
+    assert_no_pgbb_process(dest.to_str().unwrap());
+    c.assert_no_pgbb_left();
+}
+
 /// Backing up a standby: its cascaded standbys are the ones watched.
 #[test]
 fn max_lag_on_a_standby_watches_its_cascaded_standbys() {
