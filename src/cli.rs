@@ -24,6 +24,8 @@ const AFTER_HELP: &str = "\
 Examples:
   full backup, with progress:
     pgbb -P -c fast 'host=db user=backup' /srv/copy
+  spare the standbys: hold the copy while one lags more than 1 GB of WAL:
+    pgbb --max-lag 1GB 'host=db user=backup' /srv/copy
   a new streaming standby, with its own slot:
     pgbb -R --slot standby1 -C 'host=db user=backup' /srv/standby
   what is missing for a backup (privileges, settings):
@@ -170,6 +172,11 @@ pub struct Args {
     /// WAL is not limited
     #[arg(short = 'r', long = "max-rate", value_name = "RATE", help_heading = "Backup")]
     pub max_rate: Option<String>,
+    /// Hold the copy while a standby in pg_stat_replication lags more than LAG behind the
+    /// server: bytes of WAL not replayed (16MB, 1GB) or replay_lag (30s, 5min); it resumes
+    /// under 80 % of LAG. Needs pg_monitor (or superuser)
+    #[arg(long = "max-lag", value_name = "LAG", help_heading = "Backup")]
+    pub max_lag: Option<String>,
     /// Worker: its share of --max-rate, bytes per second
     #[arg(long = "worker-rate", hide = true)]
     pub worker_rate: Option<u64>,
@@ -255,6 +262,8 @@ pub struct MasterOpts {
     pub write_recovery_conf: bool,
     pub progress: bool,
     pub mappings: Vec<crate::tablespace::Mapping>,
+    /// `--max-lag`: hold the copy while a standby lags more.
+    pub max_lag: Option<crate::lag::MaxLag>,
 }
 
 pub enum Mode {
@@ -495,6 +504,9 @@ fn common_settings(a: &Args) -> Result<Common, Error> {
 
 /// The role this process plays, from `--slave`, `--stdin`, `-x` and `--check`.
 fn mode(a: Args, compress: Compress) -> Result<Mode, Error> {
+    if a.max_lag.is_some() && (a.check || a.slave || a.pg_xlog) {
+        return Err(Error::Usage("--max-lag goes with a backup (pgbb DSN DEST), not --check, --slave or -x".into()));
+    }
     Ok(match (a.slave, a.stdin, a.pg_xlog) {
         _ if a.check => Mode::Check { jobs: a.jobs },
         (true, true, false) => Mode::Worker { id: a.worker_id, compress },
@@ -531,6 +543,7 @@ fn master_opts(a: Args, compress: Compress) -> Result<MasterOpts, Error> {
         .map(|m| crate::tablespace::parse_mapping(m))
         .collect::<Result<_, _>>()
         .map_err(Error::Usage)?;
+    let max_lag = a.max_lag.as_deref().map(crate::lag::parse_max_lag).transpose().map_err(Error::Usage)?;
     Ok(MasterOpts {
         jobs: a.jobs,
         delay: delay(a.delay)?,
@@ -548,6 +561,7 @@ fn master_opts(a: Args, compress: Compress) -> Result<MasterOpts, Error> {
         write_recovery_conf: a.write_recovery_conf,
         progress: a.progress,
         mappings,
+        max_lag,
     })
 }
 
@@ -709,6 +723,15 @@ mod tests {
         assert!(cfg(&["--slave", "host=/tmp", "/d"]).is_err());
         assert!(matches!(cfg(&["--slave", "--stdin", "host=/tmp", "/d"]).unwrap().mode, Mode::Worker { .. }));
         assert!(matches!(cfg(&["-x", "host=/tmp", "/d"]).unwrap().mode, Mode::WalStandalone { .. }));
+    }
+
+    #[test]
+    fn max_lag_is_a_backup_option() {
+        let Mode::Master(o) = cfg(&["--max-lag", "16MB", "host=/tmp", "/d"]).unwrap().mode else { panic!() };
+        assert_eq!(o.max_lag, Some(crate::lag::MaxLag::Bytes(16 << 20)));
+        assert!(matches!(cfg(&["--max-lag", "16", "host=/tmp", "/d"]), Err(Error::Usage(_))));
+        assert!(matches!(cfg(&["--max-lag", "1s", "-x", "host=/tmp", "/d"]), Err(Error::Usage(_))));
+        assert!(matches!(cfg(&["--max-lag", "1s", "--check", "host=/tmp"]), Err(Error::Usage(_))));
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod dest_safety;
 pub mod digest;
 pub mod error;
 pub mod guard;
+pub mod lag;
 pub mod layout;
 pub mod listing;
 pub mod logging;

@@ -24,6 +24,8 @@ pub struct Progress {
     done: u64,
     current: Vec<u64>,
     files: u64,
+    /// Why the copy is held (`--max-lag`), shown while it is.
+    note: Option<String>,
 }
 
 /// A byte count for people, in binary units as pg_basebackup shows them: "512.0 kB",
@@ -67,6 +69,7 @@ impl Progress {
             done: 0,
             current: vec![0; workers],
             files: 0,
+            note: None,
         }
     }
 
@@ -99,6 +102,20 @@ impl Progress {
         self.refresh(None);
     }
 
+    /// Shows why the copy is held (`None`: it is not); when that starts or ends, a plain
+    /// display prints a line at once.
+    pub fn set_note(&mut self, note: Option<String>) {
+        if note == self.note {
+            return;
+        }
+        let toggled = note.is_some() != self.note.is_some();
+        self.note = note;
+        if let (Display::Plain { last }, true) = (&mut self.display, toggled) {
+            *last = Instant::now().checked_sub(PLAIN_EVERY).unwrap_or_else(Instant::now);
+        }
+        self.refresh(None);
+    }
+
     /// Redraws (terminal) or prints a line when it is time (plain); `wal` adds the number of
     /// WAL segments copied.
     pub fn refresh(&mut self, wal: Option<u64>) {
@@ -108,7 +125,8 @@ impl Progress {
             Display::Off => {}
             Display::Bars { total, .. } => {
                 total.set_position(bytes);
-                total.set_message(format!("files {}/{}", self.files, self.total_files));
+                let note = self.note.as_ref().map_or(String::new(), |n| format!(" - {n}"));
+                total.set_message(format!("files {}/{}{note}", self.files, self.total_files));
             }
             Display::Plain { last } => {
                 if last.elapsed() >= PLAIN_EVERY {
@@ -117,14 +135,15 @@ impl Progress {
                     let pct = (bytes * 100).checked_div(self.total_bytes).unwrap_or(100);
                     let eta = if rate > 0.0 { (self.total_bytes - bytes) as f64 / rate } else { 0.0 };
                     crate::errln!(
-                        "pgbb: progress: {} of {} ({pct}%), {}/s, ETA {:.0} s, files {}/{}{}",
+                        "pgbb: progress: {} of {} ({pct}%), {}/s, ETA {:.0} s, files {}/{}{}{}",
                         human(bytes),
                         human(self.total_bytes),
                         human(rate as u64),
                         eta,
                         self.files,
                         self.total_files,
-                        wal.map_or(String::new(), |w| format!(", WAL segments {w}"))
+                        wal.map_or(String::new(), |w| format!(", WAL segments {w}")),
+                        self.note.as_ref().map_or(String::new(), |n| format!(", {n}"))
                     );
                 }
             }

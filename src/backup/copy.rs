@@ -13,10 +13,12 @@ use crate::digest::{Algorithm, Checksum, Digest};
 use crate::error::Error;
 use crate::layout::FileJob;
 use crate::manifest::FileEntry;
+use crate::pg::Session;
 use crate::pool::{describe_status, Event, Pool};
 use crate::progress::Progress;
 use crate::protocol::{show, Request, Response, PROTOCOL_VERSION};
 
+use super::lag::Watch;
 use super::pages::PageReport;
 use super::pieces::{combine_crc, Assembly, Piece};
 use super::plan::{Plan, Work, PIECE};
@@ -85,7 +87,13 @@ impl<'a> Run<'a> {
             pages: PageReport::default(),
             progress: Progress::new(opts.progress, plan.total, plan.files as u64 + 1, opts.jobs),
             wire: 0,
+            lag: None,
         }
+    }
+
+    /// `--max-lag`: the copy hands out no new work while a standby lags too far.
+    pub fn watch_lag(&mut self, watch: Option<Watch>) {
+        self.lag = watch;
     }
 
     /// The counts and the manifest's entries, once the WAL child is done too.
@@ -142,6 +150,8 @@ pub(super) struct Run<'a> {
     progress: Progress,
     /// Bytes that came over the network for data files.
     wire: u64,
+    /// `--max-lag`'s watch of the standbys.
+    lag: Option<Watch>,
 }
 
 impl Run<'_> {
@@ -401,9 +411,10 @@ impl Run<'_> {
     }
 
     /// The copy phase: every file, then pg_control, then the workers' clean exit.
-    pub fn copy_files(&mut self, dest_root: &std::path::Path) -> Result<(), Error> {
+    /// `ctl` (the master's session) looks at the standbys for `--max-lag`.
+    pub fn copy_files(&mut self, ctl: &mut Session, dest_root: &std::path::Path) -> Result<(), Error> {
         self.progress.refresh(None);
-        self.copy_data_files()?;
+        self.copy_data_files(ctl)?;
         let pg_control = self.pg_control.take().ok_or(Error::Internal("pg_control was copied already"))?;
         self.copy_pg_control(&pg_control, dest_root)?;
         self.progress.finish();
@@ -412,16 +423,31 @@ impl Run<'_> {
         self.finish_workers()
     }
 
-    /// Hands out the queue and waits until every file is in.
-    fn copy_data_files(&mut self) -> Result<(), Error> {
+    /// Hands out the queue and waits until every file is in. While `--max-lag` holds the
+    /// copy, nothing new is handed out (what the workers have goes on); events and signals
+    /// are followed all the same.
+    fn copy_data_files(&mut self, ctl: &mut Session) -> Result<(), Error> {
         loop {
-            self.dispatch()?;
+            if !self.held(ctl)? {
+                self.dispatch()?;
+            }
             if self.idle() && self.workers.iter().any(|w| w.ready) {
                 break;
             }
             self.step()?;
         }
+        if let Some(w) = &self.lag {
+            w.finish();
+        }
         Ok(())
+    }
+
+    /// Looks at the standbys when it is time; true while one lags too far.
+    fn held(&mut self, ctl: &mut Session) -> Result<bool, Error> {
+        let Some(w) = &mut self.lag else { return Ok(false) };
+        w.look(ctl)?;
+        self.progress.set_note(w.note());
+        Ok(w.holds())
     }
 
     /// pg_control last. The server may rewrite it while it is read (a checkpoint): a copy

@@ -9,6 +9,7 @@ mod connect;
 mod copy;
 mod destination;
 mod finish;
+mod lag;
 mod pages;
 mod pieces;
 mod plan;
@@ -104,6 +105,7 @@ pub fn run(common: &Common, opts: &MasterOpts) -> Result<Summary, Error> {
 fn backup(common: &Common, opts: &MasterOpts, sig: &Signals) -> Result<Summary, Error> {
     let t0 = Instant::now();
     let mut server = connect::connect(common, opts, sig)?;
+    let watch = lag::prepare(&mut server.ctl, &server.info, opts.max_lag)?;
     let mut target = destination::prepare(&mut server, opts, sig)?;
     let hold = slot::hold_wal(&mut server, opts)?;
     sig.check()?;
@@ -111,7 +113,8 @@ fn backup(common: &Common, opts: &MasterOpts, sig: &Signals) -> Result<Summary, 
     let mut children = start::spawn_children(&server, opts, &started, sig)?;
     let plan = plan::full(&mut server, &target, opts)?;
     let mut copy = copy::Run::new(&mut children, plan, &target.roots, &server.common, opts, sig);
-    copy.copy_files(&server.common.dest)?;
+    copy.watch_lag(watch);
+    copy.copy_files(&mut server.ctl, &server.common.dest)?;
     let stopped = stop::stop_backup(&mut server, &started, &mut copy, &target, sig)?;
     let copied = copy.into_result();
     children.stop();

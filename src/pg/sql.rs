@@ -323,6 +323,48 @@ pub fn slot_wal_status(s: &mut Session, name: &str) -> Result<Option<String>, Pg
     Ok(rows.first().map(|r| r.get(0)))
 }
 
+/// `--max-lag`: whether this role sees the positions in `pg_stat_replication` (superuser, or
+/// the privileges of `pg_read_all_stats`, which `pg_monitor` has); others get NULLs there.
+pub fn sees_replication_positions(s: &mut Session) -> Result<bool, PgError> {
+    let r = s.query_one(
+        "SELECT pg_catalog.pg_has_role(current_user, 'pg_read_all_stats', 'USAGE')",
+        &[],
+        "could not check membership in pg_read_all_stats",
+    )?;
+    Ok(r.get(0))
+}
+
+/// `--max-lag`: the standbys replicating from this server and how far each lags: WAL bytes the
+/// server has (its insert position; on a standby, what it received or replayed, for its
+/// cascaded standbys) that the standby has not replayed, and `replay_lag`. Logical
+/// walsenders (a subscriber's, a slot's) and base backups' are no standbys and are left out.
+pub fn standby_lags(s: &mut Session) -> Result<Vec<crate::lag::Standby>, PgError> {
+    let rows = s.query(
+        "SELECT coalesce(r.application_name, '')::pg_catalog.text, r.pid, \
+                pg_catalog.pg_wal_lsn_diff(CASE WHEN pg_catalog.pg_is_in_recovery() \
+                    THEN greatest(pg_catalog.pg_last_wal_receive_lsn(), pg_catalog.pg_last_wal_replay_lsn()) \
+                    ELSE pg_catalog.pg_current_wal_lsn() END, r.replay_lsn)::pg_catalog.float8, \
+                extract(epoch FROM r.replay_lag)::pg_catalog.float8 \
+           FROM pg_catalog.pg_stat_replication r \
+          WHERE r.state IS DISTINCT FROM 'backup' \
+            AND NOT EXISTS (SELECT FROM pg_catalog.pg_replication_slots l \
+                             WHERE l.active_pid = r.pid AND l.slot_type = 'logical')",
+        &[],
+        "could not read pg_stat_replication",
+    )?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let (name, pid): (String, i32) = (r.get(0), r.get(1));
+            crate::lag::Standby {
+                name: if name.is_empty() { format!("pid {pid}") } else { name },
+                bytes: r.get::<_, Option<f64>>(2).map(|b| b.max(0.0) as u64),
+                replay_lag: r.get::<_, Option<f64>>(3).and_then(|l| std::time::Duration::try_from_secs_f64(l).ok()),
+            }
+        })
+        .collect())
+}
+
 /// Starts a non-exclusive backup on this session; returns the start (REDO) LSN.
 pub fn start_backup(s: &mut Session, caps: Caps, label: &str, fast: bool) -> Result<Lsn, PgError> {
     let sql = if caps.new_backup_api() {

@@ -12,6 +12,7 @@ mod faults;
 mod hostile;
 mod integrity;
 mod libpq;
+mod max_lag;
 mod preflight;
 mod slave;
 mod special_files;
