@@ -9,6 +9,7 @@ pub mod run;
 pub mod settings;
 pub mod sql;
 pub mod sql_dest;
+pub mod sql_helper;
 pub mod tls;
 
 pub use caps::Caps;
