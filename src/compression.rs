@@ -202,8 +202,19 @@ pub fn choose(s: &mut Session, c: Compress, local: bool, schema: &str) -> Result
             ),
             warnings,
         }),
-        Some(why) if forced && setup.in_recovery => Err(PgError::Unsupported(format!("--compress zlib: {why}")).into()),
-        Some(why) if forced => Err(PgError::Compression(why).into()),
+        // What made the installed helper unusable belongs to the reason.
+        Some(why) if forced => {
+            let why = match &installed {
+                Installed::Untrusted(u) => format!("{why} ({u})"),
+                _ => why,
+            };
+            Err(if setup.in_recovery {
+                PgError::Unsupported(format!("--compress zlib: {why}"))
+            } else {
+                PgError::Compression(why)
+            }
+            .into())
+        }
         Some(_) if setup.in_recovery => Ok(plain(
             format!(
                 "chunks travel uncompressed (the server is in recovery: a standby cannot hold the temporary \

@@ -27,6 +27,8 @@ pub const SEARCH_PATH: &str = "search_path=pg_catalog, pg_temp";
 /// the privileges of `pg_read_server_files` only relative paths with no `..` (core allows
 /// such a role the data directory only; absolute paths are refused outright, which is
 /// narrower). No role may read through it what it could not read with `pg_read_binary_file`.
+/// The checks and the open run when it is called (their errors are the statement's own);
+/// the chunks come from a generator it returns.
 pub const BODY: &str = r#"
 import os, struct, zlib
 plan = SD.get('rights')
@@ -43,20 +45,22 @@ if not rights['any_file'] and (path.startswith(b'/') or b'..' in path.split(b'/'
 try:
     f = open(path, 'rb')
 except FileNotFoundError:
-    return
-with f:
-    st = os.fstat(f.fileno())
-    size = st.st_size if want < 0 else max(0, min(want, st.st_size - off))
-    yield struct.pack('>qq', size, int(st.st_mtime))
-    if off > 0:
-        f.seek(off)
-    left = size
-    while left > 0:
-        b = f.read(min(chunk, left))
-        if not b:
-            break
-        left -= len(b)
-        yield zlib.compress(b, level)
+    return []
+def chunks(f):
+    with f:
+        st = os.fstat(f.fileno())
+        size = st.st_size if want < 0 else max(0, min(want, st.st_size - off))
+        yield struct.pack('>qq', size, int(st.st_mtime))
+        if off > 0:
+            f.seek(off)
+        left = size
+        while left > 0:
+            b = f.read(min(chunk, left))
+            if not b:
+                break
+            left -= len(b)
+            yield zlib.compress(b, level)
+return chunks(f)
 "#;
 
 /// `"schema"`: an identifier quoted for SQL.
