@@ -61,6 +61,8 @@ Examples:
     pgbb --check 'host=db user=backup'
   fetch chosen files by hand:
     printf 'PG_VERSION\\nglobal/pg_control\\n' | pgbb --slave --stdin 'host=db' /tmp/x
+  zlib chunks for a backup role that is no superuser, and from standbys (once, on the primary):
+    pgbb --install-helper 'host=primary user=postgres'
   feed a warm standby's pg_wal, holding WAL with a slot:
     pgbb -x --slot feeder 'host=db user=backup' /srv/standby
 
