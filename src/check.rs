@@ -2,6 +2,7 @@
 //! and the role, and prints what passes and how to fix what does not, without starting one.
 
 use crate::cli::Common;
+use crate::compression::{self, Installed};
 use crate::error::{exit, Error};
 use crate::pg::caps::Support;
 use crate::pg::sql::{self, ServerInfo};
@@ -49,15 +50,33 @@ pub fn checks(common: &Common, jobs: usize) -> Result<Vec<Item>, Error> {
     v.push(slot_item(&mut s, &info)?);
     v.push(tablespace_item(&mut s)?);
     v.extend(connection_items(&mut s, &info, jobs)?);
-    match sql::compression_available(&mut s)? {
-        Ok(()) => v.push(item(Status::Info, "compressed chunks available (plpython3u)", None)),
-        Err(why) => v.push(item(Status::Info, format!("chunks will travel uncompressed: {why}"), None)),
-    }
+    v.extend(compression_items(&mut s, common)?);
     if sql::data_checksums(&mut s)? {
         v.push(item(Status::Info, "data checksums on: pages are verified while copying", None));
     } else {
         v.push(item(Status::Info, "data checksums off: pages cannot be verified", None));
     }
+    Ok(v)
+}
+
+/// How chunks would travel over the network with `--compress auto` (a server on this
+/// machine gets them plain), and what stands in the way of the installed helper.
+fn compression_items(s: &mut Session, common: &Common) -> Result<Vec<Item>, Error> {
+    let setup = crate::pg::sql_helper::setup(s)?;
+    let installed = compression::look(s, &common.schema, &setup)?;
+    let q = crate::pg::sql_helper::quote(&common.schema);
+    let mut v: Vec<Item> = compression::warning(&common.schema, &installed)
+        .into_iter()
+        .map(|(what, fix)| item(Status::Warn, what, fix))
+        .collect();
+    let what = match (&installed, compression::temp_unavailable(&setup)) {
+        (Installed::Ready, _) => {
+            format!("compressed chunks through the installed helper {q}.{}", crate::pg::sql_helper::NAME)
+        }
+        (_, None) => "compressed chunks through a temporary helper (plpython3u, created per session)".into(),
+        (_, Some(why)) => format!("chunks will travel uncompressed: {why}"),
+    };
+    v.push(item(Status::Info, what, None));
     Ok(v)
 }
 

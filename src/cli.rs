@@ -10,7 +10,7 @@ use crate::digest::Algorithm;
 use crate::error::Error;
 use crate::lsn::Lsn;
 use crate::pg::ConnInfo;
-use crate::transfer::Method;
+use crate::transfer::{Method, ZlibHelper};
 
 /// Default chunk size, plain and zlib-compressed (see docs/benchmarks.md for the
 /// measurements behind them: per-chunk overhead weighs more in the PL/Python helper).
@@ -19,6 +19,38 @@ pub const DEFAULT_ZLIB_CHUNK: u64 = 512 << 10;
 const MIN_CHUNK: u64 = 8 << 10;
 const MAX_CHUNK: u64 = 256 << 20;
 const MAX_JOBS: usize = 64;
+/// Where `--install-helper` puts the helper, and a backup looks for it, by default.
+pub const DEFAULT_SCHEMA: &str = "pgbb";
+/// What `--install-helper` and `--remove-helper` take no part of: a backup's, a worker's and
+/// the WAL loop's arguments.
+const NOT_WITH_HELPER: &[&str] = &[
+    "dest",
+    "check",
+    "jobs",
+    "pg_xlog",
+    "delay",
+    "slave",
+    "stdin",
+    "force",
+    "clean",
+    "checkpoint",
+    "label",
+    "chunk_size",
+    "compress",
+    "no_sync",
+    "no_clean",
+    "no_slot",
+    "slot",
+    "create_slot",
+    "write_recovery_conf",
+    "manifest_checksums",
+    "no_manifest",
+    "no_verify_checksums",
+    "tablespace_mapping",
+    "max_rate",
+    "max_lag",
+    "progress",
+];
 
 const AFTER_HELP: &str = "\
 Examples:
@@ -32,6 +64,8 @@ Examples:
     pgbb --check 'host=db user=backup'
   fetch chosen files by hand:
     printf 'PG_VERSION\\nglobal/pg_control\\n' | pgbb --slave --stdin 'host=db' /tmp/x
+  zlib chunks for a backup role that is no superuser, and from standbys (once, on the primary):
+    pgbb --install-helper 'host=primary user=postgres'
   feed a warm standby's pg_wal, holding WAL with a slot:
     pgbb -x --slot feeder 'host=db user=backup' /srv/standby
 
@@ -77,6 +111,27 @@ pub struct Args {
     /// fix what fails, and exit (0 all pass, 4 something fails); takes no DEST
     #[arg(long = "check", help_heading = "Backup")]
     pub check: bool,
+    /// Install the compression helper permanently in --schema, for backups by roles that are not
+    /// superusers and from standbys (a superuser, once, on the primary; it replicates to every
+    /// standby), print the GRANTs a backup role needs, and exit; takes no DEST
+    #[arg(long = "install-helper", help_heading = "Compression helper", conflicts_with_all = NOT_WITH_HELPER)]
+    pub install_helper: bool,
+    /// Remove the helper --install-helper put in --schema (and the schema, if it made it and it
+    /// is empty), and exit; takes no DEST
+    #[arg(
+        long = "remove-helper",
+        help_heading = "Compression helper",
+        conflicts_with_all = NOT_WITH_HELPER,
+        conflicts_with = "install_helper"
+    )]
+    pub remove_helper: bool,
+    /// The schema of the installed compression helper: where --install-helper puts it and
+    /// where a backup looks for it (only there, by its qualified name)
+    #[arg(long = "schema", value_name = "S", default_value = DEFAULT_SCHEMA, help_heading = "Compression helper")]
+    pub schema: String,
+    /// Child: the compression helper the master chose (installed or temp)
+    #[arg(long = "zlib-helper", hide = true)]
+    pub zlib_helper: Option<String>,
     /// Worker processes copying files in parallel
     #[arg(short = 'j', long = "jobs", default_value_t = 2, help_heading = "Backup")]
     pub jobs: usize,
@@ -120,7 +175,8 @@ pub struct Args {
     /// Bytes per chunk (suffixes k, M) [default: 128k, 512k with zlib]
     #[arg(long = "chunk-size", help_heading = "Backup")]
     pub chunk_size: Option<String>,
-    /// Chunk compression: auto (zlib over the network if the server can, not from a standby), none, zlib[:LEVEL]
+    /// Chunk compression: auto (zlib over the network through the installed helper, else a
+    /// temporary one when the role may create it, else plain), none, zlib[:LEVEL]
     #[arg(long = "compress", default_value = "auto", help_heading = "Backup")]
     pub compress: String,
     /// Do not fsync DEST at the end
@@ -235,6 +291,10 @@ pub struct Common {
     pub tablespaces: Vec<(u32, PathBuf)>,
     /// The master's run this process belongs to (see [`crate::pg::run`]).
     pub run_key: Option<i32>,
+    /// `--schema`: where the installed compression helper is.
+    pub schema: String,
+    /// The compression helper the master chose (its children are told); `None`: decide.
+    pub zlib_helper: Option<ZlibHelper>,
 }
 
 /// How compression was asked for.
@@ -272,6 +332,9 @@ pub enum Mode {
     Check {
         jobs: usize,
     },
+    /// `--install-helper`, `--remove-helper`.
+    InstallHelper,
+    RemoveHelper,
     Worker {
         id: Option<usize>,
         compress: Compress,
@@ -470,8 +533,11 @@ fn common_settings(a: &Args) -> Result<Common, Error> {
         (None, None) => None,
     };
     let conn = ConnInfo::from_dsn(&a.dsn)?;
-    let dest = match (&a.dest, a.check) {
-        (Some(_), true) => return Err(Error::Usage("--check takes no DEST".into())),
+    let no_dest = a.check || a.install_helper || a.remove_helper;
+    let dest = match (&a.dest, no_dest) {
+        (Some(_), true) => {
+            return Err(Error::Usage("--check, --install-helper and --remove-helper take no DEST".into()))
+        }
         (None, true) => PathBuf::new(),
         (Some(d), false) => d.clone(),
         (None, false) => return Err(Error::Usage("missing DEST (the target directory)".into())),
@@ -499,7 +565,26 @@ fn common_settings(a: &Args) -> Result<Common, Error> {
         jobs: a.jobs.max(1),
         tablespaces,
         run_key: a.run_key,
+        schema: schema(&a.schema)?,
+        zlib_helper: match a.zlib_helper.as_deref() {
+            None => None,
+            Some("temp") => Some(ZlibHelper::Temp),
+            Some("installed") => Some(ZlibHelper::Installed(a.schema.clone())),
+            Some(h) => return Err(Error::Usage(format!("invalid --zlib-helper {h:?}: installed or temp"))),
+        },
     })
+}
+
+/// `--schema`: a plain lower-case identifier (no quoting surprises), not a system schema.
+fn schema(s: &str) -> Result<String, Error> {
+    let plain = s.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+    if !plain || s.len() > 63 || s.starts_with("pg_") || s == "information_schema" {
+        return Err(Error::Usage(format!(
+            "invalid --schema {s:?}: use a-z, 0-9 and _ (not starting with a digit or pg_), at most 63 characters"
+        )));
+    }
+    Ok(s.to_string())
 }
 
 /// The role this process plays, from `--slave`, `--stdin`, `-x` and `--check`.
@@ -509,6 +594,8 @@ fn mode(a: Args, compress: Compress) -> Result<Mode, Error> {
     }
     Ok(match (a.slave, a.stdin, a.pg_xlog) {
         _ if a.check => Mode::Check { jobs: a.jobs },
+        _ if a.install_helper => Mode::InstallHelper,
+        _ if a.remove_helper => Mode::RemoveHelper,
         (true, true, false) => Mode::Worker { id: a.worker_id, compress },
         (true, false, true) => {
             let start = parse_lsn(
@@ -589,6 +676,13 @@ impl Common {
             "--manifest-checksums".into(),
             algorithm.to_string().into(),
         ];
+        match (method, &self.zlib_helper) {
+            (Method::Zlib(_), Some(ZlibHelper::Installed(schema))) => {
+                v.extend(["--zlib-helper".into(), "installed".into(), "--schema".into(), schema.into()])
+            }
+            (Method::Zlib(_), Some(ZlibHelper::Temp)) => v.extend(["--zlib-helper".into(), "temp".into()]),
+            _ => {}
+        }
         // Children never fsync file by file: the master syncs the whole file system of DEST
         // (and of each tablespace target) once at the end, with syncfs, before pg_control.
         v.push("--no-sync".into());
@@ -747,6 +841,7 @@ mod tests {
         .unwrap();
         c.common.verify_lsn = Some(Lsn(0x5000028));
         c.common.run_key = Some(77);
+        c.common.zlib_helper = Some(ZlibHelper::Installed("bk".into()));
         let argv = c.common.worker_args(3, Method::Zlib(5));
         assert!(!argv.iter().any(|a| a.to_string_lossy().contains("hunter2")));
         let strs: Vec<String> = argv.iter().map(|a| a.to_string_lossy().into_owned()).collect();
@@ -756,9 +851,32 @@ mod tests {
         assert_eq!(back.common.algorithm, Algorithm::Sha256);
         assert_eq!(back.common.verify_lsn, Some(Lsn(0x5000028)));
         assert_eq!(back.common.session_name("pgbb worker 3"), "pgbb worker 3 [run 77]");
+        assert_eq!(back.common.zlib_helper, Some(ZlibHelper::Installed("bk".into())), "the master's helper");
+        assert_eq!(back.common.schema, "bk");
         let w = c.common.wal_args(Lsn(0x5000028), 1, Duration::from_millis(500), Method::Plain);
         let strs: Vec<String> = w.iter().map(|a| a.to_string_lossy().into_owned()).collect();
         let back = cfg(&strs.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
         assert!(matches!(back.mode, Mode::WalChild { timeline: 1, .. }));
+        assert_eq!(back.common.zlib_helper, None, "plain: no helper passed");
+    }
+
+    #[test]
+    fn the_helper_commands_take_no_backup_arguments() {
+        assert!(matches!(cfg(&["--install-helper", "host=/tmp"]).unwrap().mode, Mode::InstallHelper));
+        assert!(matches!(cfg(&["--remove-helper", "--schema", "bk", "host=/tmp"]).unwrap().mode, Mode::RemoveHelper));
+        for bad in [
+            &["--install-helper", "host=/tmp", "/d"][..],
+            &["--install-helper", "-j", "4", "host=/tmp"],
+            &["--install-helper", "--compress", "zlib", "host=/tmp"],
+            &["--remove-helper", "-x", "host=/tmp"],
+            &["--install-helper", "--remove-helper", "host=/tmp"],
+            &["--install-helper", "--schema", "pg_catalog", "host=/tmp"],
+            &["--install-helper", "--schema", "Bad\"x", "host=/tmp"],
+            &["--schema", "", "host=/tmp", "/d"],
+        ] {
+            let e = cfg(bad).err().unwrap_or_else(|| panic!("{bad:?} accepted"));
+            assert_eq!(e.exit_code(), crate::error::exit::USAGE, "{bad:?}: {e}");
+        }
+        assert_eq!(cfg(&["host=/tmp", "/d"]).unwrap().common.schema, "pgbb");
     }
 }

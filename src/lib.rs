@@ -5,12 +5,14 @@ pub mod backup;
 pub mod check;
 pub mod checksum;
 pub mod cli;
+pub mod compression;
 pub mod dest;
 pub mod dest_lock;
 pub mod dest_safety;
 pub mod digest;
 pub mod error;
 pub mod guard;
+pub mod helper;
 pub mod lag;
 pub mod layout;
 pub mod listing;
@@ -59,6 +61,8 @@ pub fn run(argv: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
     let spawned_by_master = args.slave && (args.worker_id.is_some() || args.pg_xlog);
     let result = Config::from_args(args).and_then(|cfg| match &cfg.mode {
         Mode::Check { jobs } => check::run(&cfg.common, *jobs),
+        Mode::InstallHelper => helper::install(&cfg.common),
+        Mode::RemoveHelper => helper::remove(&cfg.common),
         Mode::Master(opts) => {
             let s = backup::run(&cfg.common, opts)?;
             summary::print(&cfg.common.dest, &s);

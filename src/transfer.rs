@@ -19,8 +19,29 @@ use crate::pg::{PgError, Session};
 pub enum Method {
     /// `pg_read_binary_file`, nothing created on the server.
     Plain,
-    /// The session-local PL/Python helper, zlib at this level (0–9).
+    /// A PL/Python helper (see [`ZlibHelper`]), zlib at this level (0–9).
     Zlib(u32),
+}
+
+/// Which PL/Python helper compressed chunks come through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ZlibHelper {
+    /// `pg_temp.pgbb_read_zlib`, created by each session and gone with it (a superuser, on a
+    /// primary).
+    Temp,
+    /// `SCHEMA.read_zlib_v1`, installed once by `pgbb --install-helper` (any role granted
+    /// EXECUTE, on the primary and every standby).
+    Installed(String),
+}
+
+impl ZlibHelper {
+    /// The statement a file is streamed through.
+    fn call(&self) -> std::borrow::Cow<'static, str> {
+        match self {
+            ZlibHelper::Temp => sql::READ_ZLIB.into(),
+            ZlibHelper::Installed(schema) => crate::pg::sql_helper::read_call(schema).into(),
+        }
+    }
 }
 
 impl std::fmt::Display for Method {
@@ -164,6 +185,8 @@ impl Request {
 #[derive(Debug, Clone)]
 pub struct Transfer {
     pub method: Method,
+    /// The helper zlib chunks come through.
+    pub helper: ZlibHelper,
     pub chunk: u64,
     pub sync: bool,
     pub algorithm: Algorithm,
@@ -282,9 +305,9 @@ impl Sink {
 }
 
 impl Transfer {
-    /// Creates what the method needs in this session (the pg_temp helper for zlib).
+    /// Creates what the method needs in this session (the pg_temp helper, for zlib through it).
     pub fn prepare(&self, s: &mut Session) -> Result<(), PgError> {
-        if let Method::Zlib(_) = self.method {
+        if let (Method::Zlib(_), ZlibHelper::Temp) = (self.method, &self.helper) {
             s.execute(sql::CREATE_ZLIB_READER, &[], "could not create the compression helper").map_err(|e| {
                 // A server in recovery.
                 if e.code() == Some(&crate::pg::SqlState::READ_ONLY_SQL_TRANSACTION) {
@@ -479,7 +502,8 @@ impl Transfer {
         let chunk = self.chunk as i64;
         let level = level as i32;
         let (off, len) = range.map_or((0i64, -1i64), |(o, l)| (o as i64, l as i64));
-        let mut rows = s.stream(sql::READ_ZLIB, &[&raw, &chunk, &level, &off, &len], &what)?;
+        let call = self.helper.call();
+        let mut rows = s.stream(&call, &[&raw, &chunk, &level, &off, &len], &what)?;
         let mut out: Option<Sink> = None;
         let (mut size, mut mtime) = (0u64, 0i64);
         let mut buf = Vec::with_capacity(self.chunk as usize);

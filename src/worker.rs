@@ -8,7 +8,7 @@ use crate::dest::{Dest, Roots, SafePath};
 use crate::error::Error;
 use crate::pg::{sql, PgError};
 use crate::protocol::{Request, Response, MAX_LINE, PROTOCOL_VERSION};
-use crate::transfer::{Method, Outcome, PageVerify, Throttle, Transfer};
+use crate::transfer::{Method, Outcome, PageVerify, Throttle, Transfer, ZlibHelper};
 
 /// Reads one line of at most `MAX_LINE` bytes; longer lines are consumed and reported.
 /// Returns `None` at end of input.
@@ -55,8 +55,30 @@ pub fn create_dest(dest: &std::path::Path, group_access: bool) -> Result<(), Err
         .map_err(|source| crate::dest::DestError::Create { path: dest.into(), source }.into())
 }
 
-/// Opens the session and chooses how chunks travel (`auto`: zlib if the helper can be
-/// created, else plain); with `--verify-lsn`, reads what page verification needs.
+/// How this session's chunks travel: as the master chose (the installed helper is checked
+/// again first), or, for a worker or `-x` run by hand, chosen here as the master would.
+fn method_for(s: &mut crate::pg::Session, common: &Common, compress: Compress) -> Result<(Method, ZlibHelper), Error> {
+    match (compress, &common.zlib_helper) {
+        (Compress::Fixed(m @ Method::Zlib(_)), Some(h)) => {
+            if let ZlibHelper::Installed(schema) = h {
+                crate::compression::confirm_installed(s, schema)?;
+            }
+            Ok((m, h.clone()))
+        }
+        (Compress::Fixed(Method::Plain), _) => Ok((Method::Plain, ZlibHelper::Temp)),
+        _ => {
+            let c = crate::compression::choose(s, compress, common.conn.is_local(), &common.schema)?;
+            for (what, _) in &c.warnings {
+                log::warn!("{what}");
+            }
+            log::info!("{}", c.said);
+            Ok((c.method, c.helper))
+        }
+    }
+}
+
+/// Opens the session and chooses how chunks travel (see [`method_for`]); with
+/// `--verify-lsn`, reads what page verification needs.
 pub fn open_session(common: &Common, app: &str, compress: Compress) -> Result<(crate::pg::Session, Transfer), Error> {
     let mut s = common.conn.connect(&common.session_name(app))?;
     let (caps, _) = sql::version(&mut s)?;
@@ -73,8 +95,10 @@ pub fn open_session(common: &Common, app: &str, compress: Compress) -> Result<(c
         }
         None => None,
     };
+    let (method, helper) = method_for(&mut s, common, compress)?;
     let mut t = Transfer {
-        method: Method::Plain,
+        method,
+        helper,
         chunk: common.chunk,
         sync: common.sync,
         algorithm: common.algorithm,
@@ -82,20 +106,12 @@ pub fn open_session(common: &Common, app: &str, compress: Compress) -> Result<(c
         progress: common.report_progress.then_some(say_progress as fn(u64)),
         throttle: common.rate.map(Throttle::new),
     };
-    match compress {
-        Compress::Fixed(m) => {
-            t.method = m;
-            t.prepare(&mut s)?;
+    if let Err(e) = t.prepare(&mut s) {
+        if !matches!(compress, Compress::Auto(_)) {
+            return Err(e.into());
         }
-        // As the master decides: no compression to a server on this machine.
-        Compress::Auto(_) if common.conn.is_local() => {}
-        Compress::Auto(level) => {
-            t.method = Method::Zlib(level);
-            if let Err(e) = t.prepare(&mut s) {
-                log::info!("no compression: {e}");
-                t.method = Method::Plain;
-            }
-        }
+        log::info!("no compression: {e}");
+        t.method = Method::Plain;
     }
     t.chunk = common.chunk_for(t.method);
     log::info!(

@@ -1,7 +1,7 @@
 //! Phase 1, connect and check: the master's session, the server's facts and suitability,
 //! this run's lock (and `--clean`), and how chunks will travel.
 
-use crate::cli::{Common, Compress, MasterOpts};
+use crate::cli::{Common, MasterOpts};
 use crate::error::Error;
 use crate::lsn::WalGeometry;
 use crate::pg::caps::Support;
@@ -29,11 +29,15 @@ pub(super) fn connect(common: &Common, opts: &MasterOpts, sig: &Signals) -> Resu
     let run_key = claim_run(&mut ctl, opts.clean)?;
     let geo = WalGeometry::new(info.wal_segment_size)
         .ok_or_else(|| PgError::Unsupported(format!("unexpected wal_segment_size {}", info.wal_segment_size)))?;
-    let method = choose_method(&mut ctl, opts.compress, common.conn.is_local(), info.in_recovery)?;
-    if let Method::Zlib(_) = method {
-        log::info!("chunks travel compressed ({method})");
+    let choice = crate::compression::choose(&mut ctl, opts.compress, common.conn.is_local(), &common.schema)?;
+    for (what, fix) in &choice.warnings {
+        log::warn!("{what}{}", fix.as_ref().map(|f| format!("; {f}")).unwrap_or_default());
     }
+    log::info!("{}", choice.said);
+    let method = choice.method;
     let mut common = common.clone();
+    // The children use the helper chosen here (see `Common::worker_args`).
+    common.zlib_helper = Some(choice.helper);
     common.run_key = Some(run_key);
     common.group_access = info.group_access;
     common.chunk = common.chunk_for(method);
@@ -109,40 +113,4 @@ fn clean_leftovers(ctl: &mut Session) -> Result<(), Error> {
         );
     }
     Ok(())
-}
-
-fn choose_method(ctl: &mut Session, c: Compress, local: bool, in_recovery: bool) -> Result<Method, Error> {
-    match c {
-        Compress::Fixed(Method::Plain) => {
-            log::info!("chunks travel uncompressed (--compress=none)");
-            Ok(Method::Plain)
-        }
-        // Installing plpython3u or connecting as a superuser would not help here.
-        Compress::Fixed(Method::Zlib(_)) if in_recovery => {
-            Err(PgError::Unsupported(format!("--compress zlib: {}", sql::READ_ONLY_NO_COMPRESSION)).into())
-        }
-        Compress::Fixed(Method::Zlib(l)) => match sql::compression_available(ctl)? {
-            Ok(()) => Ok(Method::Zlib(l)),
-            Err(why) => Err(PgError::Compression(why).into()),
-        },
-        Compress::Auto(_) if in_recovery => {
-            log::info!(
-                "chunks travel uncompressed (the server is in recovery: a standby cannot hold the compression helper)"
-            );
-            Ok(Method::Plain)
-        }
-        // Measured on loopback (docs/benchmarks.md): zlib costs the server more CPU than it
-        // saves, so a server on this machine gets plain chunks unless zlib is asked for.
-        Compress::Auto(_) if local => {
-            log::info!("chunks travel uncompressed (the server is on this machine; --compress zlib forces it)");
-            Ok(Method::Plain)
-        }
-        Compress::Auto(l) => match sql::compression_available(ctl)? {
-            Ok(()) => Ok(Method::Zlib(l)),
-            Err(why) => {
-                log::info!("chunks travel uncompressed: {why}");
-                Ok(Method::Plain)
-            }
-        },
-    }
 }

@@ -326,7 +326,7 @@ pub struct Session {
     /// Statements prepared once per session for [`Session::stream`]: a file then costs one
     /// round trip (Bind/Execute) instead of two (Parse/Describe first), and the server plans
     /// it once (measured: the per-file cost that dominates a cluster of many small files).
-    prepared: std::collections::HashMap<&'static str, postgres::Statement>,
+    prepared: std::collections::HashMap<String, postgres::Statement>,
     /// The server process of this session (to tell, when the connection is lost, whether
     /// the server ended it).
     backend_pid: Option<i32>,
@@ -417,7 +417,7 @@ impl Session {
     /// prepared on first use and kept for the session.
     pub fn stream<'a>(
         &'a mut self,
-        sql: &'static str,
+        sql: &str,
         params: &[&(dyn ToSql + Sync)],
         what: &str,
     ) -> Result<RowIter<'a>, PgError> {
@@ -427,7 +427,7 @@ impl Session {
             Some(st) => st.clone(),
             None => {
                 let st = self.client.prepare(sql).map_err(|e| PgError::query(what, e))?;
-                self.prepared.insert(sql, st.clone());
+                self.prepared.insert(sql.to_string(), st.clone());
                 st
             }
         };

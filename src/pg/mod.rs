@@ -9,6 +9,7 @@ pub mod run;
 pub mod settings;
 pub mod sql;
 pub mod sql_dest;
+pub mod sql_helper;
 pub mod tls;
 
 pub use caps::Caps;
@@ -68,7 +69,7 @@ pub enum PgError {
     Privileges { role: String, db: String, grants: String },
     #[error("{0}")]
     Unsupported(String),
-    #[error("the compression helper is not available: {0}\n(install plpython3u in this database as a superuser, connect as a superuser, or use --compress=none)")]
+    #[error("the compression helper is not available: {0}\n(install plpython3u in this database and connect as a superuser, or have a superuser run `pgbb --install-helper` on the primary once and grant its use, or use --compress=none)")]
     Compression(String),
 }
 

@@ -463,28 +463,10 @@ pub fn entries_from_listing(raw: Vec<(Vec<u8>, bool, u64)>) -> Vec<Entry> {
         .collect()
 }
 
-/// Why compressed chunks are impossible on a server in recovery.
+/// Why the temporary compression helper is impossible on a server in recovery.
 pub const READ_ONLY_NO_COMPRESSION: &str = "the server is in recovery (a standby), which is read-only: the \
-     temporary compression helper cannot be created there; use --compress none";
-
-/// Can this session create the PL/Python compression helper? (Not on a server in recovery,
-/// which is read-only; plpython3u installed and the role allowed to create functions in it,
-/// which for an untrusted language means superuser.)
-pub fn compression_available(s: &mut Session) -> Result<Result<(), String>, PgError> {
-    let r = s.query_one(
-        "SELECT pg_catalog.pg_is_in_recovery(), \
-                EXISTS (SELECT 1 FROM pg_catalog.pg_language WHERE lanname = 'plpython3u'), \
-                (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user)",
-        &[],
-        "could not check for plpython3u",
-    )?;
-    Ok(match (r.get::<_, bool>(0), r.get::<_, bool>(1), r.get::<_, bool>(2)) {
-        (true, _, _) => Err(READ_ONLY_NO_COMPRESSION.into()),
-        (false, false, _) => Err("the language plpython3u is not installed in this database".into()),
-        (false, true, false) => Err("only a superuser may create a plpython3u function".into()),
-        (false, true, true) => Ok(()),
-    })
-}
+     temporary compression helper cannot be created there, and no pgbb helper is installed; have a superuser run \
+     `pgbb --install-helper` once on the primary (it replicates to every standby), or use --compress none";
 
 /// The compression helper: a session-local (pg_temp) PL/Python function, gone when the
 /// session ends, created and called by its qualified name only. It takes the path as raw

@@ -9,6 +9,7 @@ mod dest_safety;
 mod docs;
 mod failures;
 mod faults;
+mod helper;
 mod hostile;
 mod integrity;
 mod libpq;
