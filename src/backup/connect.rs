@@ -40,12 +40,6 @@ pub(super) fn connect(common: &Common, opts: &MasterOpts, sig: &Signals) -> Resu
     Ok(Server { ctl, info, geo, method, common })
 }
 
-/// Why a standby whose primary runs without full-page writes cannot be backed up (the
-/// server would refuse too: a torn page in the copy could not be repaired by replay).
-const FULL_PAGE_WRITES_OFF: &str = "the server is a standby whose primary runs with full_page_writes = off \
-     (the last checkpoint it replayed says so): a backup from a standby needs full-page writes; set \
-     full_page_writes = on on the primary and run CHECKPOINT there, or back up the primary";
-
 fn check_server(ctl: &mut Session, common: &Common) -> Result<sql::ServerInfo, Error> {
     let (caps, version) = sql::version(ctl)?;
     match caps.support() {
@@ -77,7 +71,7 @@ fn check_server(ctl: &mut Session, common: &Common) -> Result<sql::ServerInfo, E
         }
     }
     if info.in_recovery && !sql::checkpoint_full_page_writes(ctl)? {
-        return Err(PgError::Unsupported(FULL_PAGE_WRITES_OFF.into()).into());
+        return Err(PgError::Unsupported(sql::FULL_PAGE_WRITES_OFF.into()).into());
     }
     log::info!("connected to PostgreSQL {} at {}", info.version, common.conn.target());
     Ok(info)

@@ -342,6 +342,12 @@ pub fn checkpoint_timeline(s: &mut Session) -> Result<u32, PgError> {
     Ok(r.get::<_, i32>(0) as u32)
 }
 
+/// Why a standby whose primary runs without full-page writes cannot be backed up (the
+/// server would refuse too: a torn page in the copy could not be repaired by replay).
+pub const FULL_PAGE_WRITES_OFF: &str = "the server is a standby whose primary runs with full_page_writes = off \
+     (the last checkpoint it replayed says so): a backup from a standby needs full-page writes; set \
+     full_page_writes = on on the primary and run CHECKPOINT there, or back up the primary";
+
 /// On a standby: whether the last checkpoint it replayed was written with full_page_writes
 /// on (its primary's setting then). The server refuses a standby's backup when it is off.
 pub fn checkpoint_full_page_writes(s: &mut Session) -> Result<bool, PgError> {

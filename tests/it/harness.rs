@@ -792,12 +792,23 @@ pub fn stop_wal_loop(mut child: Child) -> String {
 
 /// A running streaming standby of `c` (a primary or itself a standby: then a cascading one),
 /// made with pg_basebackup -R and `extra` options in `c.path("standby")`: its
-/// postgresql.auto.conf names `c` in primary_conninfo.
+/// postgresql.auto.conf names `c` in primary_conninfo. That setting is rewritten with only
+/// host, port and user: the client tools may be newer than the server, and their
+/// pg_basebackup writes options (sslsni...) an older server's walreceiver refuses.
 pub fn standby_of_with(c: &Cluster, extra: &[&str]) -> Cluster {
     let dir = c.path("standby");
     let mut cmd = as_pg(&client_bin("pg_basebackup"));
     cmd.arg("-D").arg(&dir).args(["-R", "-X", "stream", "-c", "fast", "-d", &c.dsn()]).args(extra);
     run_ok(&mut cmd);
+    let auto = dir.join("postgresql.auto.conf");
+    let mut text: String = fs::read_to_string(&auto)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("primary_conninfo"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    text.push_str(&format!("primary_conninfo = 'host={} port={} user=postgres'\n", c.sock.display(), c.port));
+    fs::write(&auto, text).unwrap();
     start_copy(&dir)
 }
 

@@ -147,6 +147,9 @@ fn full_page_writes_off_on_the_primary_refuses_a_standby_backup() {
     assert!(err.contains("full_page_writes"), "{err}");
     assert!(err.contains("full_page_writes = on on the primary"), "the fix is named: {err}");
     assert!(!dest.exists(), "DEST left after a refused backup");
+    let check = pgbb_run(&["--check", &s.dsn()]);
+    assert_eq!(check.status.code(), Some(4), "{}", stdout(&check));
+    assert!(stdout(&check).contains("full_page_writes = off on the standby's primary"), "{}", stdout(&check));
     s.assert_no_pgbb_left();
 
     let from_primary = p.path("fpw-off-primary");
