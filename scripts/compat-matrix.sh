@@ -37,7 +37,17 @@ for major in "${majors[@]}"; do
   tests=(backup::backup_j4_under_pgbench_restores integrity::manifest_version_and_system_identifier_follow_the_server
          # The last WAL segment copied through the stop LSN, zero-filled: from a standby with
          # an idle primary (must end promptly), and from a primary.
-         standby::standby_backup_with_an_idle_primary_ends_promptly standby::primary_backup_stop_segment_tail_is_zeros)
+         standby::standby_backup_with_an_idle_primary_ends_promptly standby::primary_backup_stop_segment_tail_is_zeros
+         # What pg_basebackup does on a standby: -R (cascading), a promotion or a timeline
+         # switch during the backup, full_page_writes off on the primary, the WAL loop across
+         # a timeline switch, backups under load, from a cascading standby and on timeline 2.
+         standby_cases::recovery_conf_from_a_standby_streams_from_that_standby
+         standby_cases::a_standby_promoted_during_the_backup_fails_and_leaves_nothing
+         standby_cases::a_timeline_switch_during_a_standby_backup_fails_and_leaves_nothing
+         standby_cases::full_page_writes_off_on_the_primary_refuses_a_standby_backup
+         standby_cases::the_wal_loop_against_a_standby_follows_its_upstreams_promotion
+         standby_cases::standby_backup_under_primary_load_restores
+         standby_cases::cascading_standby_backups_on_timelines_1_and_2_restore)
   # Old backup API: a killed worker must still end the server-side backup.
   [ "$major" -le 14 ] && tests+=(failures::sigkill_of_a_worker_aborts_and_cleans_up)
   log=$(mktemp)

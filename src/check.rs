@@ -46,6 +46,13 @@ pub fn checks(common: &Common, jobs: usize) -> Result<Vec<Item>, Error> {
     } else {
         v.push(item(Status::Ok, format!("wal_level = {}", info.wal_level), None));
     }
+    if info.in_recovery && !sql::checkpoint_full_page_writes(&mut s)? {
+        v.push(item(
+            Status::Fail,
+            "full_page_writes = off on the standby's primary",
+            Some(sql::FULL_PAGE_WRITES_OFF.into()),
+        ));
+    }
     v.extend(privilege_items(&mut s, &info)?);
     v.push(slot_item(&mut s, &info)?);
     v.push(tablespace_item(&mut s)?);

@@ -311,6 +311,25 @@ fn standalone_floor(dest: &Dest, geo: WalGeometry) -> Option<u64> {
         .max()
 }
 
+/// Where each earlier timeline of `tli` ends (its switch point), from `tli`'s history file
+/// in DEST/pg_wal (copied before the segments); empty without one (timeline 1, or not copied).
+fn timeline_ends(dest: &Dest, tli: u32) -> HashMap<u32, Lsn> {
+    let path = dest.root().join("pg_wal").join(format!("{tli:08X}.history"));
+    std::fs::read_to_string(path).map(|text| parse_history(&text)).unwrap_or_default()
+}
+
+/// A timeline history file's entries: `parent-TLI <tab> switch-LSN <tab> reason` per line;
+/// comments and blank lines skipped, a line that does not parse ignored.
+fn parse_history(text: &str) -> HashMap<u32, Lsn> {
+    text.lines()
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
+        })
+        .collect()
+}
+
 /// What a standalone loop knows, kept across reconnections: where it started, the segments
 /// DEST holds, the partial segment last copied, how far the slot was advanced.
 struct Feed<'a> {
@@ -318,6 +337,8 @@ struct Feed<'a> {
     slot: Option<&'a str>,
     floor: Option<u64>,
     have: HashSet<String>,
+    /// The numbers of the segments in `have` (of whichever timeline).
+    segs: HashSet<u64>,
     partial: Option<(String, Lsn)>,
     advanced: Lsn,
 }
@@ -348,6 +369,10 @@ impl Feed<'_> {
         let cur = c.geo.segno(written);
         let floor = *self.floor.get_or_insert(cur);
         let tli = files.iter().filter_map(|(n, _)| c.geo.parse_file_name(n)).map(|(t, _)| t).max().unwrap_or(1);
+        // The timelines before this one end at their switch points: their segments wholly
+        // before it are needed too (the server may have completed them while the loop was
+        // not looking: a delay, a reconnection, a restart of pgbb).
+        let ends = timeline_ends(&c.dest, tli);
         for (name, _) in &files {
             if self.stopped() {
                 return Ok(());
@@ -355,17 +380,18 @@ impl Feed<'_> {
             let Some((t, seg)) = c.geo.parse_file_name(name) else {
                 continue;
             };
-            if t != tli || seg < floor || !c.geo.is_complete(seg, written) || self.have.contains(name) {
+            let end = if t == tli { Some(written) } else { ends.get(&t).copied() };
+            if seg < floor || !end.is_some_and(|e| c.geo.is_complete(seg, e)) || self.have.contains(name) {
                 continue;
             }
             if complete_segment(&c.dest, name, seg, c.geo) {
-                self.have.insert(name.clone());
+                self.hold(name, seg);
                 continue;
             }
             if let Outcome::Copied(got) = c.copy(name, name)? {
                 if got.size == c.geo.seg_size {
                     log::info!("copied {name}");
-                    self.have.insert(name.clone());
+                    self.hold(name, seg);
                     c.dest.remove_file(&wal_path(&format!("{name}.partial"))?)?;
                 }
             }
@@ -384,15 +410,21 @@ impl Feed<'_> {
                 }
             }
         }
-        self.advance_slot(c, floor, cur, tli)
+        self.advance_slot(c, floor, cur)
+    }
+
+    /// Segment NAME (number `seg`) is complete in DEST.
+    fn hold(&mut self, name: &str, seg: u64) {
+        self.have.insert(name.to_string());
+        self.segs.insert(seg);
     }
 
     /// With --slot, lets the server recycle what is safely here: everything before the first
     /// segment still missing.
-    fn advance_slot(&mut self, c: &mut Copier, floor: u64, cur: u64, tli: u32) -> Result<(), Error> {
+    fn advance_slot(&mut self, c: &mut Copier, floor: u64, cur: u64) -> Result<(), Error> {
         let Some(slot) = self.slot else { return Ok(()) };
         let mut upto = floor;
-        while upto < cur && self.have.contains(&c.geo.file_name(tli, upto)) {
+        while upto < cur && self.segs.contains(&upto) {
             upto += 1;
         }
         let target = Lsn(upto * c.geo.seg_size);
@@ -480,7 +512,8 @@ pub fn run_standalone(common: &Common, delay: Duration, compress: Compress, slot
     if let (None, Some(slot)) = (floor, slot) {
         floor = sql::slot_restart_lsn(&mut c.s, slot)?.map(|l| c.geo.segno(l));
     }
-    let mut feed = Feed { stop: &stop, slot, floor, have: HashSet::new(), partial: None, advanced: Lsn(0) };
+    let mut feed =
+        Feed { stop: &stop, slot, floor, have: HashSet::new(), segs: HashSet::new(), partial: None, advanced: Lsn(0) };
     log::info!(
         "copying WAL into {} every {:?}; stop with SIGINT or SIGTERM",
         c.dest.root().join("pg_wal").display(),
@@ -498,4 +531,23 @@ pub fn run_standalone(common: &Common, delay: Duration, compress: Compress, slot
     }
     log::info!("stopping on request");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn history_files_give_each_earlier_timelines_end() {
+        let text =
+            "1\t0/5000000\tno recovery target specified\n\n# a comment\n2\t1/A00000C8\tat restore point\nbad line\n";
+        let ends = parse_history(text);
+        assert_eq!(ends.len(), 2, "{ends:?}");
+        assert_eq!(ends[&1], Lsn(0x500_0000));
+        assert_eq!(ends[&2], Lsn((1 << 32) | 0xA000_00C8));
+        // A segment of timeline 1 is wanted when it ends at or before the switch.
+        let geo = WalGeometry::new(16 << 20).unwrap();
+        assert!(geo.is_complete(4, ends[&1]));
+        assert!(!geo.is_complete(5, ends[&1]), "the switch segment is timeline 2's");
+    }
 }

@@ -74,6 +74,9 @@ fn check_server(ctl: &mut Session, common: &Common) -> Result<sql::ServerInfo, E
             );
         }
     }
+    if info.in_recovery && !sql::checkpoint_full_page_writes(ctl)? {
+        return Err(PgError::Unsupported(sql::FULL_PAGE_WRITES_OFF.into()).into());
+    }
     log::info!("connected to PostgreSQL {} at {}", info.version, common.conn.target());
     Ok(info)
 }

@@ -41,6 +41,9 @@ pub(super) fn stop_backup(
             started.tli
         )));
     }
+    if server.info.in_recovery {
+        same_timeline(sql::min_recovery_timeline(&mut server.ctl)?, started.tli)?;
+    }
     target.guard.mutate(|| copy.write_own_file(&target.dest, "backup_label", stop.labelfile.as_bytes()))?;
     // Plain format, as pg_basebackup: the pg_tblspc symlinks (to the mapped locations) are
     // the tablespace map; a tablespace_map file would point recovery at the old locations.
@@ -50,6 +53,21 @@ pub(super) fn stop_backup(
     copy.send_wal_stop(stop.lsn)?;
     copy.finish_wal()?;
     Ok(Stopped { lsn: stop.lsn })
+}
+
+/// A standby's backup stops at its minimum recovery point; read after the stop, its timeline
+/// is the stop's or a later one. When it is not the start's, the standby followed a promotion
+/// of its upstream during the backup: the WAL range would span two timelines and pgbb copies
+/// one (the server raises no error for this, as it does for a promotion of the standby
+/// itself). Read a moment after the stop, a switch just after it fails the backup too.
+fn same_timeline(now: u32, start: u32) -> Result<(), Error> {
+    if now == 0 || now == start {
+        return Ok(());
+    }
+    Err(Error::Inconsistent(format!(
+        "the standby's timeline changed during the backup (it started on timeline {start} and is on timeline \
+         {now} now: its upstream was promoted); pgbb copies the WAL of one timeline: take the backup again"
+    )))
 }
 
 /// The slot first: when it was invalidated, that is the cause of any WAL gap.
@@ -118,6 +136,15 @@ mod tests {
 
     fn check(dest: &Dest, geo: WalGeometry) -> Result<(), String> {
         check_wal_range(dest, geo, 1, Lsn(3 * SEG + 40), Lsn(5 * SEG + 0x128), &[]).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_standby_on_another_timeline_at_the_stop_fails_the_backup() {
+        assert!(same_timeline(1, 1).is_ok());
+        assert!(same_timeline(0, 1).is_ok(), "no minimum recovery point: nothing to compare");
+        let e = same_timeline(2, 1).unwrap_err();
+        assert_eq!(e.exit_code(), crate::error::exit::FAILED);
+        assert!(e.to_string().contains("started on timeline 1 and is on timeline 2"), "{e}");
     }
 
     #[test]

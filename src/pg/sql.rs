@@ -384,6 +384,34 @@ pub fn checkpoint_timeline(s: &mut Session) -> Result<u32, PgError> {
     Ok(r.get::<_, i32>(0) as u32)
 }
 
+/// Why a standby whose primary runs without full-page writes cannot be backed up (the
+/// server would refuse too: a torn page in the copy could not be repaired by replay).
+pub const FULL_PAGE_WRITES_OFF: &str = "the server is a standby whose primary runs with full_page_writes = off \
+     (the last checkpoint it replayed says so): a backup from a standby needs full-page writes; set \
+     full_page_writes = on on the primary and run CHECKPOINT there, or back up the primary";
+
+/// On a standby: whether the last checkpoint it replayed was written with full_page_writes
+/// on (its primary's setting then). The server refuses a standby's backup when it is off.
+pub fn checkpoint_full_page_writes(s: &mut Session) -> Result<bool, PgError> {
+    let r = s.query_one(
+        "SELECT full_page_writes FROM pg_catalog.pg_control_checkpoint()",
+        &[],
+        "could not read the last checkpoint's full_page_writes",
+    )?;
+    Ok(r.get(0))
+}
+
+/// On a standby: the timeline of its minimum recovery point (where a standby's backup stops;
+/// 0 when it has none).
+pub fn min_recovery_timeline(s: &mut Session) -> Result<u32, PgError> {
+    let r = s.query_one(
+        "SELECT min_recovery_end_timeline FROM pg_catalog.pg_control_recovery()",
+        &[],
+        "could not read the minimum recovery point's timeline",
+    )?;
+    Ok(r.get::<_, i32>(0) as u32)
+}
+
 /// What the stop function returns.
 #[derive(Debug)]
 pub struct StopResult {

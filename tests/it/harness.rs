@@ -621,6 +621,12 @@ pub fn plant_excluded(c: &Cluster, db_oid: u32) -> Vec<String> {
 /// Starts PostgreSQL on a backup and checks it: recovery, pgbench's invariant, amcheck on
 /// every database, unlogged tables empty, excluded files absent. Returns the running copy.
 pub fn verify_restore(backup: &Path, expect: &Expect) -> Cluster {
+    verify_restore_with(backup, expect, |_| {})
+}
+
+/// [`verify_restore`], with `prepare` run on the backup after it was checked and before it
+/// is started (say, to restore a standby's copy standalone: without its standby.signal).
+pub fn verify_restore_with(backup: &Path, expect: &Expect, prepare: impl FnOnce(&Path)) -> Cluster {
     for f in &expect.absent {
         assert!(!backup.join(f).exists(), "{f} should not be in the backup");
     }
@@ -637,6 +643,7 @@ pub fn verify_restore(backup: &Path, expect: &Expect) -> Cluster {
         assert_eq!(m.permissions().mode() & 0o777, 0o600, "{f} mode");
         assert_eq!(std::os::unix::fs::MetadataExt::uid(&m), nix::unistd::getuid().as_raw(), "{f} owner");
     }
+    prepare(backup);
     let c = start_copy(backup);
     let log = c.log();
     assert!(
@@ -781,4 +788,69 @@ pub fn stop_wal_loop(mut child: Child) -> String {
     assert!(status.success(), "pgbb -x did not stop cleanly on SIGTERM: {status}\n{}", stderr(&out));
     assert!(took < Duration::from_secs(5), "pgbb -x took {took:?} to stop after SIGTERM");
     stderr(&out)
+}
+
+/// A running streaming standby of `c` (a primary or itself a standby: then a cascading one),
+/// made with pg_basebackup -R and `extra` options in `c.path("standby")`: its
+/// postgresql.auto.conf names `c` in primary_conninfo. That setting is rewritten with only
+/// host, port and user: the client tools may be newer than the server, and their
+/// pg_basebackup writes options (sslsni...) an older server's walreceiver refuses.
+pub fn standby_of_with(c: &Cluster, extra: &[&str]) -> Cluster {
+    let dir = c.path("standby");
+    let mut cmd = as_pg(&client_bin("pg_basebackup"));
+    cmd.arg("-D").arg(&dir).args(["-R", "-X", "stream", "-c", "fast", "-d", &c.dsn()]).args(extra);
+    run_ok(&mut cmd);
+    let auto = dir.join("postgresql.auto.conf");
+    let mut text: String = fs::read_to_string(&auto)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("primary_conninfo"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    text.push_str(&format!("primary_conninfo = 'host={} port={} user=postgres'\n", c.sock.display(), c.port));
+    fs::write(&auto, text).unwrap();
+    start_copy(&dir)
+}
+
+/// [`standby_of_with`] without extra options.
+pub fn standby_of(c: &Cluster) -> Cluster {
+    standby_of_with(c, &[])
+}
+
+/// Where `c` is in its WAL: the insert position of a primary, the replay position of a standby.
+pub fn wal_position(c: &Cluster) -> String {
+    c.client()
+        .query_one(
+            "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() \
+                     ELSE pg_current_wal_lsn() END)::text",
+            &[],
+        )
+        .unwrap()
+        .get(0)
+}
+
+/// Waits until `standby` has replayed everything `upstream` had when called.
+pub fn wait_replayed(standby: &Cluster, upstream: &Cluster) {
+    let lsn = wal_position(upstream);
+    let mut sc = standby.client();
+    wait_until(&format!("the standby to replay up to {lsn}"), Duration::from_secs(60), || {
+        sc.query_one("SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn", &[&lsn])
+            .map(|r| r.get::<_, bool>(0))
+            .unwrap_or(false)
+    });
+}
+
+/// Promotes a standby (pg_promote, waiting until it is done).
+pub fn promote(c: &Cluster) {
+    let done: bool = c.client().query_one("SELECT pg_promote(true, 60)", &[]).unwrap().get(0);
+    assert!(done, "the standby was not promoted within 60 s");
+}
+
+/// The timeline a server is on: a primary's, or the one a streaming standby receives (0 for a
+/// standby that does not stream).
+pub fn timeline(c: &Cluster) -> i64 {
+    let sql = "SELECT (CASE WHEN pg_is_in_recovery() \
+                  THEN coalesce((SELECT received_tli FROM pg_stat_wal_receiver), 0) \
+                  ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END)::bigint";
+    c.client().query_one(sql, &[]).unwrap().get(0)
 }

@@ -63,21 +63,6 @@ fn channel_binding_is_honoured_and_bad_values_refused() {
     assert!(stderr(&out).contains("invalid channel_binding value: \"bogus\""), "{}", stderr(&out));
 }
 
-/// A standby of `c` made with pg_basebackup, running.
-fn standby_of(c: &Cluster) -> Cluster {
-    let dir = c.path("standby");
-    run_ok(as_pg(&client_bin("pg_basebackup")).arg("-D").arg(&dir).args([
-        "-R",
-        "-X",
-        "stream",
-        "-c",
-        "fast",
-        "-d",
-        &c.dsn(),
-    ]));
-    start_copy(&dir)
-}
-
 fn two_hosts(a: &Cluster, b: &Cluster, extra: &str) -> String {
     format!(
         "host={},{} port={},{} user=postgres dbname=postgres {extra}",

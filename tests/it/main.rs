@@ -18,6 +18,7 @@ mod preflight;
 mod slave;
 mod special_files;
 mod standby;
+mod standby_cases;
 mod streams;
 mod tablespaces;
 mod tls;

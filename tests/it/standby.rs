@@ -76,7 +76,7 @@ fn a_slot_created_for_a_failed_backup_is_dropped() {
 }
 
 /// `pgbb -x DSN DIR` as the user that owns DIR (the server's user, as in real life).
-fn start_feeder(c: &Cluster, dir: &std::path::Path, extra: &[&str]) -> std::process::Child {
+pub(crate) fn start_feeder(c: &Cluster, dir: &std::path::Path, extra: &[&str]) -> std::process::Child {
     let mut cmd = if is_root() {
         let mut cmd = std::process::Command::new("runuser");
         cmd.args(["-u", "postgres", "--", pgbb_bin()]);
@@ -94,7 +94,7 @@ fn start_feeder(c: &Cluster, dir: &std::path::Path, extra: &[&str]) -> std::proc
         .unwrap()
 }
 
-fn stop_feeder(mut child: std::process::Child, dir: &std::path::Path) {
+pub(crate) fn stop_feeder(mut child: std::process::Child, dir: &std::path::Path) {
     // Signal pgbb itself, not runuser around it (which would die of the signal too).
     let pid = wait_for_proc(&["-x", dir.to_str().unwrap()], Duration::from_secs(5)).expect("pgbb -x is gone");
     kill(Pid::from_raw(pid), Signal::SIGTERM).unwrap();
