@@ -183,16 +183,14 @@ fn clean_spares_live_backups_and_ends_leftovers() {
     drop(odd);
     verifybackup(&new, &[]);
 
-    // A victim says what happened to it.
+    // A victim says what happened to it. Whether the server's own words ("terminating
+    // connection due to administrator command") arrive first is a race with the closed
+    // socket (the write can fail with a broken pipe before the client reads them); pgbb's
+    // explanation is there either way.
     writeln!(keyed.stdin.take().unwrap(), "PG_VERSION").unwrap();
     let mut line = String::new();
     keyed_out.read_line(&mut line).unwrap();
-    assert!(
-        line.starts_with("fatal\t")
-            && line.contains("terminating connection due to administrator command")
-            && line.contains("another pgbb --clean terminated it"),
-        "{line}"
-    );
+    assert!(line.starts_with("fatal\t") && line.contains("another pgbb --clean terminated it"), "{line}");
     assert_eq!(keyed.wait().unwrap().code(), Some(1));
     // The worker of no run still works.
     writeln!(plain.stdin.take().unwrap(), "PG_VERSION").unwrap();
