@@ -5,6 +5,7 @@ pub mod backup;
 pub mod check;
 pub mod checksum;
 pub mod cli;
+pub mod compare;
 pub mod dest;
 pub mod dest_lock;
 pub mod dest_safety;

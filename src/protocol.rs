@@ -40,7 +40,7 @@ pub enum ProtocolError {
     Nul,
     #[error("bad escape sequence in {0:?}")]
     BadEscape(String),
-    #[error("wrong number of fields (SRC, SRC<TAB>DST or SRC<TAB>DST<TAB>OFFSET<TAB>LENGTH)")]
+    #[error("wrong number of fields (SRC, SRC<TAB>DST, SRC<TAB>DST<TAB>compare or SRC<TAB>DST<TAB>OFFSET<TAB>LENGTH)")]
     TooManyFields,
     #[error("bad OFFSET<TAB>LENGTH in {0:?}")]
     BadRange(String),
@@ -128,6 +128,9 @@ pub struct Request {
     /// workers. DST's temporary name is written at that offset and left for the master to
     /// rename when every piece is in.
     pub range: Option<(u64, u64)>,
+    /// `--delta`: DST holds an older copy of the file; only the blocks that differ travel
+    /// (`SRC<TAB>DST<TAB>compare`, a whole file).
+    pub compare: bool,
 }
 
 impl Request {
@@ -149,8 +152,10 @@ impl Request {
             Some(d) => unescape(d)?,
             None => src.clone(),
         };
+        let compare = fields.len() == 3 && fields[2] == "compare";
         let range = match fields.len() {
             1 | 2 => None,
+            3 if compare => None,
             4 => {
                 let num =
                     |s: &str| s.parse::<u64>().map_err(|_| ProtocolError::BadRange(line.chars().take(200).collect()));
@@ -168,10 +173,13 @@ impl Request {
         if src.contains(&0) || dst.contains(&0) {
             return Err(ProtocolError::Nul);
         }
-        Ok(Request { src, dst, range })
+        Ok(Request { src, dst, range, compare })
     }
 
     pub fn to_line(&self) -> String {
+        if self.compare {
+            return format!("{}\t{}\tcompare\n", escape(&self.src), escape(&self.dst));
+        }
         if let Some((off, len)) = self.range {
             return format!("{}\t{}\t{off}\t{len}\n", escape(&self.src), escape(&self.dst));
         }
@@ -346,7 +354,7 @@ mod tests {
         let p = |s: &str| s.as_bytes().to_vec();
         assert_eq!(
             Request::parse("base/1/1259\n").unwrap(),
-            Request { src: p("base/1/1259"), dst: p("base/1/1259"), range: None }
+            Request { src: p("base/1/1259"), dst: p("base/1/1259"), range: None, compare: false }
         );
         let r = Request::parse("global/pg_control\tglobal/pg_control.pending").unwrap();
         assert_eq!(r.dst, p("global/pg_control.pending"));
@@ -357,9 +365,13 @@ mod tests {
         assert_eq!(Request::parse("a\\x00b"), Err(ProtocolError::Nul));
         assert_eq!(Request::parse("a\tb\tc"), Err(ProtocolError::TooManyFields));
         assert_eq!(Request::parse(&"x".repeat(MAX_LINE + 1)), Err(ProtocolError::TooLong));
-        let odd = Request { src: p("we\tird\nname"), dst: b"raw\xfe".to_vec(), range: None };
+        let odd = Request { src: p("we\tird\nname"), dst: b"raw\xfe".to_vec(), range: None, compare: false };
         assert_eq!(Request::parse(&odd.to_line()).unwrap(), odd);
-        let piece = Request { src: p("base/5/16384"), dst: p("base/5/16384"), range: Some((67108864, 1024)) };
+        let piece =
+            Request { src: p("base/5/16384"), dst: p("base/5/16384"), range: Some((67108864, 1024)), compare: false };
+        let delta = Request { src: p("base/5/16384"), dst: p("base/5/16384"), range: None, compare: true };
+        assert_eq!(delta.to_line(), "base/5/16384\tbase/5/16384\tcompare\n");
+        assert_eq!(Request::parse(&delta.to_line()), Ok(delta));
         assert_eq!(piece.to_line(), "base/5/16384\tbase/5/16384\t67108864\t1024\n");
         assert_eq!(Request::parse(&piece.to_line()).unwrap(), piece);
         assert!(matches!(Request::parse("a\tb\tx\t1"), Err(ProtocolError::BadRange(_))));

@@ -98,13 +98,13 @@ impl TransferError {
 /// How the server is told which file, always as raw bytes (never converted between
 /// encodings): by its path, or, for a path that is not valid UTF-8 (which a UTF8 server
 /// refuses as text), by the raw bytes of its components, directories included.
-enum Source {
+pub(crate) enum Source {
     Path(Vec<u8>),
     ByName(Vec<Vec<u8>>),
 }
 
 impl Source {
-    fn of(src: &SafePath) -> Source {
+    pub(crate) fn of(src: &SafePath) -> Source {
         if src.to_str().is_some() {
             return Source::Path(src.as_bytes());
         }
@@ -126,7 +126,7 @@ impl Throttle {
     }
 
     /// Counts `n` bytes received and sleeps as long as the worker is ahead of its rate.
-    fn pace(&self, n: u64) {
+    pub(crate) fn pace(&self, n: u64) {
         let start = *self.start.get().get_or_insert_with(std::time::Instant::now);
         self.start.set(Some(start));
         let total = self.bytes.get() + n;
@@ -184,24 +184,24 @@ pub fn extent(stat_size: u64, range: Option<(u64, u64)>) -> u64 {
     }
 }
 
-fn pg_err(what: &str, e: postgres::Error) -> TransferError {
+pub(crate) fn pg_err(what: &str, e: postgres::Error) -> TransferError {
     TransferError::Pg(PgError::query(what, e))
 }
 
 /// Page verification of one file as its bytes pass.
-struct Pages {
+pub(crate) struct Pages {
     buf: Vec<u8>,
     offset: u64,
     segno: u32,
     v: PageVerify,
     /// (block, offset) of pages that failed once.
-    suspects: Vec<(u32, u64)>,
+    pub(crate) suspects: Vec<(u32, u64)>,
     /// Pages whose checksum was compared, good or bad.
-    verified: u64,
+    pub(crate) verified: u64,
 }
 
 impl Pages {
-    fn new(segno: u32, offset: u64, v: PageVerify) -> Pages {
+    pub(crate) fn new(segno: u32, offset: u64, v: PageVerify) -> Pages {
         Pages { buf: Vec::new(), offset, segno, v, suspects: Vec::new(), verified: 0 }
     }
 
@@ -218,7 +218,7 @@ impl Pages {
         self.offset += BLCKSZ as u64;
     }
 
-    fn feed(&mut self, mut data: &[u8]) {
+    pub(crate) fn feed(&mut self, mut data: &[u8]) {
         if !self.buf.is_empty() {
             let take = (BLCKSZ - self.buf.len()).min(data.len());
             self.buf.extend_from_slice(&data[..take]);
@@ -374,7 +374,7 @@ impl Transfer {
 
     /// Reads each suspect page again: a page being written while we read it can look torn
     /// once; only a page that fails twice counts.
-    fn reread(&self, s: &mut Session, src: &SafePath, p: &Pages) -> Result<Vec<BadPage>, TransferError> {
+    pub(crate) fn reread(&self, s: &mut Session, src: &SafePath, p: &Pages) -> Result<Vec<BadPage>, TransferError> {
         let what = format!("could not re-read a page of \"{}\"", src.display());
         let source = Source::of(src);
         let mut bad = Vec::new();

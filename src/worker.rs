@@ -205,7 +205,9 @@ fn serve(
     say: &mut impl FnMut(Response) -> Result<(), Error>,
 ) -> Result<(), Error> {
     let (dest, dst) = roots.route(dst);
-    match transfer.fetch(s, src, dest, &dst, req.range) {
+    let done =
+        if req.compare { transfer.refresh(s, src, dest, &dst) } else { transfer.fetch(s, src, dest, &dst, req.range) };
+    match done {
         Ok(Outcome::Copied(c)) => {
             for b in &c.bad_pages {
                 let (block, calculated, expected) = (b.block, b.calculated, b.expected);

@@ -178,8 +178,11 @@ impl Run<'_> {
                     return Ok(());
                 };
                 let idx = self.workers[w].idx;
-                self.pool
-                    .send(idx, &Request { src: job.path.clone(), dst: job.path.clone(), range: job.range }.to_line())?;
+                self.pool.send(
+                    idx,
+                    &Request { src: job.path.clone(), dst: job.path.clone(), range: job.range, compare: job.compare }
+                        .to_line(),
+                )?;
                 if self.workers[w].inflight.is_empty() {
                     self.progress.started(w, &show(&job.path));
                 }
@@ -433,9 +436,10 @@ impl Run<'_> {
             let idx = self.workers[w].idx;
             self.pool.send(
                 idx,
-                &Request { src: pg_control.path.clone(), dst: PG_CONTROL_PENDING.into(), range: None }.to_line(),
+                &Request { src: pg_control.path.clone(), dst: PG_CONTROL_PENDING.into(), range: None, compare: false }
+                    .to_line(),
             )?;
-            self.workers[w].inflight.push_back(Work { path: pg_control.path.clone(), range: None });
+            self.workers[w].inflight.push_back(Work { path: pg_control.path.clone(), range: None, compare: false });
             let before = self.files;
             while !self.idle() {
                 self.step()?;

@@ -101,6 +101,8 @@ fn queue(layout: Layout, jobs: usize, algorithm: Algorithm) -> Result<Plan, Erro
 pub(super) struct Work {
     pub path: Vec<u8>,
     pub range: Option<(u64, u64)>,
+    /// `--delta`: DEST holds an older copy to bring up to date in place.
+    pub compare: bool,
 }
 
 /// Files at least this large are split into pieces of [`PIECE`] bytes, copied by several
@@ -118,11 +120,11 @@ pub(super) fn work_queue(files: &[FileJob], jobs: usize, algorithm: Algorithm) -
             let mut off = 0;
             while off < f.size {
                 let len = PIECE.min(f.size - off);
-                q.push_back(Work { path: f.path.clone(), range: Some((off, len)) });
+                q.push_back(Work { path: f.path.clone(), range: Some((off, len)), compare: false });
                 off += len;
             }
         } else {
-            q.push_back(Work { path: f.path.clone(), range: None });
+            q.push_back(Work { path: f.path.clone(), range: None, compare: false });
         }
     }
     q

@@ -538,6 +538,45 @@ pub const READ_PLAIN_BY_NAME: &str = concat!(
        LEFT JOIN LATERAL pg_catalog.generate_series(0::bigint, st.size - 1, $2) AS o ON true"
 );
 
+/// `--delta`: the blocks of a file that differ from the copy's. $2 is the read size (a
+/// multiple of [`crate::compare::BLOCK`]), $3 the copy's block hashes: the SHA-256 of each
+/// 8192-byte block of the local file, concatenated (a block past the copy's end has none, and
+/// so differs). One row per differing block: (size, mtime, offset, bytes), in file order;
+/// the server hashes with the built-in `sha256(bytea)`, so only differing blocks travel. A
+/// file whose blocks all match gives one row with a NULL offset; a missing file one row with
+/// a NULL size; a NULL block means the file vanished while it was read.
+macro_rules! compare_blocks {
+    ($from:literal) => {
+        concat!(
+            "SELECT st.size, extract(epoch FROM st.modification)::bigint, c.off, c.blk \
+               FROM ",
+            $from,
+            " CROSS JOIN LATERAL pg_catalog.pg_stat_file(f.p, true) AS st \
+               LEFT JOIN LATERAL ( \
+                 SELECT o + b * 8192 AS off, x.blk \
+                   FROM pg_catalog.generate_series(0::bigint, st.size - 1, $2) AS o \
+                  CROSS JOIN LATERAL pg_catalog.pg_read_binary_file(f.p, o, $2, true) AS d(d) \
+                  CROSS JOIN LATERAL pg_catalog.generate_series(0::bigint, \
+                        COALESCE((pg_catalog.length(d.d) - 1) / 8192, 0)) AS b \
+                  CROSS JOIN LATERAL (SELECT pg_catalog.substr(d.d, (b * 8192 + 1)::int, 8192) AS blk) AS x \
+                  WHERE d.d IS NULL \
+                     OR pg_catalog.sha256(x.blk) IS DISTINCT FROM \
+                        pg_catalog.substr($3::pg_catalog.bytea, ((o / 8192 + b) * 32 + 1)::int, 32) \
+               ) AS c ON true"
+        )
+    };
+}
+
+/// See `compare_blocks!`; the path ($1) travels as raw bytes.
+pub const COMPARE_BLOCKS: &str = compare_blocks!("(SELECT pg_catalog.convert_from($1, 'SQL_ASCII') AS p) AS f");
+
+/// [`COMPARE_BLOCKS`] for a file whose path is not valid UTF-8 ($1: its components, see
+/// `walk_to_raw_path!`). No row at all if it is not there.
+pub const COMPARE_BLOCKS_BY_NAME: &str = concat!(
+    walk_to_raw_path!(),
+    compare_blocks!("(SELECT p FROM walk WHERE i = pg_catalog.cardinality($1::pg_catalog.bytea[])) AS f")
+);
+
 /// [`READ_PAGE`] by the components of a path that is not valid UTF-8 ($1), offset $2,
 /// length $3.
 pub const READ_PAGE_BY_NAME: &str = concat!(

@@ -1,0 +1,213 @@
+//! `--delta`, one file: the copy's file brought to the server's bytes in place. The worker
+//! hashes the copy's blocks and sends the hashes with the query; the server hashes its own
+//! blocks with the built-in `sha256(bytea)` and sends back only those that differ. The file
+//! is then read once more for its manifest checksum and page verification.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
+
+use postgres::fallible_iterator::FallibleIterator;
+use sha2::Digest as _;
+
+use crate::dest::{Dest, DestError, SafePath};
+use crate::digest::Digest;
+use crate::layout::checksummed_segment;
+use crate::pg::sql;
+use crate::pg::Session;
+use crate::transfer::{pg_err, Copied, Outcome, Pages, Source, Transfer, TransferError};
+
+/// The unit compared: one PostgreSQL page.
+pub const BLOCK: usize = 8192;
+/// How much the server reads per call (and the worker per read).
+const READ: usize = 1 << 20;
+/// Bytes of one block's hash (SHA-256).
+#[cfg(test)]
+const HASH: usize = 32;
+
+/// The SHA-256 of each `BLOCK` of `file` from its start, concatenated.
+pub fn block_hashes(file: &mut File) -> std::io::Result<Vec<u8>> {
+    file.seek(SeekFrom::Start(0))?;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; READ];
+    loop {
+        let n = read_full(file, &mut buf)?;
+        for block in buf[..n].chunks(BLOCK) {
+            out.extend_from_slice(&sha2::Sha256::digest(block));
+        }
+        if n < READ {
+            return Ok(out);
+        }
+    }
+}
+
+/// Reads until `buf` is full or the file ends; the number of bytes read.
+fn read_full(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// What the server said of one file.
+enum Answer {
+    /// Not on the server (any more).
+    Vanished,
+    /// Its size and mtime, after the differing blocks were written.
+    Refreshed { size: u64, mtime: i64, wire: u64 },
+}
+
+impl Transfer {
+    /// Brings `dst` (below DEST, as the previous copy left it) to the bytes of server file
+    /// `src`. A file that cannot be refreshed in place (see [`Dest::open_existing`]) is
+    /// replaced by a whole copy.
+    pub fn refresh(
+        &self,
+        s: &mut Session,
+        src: &SafePath,
+        dest: &Dest,
+        dst: &SafePath,
+    ) -> Result<Outcome, TransferError> {
+        let Some(mut file) = dest.open_existing(dst)? else {
+            dest.remove_file(dst)?;
+            return self.fetch(s, src, dest, dst, None);
+        };
+        let io =
+            |e: std::io::Error| TransferError::Dest(DestError::Io { path: dest.root().join(dst.to_path()), source: e });
+        let hashes = block_hashes(&mut file).map_err(io)?;
+        let answer = self.changed_blocks(s, src, &file, &hashes).map_err(|e| match e {
+            TransferError::Pg(p) => TransferError::Pg(s.explain(p)),
+            other => other,
+        })?;
+        let Answer::Refreshed { size, mtime, wire } = answer else {
+            drop(file);
+            dest.remove_file(dst)?;
+            return Ok(Outcome::Vanished);
+        };
+        file.set_len(size).map_err(io)?;
+        let (checksum, pages) = self.read_back(src, &mut file, size).map_err(io)?;
+        if self.sync {
+            file.sync_all().map_err(io)?;
+        }
+        let verified_pages = pages.as_ref().map_or(0, |p| p.verified);
+        let bad_pages = match pages {
+            Some(p) if !p.suspects.is_empty() => self.reread(s, src, &p)?,
+            _ => Vec::new(),
+        };
+        Ok(Outcome::Copied(Copied { size, checksum, mtime, bad_pages, wire, verified_pages }))
+    }
+
+    /// Runs the comparison and writes each differing block into `file` at its place.
+    fn changed_blocks(
+        &self,
+        s: &mut Session,
+        src: &SafePath,
+        file: &File,
+        hashes: &[u8],
+    ) -> Result<Answer, TransferError> {
+        let path = src.display();
+        let what = format!("could not compare \"{path}\"");
+        let read = READ as i64;
+        let source = Source::of(src);
+        let mut rows = match &source {
+            Source::Path(p) => s.stream(sql::COMPARE_BLOCKS, &[p, &read, &hashes], &what)?,
+            Source::ByName(parts) => s.stream(sql::COMPARE_BLOCKS_BY_NAME, &[parts, &read, &hashes], &what)?,
+        };
+        let bad = |message: String| TransferError::Data { path: path.clone(), message };
+        let mut head: Option<(u64, i64)> = None;
+        let (mut next, mut wire) = (0u64, 0u64);
+        while let Some(row) = rows.next().map_err(|e| pg_err(&what, e))? {
+            let Some(size) = row.try_get::<_, Option<i64>>(0).map_err(|e| pg_err(&what, e))? else {
+                return Ok(Answer::Vanished);
+            };
+            let mtime = row.try_get::<_, Option<i64>>(1).map_err(|e| pg_err(&what, e))?.unwrap_or(0);
+            let size = size.max(0) as u64;
+            head.get_or_insert((size, mtime));
+            let Some(off) = row.try_get::<_, Option<i64>>(2).map_err(|e| pg_err(&what, e))? else { continue };
+            // The file vanished while it was read.
+            let Some(block) = row.try_get::<_, Option<&[u8]>>(3).map_err(|e| pg_err(&what, e))? else {
+                return Ok(Answer::Vanished);
+            };
+            let off = u64::try_from(off).map_err(|_| bad(format!("negative offset {off} from the server")))?;
+            if off < next || off % BLOCK as u64 != 0 || block.len() > BLOCK || off + block.len() as u64 > size {
+                return Err(bad(format!("unexpected block at offset {off} ({} bytes) from the server", block.len())));
+            }
+            if let Some(t) = &self.throttle {
+                t.pace(block.len() as u64);
+            }
+            file.write_all_at(block, off)
+                .map_err(|e| TransferError::Dest(DestError::Io { path: path.clone().into(), source: e }))?;
+            wire += block.len() as u64;
+            next = off + BLOCK as u64;
+            if let Some(report) = self.progress {
+                report(next);
+            }
+        }
+        match head {
+            Some((size, mtime)) => Ok(Answer::Refreshed { size, mtime, wire }),
+            // Looked up by name: not there.
+            None if matches!(source, Source::ByName(_)) => Ok(Answer::Vanished),
+            None => Err(bad("the server returned no rows".into())),
+        }
+    }
+
+    /// The refreshed file's manifest checksum and, for a relation file, its pages checked.
+    fn read_back(
+        &self,
+        src: &SafePath,
+        file: &mut File,
+        size: u64,
+    ) -> std::io::Result<(Option<crate::digest::Checksum>, Option<Pages>)> {
+        let mut digest = Digest::new(self.algorithm);
+        let mut pages = self.verify.and_then(|v| {
+            checksummed_segment(&String::from_utf8_lossy(&src.as_bytes()), v.rules).map(|segno| Pages::new(segno, 0, v))
+        });
+        file.seek(SeekFrom::Start(0))?;
+        let mut buf = vec![0u8; READ];
+        let mut left = size;
+        while left > 0 {
+            let n = read_full(file, &mut buf[..READ.min(left as usize)])?;
+            if n == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the file is shorter than it was made",
+                ));
+            }
+            digest.update(&buf[..n]);
+            if let Some(p) = pages.as_mut() {
+                p.feed(&buf[..n]);
+            }
+            left -= n as u64;
+        }
+        Ok((digest.finish(), pages))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn one_hash_per_block_the_last_one_short() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        let data: Vec<u8> = (0..(READ + 3 * BLOCK + 100)).map(|i| (i % 251) as u8).collect();
+        std::fs::File::create(&p).unwrap().write_all(&data).unwrap();
+        let mut f = File::open(&p).unwrap();
+        let h = block_hashes(&mut f).unwrap();
+        assert_eq!(h.len(), (READ / BLOCK + 4) * HASH);
+        assert_eq!(&h[..HASH], sha2::Sha256::digest(&data[..BLOCK]).as_slice());
+        let last = &data[READ + 3 * BLOCK..];
+        assert_eq!(&h[h.len() - HASH..], sha2::Sha256::digest(last).as_slice());
+        // An empty file has no blocks.
+        std::fs::File::create(&p).unwrap();
+        assert!(block_hashes(&mut File::open(&p).unwrap()).unwrap().is_empty());
+    }
+}
