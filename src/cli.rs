@@ -99,6 +99,10 @@ pub struct Args {
     /// Remove the contents of DEST first if it exists
     #[arg(short = 'f', long = "force", help_heading = "Backup")]
     pub force: bool,
+    /// Refresh DEST, an older copy of this cluster (a backup, an interrupted run, a stopped
+    /// clone): only what differs travels; the result is a complete backup taken now
+    #[arg(long = "delta", conflicts_with = "force", help_heading = "Backup")]
+    pub delta: bool,
     /// Before starting, end what earlier pgbb runs whose master is gone left behind: terminate
     /// their sessions (their temporary slots go with them); runs in progress are left alone
     #[arg(long = "clean", help_heading = "Backup")]
@@ -241,6 +245,8 @@ pub struct MasterOpts {
     pub jobs: usize,
     pub delay: Duration,
     pub force: bool,
+    /// `--delta`: refresh the copy in DEST.
+    pub delta: bool,
     pub clean: bool,
     pub fast: bool,
     pub label: String,
@@ -535,6 +541,7 @@ fn master_opts(a: Args, compress: Compress) -> Result<MasterOpts, Error> {
         jobs: a.jobs,
         delay: delay(a.delay)?,
         force: a.force,
+        delta: a.delta,
         clean: a.clean,
         fast: a.checkpoint == Checkpoint::Fast,
         label: a.label,

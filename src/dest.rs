@@ -80,6 +80,9 @@ pub enum DestError {
         #[source]
         source: io::Error,
     },
+    /// `--delta`: DEST is not a copy pgbb may refresh.
+    #[error(transparent)]
+    Origin(#[from] crate::delta::origin::OriginError),
     /// Another operation on a path in DEST than writing a file: `cannot {action} {path}`.
     #[error("cannot {action} {}: {source}", path.display())]
     Op {

@@ -6,6 +6,7 @@ pub mod check;
 pub mod checksum;
 pub mod cli;
 pub mod compare;
+pub mod delta;
 pub mod dest;
 pub mod dest_lock;
 pub mod dest_safety;

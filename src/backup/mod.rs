@@ -12,6 +12,7 @@ mod finish;
 mod pages;
 mod pieces;
 mod plan;
+mod plan_delta;
 mod slot;
 mod start;
 mod stop;
@@ -53,6 +54,8 @@ pub struct Summary {
     pub manifest: bool,
     /// Bytes that came over the network for the data files (`bytes` when uncompressed).
     pub wire: u64,
+    /// `--delta` on an older copy: what was compared and removed.
+    pub refresh: Option<crate::delta::Refresh>,
 }
 
 /// The master's side of signal handling: what the signal thread shares, the channel on which
@@ -109,7 +112,12 @@ fn backup(common: &Common, opts: &MasterOpts, sig: &Signals) -> Result<Summary, 
     sig.check()?;
     let started = start::start_backup(&mut server, opts)?;
     let mut children = start::spawn_children(&server, opts, &started, sig)?;
-    let plan = plan::full(&mut server, &target, opts)?;
+    let plan = if target.refresh {
+        plan_delta::delta(&mut server, &target, opts)?
+    } else {
+        plan::full(&mut server, &target, opts)?
+    };
+    let refresh = target.refresh.then_some(plan.refresh);
     let mut copy = copy::Run::new(&mut children, plan, &target.roots, &server.common, opts, sig);
     copy.copy_files(&server.common.dest)?;
     let stopped = stop::stop_backup(&mut server, &started, &mut copy, &target, sig)?;
@@ -118,5 +126,5 @@ fn backup(common: &Common, opts: &MasterOpts, sig: &Signals) -> Result<Summary, 
     stop::check_wal(&mut server, &hold, &target, &started, &stopped, &copied)?;
     let summary = finish::finish(&mut server, opts, &mut target, copied, &started, &stopped)?;
     hold.keep();
-    Ok(Summary { elapsed: t0.elapsed(), ..summary })
+    Ok(Summary { elapsed: t0.elapsed(), refresh, ..summary })
 }
