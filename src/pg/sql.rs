@@ -541,7 +541,8 @@ pub const READ_PLAIN_BY_NAME: &str = concat!(
 /// `--delta`: the blocks of a file that differ from the copy's. $2 is the read size (a
 /// multiple of [`crate::compare::BLOCK`]), $3 the copy's block hashes: the SHA-256 of each
 /// 8192-byte block of the local file, concatenated (a block past the copy's end has none, and
-/// so differs). One row per differing block: (size, mtime, offset, bytes), in file order;
+/// so differs). Nothing past the size stat'd first is read (a file that grows meanwhile is
+/// cut there, as in a full backup). One row per differing block: (size, mtime, offset, bytes), in file order;
 /// the server hashes with the built-in `sha256(bytea)`, so only differing blocks travel. A
 /// file whose blocks all match gives one row with a NULL offset; a missing file one row with
 /// a NULL size; a NULL block means the file vanished while it was read.
@@ -555,7 +556,7 @@ macro_rules! compare_blocks {
                LEFT JOIN LATERAL ( \
                  SELECT o + b * 8192 AS off, x.blk \
                    FROM pg_catalog.generate_series(0::bigint, st.size - 1, $2) AS o \
-                  CROSS JOIN LATERAL pg_catalog.pg_read_binary_file(f.p, o, $2, true) AS d(d) \
+                  CROSS JOIN LATERAL pg_catalog.pg_read_binary_file(f.p, o, least($2, st.size - o), true) AS d(d) \
                   CROSS JOIN LATERAL pg_catalog.generate_series(0::bigint, \
                         COALESCE((pg_catalog.length(d.d) - 1) / 8192, 0)) AS b \
                   CROSS JOIN LATERAL (SELECT pg_catalog.substr(d.d, (b * 8192 + 1)::int, 8192) AS blk) AS x \

@@ -4,6 +4,7 @@ mod harness;
 
 mod backup;
 mod compress;
+mod delta;
 mod dest_lock;
 mod dest_safety;
 mod docs;

@@ -1,0 +1,297 @@
+//! `--delta`: an older copy in DEST brought up to date, moving only what differs, proven by
+//! starting the result under pgbench load; and what it refuses to touch.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::harness::*;
+
+fn expect_pgbench() -> Expect {
+    Expect { pgbench: true, databases: vec!["postgres".into()], unlogged: vec![], absent: vec![] }
+}
+
+fn history_rows(c: &Cluster) -> i64 {
+    query_i64(&mut c.client(), "SELECT count(*) FROM pgbench_history")
+}
+
+/// Every entry below `dir` (not following links): its kind, size, mode, mtime and a hash of
+/// its bytes; what "byte for byte untouched" compares.
+fn snapshot(dir: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let m = std::fs::symlink_metadata(e.path()).unwrap();
+            let body = if m.is_file() {
+                use sha2::Digest;
+                hex::encode(sha2::Sha256::digest(std::fs::read(e.path()).unwrap()))
+            } else if m.is_dir() {
+                stack.push(e.path());
+                "dir".into()
+            } else {
+                format!("-> {}", std::fs::read_link(e.path()).map(|p| p.display().to_string()).unwrap_or_default())
+            };
+            let key = e.path().strip_prefix(dir).unwrap().display().to_string();
+            out.insert(
+                key,
+                format!("{} {:o} {} {body}", m.len(), m.mode(), m.mtime_nsec() + m.mtime() * 1_000_000_000),
+            );
+        }
+    }
+    out
+}
+
+/// Makes `dir` and everything in it owned by the user running the tests again (starting a
+/// copy gives it to postgres).
+fn chown_back(dir: &Path) {
+    let me = nix::unistd::getuid().as_raw();
+    let mut stack = vec![dir.to_path_buf()];
+    std::os::unix::fs::lchown(dir, Some(me), None).unwrap();
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            std::os::unix::fs::lchown(e.path(), Some(me), None).unwrap();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+}
+
+/// The relation file of `table`, relative to the data directory.
+fn relation_file(c: &Cluster, table: &str) -> String {
+    c.client().query_one("SELECT pg_relation_filepath($1::text::regclass)", &[&table]).unwrap().get(0)
+}
+
+fn delta(c: &Cluster, dest: &Path) -> std::process::Output {
+    pgbb_run(&["--delta", "-v", "-c", "fast", &c.dsn(), dest.to_str().unwrap()])
+}
+
+/// The bytes the summary line says travelled and were compared.
+fn refreshed(out: &std::process::Output) -> String {
+    let text = stdout(out);
+    let line = text.lines().find(|l| l.contains("backup complete")).unwrap_or_else(|| panic!("no summary: {text}"));
+    line.split("(refreshed: ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .unwrap_or_else(|| panic!("not refreshed: {line}"))
+        .to_string()
+}
+
+/// An older backup brought up to date while pgbench writes: changed blocks, a dropped table
+/// (its files gone), a new one. The result restores with pgbench's invariant and amcheck,
+/// and holds the transactions of the refresh's window.
+#[test]
+fn delta_refreshes_an_older_backup_under_load() {
+    let c = Cluster::new();
+    c.pgbench_init(5);
+    c.client()
+        .batch_execute("CREATE EXTENSION amcheck; CREATE TABLE dropme AS SELECT generate_series(1, 100000) AS x")
+        .unwrap();
+    let dropped = relation_file(&c, "dropme");
+    let dest = c.path("older");
+    let out = pgbb_run(&["-c", "fast", &c.dsn(), dest.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(dest.join(&dropped).exists());
+    let load = c.pgbench_load(2, 600);
+    wait_until("pgbench to write", Duration::from_secs(60), || history_rows(&c) > 100);
+    c.client().batch_execute("DROP TABLE dropme; CREATE TABLE newer AS SELECT generate_series(1, 777) AS y").unwrap();
+    let before = history_rows(&c);
+    let out = delta(&c, &dest);
+    let after = history_rows(&c);
+    assert!(out.status.success(), "{}", stderr(&out));
+    load.finish();
+    let r = refreshed(&out);
+    assert!(stderr(&out).contains("--delta: refreshing the copy of this cluster"), "{}", stderr(&out));
+    assert!(!dest.join(&dropped).exists(), "the dropped table's file is still in DEST");
+    assert!(!dest.join("pgbb_origin").exists(), "the run's record is left in a complete backup");
+    let copy = verify_restore(&dest, &expect_pgbench());
+    let mut cl = copy.client();
+    assert_eq!(query_i64(&mut cl, "SELECT count(*) FROM newer"), 777);
+    assert_eq!(query_i64(&mut cl, "SELECT count(*) FROM pg_class WHERE relname = 'dropme'"), 0);
+    let restored = history_rows(&copy);
+    assert!(before < restored && restored <= after, "{before} < {restored} <= {after}: {r}");
+    c.assert_no_pgbb_left();
+}
+
+/// A copy that was started, wrote changes of its own and was stopped: the refresh makes it
+/// the source's again (its own writes gone, the source's changes in), and what travelled is
+/// less than what was compared.
+#[test]
+fn delta_resets_a_clone_that_ran_and_wrote() {
+    let c = Cluster::new();
+    c.pgbench_init(5);
+    let dest = c.path("clone");
+    let out = pgbb_run(&["-c", "fast", &c.dsn(), dest.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    {
+        let mut clone = start_copy(&dest);
+        clone
+            .client()
+            .batch_execute(
+                "CREATE TABLE clone_only AS SELECT 1 AS x; \
+                 UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid <= 1000; CHECKPOINT",
+            )
+            .unwrap();
+        clone.stop();
+    }
+    chown_back(&dest);
+    c.client()
+        .batch_execute(
+            "UPDATE pgbench_branches SET bbalance = bbalance + 5 WHERE bid = 1; \
+                              UPDATE pgbench_tellers SET tbalance = tbalance + 5 WHERE tid = 1; \
+                              UPDATE pgbench_accounts SET abalance = abalance + 5 WHERE aid = 1; \
+                              INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (1, 1, 1, 5, now())",
+        )
+        .unwrap();
+    let out = delta(&c, &dest);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let r = refreshed(&out);
+    let copy = verify_restore(&dest, &expect_pgbench());
+    let mut cl = copy.client();
+    assert_eq!(query_i64(&mut cl, "SELECT count(*) FROM pg_class WHERE relname = 'clone_only'"), 0, "{r}");
+    assert_eq!(query_i64(&mut cl, "SELECT abalance::bigint FROM pgbench_accounts WHERE aid = 1"), 5);
+    assert_eq!(
+        query_i64(&mut cl, "SELECT count(*) FROM pgbench_accounts WHERE abalance <> 0"),
+        1,
+        "the clone's own updates"
+    );
+}
+
+/// A backup interrupted (Ctrl-C) and kept with --no-clean says how to finish it; --delta
+/// finishes it from its record, comparing what the first run wrote.
+#[test]
+fn an_interrupted_backup_is_finished_by_delta() {
+    let c = Cluster::new();
+    c.pgbench_init(10);
+    let dest = c.path("interrupted");
+    let mut child = spawn_pgbb(&["-c", "fast", "--no-clean", "-r", "20M", "-j", "1"], &c.dsn(), &dest);
+    wait_until_copying(&dest);
+    wait_until("some data to be copied", Duration::from_secs(60), || {
+        std::fs::metadata(dest.join(relation_file(&c, "pgbench_accounts"))).map(|m| m.len() > 8 << 20).unwrap_or(false)
+    });
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
+    let (status, _) = wait_exit(&mut child, Duration::from_secs(30));
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(status.code(), Some(130), "{}", stderr(&out));
+    assert!(stderr(&out).contains("run pgbb --delta with the same DEST to finish it"), "{}", stderr(&out));
+    assert!(!dest.join("global/pg_control").exists());
+    assert!(dest.join("pgbb_origin").exists(), "the run's record of its origin");
+    let out = delta(&c, &dest);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("proven by pgbb_origin"), "{}", stderr(&out));
+    let r = refreshed(&out);
+    assert!(!r.starts_with("0 B compared"), "{r}");
+    verify_restore(&dest, &expect_pgbench());
+}
+
+/// What --delta refuses, each with DEST byte for byte as it was: a copy of another cluster, a
+/// copy of another major version, a copy with a server running on it, one owned by someone
+/// else, one nothing proves the origin of.
+#[test]
+fn delta_refuses_what_is_not_a_stopped_copy_of_this_cluster() {
+    let c = Cluster::new();
+    let other = Cluster::new();
+    let theirs = c.path("theirs");
+    let out = pgbb_run(&["-c", "fast", &other.dsn(), theirs.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let refused = |dest: &Path, why: &str| {
+        let before = snapshot(dest);
+        let out = delta(&c, dest);
+        assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+        assert!(stderr(&out).contains(why), "expected {why:?}: {}", stderr(&out));
+        assert_eq!(snapshot(dest), before, "DEST was changed");
+    };
+    refused(&theirs, "is a copy of another cluster");
+
+    let ours = c.path("ours");
+    let out = pgbb_run(&["-c", "fast", &c.dsn(), ours.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let version = std::fs::read(ours.join("PG_VERSION")).unwrap();
+    std::fs::write(ours.join("PG_VERSION"), b"12\n").unwrap();
+    refused(&ours, "holds files of PostgreSQL 12");
+    std::fs::write(ours.join("PG_VERSION"), version).unwrap();
+
+    nix::unistd::chown(&ours, Some(nix::unistd::Uid::from_raw(12345)), None).unwrap();
+    refused(&ours, "is owned by user id 12345");
+    chown_back(&ours);
+
+    let junk = c.path("junk");
+    std::fs::create_dir_all(junk.join("base/1")).unwrap();
+    std::fs::write(junk.join("base/1/1259"), b"precious").unwrap();
+    refused(&junk, "nothing in");
+
+    {
+        let running = start_copy(&ours);
+        let before = snapshot(&ours);
+        let out = delta(&c, &ours);
+        assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+        assert!(stderr(&out).contains("running"), "{}", stderr(&out));
+        assert_eq!(snapshot(&ours), before, "DEST was changed");
+        drop(running);
+    }
+    c.assert_no_pgbb_left();
+}
+
+/// DEST absent: --delta takes a full backup and says so.
+#[test]
+fn delta_into_nothing_is_a_full_backup() {
+    let c = Cluster::new();
+    c.pgbench_init(1);
+    let dest = c.path("fresh");
+    let out = delta(&c, &dest);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("is empty or absent: taking a full backup"), "{}", stderr(&out));
+    assert!(!stdout(&out).contains("refreshed"), "{}", stdout(&out));
+    verify_restore(&dest, &expect_pgbench());
+}
+
+/// Entries of the wrong kind are replaced, symlinks removed (never followed), a file with
+/// other hard links replaced (never written through): nothing outside DEST changes.
+#[test]
+fn delta_replaces_wrong_kinds_and_never_writes_outside_dest() {
+    let c = Cluster::new();
+    c.pgbench_init(1);
+    let dest = c.path("messy");
+    let out = pgbb_run(&["-c", "fast", &c.dsn(), dest.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let outside = c.path("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("victim"), b"outside DEST").unwrap();
+    let accounts = relation_file(&c, "pgbench_accounts");
+    let branches = relation_file(&c, "pgbench_branches");
+    let tellers = relation_file(&c, "pgbench_tellers");
+    let db = Path::new(&accounts).parent().unwrap().to_path_buf();
+    // A link where a relation file belongs, and one planted beside them.
+    std::fs::remove_file(dest.join(&branches)).unwrap();
+    std::os::unix::fs::symlink(outside.join("victim"), dest.join(&branches)).unwrap();
+    std::os::unix::fs::symlink(&outside, dest.join(&db).join("planted")).unwrap();
+    // A directory where a file belongs, a file where a directory belongs.
+    std::fs::remove_file(dest.join(&tellers)).unwrap();
+    std::fs::create_dir(dest.join(&tellers)).unwrap();
+    std::fs::write(dest.join(&tellers).join("inner"), b"x").unwrap();
+    std::fs::remove_dir_all(dest.join("pg_notify")).unwrap();
+    std::fs::write(dest.join("pg_notify"), b"not a directory").unwrap();
+    // pg_wal as a link to a directory outside (an older copy's separate WAL directory).
+    std::fs::remove_dir_all(dest.join("pg_wal")).unwrap();
+    std::os::unix::fs::symlink(&outside, dest.join("pg_wal")).unwrap();
+    // A relation file hard-linked with one outside.
+    std::fs::hard_link(dest.join(&accounts), outside.join("shared")).unwrap();
+    let before = snapshot(&outside);
+    c.client().batch_execute("UPDATE pgbench_accounts SET abalance = 1 WHERE aid = 1; UPDATE pgbench_accounts SET abalance = abalance - 1 WHERE aid = 1; CHECKPOINT").unwrap();
+    let out = delta(&c, &dest);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(snapshot(&outside), before, "something outside DEST changed");
+    for p in [dest.join(&branches), dest.join(&tellers), dest.join(&accounts)] {
+        let m = std::fs::symlink_metadata(&p).unwrap();
+        assert!(m.is_file() && m.nlink() == 1, "{} is not a file of its own", p.display());
+    }
+    assert!(std::fs::symlink_metadata(dest.join("pg_wal")).unwrap().is_dir());
+    assert!(std::fs::symlink_metadata(dest.join("pg_notify")).unwrap().is_dir());
+    assert!(!dest.join(&db).join("planted").exists());
+    verify_restore(&dest, &expect_pgbench());
+}
