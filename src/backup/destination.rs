@@ -36,13 +36,20 @@ pub(super) fn prepare(server: &mut Server, opts: &MasterOpts, sig: &Signals) -> 
     let common = &mut server.common;
     let group = server.info.group_access;
     // Tablespaces: each copied to its location or its -T mapping, pg_tblspc/<oid> a symlink.
-    let spcs = tablespace::plan(&sql::tablespaces(ctl)?, &opts.mappings)?;
+    let spcs = tablespace::plan(&sql::tablespaces(ctl)?, &opts.mappings, opts.delta)?;
     // Nothing is created or removed before DEST and the targets are known to be safe.
     let view = dest_safety::vet(ctl, &common.dest, &spcs, opts.force || opts.delta)?;
     let catalog_version = sql::catalog_version(ctl)?;
     let cluster =
         Cluster { system_identifier: sql::system_identifier(ctl)?, major: server.info.caps.major(), catalog_version };
     let refresh = opts.delta && is_a_copy(&common.dest, cluster)?;
+    for t in &spcs {
+        if refresh {
+            tablespace::check_refresh_target(t, &common.dest)?;
+        } else if opts.delta {
+            tablespace::check_empty(t)?;
+        }
+    }
     let mut guard = if refresh {
         DestGuard::adopt(&common.dest, group)?
     } else {

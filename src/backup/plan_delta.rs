@@ -30,11 +30,10 @@ struct Reconciled {
 
 pub(super) fn delta(server: &mut Server, target: &Target, opts: &MasterOpts) -> Result<Plan, Error> {
     let layout = plan::list(server, target)?;
-    let root = target.dest.root();
-    let found = local::list(root).map_err(|source| DestError::Op { action: "list", path: root.into(), source })?;
+    let found = listing(target)?;
     let links: Vec<Vec<u8>> = target.spcs.iter().map(|t| format!("pg_tblspc/{}", t.oid).into_bytes()).collect();
     let r = reconcile(&layout, &links, found);
-    remove(root, target, &r.remove)?;
+    remove(target, &r.remove)?;
     plan::make_directories(&layout, target)?;
     let mut p = plan::queue(layout, opts.jobs, server.common.algorithm, &r.compare)?;
     p.refresh = Refresh { removed: r.remove.len() as u64, ..p.refresh };
@@ -83,12 +82,44 @@ fn reconcile(layout: &Layout, links: &[Vec<u8>], found: Vec<(Vec<u8>, Kind)>) ->
     r
 }
 
+/// What DEST holds, and in each tablespace's target the one directory of this server
+/// version (listed as `pg_tblspc/<oid>/<version dir>/…`, as the server's listing names it).
+fn listing(target: &Target) -> Result<Vec<(Vec<u8>, Kind)>, Error> {
+    let op = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| DestError::Op { action: "list", path, source }
+    };
+    let root = target.dest.root();
+    let mut found = local::list(root).map_err(op(root))?;
+    for t in &target.spcs {
+        let dir = t.target.join(&target.version_dir);
+        let rel = format!("pg_tblspc/{}/{}", t.oid, target.version_dir).into_bytes();
+        match std::fs::symlink_metadata(&dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(op(&dir)(e).into()),
+            Ok(m) if !m.is_dir() => {
+                found.push((rel, if m.file_type().is_symlink() { Kind::Link } else { Kind::Other }));
+                continue;
+            }
+            Ok(_) => found.push((rel.clone(), Kind::Dir)),
+        }
+        for (p, kind) in local::list(&dir).map_err(op(&dir))? {
+            let mut full = rel.clone();
+            full.push(b'/');
+            full.extend_from_slice(&p);
+            found.push((full, kind));
+        }
+    }
+    Ok(found)
+}
+
 /// Removes the entries (a symlink itself, never what it points to; a directory with its
-/// contents), each under the guard.
-fn remove(root: &Path, target: &Target, entries: &[(Vec<u8>, Kind)]) -> Result<(), Error> {
-    use std::os::unix::ffi::OsStrExt;
+/// contents), each under the guard; a tablespace's entries in its target.
+fn remove(target: &Target, entries: &[(Vec<u8>, Kind)]) -> Result<(), Error> {
     for (rel, kind) in entries {
-        let p = root.join(std::ffi::OsStr::from_bytes(rel));
+        let safe = crate::dest::SafePath::parse(rel)?;
+        let (root, sub) = target.roots.route(&safe);
+        let p = root.root().join(sub.to_path());
         log::debug!("--delta: removing {}", show(rel));
         let done = target.guard.mutate(|| match kind {
             Kind::Dir => std::fs::remove_dir_all(&p),

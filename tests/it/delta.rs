@@ -295,3 +295,57 @@ fn delta_replaces_wrong_kinds_and_never_writes_outside_dest() {
     assert!(!dest.join(&db).join("planted").exists());
     verify_restore(&dest, &expect_pgbench());
 }
+
+/// A tablespace copied with -T: its target is refreshed in place (the copy's link points
+/// there), a table dropped from it leaves the target, and a target DEST does not link to is
+/// refused as for a full backup.
+#[test]
+fn delta_refreshes_a_mapped_tablespace() {
+    let c = Cluster::new();
+    let loc = c.path("ts");
+    std::fs::create_dir(&loc).unwrap();
+    chown_pg(&loc);
+    let mut cl = c.client();
+    cl.batch_execute(&format!("CREATE TABLESPACE one LOCATION '{}'", loc.display())).unwrap();
+    cl.batch_execute(
+        "CREATE EXTENSION amcheck; \
+         CREATE TABLE t1 TABLESPACE one AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 50000) g; \
+         CREATE INDEX t1_v ON t1 (v) TABLESPACE one; \
+         CREATE TABLE gone TABLESPACE one AS SELECT generate_series(1, 1000) AS x",
+    )
+    .unwrap();
+    let gone = relation_file(&c, "gone");
+    let mapped = c.path("mapped");
+    let map = format!("{}={}", loc.display(), mapped.display());
+    let dest = c.path("with-ts");
+    let out = pgbb_run(&["-c", "fast", "-T", &map, &c.dsn(), dest.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let in_target = |rel: &str| mapped.join(rel.splitn(3, '/').nth(2).unwrap());
+    assert!(in_target(&gone).exists(), "{gone} not in the target");
+    cl.batch_execute("UPDATE t1 SET v = 'changed' WHERE id % 100 = 0; DROP TABLE gone; CHECKPOINT").unwrap();
+
+    // Another, non-empty target that DEST does not link to: refused, untouched.
+    let stranger = c.path("stranger");
+    std::fs::create_dir(&stranger).unwrap();
+    std::fs::write(stranger.join("keep"), b"mine").unwrap();
+    let other_map = format!("{}={}", loc.display(), stranger.display());
+    let before = snapshot(&dest);
+    let out = pgbb_run(&["--delta", "-c", "fast", "-T", &other_map, &c.dsn(), dest.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(stderr(&out).contains("exists and is not empty"), "{}", stderr(&out));
+    assert_eq!(snapshot(&dest), before);
+    assert_eq!(std::fs::read(stranger.join("keep")).unwrap(), b"mine");
+
+    let out = pgbb_run(&["--delta", "-v", "-c", "fast", "-T", &map, &c.dsn(), dest.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    refreshed(&out);
+    assert!(!in_target(&gone).exists(), "the dropped table's file is still in the target");
+    chown_pg(&mapped);
+    let copy = verify_restore(
+        &dest,
+        &Expect { pgbench: false, databases: vec!["postgres".into()], unlogged: vec![], absent: vec![] },
+    );
+    let mut cc = copy.client();
+    assert_eq!(query_i64(&mut cc, "SELECT count(*) FROM t1 WHERE v = 'changed'"), 500);
+    assert_eq!(query_i64(&mut cc, "SELECT count(*) FROM pg_class WHERE relname = 'gone'"), 0);
+}
