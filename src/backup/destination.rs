@@ -43,6 +43,9 @@ pub(super) fn prepare(server: &mut Server, opts: &MasterOpts, sig: &Signals) -> 
     let cluster =
         Cluster { system_identifier: sql::system_identifier(ctl)?, major: server.info.caps.major(), catalog_version };
     let refresh = opts.delta && is_a_copy(&common.dest, cluster)?;
+    if refresh {
+        usable(&common.dest)?;
+    }
     for t in &spcs {
         if refresh {
             tablespace::check_refresh_target(t, &common.dest)?;
@@ -90,6 +93,20 @@ fn is_a_copy(dest: &std::path::Path, cluster: Cluster) -> Result<bool, Error> {
             Ok(true)
         }
     }
+}
+
+/// Every entry of DEST can be refreshed by this user: checked before anything changes.
+fn usable(dest: &std::path::Path) -> Result<(), Error> {
+    let found = crate::delta::local::list(dest).map_err(|source| DestError::Op {
+        action: "list",
+        path: dest.into(),
+        source,
+    })?;
+    let files = crate::delta::local::unusable(dest, &found);
+    if files.is_empty() {
+        return Ok(());
+    }
+    Err(DestError::from(origin::OriginError::Unusable { dest: dest.into(), files }).into())
 }
 
 /// The refresh's first change: DEST can no longer be started (its pg_control goes; the new

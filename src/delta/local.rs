@@ -29,6 +29,30 @@ pub fn list(root: &Path) -> io::Result<Vec<(Vec<u8>, Kind)>> {
     Ok(out)
 }
 
+/// Entries of a listing of `root` that this user could not refresh: a file it cannot read and
+/// write, a directory it cannot list and change (the first few, by path).
+pub fn unusable(root: &Path, entries: &[(Vec<u8>, Kind)]) -> Vec<std::path::PathBuf> {
+    use nix::unistd::{access, AccessFlags};
+    use std::os::unix::ffi::OsStrExt;
+    let rw = AccessFlags::R_OK | AccessFlags::W_OK;
+    let mut bad = Vec::new();
+    for (rel, kind) in entries {
+        let p = root.join(std::ffi::OsStr::from_bytes(rel));
+        let need = match kind {
+            Kind::File { .. } => rw,
+            Kind::Dir => rw | AccessFlags::X_OK,
+            Kind::Link | Kind::Other => continue,
+        };
+        if access(&p, need).is_err() {
+            bad.push(p);
+            if bad.len() == 5 {
+                break;
+            }
+        }
+    }
+    bad
+}
+
 fn walk(dir: &Path, rel: &mut Vec<u8>, out: &mut Vec<(Vec<u8>, Kind)>) -> io::Result<()> {
     let rd = fs::read_dir(dir).map_err(|e| io::Error::new(e.kind(), format!("cannot list {}: {e}", dir.display())))?;
     for entry in rd {

@@ -52,6 +52,8 @@ pub enum OriginError {
     Owner { dest: PathBuf, owner: u32, me: u32 },
     #[error("nothing in {} proves which cluster it is a copy of (no global/pg_control, backup_manifest with a system identifier, or {MARKER}); --delta refuses to change it: choose another DEST, or -f without --delta to replace it", dest.display())]
     Unproven { dest: PathBuf },
+    #[error("{} cannot be refreshed by this user: {} cannot be read and written (fix their owner or mode, or run pgbb as the copy's owner); nothing was changed", dest.display(), files.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "))]
+    Unusable { dest: PathBuf, files: Vec<PathBuf> },
     #[error("{} in {}: {why}; --delta refuses to change it", file, dest.display())]
     Unreadable { dest: PathBuf, file: &'static str, why: String },
 }

@@ -349,3 +349,81 @@ fn delta_refreshes_a_mapped_tablespace() {
     assert_eq!(query_i64(&mut cc, "SELECT count(*) FROM t1 WHERE v = 'changed'"), 500);
     assert_eq!(query_i64(&mut cc, "SELECT count(*) FROM pg_class WHERE relname = 'gone'"), 0);
 }
+
+/// File and directory names are bytes: names that are not UTF-8 (compared by their raw
+/// components), UTF-8 that a LATIN1 server would convert, backslashes — changed, removed and
+/// added on the server — are refreshed byte for byte, on UTF8 and LATIN1 clusters.
+#[test]
+fn delta_refreshes_names_that_are_not_utf8() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let names: [&[u8]; 4] = [b"bad\xffname", b"caf\xc3\xa9", b"back\\slash", b"dir\xe9/f\xfe"];
+    for encoding in ["UTF8", "LATIN1"] {
+        let c = Cluster::with(ClusterOpts { encoding: Some(encoding), ..Default::default() });
+        c.pgbench_init(1);
+        let path = |n: &[u8]| c.data.join(OsStr::from_bytes(n));
+        std::fs::create_dir(path(b"dir\xe9")).unwrap();
+        for (i, n) in names.iter().enumerate() {
+            std::fs::write(path(n), vec![i as u8; 20_000 + i]).unwrap();
+        }
+        chown_pg(&c.data);
+        let dest = c.path("names");
+        let out = pgbb_run(&["-c", "fast", &c.dsn(), dest.to_str().unwrap()]);
+        assert!(out.status.success(), "{encoding}: {}", stderr(&out));
+        // Changed in the middle, grown, shrunk; one removed, one added.
+        let mut changed = std::fs::read(path(names[0])).unwrap();
+        changed[9000] = 0xaa;
+        std::fs::write(path(names[0]), &changed).unwrap();
+        std::fs::write(path(names[1]), vec![9u8; 40_000]).unwrap();
+        std::fs::write(path(names[3]), b"short").unwrap();
+        std::fs::remove_file(path(names[2])).unwrap();
+        std::fs::write(path(b"new\xfe"), b"added").unwrap();
+        chown_pg(&c.data);
+        let out = delta(&c, &dest);
+        assert!(out.status.success(), "{encoding}: {}", stderr(&out));
+        let r = refreshed(&out);
+        for n in [names[0], names[1], names[3], b"new\xfe"] {
+            let shown = String::from_utf8_lossy(n);
+            assert_eq!(
+                std::fs::read(dest.join(OsStr::from_bytes(n))).unwrap(),
+                std::fs::read(path(n)).unwrap(),
+                "{encoding} {shown}: {r}"
+            );
+        }
+        assert!(!dest.join(OsStr::from_bytes(names[2])).exists(), "{encoding}: removed on the server");
+        verifybackup(&dest, &[]);
+    }
+}
+
+/// A file in DEST this user cannot read and write (run as postgres, a file left by root):
+/// refused before anything changes, naming the file; DEST byte for byte as it was.
+#[test]
+fn delta_refuses_a_dest_with_a_file_it_cannot_refresh() {
+    if !is_root() {
+        eprintln!("SKIPPED delta_refuses_a_dest_with_a_file_it_cannot_refresh: needs root to run pgbb as postgres");
+        return;
+    }
+    let c = Cluster::new();
+    c.pgbench_init(1);
+    let dest = c.path("theirs-inside");
+    let out = pgbb_run(&["-c", "fast", &c.dsn(), dest.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    chown_pg(&dest);
+    let locked = dest.join(relation_file(&c, "pgbench_branches"));
+    nix::unistd::chown(&locked, Some(nix::unistd::Uid::from_raw(0)), None).unwrap();
+    std::fs::set_permissions(&locked, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let before = snapshot(&dest);
+    let out = std::process::Command::new("runuser")
+        .args(["-u", "postgres", "--", pgbb_bin(), "--delta", "-c", "fast", &c.dsn(), dest.to_str().unwrap()])
+        .env_remove("PGPASSWORD")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot be refreshed by this user") && stderr(&out).contains(locked.to_str().unwrap()),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(snapshot(&dest), before, "DEST was changed");
+    c.assert_no_pgbb_left();
+}
