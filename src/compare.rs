@@ -20,7 +20,7 @@ use crate::transfer::{pg_err, Copied, Outcome, Pages, Source, Transfer, Transfer
 /// The unit compared: one PostgreSQL page.
 pub const BLOCK: usize = 8192;
 /// How much the server reads per call (and the worker per read).
-const READ: usize = 1 << 20;
+pub(crate) const READ: usize = 1 << 20;
 /// Bytes of one block's hash (SHA-256).
 #[cfg(test)]
 const HASH: usize = 32;
@@ -56,7 +56,7 @@ fn read_full(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
 }
 
 /// What the server said of one file.
-enum Answer {
+pub(crate) enum Answer {
     /// Not on the server (any more).
     Vanished,
     /// Its size and mtime, after the differing blocks were written.
@@ -90,11 +90,7 @@ impl Transfer {
             dest.remove_file(dst)?;
             return Ok(Outcome::Vanished);
         };
-        file.set_len(size).map_err(io)?;
-        let (checksum, pages) = self.read_back(src, &mut file, size).map_err(io)?;
-        if self.sync {
-            file.sync_all().map_err(io)?;
-        }
+        let (checksum, pages) = self.settle(src, &mut file, size).map_err(io)?;
         let verified_pages = pages.as_ref().map_or(0, |p| p.verified);
         let bad_pages = match pages {
             Some(p) if !p.suspects.is_empty() => self.reread(s, src, &p)?,
@@ -119,42 +115,34 @@ impl Transfer {
             Source::Path(p) => s.stream(sql::COMPARE_BLOCKS, &[p, &read, &hashes], &what)?,
             Source::ByName(parts) => s.stream(sql::COMPARE_BLOCKS_BY_NAME, &[parts, &read, &hashes], &what)?,
         };
-        let bad = |message: String| TransferError::Data { path: path.clone(), message };
-        let mut head: Option<(u64, i64)> = None;
-        let (mut next, mut wire) = (0u64, 0u64);
+        let mut blocks = Blocks::new(path);
         while let Some(row) = rows.next().map_err(|e| pg_err(&what, e))? {
-            let Some(size) = row.try_get::<_, Option<i64>>(0).map_err(|e| pg_err(&what, e))? else {
+            if let Step::Vanished = blocks.row(self, file, &row, 0, &what)? {
                 return Ok(Answer::Vanished);
-            };
-            let mtime = row.try_get::<_, Option<i64>>(1).map_err(|e| pg_err(&what, e))?.unwrap_or(0);
-            let size = size.max(0) as u64;
-            head.get_or_insert((size, mtime));
-            let Some(off) = row.try_get::<_, Option<i64>>(2).map_err(|e| pg_err(&what, e))? else { continue };
-            // The file vanished while it was read.
-            let Some(block) = row.try_get::<_, Option<&[u8]>>(3).map_err(|e| pg_err(&what, e))? else {
-                return Ok(Answer::Vanished);
-            };
-            let off = u64::try_from(off).map_err(|_| bad(format!("negative offset {off} from the server")))?;
-            if off < next || off % BLOCK as u64 != 0 || block.len() > BLOCK || off + block.len() as u64 > size {
-                return Err(bad(format!("unexpected block at offset {off} ({} bytes) from the server", block.len())));
-            }
-            if let Some(t) = &self.throttle {
-                t.pace(block.len() as u64);
-            }
-            file.write_all_at(block, off)
-                .map_err(|e| TransferError::Dest(DestError::Io { path: path.clone().into(), source: e }))?;
-            wire += block.len() as u64;
-            next = off + BLOCK as u64;
-            if let Some(report) = self.progress {
-                report(next);
             }
         }
-        match head {
-            Some((size, mtime)) => Ok(Answer::Refreshed { size, mtime, wire }),
+        match blocks.refreshed() {
+            Some(answer) => Ok(answer),
             // Looked up by name: not there.
             None if matches!(source, Source::ByName(_)) => Ok(Answer::Vanished),
-            None => Err(bad("the server returned no rows".into())),
+            None => Err(TransferError::Data { path: blocks.path, message: "the server returned no rows".into() }),
         }
+    }
+
+    /// The refreshed file cut (or extended) to the server's `size`, then its manifest
+    /// checksum and, for a relation file, its pages checked; synced with `--sync`.
+    pub(crate) fn settle(
+        &self,
+        src: &SafePath,
+        file: &mut File,
+        size: u64,
+    ) -> std::io::Result<(Option<crate::digest::Checksum>, Option<Pages>)> {
+        file.set_len(size)?;
+        let got = self.read_back(src, file, size)?;
+        if self.sync {
+            file.sync_all()?;
+        }
+        Ok(got)
     }
 
     /// The refreshed file's manifest checksum and, for a relation file, its pages checked.
@@ -186,6 +174,77 @@ impl Transfer {
             left -= n as u64;
         }
         Ok((digest.finish(), pages))
+    }
+}
+
+/// What a row of the comparison said.
+pub(crate) enum Step {
+    /// A block written, or nothing to write: go on.
+    More,
+    /// The file is not on the server (any more).
+    Vanished,
+}
+
+/// One file being brought to the server's bytes from the comparison's rows (see
+/// `sql::COMPARE_BLOCKS`), in file order.
+pub(crate) struct Blocks {
+    pub(crate) path: String,
+    /// The size and mtime of the first row.
+    head: Option<(u64, i64)>,
+    /// Where the next block may start.
+    next: u64,
+    wire: u64,
+}
+
+impl Blocks {
+    pub(crate) fn new(path: String) -> Blocks {
+        Blocks { path, head: None, next: 0, wire: 0 }
+    }
+
+    /// Applies one row whose columns (size, mtime, offset, block) start at `at`: a differing
+    /// block is written at its place in `file`.
+    pub(crate) fn row(
+        &mut self,
+        t: &Transfer,
+        file: &File,
+        row: &postgres::Row,
+        at: usize,
+        what: &str,
+    ) -> Result<Step, TransferError> {
+        let Some(size) = row.try_get::<_, Option<i64>>(at).map_err(|e| pg_err(what, e))? else {
+            return Ok(Step::Vanished);
+        };
+        let mtime = row.try_get::<_, Option<i64>>(at + 1).map_err(|e| pg_err(what, e))?.unwrap_or(0);
+        let size = size.max(0) as u64;
+        self.head.get_or_insert((size, mtime));
+        let Some(off) = row.try_get::<_, Option<i64>>(at + 2).map_err(|e| pg_err(what, e))? else {
+            return Ok(Step::More);
+        };
+        // The file vanished while it was read.
+        let Some(block) = row.try_get::<_, Option<&[u8]>>(at + 3).map_err(|e| pg_err(what, e))? else {
+            return Ok(Step::Vanished);
+        };
+        let bad = |message: String| TransferError::Data { path: self.path.clone(), message };
+        let off = u64::try_from(off).map_err(|_| bad(format!("negative offset {off} from the server")))?;
+        if off < self.next || off % BLOCK as u64 != 0 || block.len() > BLOCK || off + block.len() as u64 > size {
+            return Err(bad(format!("unexpected block at offset {off} ({} bytes) from the server", block.len())));
+        }
+        if let Some(th) = &t.throttle {
+            th.pace(block.len() as u64);
+        }
+        file.write_all_at(block, off)
+            .map_err(|e| TransferError::Dest(DestError::Io { path: self.path.clone().into(), source: e }))?;
+        self.wire += block.len() as u64;
+        self.next = off + BLOCK as u64;
+        if let Some(report) = t.progress {
+            report(self.next);
+        }
+        Ok(Step::More)
+    }
+
+    /// What the rows said, once they are all in (`None`: there were none).
+    pub(crate) fn refreshed(&self) -> Option<Answer> {
+        self.head.map(|(size, mtime)| Answer::Refreshed { size, mtime, wire: self.wire })
     }
 }
 

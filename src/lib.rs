@@ -2,6 +2,7 @@
 //! connections. `run` is the whole program; `main.rs` only calls it.
 
 pub mod backup;
+pub mod batch;
 pub mod check;
 pub mod checksum;
 pub mod cli;

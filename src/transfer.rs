@@ -240,18 +240,18 @@ impl Pages {
 
 /// Where the bytes of one file go: DEST, the manifest checksum, the page verifier; and how
 /// far it got, for progress lines.
-struct Sink {
+pub(crate) struct Sink {
     w: FileWriter,
     digest: Digest,
     pages: Option<Pages>,
     /// Bytes received from the server (compressed or not).
-    wire: u64,
+    pub(crate) wire: u64,
     /// Reports how far the file got (every 250 ms), and when it last did.
     progress: Option<(fn(u64), std::time::Instant)>,
 }
 
 impl Sink {
-    fn write(&mut self, data: &[u8]) -> Result<(), TransferError> {
+    pub(crate) fn write(&mut self, data: &[u8]) -> Result<(), TransferError> {
         self.w.write(data)?;
         self.digest.update(data);
         if let Some(p) = self.pages.as_mut() {
@@ -266,7 +266,7 @@ impl Sink {
         Ok(())
     }
 
-    fn zeros(&mut self, mut n: u64) -> Result<(), TransferError> {
+    pub(crate) fn zeros(&mut self, mut n: u64) -> Result<(), TransferError> {
         let zeros = [0u8; BLCKSZ];
         while n > 0 {
             let k = n.min(BLCKSZ as u64) as usize;
@@ -276,7 +276,7 @@ impl Sink {
         Ok(())
     }
 
-    fn written(&self) -> u64 {
+    pub(crate) fn written(&self) -> u64 {
         self.w.written()
     }
 }
@@ -362,14 +362,27 @@ impl Transfer {
                 sink.zeros(size.saturating_sub(len))?;
             }
         }
-        let Sink { w, digest, pages, wire, .. } = sink;
-        let size = w.finish(self.sync)?;
-        let verified_pages = pages.as_ref().map_or(0, |p| p.verified);
+        let (copied, pages) = self.close(sink, mtime)?;
         let bad_pages = match pages {
             Some(p) if !p.suspects.is_empty() => self.reread(s, src, &p)?,
             _ => Vec::new(),
         };
-        Ok(Outcome::Copied(Copied { size, checksum: digest.finish(), mtime, bad_pages, wire, verified_pages }))
+        Ok(Outcome::Copied(Copied { bad_pages, ..copied }))
+    }
+
+    /// A whole small file's sink, without progress lines (a batch of them is answered at once).
+    pub(crate) fn small_sink(&self, dest: &Dest, src: &SafePath, dst: &SafePath) -> Result<Sink, TransferError> {
+        Ok(Sink { progress: None, ..self.sink(dest, src, dst, Request::Whole)? })
+    }
+
+    /// Finishes a file written through `sink`: what it became, and its pages' verification
+    /// (suspect pages not yet read again).
+    pub(crate) fn close(&self, sink: Sink, mtime: i64) -> Result<(Copied, Option<Pages>), TransferError> {
+        let Sink { w, digest, pages, wire, .. } = sink;
+        let size = w.finish(self.sync)?;
+        let verified_pages = pages.as_ref().map_or(0, |p| p.verified);
+        let checksum = digest.finish();
+        Ok((Copied { size, checksum, mtime, bad_pages: Vec::new(), wire, verified_pages }, pages))
     }
 
     /// Reads each suspect page again: a page being written while we read it can look torn

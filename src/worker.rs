@@ -136,9 +136,16 @@ pub fn run(common: &Common, id: Option<usize>, compress: Compress) -> Result<(),
     while let Some(too_long) =
         read_line(&mut input, &mut buf).map_err(|source| Error::Pipe { what: "cannot read stdin", source })?
     {
-        match parse_request(trim_eol(&buf), too_long) {
-            Ok((req, src, dst)) => serve(&mut s, &transfer, &roots, req, &src, &dst, &mut say)?,
-            Err(answer) => say(answer)?,
+        if let Some(n) = batch_header(&buf, too_long) {
+            match n {
+                Ok(n) => crate::batch::serve(&mut s, &transfer, &roots, read_batch(&mut input, n)?, &mut say)?,
+                Err(answer) => say(answer)?,
+            }
+        } else {
+            match parse_request(trim_eol(&buf), too_long) {
+                Ok((req, src, dst)) => serve(&mut s, &transfer, &roots, req, &src, &dst, &mut say)?,
+                Err(answer) => say(answer)?,
+            }
         }
         if s.is_closed() {
             let e = PgError::Query {
@@ -171,6 +178,27 @@ fn open_roots(common: &Common) -> Result<Roots, Error> {
         roots.add_tablespace(*oid, dir, common.group_access)?;
     }
     Ok(roots)
+}
+
+/// A `batch<TAB>N` line: `None` if it is a request line, else N or the error line that
+/// answers it.
+fn batch_header(line: &[u8], too_long: bool) -> Option<Result<usize, Response>> {
+    let text = std::str::from_utf8(trim_eol(line)).ok().filter(|_| !too_long)?;
+    crate::protocol::batch_header(text)
+        .map(|n| n.map_err(|e| Response::Error { path: line.to_vec(), message: e.to_string() }))
+}
+
+/// The `n` request lines of a batch (fewer at the end of input), each checked.
+fn read_batch(input: &mut impl BufRead, n: usize) -> Result<Vec<crate::batch::Parsed>, Error> {
+    let mut out = Vec::with_capacity(n);
+    let mut buf = Vec::new();
+    while out.len() < n {
+        match read_line(input, &mut buf).map_err(|source| Error::Pipe { what: "cannot read stdin", source })? {
+            Some(too_long) => out.push(parse_request(trim_eol(&buf), too_long)),
+            None => break,
+        }
+    }
+    Ok(out)
 }
 
 /// One request line, checked; or the error line that answers it. An error line echoes the

@@ -5,6 +5,7 @@
 //! WAL range → finish (manifest, sync, pg_control last). A refresh or an incremental backup
 //! is another plan and copy phase; the phases around them stay the same.
 
+mod batches;
 mod connect;
 mod copy;
 mod destination;

@@ -119,6 +119,8 @@ pub(super) struct Work {
     pub range: Option<(u64, u64)>,
     /// `--delta`: DEST holds an older copy to bring up to date in place.
     pub compare: bool,
+    /// The file's size as listed (small files travel in batches).
+    pub size: u64,
 }
 
 /// Files at least this large are split into pieces of [`PIECE`] bytes, copied by several
@@ -138,16 +140,16 @@ pub(super) fn work_queue(
     let mut q = VecDeque::new();
     for f in files {
         if compare.contains(&f.path) {
-            q.push_back(Work { path: f.path.clone(), range: None, compare: true });
+            q.push_back(Work { path: f.path.clone(), range: None, compare: true, size: f.size });
         } else if split && f.size >= SPLIT_FROM && std::str::from_utf8(&f.path).is_ok() {
             let mut off = 0;
             while off < f.size {
                 let len = PIECE.min(f.size - off);
-                q.push_back(Work { path: f.path.clone(), range: Some((off, len)), compare: false });
+                q.push_back(Work { path: f.path.clone(), range: Some((off, len)), compare: false, size: f.size });
                 off += len;
             }
         } else {
-            q.push_back(Work { path: f.path.clone(), range: None, compare: false });
+            q.push_back(Work { path: f.path.clone(), range: None, compare: false, size: f.size });
         }
     }
     q

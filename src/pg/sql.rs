@@ -548,8 +548,13 @@ pub const READ_PLAIN_BY_NAME: &str = concat!(
 /// a NULL size; a NULL block means the file vanished while it was read.
 macro_rules! compare_blocks {
     ($from:literal) => {
+        compare_blocks!("", $from, "$3::pg_catalog.bytea")
+    };
+    ($cols:literal, $from:literal, $hashes:literal) => {
         concat!(
-            "SELECT st.size, extract(epoch FROM st.modification)::bigint, c.off, c.blk \
+            "SELECT ",
+            $cols,
+            "st.size, extract(epoch FROM st.modification)::bigint, c.off, c.blk \
                FROM ",
             $from,
             " CROSS JOIN LATERAL pg_catalog.pg_stat_file(f.p, true) AS st \
@@ -562,7 +567,9 @@ macro_rules! compare_blocks {
                   CROSS JOIN LATERAL (SELECT pg_catalog.substr(d.d, (b * 8192 + 1)::int, 8192) AS blk) AS x \
                   WHERE d.d IS NULL \
                      OR pg_catalog.sha256(x.blk) IS DISTINCT FROM \
-                        pg_catalog.substr($3::pg_catalog.bytea, ((o / 8192 + b) * 32 + 1)::int, 32) \
+                        pg_catalog.substr(",
+            $hashes,
+            ", ((o / 8192 + b) * 32 + 1)::int, 32) \
                ) AS c ON true"
         )
     };
@@ -576,6 +583,36 @@ pub const COMPARE_BLOCKS: &str = compare_blocks!("(SELECT pg_catalog.convert_fro
 pub const COMPARE_BLOCKS_BY_NAME: &str = concat!(
     walk_to_raw_path!(),
     compare_blocks!("(SELECT p FROM walk WHERE i = pg_catalog.cardinality($1::pg_catalog.bytea[])) AS f")
+);
+
+/// Many small files with one statement (pg_rewind's `libpq_source.c` fetches the same way,
+/// over `unnest`): $1 their paths as raw bytes (`bytea[]`, see `text_path!`), $2 the largest
+/// size read here. One row per path, in the order given: (its position from 1, size, mtime,
+/// size ≤ $2, bytes). The bytes are cut at the size stat'd (nothing past it is read); a
+/// missing file has a NULL size; NULL bytes after a size mean it vanished while it was read;
+/// a file larger than $2 (it grew since it was listed) has no bytes: read it on its own.
+pub const READ_MANY: &str = concat!(
+    "SELECT r.i, st.size, extract(epoch FROM st.modification)::bigint, st.size <= $2, \
+            CASE WHEN st.size <= $2 THEN pg_catalog.pg_read_binary_file(",
+    text_path!("r.raw"),
+    ", 0, st.size, true) END \
+       FROM pg_catalog.unnest($1::pg_catalog.bytea[]) WITH ORDINALITY AS r(raw, i) \
+      CROSS JOIN LATERAL pg_catalog.pg_stat_file(",
+    text_path!("r.raw"),
+    ", true) AS st"
+);
+
+/// `--delta` for many small files with one statement: [`COMPARE_BLOCKS`] of each path of $1
+/// (raw bytes, `bytea[]`) against its block hashes in $3 (`bytea[]`, the same order), $2 the
+/// read size. (`ROWS FROM`: the two-array `unnest` is shorthand for it, and not found as a
+/// qualified function.) The rows of [`COMPARE_BLOCKS`], each led by the position of its file (from 1);
+/// a file's rows are together, files in the order given.
+pub const COMPARE_MANY: &str = compare_blocks!(
+    "f.i, ",
+    "(SELECT r.i, pg_catalog.convert_from(r.raw, 'SQL_ASCII') AS p, r.h \
+        FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.bytea[]), pg_catalog.unnest($3::pg_catalog.bytea[])) \
+              WITH ORDINALITY AS r(raw, h, i)) AS f",
+    "f.h"
 );
 
 /// [`READ_PAGE`] by the components of a path that is not valid UTF-8 ($1), offset $2,
