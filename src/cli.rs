@@ -41,6 +41,7 @@ Roles:
 
 Worker line protocol (--slave --stdin): one request per line on stdin, SRC or SRC<TAB>DST,
 paths relative to the data directory / DEST (\\\\, \\t, \\n, \\r escaped, other bytes as \\xHH).
+A line batch<TAB>N is followed by N request lines read with one query (docs/protocol.md).
 One result per line on stdout, fields separated by TABs:
   hello  pgbb  PROTOCOL  VERSION  ROLE    first line
   ok     SIZE  PATH  CHECKSUM  MTIME       copied (CRC-32C by default; - with NONE)

@@ -184,8 +184,8 @@ fn open_roots(common: &Common) -> Result<Roots, Error> {
 /// answers it.
 fn batch_header(line: &[u8], too_long: bool) -> Option<Result<usize, Response>> {
     let text = std::str::from_utf8(trim_eol(line)).ok().filter(|_| !too_long)?;
-    crate::protocol::batch_header(text)
-        .map(|n| n.map_err(|e| Response::Error { path: line.to_vec(), message: e.to_string() }))
+    let shown = text.as_bytes()[..text.len().min(200)].to_vec();
+    crate::protocol::batch_header(text).map(|n| n.map_err(|e| Response::Error { path: shown, message: e.to_string() }))
 }
 
 /// The `n` request lines of a batch (fewer at the end of input), each checked.

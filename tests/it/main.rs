@@ -3,6 +3,7 @@
 mod harness;
 
 mod backup;
+mod batch;
 mod compress;
 mod delta;
 mod dest_lock;
