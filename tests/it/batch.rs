@@ -213,3 +213,39 @@ fn by_hand_batches_answer_each_file_in_order() {
     }
     assert!(!dest.join("root_only").exists());
 }
+
+/// A corrupt page in a small file read in a batch (and, with `--delta`, compared in one) is
+/// read again after the batch query and reported as a single file's is: exit 6.
+#[test]
+fn a_corrupt_page_in_a_batch_is_reported() {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut c = logging_cluster();
+    tiny_tables(&c, "s", 50);
+    let mut cl = c.client();
+    cl.batch_execute("CREATE TABLE three AS SELECT g FROM generate_series(1, 600) g; CHECKPOINT").unwrap();
+    let rel: String = cl.query_one("SELECT pg_relation_filepath('three')", &[]).unwrap().get(0);
+    drop(cl);
+    assert_eq!(std::fs::metadata(c.data.join(&rel)).unwrap().len(), 3 * 8192, "a small file, batched");
+    let dest = c.path("clean");
+    let out = pgbb_run(&["-c", "fast", &c.dsn(), dest.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    c.stop();
+    let mut f = std::fs::OpenOptions::new().write(true).open(c.data.join(&rel)).unwrap();
+    f.seek(SeekFrom::Start(8192 + 4000)).unwrap();
+    f.write_all(b"corruption!").unwrap();
+    drop(f);
+    c.start();
+    log_statements(&c);
+    let from = c.log().len();
+    let fresh = c.path("fresh");
+    for (args, into) in [(vec!["-c", "fast"], &fresh), (vec!["--delta", "-c", "fast"], &dest)] {
+        let out = pgbb_run(&[args.as_slice(), &[&c.dsn(), into.to_str().unwrap()]].concat());
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(6), "{args:?}: {err}");
+        assert!(err.contains(&format!("checksum verification failed in file \"./{rel}\", block 1")), "{err}");
+        assert!(err.contains("1 data page(s) failed checksum verification"), "{err}");
+        assert_eq!(std::fs::read(into.join(&rel)).unwrap(), std::fs::read(c.data.join(&rel)).unwrap(), "{args:?}");
+    }
+    let queries = worker_reads(&c, from);
+    assert!(queries < 200, "{queries} queries for two runs of more than 1000 files each");
+}
