@@ -1,0 +1,171 @@
+//! A worker whose connection drops mid-backup reconnects and copies its file again (bounded
+//! attempts, backoff, each logged), as long as its run's master — whose session holds the
+//! backup — is alive; the backup succeeds and restores. Reconnections that keep failing end
+//! the backup cleanly after the bounded attempts.
+
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+
+/// A backup held mid-copy by `--max-rate`, `-v` so that the log says what happened.
+fn start_held(dsn: &str, dest: &std::path::Path, extra: &[&str]) -> Child {
+    pgbb()
+        .args(["-v", "-j", "2", "-c", "fast", "--compress", "none", "--max-rate", "16M"])
+        .args(extra)
+        .arg(dsn)
+        .arg(dest)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Terminates the server backend of worker 1 of the run while it runs a statement whose
+/// text is like `query` (not one of the backends in `not`); returns its pid.
+fn terminate_worker_1(c: &Cluster, query: &str, not: &[i32]) -> i32 {
+    let mut cl = c.client();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let rows = cl
+            .query(
+                // In the target list: run only for the rows the WHERE clause kept.
+                "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity \
+                  WHERE application_name LIKE 'pgbb worker 1 [run %]' AND state = 'active' \
+                    AND query LIKE $1 AND pid <> ALL($2)",
+                &[&query, &not],
+            )
+            .unwrap();
+        if let Some(r) = rows.first() {
+            return r.get(0);
+        }
+        assert!(Instant::now() < deadline, "worker 1 never seen running {query:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Waits until worker 1 has a session again, with a backend none of `gone`.
+fn wait_reconnected(c: &Cluster, gone: &[i32]) {
+    let mut cl = c.client();
+    wait_until("worker 1 to reconnect", Duration::from_secs(30), || {
+        query_i64(
+            &mut cl,
+            &format!(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgbb worker 1 [run %]' \
+                   AND pid NOT IN ({})",
+                gone.iter().map(i32::to_string).collect::<Vec<_>>().join(",")
+            ),
+        ) > 0
+    });
+}
+
+/// The log lines of worker 1 that say it reconnected.
+fn reconnections(err: &str) -> usize {
+    err.lines().filter(|l| l.contains("pgbb worker 1[") && l.contains("reconnected to the server")).count()
+}
+
+fn pgbench_and_amcheck() -> Expect {
+    Expect { pgbench: true, databases: vec!["postgres".into()], unlogged: vec![], absent: vec![] }
+}
+
+/// Worker 1's backend is terminated twice while it copies, under pgbench load: each time it
+/// reconnects and copies its file again; the backup succeeds, passes pg_verifybackup and
+/// restores with pgbench's invariant and amcheck.
+#[test]
+fn a_worker_whose_backend_is_terminated_reconnects_and_the_backup_succeeds() {
+    let c = Cluster::new();
+    c.pgbench_init(10);
+    c.client().batch_execute("CREATE EXTENSION amcheck").unwrap();
+    let load = c.pgbench_load(2, 600);
+    let dest = c.path("retried");
+    let child = start_held(&c.dsn(), &dest, &[]);
+    wait_until_copying(&dest);
+    let first = terminate_worker_1(&c, "%pg_read_binary_file%", &[]);
+    wait_reconnected(&c, &[first]);
+    let second = terminate_worker_1(&c, "%pg_read_binary_file%", &[first]);
+    let out = child.wait_with_output().unwrap();
+    load.finish();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(stdout(&out).contains("backup complete"), "{err}");
+    assert_eq!(reconnections(&err), 2, "{err}");
+    assert!(err.contains("lost the connection to the server"), "{err}");
+    assert!(err.contains("terminated it"), "the reason is logged: {err}");
+    assert!(!err.contains("pgbb: error:"), "{err}");
+    assert_ne!(first, second);
+    verify_restore(&dest, &pgbench_and_amcheck());
+    c.assert_no_pgbb_left();
+}
+
+/// The same during a `--delta` refresh: worker 1's backend is terminated while it compares a
+/// file (block hashes sent, differing blocks coming back); the comparison runs again on the
+/// half-refreshed file and the result restores.
+#[test]
+fn a_worker_terminated_mid_compare_reconnects_and_the_refresh_succeeds() {
+    let c = Cluster::new();
+    c.pgbench_init(5);
+    c.client().batch_execute("CREATE EXTENSION amcheck").unwrap();
+    let dest = c.path("older");
+    let out = pgbb_run(&["-c", "fast", &c.dsn(), dest.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Every block of the big table differs from the older copy: compares that take a while
+    // at --max-rate.
+    c.client().batch_execute("UPDATE pgbench_accounts SET filler = 'changed'").unwrap();
+    let load = c.pgbench_load(2, 600);
+    let child = start_held(&c.dsn(), &dest, &["--delta"]);
+    let victim = terminate_worker_1(&c, "%sha256%", &[]);
+    let out = child.wait_with_output().unwrap();
+    load.finish();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("--delta: refreshing the copy of this cluster"), "{err}");
+    assert_eq!(reconnections(&err), 1, "backend {victim}: {err}");
+    assert!(!err.contains("pgbb: error:"), "{err}");
+    verify_restore(&dest, &pgbench_and_amcheck());
+    c.assert_no_pgbb_left();
+}
+
+/// Worker 1's backend is terminated after its role was given `CONNECTION LIMIT 0`: every
+/// reconnection is refused (`too many connections`, which could heal), so after the bounded
+/// attempts the worker gives up and the backup fails cleanly: exit 1, one error naming the
+/// cause and the attempts, no pgbb process or session left, nothing startable in DEST.
+#[test]
+fn a_worker_that_cannot_reconnect_gives_up_after_bounded_attempts() {
+    let c = Cluster::new();
+    c.pgbench_init(10);
+    // Superusers ignore connection limits: a least-privileged role.
+    c.client()
+        .batch_execute(
+            "CREATE ROLE backup LOGIN; \
+             GRANT EXECUTE ON FUNCTION pg_ls_dir(text,boolean,boolean), pg_stat_file(text,boolean), \
+                   pg_read_binary_file(text,bigint,bigint,boolean), pg_backup_start(text,boolean), \
+                   pg_backup_stop(boolean) TO backup;",
+        )
+        .unwrap();
+    let dest = c.path("gives-up");
+    let dsn = format!("{} user=backup", c.dsn());
+    let child = start_held(&dsn, &dest, &["--no-clean"]);
+    wait_until_copying(&dest);
+    c.client().batch_execute("ALTER ROLE backup CONNECTION LIMIT 0").unwrap();
+    let t = Instant::now();
+    terminate_worker_1(&c, "%pg_read_binary_file%", &[]);
+    let mut child = child;
+    let (_, took) = wait_exit(&mut child, Duration::from_secs(120));
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    // 0.5 + 1 + 2 + 4 + 8 s of backoff, and the attempts themselves.
+    assert!(took < Duration::from_secs(60), "giving up took {took:?}: {err}");
+    assert!(t.elapsed() >= Duration::from_secs(15), "gave up before the backoff ran out: {err}");
+    assert_eq!(err.matches("pgbb: error:").count(), 1, "{err}");
+    assert!(err.contains("worker 1 failed"), "{err}");
+    assert!(err.contains("too many connections for role"), "{err}");
+    assert!(err.contains("gave up after 5 attempts to reconnect"), "{err}");
+    for n in 1..=5 {
+        assert!(err.contains(&format!("(attempt {n} of 5)")), "attempt {n} not logged: {err}");
+    }
+    assert!(!stdout(&out).contains("backup complete"));
+    assert_no_pgbb_process(dest.to_str().unwrap());
+    c.assert_no_pgbb_left();
+    assert!(!dest.join("global/pg_control").exists(), "an incomplete DEST must never be startable");
+}
