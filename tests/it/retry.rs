@@ -125,15 +125,9 @@ fn a_worker_terminated_mid_compare_reconnects_and_the_refresh_succeeds() {
     c.assert_no_pgbb_left();
 }
 
-/// Worker 1's backend is terminated after its role was given `CONNECTION LIMIT 0`: every
-/// reconnection is refused (`too many connections`, which could heal), so after the bounded
-/// attempts the worker gives up and the backup fails cleanly: exit 1, one error naming the
-/// cause and the attempts, no pgbb process or session left, nothing startable in DEST.
-#[test]
-fn a_worker_that_cannot_reconnect_gives_up_after_bounded_attempts() {
-    let c = Cluster::new();
-    c.pgbench_init(10);
-    // Superusers ignore connection limits: a least-privileged role.
+/// A held backup as a least-privileged role (superusers ignore connection limits), copying;
+/// then the role may open no more connections.
+fn start_refused(c: &Cluster, dest: &std::path::Path, extra: &[&str]) -> Child {
     c.client()
         .batch_execute(
             "CREATE ROLE backup LOGIN; \
@@ -142,11 +136,22 @@ fn a_worker_that_cannot_reconnect_gives_up_after_bounded_attempts() {
                    pg_backup_stop(boolean) TO backup;",
         )
         .unwrap();
-    let dest = c.path("gives-up");
-    let dsn = format!("{} user=backup", c.dsn());
-    let child = start_held(&dsn, &dest, &["--no-clean"]);
-    wait_until_copying(&dest);
+    let child = start_held(&format!("{} user=backup", c.dsn()), dest, extra);
+    wait_until_copying(dest);
     c.client().batch_execute("ALTER ROLE backup CONNECTION LIMIT 0").unwrap();
+    child
+}
+
+/// Worker 1's backend is terminated after its role was given `CONNECTION LIMIT 0`: every
+/// reconnection is refused (`too many connections`, which could heal), so after the bounded
+/// attempts the worker gives up and the backup fails cleanly: exit 1, one error naming the
+/// cause and the attempts, no pgbb process or session left, nothing startable in DEST.
+#[test]
+fn a_worker_that_cannot_reconnect_gives_up_after_bounded_attempts() {
+    let c = Cluster::new();
+    c.pgbench_init(10);
+    let dest = c.path("gives-up");
+    let child = start_refused(&c, &dest, &["--no-clean"]);
     let t = Instant::now();
     terminate_worker_1(&c, "%pg_read_binary_file%", &[]);
     let mut child = child;
@@ -168,4 +173,70 @@ fn a_worker_that_cannot_reconnect_gives_up_after_bounded_attempts() {
     assert_no_pgbb_process(dest.to_str().unwrap());
     c.assert_no_pgbb_left();
     assert!(!dest.join("global/pg_control").exists(), "an incomplete DEST must never be startable");
+}
+
+/// A worker waiting to reconnect does not hold up an abort: SIGINT to the master ends the
+/// backup at once (the master's SIGTERM ends the waiting worker), exit 130.
+#[test]
+fn an_abort_is_not_held_up_by_a_worker_waiting_to_reconnect() {
+    let c = Cluster::new();
+    c.pgbench_init(10);
+    let dest = c.path("aborted");
+    let mut child = start_refused(&c, &dest, &[]);
+    terminate_worker_1(&c, "%pg_read_binary_file%", &[]);
+    // In its backoff: the second attempt (1 s) is being waited for.
+    let log = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut lines = std::io::BufRead::lines(log);
+    let mut seen = String::new();
+    while !seen.contains("(attempt 2 of 5)") {
+        let line = lines.next().expect("pgbb ended before its worker retried").unwrap();
+        seen.push_str(&line);
+        seen.push('\n');
+    }
+    let t = Instant::now();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGINT).unwrap();
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let (status, _) = wait_exit(&mut child, Duration::from_secs(30));
+    let took = t.elapsed();
+    let err = format!("{seen}{}", rest.join("\n"));
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(took < Duration::from_secs(4), "the abort took {took:?}: {err}");
+    assert!(!err.contains("(attempt 3 of 5)"), "the worker went on retrying: {err}");
+    assert_no_pgbb_process(dest.to_str().unwrap());
+    c.assert_no_pgbb_left();
+    assert!(!dest.exists());
+}
+
+/// A worker started by hand (no run, no master to ask whether a backup is alive) does not
+/// reconnect: its next request after its backend was terminated is answered `fatal`, as
+/// before, and it exits 1.
+#[test]
+fn a_worker_started_by_hand_does_not_reconnect() {
+    let c = Cluster::new();
+    let mut w = pgbb()
+        .args(["--slave", "--stdin", &c.dsn()])
+        .arg(c.path("by-hand"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(w.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert!(line.starts_with("hello\t"), "{line}");
+    let n = query_i64(
+        &mut c.client(),
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'pgbb worker'",
+    );
+    assert_eq!(n, 1);
+    std::io::Write::write_all(w.stdin.as_mut().unwrap(), b"PG_VERSION\n").unwrap();
+    line.clear();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert!(line.starts_with("fatal\t") && line.contains("terminat"), "{line}");
+    drop(w.stdin.take());
+    let (status, _) = wait_exit(&mut w, Duration::from_secs(10));
+    let err = stderr(&w.wait_with_output().unwrap());
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(!err.contains("reconnect"), "{err}");
 }
