@@ -11,7 +11,7 @@ use crate::harness::*;
 /// A backup held mid-copy by `--max-rate`, `-v` so that the log says what happened.
 fn start_held(dsn: &str, dest: &std::path::Path, extra: &[&str]) -> Child {
     pgbb()
-        .args(["-v", "-j", "2", "-c", "fast", "--compress", "none", "--max-rate", "16M"])
+        .args(["-v", "-j", "2", "-c", "fast", "--compress", "none", "--max-rate", "8M"])
         .args(extra)
         .arg(dsn)
         .arg(dest)
@@ -21,9 +21,10 @@ fn start_held(dsn: &str, dest: &std::path::Path, extra: &[&str]) -> Child {
         .unwrap()
 }
 
-/// Terminates the server backend of worker 1 of the run while it runs a statement whose
-/// text is like `query` (not one of the backends in `not`); returns its pid.
-fn terminate_worker_1(c: &Cluster, query: &str, not: &[i32]) -> i32 {
+/// Terminates the server backend of a worker of the run while it runs a statement whose
+/// text is like `query` (not one of the backends in `not`); returns its pid. Either worker:
+/// one may have finished its share while the other still copies.
+fn terminate_a_worker(c: &Cluster, query: &str, not: &[i32]) -> i32 {
     let mut cl = c.client();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -31,7 +32,7 @@ fn terminate_worker_1(c: &Cluster, query: &str, not: &[i32]) -> i32 {
             .query(
                 // In the target list: run only for the rows the WHERE clause kept.
                 "SELECT pid, pg_terminate_backend(pid) FROM pg_stat_activity \
-                  WHERE application_name LIKE 'pgbb worker 1 [run %]' AND state = 'active' \
+                  WHERE application_name LIKE 'pgbb worker % [run %]' AND state = 'active' \
                     AND query LIKE $1 AND pid <> ALL($2)",
                 &[&query, &not],
             )
@@ -39,36 +40,21 @@ fn terminate_worker_1(c: &Cluster, query: &str, not: &[i32]) -> i32 {
         if let Some(r) = rows.first() {
             return r.get(0);
         }
-        assert!(Instant::now() < deadline, "worker 1 never seen running {query:?}");
+        assert!(Instant::now() < deadline, "no worker seen running {query:?}");
         std::thread::sleep(Duration::from_millis(5));
     }
 }
 
-/// Waits until worker 1 has a session again, with a backend none of `gone`.
-fn wait_reconnected(c: &Cluster, gone: &[i32]) {
-    let mut cl = c.client();
-    wait_until("worker 1 to reconnect", Duration::from_secs(30), || {
-        query_i64(
-            &mut cl,
-            &format!(
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgbb worker 1 [run %]' \
-                   AND pid NOT IN ({})",
-                gone.iter().map(i32::to_string).collect::<Vec<_>>().join(",")
-            ),
-        ) > 0
-    });
-}
-
-/// The log lines of worker 1 that say it reconnected.
+/// The log lines of workers that say they reconnected.
 fn reconnections(err: &str) -> usize {
-    err.lines().filter(|l| l.contains("pgbb worker 1[") && l.contains("reconnected to the server")).count()
+    err.lines().filter(|l| l.contains(" pgbb worker ") && l.contains("reconnected to the server")).count()
 }
 
 fn pgbench_and_amcheck() -> Expect {
     Expect { pgbench: true, databases: vec!["postgres".into()], unlogged: vec![], absent: vec![] }
 }
 
-/// Worker 1's backend is terminated twice while it copies, under pgbench load: each time it
+/// A worker's backend is terminated twice while it copies, under pgbench load: each time it
 /// reconnects and copies its file again; the backup succeeds, passes pg_verifybackup and
 /// restores with pgbench's invariant and amcheck.
 #[test]
@@ -80,9 +66,8 @@ fn a_worker_whose_backend_is_terminated_reconnects_and_the_backup_succeeds() {
     let dest = c.path("retried");
     let child = start_held(&c.dsn(), &dest, &[]);
     wait_until_copying(&dest);
-    let first = terminate_worker_1(&c, "%pg_read_binary_file%", &[]);
-    wait_reconnected(&c, &[first]);
-    let second = terminate_worker_1(&c, "%pg_read_binary_file%", &[first]);
+    let first = terminate_a_worker(&c, "%pg_read_binary_file%", &[]);
+    let second = terminate_a_worker(&c, "%pg_read_binary_file%", &[first]);
     let out = child.wait_with_output().unwrap();
     load.finish();
     let err = stderr(&out);
@@ -97,7 +82,7 @@ fn a_worker_whose_backend_is_terminated_reconnects_and_the_backup_succeeds() {
     c.assert_no_pgbb_left();
 }
 
-/// The same during a `--delta` refresh: worker 1's backend is terminated while it compares a
+/// The same during a `--delta` refresh: a worker's backend is terminated while it compares a
 /// file (block hashes sent, differing blocks coming back); the comparison runs again on the
 /// half-refreshed file and the result restores.
 #[test]
@@ -113,7 +98,7 @@ fn a_worker_terminated_mid_compare_reconnects_and_the_refresh_succeeds() {
     c.client().batch_execute("UPDATE pgbench_accounts SET filler = 'changed'").unwrap();
     let load = c.pgbench_load(2, 600);
     let child = start_held(&c.dsn(), &dest, &["--delta"]);
-    let victim = terminate_worker_1(&c, "%sha256%", &[]);
+    let victim = terminate_a_worker(&c, "%sha256%", &[]);
     let out = child.wait_with_output().unwrap();
     load.finish();
     let err = stderr(&out);
@@ -142,7 +127,7 @@ fn start_refused(c: &Cluster, dest: &std::path::Path, extra: &[&str]) -> Child {
     child
 }
 
-/// Worker 1's backend is terminated after its role was given `CONNECTION LIMIT 0`: every
+/// A worker's backend is terminated after its role was given `CONNECTION LIMIT 0`: every
 /// reconnection is refused (`too many connections`, which could heal), so after the bounded
 /// attempts the worker gives up and the backup fails cleanly: exit 1, one error naming the
 /// cause and the attempts, no pgbb process or session left, nothing startable in DEST.
@@ -153,7 +138,7 @@ fn a_worker_that_cannot_reconnect_gives_up_after_bounded_attempts() {
     let dest = c.path("gives-up");
     let child = start_refused(&c, &dest, &["--no-clean"]);
     let t = Instant::now();
-    terminate_worker_1(&c, "%pg_read_binary_file%", &[]);
+    terminate_a_worker(&c, "%pg_read_binary_file%", &[]);
     let mut child = child;
     let (_, took) = wait_exit(&mut child, Duration::from_secs(120));
     let out = child.wait_with_output().unwrap();
@@ -163,7 +148,7 @@ fn a_worker_that_cannot_reconnect_gives_up_after_bounded_attempts() {
     assert!(took < Duration::from_secs(60), "giving up took {took:?}: {err}");
     assert!(t.elapsed() >= Duration::from_secs(15), "gave up before the backoff ran out: {err}");
     assert_eq!(err.matches("pgbb: error:").count(), 1, "{err}");
-    assert!(err.contains("worker 1 failed"), "{err}");
+    assert!(err.contains(" failed: could not connect"), "{err}");
     assert!(err.contains("too many connections for role"), "{err}");
     assert!(err.contains("gave up after 5 attempts to reconnect"), "{err}");
     for n in 1..=5 {
@@ -183,7 +168,7 @@ fn an_abort_is_not_held_up_by_a_worker_waiting_to_reconnect() {
     c.pgbench_init(10);
     let dest = c.path("aborted");
     let mut child = start_refused(&c, &dest, &[]);
-    terminate_worker_1(&c, "%pg_read_binary_file%", &[]);
+    terminate_a_worker(&c, "%pg_read_binary_file%", &[]);
     // In its backoff: the second attempt (1 s) is being waited for.
     let log = std::io::BufReader::new(child.stderr.take().unwrap());
     let mut lines = std::io::BufRead::lines(log);
