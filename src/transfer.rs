@@ -80,6 +80,13 @@ pub enum TransferError {
     Dest(#[from] DestError),
     #[error("{path}: {message}")]
     Data { path: String, message: String },
+    /// The connection was lost and could not be made to work again (see [`crate::retry`]).
+    #[error("{source} (gave up after {attempts} attempts to reconnect)")]
+    GaveUp {
+        attempts: u32,
+        #[source]
+        source: PgError,
+    },
 }
 
 impl TransferError {
@@ -91,6 +98,7 @@ impl TransferError {
             TransferError::Dest(DestError::Io { .. }) => true,
             TransferError::Dest(_) => false,
             TransferError::Data { .. } => false,
+            TransferError::GaveUp { .. } => true,
         }
     }
 }

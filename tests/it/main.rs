@@ -14,6 +14,7 @@ mod hostile;
 mod integrity;
 mod libpq;
 mod preflight;
+mod retry;
 mod slave;
 mod special_files;
 mod standby;
