@@ -37,7 +37,10 @@ for major in "${majors[@]}"; do
   tests=(backup::backup_j4_under_pgbench_restores integrity::manifest_version_and_system_identifier_follow_the_server
          # The last WAL segment copied through the stop LSN, zero-filled: from a standby with
          # an idle primary (must end promptly), and from a primary.
-         standby::standby_backup_with_an_idle_primary_ends_promptly standby::primary_backup_stop_segment_tail_is_zeros)
+         standby::standby_backup_with_an_idle_primary_ends_promptly standby::primary_backup_stop_segment_tail_is_zeros
+         # --delta: by block hashes from a server over the network (under pgbench), and as the
+         # files stream from a server on this machine (a clone that ran).
+         delta::delta_refreshes_an_older_backup_under_load delta::delta_resets_a_clone_that_ran_and_wrote)
   # Old backup API: a killed worker must still end the server-side backup.
   [ "$major" -le 14 ] && tests+=(failures::sigkill_of_a_worker_aborts_and_cleans_up)
   log=$(mktemp)

@@ -24,12 +24,26 @@ const MAX_READ: i64 = 1 << 20;
 /// or the line that answers it.
 pub type Parsed = Result<(Request, SafePath, SafePath), Response>;
 
+/// What a batch needs of the worker: its session for the batch queries, and a file served
+/// on its own (reconnecting after a lost connection where the worker does).
+pub trait Worker {
+    fn session(&mut self) -> (&mut Session, &Transfer);
+    /// One request's file on its own, as a single line would be served.
+    fn alone(&mut self, roots: &Roots, req: &Request, src: &SafePath, dst: &SafePath)
+        -> Result<Outcome, TransferError>;
+    /// Whether a lost connection is retried: the files a batch query did not do are then
+    /// served on their own (and retried) instead of ending the worker.
+    fn retries(&self) -> bool;
+}
+
 /// One file of the batch, from the worker's point of view.
 struct Item<'r> {
     req: Request,
     src: SafePath,
+    /// DST as asked (below DEST, or a tablespace's `pg_tblspc/OID/…`).
+    asked: SafePath,
+    /// Where it goes: its root (DEST or a tablespace's target) and the path below it.
     dest: &'r Dest,
-    /// Relative to `dest`.
     dst: SafePath,
 }
 
@@ -46,8 +60,7 @@ enum Slot {
 /// Serves a batch: the batch queries first, then, in the order asked, each file answered
 /// (served on its own where the query did not do it). A fatal error ends the worker.
 pub fn serve(
-    s: &mut Session,
-    t: &Transfer,
+    w: &mut impl Worker,
     roots: &Roots,
     batch: Vec<Parsed>,
     say: &mut impl FnMut(Response) -> Result<(), Error>,
@@ -56,10 +69,10 @@ pub fn serve(
     let mut items = Vec::with_capacity(batch.len());
     for p in batch {
         match p {
-            Ok((req, src, dst)) => {
-                let (dest, dst) = roots.route(&dst);
+            Ok((req, src, asked)) => {
+                let (dest, dst) = roots.route(&asked);
                 slots.push(Slot::Alone);
-                items.push(Some(Item { req, src, dest, dst }));
+                items.push(Some(Item { req, src, asked, dest, dst }));
             }
             Err(answer) => {
                 slots.push(Slot::Answer(answer));
@@ -67,17 +80,26 @@ pub fn serve(
             }
         }
     }
-    let reads = members(&items, |r| !r.compare && r.range.is_none() && t.method == Method::Plain);
-    let compares = members(&items, |r| r.compare);
+    let retries = w.retries();
+    let (s, t) = w.session();
+    // Whole files, and with `--delta` from a server on this machine files compared as they
+    // stream, are read; files compared by block hashes are compared.
+    let plain = t.method == Method::Plain;
+    let reads = members(&items, |r| plain && r.range.is_none() && (!r.compare || t.compare_by_content));
+    let compares = members(&items, |r| r.compare && !t.compare_by_content);
     let queried =
         t.read_many(s, &items, &reads, &mut slots).and_then(|()| t.compare_many(s, &items, &compares, &mut slots));
-    if let Err(e) = queried {
-        let e = match e {
-            TransferError::Pg(p) => TransferError::Pg(s.explain(p)),
-            other => other,
-        };
-        let _ = say(Response::Fatal { message: e.to_string() });
-        return Err(e.into());
+    match queried {
+        Ok(()) => {}
+        Err(e) if retries && lost(&e) => log::info!("the connection was lost in a batch query: {e}"),
+        Err(e) => {
+            let e = match e {
+                TransferError::Pg(p) => TransferError::Pg(s.explain(p)),
+                other => other,
+            };
+            let _ = say(Response::Fatal { message: e.to_string() });
+            return Err(e.into());
+        }
     }
     for (slot, item) in slots.into_iter().zip(items) {
         let (slot, it) = match (slot, item) {
@@ -89,13 +111,23 @@ pub fn serve(
             (_, None) => return Err(Error::Internal("a batch member without a request")),
         };
         let done = match slot {
-            Slot::Done(done, pages) => reread(s, t, &it.src, done, pages),
-            _ if it.req.compare => t.refresh(s, &it.src, it.dest, &it.dst),
-            _ => t.fetch(s, &it.src, it.dest, &it.dst, it.req.range),
+            Slot::Done(done, pages) => {
+                let (s, t) = w.session();
+                match reread(s, t, &it.src, done, pages) {
+                    Err(e) if retries && lost(&e) => w.alone(roots, &it.req, &it.src, &it.asked),
+                    other => other,
+                }
+            }
+            _ => w.alone(roots, &it.req, &it.src, &it.asked),
         };
         answer(it.req.src, done, say)?;
     }
     Ok(())
+}
+
+/// The connection is gone (a worker that retries serves what is left on its own).
+fn lost(e: &TransferError) -> bool {
+    matches!(e, TransferError::Pg(p) if p.connection_lost())
 }
 
 /// The positions of the items the batch query can do: `fits` and a UTF-8 name.
@@ -214,7 +246,7 @@ impl Transfer {
         let what = format!("could not read \"{}\"", it.src.display());
         let get = |e| pg_err(&what, e);
         let Some(size) = row.try_get::<_, Option<i64>>(1).map_err(get)? else {
-            return Ok(Some((Outcome::Vanished, None)));
+            return self.vanished(it);
         };
         let mtime = row.try_get::<_, Option<i64>>(2).map_err(get)?.unwrap_or(0);
         if row.try_get::<_, Option<bool>>(3).map_err(get)? != Some(true) {
@@ -222,14 +254,14 @@ impl Transfer {
         }
         // Removed between its stat and its read.
         let Some(data) = row.try_get::<_, Option<&[u8]>>(4).map_err(get)? else {
-            return Ok(Some((Outcome::Vanished, None)));
+            return self.vanished(it);
         };
         let size = size.max(0) as u64;
         if data.len() as u64 > size {
             let message = "the server sent more data than the file size".into();
             return Err(TransferError::Data { path: it.src.display(), message });
         }
-        let mut sink = self.small_sink(it.dest, &it.src, &it.dst)?;
+        let mut sink = self.small_sink(it.dest, &it.src, &it.dst, it.req.compare)?;
         sink.wire += data.len() as u64;
         if let Some(th) = &self.throttle {
             th.pace(data.len() as u64);
@@ -239,6 +271,14 @@ impl Transfer {
         sink.zeros(size - data.len() as u64)?;
         let (copied, pages) = self.close(sink, mtime)?;
         Ok(Some((Outcome::Copied(copied), pages)))
+    }
+
+    /// A file gone from the server; an older copy compared as it streams is removed.
+    fn vanished(&self, it: &Item) -> Result<Option<(Outcome, Option<Pages>)>, TransferError> {
+        if it.req.compare {
+            it.dest.remove_file(&it.dst)?;
+        }
+        Ok(Some((Outcome::Vanished, None)))
     }
 
     /// `--delta`: compares the `members` of `items` with one query (the copy's block hashes

@@ -25,6 +25,7 @@ pub mod pool;
 pub mod progress;
 pub mod protocol;
 pub mod recovery;
+pub mod retry;
 pub mod signals;
 pub mod summary;
 pub mod tablespace;

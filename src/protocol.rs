@@ -15,7 +15,8 @@
 //! badpage base/1/16384  7  442A  449B   page 7 failed its checksum twice (before the ok)
 //! vanished      base/1/t3_99            file gone on the server (a normal result)
 //! error   ../x  unsafe path: ...        this file could not be copied
-//! fatal   connection lost: ...          the child cannot go on and exits non-zero
+//! fatal   connection lost: ...          the child cannot go on and exits non-zero (a worker of
+//!                                       a run reconnects first: see `crate::retry`)
 //! done    7                             WAL child: finished, 7 files copied
 //! ```
 //!

@@ -80,6 +80,13 @@ pub enum TransferError {
     Dest(#[from] DestError),
     #[error("{path}: {message}")]
     Data { path: String, message: String },
+    /// The connection was lost and could not be made to work again (see [`crate::retry`]).
+    #[error("{source} (gave up after {attempts} attempts to reconnect)")]
+    GaveUp {
+        attempts: u32,
+        #[source]
+        source: PgError,
+    },
 }
 
 impl TransferError {
@@ -91,6 +98,7 @@ impl TransferError {
             TransferError::Dest(DestError::Io { .. }) => true,
             TransferError::Dest(_) => false,
             TransferError::Data { .. } => false,
+            TransferError::GaveUp { .. } => true,
         }
     }
 }
@@ -147,13 +155,16 @@ enum Request {
     Piece(u64, u64),
     /// The first `len` bytes, into a file of its own zero-filled to `size` bytes.
     Head(u64, u64),
+    /// The whole file, over an older copy of it: only the blocks that differ are written
+    /// (`--delta` from a server on this machine, see [`crate::compare::InPlace`]).
+    Refresh,
 }
 
 impl Request {
     /// The byte range read from the server, `None` for the whole file.
     fn range(self) -> Option<(u64, u64)> {
         match self {
-            Request::Whole => None,
+            Request::Whole | Request::Refresh => None,
             Request::Piece(off, len) => Some((off, len)),
             Request::Head(len, _) => Some((0, len)),
         }
@@ -172,6 +183,9 @@ pub struct Transfer {
     /// when the master asks for them with -P); the transfer itself prints nothing.
     pub progress: Option<fn(u64)>,
     pub throttle: Option<Throttle>,
+    /// `--delta`: compare a file by streaming it whole (a server on this machine), not by
+    /// block hashes computed on the server.
+    pub compare_by_content: bool,
 }
 
 /// How many bytes one request writes: the whole file at the size stat'd when its read
@@ -238,10 +252,39 @@ impl Pages {
     }
 }
 
+/// Where a file's bytes are written: a new file, or an older copy refreshed in place.
+enum Out {
+    New(FileWriter),
+    InPlace(crate::compare::InPlace),
+}
+
+impl Out {
+    fn write(&mut self, data: &[u8]) -> Result<(), DestError> {
+        match self {
+            Out::New(w) => w.write(data),
+            Out::InPlace(w) => w.write(data),
+        }
+    }
+
+    fn written(&self) -> u64 {
+        match self {
+            Out::New(w) => w.written(),
+            Out::InPlace(w) => w.written(),
+        }
+    }
+
+    fn finish(self, sync: bool) -> Result<u64, DestError> {
+        match self {
+            Out::New(w) => w.finish(sync),
+            Out::InPlace(w) => w.finish(sync),
+        }
+    }
+}
+
 /// Where the bytes of one file go: DEST, the manifest checksum, the page verifier; and how
 /// far it got, for progress lines.
 pub(crate) struct Sink {
-    w: FileWriter,
+    w: Out,
     digest: Digest,
     pages: Option<Pages>,
     /// Bytes received from the server (compressed or not).
@@ -305,8 +348,15 @@ impl Transfer {
         });
         let progress = self.progress.map(|report| (report, std::time::Instant::now()));
         let w = match req {
-            Request::Piece(off, _) => dest.create_piece(dst, off)?,
-            Request::Whole | Request::Head(..) => dest.create_file(dst)?,
+            Request::Piece(off, _) => Out::New(dest.create_piece(dst, off)?),
+            Request::Whole | Request::Head(..) => Out::New(dest.create_file(dst)?),
+            Request::Refresh => match dest.open_existing(dst)? {
+                Some(file) => Out::InPlace(crate::compare::InPlace::new(file, dest.root().join(dst.to_path()))),
+                None => {
+                    dest.remove_file(dst)?;
+                    Out::New(dest.create_file(dst)?)
+                }
+            },
         };
         Ok(Sink { w, digest: Digest::new(self.algorithm), pages, wire: 0, progress })
     }
@@ -322,6 +372,22 @@ impl Transfer {
     ) -> Result<Outcome, TransferError> {
         let req = range.map_or(Request::Whole, |(off, len)| Request::Piece(off, len));
         self.fetch_as(s, src, dest, dst, req)
+    }
+
+    /// `--delta` by content: the whole file streams over the copy in DEST, written where it
+    /// differs.
+    pub(crate) fn refresh_streamed(
+        &self,
+        s: &mut Session,
+        src: &SafePath,
+        dest: &Dest,
+        dst: &SafePath,
+    ) -> Result<Outcome, TransferError> {
+        let out = self.fetch_as(s, src, dest, dst, Request::Refresh)?;
+        if out == Outcome::Vanished {
+            dest.remove_file(dst)?;
+        }
+        Ok(out)
     }
 
     /// Copies the first `len` bytes of server file `src` to `dst` and zero-fills it to `size`
@@ -370,9 +436,17 @@ impl Transfer {
         Ok(Outcome::Copied(Copied { bad_pages, ..copied }))
     }
 
-    /// A whole small file's sink, without progress lines (a batch of them is answered at once).
-    pub(crate) fn small_sink(&self, dest: &Dest, src: &SafePath, dst: &SafePath) -> Result<Sink, TransferError> {
-        Ok(Sink { progress: None, ..self.sink(dest, src, dst, Request::Whole)? })
+    /// A whole small file's sink, without progress lines (a batch of them is answered at
+    /// once); with `refresh`, over the copy in DEST, written where it differs.
+    pub(crate) fn small_sink(
+        &self,
+        dest: &Dest,
+        src: &SafePath,
+        dst: &SafePath,
+        refresh: bool,
+    ) -> Result<Sink, TransferError> {
+        let req = if refresh { Request::Refresh } else { Request::Whole };
+        Ok(Sink { progress: None, ..self.sink(dest, src, dst, req)? })
     }
 
     /// Finishes a file written through `sink`: what it became, and its pages' verification

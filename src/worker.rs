@@ -6,9 +6,10 @@ use std::io::{self, BufRead, Write};
 use crate::cli::{Common, Compress};
 use crate::dest::{Dest, Roots, SafePath};
 use crate::error::Error;
-use crate::pg::{sql, PgError};
-use crate::protocol::{Request, Response, MAX_LINE, PROTOCOL_VERSION};
-use crate::transfer::{Method, Outcome, PageVerify, Throttle, Transfer};
+use crate::pg::{sql, PgError, Session};
+use crate::protocol::{show, Request, Response, MAX_LINE, PROTOCOL_VERSION};
+use crate::retry::{retry, Reopened};
+use crate::transfer::{Method, Outcome, PageVerify, Throttle, Transfer, TransferError};
 
 /// Reads one line of at most `MAX_LINE` bytes; longer lines are consumed and reported.
 /// Returns `None` at end of input.
@@ -57,7 +58,7 @@ pub fn create_dest(dest: &std::path::Path, group_access: bool) -> Result<(), Err
 
 /// Opens the session and chooses how chunks travel (`auto`: zlib if the helper can be
 /// created, else plain); with `--verify-lsn`, reads what page verification needs.
-pub fn open_session(common: &Common, app: &str, compress: Compress) -> Result<(crate::pg::Session, Transfer), Error> {
+pub fn open_session(common: &Common, app: &str, compress: Compress) -> Result<(Session, Transfer), PgError> {
     let mut s = common.conn.connect(&common.session_name(app))?;
     let (caps, _) = sql::version(&mut s)?;
     sql::session_setup_for(&mut s, caps)?;
@@ -81,6 +82,8 @@ pub fn open_session(common: &Common, app: &str, compress: Compress) -> Result<(c
         verify,
         progress: common.report_progress.then_some(say_progress as fn(u64)),
         throttle: common.rate.map(Throttle::new),
+        // As the master says (plan_delta): reading costs less than hashing on this machine.
+        compare_by_content: common.conn.is_local(),
     };
     match compress {
         Compress::Fixed(m) => {
@@ -106,6 +109,75 @@ pub fn open_session(common: &Common, app: &str, compress: Compress) -> Result<(c
     Ok((s, t))
 }
 
+/// A worker's session and how its chunks travel, with what it takes to open them again.
+struct Link<'a> {
+    common: &'a Common,
+    app: &'a str,
+    compress: Compress,
+    s: Session,
+    transfer: Transfer,
+}
+
+impl Link<'_> {
+    /// A worker of a run (spawned by a master, which holds the run's lock) reconnects after
+    /// a lost connection; one started by hand has no master to ask about and fails as before.
+    fn retries(&self) -> bool {
+        self.common.run_key.is_some()
+    }
+
+    /// A new session, set up as the first one (the compression helper created again), if
+    /// the run's master still holds its lock; the throttle goes on counting.
+    fn reopen(&mut self) -> Result<Reopened, PgError> {
+        let (mut s, mut transfer) = open_session(self.common, self.app, self.compress)?;
+        if let Some(key) = self.common.run_key {
+            if !sql::run_alive(&mut s, key)? {
+                return Ok(Reopened::MasterGone);
+            }
+        }
+        transfer.throttle = self.transfer.throttle.take();
+        (self.s, self.transfer) = (s, transfer);
+        Ok(Reopened::Ready)
+    }
+
+    /// Copies (or compares) one request's file; a lost connection is retried (see
+    /// [`crate::retry`]).
+    fn copy(&mut self, roots: &Roots, req: &Request, src: &SafePath, dst: &SafePath) -> Result<Outcome, TransferError> {
+        let (dest, dst) = roots.route(dst);
+        let op = |l: &mut Link| {
+            if req.compare {
+                l.transfer.refresh(&mut l.s, src, dest, &dst)
+            } else {
+                l.transfer.fetch(&mut l.s, src, dest, &dst, req.range)
+            }
+        };
+        if !self.retries() {
+            return op(self);
+        }
+        let what = show(&req.src);
+        retry(self, crate::retry::WORKER, &what, op, Link::reopen, std::thread::sleep)
+    }
+}
+
+impl crate::batch::Worker for Link<'_> {
+    fn session(&mut self) -> (&mut Session, &Transfer) {
+        (&mut self.s, &self.transfer)
+    }
+
+    fn alone(
+        &mut self,
+        roots: &Roots,
+        req: &Request,
+        src: &SafePath,
+        dst: &SafePath,
+    ) -> Result<Outcome, TransferError> {
+        self.copy(roots, req, src, dst)
+    }
+
+    fn retries(&self) -> bool {
+        Link::retries(self)
+    }
+}
+
 pub fn run(common: &Common, id: Option<usize>, compress: Compress) -> Result<(), Error> {
     let app = match id {
         Some(i) => format!("pgbb worker {i}"),
@@ -121,13 +193,14 @@ pub fn run(common: &Common, id: Option<usize>, compress: Compress) -> Result<(),
     // A DEST that cannot be made or opened is told like any fatal error: the master then
     // knows it from the exit status (5), not as a child that died without a word.
     let opened = open_roots(common).and_then(|roots| Ok((roots, open_session(common, &app, compress)?)));
-    let (roots, (mut s, transfer)) = match opened {
+    let (roots, (s, transfer)) = match opened {
         Ok(x) => x,
         Err(e) => {
             let _ = say(Response::Fatal { message: e.to_string() });
             return Err(e);
         }
     };
+    let mut link = Link { common, app: &app, compress, s, transfer };
     say(Response::Hello { protocol: PROTOCOL_VERSION, version: env!("CARGO_PKG_VERSION").into(), role: app.clone() })?;
 
     let stdin = io::stdin();
@@ -138,16 +211,17 @@ pub fn run(common: &Common, id: Option<usize>, compress: Compress) -> Result<(),
     {
         if let Some(n) = batch_header(&buf, too_long) {
             match n {
-                Ok(n) => crate::batch::serve(&mut s, &transfer, &roots, read_batch(&mut input, n)?, &mut say)?,
+                Ok(n) => crate::batch::serve(&mut link, &roots, read_batch(&mut input, n)?, &mut say)?,
                 Err(answer) => say(answer)?,
             }
         } else {
             match parse_request(trim_eol(&buf), too_long) {
-                Ok((req, src, dst)) => serve(&mut s, &transfer, &roots, req, &src, &dst, &mut say)?,
+                Ok((req, src, dst)) => serve(&mut link, &roots, req, &src, &dst, &mut say)?,
                 Err(answer) => say(answer)?,
             }
         }
-        if s.is_closed() {
+        // A worker that reconnects finds out with its next request.
+        if link.s.is_closed() && !link.retries() {
             let e = PgError::Query {
                 what: "connection".into(),
                 message: "the server closed the connection".into(),
@@ -224,18 +298,14 @@ fn parse_request(line: &[u8], too_long: bool) -> Result<(Request, SafePath, Safe
 
 /// Copies one request's file (or piece) and answers it; a fatal error ends the worker.
 fn serve(
-    s: &mut crate::pg::Session,
-    transfer: &Transfer,
+    link: &mut Link,
     roots: &Roots,
     req: Request,
     src: &SafePath,
     dst: &SafePath,
     say: &mut impl FnMut(Response) -> Result<(), Error>,
 ) -> Result<(), Error> {
-    let (dest, dst) = roots.route(dst);
-    let done =
-        if req.compare { transfer.refresh(s, src, dest, &dst) } else { transfer.fetch(s, src, dest, &dst, req.range) };
-    match done {
+    match link.copy(roots, &req, src, dst) {
         Ok(Outcome::Copied(c)) => {
             for b in &c.bad_pages {
                 let (block, calculated, expected) = (b.block, b.calculated, b.expected);

@@ -38,9 +38,14 @@ pub(super) fn delta(server: &mut Server, target: &Target, opts: &MasterOpts) -> 
     let mut p = plan::queue(layout, opts.jobs, server.common.algorithm, &r.compare)?;
     p.refresh = Refresh { removed: r.remove.len() as u64, ..p.refresh };
     log::info!(
-        "--delta: {} files ({} MB) to compare, {} to copy whole, {} entries removed",
+        "--delta: {} files ({} MB) to compare {}, {} to copy whole, {} entries removed",
         r.compare.len(),
         p.refresh.compared >> 20,
+        if server.common.conn.is_local() {
+            "as they stream (the server is on this machine: reading costs less than hashing)"
+        } else {
+            "by block hashes (only differing blocks travel)"
+        },
         p.files - r.compare.len(),
         r.remove.len()
     );

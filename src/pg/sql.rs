@@ -215,6 +215,18 @@ pub fn lock_run(s: &mut Session, key: i32) -> Result<bool, PgError> {
     Ok(r.get(0))
 }
 
+/// Whether a session holds the advisory lock of run `key`: its master is alive (a worker
+/// that reconnected asks before it copies again).
+pub fn run_alive(s: &mut Session, key: i32) -> Result<bool, PgError> {
+    let r = s.query_one(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND classid = $1 \
+                           AND objid = $2 AND objsubid = 2 AND granted)",
+        &[&(super::run::RUN_LOCK_CLASS as u32), &(key as u32)],
+        "could not look for the run's lock",
+    )?;
+    Ok(r.get(0))
+}
+
 /// Whether server process `pid` is still there.
 pub fn backend_exists(s: &mut Session, pid: i32) -> Result<bool, PgError> {
     let r = s.query_one(

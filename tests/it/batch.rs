@@ -10,7 +10,11 @@ use crate::harness::*;
 
 /// A cluster whose log names each statement's session (`%a`), for counting the workers'.
 fn logging_cluster() -> Cluster {
-    Cluster::with(ClusterOpts { conf: vec!["log_line_prefix = '%m [%p] %a: '".into()], ..ClusterOpts::default() })
+    Cluster::with(logging_opts())
+}
+
+fn logging_opts() -> ClusterOpts {
+    ClusterOpts { conf: vec!["log_line_prefix = '%m [%p] %a: '".into()], ..ClusterOpts::default() }
 }
 
 /// `n` tiny tables `{prefix}1..{prefix}n` (heap, primary key, TOAST table and its index: four
@@ -87,13 +91,34 @@ fn thousands_of_small_files_take_few_queries() {
 }
 
 /// `--delta` of such a copy after tiny tables changed, some were dropped and some made: the
-/// comparison takes few queries too, the dropped tables' files are gone, the changes in.
+/// comparison takes few queries too — from a server on this machine (files compared as they
+/// stream) and from one over the network (by block hashes) — the dropped tables' files are
+/// gone, the changes in.
 #[test]
 fn delta_compares_small_files_in_batches() {
-    let c = logging_cluster();
-    tiny_tables(&c, "s", 1200);
+    for remote in [false, true] {
+        if remote && !is_root() {
+            continue;
+        }
+        let (_ns, c, dsn) = if remote {
+            let ns = NetNs::new(95);
+            let opts = ClusterOpts { netns: Some((ns.name.clone(), ns.server_addr())), ..logging_opts() };
+            let c = Cluster::with(opts);
+            let dsn = ns.open_to(&c);
+            (Some(ns), c, dsn)
+        } else {
+            let c = logging_cluster();
+            let dsn = c.dsn();
+            (None, c, dsn)
+        };
+        delta_in_batches(&c, &dsn, remote);
+    }
+}
+
+fn delta_in_batches(c: &Cluster, dsn: &str, remote: bool) {
+    tiny_tables(c, "s", 1200);
     let dest = c.path("older");
-    let out = pgbb_run(&["-c", "fast", "-j", "2", &c.dsn(), dest.to_str().unwrap()]);
+    let out = pgbb_run(&["-c", "fast", "-j", "2", dsn, dest.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
     let dropped: String = c.client().query_one("SELECT pg_relation_filepath('s13')", &[]).unwrap().get(0);
     assert!(dest.join(&dropped).exists());
@@ -103,13 +128,15 @@ fn delta_compares_small_files_in_batches() {
              DROP TABLE s13; DROP TABLE s14; CREATE TABLE newer AS SELECT 42 AS x; CHECKPOINT",
         )
         .unwrap();
-    log_statements(&c);
+    log_statements(c);
     let from = c.log().len();
-    let out = pgbb_run(&["--delta", "-c", "fast", "-j", "2", &c.dsn(), dest.to_str().unwrap()]);
+    let out = pgbb_run(&["--delta", "-v", "-c", "fast", "-j", "2", dsn, dest.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let (files, queries) = (files_copied(&out), worker_reads(&c, from));
+    let mode = if remote { "by block hashes" } else { "as they stream" };
+    assert!(stderr(&out).contains(mode), "remote {remote}: {}", stderr(&out));
+    let (files, queries) = (files_copied(&out), worker_reads(c, from));
     assert!(files > 4800, "{files} files");
-    assert!(queries * 10 < files, "{queries} queries for {files} files");
+    assert!(queries * 10 < files, "remote {remote}: {queries} queries for {files} files");
     assert!(!dest.join(&dropped).exists(), "the dropped table's file is still in DEST");
     let copy = verify_restore(&dest, &expect_postgres());
     let mut cl = copy.client();

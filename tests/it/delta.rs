@@ -68,7 +68,21 @@ fn relation_file(c: &Cluster, table: &str) -> String {
 }
 
 fn delta(c: &Cluster, dest: &Path) -> std::process::Output {
-    pgbb_run(&["--delta", "-v", "-c", "fast", &c.dsn(), dest.to_str().unwrap()])
+    delta_from(&c.dsn(), dest)
+}
+
+fn delta_from(dsn: &str, dest: &Path) -> std::process::Output {
+    pgbb_run(&["--delta", "-v", "-c", "fast", dsn, dest.to_str().unwrap()])
+}
+
+/// A cluster in network namespace `n`, and the DSN that reaches it over the link: a server
+/// not on this machine, whose blocks are compared by hashes (only differing blocks travel).
+fn remote_cluster(n: u8, encoding: Option<&'static str>) -> (NetNs, Cluster, String) {
+    let ns = NetNs::new(n);
+    let c =
+        Cluster::with(ClusterOpts { netns: Some((ns.name.clone(), ns.server_addr())), encoding, ..Default::default() });
+    let dsn = ns.open_to(&c);
+    (ns, c, dsn)
 }
 
 /// The bytes the summary line says travelled and were compared.
@@ -82,31 +96,51 @@ fn refreshed(out: &std::process::Output) -> String {
         .to_string()
 }
 
-/// An older backup brought up to date while pgbench writes: changed blocks, a dropped table
-/// (its files gone), a new one. The result restores with pgbench's invariant and amcheck,
-/// and holds the transactions of the refresh's window.
+/// An older backup brought up to date while pgbench writes, from a server over the network
+/// (compared by block hashes): changed blocks, a dropped table (its files gone), a new one.
+/// The result restores with pgbench's invariant and amcheck, and holds the transactions of
+/// the refresh's window; what travelled is a fraction of what was compared.
 #[test]
 fn delta_refreshes_an_older_backup_under_load() {
-    let c = Cluster::new();
+    if !is_root() {
+        eprintln!("SKIPPED delta_refreshes_an_older_backup_under_load: network namespaces need root");
+        return;
+    }
+    let (_ns, c, dsn) = remote_cluster(90, None);
     c.pgbench_init(5);
     c.client()
         .batch_execute("CREATE EXTENSION amcheck; CREATE TABLE dropme AS SELECT generate_series(1, 100000) AS x")
         .unwrap();
     let dropped = relation_file(&c, "dropme");
     let dest = c.path("older");
-    let out = pgbb_run(&["-c", "fast", &c.dsn(), dest.to_str().unwrap()]);
+    let out = pgbb_run(&["-c", "fast", &dsn, dest.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(dest.join(&dropped).exists());
     let load = c.pgbench_load(2, 600);
     wait_until("pgbench to write", Duration::from_secs(60), || history_rows(&c) > 100);
     c.client().batch_execute("DROP TABLE dropme; CREATE TABLE newer AS SELECT generate_series(1, 777) AS y").unwrap();
     let before = history_rows(&c);
-    let out = delta(&c, &dest);
+    let out = delta_from(&dsn, &dest);
     let after = history_rows(&c);
     assert!(out.status.success(), "{}", stderr(&out));
     load.finish();
     let r = refreshed(&out);
     assert!(stderr(&out).contains("--delta: refreshing the copy of this cluster"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("by block hashes (only differing blocks travel)"), "{}", stderr(&out));
+    let mb = |what: &str| -> f64 {
+        let field = r.split(", ").find(|f| f.ends_with(what)).unwrap_or_else(|| panic!("{what} in {r}"));
+        let (n, unit) = field.split_once(' ').unwrap();
+        let unit = unit.split(' ').next().unwrap();
+        n.parse::<f64>().unwrap()
+            * match unit {
+                "kB" => 1e-3,
+                "MB" => 1.0,
+                "GB" => 1e3,
+                _ => 1e-6,
+            }
+    };
+    let (compared, travelled) = (mb("compared"), mb("over the network"));
+    assert!(travelled < compared / 2.0, "{travelled} MB travelled of {compared} MB compared: {r}");
     assert!(!dest.join(&dropped).exists(), "the dropped table's file is still in DEST");
     assert!(!dest.join("pgbb_origin").exists(), "the run's record is left in a complete backup");
     let copy = verify_restore(&dest, &expect_pgbench());
@@ -118,9 +152,9 @@ fn delta_refreshes_an_older_backup_under_load() {
     c.assert_no_pgbb_left();
 }
 
-/// A copy that was started, wrote changes of its own and was stopped: the refresh makes it
-/// the source's again (its own writes gone, the source's changes in), and what travelled is
-/// less than what was compared.
+/// A copy that was started, wrote changes of its own and was stopped: the refresh (from a
+/// server on this machine: compared as the files stream) makes it the source's again (its
+/// own writes gone, the source's changes in).
 #[test]
 fn delta_resets_a_clone_that_ran_and_wrote() {
     let c = Cluster::new();
@@ -150,6 +184,7 @@ fn delta_resets_a_clone_that_ran_and_wrote() {
         .unwrap();
     let out = delta(&c, &dest);
     assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("as they stream (the server is on this machine"), "{}", stderr(&out));
     let r = refreshed(&out);
     let copy = verify_restore(&dest, &expect_pgbench());
     let mut cl = copy.client();
@@ -358,8 +393,18 @@ fn delta_refreshes_names_that_are_not_utf8() {
     use std::ffi::OsStr;
     use std::os::unix::ffi::OsStrExt;
     let names: [&[u8]; 4] = [b"bad\xffname", b"caf\xc3\xa9", b"back\\slash", b"dir\xe9/f\xfe"];
-    for encoding in ["UTF8", "LATIN1"] {
-        let c = Cluster::with(ClusterOpts { encoding: Some(encoding), ..Default::default() });
+    for (encoding, remote) in [("UTF8", false), ("LATIN1", false), ("UTF8", true), ("LATIN1", true)] {
+        if remote && !is_root() {
+            continue;
+        }
+        let (_ns, c, dsn) = if remote {
+            let (ns, c, dsn) = remote_cluster(91, Some(encoding));
+            (Some(ns), c, dsn)
+        } else {
+            let c = Cluster::with(ClusterOpts { encoding: Some(encoding), ..Default::default() });
+            let dsn = c.dsn();
+            (None, c, dsn)
+        };
         c.pgbench_init(1);
         let path = |n: &[u8]| c.data.join(OsStr::from_bytes(n));
         std::fs::create_dir(path(b"dir\xe9")).unwrap();
@@ -368,7 +413,7 @@ fn delta_refreshes_names_that_are_not_utf8() {
         }
         chown_pg(&c.data);
         let dest = c.path("names");
-        let out = pgbb_run(&["-c", "fast", &c.dsn(), dest.to_str().unwrap()]);
+        let out = pgbb_run(&["-c", "fast", &dsn, dest.to_str().unwrap()]);
         assert!(out.status.success(), "{encoding}: {}", stderr(&out));
         // Changed in the middle, grown, shrunk; one removed, one added.
         let mut changed = std::fs::read(path(names[0])).unwrap();
@@ -379,8 +424,10 @@ fn delta_refreshes_names_that_are_not_utf8() {
         std::fs::remove_file(path(names[2])).unwrap();
         std::fs::write(path(b"new\xfe"), b"added").unwrap();
         chown_pg(&c.data);
-        let out = delta(&c, &dest);
+        let out = delta_from(&dsn, &dest);
         assert!(out.status.success(), "{encoding}: {}", stderr(&out));
+        let mode = if remote { "by block hashes" } else { "as they stream" };
+        assert!(stderr(&out).contains(mode), "{encoding} {remote}: {}", stderr(&out));
         let r = refreshed(&out);
         for n in [names[0], names[1], names[3], b"new\xfe"] {
             let shown = String::from_utf8_lossy(n);

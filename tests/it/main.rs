@@ -15,6 +15,7 @@ mod hostile;
 mod integrity;
 mod libpq;
 mod preflight;
+mod retry;
 mod slave;
 mod special_files;
 mod standby;
