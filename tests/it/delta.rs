@@ -75,16 +75,6 @@ fn delta_from(dsn: &str, dest: &Path) -> std::process::Output {
     pgbb_run(&["--delta", "-v", "-c", "fast", dsn, dest.to_str().unwrap()])
 }
 
-/// A cluster in network namespace `n`, and the DSN that reaches it over the link: a server
-/// not on this machine, whose blocks are compared by hashes (only differing blocks travel).
-fn remote_cluster(n: u8, encoding: Option<&'static str>) -> (NetNs, Cluster, String) {
-    let ns = NetNs::new(n);
-    let c =
-        Cluster::with(ClusterOpts { netns: Some((ns.name.clone(), ns.server_addr())), encoding, ..Default::default() });
-    let dsn = ns.open_to(&c);
-    (ns, c, dsn)
-}
-
 /// The bytes the summary line says travelled and were compared.
 fn refreshed(out: &std::process::Output) -> String {
     let text = stdout(out);

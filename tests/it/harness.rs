@@ -782,3 +782,14 @@ pub fn stop_wal_loop(mut child: Child) -> String {
     assert!(took < Duration::from_secs(5), "pgbb -x took {took:?} to stop after SIGTERM");
     stderr(&out)
 }
+
+/// A cluster in network namespace `n`, and the DSN that reaches it over the link: a server
+/// that is not on this machine as pgbb sees it (`--delta` compares its blocks by hashes,
+/// `--compress auto` compresses). Needs root.
+pub fn remote_cluster(n: u8, encoding: Option<&'static str>) -> (NetNs, Cluster, String) {
+    let ns = NetNs::new(n);
+    let c =
+        Cluster::with(ClusterOpts { netns: Some((ns.name.clone(), ns.server_addr())), encoding, ..Default::default() });
+    let dsn = ns.open_to(&c);
+    (ns, c, dsn)
+}
