@@ -19,6 +19,11 @@
 #   basebackup-lz4/-zstd the same with --compress=server-lz4 / server-zstd
 #   pgbackrest-P-C       pgBackRest full backup, process-max P, compress-type C (none|lz4)
 #   pgbb-J-C             pgbb -j J --compress C (none|zlib)
+#   pgbb-delta-J-C       pgbb --delta -j J --compress C refreshing a copy taken before ~3 % of
+#                        the blocks changed and a table was dropped (the seed, copied into
+#                        place and evicted from the page cache before each timed run)
+#   pgbb-resume-J-C      pgbb --delta finishing a backup interrupted (SIGTERM, --no-clean) once
+#                        half the bytes were copied
 #   X@standby            contender X (basebackup… or pgbb-…) run against a hot standby of the
 #                        cluster instead of the primary (needs --standby); the primary stays
 #                        idle, so the stop segment never completes on the standby
@@ -26,6 +31,9 @@
 # the link as the primary. For pgbb the table's "tail s" column is the time from the end of
 # the data copy ("data files copied" in its -v log) to its exit: the stop, the WAL, the
 # manifest and the final sync.
+# On a shaped link the "wire MB" column counts what came over it (the veth's received bytes).
+# With delta or resume contenders the run also reports the server's SHA-256 throughput
+# (sha256(pg_read_binary_file()) over the largest relation file, 1 MiB reads, one core).
 # --link 1gbit/200mbit puts the server in a network namespace behind a veth pair shaped with
 # `tc qdisc tbf`; clients connect over it (pgBackRest and cp read the files locally, so they
 # are left out there).
@@ -137,7 +145,7 @@ echo "bench: $((SIZE / 1048576)) MB in databases, $NFILES files, link $LINK, $RO
 # Where the copies go (and pgBackRest's repository).
 OUTFS=$WORK
 if [ "$DESTFS" = ext4 ]; then
-  truncate -s $(( SIZE * 3 / 1048576 + 4096 ))M "$WORK/dest.img"
+  truncate -s $(( SIZE * 5 / 1048576 + 4096 ))M "$WORK/dest.img"
   mkfs.ext4 -q -F "$WORK/dest.img"
   LOOP=$(losetup --find --show --direct-io=on "$WORK/dest.img")
   mkdir -p "$WORK/dest"; mount "$LOOP" "$WORK/dest"; chown postgres "$WORK/dest"; chmod 755 "$WORK/dest"
@@ -166,6 +174,46 @@ CONF
 chown postgres "$WORK/pgbackrest.conf"
 BR=(pgbackrest --config="$WORK/pgbackrest.conf" --stanza=bench)
 
+# The seeds of the delta and resume contenders (untimed), taken before the contenders run.
+PSQLH=("$BIN/psql" -h "$WORK" -p $PORT -U postgres -qAt postgres)
+if printf '%s\n' "${CONTENDERS[@]}" | grep -q '^pgbb-delta-'; then
+  echo "bench: the delta seed: a copy, then ~3 % of the blocks changed and a table dropped" >&2
+  "${PSQLH[@]}" -c "CREATE TABLE dropme AS SELECT g, repeat('x', 200) AS pad FROM generate_series(1, 200000) g" -c CHECKPOINT
+  "$PGBB" -c fast "host=$WORK port=$PORT user=postgres dbname=postgres" "$OUTFS/delta-seed" >/dev/null
+  # One page of rows (61) in every 66 of pgbench_accounts updated: 1.5 % of its pages, and
+  # the new row versions fill about as many new ones.
+  "${PSQLH[@]}" -c "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 4026 < 61" \
+    -c "DROP TABLE dropme" -c CHECKPOINT
+fi
+if printf '%s\n' "${CONTENDERS[@]}" | grep -q '^pgbb-resume-'; then
+  echo "bench: the resume seed: a backup interrupted half way" >&2
+  "$PGBB" -c fast -r $((SIZE / 20 / 1024 + 1)) --no-clean "host=$WORK port=$PORT user=postgres dbname=postgres" "$OUTFS/resume-seed" >/dev/null 2>&1 &
+  pid=$!
+  until [ "$(du -sb "$OUTFS/resume-seed" 2>/dev/null | cut -f1)" -ge $((SIZE / 2)) ] 2>/dev/null; do
+    kill -0 $pid 2>/dev/null || { echo "bench: the interrupted backup ended first" >&2; exit 1; }
+    sleep 0.2
+  done
+  # SIGTERM: a background job of a script ignores SIGINT.
+  kill -TERM $pid; wait $pid || true
+  [ ! -e "$OUTFS/resume-seed/global/pg_control" ] || { echo "bench: the resume seed is complete" >&2; exit 1; }
+fi
+if printf '%s\n' "${CONTENDERS[@]}" | grep -q -e '^pgbb-delta-' -e '^pgbb-resume-'; then
+  f=$("${PSQLH[@]}" -c "SELECT pg_relation_filepath('pgbench_accounts')")
+  t0=$(date +%s.%N)
+  "${PSQLH[@]}" -c "SELECT count(pg_catalog.sha256(pg_catalog.pg_read_binary_file('$f', o, 1048576))) FROM generate_series(0, (pg_stat_file('$f')).size - 1, 1048576) o" >/dev/null
+  t1=$(date +%s.%N)
+  HASHRATE=$(echo "$(stat -c %s "$WORK/data/$f") / 1048576 / ($t1 - $t0)" | bc -l)
+fi
+# Copies SEED to out and drops it from the page cache: the refresh reads DEST from disk.
+seed() {
+  cp -a "$1" "$OUTFS/out" && sync
+  find "$OUTFS/out" -type f -print0 | python3 -c '
+import os, sys
+for p in sys.stdin.buffer.read().split(b"\0"):
+    if p:
+        fd = os.open(p, os.O_RDONLY); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED); os.close(fd)'
+}
+
 run() {
   local c=$1 port=$PORT
   case $c in *@standby) c=${c%@standby}; port=$SBPORT ;; esac
@@ -182,6 +230,11 @@ run() {
       mkdir -p "$OUTFS/repo"; chown postgres "$OUTFS/repo"
       "${RUN[@]}" "${BR[@]}" stanza-create >/dev/null
       /usr/bin/time -f '%e %U %S %M' -o "$WORK/time" "${RUN[@]}" "${BR[@]}" --type=full --process-max="$procs" --compress-type="$comp" backup ;;
+    pgbb-delta-*|pgbb-resume-*)
+      local p=${c#pgbb-*-}; local jobs=${p%-*} comp=${p#*-}
+      case $c in pgbb-delta-*) seed "$OUTFS/delta-seed" ;; *) seed "$OUTFS/resume-seed" ;; esac
+      /usr/bin/time -f '%e %U %S %M' -o "$WORK/time" "$PGBB" --delta -v -c fast -j "$jobs" --compress "$comp" "$DSN" "$OUTFS/out" >/dev/null 2>"$WORK/stderr"
+      date +%s.%N > "$WORK/end" ;;
     pgbb-*)
       local p=${c#pgbb-}; local jobs=${p%-*} comp=${p#*-}
       /usr/bin/time -f '%e %U %S %M' -o "$WORK/time" "$PGBB" -v -c fast -j "$jobs" --compress "$comp" "$DSN" "$OUTFS/out" >/dev/null 2>"$WORK/stderr"
@@ -190,10 +243,13 @@ run() {
   esac
 }
 
-declare -A T CPU RSS LIST TAIL
+declare -A T CPU RSS LIST TAIL WIRE
+rx() { if [ -n "$NS" ]; then cat /sys/class/net/pgbbh0/statistics/rx_bytes; else echo 0; fi; }
 for r in $(seq 1 "$ROUNDS"); do
   for c in "${CONTENDERS[@]}"; do
+    rx0=$(rx)
     run "$c"
+    WIRE[$c]="${WIRE[$c]:-} $(( ($(rx) - rx0) / 1048576 ))"
     read -r t u s m < "$WORK/time"
     T[$c]="${T[$c]:-} $t"; CPU[$c]="${CPU[$c]:-} $(echo "$u + $s" | bc -l)"; RSS[$c]="${RSS[$c]:-} $m"
     # pgbb -v: how long the master's one listing query took.
@@ -207,7 +263,7 @@ for r in $(seq 1 "$ROUNDS"); do
 done
 median() { sort -n | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; print m, a[1], a[NR]}'; }
 table=$(
-  printf '| contender | median s | min s | max s | MB/s | client CPU s | max RSS MiB | listing ms | tail s (max) |\n|---|---|---|---|---|---|---|---|---|\n'
+  printf '| contender | median s | min s | max s | MB/s | client CPU s | max RSS MiB | listing ms | tail s (max) | wire MB |\n|---|---|---|---|---|---|---|---|---|---|\n'
   for c in "${CONTENDERS[@]}"; do
     lst=- tail=-
     # shellcheck disable=SC2086
@@ -220,13 +276,17 @@ table=$(
     read -r cpu _ _ < <(printf '%s\n' ${CPU[$c]} | median)
     # shellcheck disable=SC2086
     read -r _ _ rss < <(printf '%s\n' ${RSS[$c]} | median)
-    printf '| %s | %.2f | %.2f | %.2f | %.0f | %.2f | %.0f | %s | %s |\n' "$c" "$med" "$min" "$max" \
-      "$(echo "$SIZE / 1048576 / $med" | bc -l)" "$cpu" "$(echo "$rss / 1024" | bc -l)" "$lst" "$tail"
+    wire=-
+    # shellcheck disable=SC2086
+    [ -n "$NS" ] && read -r wire _ _ < <(printf '%s\n' ${WIRE[$c]} | median)
+    printf '| %s | %.2f | %.2f | %.2f | %.0f | %.2f | %.0f | %s | %s | %s |\n' "$c" "$med" "$min" "$max" \
+      "$(echo "$SIZE / 1048576 / $med" | bc -l)" "$cpu" "$(echo "$rss / 1024" | bc -l)" "$lst" "$tail" "$wire"
   done
 )
 echo
 echo "dataset: $((SIZE / 1048576)) MB, $NFILES files ($DATASET), link $LINK, DEST on $DESTFS, $ROUNDS rounds, $(date -u +%F)"
 echo "$table"
+[ -n "${HASHRATE:-}" ] && printf '\nserver sha256(pg_read_binary_file()) throughput, one core: %.0f MB/s\n' "$HASHRATE"
 if [ -n "$OUT" ]; then
   printf '%s\n' "$table" | awk -F'|' 'NR>2 {gsub(/ /,"",$2); print $2, $3}' > "$WORK/chart.dat"
   if command -v gnuplot >/dev/null; then

@@ -47,7 +47,10 @@ for major in "${majors[@]}"; do
          standby_cases::full_page_writes_off_on_the_primary_refuses_a_standby_backup
          standby_cases::the_wal_loop_against_a_standby_follows_its_upstreams_promotion
          standby_cases::standby_backup_under_primary_load_restores
-         standby_cases::cascading_standby_backups_on_timelines_1_and_2_restore)
+         standby_cases::cascading_standby_backups_on_timelines_1_and_2_restore
+         # --delta: by block hashes from a server over the network (under pgbench), and as the
+         # files stream from a server on this machine (a clone that ran).
+         delta::delta_refreshes_an_older_backup_under_load delta::delta_resets_a_clone_that_ran_and_wrote)
   # Old backup API: a killed worker must still end the server-side backup.
   [ "$major" -le 14 ] && tests+=(failures::sigkill_of_a_worker_aborts_and_cleans_up)
   log=$(mktemp)

@@ -77,6 +77,7 @@ Roles:
 
 Worker line protocol (--slave --stdin): one request per line on stdin, SRC or SRC<TAB>DST,
 paths relative to the data directory / DEST (\\\\, \\t, \\n, \\r escaped, other bytes as \\xHH).
+A line batch<TAB>N is followed by N request lines read with one query (docs/protocol.md).
 One result per line on stdout, fields separated by TABs:
   hello  pgbb  PROTOCOL  VERSION  ROLE    first line
   ok     SIZE  PATH  CHECKSUM  MTIME       copied (CRC-32C by default; - with NONE)
@@ -156,6 +157,10 @@ pub struct Args {
     /// Remove the contents of DEST first if it exists
     #[arg(short = 'f', long = "force", help_heading = "Backup")]
     pub force: bool,
+    /// Refresh DEST, an older copy of this cluster (a backup, an interrupted run, a stopped
+    /// clone): only what differs travels; the result is a complete backup taken now
+    #[arg(long = "delta", conflicts_with = "force", help_heading = "Backup")]
+    pub delta: bool,
     /// Before starting, end what earlier pgbb runs whose master is gone left behind: terminate
     /// their sessions (their temporary slots go with them); runs in progress are left alone
     #[arg(long = "clean", help_heading = "Backup")]
@@ -308,6 +313,8 @@ pub struct MasterOpts {
     pub jobs: usize,
     pub delay: Duration,
     pub force: bool,
+    /// `--delta`: refresh the copy in DEST.
+    pub delta: bool,
     pub clean: bool,
     pub fast: bool,
     pub label: String,
@@ -635,6 +642,7 @@ fn master_opts(a: Args, compress: Compress) -> Result<MasterOpts, Error> {
         jobs: a.jobs,
         delay: delay(a.delay)?,
         force: a.force,
+        delta: a.delta,
         clean: a.clean,
         fast: a.checkpoint == Checkpoint::Fast,
         label: a.label,

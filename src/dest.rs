@@ -80,6 +80,9 @@ pub enum DestError {
         #[source]
         source: io::Error,
     },
+    /// `--delta`: DEST is not a copy pgbb may refresh.
+    #[error(transparent)]
+    Origin(#[from] crate::delta::origin::OriginError),
     /// Another operation on a path in DEST than writing a file: `cannot {action} {path}`.
     #[error("cannot {action} {}: {source}", path.display())]
     Op {
@@ -414,6 +417,32 @@ impl Dest {
     /// reports write-back errors on Linux 5.8+).
     pub fn sync_all(&self) -> Result<(), DestError> {
         nix::unistd::syncfs(&self.fd).map_err(|e| self.io_err(Path::new(""), e))
+    }
+
+    /// Opens an existing file below DEST for reading and writing in place (`--delta`), never
+    /// through a symlink. `None` when there is nothing there to refresh in place: no such file,
+    /// not a regular file, or a file with other hard links (a copy made with `--link` shares
+    /// its files with another cluster, which an in-place write would change too).
+    pub fn open_existing(&self, rel: &SafePath) -> Result<Option<fs::File>, DestError> {
+        let dir = match self.open_dirs(rel.dirs(), false) {
+            Ok(d) => d,
+            Err(DestError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(DestError::NotADir { .. }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let flags = OFlag::O_RDWR | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+        let fd = match openat(&dir, rel.file_name(), flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT | Errno::ELOOP | Errno::EISDIR | Errno::ENXIO) => return Ok(None),
+            Err(e) => return Err(self.io_err(&rel.to_path(), e)),
+        };
+        let file = fs::File::from(fd);
+        let meta = file.metadata().map_err(|e| DestError::Io { path: self.root.join(rel.to_path()), source: e })?;
+        use std::os::unix::fs::MetadataExt;
+        if !meta.file_type().is_file() || meta.nlink() != 1 {
+            return Ok(None);
+        }
+        Ok(Some(file))
     }
 
     /// Size of a regular file below DEST, `None` if it does not exist.

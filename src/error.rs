@@ -120,7 +120,7 @@ pub enum Error {
 impl From<TransferError> for Error {
     fn from(e: TransferError) -> Error {
         match e {
-            TransferError::Pg(p) => Error::Pg(p),
+            TransferError::Pg(p) | TransferError::GaveUp { source: p, .. } => Error::Pg(p),
             TransferError::Dest(d) => Error::Dest(d),
             TransferError::Data { path, message } => Error::FileFailed { path, message },
         }

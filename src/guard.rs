@@ -55,6 +55,8 @@ const EMERGENCY_WAIT: Duration = Duration::from_secs(10);
 pub struct DestGuard {
     root: PathBuf,
     keep: bool,
+    /// `--delta` on an older copy: a failure keeps DEST (without global/pg_control).
+    refresh: bool,
     state: Arc<RwLock<State>>,
     /// Held until the guard is dropped (after any cleanup).
     _lock: DestLock,
@@ -115,6 +117,28 @@ impl DestGuard {
         Ok(DestGuard {
             root: root.into(),
             keep: keep_on_failure,
+            refresh: false,
+            state: Arc::new(RwLock::new(State { phase: Phase::Armed, owned: vec![owned] })),
+            _lock: lock,
+        })
+    }
+
+    /// Takes an existing DEST that holds an older copy of this cluster (`--delta`, proven by
+    /// `delta::origin`): locked, nothing removed. A failure keeps it, made unstartable (its
+    /// global/pg_control removed) for the next `--delta` run to finish.
+    pub fn adopt(root: &Path, group_access: bool) -> Result<DestGuard, DestError> {
+        if !root.is_dir() {
+            return Err(DestError::NotADirectory(root.into()));
+        }
+        let lock = DestLock::acquire(root)?;
+        let mode = if group_access { 0o750 } else { 0o700 };
+        fs::set_permissions(root, fs::Permissions::from_mode(mode))
+            .map_err(|e| DestError::Create { path: root.into(), source: e })?;
+        let owned = Owned { dir: root.into(), created_from: None };
+        Ok(DestGuard {
+            root: root.into(),
+            keep: true,
+            refresh: true,
             state: Arc::new(RwLock::new(State { phase: Phase::Armed, owned: vec![owned] })),
             _lock: lock,
         })
@@ -194,7 +218,12 @@ impl DestGuard {
                     }
                 }
             }
-            crate::errln!("pgbb: keeping the incomplete backup in {} (--no-clean); it has no global/pg_control and cannot be started", self.root.display());
+            let why = if self.refresh { "the refresh failed" } else { "--no-clean" };
+            crate::errln!(
+                "pgbb: keeping the incomplete backup in {} ({why}); it has no global/pg_control and cannot be started; \
+                 run pgbb --delta with the same DEST to finish it",
+                self.root.display()
+            );
             return;
         }
         for (i, o) in state.owned.iter().enumerate() {

@@ -2,10 +2,13 @@
 //! connections. `run` is the whole program; `main.rs` only calls it.
 
 pub mod backup;
+pub mod batch;
 pub mod check;
 pub mod checksum;
 pub mod cli;
+pub mod compare;
 pub mod compression;
+pub mod delta;
 pub mod dest;
 pub mod dest_lock;
 pub mod dest_safety;
@@ -25,6 +28,7 @@ pub mod pool;
 pub mod progress;
 pub mod protocol;
 pub mod recovery;
+pub mod retry;
 pub mod signals;
 pub mod summary;
 pub mod tablespace;

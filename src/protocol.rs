@@ -1,7 +1,8 @@
 //! The line protocol between the master and its children (and a person at a terminal).
 //!
 //! Requests go to a child's stdin, one per line: `SRC` or `SRC<TAB>DST`, both paths relative
-//! to the data directory / DEST. Results come back on the child's stdout, one per line, fields
+//! to the data directory / DEST; or a batch of small files, `batch<TAB>N` followed by N
+//! request lines, which the worker reads with one query. Results come back on the child's stdout, one per line, fields
 //! separated by a TAB, always starting with a keyword (see `docs/protocol.md`):
 //!
 //! ```text
@@ -14,7 +15,8 @@
 //! badpage base/1/16384  7  442A  449B   page 7 failed its checksum twice (before the ok)
 //! vanished      base/1/t3_99            file gone on the server (a normal result)
 //! error   ../x  unsafe path: ...        this file could not be copied
-//! fatal   connection lost: ...          the child cannot go on and exits non-zero
+//! fatal   connection lost: ...          the child cannot go on and exits non-zero (a worker of
+//!                                       a run reconnects first: see `crate::retry`)
 //! done    7                             WAL child: finished, 7 files copied
 //! ```
 //!
@@ -26,9 +28,14 @@ use std::fmt;
 use crate::digest::Checksum;
 
 /// Version of this protocol; a child that greets with another one is refused.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 /// Longest request line a child accepts (bytes, without the newline).
 pub const MAX_LINE: usize = 8192;
+/// Most request lines a `batch` header may announce.
+pub const MAX_BATCH: usize = 1000;
+/// The first field of a batch header. A request for a file of this name escapes it
+/// (`\x62atch`), so that no request line is ever taken for a header.
+const BATCH: &str = "batch";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ProtocolError {
@@ -40,12 +47,41 @@ pub enum ProtocolError {
     Nul,
     #[error("bad escape sequence in {0:?}")]
     BadEscape(String),
-    #[error("wrong number of fields (SRC, SRC<TAB>DST or SRC<TAB>DST<TAB>OFFSET<TAB>LENGTH)")]
+    #[error("wrong number of fields (SRC, SRC<TAB>DST, SRC<TAB>DST<TAB>compare or SRC<TAB>DST<TAB>OFFSET<TAB>LENGTH)")]
     TooManyFields,
     #[error("bad OFFSET<TAB>LENGTH in {0:?}")]
     BadRange(String),
     #[error("unrecognised message {0:?}")]
     Unknown(String),
+    #[error("bad batch header {0:?} (batch<TAB>N, N from 1 to {MAX_BATCH}; a file named batch is written \\x62atch)")]
+    BadBatch(String),
+}
+
+/// A `batch<TAB>N` header: `None` if `line` is no header (a request line), else the number of
+/// request lines that follow it. A line whose first field is `batch` is always a header.
+pub fn batch_header(line: &str) -> Option<Result<usize, ProtocolError>> {
+    let line = line.trim_end_matches(['\n', '\r']);
+    let (first, rest) = line.split_once('\t')?;
+    if first != BATCH {
+        return None;
+    }
+    let bad = || ProtocolError::BadBatch(line.chars().take(200).collect());
+    Some(match rest.parse::<usize>() {
+        Ok(n) if (1..=MAX_BATCH).contains(&n) && rest.bytes().all(|b| b.is_ascii_digit()) => Ok(n),
+        _ => Err(bad()),
+    })
+}
+
+/// The lines of a batch of `reqs` (a single request goes as its own line, without header).
+pub fn batch_lines(reqs: &[Request]) -> String {
+    let mut out = String::new();
+    if reqs.len() > 1 {
+        out.push_str(&format!("{BATCH}\t{}\n", reqs.len()));
+    }
+    for r in reqs {
+        out.push_str(&r.to_line());
+    }
+    out
 }
 
 /// Escapes a path (any bytes) or message so that it fits in one field of one line; bytes
@@ -128,6 +164,9 @@ pub struct Request {
     /// workers. DST's temporary name is written at that offset and left for the master to
     /// rename when every piece is in.
     pub range: Option<(u64, u64)>,
+    /// `--delta`: DST holds an older copy of the file; only the blocks that differ travel
+    /// (`SRC<TAB>DST<TAB>compare`, a whole file).
+    pub compare: bool,
 }
 
 impl Request {
@@ -149,8 +188,10 @@ impl Request {
             Some(d) => unescape(d)?,
             None => src.clone(),
         };
+        let compare = fields.len() == 3 && fields[2] == "compare";
         let range = match fields.len() {
             1 | 2 => None,
+            3 if compare => None,
             4 => {
                 let num =
                     |s: &str| s.parse::<u64>().map_err(|_| ProtocolError::BadRange(line.chars().take(200).collect()));
@@ -168,17 +209,25 @@ impl Request {
         if src.contains(&0) || dst.contains(&0) {
             return Err(ProtocolError::Nul);
         }
-        Ok(Request { src, dst, range })
+        Ok(Request { src, dst, range, compare })
     }
 
     pub fn to_line(&self) -> String {
+        // Never the first field of a batch header.
+        let src = match escape(&self.src) {
+            s if s == BATCH => "\\x62atch".to_string(),
+            s => s,
+        };
+        if self.compare {
+            return format!("{src}\t{}\tcompare\n", escape(&self.dst));
+        }
         if let Some((off, len)) = self.range {
-            return format!("{}\t{}\t{off}\t{len}\n", escape(&self.src), escape(&self.dst));
+            return format!("{src}\t{}\t{off}\t{len}\n", escape(&self.dst));
         }
         if self.src == self.dst {
-            format!("{}\n", escape(&self.src))
+            format!("{src}\n")
         } else {
-            format!("{}\t{}\n", escape(&self.src), escape(&self.dst))
+            format!("{src}\t{}\n", escape(&self.dst))
         }
     }
 }
@@ -346,7 +395,7 @@ mod tests {
         let p = |s: &str| s.as_bytes().to_vec();
         assert_eq!(
             Request::parse("base/1/1259\n").unwrap(),
-            Request { src: p("base/1/1259"), dst: p("base/1/1259"), range: None }
+            Request { src: p("base/1/1259"), dst: p("base/1/1259"), range: None, compare: false }
         );
         let r = Request::parse("global/pg_control\tglobal/pg_control.pending").unwrap();
         assert_eq!(r.dst, p("global/pg_control.pending"));
@@ -357,15 +406,53 @@ mod tests {
         assert_eq!(Request::parse("a\\x00b"), Err(ProtocolError::Nul));
         assert_eq!(Request::parse("a\tb\tc"), Err(ProtocolError::TooManyFields));
         assert_eq!(Request::parse(&"x".repeat(MAX_LINE + 1)), Err(ProtocolError::TooLong));
-        let odd = Request { src: p("we\tird\nname"), dst: b"raw\xfe".to_vec(), range: None };
+        let odd = Request { src: p("we\tird\nname"), dst: b"raw\xfe".to_vec(), range: None, compare: false };
         assert_eq!(Request::parse(&odd.to_line()).unwrap(), odd);
-        let piece = Request { src: p("base/5/16384"), dst: p("base/5/16384"), range: Some((67108864, 1024)) };
+        let piece =
+            Request { src: p("base/5/16384"), dst: p("base/5/16384"), range: Some((67108864, 1024)), compare: false };
+        let delta = Request { src: p("base/5/16384"), dst: p("base/5/16384"), range: None, compare: true };
+        assert_eq!(delta.to_line(), "base/5/16384\tbase/5/16384\tcompare\n");
+        assert_eq!(Request::parse(&delta.to_line()), Ok(delta));
         assert_eq!(piece.to_line(), "base/5/16384\tbase/5/16384\t67108864\t1024\n");
         assert_eq!(Request::parse(&piece.to_line()).unwrap(), piece);
         assert!(matches!(Request::parse("a\tb\tx\t1"), Err(ProtocolError::BadRange(_))));
         assert!(matches!(Request::parse("a\tb\t1\t0"), Err(ProtocolError::BadRange(_))));
         assert!(matches!(Request::parse("a\tb\t18446744073709551615\t2"), Err(ProtocolError::BadRange(_))));
         assert_eq!(Request::parse("a\tb\tc"), Err(ProtocolError::TooManyFields));
+    }
+
+    #[test]
+    fn batches() {
+        let p = |s: &str| s.as_bytes().to_vec();
+        let whole = |s: &str| Request { src: p(s), dst: p(s), range: None, compare: false };
+        let compare = Request { compare: true, ..whole("base/5/1259") };
+        let lines = batch_lines(&[whole("base/5/2608"), compare.clone(), whole("PG_VERSION")]);
+        assert_eq!(lines, "batch\t3\nbase/5/2608\nbase/5/1259\tbase/5/1259\tcompare\nPG_VERSION\n");
+        let mut it = lines.lines();
+        assert_eq!(batch_header(it.next().unwrap()), Some(Ok(3)));
+        let reqs: Vec<Request> = it.map(|l| Request::parse(l).unwrap()).collect();
+        assert_eq!(reqs[1], compare);
+        // One request travels alone, without a header.
+        assert_eq!(batch_lines(&[whole("x")]), "x\n");
+        // Request lines are no headers, and headers out of bounds are refused.
+        for line in ["base/5/2608", "batchx\t3", "batch", "\\x62atch\t3", "a\tbatch"] {
+            assert_eq!(batch_header(line), None, "{line}");
+        }
+        assert_eq!(batch_header("batch\t1000\r\n"), Some(Ok(MAX_BATCH)));
+        for bad in ["batch\t0", "batch\t1001", "batch\t+3", "batch\t3\tx", "batch\tx", "batch\t"] {
+            assert!(matches!(batch_header(bad), Some(Err(ProtocolError::BadBatch(_)))), "{bad}");
+        }
+        // A file named batch is escaped: its request line is never taken for a header.
+        for r in [
+            Request { dst: p("5"), ..whole("batch") },
+            whole("batch"),
+            Request { compare: true, ..whole("batch") },
+            Request { range: Some((0, 8)), ..whole("batch") },
+        ] {
+            let line = r.to_line();
+            assert_eq!(batch_header(&line), None, "{line}");
+            assert_eq!(Request::parse(&line).unwrap(), r);
+        }
     }
 
     #[test]
@@ -452,6 +539,13 @@ mod proptests {
                 prop_assert!(!r.src.contains(&0) && !r.dst.contains(&0));
                 prop_assert_eq!(Request::parse(&r.to_line()).unwrap(), r);
             }
+        }
+
+        #[test]
+        fn no_request_line_is_a_batch_header(src in proptest::collection::vec(1u8..=255, 1..12),
+                                             dst in proptest::collection::vec(1u8..=255, 1..12)) {
+            let r = Request { src, dst, range: None, compare: false };
+            prop_assert_eq!(batch_header(&r.to_line()), None);
         }
 
         #[test]

@@ -46,8 +46,18 @@ pub fn line(s: &Summary) -> String {
         0 => count(s.wal_files, "segment"),
         h => format!("{}, {}", count(s.wal_files, "segment"), count(h, "history file")),
     };
+    let refreshed = match s.refresh {
+        Some(r) => format!(
+            " (refreshed: {} compared, {} over the network, {} {} removed)",
+            human(r.compared),
+            human(s.wire),
+            r.removed,
+            if r.removed == 1 { "entry" } else { "entries" }
+        ),
+        None => String::new(),
+    };
     format!(
-        "pgbb: backup complete: {} files, {} in {:.1} s ({}/s), WAL {} to {} on timeline {} ({wal}), {} pages verified{compression}",
+        "pgbb: backup complete: {} files, {} in {:.1} s ({}/s){refreshed}, WAL {} to {} on timeline {} ({wal}), {} pages verified{compression}",
         s.files,
         human(s.bytes),
         s.elapsed.as_secs_f64(),
@@ -114,6 +124,7 @@ mod tests {
             stop: crate::lsn::Lsn(0x2000100),
             timeline: 1,
             elapsed: std::time::Duration::from_secs(1),
+            refresh: None,
             method: Method::Plain,
             bad_pages: 0,
             manifest: true,
@@ -123,5 +134,12 @@ mod tests {
         assert!(line(&s).ends_with("on timeline 1 (1 segment), 7 pages verified"), "{}", line(&s));
         (s.wal_files, s.wal_history, s.timeline) = (2, 1, 2);
         assert!(line(&s).ends_with("on timeline 2 (2 segments, 1 history file), 7 pages verified"), "{}", line(&s));
+        s.refresh = Some(crate::delta::Refresh { compared: 3 << 20, removed: 2 });
+        s.wire = 64 << 10;
+        assert!(
+            line(&s).contains(" (refreshed: 3.0 MB compared, 64.0 kB over the network, 2 entries removed), WAL"),
+            "{}",
+            line(&s)
+        );
     }
 }

@@ -4,7 +4,7 @@
 //! written (the symlinks are the map).
 
 use std::os::unix::ffi::OsStringExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::error::Error;
 
@@ -61,8 +61,9 @@ pub struct Tablespace {
 
 /// Decides where each tablespace goes, and checks that every target can be used: it must not
 /// exist, or be an empty directory (writing into the server's own live tablespace location
-/// would destroy it). Locations are the server's bytes, in any encoding.
-pub fn plan(spcs: &[(u32, String, PathBuf)], mappings: &[Mapping]) -> Result<Vec<Tablespace>, Error> {
+/// would destroy it) — unless `refresh` (`--delta`), which checks each target against DEST
+/// later ([`check_refresh_target`]). Locations are the server's bytes, in any encoding.
+pub fn plan(spcs: &[(u32, String, PathBuf)], mappings: &[Mapping], refresh: bool) -> Result<Vec<Tablespace>, Error> {
     for m in mappings {
         if !spcs.iter().any(|(_, _, loc)| *loc == m.old) {
             return Err(Error::Usage(format!(
@@ -76,16 +77,40 @@ pub fn plan(spcs: &[(u32, String, PathBuf)], mappings: &[Mapping]) -> Result<Vec
     let mut out = Vec::new();
     for (oid, name, location) in spcs.iter().filter(|(_, _, loc)| loc.is_absolute()) {
         let target = mappings.iter().find(|m| m.old == *location).map_or(location.clone(), |m| m.new.clone());
-        if std::fs::read_dir(&target).map(|mut d| d.next().is_some()).unwrap_or(false) {
-            return Err(Error::Dest(crate::dest::DestError::TablespaceInTheWay {
-                name: name.clone(),
-                target,
-                location: location.clone(),
-            }));
+        let t = Tablespace { oid: *oid, name: name.clone(), location: location.clone(), target };
+        if !refresh {
+            check_empty(&t)?;
         }
-        out.push(Tablespace { oid: *oid, name: name.clone(), location: location.clone(), target });
+        out.push(t);
     }
     Ok(out)
+}
+
+fn in_the_way(t: &Tablespace) -> Error {
+    Error::Dest(crate::dest::DestError::TablespaceInTheWay {
+        name: t.name.clone(),
+        target: t.target.clone(),
+        location: t.location.clone(),
+    })
+}
+
+/// A target must be missing or an empty directory.
+pub fn check_empty(t: &Tablespace) -> Result<(), Error> {
+    if std::fs::read_dir(&t.target).map(|mut d| d.next().is_some()).unwrap_or(false) {
+        return Err(in_the_way(t));
+    }
+    Ok(())
+}
+
+/// `--delta` on an older copy in `dest`: a target that is not empty is the copy's own
+/// tablespace only if the copy's `pg_tblspc/<oid>` link points there; anything else is
+/// refused, as for a full backup.
+pub fn check_refresh_target(t: &Tablespace, dest: &Path) -> Result<(), Error> {
+    let link = dest.join("pg_tblspc").join(t.oid.to_string());
+    match std::fs::read_link(&link) {
+        Ok(to) if to == t.target => Ok(()),
+        _ => check_empty(t),
+    }
 }
 
 #[cfg(test)]
@@ -112,20 +137,21 @@ mod tests {
         std::fs::create_dir(&busy).unwrap();
         std::fs::write(busy.join("x"), "").unwrap();
         let spcs = vec![(16400u32, "ts".to_string(), busy.clone())];
-        assert!(plan(&spcs, &[]).is_err(), "the live location is refused");
+        assert!(plan(&spcs, &[], false).is_err(), "the live location is refused");
         let new = t.path().join("new");
-        let p = plan(&spcs, &[Mapping { old: busy.clone(), new: new.clone() }]).unwrap();
+        let p = plan(&spcs, &[Mapping { old: busy.clone(), new: new.clone() }], false).unwrap();
         assert_eq!(p[0].target, new);
         assert!(
-            plan(&spcs, &[Mapping { old: "/elsewhere".into(), new }]).is_err(),
+            plan(&spcs, &[Mapping { old: "/elsewhere".into(), new }], false).is_err(),
             "a mapping must match a tablespace"
         );
         // In-place tablespaces (relative locations) are ordinary data.
-        assert!(plan(&[(1, "inplace".into(), "pg_tblspc/1".into())], &[]).unwrap().is_empty());
+        assert!(plan(&[(1, "inplace".into(), "pg_tblspc/1".into())], &[], false).unwrap().is_empty());
         // A location that is not UTF-8 is matched byte for byte.
         use std::os::unix::ffi::OsStrExt;
         let odd = PathBuf::from(std::ffi::OsStr::from_bytes(b"/srv/sp\xffce"));
-        let p = plan(&[(7, "odd".into(), odd.clone())], &[Mapping { old: odd, new: t.path().join("n") }]).unwrap();
+        let p =
+            plan(&[(7, "odd".into(), odd.clone())], &[Mapping { old: odd, new: t.path().join("n") }], false).unwrap();
         assert_eq!(p[0].target, t.path().join("n"));
     }
 }

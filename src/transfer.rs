@@ -101,6 +101,13 @@ pub enum TransferError {
     Dest(#[from] DestError),
     #[error("{path}: {message}")]
     Data { path: String, message: String },
+    /// The connection was lost and could not be made to work again (see [`crate::retry`]).
+    #[error("{source} (gave up after {attempts} attempts to reconnect)")]
+    GaveUp {
+        attempts: u32,
+        #[source]
+        source: PgError,
+    },
 }
 
 impl TransferError {
@@ -112,6 +119,7 @@ impl TransferError {
             TransferError::Dest(DestError::Io { .. }) => true,
             TransferError::Dest(_) => false,
             TransferError::Data { .. } => false,
+            TransferError::GaveUp { .. } => true,
         }
     }
 }
@@ -119,13 +127,13 @@ impl TransferError {
 /// How the server is told which file, always as raw bytes (never converted between
 /// encodings): by its path, or, for a path that is not valid UTF-8 (which a UTF8 server
 /// refuses as text), by the raw bytes of its components, directories included.
-enum Source {
+pub(crate) enum Source {
     Path(Vec<u8>),
     ByName(Vec<Vec<u8>>),
 }
 
 impl Source {
-    fn of(src: &SafePath) -> Source {
+    pub(crate) fn of(src: &SafePath) -> Source {
         if src.to_str().is_some() {
             return Source::Path(src.as_bytes());
         }
@@ -147,7 +155,7 @@ impl Throttle {
     }
 
     /// Counts `n` bytes received and sleeps as long as the worker is ahead of its rate.
-    fn pace(&self, n: u64) {
+    pub(crate) fn pace(&self, n: u64) {
         let start = *self.start.get().get_or_insert_with(std::time::Instant::now);
         self.start.set(Some(start));
         let total = self.bytes.get() + n;
@@ -168,13 +176,16 @@ enum Request {
     Piece(u64, u64),
     /// The first `len` bytes, into a file of its own zero-filled to `size` bytes.
     Head(u64, u64),
+    /// The whole file, over an older copy of it: only the blocks that differ are written
+    /// (`--delta` from a server on this machine, see [`crate::compare::InPlace`]).
+    Refresh,
 }
 
 impl Request {
     /// The byte range read from the server, `None` for the whole file.
     fn range(self) -> Option<(u64, u64)> {
         match self {
-            Request::Whole => None,
+            Request::Whole | Request::Refresh => None,
             Request::Piece(off, len) => Some((off, len)),
             Request::Head(len, _) => Some((0, len)),
         }
@@ -195,6 +206,9 @@ pub struct Transfer {
     /// when the master asks for them with -P); the transfer itself prints nothing.
     pub progress: Option<fn(u64)>,
     pub throttle: Option<Throttle>,
+    /// `--delta`: compare a file by streaming it whole (a server on this machine), not by
+    /// block hashes computed on the server.
+    pub compare_by_content: bool,
 }
 
 /// How many bytes one request writes: the whole file at the size stat'd when its read
@@ -207,24 +221,24 @@ pub fn extent(stat_size: u64, range: Option<(u64, u64)>) -> u64 {
     }
 }
 
-fn pg_err(what: &str, e: postgres::Error) -> TransferError {
+pub(crate) fn pg_err(what: &str, e: postgres::Error) -> TransferError {
     TransferError::Pg(PgError::query(what, e))
 }
 
 /// Page verification of one file as its bytes pass.
-struct Pages {
+pub(crate) struct Pages {
     buf: Vec<u8>,
     offset: u64,
     segno: u32,
     v: PageVerify,
     /// (block, offset) of pages that failed once.
-    suspects: Vec<(u32, u64)>,
+    pub(crate) suspects: Vec<(u32, u64)>,
     /// Pages whose checksum was compared, good or bad.
-    verified: u64,
+    pub(crate) verified: u64,
 }
 
 impl Pages {
-    fn new(segno: u32, offset: u64, v: PageVerify) -> Pages {
+    pub(crate) fn new(segno: u32, offset: u64, v: PageVerify) -> Pages {
         Pages { buf: Vec::new(), offset, segno, v, suspects: Vec::new(), verified: 0 }
     }
 
@@ -241,7 +255,7 @@ impl Pages {
         self.offset += BLCKSZ as u64;
     }
 
-    fn feed(&mut self, mut data: &[u8]) {
+    pub(crate) fn feed(&mut self, mut data: &[u8]) {
         if !self.buf.is_empty() {
             let take = (BLCKSZ - self.buf.len()).min(data.len());
             self.buf.extend_from_slice(&data[..take]);
@@ -261,20 +275,49 @@ impl Pages {
     }
 }
 
+/// Where a file's bytes are written: a new file, or an older copy refreshed in place.
+enum Out {
+    New(FileWriter),
+    InPlace(crate::compare::InPlace),
+}
+
+impl Out {
+    fn write(&mut self, data: &[u8]) -> Result<(), DestError> {
+        match self {
+            Out::New(w) => w.write(data),
+            Out::InPlace(w) => w.write(data),
+        }
+    }
+
+    fn written(&self) -> u64 {
+        match self {
+            Out::New(w) => w.written(),
+            Out::InPlace(w) => w.written(),
+        }
+    }
+
+    fn finish(self, sync: bool) -> Result<u64, DestError> {
+        match self {
+            Out::New(w) => w.finish(sync),
+            Out::InPlace(w) => w.finish(sync),
+        }
+    }
+}
+
 /// Where the bytes of one file go: DEST, the manifest checksum, the page verifier; and how
 /// far it got, for progress lines.
-struct Sink {
-    w: FileWriter,
+pub(crate) struct Sink {
+    w: Out,
     digest: Digest,
     pages: Option<Pages>,
     /// Bytes received from the server (compressed or not).
-    wire: u64,
+    pub(crate) wire: u64,
     /// Reports how far the file got (every 250 ms), and when it last did.
     progress: Option<(fn(u64), std::time::Instant)>,
 }
 
 impl Sink {
-    fn write(&mut self, data: &[u8]) -> Result<(), TransferError> {
+    pub(crate) fn write(&mut self, data: &[u8]) -> Result<(), TransferError> {
         self.w.write(data)?;
         self.digest.update(data);
         if let Some(p) = self.pages.as_mut() {
@@ -289,7 +332,7 @@ impl Sink {
         Ok(())
     }
 
-    fn zeros(&mut self, mut n: u64) -> Result<(), TransferError> {
+    pub(crate) fn zeros(&mut self, mut n: u64) -> Result<(), TransferError> {
         let zeros = [0u8; BLCKSZ];
         while n > 0 {
             let k = n.min(BLCKSZ as u64) as usize;
@@ -299,7 +342,7 @@ impl Sink {
         Ok(())
     }
 
-    fn written(&self) -> u64 {
+    pub(crate) fn written(&self) -> u64 {
         self.w.written()
     }
 }
@@ -328,8 +371,15 @@ impl Transfer {
         });
         let progress = self.progress.map(|report| (report, std::time::Instant::now()));
         let w = match req {
-            Request::Piece(off, _) => dest.create_piece(dst, off)?,
-            Request::Whole | Request::Head(..) => dest.create_file(dst)?,
+            Request::Piece(off, _) => Out::New(dest.create_piece(dst, off)?),
+            Request::Whole | Request::Head(..) => Out::New(dest.create_file(dst)?),
+            Request::Refresh => match dest.open_existing(dst)? {
+                Some(file) => Out::InPlace(crate::compare::InPlace::new(file, dest.root().join(dst.to_path()))),
+                None => {
+                    dest.remove_file(dst)?;
+                    Out::New(dest.create_file(dst)?)
+                }
+            },
         };
         Ok(Sink { w, digest: Digest::new(self.algorithm), pages, wire: 0, progress })
     }
@@ -345,6 +395,22 @@ impl Transfer {
     ) -> Result<Outcome, TransferError> {
         let req = range.map_or(Request::Whole, |(off, len)| Request::Piece(off, len));
         self.fetch_as(s, src, dest, dst, req)
+    }
+
+    /// `--delta` by content: the whole file streams over the copy in DEST, written where it
+    /// differs.
+    pub(crate) fn refresh_streamed(
+        &self,
+        s: &mut Session,
+        src: &SafePath,
+        dest: &Dest,
+        dst: &SafePath,
+    ) -> Result<Outcome, TransferError> {
+        let out = self.fetch_as(s, src, dest, dst, Request::Refresh)?;
+        if out == Outcome::Vanished {
+            dest.remove_file(dst)?;
+        }
+        Ok(out)
     }
 
     /// Copies the first `len` bytes of server file `src` to `dst` and zero-fills it to `size`
@@ -385,19 +451,40 @@ impl Transfer {
                 sink.zeros(size.saturating_sub(len))?;
             }
         }
-        let Sink { w, digest, pages, wire, .. } = sink;
-        let size = w.finish(self.sync)?;
-        let verified_pages = pages.as_ref().map_or(0, |p| p.verified);
+        let (copied, pages) = self.close(sink, mtime)?;
         let bad_pages = match pages {
             Some(p) if !p.suspects.is_empty() => self.reread(s, src, &p)?,
             _ => Vec::new(),
         };
-        Ok(Outcome::Copied(Copied { size, checksum: digest.finish(), mtime, bad_pages, wire, verified_pages }))
+        Ok(Outcome::Copied(Copied { bad_pages, ..copied }))
+    }
+
+    /// A whole small file's sink, without progress lines (a batch of them is answered at
+    /// once); with `refresh`, over the copy in DEST, written where it differs.
+    pub(crate) fn small_sink(
+        &self,
+        dest: &Dest,
+        src: &SafePath,
+        dst: &SafePath,
+        refresh: bool,
+    ) -> Result<Sink, TransferError> {
+        let req = if refresh { Request::Refresh } else { Request::Whole };
+        Ok(Sink { progress: None, ..self.sink(dest, src, dst, req)? })
+    }
+
+    /// Finishes a file written through `sink`: what it became, and its pages' verification
+    /// (suspect pages not yet read again).
+    pub(crate) fn close(&self, sink: Sink, mtime: i64) -> Result<(Copied, Option<Pages>), TransferError> {
+        let Sink { w, digest, pages, wire, .. } = sink;
+        let size = w.finish(self.sync)?;
+        let verified_pages = pages.as_ref().map_or(0, |p| p.verified);
+        let checksum = digest.finish();
+        Ok((Copied { size, checksum, mtime, bad_pages: Vec::new(), wire, verified_pages }, pages))
     }
 
     /// Reads each suspect page again: a page being written while we read it can look torn
     /// once; only a page that fails twice counts.
-    fn reread(&self, s: &mut Session, src: &SafePath, p: &Pages) -> Result<Vec<BadPage>, TransferError> {
+    pub(crate) fn reread(&self, s: &mut Session, src: &SafePath, p: &Pages) -> Result<Vec<BadPage>, TransferError> {
         let what = format!("could not re-read a page of \"{}\"", src.display());
         let source = Source::of(src);
         let mut bad = Vec::new();

@@ -6,9 +6,10 @@ use std::io::{self, BufRead, Write};
 use crate::cli::{Common, Compress};
 use crate::dest::{Dest, Roots, SafePath};
 use crate::error::Error;
-use crate::pg::{sql, PgError};
-use crate::protocol::{Request, Response, MAX_LINE, PROTOCOL_VERSION};
-use crate::transfer::{Method, Outcome, PageVerify, Throttle, Transfer, ZlibHelper};
+use crate::pg::{sql, PgError, Session};
+use crate::protocol::{show, Request, Response, MAX_LINE, PROTOCOL_VERSION};
+use crate::retry::{retry, Reopened};
+use crate::transfer::{Method, Outcome, PageVerify, Throttle, Transfer, TransferError, ZlibHelper};
 
 /// Reads one line of at most `MAX_LINE` bytes; longer lines are consumed and reported.
 /// Returns `None` at end of input.
@@ -57,7 +58,7 @@ pub fn create_dest(dest: &std::path::Path, group_access: bool) -> Result<(), Err
 
 /// How this session's chunks travel: as the master chose (the installed helper is checked
 /// again first), or, for a worker or `-x` run by hand, chosen here as the master would.
-fn method_for(s: &mut crate::pg::Session, common: &Common, compress: Compress) -> Result<(Method, ZlibHelper), Error> {
+fn method_for(s: &mut Session, common: &Common, compress: Compress) -> Result<(Method, ZlibHelper), Error> {
     match (compress, &common.zlib_helper) {
         (Compress::Fixed(m @ Method::Zlib(_)), Some(h)) => {
             if let ZlibHelper::Installed(schema) = h {
@@ -79,7 +80,7 @@ fn method_for(s: &mut crate::pg::Session, common: &Common, compress: Compress) -
 
 /// Opens the session and chooses how chunks travel (see [`method_for`]); with
 /// `--verify-lsn`, reads what page verification needs.
-pub fn open_session(common: &Common, app: &str, compress: Compress) -> Result<(crate::pg::Session, Transfer), Error> {
+pub fn open_session(common: &Common, app: &str, compress: Compress) -> Result<(Session, Transfer), Error> {
     let mut s = common.conn.connect(&common.session_name(app))?;
     let (caps, _) = sql::version(&mut s)?;
     sql::session_setup_for(&mut s, caps)?;
@@ -105,6 +106,8 @@ pub fn open_session(common: &Common, app: &str, compress: Compress) -> Result<(c
         verify,
         progress: common.report_progress.then_some(say_progress as fn(u64)),
         throttle: common.rate.map(Throttle::new),
+        // As the master says (plan_delta): reading costs less than hashing on this machine.
+        compare_by_content: common.conn.is_local(),
     };
     if let Err(e) = t.prepare(&mut s) {
         if !matches!(compress, Compress::Auto(_)) {
@@ -122,6 +125,78 @@ pub fn open_session(common: &Common, app: &str, compress: Compress) -> Result<(c
     Ok((s, t))
 }
 
+/// A worker's session and how its chunks travel, with what it takes to open them again.
+struct Link<'a> {
+    common: &'a Common,
+    app: &'a str,
+    compress: Compress,
+    s: Session,
+    transfer: Transfer,
+}
+
+impl Link<'_> {
+    /// A worker of a run (spawned by a master, which holds the run's lock) reconnects after
+    /// a lost connection; one started by hand has no master to ask about and fails as before.
+    fn retries(&self) -> bool {
+        self.common.run_key.is_some()
+    }
+
+    /// A new session, set up as the first one (the compression helper created again), if
+    /// the run's master still holds its lock; the throttle goes on counting.
+    fn reopen(&mut self) -> Result<Reopened, PgError> {
+        let (mut s, mut transfer) = open_session(self.common, self.app, self.compress).map_err(|e| match e {
+            Error::Pg(p) => p,
+            other => PgError::Unsupported(other.to_string()),
+        })?;
+        if let Some(key) = self.common.run_key {
+            if !sql::run_alive(&mut s, key)? {
+                return Ok(Reopened::MasterGone);
+            }
+        }
+        transfer.throttle = self.transfer.throttle.take();
+        (self.s, self.transfer) = (s, transfer);
+        Ok(Reopened::Ready)
+    }
+
+    /// Copies (or compares) one request's file; a lost connection is retried (see
+    /// [`crate::retry`]).
+    fn copy(&mut self, roots: &Roots, req: &Request, src: &SafePath, dst: &SafePath) -> Result<Outcome, TransferError> {
+        let (dest, dst) = roots.route(dst);
+        let op = |l: &mut Link| {
+            if req.compare {
+                l.transfer.refresh(&mut l.s, src, dest, &dst)
+            } else {
+                l.transfer.fetch(&mut l.s, src, dest, &dst, req.range)
+            }
+        };
+        if !self.retries() {
+            return op(self);
+        }
+        let what = show(&req.src);
+        retry(self, crate::retry::WORKER, &what, op, Link::reopen, std::thread::sleep)
+    }
+}
+
+impl crate::batch::Worker for Link<'_> {
+    fn session(&mut self) -> (&mut Session, &Transfer) {
+        (&mut self.s, &self.transfer)
+    }
+
+    fn alone(
+        &mut self,
+        roots: &Roots,
+        req: &Request,
+        src: &SafePath,
+        dst: &SafePath,
+    ) -> Result<Outcome, TransferError> {
+        self.copy(roots, req, src, dst)
+    }
+
+    fn retries(&self) -> bool {
+        Link::retries(self)
+    }
+}
+
 pub fn run(common: &Common, id: Option<usize>, compress: Compress) -> Result<(), Error> {
     let app = match id {
         Some(i) => format!("pgbb worker {i}"),
@@ -137,13 +212,14 @@ pub fn run(common: &Common, id: Option<usize>, compress: Compress) -> Result<(),
     // A DEST that cannot be made or opened is told like any fatal error: the master then
     // knows it from the exit status (5), not as a child that died without a word.
     let opened = open_roots(common).and_then(|roots| Ok((roots, open_session(common, &app, compress)?)));
-    let (roots, (mut s, transfer)) = match opened {
+    let (roots, (s, transfer)) = match opened {
         Ok(x) => x,
         Err(e) => {
             let _ = say(Response::Fatal { message: e.to_string() });
             return Err(e);
         }
     };
+    let mut link = Link { common, app: &app, compress, s, transfer };
     say(Response::Hello { protocol: PROTOCOL_VERSION, version: env!("CARGO_PKG_VERSION").into(), role: app.clone() })?;
 
     let stdin = io::stdin();
@@ -152,11 +228,19 @@ pub fn run(common: &Common, id: Option<usize>, compress: Compress) -> Result<(),
     while let Some(too_long) =
         read_line(&mut input, &mut buf).map_err(|source| Error::Pipe { what: "cannot read stdin", source })?
     {
-        match parse_request(trim_eol(&buf), too_long) {
-            Ok((req, src, dst)) => serve(&mut s, &transfer, &roots, req, &src, &dst, &mut say)?,
-            Err(answer) => say(answer)?,
+        if let Some(n) = batch_header(&buf, too_long) {
+            match n {
+                Ok(n) => crate::batch::serve(&mut link, &roots, read_batch(&mut input, n)?, &mut say)?,
+                Err(answer) => say(answer)?,
+            }
+        } else {
+            match parse_request(trim_eol(&buf), too_long) {
+                Ok((req, src, dst)) => serve(&mut link, &roots, req, &src, &dst, &mut say)?,
+                Err(answer) => say(answer)?,
+            }
         }
-        if s.is_closed() {
+        // A worker that reconnects finds out with its next request.
+        if link.s.is_closed() && !link.retries() {
             let e = PgError::Query {
                 what: "connection".into(),
                 message: "the server closed the connection".into(),
@@ -189,6 +273,27 @@ fn open_roots(common: &Common) -> Result<Roots, Error> {
     Ok(roots)
 }
 
+/// A `batch<TAB>N` line: `None` if it is a request line, else N or the error line that
+/// answers it.
+fn batch_header(line: &[u8], too_long: bool) -> Option<Result<usize, Response>> {
+    let text = std::str::from_utf8(trim_eol(line)).ok().filter(|_| !too_long)?;
+    let shown = text.as_bytes()[..text.len().min(200)].to_vec();
+    crate::protocol::batch_header(text).map(|n| n.map_err(|e| Response::Error { path: shown, message: e.to_string() }))
+}
+
+/// The `n` request lines of a batch (fewer at the end of input), each checked.
+fn read_batch(input: &mut impl BufRead, n: usize) -> Result<Vec<crate::batch::Parsed>, Error> {
+    let mut out = Vec::with_capacity(n);
+    let mut buf = Vec::new();
+    while out.len() < n {
+        match read_line(input, &mut buf).map_err(|source| Error::Pipe { what: "cannot read stdin", source })? {
+            Some(too_long) => out.push(parse_request(trim_eol(&buf), too_long)),
+            None => break,
+        }
+    }
+    Ok(out)
+}
+
 /// One request line, checked; or the error line that answers it. An error line echoes the
 /// request's own bytes (escaped as \xHH where they are not UTF-8), so that the caller can
 /// match it to what it sent.
@@ -212,16 +317,14 @@ fn parse_request(line: &[u8], too_long: bool) -> Result<(Request, SafePath, Safe
 
 /// Copies one request's file (or piece) and answers it; a fatal error ends the worker.
 fn serve(
-    s: &mut crate::pg::Session,
-    transfer: &Transfer,
+    link: &mut Link,
     roots: &Roots,
     req: Request,
     src: &SafePath,
     dst: &SafePath,
     say: &mut impl FnMut(Response) -> Result<(), Error>,
 ) -> Result<(), Error> {
-    let (dest, dst) = roots.route(dst);
-    match transfer.fetch(s, src, dest, &dst, req.range) {
+    match link.copy(roots, &req, src, dst) {
         Ok(Outcome::Copied(c)) => {
             for b in &c.bad_pages {
                 let (block, calculated, expected) = (b.block, b.calculated, b.expected);

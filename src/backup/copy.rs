@@ -16,7 +16,7 @@ use crate::manifest::FileEntry;
 use crate::pg::Session;
 use crate::pool::{describe_status, Event, Pool};
 use crate::progress::Progress;
-use crate::protocol::{show, Request, Response, PROTOCOL_VERSION};
+use crate::protocol::{batch_lines, show, Request, Response, PROTOCOL_VERSION};
 
 use super::lag::Watch;
 use super::pages::PageReport;
@@ -34,6 +34,8 @@ pub(super) struct WorkerState {
     pub idx: usize,
     pub ready: bool,
     pub inflight: VecDeque<Work>,
+    /// How many of `inflight` each request (a file, or a batch of small ones) holds.
+    pub requests: VecDeque<usize>,
     pub finished: bool,
 }
 
@@ -182,20 +184,32 @@ impl Run<'_> {
     }
 
     fn dispatch(&mut self) -> Result<(), Error> {
+        let spread = self.workers.len() * PIPELINE;
         for w in 0..self.workers.len() {
-            while self.workers[w].ready && self.workers[w].inflight.len() < PIPELINE {
-                let Some(job) = self.queue.pop_front() else {
+            while self.workers[w].ready && self.workers[w].requests.len() < PIPELINE {
+                let jobs = super::batches::next_request(&mut self.queue, spread);
+                if jobs.is_empty() {
                     return Ok(());
-                };
-                let idx = self.workers[w].idx;
-                self.pool
-                    .send(idx, &Request { src: job.path.clone(), dst: job.path.clone(), range: job.range }.to_line())?;
-                if self.workers[w].inflight.is_empty() {
-                    self.progress.started(w, &show(&job.path));
                 }
-                self.workers[w].inflight.push_back(job);
+                let reqs: Vec<Request> = jobs
+                    .iter()
+                    .map(|j| Request { src: j.path.clone(), dst: j.path.clone(), range: j.range, compare: j.compare })
+                    .collect();
+                self.send(w, &reqs, jobs)?;
             }
         }
+        Ok(())
+    }
+
+    /// Sends worker `w` one request (one file, or a batch of small ones) and counts it in
+    /// flight.
+    fn send(&mut self, w: usize, reqs: &[Request], jobs: Vec<Work>) -> Result<(), Error> {
+        self.pool.send(self.workers[w].idx, &batch_lines(reqs))?;
+        if let (true, Some(first)) = (self.workers[w].inflight.is_empty(), jobs.first()) {
+            self.progress.started(w, &show(&first.path));
+        }
+        self.workers[w].requests.push_back(jobs.len());
+        self.workers[w].inflight.extend(jobs);
         Ok(())
     }
 
@@ -344,6 +358,12 @@ impl Run<'_> {
                     .inflight
                     .pop_front()
                     .ok_or(Error::Internal("a result came from a worker with no file in flight"))?;
+                let requests = &mut self.workers[w].requests;
+                match requests.front_mut() {
+                    Some(1) => drop(requests.pop_front()),
+                    Some(n) => *n -= 1,
+                    None => return Err(Error::Internal("a result came from a worker with no request in flight")),
+                }
                 if let Some(next) = self.workers[w].inflight.front() {
                     let next = show(&next.path);
                     self.progress.started(w, &next);
@@ -456,12 +476,10 @@ impl Run<'_> {
         const ATTEMPTS: u32 = 5;
         for attempt in 1..=ATTEMPTS {
             let w = self.workers.iter().position(|w| w.ready).unwrap_or(0);
-            let idx = self.workers[w].idx;
-            self.pool.send(
-                idx,
-                &Request { src: pg_control.path.clone(), dst: PG_CONTROL_PENDING.into(), range: None }.to_line(),
-            )?;
-            self.workers[w].inflight.push_back(Work { path: pg_control.path.clone(), range: None });
+            let req =
+                Request { src: pg_control.path.clone(), dst: PG_CONTROL_PENDING.into(), range: None, compare: false };
+            let work = Work { path: pg_control.path.clone(), range: None, compare: false, size: pg_control.size };
+            self.send(w, &[req], vec![work])?;
             let before = self.files;
             while !self.idle() {
                 self.step()?;

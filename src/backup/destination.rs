@@ -3,7 +3,8 @@
 //! that undoes all of it if the backup fails.
 
 use crate::cli::MasterOpts;
-use crate::dest::{Dest, Roots};
+use crate::delta::origin::{self, Cluster, Found, MARKER};
+use crate::dest::{Dest, DestError, Roots, SafePath, PG_CONTROL};
 use crate::dest_safety::{self, ServerView};
 use crate::error::Error;
 use crate::guard::DestGuard;
@@ -26,6 +27,8 @@ pub(super) struct Target {
     pub view: ServerView,
     /// `PG_<major>_<catversion>`: the one directory of a tablespace that belongs to the backup.
     pub version_dir: String,
+    /// `--delta` on an older copy of this cluster: DEST's files are compared, not replaced.
+    pub refresh: bool,
 }
 
 pub(super) fn prepare(server: &mut Server, opts: &MasterOpts, sig: &Signals) -> Result<Target, Error> {
@@ -33,10 +36,28 @@ pub(super) fn prepare(server: &mut Server, opts: &MasterOpts, sig: &Signals) -> 
     let common = &mut server.common;
     let group = server.info.group_access;
     // Tablespaces: each copied to its location or its -T mapping, pg_tblspc/<oid> a symlink.
-    let spcs = tablespace::plan(&sql::tablespaces(ctl)?, &opts.mappings)?;
+    let spcs = tablespace::plan(&sql::tablespaces(ctl)?, &opts.mappings, opts.delta)?;
     // Nothing is created or removed before DEST and the targets are known to be safe.
-    let view = dest_safety::vet(ctl, &common.dest, &spcs, opts.force)?;
-    let mut guard = DestGuard::prepare(&common.dest, opts.force, opts.keep_on_failure, group)?;
+    let view = dest_safety::vet(ctl, &common.dest, &spcs, opts.force || opts.delta)?;
+    let catalog_version = sql::catalog_version(ctl)?;
+    let cluster =
+        Cluster { system_identifier: sql::system_identifier(ctl)?, major: server.info.caps.major(), catalog_version };
+    let refresh = opts.delta && is_a_copy(&common.dest, cluster)?;
+    if refresh {
+        usable(&common.dest)?;
+    }
+    for t in &spcs {
+        if refresh {
+            tablespace::check_refresh_target(t, &common.dest)?;
+        } else if opts.delta {
+            tablespace::check_empty(t)?;
+        }
+    }
+    let mut guard = if refresh {
+        DestGuard::adopt(&common.dest, group)?
+    } else {
+        DestGuard::prepare(&common.dest, opts.force, opts.keep_on_failure, group)?
+    };
     sig.interrupt.set_last_words(guard.emergency_cleanup(sig.pids.clone()));
     let dest = Dest::open(&common.dest, group)?;
     let mut roots = Roots::new(Dest::open(&common.dest, group)?);
@@ -46,6 +67,69 @@ pub(super) fn prepare(server: &mut Server, opts: &MasterOpts, sig: &Signals) -> 
         common.tablespaces.push((t.oid, t.target.clone()));
         log::info!("tablespace \"{}\" ({}) goes to {}", t.name, t.location.display(), t.target.display());
     }
-    let version_dir = format!("PG_{}_{}", server.info.caps.major(), sql::catalog_version(ctl)?);
-    Ok(Target { guard, dest, roots, spcs, view, version_dir })
+    let version_dir = format!("PG_{}_{}", server.info.caps.major(), catalog_version);
+    // Before anything else in DEST changes: what proves, if this run is interrupted, whose
+    // copy DEST is (a later --delta finishes it).
+    guard.mutate(|| dest.write_file(&SafePath::parse(MARKER)?, cluster.record().as_bytes(), common.sync))?;
+    if refresh {
+        unstartable(&dest, &guard, common.sync)?;
+    }
+    Ok(Target { guard, dest, roots, spcs, view, version_dir, refresh })
+}
+
+/// `--delta`: is DEST a copy to refresh (else empty: a full backup)? Refuses anything else.
+fn is_a_copy(dest: &std::path::Path, cluster: Cluster) -> Result<bool, Error> {
+    match origin::prove(dest, cluster).map_err(DestError::from)? {
+        Found::Empty => {
+            log::info!("--delta: {} is empty or absent: taking a full backup", dest.display());
+            Ok(false)
+        }
+        Found::Copy(by) => {
+            log::info!(
+                "--delta: refreshing the copy of this cluster in {} (proven by {})",
+                dest.display(),
+                by.join(", ")
+            );
+            Ok(true)
+        }
+    }
+}
+
+/// Every entry of DEST can be refreshed by this user: checked before anything changes.
+fn usable(dest: &std::path::Path) -> Result<(), Error> {
+    let found = crate::delta::local::list(dest).map_err(|source| DestError::Op {
+        action: "list",
+        path: dest.into(),
+        source,
+    })?;
+    let files = crate::delta::local::unusable(dest, &found);
+    if files.is_empty() {
+        return Ok(());
+    }
+    Err(DestError::from(origin::OriginError::Unusable { dest: dest.into(), files }).into())
+}
+
+/// The refresh's first change: DEST can no longer be started (its pg_control goes; the new
+/// one comes last), and the WAL a backup always copies anew is cleared, before the WAL child
+/// writes into pg_wal. A pg_wal that is a symlink (an older copy's separate WAL directory) is
+/// removed, never followed.
+fn unstartable(dest: &Dest, guard: &DestGuard, sync: bool) -> Result<(), Error> {
+    guard.mutate(|| -> Result<(), Error> {
+        dest.remove_file(&SafePath::parse(PG_CONTROL)?)?;
+        if sync {
+            dest.sync_dir(Some(&SafePath::parse("global")?)).or_else(|e| match e {
+                DestError::Io { ref source, .. } if source.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                e => Err(e),
+            })?;
+        }
+        let wal = dest.root().join("pg_wal");
+        let op = |action, source| DestError::Op { action, path: wal.clone(), source };
+        match std::fs::symlink_metadata(&wal) {
+            Ok(m) if m.is_dir() => crate::guard::empty_dir(&wal)?,
+            Ok(_) => std::fs::remove_file(&wal).map_err(|e| op("remove", e))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(op("read", e).into()),
+        }
+        Ok(())
+    })
 }

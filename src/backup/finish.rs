@@ -57,6 +57,12 @@ pub(super) fn finish(
     // The very last step: pg_control appears only in a complete, synced backup; from then
     // on DEST is left alone (one step for a second signal, see DestGuard::complete).
     target.guard.complete(|| -> Result<(), Error> {
+        // The run's record of DEST's origin goes first: a complete backup holds only what
+        // its manifest lists (a crash here leaves DEST without either, proven by its manifest).
+        dest.remove_file(&SafePath::parse(crate::delta::origin::MARKER)?)?;
+        if sync {
+            dest.sync_dir(None)?;
+        }
         dest.rename(&SafePath::parse(PG_CONTROL_PENDING)?, &SafePath::parse(PG_CONTROL)?)?;
         if sync {
             dest.sync_dir(Some(&SafePath::parse("global")?))?;
@@ -107,6 +113,7 @@ fn summary(server: &Server, opts: &MasterOpts, c: Copied, started: &Started, sto
         verified_pages: c.pages.verified,
         manifest: opts.manifest,
         wire: c.wire,
+        refresh: None,
     }
 }
 

@@ -5,6 +5,7 @@
 //! WAL range → finish (manifest, sync, pg_control last). A refresh or an incremental backup
 //! is another plan and copy phase; the phases around them stay the same.
 
+mod batches;
 mod connect;
 mod copy;
 mod destination;
@@ -13,6 +14,7 @@ mod lag;
 mod pages;
 mod pieces;
 mod plan;
+mod plan_delta;
 mod slot;
 mod start;
 mod stop;
@@ -54,6 +56,8 @@ pub struct Summary {
     pub manifest: bool,
     /// Bytes that came over the network for the data files (`bytes` when uncompressed).
     pub wire: u64,
+    /// `--delta` on an older copy: what was compared and removed.
+    pub refresh: Option<crate::delta::Refresh>,
 }
 
 /// The master's side of signal handling: what the signal thread shares, the channel on which
@@ -111,7 +115,12 @@ fn backup(common: &Common, opts: &MasterOpts, sig: &Signals) -> Result<Summary, 
     sig.check()?;
     let started = start::start_backup(&mut server, opts)?;
     let mut children = start::spawn_children(&server, opts, &started, sig)?;
-    let plan = plan::full(&mut server, &target, opts)?;
+    let plan = if target.refresh {
+        plan_delta::delta(&mut server, &target, opts)?
+    } else {
+        plan::full(&mut server, &target, opts)?
+    };
+    let refresh = target.refresh.then_some(plan.refresh);
     let mut copy = copy::Run::new(&mut children, plan, &target.roots, &server.common, opts, sig);
     copy.watch_lag(watch);
     copy.copy_files(&mut server.ctl, &server.common.dest)?;
@@ -121,5 +130,5 @@ fn backup(common: &Common, opts: &MasterOpts, sig: &Signals) -> Result<Summary, 
     stop::check_wal(&mut server, &hold, &target, &started, &stopped, &copied)?;
     let summary = finish::finish(&mut server, opts, &mut target, copied, &started, &stopped)?;
     hold.keep();
-    Ok(Summary { elapsed: t0.elapsed(), ..summary })
+    Ok(Summary { elapsed: t0.elapsed(), refresh, ..summary })
 }

@@ -2,10 +2,11 @@
 //! applied, DEST's directories and tablespace links made, and the work queue built — largest
 //! file first, large files in pieces for several workers. pg_control is held back for last.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Instant;
 
 use crate::cli::MasterOpts;
+use crate::delta::Refresh;
 use crate::dest::{DestError, SafePath};
 use crate::digest::Algorithm;
 use crate::error::Error;
@@ -18,6 +19,8 @@ use super::destination::Target;
 /// What the copy phase does.
 pub(super) struct Plan {
     pub queue: VecDeque<Work>,
+    /// `--delta`: what was compared and removed (zero for a full backup).
+    pub refresh: Refresh,
     /// `global/pg_control`, copied after everything else.
     pub pg_control: FileJob,
     /// Listed sizes of the files large enough to be split.
@@ -29,6 +32,13 @@ pub(super) struct Plan {
 
 /// Every file of the data directory, copied whole (or in pieces).
 pub(super) fn full(server: &mut Server, target: &Target, opts: &MasterOpts) -> Result<Plan, Error> {
+    let layout = list(server, target)?;
+    make_directories(&layout, target)?;
+    queue(layout, opts.jobs, server.common.algorithm, &HashSet::new())
+}
+
+/// The server's files as a backup copies them: listed, with core's layout rules applied.
+pub(super) fn list(server: &mut Server, target: &Target) -> Result<Layout, Error> {
     let listing = Instant::now();
     let raw = crate::listing::list(&mut server.ctl, &target.view)?;
     let listed_in = listing.elapsed();
@@ -49,13 +59,12 @@ pub(super) fn full(server: &mut Server, target: &Target, opts: &MasterOpts) -> R
         layout.excluded,
         listed_in.as_millis()
     );
-    make_directories(&layout, target)?;
-    queue(layout, opts.jobs, server.common.algorithm)
+    Ok(layout)
 }
 
 /// DEST's directories (each to its root: DEST or a tablespace target), and the pg_tblspc
 /// links to the tablespaces' targets.
-fn make_directories(layout: &Layout, target: &Target) -> Result<(), Error> {
+pub(super) fn make_directories(layout: &Layout, target: &Target) -> Result<(), Error> {
     for d in &layout.dirs {
         let d = SafePath::parse(d)?;
         if target.roots.is_link(&d) {
@@ -80,20 +89,27 @@ fn make_directories(layout: &Layout, target: &Target) -> Result<(), Error> {
 }
 
 /// The plan from the layout; the queue holds the file list from here on (a master of 200k
-/// files keeps one copy).
-fn queue(layout: Layout, jobs: usize, algorithm: Algorithm) -> Result<Plan, Error> {
+/// files keeps one copy). Files in `compare` are refreshed in place (`--delta`).
+pub(super) fn queue(
+    layout: Layout,
+    jobs: usize,
+    algorithm: Algorithm,
+    compare: &HashSet<Vec<u8>>,
+) -> Result<Plan, Error> {
     let pg_control = layout
         .pg_control
         .clone()
         .ok_or_else(|| Error::Inconsistent("the server's listing has no global/pg_control".into()))?;
     let total = layout.total_bytes();
-    let queue = work_queue(&layout.files, jobs, algorithm);
+    let queue = work_queue(&layout.files, jobs, algorithm, compare);
     let pieces = queue.iter().filter(|w| w.range.is_some()).count();
     if pieces > 0 {
         log::info!("large files go in {pieces} pieces of up to {} MB, copied in parallel", PIECE >> 20);
     }
     let sizes = layout.files.iter().filter(|f| f.size >= SPLIT_FROM).map(|f| (f.path.clone(), f.size)).collect();
-    Ok(Plan { queue, pg_control, sizes, total, files: layout.files.len() })
+    let compared = layout.files.iter().filter(|f| compare.contains(&f.path)).map(|f| f.size).sum();
+    let refresh = Refresh { compared, removed: 0 };
+    Ok(Plan { queue, refresh, pg_control, sizes, total, files: layout.files.len() })
 }
 
 /// One request for a worker: a whole file, or one piece of a large one.
@@ -101,6 +117,10 @@ fn queue(layout: Layout, jobs: usize, algorithm: Algorithm) -> Result<Plan, Erro
 pub(super) struct Work {
     pub path: Vec<u8>,
     pub range: Option<(u64, u64)>,
+    /// `--delta`: DEST holds an older copy to bring up to date in place.
+    pub compare: bool,
+    /// The file's size as listed (small files travel in batches).
+    pub size: u64,
 }
 
 /// Files at least this large are split into pieces of [`PIECE`] bytes, copied by several
@@ -109,20 +129,27 @@ pub(super) const SPLIT_FROM: u64 = 128 << 20;
 pub(super) const PIECE: u64 = 64 << 20;
 
 /// The work queue: largest file first, large files as pieces. Pieces need a checksum that
-/// combines (CRC-32C or none), and a UTF-8 name.
-pub(super) fn work_queue(files: &[FileJob], jobs: usize, algorithm: Algorithm) -> VecDeque<Work> {
+/// combines (CRC-32C or none), and a UTF-8 name. A file to compare goes whole.
+pub(super) fn work_queue(
+    files: &[FileJob],
+    jobs: usize,
+    algorithm: Algorithm,
+    compare: &HashSet<Vec<u8>>,
+) -> VecDeque<Work> {
     let split = jobs > 1 && matches!(algorithm, Algorithm::Crc32c | Algorithm::None);
     let mut q = VecDeque::new();
     for f in files {
-        if split && f.size >= SPLIT_FROM && std::str::from_utf8(&f.path).is_ok() {
+        if compare.contains(&f.path) {
+            q.push_back(Work { path: f.path.clone(), range: None, compare: true, size: f.size });
+        } else if split && f.size >= SPLIT_FROM && std::str::from_utf8(&f.path).is_ok() {
             let mut off = 0;
             while off < f.size {
                 let len = PIECE.min(f.size - off);
-                q.push_back(Work { path: f.path.clone(), range: Some((off, len)) });
+                q.push_back(Work { path: f.path.clone(), range: Some((off, len)), compare: false, size: f.size });
                 off += len;
             }
         } else {
-            q.push_back(Work { path: f.path.clone(), range: None });
+            q.push_back(Work { path: f.path.clone(), range: None, compare: false, size: f.size });
         }
     }
     q
@@ -138,7 +165,8 @@ mod tests {
             FileJob { path: b"base/5/big".to_vec(), size: 200 << 20 },
             FileJob { path: b"base/5/small".to_vec(), size: 8192 },
         ];
-        let q = work_queue(&files, 2, Algorithm::Crc32c);
+        let none = HashSet::new();
+        let q = work_queue(&files, 2, Algorithm::Crc32c, &none);
         let r: Vec<_> = q.iter().map(|w| w.range).collect();
         assert_eq!(
             r,
@@ -150,7 +178,11 @@ mod tests {
                 None
             ]
         );
-        assert_eq!(work_queue(&files, 1, Algorithm::Crc32c).len(), 2, "one worker: no pieces");
-        assert_eq!(work_queue(&files, 2, Algorithm::Sha256).len(), 2, "SHA-2 does not combine: no pieces");
+        assert_eq!(work_queue(&files, 1, Algorithm::Crc32c, &none).len(), 2, "one worker: no pieces");
+        assert_eq!(work_queue(&files, 2, Algorithm::Sha256, &none).len(), 2, "SHA-2 does not combine: no pieces");
+        let compare: HashSet<Vec<u8>> = [b"base/5/big".to_vec()].into();
+        let q = work_queue(&files, 2, Algorithm::Crc32c, &compare);
+        let r: Vec<_> = q.iter().map(|w| (w.range, w.compare)).collect();
+        assert_eq!(r, vec![(None, true), (None, false)], "a file compared in place goes whole");
     }
 }

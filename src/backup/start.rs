@@ -61,7 +61,13 @@ pub(super) fn spawn_children(
     let mut workers = Vec::new();
     for i in 1..=opts.jobs {
         let idx = pool.spawn(&format!("worker {i}"), common.worker_args(i, method), password.as_deref())?;
-        workers.push(WorkerState { idx, ready: false, inflight: VecDeque::new(), finished: false });
+        workers.push(WorkerState {
+            idx,
+            ready: false,
+            inflight: VecDeque::new(),
+            requests: VecDeque::new(),
+            finished: false,
+        });
     }
     Ok(Children { pool, wal, workers })
 }

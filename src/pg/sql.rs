@@ -215,6 +215,18 @@ pub fn lock_run(s: &mut Session, key: i32) -> Result<bool, PgError> {
     Ok(r.get(0))
 }
 
+/// Whether a session holds the advisory lock of run `key`: its master is alive (a worker
+/// that reconnected asks before it copies again).
+pub fn run_alive(s: &mut Session, key: i32) -> Result<bool, PgError> {
+    let r = s.query_one(
+        "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND classid = $1 \
+                           AND objid = $2 AND objsubid = 2 AND granted)",
+        &[&(super::run::RUN_LOCK_CLASS as u32), &(key as u32)],
+        "could not look for the run's lock",
+    )?;
+    Ok(r.get(0))
+}
+
 /// Whether server process `pid` is still there.
 pub fn backend_exists(s: &mut Session, pid: i32) -> Result<bool, PgError> {
     let r = s.query_one(
@@ -588,6 +600,83 @@ pub const READ_PLAIN_BY_NAME: &str = concat!(
        FROM (SELECT p FROM walk WHERE i = pg_catalog.cardinality($1::pg_catalog.bytea[])) AS f \
        CROSS JOIN LATERAL pg_catalog.pg_stat_file(f.p, true) AS st \
        LEFT JOIN LATERAL pg_catalog.generate_series(0::bigint, st.size - 1, $2) AS o ON true"
+);
+
+/// `--delta`: the blocks of a file that differ from the copy's. $2 is the read size (a
+/// multiple of [`crate::compare::BLOCK`]), $3 the copy's block hashes: the SHA-256 of each
+/// 8192-byte block of the local file, concatenated (a block past the copy's end has none, and
+/// so differs). Nothing past the size stat'd first is read (a file that grows meanwhile is
+/// cut there, as in a full backup). One row per differing block: (size, mtime, offset, bytes), in file order;
+/// the server hashes with the built-in `sha256(bytea)`, so only differing blocks travel. A
+/// file whose blocks all match gives one row with a NULL offset; a missing file one row with
+/// a NULL size; a NULL block means the file vanished while it was read.
+macro_rules! compare_blocks {
+    ($from:literal) => {
+        compare_blocks!("", $from, "$3::pg_catalog.bytea")
+    };
+    ($cols:literal, $from:literal, $hashes:literal) => {
+        concat!(
+            "SELECT ",
+            $cols,
+            "st.size, extract(epoch FROM st.modification)::bigint, c.off, c.blk \
+               FROM ",
+            $from,
+            " CROSS JOIN LATERAL pg_catalog.pg_stat_file(f.p, true) AS st \
+               LEFT JOIN LATERAL ( \
+                 SELECT o + b * 8192 AS off, x.blk \
+                   FROM pg_catalog.generate_series(0::bigint, st.size - 1, $2) AS o \
+                  CROSS JOIN LATERAL pg_catalog.pg_read_binary_file(f.p, o, least($2, st.size - o), true) AS d(d) \
+                  CROSS JOIN LATERAL pg_catalog.generate_series(0::bigint, \
+                        COALESCE((pg_catalog.length(d.d) - 1) / 8192, 0)) AS b \
+                  CROSS JOIN LATERAL (SELECT pg_catalog.substr(d.d, (b * 8192 + 1)::int, 8192) AS blk) AS x \
+                  WHERE d.d IS NULL \
+                     OR pg_catalog.sha256(x.blk) IS DISTINCT FROM \
+                        pg_catalog.substr(",
+            $hashes,
+            ", ((o / 8192 + b) * 32 + 1)::int, 32) \
+               ) AS c ON true"
+        )
+    };
+}
+
+/// See `compare_blocks!`; the path ($1) travels as raw bytes.
+pub const COMPARE_BLOCKS: &str = compare_blocks!("(SELECT pg_catalog.convert_from($1, 'SQL_ASCII') AS p) AS f");
+
+/// [`COMPARE_BLOCKS`] for a file whose path is not valid UTF-8 ($1: its components, see
+/// `walk_to_raw_path!`). No row at all if it is not there.
+pub const COMPARE_BLOCKS_BY_NAME: &str = concat!(
+    walk_to_raw_path!(),
+    compare_blocks!("(SELECT p FROM walk WHERE i = pg_catalog.cardinality($1::pg_catalog.bytea[])) AS f")
+);
+
+/// Many small files with one statement (pg_rewind's `libpq_source.c` fetches the same way,
+/// over `unnest`): $1 their paths as raw bytes (`bytea[]`, see `text_path!`), $2 the largest
+/// size read here. One row per path, in the order given: (its position from 1, size, mtime,
+/// size ≤ $2, bytes). The bytes are cut at the size stat'd (nothing past it is read); a
+/// missing file has a NULL size; NULL bytes after a size mean it vanished while it was read;
+/// a file larger than $2 (it grew since it was listed) has no bytes: read it on its own.
+pub const READ_MANY: &str = concat!(
+    "SELECT r.i, st.size, extract(epoch FROM st.modification)::bigint, st.size <= $2, \
+            CASE WHEN st.size <= $2 THEN pg_catalog.pg_read_binary_file(",
+    text_path!("r.raw"),
+    ", 0, st.size, true) END \
+       FROM pg_catalog.unnest($1::pg_catalog.bytea[]) WITH ORDINALITY AS r(raw, i) \
+      CROSS JOIN LATERAL pg_catalog.pg_stat_file(",
+    text_path!("r.raw"),
+    ", true) AS st"
+);
+
+/// `--delta` for many small files with one statement: [`COMPARE_BLOCKS`] of each path of $1
+/// (raw bytes, `bytea[]`) against its block hashes in $3 (`bytea[]`, the same order), $2 the
+/// read size. (`ROWS FROM`: the two-array `unnest` is shorthand for it, and not found as a
+/// qualified function.) The rows of [`COMPARE_BLOCKS`], each led by the position of its file (from 1);
+/// a file's rows are together, files in the order given.
+pub const COMPARE_MANY: &str = compare_blocks!(
+    "f.i, ",
+    "(SELECT r.i, pg_catalog.convert_from(r.raw, 'SQL_ASCII') AS p, r.h \
+        FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.bytea[]), pg_catalog.unnest($3::pg_catalog.bytea[])) \
+              WITH ORDINALITY AS r(raw, h, i)) AS f",
+    "f.h"
 );
 
 /// [`READ_PAGE`] by the components of a path that is not valid UTF-8 ($1), offset $2,

@@ -854,3 +854,14 @@ pub fn timeline(c: &Cluster) -> i64 {
                   ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END)::bigint";
     c.client().query_one(sql, &[]).unwrap().get(0)
 }
+
+/// A cluster in network namespace `n`, and the DSN that reaches it over the link: a server
+/// that is not on this machine as pgbb sees it (`--delta` compares its blocks by hashes,
+/// `--compress auto` compresses). Needs root.
+pub fn remote_cluster(n: u8, encoding: Option<&'static str>) -> (NetNs, Cluster, String) {
+    let ns = NetNs::new(n);
+    let c =
+        Cluster::with(ClusterOpts { netns: Some((ns.name.clone(), ns.server_addr())), encoding, ..Default::default() });
+    let dsn = ns.open_to(&c);
+    (ns, c, dsn)
+}

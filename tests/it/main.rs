@@ -3,7 +3,9 @@
 mod harness;
 
 mod backup;
+mod batch;
 mod compress;
+mod delta;
 mod dest_lock;
 mod dest_safety;
 mod docs;
@@ -15,6 +17,7 @@ mod integrity;
 mod libpq;
 mod max_lag;
 mod preflight;
+mod retry;
 mod slave;
 mod special_files;
 mod standby;

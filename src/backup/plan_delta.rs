@@ -1,0 +1,201 @@
+//! Phase 5 for `--delta`: the server's files against what DEST holds. Whatever a full backup
+//! taken now would not have is removed (files gone from the server, excluded ones, stale
+//! WAL, symlinks, anything of the wrong kind); files DEST has are compared block by block by
+//! the workers; the rest are copied whole. pg_control is held back for last.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+
+use crate::cli::MasterOpts;
+use crate::delta::local::{self, Kind};
+use crate::delta::origin::MARKER;
+use crate::dest::DestError;
+use crate::error::Error;
+use crate::layout::Layout;
+use crate::protocol::show;
+
+use super::connect::Server;
+use super::destination::Target;
+use super::plan::{self, Plan};
+use crate::delta::Refresh;
+
+/// What to do with DEST's entries.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Reconciled {
+    /// Entries to remove (a directory with what it holds), parents before children.
+    remove: Vec<(Vec<u8>, Kind)>,
+    /// Files to refresh in place.
+    compare: HashSet<Vec<u8>>,
+}
+
+pub(super) fn delta(server: &mut Server, target: &Target, opts: &MasterOpts) -> Result<Plan, Error> {
+    let layout = plan::list(server, target)?;
+    let found = listing(target)?;
+    let links: Vec<Vec<u8>> = target.spcs.iter().map(|t| format!("pg_tblspc/{}", t.oid).into_bytes()).collect();
+    let r = reconcile(&layout, &links, found);
+    remove(target, &r.remove)?;
+    plan::make_directories(&layout, target)?;
+    let mut p = plan::queue(layout, opts.jobs, server.common.algorithm, &r.compare)?;
+    p.refresh = Refresh { removed: r.remove.len() as u64, ..p.refresh };
+    log::info!(
+        "--delta: {} files ({} MB) to compare {}, {} to copy whole, {} entries removed",
+        r.compare.len(),
+        p.refresh.compared >> 20,
+        if server.common.conn.is_local() {
+            "as they stream (the server is on this machine: reading costs less than hashing)"
+        } else {
+            "by block hashes (only differing blocks travel)"
+        },
+        p.files - r.compare.len(),
+        r.remove.len()
+    );
+    Ok(p)
+}
+
+/// DEST's entries against the layout. A regular file the server has is compared unless it
+/// has other hard links (it is replaced); a directory the server has stays; everything else
+/// goes, including the tablespace links (made again) and anything below an entry that goes.
+/// pg_wal was cleared before the WAL child started writing into it, and is left to it.
+fn reconcile(layout: &Layout, links: &[Vec<u8>], found: Vec<(Vec<u8>, Kind)>) -> Reconciled {
+    let files: HashMap<&[u8], u64> =
+        layout.files.iter().chain(layout.pg_control.iter()).map(|f| (f.path.as_slice(), f.size)).collect();
+    let dirs: HashSet<&[u8]> = layout.dirs.iter().map(Vec::as_slice).collect();
+    let mut r = Reconciled::default();
+    let mut gone: Vec<Vec<u8>> = Vec::new();
+    for (path, kind) in found {
+        let below = |d: &Vec<u8>| path.len() > d.len() && path.starts_with(d) && path[d.len()] == b'/';
+        if path.starts_with(b"pg_wal/") || gone.iter().any(below) {
+            continue;
+        }
+        let keep = match kind {
+            _ if links.contains(&path) => false,
+            Kind::File { links: 1, .. } if files.contains_key(path.as_slice()) => {
+                r.compare.insert(path.clone());
+                true
+            }
+            Kind::File { .. } => path == MARKER.as_bytes(),
+            Kind::Dir => dirs.contains(path.as_slice()),
+            Kind::Link | Kind::Other => false,
+        };
+        if !keep {
+            if kind == Kind::Dir {
+                gone.push(path.clone());
+            }
+            r.remove.push((path, kind));
+        }
+    }
+    r
+}
+
+/// What DEST holds, and in each tablespace's target the one directory of this server
+/// version (listed as `pg_tblspc/<oid>/<version dir>/…`, as the server's listing names it).
+fn listing(target: &Target) -> Result<Vec<(Vec<u8>, Kind)>, Error> {
+    let op = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| DestError::Op { action: "list", path, source }
+    };
+    let root = target.dest.root();
+    let mut found = local::list(root).map_err(op(root))?;
+    for t in &target.spcs {
+        let dir = t.target.join(&target.version_dir);
+        let rel = format!("pg_tblspc/{}/{}", t.oid, target.version_dir).into_bytes();
+        match std::fs::symlink_metadata(&dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(op(&dir)(e).into()),
+            Ok(m) if !m.is_dir() => {
+                found.push((rel, if m.file_type().is_symlink() { Kind::Link } else { Kind::Other }));
+                continue;
+            }
+            Ok(_) => found.push((rel.clone(), Kind::Dir)),
+        }
+        for (p, kind) in local::list(&dir).map_err(op(&dir))? {
+            let mut full = rel.clone();
+            full.push(b'/');
+            full.extend_from_slice(&p);
+            found.push((full, kind));
+        }
+    }
+    Ok(found)
+}
+
+/// Removes the entries (a symlink itself, never what it points to; a directory with its
+/// contents), each under the guard; a tablespace's entries in its target.
+fn remove(target: &Target, entries: &[(Vec<u8>, Kind)]) -> Result<(), Error> {
+    for (rel, kind) in entries {
+        let safe = crate::dest::SafePath::parse(rel)?;
+        let (root, sub) = target.roots.route(&safe);
+        let p = root.root().join(sub.to_path());
+        log::debug!("--delta: removing {}", show(rel));
+        let done = target.guard.mutate(|| match kind {
+            Kind::Dir => std::fs::remove_dir_all(&p),
+            _ => std::fs::remove_file(&p),
+        });
+        match done {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(DestError::Op { action: "remove", path: p, source: e }.into());
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::FileJob;
+
+    fn job(p: &str, size: u64) -> FileJob {
+        FileJob { path: p.as_bytes().to_vec(), size }
+    }
+
+    #[test]
+    fn compares_what_both_have_and_removes_the_rest() {
+        let layout = Layout {
+            dirs: ["base", "base/5", "global", "pg_wal", "pg_tblspc"].iter().map(|d| d.as_bytes().to_vec()).collect(),
+            files: vec![job("base/5/1259", 8192), job("base/5/new", 8192), job("PG_VERSION", 3)],
+            pg_control: Some(job("global/pg_control", 8192)),
+            excluded: 0,
+        };
+        let file = |links| Kind::File { size: 8192, links };
+        let found: Vec<(Vec<u8>, Kind)> = vec![
+            ("PG_VERSION", file(1)),
+            ("backup_label", file(1)),
+            ("base", Kind::Dir),
+            ("base/5", Kind::Dir),
+            ("base/5/1259", file(1)),
+            ("base/5/dropped", file(1)),
+            ("base/9", Kind::Dir),
+            ("base/9/1259", file(1)),
+            ("global", Kind::Dir),
+            ("global/linked", file(2)),
+            ("pg_tblspc", Kind::Dir),
+            ("pg_tblspc/16400", Kind::Link),
+            ("pg_wal", Kind::Dir),
+            ("pg_wal/000000010000000000000003", file(1)),
+            ("postmaster.pid", file(1)),
+            ("planted", Kind::Link),
+            (MARKER, file(1)),
+        ]
+        .into_iter()
+        .map(|(p, k)| (p.as_bytes().to_vec(), k))
+        .collect();
+        let r = reconcile(&layout, &[b"pg_tblspc/16400".to_vec()], found);
+        let mut compare: Vec<_> = r.compare.iter().map(|p| String::from_utf8_lossy(p).into_owned()).collect();
+        compare.sort();
+        assert_eq!(compare, ["PG_VERSION", "base/5/1259"]);
+        let removed: Vec<_> = r.remove.iter().map(|(p, _)| String::from_utf8_lossy(p).into_owned()).collect();
+        assert_eq!(
+            removed,
+            [
+                "backup_label",
+                "base/5/dropped",
+                "base/9",
+                "global/linked",
+                "pg_tblspc/16400",
+                "postmaster.pid",
+                "planted"
+            ]
+        );
+    }
+}

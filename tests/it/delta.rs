@@ -1,0 +1,466 @@
+//! `--delta`: an older copy in DEST brought up to date, moving only what differs, proven by
+//! starting the result under pgbench load; and what it refuses to touch.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::harness::*;
+
+fn expect_pgbench() -> Expect {
+    Expect { pgbench: true, databases: vec!["postgres".into()], unlogged: vec![], absent: vec![] }
+}
+
+fn history_rows(c: &Cluster) -> i64 {
+    query_i64(&mut c.client(), "SELECT count(*) FROM pgbench_history")
+}
+
+/// Every entry below `dir` (not following links): its kind, size, mode, mtime and a hash of
+/// its bytes; what "byte for byte untouched" compares.
+fn snapshot(dir: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let m = std::fs::symlink_metadata(e.path()).unwrap();
+            let body = if m.is_file() {
+                use sha2::Digest;
+                hex::encode(sha2::Sha256::digest(std::fs::read(e.path()).unwrap()))
+            } else if m.is_dir() {
+                stack.push(e.path());
+                "dir".into()
+            } else {
+                format!("-> {}", std::fs::read_link(e.path()).map(|p| p.display().to_string()).unwrap_or_default())
+            };
+            let key = e.path().strip_prefix(dir).unwrap().display().to_string();
+            out.insert(
+                key,
+                format!("{} {:o} {} {body}", m.len(), m.mode(), m.mtime_nsec() + m.mtime() * 1_000_000_000),
+            );
+        }
+    }
+    out
+}
+
+/// Makes `dir` and everything in it owned by the user running the tests again (starting a
+/// copy gives it to postgres).
+fn chown_back(dir: &Path) {
+    let me = nix::unistd::getuid().as_raw();
+    let mut stack = vec![dir.to_path_buf()];
+    std::os::unix::fs::lchown(dir, Some(me), None).unwrap();
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            std::os::unix::fs::lchown(e.path(), Some(me), None).unwrap();
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+}
+
+/// The relation file of `table`, relative to the data directory.
+fn relation_file(c: &Cluster, table: &str) -> String {
+    c.client().query_one("SELECT pg_relation_filepath($1::text::regclass)", &[&table]).unwrap().get(0)
+}
+
+fn delta(c: &Cluster, dest: &Path) -> std::process::Output {
+    delta_from(&c.dsn(), dest)
+}
+
+fn delta_from(dsn: &str, dest: &Path) -> std::process::Output {
+    pgbb_run(&["--delta", "-v", "-c", "fast", dsn, dest.to_str().unwrap()])
+}
+
+/// The bytes the summary line says travelled and were compared.
+fn refreshed(out: &std::process::Output) -> String {
+    let text = stdout(out);
+    let line = text.lines().find(|l| l.contains("backup complete")).unwrap_or_else(|| panic!("no summary: {text}"));
+    line.split("(refreshed: ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .unwrap_or_else(|| panic!("not refreshed: {line}"))
+        .to_string()
+}
+
+/// An older backup brought up to date while pgbench writes, from a server over the network
+/// (compared by block hashes): changed blocks, a dropped table (its files gone), a new one.
+/// The result restores with pgbench's invariant and amcheck, and holds the transactions of
+/// the refresh's window; what travelled is a fraction of what was compared.
+#[test]
+fn delta_refreshes_an_older_backup_under_load() {
+    if !is_root() {
+        eprintln!("SKIPPED delta_refreshes_an_older_backup_under_load: network namespaces need root");
+        return;
+    }
+    let (_ns, c, dsn) = remote_cluster(90, None);
+    c.pgbench_init(5);
+    c.client()
+        .batch_execute("CREATE EXTENSION amcheck; CREATE TABLE dropme AS SELECT generate_series(1, 100000) AS x")
+        .unwrap();
+    let dropped = relation_file(&c, "dropme");
+    let dest = c.path("older");
+    let out = pgbb_run(&["-c", "fast", &dsn, dest.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(dest.join(&dropped).exists());
+    let load = c.pgbench_load(2, 600);
+    wait_until("pgbench to write", Duration::from_secs(60), || history_rows(&c) > 100);
+    c.client().batch_execute("DROP TABLE dropme; CREATE TABLE newer AS SELECT generate_series(1, 777) AS y").unwrap();
+    let before = history_rows(&c);
+    let out = delta_from(&dsn, &dest);
+    let after = history_rows(&c);
+    assert!(out.status.success(), "{}", stderr(&out));
+    load.finish();
+    let r = refreshed(&out);
+    assert!(stderr(&out).contains("--delta: refreshing the copy of this cluster"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("by block hashes (only differing blocks travel)"), "{}", stderr(&out));
+    let mb = |what: &str| -> f64 {
+        let field = r.split(", ").find(|f| f.ends_with(what)).unwrap_or_else(|| panic!("{what} in {r}"));
+        let (n, unit) = field.split_once(' ').unwrap();
+        let unit = unit.split(' ').next().unwrap();
+        n.parse::<f64>().unwrap()
+            * match unit {
+                "kB" => 1e-3,
+                "MB" => 1.0,
+                "GB" => 1e3,
+                _ => 1e-6,
+            }
+    };
+    let (compared, travelled) = (mb("compared"), mb("over the network"));
+    assert!(travelled < compared / 2.0, "{travelled} MB travelled of {compared} MB compared: {r}");
+    assert!(!dest.join(&dropped).exists(), "the dropped table's file is still in DEST");
+    assert!(!dest.join("pgbb_origin").exists(), "the run's record is left in a complete backup");
+    let copy = verify_restore(&dest, &expect_pgbench());
+    let mut cl = copy.client();
+    assert_eq!(query_i64(&mut cl, "SELECT count(*) FROM newer"), 777);
+    assert_eq!(query_i64(&mut cl, "SELECT count(*) FROM pg_class WHERE relname = 'dropme'"), 0);
+    let restored = history_rows(&copy);
+    assert!(before < restored && restored <= after, "{before} < {restored} <= {after}: {r}");
+    c.assert_no_pgbb_left();
+}
+
+/// A copy that was started, wrote changes of its own and was stopped: the refresh (from a
+/// server on this machine: compared as the files stream) makes it the source's again (its
+/// own writes gone, the source's changes in).
+#[test]
+fn delta_resets_a_clone_that_ran_and_wrote() {
+    let c = Cluster::new();
+    c.pgbench_init(5);
+    let dest = c.path("clone");
+    let out = pgbb_run(&["-c", "fast", &c.dsn(), dest.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    {
+        let mut clone = start_copy(&dest);
+        clone
+            .client()
+            .batch_execute(
+                "CREATE TABLE clone_only AS SELECT 1 AS x; \
+                 UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid <= 1000; CHECKPOINT",
+            )
+            .unwrap();
+        clone.stop();
+    }
+    chown_back(&dest);
+    c.client()
+        .batch_execute(
+            "UPDATE pgbench_branches SET bbalance = bbalance + 5 WHERE bid = 1; \
+                              UPDATE pgbench_tellers SET tbalance = tbalance + 5 WHERE tid = 1; \
+                              UPDATE pgbench_accounts SET abalance = abalance + 5 WHERE aid = 1; \
+                              INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (1, 1, 1, 5, now())",
+        )
+        .unwrap();
+    let out = delta(&c, &dest);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("as they stream (the server is on this machine"), "{}", stderr(&out));
+    let r = refreshed(&out);
+    let copy = verify_restore(&dest, &expect_pgbench());
+    let mut cl = copy.client();
+    assert_eq!(query_i64(&mut cl, "SELECT count(*) FROM pg_class WHERE relname = 'clone_only'"), 0, "{r}");
+    assert_eq!(query_i64(&mut cl, "SELECT abalance::bigint FROM pgbench_accounts WHERE aid = 1"), 5);
+    assert_eq!(
+        query_i64(&mut cl, "SELECT count(*) FROM pgbench_accounts WHERE abalance <> 0"),
+        1,
+        "the clone's own updates"
+    );
+}
+
+/// A backup interrupted (Ctrl-C) and kept with --no-clean says how to finish it; --delta
+/// finishes it from its record, comparing what the first run wrote.
+#[test]
+fn an_interrupted_backup_is_finished_by_delta() {
+    let c = Cluster::new();
+    c.pgbench_init(10);
+    let dest = c.path("interrupted");
+    let mut child = spawn_pgbb(&["-c", "fast", "--no-clean", "-r", "20M", "-j", "1"], &c.dsn(), &dest);
+    wait_until_copying(&dest);
+    wait_until("some data to be copied", Duration::from_secs(60), || {
+        std::fs::metadata(dest.join(relation_file(&c, "pgbench_accounts"))).map(|m| m.len() > 8 << 20).unwrap_or(false)
+    });
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
+    let (status, _) = wait_exit(&mut child, Duration::from_secs(30));
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(status.code(), Some(130), "{}", stderr(&out));
+    assert!(stderr(&out).contains("run pgbb --delta with the same DEST to finish it"), "{}", stderr(&out));
+    assert!(!dest.join("global/pg_control").exists());
+    assert!(dest.join("pgbb_origin").exists(), "the run's record of its origin");
+    let out = delta(&c, &dest);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("proven by pgbb_origin"), "{}", stderr(&out));
+    let r = refreshed(&out);
+    assert!(!r.starts_with("0 B compared"), "{r}");
+    verify_restore(&dest, &expect_pgbench());
+}
+
+/// What --delta refuses, each with DEST byte for byte as it was: a copy of another cluster, a
+/// copy of another major version, a copy with a server running on it, one owned by someone
+/// else, one nothing proves the origin of.
+#[test]
+fn delta_refuses_what_is_not_a_stopped_copy_of_this_cluster() {
+    let c = Cluster::new();
+    let other = Cluster::new();
+    let theirs = c.path("theirs");
+    let out = pgbb_run(&["-c", "fast", &other.dsn(), theirs.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let refused = |dest: &Path, why: &str| {
+        let before = snapshot(dest);
+        let out = delta(&c, dest);
+        assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+        assert!(stderr(&out).contains(why), "expected {why:?}: {}", stderr(&out));
+        assert_eq!(snapshot(dest), before, "DEST was changed");
+    };
+    refused(&theirs, "is a copy of another cluster");
+
+    let ours = c.path("ours");
+    let out = pgbb_run(&["-c", "fast", &c.dsn(), ours.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let version = std::fs::read(ours.join("PG_VERSION")).unwrap();
+    std::fs::write(ours.join("PG_VERSION"), b"12\n").unwrap();
+    refused(&ours, "holds files of PostgreSQL 12");
+    std::fs::write(ours.join("PG_VERSION"), version).unwrap();
+
+    nix::unistd::chown(&ours, Some(nix::unistd::Uid::from_raw(12345)), None).unwrap();
+    refused(&ours, "is owned by user id 12345");
+    chown_back(&ours);
+
+    let junk = c.path("junk");
+    std::fs::create_dir_all(junk.join("base/1")).unwrap();
+    std::fs::write(junk.join("base/1/1259"), b"precious").unwrap();
+    refused(&junk, "nothing in");
+
+    {
+        let running = start_copy(&ours);
+        let before = snapshot(&ours);
+        let out = delta(&c, &ours);
+        assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+        assert!(stderr(&out).contains("running"), "{}", stderr(&out));
+        assert_eq!(snapshot(&ours), before, "DEST was changed");
+        drop(running);
+    }
+    c.assert_no_pgbb_left();
+}
+
+/// DEST absent: --delta takes a full backup and says so.
+#[test]
+fn delta_into_nothing_is_a_full_backup() {
+    let c = Cluster::new();
+    c.pgbench_init(1);
+    let dest = c.path("fresh");
+    let out = delta(&c, &dest);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("is empty or absent: taking a full backup"), "{}", stderr(&out));
+    assert!(!stdout(&out).contains("refreshed"), "{}", stdout(&out));
+    verify_restore(&dest, &expect_pgbench());
+}
+
+/// Entries of the wrong kind are replaced, symlinks removed (never followed), a file with
+/// other hard links replaced (never written through): nothing outside DEST changes.
+#[test]
+fn delta_replaces_wrong_kinds_and_never_writes_outside_dest() {
+    let c = Cluster::new();
+    c.pgbench_init(1);
+    let dest = c.path("messy");
+    let out = pgbb_run(&["-c", "fast", &c.dsn(), dest.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let outside = c.path("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("victim"), b"outside DEST").unwrap();
+    let accounts = relation_file(&c, "pgbench_accounts");
+    let branches = relation_file(&c, "pgbench_branches");
+    let tellers = relation_file(&c, "pgbench_tellers");
+    let db = Path::new(&accounts).parent().unwrap().to_path_buf();
+    // A link where a relation file belongs, and one planted beside them.
+    std::fs::remove_file(dest.join(&branches)).unwrap();
+    std::os::unix::fs::symlink(outside.join("victim"), dest.join(&branches)).unwrap();
+    std::os::unix::fs::symlink(&outside, dest.join(&db).join("planted")).unwrap();
+    // A directory where a file belongs, a file where a directory belongs.
+    std::fs::remove_file(dest.join(&tellers)).unwrap();
+    std::fs::create_dir(dest.join(&tellers)).unwrap();
+    std::fs::write(dest.join(&tellers).join("inner"), b"x").unwrap();
+    std::fs::remove_dir_all(dest.join("pg_notify")).unwrap();
+    std::fs::write(dest.join("pg_notify"), b"not a directory").unwrap();
+    // pg_wal as a link to a directory outside (an older copy's separate WAL directory).
+    std::fs::remove_dir_all(dest.join("pg_wal")).unwrap();
+    std::os::unix::fs::symlink(&outside, dest.join("pg_wal")).unwrap();
+    // A relation file hard-linked with one outside.
+    std::fs::hard_link(dest.join(&accounts), outside.join("shared")).unwrap();
+    let before = snapshot(&outside);
+    c.client().batch_execute("UPDATE pgbench_accounts SET abalance = 1 WHERE aid = 1; UPDATE pgbench_accounts SET abalance = abalance - 1 WHERE aid = 1; CHECKPOINT").unwrap();
+    let out = delta(&c, &dest);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(snapshot(&outside), before, "something outside DEST changed");
+    for p in [dest.join(&branches), dest.join(&tellers), dest.join(&accounts)] {
+        let m = std::fs::symlink_metadata(&p).unwrap();
+        assert!(m.is_file() && m.nlink() == 1, "{} is not a file of its own", p.display());
+    }
+    assert!(std::fs::symlink_metadata(dest.join("pg_wal")).unwrap().is_dir());
+    assert!(std::fs::symlink_metadata(dest.join("pg_notify")).unwrap().is_dir());
+    assert!(!dest.join(&db).join("planted").exists());
+    verify_restore(&dest, &expect_pgbench());
+}
+
+/// A tablespace copied with -T: its target is refreshed in place (the copy's link points
+/// there), a table dropped from it leaves the target, and a target DEST does not link to is
+/// refused as for a full backup.
+#[test]
+fn delta_refreshes_a_mapped_tablespace() {
+    let c = Cluster::new();
+    let loc = c.path("ts");
+    std::fs::create_dir(&loc).unwrap();
+    chown_pg(&loc);
+    let mut cl = c.client();
+    cl.batch_execute(&format!("CREATE TABLESPACE one LOCATION '{}'", loc.display())).unwrap();
+    cl.batch_execute(
+        "CREATE EXTENSION amcheck; \
+         CREATE TABLE t1 TABLESPACE one AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 50000) g; \
+         CREATE INDEX t1_v ON t1 (v) TABLESPACE one; \
+         CREATE TABLE gone TABLESPACE one AS SELECT generate_series(1, 1000) AS x",
+    )
+    .unwrap();
+    let gone = relation_file(&c, "gone");
+    let mapped = c.path("mapped");
+    let map = format!("{}={}", loc.display(), mapped.display());
+    let dest = c.path("with-ts");
+    let out = pgbb_run(&["-c", "fast", "-T", &map, &c.dsn(), dest.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let in_target = |rel: &str| mapped.join(rel.splitn(3, '/').nth(2).unwrap());
+    assert!(in_target(&gone).exists(), "{gone} not in the target");
+    cl.batch_execute("UPDATE t1 SET v = 'changed' WHERE id % 100 = 0; DROP TABLE gone; CHECKPOINT").unwrap();
+
+    // Another, non-empty target that DEST does not link to: refused, untouched.
+    let stranger = c.path("stranger");
+    std::fs::create_dir(&stranger).unwrap();
+    std::fs::write(stranger.join("keep"), b"mine").unwrap();
+    let other_map = format!("{}={}", loc.display(), stranger.display());
+    let before = snapshot(&dest);
+    let out = pgbb_run(&["--delta", "-c", "fast", "-T", &other_map, &c.dsn(), dest.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(stderr(&out).contains("exists and is not empty"), "{}", stderr(&out));
+    assert_eq!(snapshot(&dest), before);
+    assert_eq!(std::fs::read(stranger.join("keep")).unwrap(), b"mine");
+
+    let out = pgbb_run(&["--delta", "-v", "-c", "fast", "-T", &map, &c.dsn(), dest.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    refreshed(&out);
+    assert!(!in_target(&gone).exists(), "the dropped table's file is still in the target");
+    chown_pg(&mapped);
+    let copy = verify_restore(
+        &dest,
+        &Expect { pgbench: false, databases: vec!["postgres".into()], unlogged: vec![], absent: vec![] },
+    );
+    let mut cc = copy.client();
+    assert_eq!(query_i64(&mut cc, "SELECT count(*) FROM t1 WHERE v = 'changed'"), 500);
+    assert_eq!(query_i64(&mut cc, "SELECT count(*) FROM pg_class WHERE relname = 'gone'"), 0);
+}
+
+/// File and directory names are bytes: names that are not UTF-8 (compared by their raw
+/// components), UTF-8 that a LATIN1 server would convert, backslashes — changed, removed and
+/// added on the server — are refreshed byte for byte, on UTF8 and LATIN1 clusters.
+#[test]
+fn delta_refreshes_names_that_are_not_utf8() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+    let names: [&[u8]; 4] = [b"bad\xffname", b"caf\xc3\xa9", b"back\\slash", b"dir\xe9/f\xfe"];
+    for (encoding, remote) in [("UTF8", false), ("LATIN1", false), ("UTF8", true), ("LATIN1", true)] {
+        if remote && !is_root() {
+            continue;
+        }
+        let (_ns, c, dsn) = if remote {
+            let (ns, c, dsn) = remote_cluster(91, Some(encoding));
+            (Some(ns), c, dsn)
+        } else {
+            let c = Cluster::with(ClusterOpts { encoding: Some(encoding), ..Default::default() });
+            let dsn = c.dsn();
+            (None, c, dsn)
+        };
+        c.pgbench_init(1);
+        let path = |n: &[u8]| c.data.join(OsStr::from_bytes(n));
+        std::fs::create_dir(path(b"dir\xe9")).unwrap();
+        for (i, n) in names.iter().enumerate() {
+            std::fs::write(path(n), vec![i as u8; 20_000 + i]).unwrap();
+        }
+        chown_pg(&c.data);
+        let dest = c.path("names");
+        let out = pgbb_run(&["-c", "fast", &dsn, dest.to_str().unwrap()]);
+        assert!(out.status.success(), "{encoding}: {}", stderr(&out));
+        // Changed in the middle, grown, shrunk; one removed, one added.
+        let mut changed = std::fs::read(path(names[0])).unwrap();
+        changed[9000] = 0xaa;
+        std::fs::write(path(names[0]), &changed).unwrap();
+        std::fs::write(path(names[1]), vec![9u8; 40_000]).unwrap();
+        std::fs::write(path(names[3]), b"short").unwrap();
+        std::fs::remove_file(path(names[2])).unwrap();
+        std::fs::write(path(b"new\xfe"), b"added").unwrap();
+        chown_pg(&c.data);
+        let out = delta_from(&dsn, &dest);
+        assert!(out.status.success(), "{encoding}: {}", stderr(&out));
+        let mode = if remote { "by block hashes" } else { "as they stream" };
+        assert!(stderr(&out).contains(mode), "{encoding} {remote}: {}", stderr(&out));
+        let r = refreshed(&out);
+        for n in [names[0], names[1], names[3], b"new\xfe"] {
+            let shown = String::from_utf8_lossy(n);
+            assert_eq!(
+                std::fs::read(dest.join(OsStr::from_bytes(n))).unwrap(),
+                std::fs::read(path(n)).unwrap(),
+                "{encoding} {shown}: {r}"
+            );
+        }
+        assert!(!dest.join(OsStr::from_bytes(names[2])).exists(), "{encoding}: removed on the server");
+        verifybackup(&dest, &[]);
+    }
+}
+
+/// A file in DEST this user cannot read and write (run as postgres, a file left by root):
+/// refused before anything changes, naming the file; DEST byte for byte as it was.
+#[test]
+fn delta_refuses_a_dest_with_a_file_it_cannot_refresh() {
+    if !is_root() {
+        eprintln!("SKIPPED delta_refuses_a_dest_with_a_file_it_cannot_refresh: needs root to run pgbb as postgres");
+        return;
+    }
+    let c = Cluster::new();
+    c.pgbench_init(1);
+    let dest = c.path("theirs-inside");
+    let out = pgbb_run(&["-c", "fast", &c.dsn(), dest.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    chown_pg(&dest);
+    let locked = dest.join(relation_file(&c, "pgbench_branches"));
+    nix::unistd::chown(&locked, Some(nix::unistd::Uid::from_raw(0)), None).unwrap();
+    std::fs::set_permissions(&locked, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let before = snapshot(&dest);
+    let out = std::process::Command::new("runuser")
+        .args(["-u", "postgres", "--", pgbb_bin(), "--delta", "-c", "fast", &c.dsn(), dest.to_str().unwrap()])
+        .env_remove("PGPASSWORD")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot be refreshed by this user") && stderr(&out).contains(locked.to_str().unwrap()),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(snapshot(&dest), before, "DEST was changed");
+    c.assert_no_pgbb_left();
+}
