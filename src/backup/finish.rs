@@ -58,7 +58,8 @@ pub(super) fn finish(
     // on DEST is left alone (one step for a second signal, see DestGuard::complete).
     target.guard.complete(|| -> Result<(), Error> {
         // The run's record of DEST's origin goes first: a complete backup holds only what
-        // its manifest lists (a crash here leaves DEST without either, proven by its manifest).
+        // its manifest lists (a crash here leaves DEST with neither; on PostgreSQL 17+ its manifest
+        // still proves its origin).
         dest.remove_file(&SafePath::parse(crate::delta::origin::MARKER)?)?;
         if sync {
             dest.sync_dir(None)?;

@@ -152,7 +152,7 @@ fn from_pg_control(dest: &Path, want: Cluster) -> Result<Option<u64>, OriginErro
     Ok(Some(id))
 }
 
-/// `"System-Identifier": N` in `backup_manifest` (manifests of PostgreSQL 15 on).
+/// `"System-Identifier": N` in `backup_manifest` (manifests of PostgreSQL 17 on).
 fn from_manifest(dest: &Path) -> Result<Option<u64>, OriginError> {
     let Some(b) = read_opt(dest, "backup_manifest")? else { return Ok(None) };
     Ok(number_after(&b, b"\"System-Identifier\":"))

@@ -469,3 +469,36 @@ fn delta_refuses_a_dest_with_a_file_it_cannot_refresh() {
     assert_eq!(snapshot(&dest), before, "DEST was changed");
     c.assert_no_pgbb_left();
 }
+
+/// A copy made by pg_basebackup -Fp (proven by its pg_control and manifest) is refreshed too.
+#[test]
+fn delta_refreshes_a_pg_basebackup_copy() {
+    let c = Cluster::new();
+    c.pgbench_init(2);
+    let dest = c.path("by-pg_basebackup");
+    run_ok(as_pg(&client_bin("pg_basebackup")).arg("-D").arg(&dest).args([
+        "-Fp",
+        "-X",
+        "stream",
+        "-c",
+        "fast",
+        "-d",
+        &c.dsn(),
+    ]));
+    chown_back(&dest);
+    c.client()
+        .batch_execute(
+            "UPDATE pgbench_accounts SET abalance = abalance + 7 WHERE aid = 3; \
+                              UPDATE pgbench_branches SET bbalance = bbalance + 7 WHERE bid = 1; \
+                              UPDATE pgbench_tellers SET tbalance = tbalance + 7 WHERE tid = 1; \
+                              INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (1, 1, 3, 7, now())",
+        )
+        .unwrap();
+    let out = delta(&c, &dest);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // (Its manifest names the system identifier from PostgreSQL 17 on.)
+    assert!(stderr(&out).contains("proven by global/pg_control"), "{}", stderr(&out));
+    refreshed(&out);
+    let copy = verify_restore(&dest, &expect_pgbench());
+    assert_eq!(query_i64(&mut copy.client(), "SELECT abalance::bigint FROM pgbench_accounts WHERE aid = 3"), 7);
+}
