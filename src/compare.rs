@@ -1,7 +1,8 @@
 //! `--delta`, one file: the copy's file brought to the server's bytes in place. The worker
 //! hashes the copy's blocks and sends the hashes with the query; the server hashes its own
-//! blocks with the built-in `sha256(bytea)` and sends back only those that differ. The file
-//! is then read once more for its manifest checksum and page verification.
+//! blocks with the built-in `sha256(bytea)` and sends back only those that differ. Its
+//! manifest checksum and page checks are composed from the blocks as they passed
+//! (`block_sums`), or, where that cannot be, taken by reading the file once more.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -27,6 +28,11 @@ const HASH: usize = 32;
 
 /// The SHA-256 of each `BLOCK` of `file` from its start, concatenated.
 pub fn block_hashes(file: &mut File) -> std::io::Result<Vec<u8>> {
+    scan(file, |_| {})
+}
+
+/// [`block_hashes`], each block also handed to `each` as it passes.
+fn scan(file: &mut File, mut each: impl FnMut(&[u8])) -> std::io::Result<Vec<u8>> {
     file.seek(SeekFrom::Start(0))?;
     let mut out = Vec::new();
     let mut buf = vec![0u8; READ];
@@ -34,6 +40,7 @@ pub fn block_hashes(file: &mut File) -> std::io::Result<Vec<u8>> {
         let n = read_full(file, &mut buf)?;
         for block in buf[..n].chunks(BLOCK) {
             out.extend_from_slice(&sha2::Sha256::digest(block));
+            each(block);
         }
         if n < READ {
             return Ok(out);
@@ -146,8 +153,9 @@ impl Transfer {
         };
         let io =
             |e: std::io::Error| TransferError::Dest(DestError::Io { path: dest.root().join(dst.to_path()), source: e });
-        let hashes = block_hashes(&mut file).map_err(io)?;
-        let answer = self.changed_blocks(s, src, &file, &hashes).map_err(|e| match e {
+        let mut sums = self.block_sums(src);
+        let hashes = scan(&mut file, |b| sums.as_mut().map_or((), |s| s.local(b))).map_err(io)?;
+        let (answer, sums) = self.changed_blocks(s, src, &file, &hashes, sums).map_err(|e| match e {
             TransferError::Pg(p) => TransferError::Pg(s.explain(p)),
             other => other,
         })?;
@@ -156,7 +164,17 @@ impl Transfer {
             dest.remove_file(dst)?;
             return Ok(Outcome::Vanished);
         };
-        let (checksum, pages) = self.settle(src, &mut file, size).map_err(io)?;
+        let (checksum, pages) = match sums.and_then(|s| s.finish(size)) {
+            // Composed from the blocks as they passed: no second read.
+            Some((crc, pages)) => {
+                file.set_len(size).map_err(io)?;
+                if self.sync {
+                    file.sync_all().map_err(io)?;
+                }
+                ((self.algorithm == crate::digest::Algorithm::Crc32c).then_some(crc), pages)
+            }
+            None => self.settle(src, &mut file, size).map_err(io)?,
+        };
         let verified_pages = pages.as_ref().map_or(0, |p| p.verified);
         let bad_pages = match pages {
             Some(p) if !p.suspects.is_empty() => self.reread(s, src, &p)?,
@@ -165,14 +183,29 @@ impl Transfer {
         Ok(Outcome::Copied(Copied { size, checksum, mtime, bad_pages, wire, verified_pages }))
     }
 
-    /// Runs the comparison and writes each differing block into `file` at its place.
+    /// The per-block sums that spare the second read of a refreshed file: for CRC-32C
+    /// manifests (CRCs combine) or none.
+    fn block_sums(&self, src: &SafePath) -> Option<crate::block_sums::BlockSums> {
+        use crate::digest::Algorithm;
+        if !matches!(self.algorithm, Algorithm::Crc32c | Algorithm::None) {
+            return None;
+        }
+        let verify = self.verify.and_then(|v| {
+            checksummed_segment(&String::from_utf8_lossy(&src.as_bytes()), v.rules).map(|segno| (segno, v))
+        });
+        Some(crate::block_sums::BlockSums::new(verify))
+    }
+
+    /// Runs the comparison and writes each differing block into `file` at its place (and
+    /// into `sums`).
     fn changed_blocks(
         &self,
         s: &mut Session,
         src: &SafePath,
         file: &File,
         hashes: &[u8],
-    ) -> Result<Answer, TransferError> {
+        sums: Option<crate::block_sums::BlockSums>,
+    ) -> Result<(Answer, Option<crate::block_sums::BlockSums>), TransferError> {
         let path = src.display();
         let what = format!("could not compare \"{path}\"");
         let read = READ as i64;
@@ -182,15 +215,16 @@ impl Transfer {
             Source::ByName(parts) => s.stream(sql::COMPARE_BLOCKS_BY_NAME, &[parts, &read, &hashes], &what)?,
         };
         let mut blocks = Blocks::new(path);
+        blocks.sums = sums;
         while let Some(row) = rows.next().map_err(|e| pg_err(&what, e))? {
             if let Step::Vanished = blocks.row(self, file, &row, 0, &what)? {
-                return Ok(Answer::Vanished);
+                return Ok((Answer::Vanished, None));
             }
         }
         match blocks.refreshed() {
-            Some(answer) => Ok(answer),
+            Some(answer) => Ok((answer, blocks.sums)),
             // Looked up by name: not there.
-            None if matches!(source, Source::ByName(_)) => Ok(Answer::Vanished),
+            None if matches!(source, Source::ByName(_)) => Ok((Answer::Vanished, None)),
             None => Err(TransferError::Data { path: blocks.path, message: "the server returned no rows".into() }),
         }
     }
@@ -260,11 +294,13 @@ pub(crate) struct Blocks {
     /// Where the next block may start.
     next: u64,
     wire: u64,
+    /// Each block written, summed (see `block_sums`).
+    pub(crate) sums: Option<crate::block_sums::BlockSums>,
 }
 
 impl Blocks {
     pub(crate) fn new(path: String) -> Blocks {
-        Blocks { path, head: None, next: 0, wire: 0 }
+        Blocks { path, head: None, next: 0, wire: 0, sums: None }
     }
 
     /// Applies one row whose columns (size, mtime, offset, block) start at `at`: a differing
@@ -300,6 +336,9 @@ impl Blocks {
         }
         file.write_all_at(block, off)
             .map_err(|e| TransferError::Dest(DestError::Io { path: self.path.clone().into(), source: e }))?;
+        if let Some(s) = self.sums.as_mut() {
+            s.changed(off, block);
+        }
         self.wire += block.len() as u64;
         self.next = off + BLOCK as u64;
         if let Some(report) = t.progress {

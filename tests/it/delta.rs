@@ -502,3 +502,44 @@ fn delta_refreshes_a_pg_basebackup_copy() {
     let copy = verify_restore(&dest, &expect_pgbench());
     assert_eq!(query_i64(&mut copy.client(), "SELECT abalance::bigint FROM pgbench_accounts WHERE aid = 3"), 7);
 }
+
+/// Page checks in a refresh by block hashes (a server over the network, a file too large for
+/// a batch), composed from the blocks as they pass: a page corrupted on the server before the
+/// copy was taken (unchanged, so checked in the copy's bytes) and one corrupted after it
+/// (changed, so checked as it arrives) are both re-read and reported; the refreshed file is
+/// the server's bytes, and its manifest checksum right (pg_verifybackup).
+#[test]
+fn delta_by_hashes_reports_corrupt_pages_old_and_new() {
+    use std::io::{Seek, SeekFrom, Write};
+    if !is_root() {
+        eprintln!("SKIPPED delta_by_hashes_reports_corrupt_pages_old_and_new: network namespaces need root");
+        return;
+    }
+    let (_ns, mut c, dsn) = remote_cluster(93, None);
+    c.pgbench_init(1);
+    let rel = relation_file(&c, "pgbench_accounts");
+    let corrupt = |c: &mut Cluster, block: u64| {
+        c.stop();
+        let mut f = std::fs::OpenOptions::new().write(true).open(c.data.join(&rel)).unwrap();
+        f.seek(SeekFrom::Start(block * 8192 + 4000)).unwrap();
+        f.write_all(b"corruption!").unwrap();
+        drop(f);
+        c.start();
+    };
+    c.client().batch_execute("CHECKPOINT").unwrap();
+    corrupt(&mut c, 5);
+    let dest = c.path("with-bad-pages");
+    let out = pgbb_run(&["-c", "fast", &dsn, dest.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    corrupt(&mut c, 40);
+    let out = delta_from(&dsn, &dest);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(6), "{err}");
+    assert!(err.contains("by block hashes"), "{err}");
+    for block in [5, 40] {
+        assert!(err.contains(&format!("checksum verification failed in file \"./{rel}\", block {block}")), "{err}");
+    }
+    assert!(err.contains("2 data page(s) failed checksum verification"), "{err}");
+    assert_eq!(std::fs::read(dest.join(&rel)).unwrap(), std::fs::read(c.data.join(&rel)).unwrap());
+    verifybackup(&dest, &[]);
+}

@@ -1,0 +1,139 @@
+//! `--delta` by block hashes, without reading the refreshed file a second time: each block's
+//! CRC-32C and page check are taken when its bytes pass (the copy's blocks while they are
+//! hashed, the server's as they are written), and the file's manifest checksum is the
+//! blocks' CRCs combined. When that cannot be composed (SHA-2 manifests, or a file the server
+//! cut short while it was read) the caller reads the file back instead.
+
+use crate::checksum::{block_number, check_page, PageCheck, BLCKSZ};
+use crate::digest::Checksum;
+use crate::transfer::{PageVerify, Pages};
+
+/// What one block contributed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Sum {
+    len: u32,
+    crc: u32,
+    /// The page check of a full block of a relation file (`None`: not checked).
+    check: Option<Checked>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Checked {
+    /// Compared, and good.
+    Good,
+    /// Compared, and failed: re-read from the server.
+    Bad,
+    /// New or changed since the backup's start: not counted.
+    Skipped,
+}
+
+/// The sums of one file's blocks: the copy's, then the server's over them.
+pub struct BlockSums {
+    /// Page verification for a relation file: its segment number and the settings.
+    verify: Option<(u32, PageVerify)>,
+    local: Vec<Sum>,
+    changed: Vec<(u64, Sum)>,
+}
+
+impl BlockSums {
+    /// For a file whose blocks are checked when `verify` is given (its segment number).
+    pub fn new(verify: Option<(u32, PageVerify)>) -> BlockSums {
+        BlockSums { verify, local: Vec::new(), changed: Vec::new() }
+    }
+
+    fn sum(&self, index: u64, block: &[u8]) -> Sum {
+        let check = self.verify.filter(|_| block.len() == BLCKSZ).map(|(segno, v)| {
+            let blkno = block_number(index * BLCKSZ as u64, segno, v.blocks_per_segment);
+            match check_page(block, blkno, v.start_lsn) {
+                PageCheck::Good => Checked::Good,
+                PageCheck::Bad { .. } => Checked::Bad,
+                PageCheck::New | PageCheck::Recent => Checked::Skipped,
+            }
+        });
+        Sum { len: block.len() as u32, crc: crc32c::crc32c(block), check }
+    }
+
+    /// The copy's next block (in file order).
+    pub fn local(&mut self, block: &[u8]) {
+        let s = self.sum(self.local.len() as u64, block);
+        self.local.push(s);
+    }
+
+    /// A block of the server's written at `offset` (in file order).
+    pub fn changed(&mut self, offset: u64, block: &[u8]) {
+        let index = offset / BLCKSZ as u64;
+        let s = self.sum(index, block);
+        self.changed.push((index, s));
+    }
+
+    /// The file of `size` bytes: its CRC-32C and its pages (checked and failed), or `None` if
+    /// the blocks do not make up exactly that size.
+    pub(crate) fn finish(&self, size: u64) -> Option<(Checksum, Option<Pages>)> {
+        let blocks = size.div_ceil(BLCKSZ as u64);
+        let mut changed = self.changed.iter().peekable();
+        let (mut crc, mut pages) = (None::<u32>, self.verify.map(|(segno, v)| Pages::new(segno, 0, v)));
+        for i in 0..blocks {
+            let want = (size - i * BLCKSZ as u64).min(BLCKSZ as u64) as u32;
+            let s = match changed.peek() {
+                Some((at, s)) if *at == i => {
+                    changed.next();
+                    *s
+                }
+                _ => *self.local.get(i as usize)?,
+            };
+            if s.len != want {
+                return None;
+            }
+            crc = Some(match crc {
+                None => s.crc,
+                Some(a) => crc32c::crc32c_combine(a, s.crc, s.len as usize),
+            });
+            if let (Some(p), Some(c)) = (pages.as_mut(), s.check) {
+                match c {
+                    Checked::Good => p.verified += 1,
+                    Checked::Bad => {
+                        p.verified += 1;
+                        let (segno, v) = self.verify?;
+                        p.suspects
+                            .push((block_number(i * BLCKSZ as u64, segno, v.blocks_per_segment), i * BLCKSZ as u64));
+                    }
+                    Checked::Skipped => {}
+                }
+            }
+        }
+        Some((Checksum::Crc32c(crc.unwrap_or(0)), pages))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The combined CRC is the CRC of the file as it ends up: the copy's blocks where they
+    /// stayed, the server's where they changed, cut or extended to the size.
+    #[test]
+    fn the_blocks_make_up_the_file() {
+        let old: Vec<u8> = (0..3 * BLCKSZ + 100).map(|i| (i % 241) as u8).collect();
+        let compose = |new: &[u8], changed: &[usize]| {
+            let mut b = BlockSums::new(None);
+            old.chunks(BLCKSZ).for_each(|c| b.local(c));
+            for &i in changed {
+                let end = ((i + 1) * BLCKSZ).min(new.len());
+                b.changed((i * BLCKSZ) as u64, &new[i * BLCKSZ..end]);
+            }
+            b.finish(new.len() as u64).map(|(c, _)| c)
+        };
+        assert_eq!(compose(&old, &[]), Some(Checksum::Crc32c(crc32c::crc32c(&old))));
+        let mut new = old.clone();
+        new[BLCKSZ + 5] ^= 0xff;
+        assert_eq!(compose(&new, &[1]), Some(Checksum::Crc32c(crc32c::crc32c(&new))));
+        // Grown: the new blocks came from the server; shrunk to a whole block.
+        let grown = [old.clone(), vec![7u8; 2 * BLCKSZ]].concat();
+        assert_eq!(compose(&grown, &[3, 4, 5]), Some(Checksum::Crc32c(crc32c::crc32c(&grown))));
+        let shrunk = &old[..2 * BLCKSZ];
+        assert_eq!(compose(shrunk, &[]), Some(Checksum::Crc32c(crc32c::crc32c(shrunk))));
+        // A last block of another length that did not come from the server: not composed.
+        assert_eq!(compose(&old[..2 * BLCKSZ + 10], &[]), None);
+        assert_eq!(compose(&[], &[]), Some(Checksum::Crc32c(0)));
+    }
+}
