@@ -8,6 +8,26 @@ use crate::checksum::{block_number, check_page, PageCheck, BLCKSZ};
 use crate::digest::Checksum;
 use crate::transfer::{PageVerify, Pages};
 
+/// Appending a full block to a CRC-32C: `crc32c_combine(a, b, BLCKSZ)` is `shift(a) ^ b`, and
+/// the shift is linear in `a`, so it is tabulated once (a byte at a time) from the combines of
+/// the 32 single bits; combining each block directly costs tens of microseconds (measured:
+/// more CPU than hashing the file).
+fn shift(a: u32) -> u32 {
+    static TABLE: std::sync::OnceLock<[[u32; 256]; 4]> = std::sync::OnceLock::new();
+    let t = TABLE.get_or_init(|| {
+        let bit: Vec<u32> = (0..32).map(|k| crc32c::crc32c_combine(1 << k, 0, BLCKSZ)).collect();
+        let mut t = [[0u32; 256]; 4];
+        for (j, row) in t.iter_mut().enumerate() {
+            for (v, out) in row.iter_mut().enumerate() {
+                *out = (0..8).filter(|i| v >> i & 1 == 1).fold(0, |acc, i| acc ^ bit[8 * j + i]);
+            }
+        }
+        t
+    });
+    let [b0, b1, b2, b3] = a.to_le_bytes();
+    t[0][b0 as usize] ^ t[1][b1 as usize] ^ t[2][b2 as usize] ^ t[3][b3 as usize]
+}
+
 /// What one block contributed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Sum {
@@ -86,6 +106,7 @@ impl BlockSums {
             }
             crc = Some(match crc {
                 None => s.crc,
+                Some(a) if s.len as usize == BLCKSZ => shift(a) ^ s.crc,
                 Some(a) => crc32c::crc32c_combine(a, s.crc, s.len as usize),
             });
             if let (Some(p), Some(c)) = (pages.as_mut(), s.check) {
@@ -108,6 +129,16 @@ impl BlockSums {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_block_shift_is_the_combine() {
+        let mut x = 0x1234_5678u32;
+        for _ in 0..1000 {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            let (a, b) = (x, x.rotate_left(13) ^ 0xdead_beef);
+            assert_eq!(shift(a) ^ b, crc32c::crc32c_combine(a, b, BLCKSZ));
+        }
+    }
 
     /// The combined CRC is the CRC of the file as it ends up: the copy's blocks where they
     /// stayed, the server's where they changed, cut or extended to the size.
