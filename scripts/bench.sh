@@ -4,7 +4,7 @@
 #
 #   scripts/bench.sh [--link loopback|1gbit|200mbit] [--scale N] [--random-mb N]
 #                    [--small-files N] [--dest-fs ext4|root] [--rounds N] [--out FILE]
-#                    [--standby] [CONTENDER...]
+#                    [--standby] [--warm-dest] [CONTENDER...]
 #
 # Dataset: pgbench at --scale (100 ≈ 1.5 GB) plus a table of --random-mb MB of random
 # bytes (pgcrypto's gen_random_bytes: does not compress); or, with --small-files N, about N
@@ -21,7 +21,8 @@
 #   pgbb-J-C             pgbb -j J --compress C (none|zlib)
 #   pgbb-delta-J-C       pgbb --delta -j J --compress C refreshing a copy taken before ~3 % of
 #                        the blocks changed and a table was dropped (the seed, copied into
-#                        place and evicted from the page cache before each timed run)
+#                        place and evicted from the page cache before each timed run; with
+#                        --warm-dest left in it)
 #   pgbb-resume-J-C      pgbb --delta finishing a backup interrupted (SIGTERM, --no-clean) once
 #                        half the bytes were copied
 #   X@standby            contender X (basebackup… or pgbb-…) run against a hot standby of the
@@ -41,7 +42,7 @@
 # throughput, client CPU and the largest resident set of one process (GNU time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-LINK=loopback SCALE=100 RANDOM_MB=500 ROUNDS=5 OUT="" SMALL=0 DESTFS=ext4 STANDBY=0
+LINK=loopback SCALE=100 RANDOM_MB=500 ROUNDS=5 OUT="" SMALL=0 DESTFS=ext4 STANDBY=0 WARM=0
 while [ $# -gt 0 ]; do
   case $1 in
     --link) LINK=$2; shift 2 ;;
@@ -52,6 +53,7 @@ while [ $# -gt 0 ]; do
     --rounds) ROUNDS=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
     --standby) STANDBY=1; shift ;;
+    --warm-dest) WARM=1; shift ;;
     *) break ;;
   esac
 done
@@ -204,9 +206,11 @@ if printf '%s\n' "${CONTENDERS[@]}" | grep -q -e '^pgbb-delta-' -e '^pgbb-resume
   t1=$(date +%s.%N)
   HASHRATE=$(echo "$(stat -c %s "$WORK/data/$f") / 1048576 / ($t1 - $t0)" | bc -l)
 fi
-# Copies SEED to out and drops it from the page cache: the refresh reads DEST from disk.
+# Copies SEED to out and drops it from the page cache: the refresh reads DEST from disk
+# (with --warm-dest it stays cached).
 seed() {
   cp -a "$1" "$OUTFS/out" && sync
+  [ "$WARM" = 1 ] && return
   find "$OUTFS/out" -type f -print0 | python3 -c '
 import os, sys
 for p in sys.stdin.buffer.read().split(b"\0"):
