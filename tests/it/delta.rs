@@ -72,7 +72,7 @@ fn delta(c: &Cluster, dest: &Path) -> std::process::Output {
 }
 
 fn delta_from(dsn: &str, dest: &Path) -> std::process::Output {
-    pgbb_run(&["--delta", "-v", "-c", "fast", dsn, dest.to_str().unwrap()])
+    pgbb_run(&["--delta", "-v", "-P", "-c", "fast", dsn, dest.to_str().unwrap()])
 }
 
 /// The bytes the summary line says travelled and were compared.
@@ -181,6 +181,14 @@ fn delta_resets_a_clone_that_ran_and_wrote() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("as they stream (the server is on this machine"), "{}", stderr(&out));
     let r = refreshed(&out);
+    // -P counts the compared bytes: its last line reaches the whole size the summary gives.
+    let text = stdout(&out) + &stderr(&out);
+    let total = text
+        .lines()
+        .find_map(|l| l.strip_prefix("pgbb: backup complete: ")?.split(" files, ").nth(1)?.split(" in ").next())
+        .unwrap_or_else(|| panic!("no summary: {text}"))
+        .to_string();
+    assert!(text.contains(&format!("{total} of {total} (100%)")), "no progress line reaching {total}: {text}");
     let copy = verify_restore(&dest, &expect_pgbench());
     let mut cl = copy.client();
     assert_eq!(query_i64(&mut cl, "SELECT count(*) FROM pg_class WHERE relname = 'clone_only'"), 0, "{r}");
