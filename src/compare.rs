@@ -135,8 +135,8 @@ impl Transfer {
     /// Brings `dst` (below DEST, as the previous copy left it) to the bytes of server file
     /// `src`. From a server on this machine (`compare_by_content`) the file streams whole and
     /// is compared with the copy as it comes (reading costs less than hashing there); from
-    /// elsewhere only the blocks whose hashes differ travel. A file that cannot be refreshed in place (see [`Dest::open_existing`]) is
-    /// replaced by a whole copy.
+    /// elsewhere only the blocks whose hashes differ travel. A file that cannot be refreshed
+    /// in place (see [`Dest::open_existing`]) is replaced by a whole copy.
     pub fn refresh(
         &self,
         s: &mut Session,

@@ -62,6 +62,19 @@ fn chown_back(dir: &Path) {
     }
 }
 
+/// One pgbench-like transaction by hand: `delta` added to account `aid`, teller 1 and branch 1,
+/// and a history row (pgbench's invariant holds).
+fn pay(c: &Cluster, aid: i32, delta: i32) {
+    c.client()
+        .batch_execute(&format!(
+            "UPDATE pgbench_branches SET bbalance = bbalance + {delta} WHERE bid = 1; \
+             UPDATE pgbench_tellers SET tbalance = tbalance + {delta} WHERE tid = 1; \
+             UPDATE pgbench_accounts SET abalance = abalance + {delta} WHERE aid = {aid}; \
+             INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (1, 1, {aid}, {delta}, now())"
+        ))
+        .unwrap();
+}
+
 /// The relation file of `table`, relative to the data directory.
 fn relation_file(c: &Cluster, table: &str) -> String {
     c.client().query_one("SELECT pg_relation_filepath($1::text::regclass)", &[&table]).unwrap().get(0)
@@ -169,14 +182,7 @@ fn delta_resets_a_clone_that_ran_and_wrote() {
         clone.stop();
     }
     chown_back(&dest);
-    c.client()
-        .batch_execute(
-            "UPDATE pgbench_branches SET bbalance = bbalance + 5 WHERE bid = 1; \
-                              UPDATE pgbench_tellers SET tbalance = tbalance + 5 WHERE tid = 1; \
-                              UPDATE pgbench_accounts SET abalance = abalance + 5 WHERE aid = 1; \
-                              INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (1, 1, 1, 5, now())",
-        )
-        .unwrap();
+    pay(&c, 1, 5);
     let out = delta(&c, &dest);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("as they stream (the server is on this machine"), "{}", stderr(&out));
@@ -494,14 +500,7 @@ fn delta_refreshes_a_pg_basebackup_copy() {
         &c.dsn(),
     ]));
     chown_back(&dest);
-    c.client()
-        .batch_execute(
-            "UPDATE pgbench_accounts SET abalance = abalance + 7 WHERE aid = 3; \
-                              UPDATE pgbench_branches SET bbalance = bbalance + 7 WHERE bid = 1; \
-                              UPDATE pgbench_tellers SET tbalance = tbalance + 7 WHERE tid = 1; \
-                              INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (1, 1, 3, 7, now())",
-        )
-        .unwrap();
+    pay(&c, 3, 7);
     let out = delta(&c, &dest);
     assert!(out.status.success(), "{}", stderr(&out));
     // (Its manifest names the system identifier from PostgreSQL 17 on.)
