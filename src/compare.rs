@@ -341,10 +341,31 @@ impl Blocks {
         }
         self.wire += block.len() as u64;
         self.next = off + BLOCK as u64;
+        if let Some(cut) = row.try_get::<_, Option<i64>>(at + 4).map_err(|e| pg_err(what, e))? {
+            self.zero_fill(file, cut.max(0) as u64, size)?;
+        }
         if let Some(report) = t.progress {
             report(self.next);
         }
         Ok(Step::More)
+    }
+
+    /// The server's read ended short at `cut` (the file shrank while it was read): the rest of
+    /// that read is zeros, as in a full backup, not the copy's old bytes. The blocks' sums no
+    /// longer make up the file: it is read back.
+    fn zero_fill(&mut self, file: &File, cut: u64, size: u64) -> Result<(), TransferError> {
+        let end = ((cut / READ as u64 + 1) * READ as u64).min(size);
+        let zeros = [0u8; BLOCK];
+        let mut at = cut;
+        while at < end {
+            let n = (end - at).min(BLOCK as u64) as usize;
+            file.write_all_at(&zeros[..n], at)
+                .map_err(|e| TransferError::Dest(DestError::Io { path: self.path.clone().into(), source: e }))?;
+            at += n as u64;
+        }
+        self.sums = None;
+        self.next = self.next.max(end);
+        Ok(())
     }
 
     /// What the rows said, once they are all in (`None`: there were none).
@@ -389,6 +410,30 @@ mod tests {
         old.chunks(BLOCK).for_each(|c| w.write(c).unwrap());
         let mut w2 = InPlace::new(std::fs::File::open(&p).unwrap(), p.clone());
         assert!(w2.write(&changed[..3 * BLOCK]).is_err(), "a differing block is written (read-only: fails)");
+    }
+
+    /// A read cut short at `cut`: the rest of that read (to the next read boundary, or the
+    /// size) becomes zeros, nothing after it changes, and the sums are dropped.
+    #[test]
+    fn a_short_read_is_zero_filled_to_the_end_of_that_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, vec![7u8; READ + 3 * BLOCK]).unwrap();
+        let f = std::fs::OpenOptions::new().read(true).write(true).open(&p).unwrap();
+        let mut b = Blocks::new("f".into());
+        b.sums = Some(crate::block_sums::BlockSums::new(None));
+        b.zero_fill(&f, 5000, (READ + 3 * BLOCK) as u64).unwrap();
+        let got = std::fs::read(&p).unwrap();
+        assert!(got[..5000].iter().all(|&x| x == 7));
+        assert!(got[5000..READ].iter().all(|&x| x == 0));
+        assert!(got[READ..].iter().all(|&x| x == 7), "the next read is not touched");
+        assert!(b.sums.is_none());
+        // In the last read: to the size.
+        b.zero_fill(&f, (READ + BLOCK) as u64, (READ + 2 * BLOCK) as u64).unwrap();
+        let got = std::fs::read(&p).unwrap();
+        assert!(got[READ..READ + BLOCK].iter().all(|&x| x == 7));
+        assert!(got[READ + BLOCK..READ + 2 * BLOCK].iter().all(|&x| x == 0));
+        assert!(got[READ + 2 * BLOCK..].iter().all(|&x| x == 7));
     }
 
     #[test]

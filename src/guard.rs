@@ -212,7 +212,7 @@ impl DestGuard {
         if self.keep {
             for f in [PG_CONTROL, PG_CONTROL_PENDING] {
                 let p = self.root.join(f);
-                if let Err(e) = fs::remove_file(&p) {
+                if let Err(e) = remove_control(&self.root, f) {
                     if e.kind() != io::ErrorKind::NotFound {
                         log::error!("could not remove {}: {e}; do not start this copy", p.display());
                     }
@@ -252,8 +252,8 @@ fn last_words(state: &RwLock<State>, root: &Path, keep: bool, limit: Duration, w
     };
     if state.phase == Phase::Armed {
         state.phase = Phase::Undone;
-        let _ = fs::remove_file(root.join(PG_CONTROL_PENDING));
-        let _ = fs::remove_file(root.join(PG_CONTROL));
+        let _ = remove_control(root, PG_CONTROL_PENDING);
+        let _ = remove_control(root, PG_CONTROL);
         if !keep {
             for o in &state.owned {
                 // Again if something was being written in it meanwhile (by the master
@@ -278,6 +278,19 @@ impl Drop for DestGuard {
     fn drop(&mut self) {
         self.cleanup();
     }
+}
+
+/// Removes `root/global/NAME` (`f`), never through a symlink: if `global` is not a directory
+/// of DEST's own, what it points to is not DEST's to change.
+fn remove_control(root: &Path, f: &str) -> io::Result<()> {
+    let global = root.join("global");
+    match fs::symlink_metadata(&global) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(io::Error::other(format!("{} is not a directory of its own", global.display()))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    fs::remove_file(root.join(f))
 }
 
 /// Removes what the run created of `o`, or empties it if it existed.
@@ -322,6 +335,24 @@ pub fn empty_dir(root: &Path) -> Result<(), DestError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// After a failure, pg_control is removed from DEST's own `global` only, never through a
+    /// symlink to another cluster's.
+    #[test]
+    fn pg_control_is_never_removed_through_a_link() {
+        let other = tempfile::tempdir().unwrap();
+        fs::create_dir(other.path().join("global")).unwrap();
+        fs::write(other.path().join("global/pg_control"), b"theirs").unwrap();
+        let dest = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(other.path().join("global"), dest.path().join("global")).unwrap();
+        assert!(remove_control(dest.path(), PG_CONTROL).is_err());
+        assert!(other.path().join("global/pg_control").exists());
+        let own = tempfile::tempdir().unwrap();
+        fs::create_dir(own.path().join("global")).unwrap();
+        fs::write(own.path().join("global/pg_control"), b"ours").unwrap();
+        remove_control(own.path(), PG_CONTROL).unwrap();
+        assert!(!own.path().join("global/pg_control").exists());
+    }
 
     #[test]
     fn guard_refuses_non_empty_and_cleans_up() {

@@ -106,6 +106,10 @@ pub fn check_empty(t: &Tablespace) -> Result<(), Error> {
 /// tablespace only if the copy's `pg_tblspc/<oid>` link points there; anything else is
 /// refused, as for a full backup.
 pub fn check_refresh_target(t: &Tablespace, dest: &Path) -> Result<(), Error> {
+    // The copy's own pg_tblspc, not one a symlink leads to.
+    if !std::fs::symlink_metadata(dest.join("pg_tblspc")).is_ok_and(|m| m.is_dir()) {
+        return check_empty(t);
+    }
     let link = dest.join("pg_tblspc").join(t.oid.to_string());
     match std::fs::read_link(&link) {
         Ok(to) if to == t.target => Ok(()),

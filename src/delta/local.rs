@@ -22,7 +22,9 @@ pub enum Kind {
     Other,
 }
 
-/// Every entry below `root` (not `root` itself), parents before their children.
+/// Every entry below `root` (not `root` itself), parents before their children; not what
+/// is below `pg_wal` (the WAL child writes there meanwhile, and a refresh clears it first).
+/// An entry removed while it is listed is left out.
 pub fn list(root: &Path) -> io::Result<Vec<(Vec<u8>, Kind)>> {
     let mut out = Vec::new();
     walk(root, &mut Vec::new(), &mut out)?;
@@ -57,8 +59,11 @@ fn walk(dir: &Path, rel: &mut Vec<u8>, out: &mut Vec<(Vec<u8>, Kind)>) -> io::Re
     let rd = fs::read_dir(dir).map_err(|e| io::Error::new(e.kind(), format!("cannot list {}: {e}", dir.display())))?;
     for entry in rd {
         let entry = entry?;
-        let meta = fs::symlink_metadata(entry.path())
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot read {}: {e}", entry.path().display())))?;
+        let meta = match fs::symlink_metadata(entry.path()) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io::Error::new(e.kind(), format!("cannot read {}: {e}", entry.path().display()))),
+            Ok(m) => m,
+        };
         let ft = meta.file_type();
         let kind = if ft.is_file() {
             Kind::File { size: meta.len(), links: meta.nlink() }
@@ -75,7 +80,7 @@ fn walk(dir: &Path, rel: &mut Vec<u8>, out: &mut Vec<(Vec<u8>, Kind)>) -> io::Re
         }
         rel.extend_from_slice(entry.file_name().as_bytes());
         out.push((rel.clone(), kind));
-        if kind == Kind::Dir {
+        if kind == Kind::Dir && rel.as_slice() != b"pg_wal" {
             walk(&entry.path(), rel, out)?;
         }
         rel.truncate(len);
@@ -95,6 +100,7 @@ mod tests {
         std::fs::create_dir_all(d.path().join("base/5")).unwrap();
         std::fs::write(d.path().join("base/5/1259"), vec![0u8; 8192]).unwrap();
         std::os::unix::fs::symlink(outside.path(), d.path().join("base/out")).unwrap();
+        std::fs::create_dir_all(d.path().join("pg_wal/archive_status")).unwrap();
         let mut got = list(d.path()).unwrap();
         got.sort();
         assert_eq!(
@@ -104,6 +110,7 @@ mod tests {
                 (b"base/5".to_vec(), Kind::Dir),
                 (b"base/5/1259".to_vec(), Kind::File { size: 8192, links: 1 }),
                 (b"base/out".to_vec(), Kind::Link),
+                (b"pg_wal".to_vec(), Kind::Dir),
             ]
         );
     }

@@ -105,9 +105,21 @@ fn unreadable(dest: &Path, file: &'static str, e: io::Error) -> OriginError {
     OriginError::Unreadable { dest: dest.into(), file, why: e.to_string() }
 }
 
-/// A file of DEST's, `None` when it is not there. Never through a symlink.
+/// A file of DEST's, `None` when it is not there. Never through a symlink, the directories on
+/// the way included.
 fn read_opt(dest: &Path, name: &'static str) -> Result<Option<Vec<u8>>, OriginError> {
     let p = dest.join(name);
+    for dir in Path::new(name).ancestors().skip(1).filter(|d| !d.as_os_str().is_empty()) {
+        match fs::symlink_metadata(dest.join(dir)) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(unreadable(dest, name, e)),
+            Ok(m) if !m.is_dir() => {
+                let why = format!("{} is not a directory of DEST's own (a symbolic link?)", dir.display());
+                return Err(unreadable(dest, name, io::Error::other(why)));
+            }
+            Ok(_) => {}
+        }
+    }
     match fs::symlink_metadata(&p) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(unreadable(dest, name, e)),
@@ -135,7 +147,15 @@ fn running_postmaster(dest: &Path) -> Option<i32> {
 /// The system identifier in `global/pg_control` (its first 8 bytes, in this machine's byte
 /// order); its catalog version must be the server's.
 fn from_pg_control(dest: &Path, want: Cluster) -> Result<Option<u64>, OriginError> {
-    let Some(b) = read_opt(dest, "global/pg_control")? else { return Ok(None) };
+    // A run that stopped after removing its record, before putting pg_control in place,
+    // left it under its pending name.
+    let b = match read_opt(dest, "global/pg_control")? {
+        Some(b) => b,
+        None => match read_opt(dest, "global/pg_control.pgbb-pending")? {
+            Some(b) => b,
+            None => return Ok(None),
+        },
+    };
     let (Some(id), Some(cat)) = (b.get(..8), b.get(12..16)) else {
         return Err(unreadable(dest, "global/pg_control", io::Error::other("too short")));
     };
@@ -245,6 +265,18 @@ mod tests {
         assert!(matches!(prove(d.path(), ME), Err(OriginError::OtherMajor { .. })));
         let d = dest_with(&[("base/1/1259", vec![0; 8192])]);
         assert!(matches!(prove(d.path(), ME), Err(OriginError::Unproven { .. })));
+    }
+
+    /// `global` a symlink to another cluster's: nothing is read through it; a pg_control
+    /// left under its pending name (a run stopped just before completing) proves the origin.
+    #[test]
+    fn nothing_is_read_through_a_link_and_a_pending_pg_control_counts() {
+        let other = dest_with(&[("global/pg_control", pg_control(ME.system_identifier, ME.catalog_version))]);
+        let d = dest_with(&[("PG_VERSION", b"15\n".to_vec())]);
+        std::os::unix::fs::symlink(other.path().join("global"), d.path().join("global")).unwrap();
+        assert!(matches!(prove(d.path(), ME), Err(OriginError::Unreadable { .. })));
+        let d = dest_with(&[("global/pg_control.pgbb-pending", pg_control(ME.system_identifier, ME.catalog_version))]);
+        assert_eq!(prove(d.path(), ME).unwrap(), Found::Copy(vec!["global/pg_control"]));
     }
 
     #[test]

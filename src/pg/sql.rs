@@ -606,10 +606,13 @@ pub const READ_PLAIN_BY_NAME: &str = concat!(
 /// multiple of [`crate::compare::BLOCK`]), $3 the copy's block hashes: the SHA-256 of each
 /// 8192-byte block of the local file, concatenated (a block past the copy's end has none, and
 /// so differs). Nothing past the size stat'd first is read (a file that grows meanwhile is
-/// cut there, as in a full backup). One row per differing block: (size, mtime, offset, bytes), in file order;
-/// the server hashes with the built-in `sha256(bytea)`, so only differing blocks travel. A
-/// file whose blocks all match gives one row with a NULL offset; a missing file one row with
-/// a NULL size; a NULL block means the file vanished while it was read.
+/// cut there, as in a full backup). One row per differing block: (size, mtime, offset, bytes,
+/// cut), in file order; the server hashes with the built-in `sha256(bytea)`, so only
+/// differing blocks travel. A read that came back short (the file shrank while it was read)
+/// sends its last block whatever its hash, with `cut`, where the bytes ended: the worker
+/// zero-fills from there to the end of that read, as a full backup zero-fills a file that
+/// shrank. A file whose blocks all match gives one row with a NULL offset; a missing file one
+/// row with a NULL size; a NULL block means the file vanished while it was read.
 macro_rules! compare_blocks {
     ($from:literal) => {
         compare_blocks!("", $from, "$3::pg_catalog.bytea")
@@ -618,18 +621,21 @@ macro_rules! compare_blocks {
         concat!(
             "SELECT ",
             $cols,
-            "st.size, extract(epoch FROM st.modification)::bigint, c.off, c.blk \
+            "st.size, extract(epoch FROM st.modification)::bigint, c.off, c.blk, c.cut \
                FROM ",
             $from,
             " CROSS JOIN LATERAL pg_catalog.pg_stat_file(f.p, true) AS st \
                LEFT JOIN LATERAL ( \
-                 SELECT o + b * 8192 AS off, x.blk \
+                 SELECT o + b * 8192 AS off, x.blk, \
+                        CASE WHEN x.short THEN o + pg_catalog.length(d.d) END AS cut \
                    FROM pg_catalog.generate_series(0::bigint, st.size - 1, $2) AS o \
                   CROSS JOIN LATERAL pg_catalog.pg_read_binary_file(f.p, o, least($2, st.size - o), true) AS d(d) \
                   CROSS JOIN LATERAL pg_catalog.generate_series(0::bigint, \
                         COALESCE((pg_catalog.length(d.d) - 1) / 8192, 0)) AS b \
-                  CROSS JOIN LATERAL (SELECT pg_catalog.substr(d.d, (b * 8192 + 1)::int, 8192) AS blk) AS x \
-                  WHERE d.d IS NULL \
+                  CROSS JOIN LATERAL (SELECT pg_catalog.substr(d.d, (b * 8192 + 1)::int, 8192) AS blk, \
+                        b = COALESCE((pg_catalog.length(d.d) - 1) / 8192, 0) \
+                          AND pg_catalog.length(d.d) < least($2, st.size - o) AS short) AS x \
+                  WHERE d.d IS NULL OR x.short \
                      OR pg_catalog.sha256(x.blk) IS DISTINCT FROM \
                         pg_catalog.substr(",
             $hashes,
