@@ -29,6 +29,7 @@ client_bin() {
 cargo build --locked -q --tests
 rows=()
 failed=0
+nfail=0
 for major in "${majors[@]}"; do
   server=$(bash "$PGV" "$major")
   version=$("$server/postgres" --version | awk '{print $NF}')
@@ -63,7 +64,7 @@ for major in "${majors[@]}"; do
   t=$(( $(date +%s) - t0 ))
   cell() { grep -q "MATRIX $1 ok" "$log" && echo ok || echo FAIL; }
   b=$(cell backup); r=$(cell restore); v=$(cell verify)
-  [ "$rc" = 0 ] || { failed=1; echo "--- PostgreSQL $major: tests failed; output:" >&2; tail -40 "$log" >&2; }
+  [ "$rc" = 0 ] || { failed=1; nfail=$((nfail + 1)); echo "--- PostgreSQL $major: tests failed; output:" >&2; tail -40 "$log" >&2; }
   [ "$rc" = 0 ] || { [ "$b" = ok ] && [ "$r" = ok ] && [ "$v" = ok ] && b="ok (other test failed)"; }
   verifier="$("$client/pg_verifybackup" --version | awk '{print $3}')${vargs:+ $vargs}"
   rows+=("| $major | $version | $b | $r | $v ($verifier) | ${t} s |")
@@ -71,6 +72,6 @@ for major in "${majors[@]}"; do
 done
 printf '\n| major | server | backup under pgbench | restore + invariants + amcheck | pg_verifybackup | time |\n|---|---|---|---|---|---|\n'
 printf '%s\n' "${rows[@]}"
-bad=$(printf '%s\n' "${rows[@]}" | grep -c FAIL || true)
-echo "matrix: $(( ${#rows[@]} - bad )) passed, $bad failed"
+# A major fails when any of its tests failed, also one behind an "ok (other test failed)" row.
+echo "matrix: $(( ${#rows[@]} - nfail )) passed, $nfail failed"
 exit $failed
