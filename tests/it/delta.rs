@@ -346,11 +346,8 @@ fn delta_replaces_wrong_kinds_and_never_writes_outside_dest() {
 #[test]
 fn delta_refreshes_a_mapped_tablespace() {
     let c = Cluster::new();
-    let loc = c.path("ts");
-    std::fs::create_dir(&loc).unwrap();
-    chown_pg(&loc);
+    let loc = tablespace_one(&c);
     let mut cl = c.client();
-    cl.batch_execute(&format!("CREATE TABLESPACE one LOCATION '{}'", loc.display())).unwrap();
     cl.batch_execute(
         "CREATE EXTENSION amcheck; \
          CREATE TABLE t1 TABLESPACE one AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 50000) g; \

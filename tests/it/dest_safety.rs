@@ -111,11 +111,8 @@ fn dest_inside_the_data_directory_is_refused_up_front() {
 #[test]
 fn force_at_a_tablespace_location_or_a_target_inside_a_protected_directory_is_refused() {
     let (c, _) = cluster_with_data();
-    let loc = c.path("ts");
-    std::fs::create_dir(&loc).unwrap();
-    chown_pg(&loc);
+    let loc = tablespace_one(&c);
     let mut cl = c.client();
-    cl.batch_execute(&format!("CREATE TABLESPACE one LOCATION '{}'", loc.display())).unwrap();
     cl.batch_execute("CREATE TABLE ts_t TABLESPACE one AS SELECT 1 AS x; CHECKPOINT").unwrap();
     let before = tree(&c.data);
     let before_ts = tree(&loc);

@@ -865,3 +865,26 @@ pub fn remote_cluster(n: u8, encoding: Option<&'static str>) -> (NetNs, Cluster,
     let dsn = ns.open_to(&c);
     (ns, c, dsn)
 }
+
+/// Creates role `backup` with the least privileges a backup needs (PostgreSQL 15's function
+/// names: no REPLICATION, no superuser) and returns the DSN that connects as it.
+pub fn least_privileged_role(c: &Cluster) -> String {
+    c.client()
+        .batch_execute(
+            "CREATE ROLE backup LOGIN; \
+             GRANT EXECUTE ON FUNCTION pg_ls_dir(text,boolean,boolean), pg_stat_file(text,boolean), \
+                   pg_read_binary_file(text,bigint,bigint,boolean), pg_backup_start(text,boolean), \
+                   pg_backup_stop(boolean) TO backup;",
+        )
+        .unwrap();
+    format!("{} user=backup", c.dsn())
+}
+
+/// Creates tablespace `one` at `c.path("ts")` (made, owned by postgres) and returns its location.
+pub fn tablespace_one(c: &Cluster) -> PathBuf {
+    let loc = c.path("ts");
+    fs::create_dir(&loc).unwrap();
+    chown_pg(&loc);
+    c.client().batch_execute(&format!("CREATE TABLESPACE one LOCATION '{}'", loc.display())).unwrap();
+    loc
+}

@@ -63,15 +63,7 @@ fn missing_privileges_are_named_with_their_grants() {
 fn least_privileged_role_backs_up_and_warns_without_replication() {
     let c = Cluster::new();
     c.pgbench_init(2);
-    c.client()
-        .batch_execute(
-            "CREATE ROLE backup LOGIN; \
-             GRANT EXECUTE ON FUNCTION pg_ls_dir(text,boolean,boolean), pg_stat_file(text,boolean), \
-                   pg_read_binary_file(text,bigint,bigint,boolean), pg_backup_start(text,boolean), \
-                   pg_backup_stop(boolean) TO backup;",
-        )
-        .unwrap();
-    let dsn = format!("{} user=backup", c.dsn());
+    let dsn = least_privileged_role(&c);
     let dest = c.path("lp");
     let out = pgbb_run(&["-c", "fast", &dsn, dest.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));

@@ -133,15 +133,7 @@ fn mid_compare(netns: Option<u8>) {
 /// A held backup as a least-privileged role (superusers ignore connection limits), copying;
 /// then the role may open no more connections.
 fn start_refused(c: &Cluster, dest: &std::path::Path, extra: &[&str]) -> Child {
-    c.client()
-        .batch_execute(
-            "CREATE ROLE backup LOGIN; \
-             GRANT EXECUTE ON FUNCTION pg_ls_dir(text,boolean,boolean), pg_stat_file(text,boolean), \
-                   pg_read_binary_file(text,bigint,bigint,boolean), pg_backup_start(text,boolean), \
-                   pg_backup_stop(boolean) TO backup;",
-        )
-        .unwrap();
-    let child = start_held(&format!("{} user=backup", c.dsn()), dest, extra);
+    let child = start_held(&least_privileged_role(c), dest, extra);
     wait_until_copying(dest);
     c.client().batch_execute("ALTER ROLE backup CONNECTION LIMIT 0").unwrap();
     child

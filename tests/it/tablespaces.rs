@@ -118,11 +118,8 @@ fn a_tablespace_location_that_is_not_utf8_is_mapped_and_copied() {
 /// A cluster with a tablespace at `ts` holding a table large enough to interrupt its copy.
 fn cluster_with_a_big_tablespace() -> (Cluster, std::path::PathBuf) {
     let c = Cluster::new();
-    let loc = c.path("ts");
-    std::fs::create_dir(&loc).unwrap();
-    chown_pg(&loc);
+    let loc = tablespace_one(&c);
     let mut cl = c.client();
-    cl.batch_execute(&format!("CREATE TABLESPACE one LOCATION '{}'", loc.display())).unwrap();
     cl.batch_execute(
         "CREATE TABLE big TABLESPACE one AS SELECT g, md5(g::text) AS v FROM generate_series(1, 400000) g",
     )
