@@ -17,6 +17,7 @@ pub mod digest;
 pub mod error;
 pub mod guard;
 pub mod helper;
+pub mod incremental;
 pub mod lag;
 pub mod layout;
 pub mod listing;
