@@ -85,7 +85,9 @@ pub fn serve(
     // Whole files, and with `--delta` from a server on this machine files compared as they
     // stream, are read; files compared by block hashes are compared.
     let plain = t.method == Method::Plain;
-    let reads = members(&items, |r| plain && r.range.is_none() && (!r.compare || t.compare_by_content));
+    let reads = members(&items, |r| {
+        plain && r.range.is_none() && r.incremental.is_none() && (!r.compare || t.compare_by_content)
+    });
     let compares = members(&items, |r| r.compare && !t.compare_by_content);
     let queried =
         t.read_many(s, &items, &reads, &mut slots).and_then(|()| t.compare_many(s, &items, &compares, &mut slots));

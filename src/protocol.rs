@@ -29,8 +29,9 @@ use crate::digest::Checksum;
 
 /// Version of this protocol; a child that greets with another one is refused.
 pub const PROTOCOL_VERSION: u32 = 3;
-/// Longest request line a child accepts (bytes, without the newline).
-pub const MAX_LINE: usize = 8192;
+/// Longest request line a child accepts (bytes, without the newline): an incremental file's
+/// block list can take most of it (a 1 GB segment's changed blocks, as runs).
+pub const MAX_LINE: usize = 1 << 20;
 /// Most request lines a `batch` header may announce.
 pub const MAX_BATCH: usize = 1000;
 /// The first field of a batch header. A request for a file of this name escapes it
@@ -53,6 +54,8 @@ pub enum ProtocolError {
     BadRange(String),
     #[error("unrecognised message {0:?}")]
     Unknown(String),
+    #[error("bad block list in {0:?} (incr<TAB>TRUNCATION<TAB>BLOCKS: ascending block numbers or runs N+COUNT, comma-separated, - for none)")]
+    BadBlocks(String),
     #[error("bad batch header {0:?} (batch<TAB>N, N from 1 to {MAX_BATCH}; a file named batch is written \\x62atch)")]
     BadBatch(String),
 }
@@ -167,9 +170,81 @@ pub struct Request {
     /// `--delta`: DST holds an older copy of the file; only the blocks that differ travel
     /// (`SRC<TAB>DST<TAB>compare`, a whole file).
     pub compare: bool,
+    /// `-i`: DST is an `INCREMENTAL.*` file holding only these blocks of SRC
+    /// (`SRC<TAB>DST<TAB>incr<TAB>TRUNCATION<TAB>BLOCKS`).
+    pub incremental: Option<BlockList>,
+}
+
+/// The blocks of one relation segment file that an incremental backup sends, relative to the
+/// segment's start and ascending, and the length the file is cut to when it is rebuilt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockList {
+    pub truncation: u32,
+    pub blocks: Vec<u32>,
+}
+
+impl BlockList {
+    /// The BLOCKS field: runs of consecutive blocks as `N+COUNT`, single ones as `N`,
+    /// comma-separated; `-` for none.
+    pub fn field(&self) -> String {
+        if self.blocks.is_empty() {
+            return "-".into();
+        }
+        let mut out = String::new();
+        let mut i = 0;
+        while i < self.blocks.len() {
+            let start = self.blocks[i];
+            let mut n = 1;
+            while i + n < self.blocks.len() && u64::from(self.blocks[i + n]) == u64::from(start) + n as u64 {
+                n += 1;
+            }
+            if !out.is_empty() {
+                out.push(',');
+            }
+            if n == 1 {
+                out.push_str(&start.to_string());
+            } else {
+                out.push_str(&format!("{start}+{n}"));
+            }
+            i += n;
+        }
+        out
+    }
+
+    /// Reads a BLOCKS field (see [`BlockList::field`]): strictly ascending, within u32.
+    pub fn parse(truncation: &str, field: &str) -> Result<BlockList, ProtocolError> {
+        let bad = || ProtocolError::BadBlocks(format!("{truncation}\t{}", field.chars().take(200).collect::<String>()));
+        let num = |s: &str| -> Result<u64, ProtocolError> {
+            if s.is_empty() || s.len() > 10 || !s.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad());
+            }
+            s.parse::<u64>().map_err(|_| bad())
+        };
+        let truncation = u32::try_from(num(truncation)?).map_err(|_| bad())?;
+        let mut blocks: Vec<u32> = Vec::new();
+        if field != "-" {
+            for run in field.split(',') {
+                let (start, n) = match run.split_once('+') {
+                    Some((s, n)) => (num(s)?, num(n)?),
+                    None => (num(run)?, 1),
+                };
+                let end = start.checked_add(n).filter(|&e| n >= 1 && e <= 1 << 32).ok_or_else(bad)?;
+                if blocks.last().is_some_and(|&l| u64::from(l) >= start) {
+                    return Err(bad());
+                }
+                blocks.extend((start..end).map(|b| b as u32));
+            }
+        }
+        Ok(BlockList { truncation, blocks })
+    }
 }
 
 impl Request {
+    /// A whole file, copied to the same path.
+    pub fn whole(path: &[u8]) -> Request {
+        Request { src: path.to_vec(), dst: path.to_vec(), range: None, compare: false, incremental: None }
+    }
+
     pub fn parse(line: &str) -> Result<Request, ProtocolError> {
         let line = line.strip_suffix('\n').unwrap_or(line);
         let line = line.strip_suffix('\r').unwrap_or(line);
@@ -189,9 +264,14 @@ impl Request {
             None => src.clone(),
         };
         let compare = fields.len() == 3 && fields[2] == "compare";
+        let incremental = match fields.as_slice() {
+            [_, _, "incr", trunc, blocks] => Some(BlockList::parse(trunc, blocks)?),
+            _ => None,
+        };
         let range = match fields.len() {
             1 | 2 => None,
             3 if compare => None,
+            5 if incremental.is_some() => None,
             4 => {
                 let num =
                     |s: &str| s.parse::<u64>().map_err(|_| ProtocolError::BadRange(line.chars().take(200).collect()));
@@ -209,7 +289,7 @@ impl Request {
         if src.contains(&0) || dst.contains(&0) {
             return Err(ProtocolError::Nul);
         }
-        Ok(Request { src, dst, range, compare })
+        Ok(Request { src, dst, range, compare, incremental })
     }
 
     pub fn to_line(&self) -> String {
@@ -220,6 +300,9 @@ impl Request {
         };
         if self.compare {
             return format!("{src}\t{}\tcompare\n", escape(&self.dst));
+        }
+        if let Some(b) = &self.incremental {
+            return format!("{src}\t{}\tincr\t{}\t{}\n", escape(&self.dst), b.truncation, b.field());
         }
         if let Some((off, len)) = self.range {
             return format!("{src}\t{}\t{off}\t{len}\n", escape(&self.dst));
@@ -395,7 +478,7 @@ mod tests {
         let p = |s: &str| s.as_bytes().to_vec();
         assert_eq!(
             Request::parse("base/1/1259\n").unwrap(),
-            Request { src: p("base/1/1259"), dst: p("base/1/1259"), range: None, compare: false }
+            Request { src: p("base/1/1259"), dst: p("base/1/1259"), range: None, compare: false, incremental: None }
         );
         let r = Request::parse("global/pg_control\tglobal/pg_control.pending").unwrap();
         assert_eq!(r.dst, p("global/pg_control.pending"));
@@ -406,11 +489,11 @@ mod tests {
         assert_eq!(Request::parse("a\\x00b"), Err(ProtocolError::Nul));
         assert_eq!(Request::parse("a\tb\tc"), Err(ProtocolError::TooManyFields));
         assert_eq!(Request::parse(&"x".repeat(MAX_LINE + 1)), Err(ProtocolError::TooLong));
-        let odd = Request { src: p("we\tird\nname"), dst: b"raw\xfe".to_vec(), range: None, compare: false };
+        let odd = Request { src: p("we\tird\nname"), dst: b"raw\xfe".to_vec(), range: None, compare: false, incremental: None };
         assert_eq!(Request::parse(&odd.to_line()).unwrap(), odd);
         let piece =
-            Request { src: p("base/5/16384"), dst: p("base/5/16384"), range: Some((67108864, 1024)), compare: false };
-        let delta = Request { src: p("base/5/16384"), dst: p("base/5/16384"), range: None, compare: true };
+            Request { src: p("base/5/16384"), dst: p("base/5/16384"), range: Some((67108864, 1024)), compare: false, incremental: None };
+        let delta = Request { src: p("base/5/16384"), dst: p("base/5/16384"), range: None, compare: true, incremental: None };
         assert_eq!(delta.to_line(), "base/5/16384\tbase/5/16384\tcompare\n");
         assert_eq!(Request::parse(&delta.to_line()), Ok(delta));
         assert_eq!(piece.to_line(), "base/5/16384\tbase/5/16384\t67108864\t1024\n");
@@ -419,12 +502,23 @@ mod tests {
         assert!(matches!(Request::parse("a\tb\t1\t0"), Err(ProtocolError::BadRange(_))));
         assert!(matches!(Request::parse("a\tb\t18446744073709551615\t2"), Err(ProtocolError::BadRange(_))));
         assert_eq!(Request::parse("a\tb\tc"), Err(ProtocolError::TooManyFields));
+        let incr = Request::parse("base/5/16384\tbase/5/INCREMENTAL.16384\tincr\t2942\t0,1470,2940+2\n").unwrap();
+        assert_eq!(incr.incremental, Some(BlockList { truncation: 2942, blocks: vec![0, 1470, 2940, 2941] }));
+        assert_eq!(incr.to_line(), "base/5/16384\tbase/5/INCREMENTAL.16384\tincr\t2942\t0,1470,2940+2\n");
+        let none = Request::parse("base/5/1\tbase/5/INCREMENTAL.1\tincr\t7\t-").unwrap();
+        assert_eq!(none.incremental, Some(BlockList { truncation: 7, blocks: vec![] }));
+        assert_eq!(Request::parse(&none.to_line()).unwrap(), none);
+        for bad in ["3,2", "3,3", "1+0", "x", "", "4294967295+2", "1,,2", "+3", "01x"] {
+            let line = format!("a\tb\tincr\t9\t{bad}");
+            assert!(matches!(Request::parse(&line), Err(ProtocolError::BadBlocks(_))), "{bad}");
+        }
+        assert!(matches!(Request::parse("a\tb\tincr\t4294967296\t1"), Err(ProtocolError::BadBlocks(_))));
     }
 
     #[test]
     fn batches() {
         let p = |s: &str| s.as_bytes().to_vec();
-        let whole = |s: &str| Request { src: p(s), dst: p(s), range: None, compare: false };
+        let whole = |s: &str| Request { src: p(s), dst: p(s), range: None, compare: false, incremental: None };
         let compare = Request { compare: true, ..whole("base/5/1259") };
         let lines = batch_lines(&[whole("base/5/2608"), compare.clone(), whole("PG_VERSION")]);
         assert_eq!(lines, "batch\t3\nbase/5/2608\nbase/5/1259\tbase/5/1259\tcompare\nPG_VERSION\n");
@@ -544,7 +638,7 @@ mod proptests {
         #[test]
         fn no_request_line_is_a_batch_header(src in proptest::collection::vec(1u8..=255, 1..12),
                                              dst in proptest::collection::vec(1u8..=255, 1..12)) {
-            let r = Request { src, dst, range: None, compare: false };
+            let r = Request { src, dst, range: None, compare: false, incremental: None };
             prop_assert_eq!(batch_header(&r.to_line()), None);
         }
 

@@ -255,6 +255,12 @@ impl Pages {
         self.offset += BLCKSZ as u64;
     }
 
+    /// One page out of order (an incremental file's blocks): block `block` of this segment.
+    pub(crate) fn block(&mut self, page: &[u8], block: u32) {
+        self.offset = u64::from(block) * BLCKSZ as u64;
+        self.page(page);
+    }
+
     pub(crate) fn feed(&mut self, mut data: &[u8]) {
         if !self.buf.is_empty() {
             let take = (BLCKSZ - self.buf.len()).min(data.len());

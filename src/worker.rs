@@ -165,6 +165,8 @@ impl Link<'_> {
         let op = |l: &mut Link| {
             if req.compare {
                 l.transfer.refresh(&mut l.s, src, dest, &dst)
+            } else if let Some(list) = &req.incremental {
+                l.transfer.fetch_incremental(&mut l.s, src, dest, &dst, list)
             } else {
                 l.transfer.fetch(&mut l.s, src, dest, &dst, req.range)
             }
@@ -300,7 +302,7 @@ fn read_batch(input: &mut impl BufRead, n: usize) -> Result<Vec<crate::batch::Pa
 fn parse_request(line: &[u8], too_long: bool) -> Result<(Request, SafePath, SafePath), Response> {
     let shown = line[..line.len().min(200)].to_vec();
     let req = if too_long {
-        Err("line longer than 8192 bytes".to_string())
+        Err(format!("line longer than {MAX_LINE} bytes"))
     } else {
         match std::str::from_utf8(line) {
             Ok(text) => Request::parse(text).map_err(|e| e.to_string()),

@@ -17,7 +17,7 @@ const MIN_BATCH: usize = 16;
 /// Whether `w` may go in a batch: a whole small file whose name is UTF-8 (a name that is not
 /// is found by its components, one file per query).
 fn batchable(w: &Work) -> bool {
-    w.range.is_none() && w.size <= SMALL_FILE && std::str::from_utf8(&w.path).is_ok()
+    w.range.is_none() && w.incremental.is_none() && w.size <= SMALL_FILE && std::str::from_utf8(&w.path).is_ok()
 }
 
 /// The next request from the front of `queue`: one file, or a batch of small files of the
@@ -47,7 +47,7 @@ mod tests {
     use super::*;
 
     fn work(path: &str, size: u64, compare: bool) -> Work {
-        Work { path: path.as_bytes().to_vec(), range: None, compare, size }
+        Work { path: path.as_bytes().to_vec(), range: None, compare, size, incremental: None }
     }
 
     fn sizes(q: &mut VecDeque<Work>, spread: usize) -> Vec<usize> {

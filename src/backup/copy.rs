@@ -193,7 +193,13 @@ impl Run<'_> {
                 }
                 let reqs: Vec<Request> = jobs
                     .iter()
-                    .map(|j| Request { src: j.path.clone(), dst: j.path.clone(), range: j.range, compare: j.compare })
+                    .map(|j| Request {
+                        src: j.path.clone(),
+                        dst: j.dst(),
+                        range: j.range,
+                        compare: j.compare,
+                        incremental: j.incremental.clone(),
+                    })
                     .collect();
                 self.send(w, &reqs, jobs)?;
             }
@@ -299,6 +305,7 @@ impl Run<'_> {
                         self.piece_done(&work, Some((size, checksum, mtime)))?;
                     } else {
                         self.files += 1;
+                        let path = if work.incremental.is_some() { work.dst() } else { path };
                         self.entries.push(FileEntry { path, size, mtime, algorithm: self.algorithm, checksum });
                     }
                 }
@@ -477,8 +484,8 @@ impl Run<'_> {
         for attempt in 1..=ATTEMPTS {
             let w = self.workers.iter().position(|w| w.ready).unwrap_or(0);
             let req =
-                Request { src: pg_control.path.clone(), dst: PG_CONTROL_PENDING.into(), range: None, compare: false };
-            let work = Work { path: pg_control.path.clone(), range: None, compare: false, size: pg_control.size };
+                Request { src: pg_control.path.clone(), dst: PG_CONTROL_PENDING.into(), ..Request::whole(&pg_control.path) };
+            let work = Work::whole(pg_control);
             self.send(w, &[req], vec![work])?;
             let before = self.files;
             while !self.idle() {

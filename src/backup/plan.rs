@@ -12,6 +12,7 @@ use crate::digest::Algorithm;
 use crate::error::Error;
 use crate::layout::{self, FileJob, Layout};
 use crate::pg::sql;
+use crate::protocol::BlockList;
 
 use super::connect::Server;
 use super::destination::Target;
@@ -121,6 +122,23 @@ pub(super) struct Work {
     pub compare: bool,
     /// The file's size as listed (small files travel in batches).
     pub size: u64,
+    /// `-i`: only these blocks travel, into `INCREMENTAL.<name>`.
+    pub incremental: Option<BlockList>,
+}
+
+impl Work {
+    /// A whole file.
+    pub fn whole(f: &FileJob) -> Work {
+        Work { path: f.path.clone(), range: None, compare: false, size: f.size, incremental: None }
+    }
+
+    /// Where it goes in DEST: the same path, or `INCREMENTAL.<name>` beside it.
+    pub fn dst(&self) -> Vec<u8> {
+        match self.incremental {
+            Some(_) => crate::incremental::format::incremental_path(&self.path),
+            None => self.path.clone(),
+        }
+    }
 }
 
 /// Files at least this large are split into pieces of [`PIECE`] bytes, copied by several
@@ -140,16 +158,16 @@ pub(super) fn work_queue(
     let mut q = VecDeque::new();
     for f in files {
         if compare.contains(&f.path) {
-            q.push_back(Work { path: f.path.clone(), range: None, compare: true, size: f.size });
+            q.push_back(Work { compare: true, ..Work::whole(f) });
         } else if split && f.size >= SPLIT_FROM && std::str::from_utf8(&f.path).is_ok() {
             let mut off = 0;
             while off < f.size {
                 let len = PIECE.min(f.size - off);
-                q.push_back(Work { path: f.path.clone(), range: Some((off, len)), compare: false, size: f.size });
+                q.push_back(Work { range: Some((off, len)), ..Work::whole(f) });
                 off += len;
             }
         } else {
-            q.push_back(Work { path: f.path.clone(), range: None, compare: false, size: f.size });
+            q.push_back(Work::whole(f));
         }
     }
     q

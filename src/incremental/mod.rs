@@ -2,6 +2,7 @@
 //! server's WAL summaries read over SQL, which `pg_combinebackup` merges with earlier backups.
 
 pub mod blockref;
+pub mod fetch;
 pub mod format;
 pub mod method;
 pub mod old_manifest;

@@ -10,6 +10,7 @@ pub mod settings;
 pub mod sql;
 pub mod sql_dest;
 pub mod sql_helper;
+pub mod sql_incr;
 pub mod tls;
 
 pub use caps::Caps;

@@ -1,0 +1,170 @@
+//! One `INCREMENTAL.*` file, written by a worker: core's header, then the listed blocks of the
+//! relation segment, read from the server with one query (runs of blocks as ranges) and
+//! page-verified as they pass.
+
+use postgres::fallible_iterator::FallibleIterator;
+
+use crate::checksum::BLCKSZ;
+use crate::dest::{Dest, FileWriter, SafePath};
+use crate::digest::Digest;
+use crate::layout::checksummed_segment;
+use crate::pg::{sql_incr, Session};
+use crate::protocol::BlockList;
+use crate::transfer::{pg_err, Copied, Outcome, Pages, Transfer, TransferError};
+
+use super::format;
+
+/// The byte ranges (offsets, lengths) that read `blocks` (ascending): runs of consecutive
+/// blocks, each at most `max` bytes (at least one block).
+pub fn ranges(blocks: &[u32], max: u64) -> (Vec<i64>, Vec<i64>) {
+    let per = (max / BLCKSZ as u64).max(1);
+    let (mut offs, mut lens) = (Vec::new(), Vec::new());
+    let mut i = 0;
+    while i < blocks.len() {
+        let start = blocks[i];
+        let mut n = 1;
+        while i + n < blocks.len() && (n as u64) < per && u64::from(blocks[i + n]) == u64::from(start) + n as u64 {
+            n += 1;
+        }
+        offs.push(i64::from(start) * BLCKSZ as i64);
+        lens.push(n as i64 * BLCKSZ as i64);
+        i += n;
+    }
+    (offs, lens)
+}
+
+/// The file as it is written: DEST, the manifest checksum, the page verifier.
+struct Out {
+    w: FileWriter,
+    digest: Digest,
+    pages: Option<Pages>,
+}
+
+impl Out {
+    fn write(&mut self, data: &[u8]) -> Result<(), TransferError> {
+        self.w.write(data)?;
+        self.digest.update(data);
+        Ok(())
+    }
+}
+
+impl Transfer {
+    /// Writes `dst` (an `INCREMENTAL.*` name below DEST) from the blocks `list` names of server
+    /// file `src`. A block the server returns short (the file was truncated while it was read)
+    /// is zero-filled, as core does; WAL replay repairs it.
+    pub fn fetch_incremental(
+        &self,
+        s: &mut Session,
+        src: &SafePath,
+        dest: &Dest,
+        dst: &SafePath,
+        list: &BlockList,
+    ) -> Result<Outcome, TransferError> {
+        let got = self.read_blocks(s, src, dest, dst, list).map_err(|e| match e {
+            TransferError::Pg(p) => TransferError::Pg(s.explain(p)),
+            other => other,
+        })?;
+        let Some((o, mtime, wire)) = got else { return Ok(Outcome::Vanished) };
+        let size = o.w.finish(self.sync)?;
+        let verified_pages = o.pages.as_ref().map_or(0, |p| p.verified);
+        let bad_pages = match &o.pages {
+            Some(p) if !p.suspects.is_empty() => self.reread(s, src, p)?,
+            _ => Vec::new(),
+        };
+        let checksum = o.digest.finish();
+        Ok(Outcome::Copied(Copied { size, checksum, mtime, bad_pages, wire, verified_pages }))
+    }
+
+    /// Streams the blocks into a new file: the file (not yet in place), the server's mtime
+    /// and the bytes that came over the network; `None` when the file is gone.
+    fn read_blocks(
+        &self,
+        s: &mut Session,
+        src: &SafePath,
+        dest: &Dest,
+        dst: &SafePath,
+        list: &BlockList,
+    ) -> Result<Option<(Out, i64, u64)>, TransferError> {
+        let path = src.display();
+        let what = format!("could not read the changed blocks of \"{path}\"");
+        let (offs, lens) = ranges(&list.blocks, self.chunk.max(BLCKSZ as u64));
+        let raw = src.as_bytes();
+        let mut rows = s.stream(sql_incr::READ_BLOCKS, &[&raw, &offs, &lens], &what)?;
+        let mut out: Option<Out> = None;
+        let (mut mtime, mut got, mut wire, mut block) = (0i64, 0usize, 0u64, 0usize);
+        while let Some(row) = rows.next().map_err(|e| pg_err(&what, e))? {
+            if row.try_get::<_, Option<i64>>(0).map_err(|e| pg_err(&what, e))?.is_none() {
+                return Ok(None);
+            }
+            let o = match out.as_mut() {
+                Some(o) => o,
+                None => {
+                    mtime = row.try_get::<_, Option<i64>>(1).map_err(|e| pg_err(&what, e))?.unwrap_or(0);
+                    out.insert(self.incremental_out(src, dest, dst, list)?)
+                }
+            };
+            let Some(i) = row.try_get::<_, Option<i64>>(2).map_err(|e| pg_err(&what, e))? else { continue };
+            if i != got as i64 + 1 || got >= lens.len() {
+                let message = format!("the server answered range {i} where {} was due", got + 1);
+                return Err(TransferError::Data { path, message });
+            }
+            // Removed while it was read.
+            let Some(data) = row.try_get::<_, Option<&[u8]>>(3).map_err(|e| pg_err(&what, e))? else {
+                return Ok(None);
+            };
+            let want = lens[got] as usize;
+            let data = &data[..data.len().min(want)];
+            wire += data.len() as u64;
+            if let Some(t) = &self.throttle {
+                t.pace(data.len() as u64);
+            }
+            let mut buf = data.to_vec();
+            buf.resize(want, 0);
+            for page in buf.chunks_exact(BLCKSZ) {
+                o.write(page)?;
+                if let (Some(p), Some(&b)) = (o.pages.as_mut(), list.blocks.get(block)) {
+                    p.block(page, b);
+                }
+                block += 1;
+            }
+            got += 1;
+        }
+        let Some(o) = out else {
+            return Err(TransferError::Data { path, message: "the server returned no rows".into() });
+        };
+        if got != lens.len() {
+            let message = format!("the server returned {got} of {} ranges", lens.len());
+            return Err(TransferError::Data { path, message });
+        }
+        Ok(Some((o, mtime, wire)))
+    }
+
+    /// The new file, its header written.
+    fn incremental_out(&self, src: &SafePath, dest: &Dest, dst: &SafePath, list: &BlockList) -> Result<Out, TransferError> {
+        let pages = self.verify.and_then(|v| {
+            checksummed_segment(&String::from_utf8_lossy(&src.as_bytes()), v.rules).map(|segno| Pages::new(segno, 0, v))
+        });
+        let mut o = Out { w: dest.create_file(dst)?, digest: Digest::new(self.algorithm), pages };
+        o.write(&format::header(&list.blocks, list.truncation))?;
+        Ok(o)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_become_ranges_cut_at_the_read_size() {
+        let b = BLCKSZ as i64;
+        let (o, l) = ranges(&[0, 1, 2, 5, 7, 8], 1 << 20);
+        assert_eq!(o, vec![0, 5 * b, 7 * b]);
+        assert_eq!(l, vec![3 * b, b, 2 * b]);
+        let (o, l) = ranges(&[10, 11, 12, 13, 14], 2 * BLCKSZ as u64);
+        assert_eq!(o, vec![10 * b, 12 * b, 14 * b]);
+        assert_eq!(l, vec![2 * b, 2 * b, b]);
+        assert_eq!(ranges(&[], 1 << 20), (vec![], vec![]));
+        // A read size under a block still reads whole blocks.
+        assert_eq!(ranges(&[3], 100).1, vec![b]);
+    }
+}
