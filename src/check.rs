@@ -6,7 +6,9 @@ use crate::compression::{self, Installed};
 use crate::error::{exit, Error};
 use crate::pg::caps::Support;
 use crate::pg::sql::{self, ServerInfo};
-use crate::pg::Session;
+use crate::pg::{Caps, Session};
+use crate::incremental::{base, IncrementalError};
+use std::path::Path;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -29,7 +31,7 @@ fn item(status: Status, what: impl Into<String>, fix: Option<String>) -> Item {
 }
 
 /// Runs every check; a connection failure is the only hard error.
-pub fn checks(common: &Common, jobs: usize) -> Result<Vec<Item>, Error> {
+pub fn checks(common: &Common, jobs: usize, incremental: Option<&Path>) -> Result<Vec<Item>, Error> {
     let mut s = common.conn.connect("pgbb check")?;
     let mut v = vec![item(Status::Ok, format!("connected to {}", common.conn.target()), None)];
     let (caps, version) = sql::version(&mut s)?;
@@ -40,7 +42,7 @@ pub fn checks(common: &Common, jobs: usize) -> Result<Vec<Item>, Error> {
         return Ok(v);
     }
     sql::session_setup_for(&mut s, caps)?;
-    let info = sql::server_info(&mut s, caps, version)?;
+    let info = sql::server_info(&mut s, caps, version.clone())?;
     if info.wal_level == "minimal" {
         v.push(item(Status::Fail, "wal_level = minimal", Some(WAL_LEVEL_FIX.into())));
     } else {
@@ -63,6 +65,37 @@ pub fn checks(common: &Common, jobs: usize) -> Result<Vec<Item>, Error> {
     } else {
         v.push(item(Status::Info, "data checksums off: pages cannot be verified", None));
     }
+    if let Some(path) = incremental {
+        v.extend(incremental_items(&mut s, caps, &version, path)?);
+    }
+    Ok(v)
+}
+
+/// `--check -i OLD_MANIFEST`: whether the server can take an incremental backup, and whether
+/// one can be taken on top of that manifest's backup.
+fn incremental_items(s: &mut Session, caps: Caps, version: &str, path: &Path) -> Result<Vec<Item>, Error> {
+    let fail = |e: IncrementalError| -> Result<Item, Error> {
+        match Error::from(e) {
+            Error::Incremental(e) => Ok(item(Status::Fail, e.to_string(), None)),
+            other => Err(other),
+        }
+    };
+    let mut v = Vec::new();
+    let server = base::server_can(s, caps, version);
+    let server_ok = server.is_ok();
+    v.push(match server {
+        Ok(()) => item(Status::Ok, "summarize_wal = on: incremental backups can be taken", None),
+        Err(e) => fail(e)?,
+    });
+    let shown = path.display();
+    v.push(match (server_ok, crate::incremental::old_manifest::read(path)) {
+        (_, Err(e)) => fail(e.into())?,
+        (false, Ok(_)) => item(Status::Ok, format!("OLD_MANIFEST {shown} reads and its checksum matches"), None),
+        (true, Ok(_)) => match base::check(s, path) {
+            Ok(_) => item(Status::Ok, format!("OLD_MANIFEST {shown}: an incremental backup can be taken on it"), None),
+            Err(e) => fail(e)?,
+        },
+    });
     Ok(v)
 }
 
@@ -219,8 +252,8 @@ fn connection_items(s: &mut Session, info: &ServerInfo, jobs: usize) -> Result<V
 }
 
 /// Prints the report; the exit code is 0 when nothing failed, 4 otherwise.
-pub fn run(common: &Common, jobs: usize) -> Result<i32, Error> {
-    let items = checks(common, jobs)?;
+pub fn run(common: &Common, jobs: usize, incremental: Option<&Path>) -> Result<i32, Error> {
+    let items = checks(common, jobs, incremental)?;
     let mut failed = 0;
     for i in &items {
         let tag = match i.status {

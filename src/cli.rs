@@ -50,6 +50,7 @@ const NOT_WITH_HELPER: &[&str] = &[
     "max_rate",
     "max_lag",
     "progress",
+    "incremental",
 ];
 
 const AFTER_HELP: &str = "\
@@ -161,6 +162,17 @@ pub struct Args {
     /// clone): only what differs travels; the result is a complete backup taken now
     #[arg(long = "delta", conflicts_with = "force", help_heading = "Backup")]
     pub delta: bool,
+    /// Incremental backup in PostgreSQL's own format (17+): only the blocks changed since the
+    /// backup OLD_MANIFEST is of (its backup_manifest), found in the server's WAL summaries;
+    /// pg_combinebackup merges it with the earlier backups into a full one
+    #[arg(
+        short = 'i',
+        long = "incremental",
+        value_name = "OLD_MANIFEST",
+        conflicts_with_all = ["delta", "no_manifest"],
+        help_heading = "Backup"
+    )]
+    pub incremental: Option<PathBuf>,
     /// Before starting, end what earlier pgbb runs whose master is gone left behind: terminate
     /// their sessions (their temporary slots go with them); runs in progress are left alone
     #[arg(long = "clean", help_heading = "Backup")]
@@ -315,6 +327,8 @@ pub struct MasterOpts {
     pub force: bool,
     /// `--delta`: refresh the copy in DEST.
     pub delta: bool,
+    /// `-i OLD_MANIFEST`: an incremental backup on top of the backup of that manifest.
+    pub incremental: Option<PathBuf>,
     pub clean: bool,
     pub fast: bool,
     pub label: String,
@@ -338,6 +352,8 @@ pub enum Mode {
     /// `--check`: preflight only.
     Check {
         jobs: usize,
+        /// `--check -i OLD_MANIFEST`: also whether an incremental backup on it can be taken.
+        incremental: Option<PathBuf>,
     },
     /// `--install-helper`, `--remove-helper`.
     InstallHelper,
@@ -596,11 +612,14 @@ fn schema(s: &str) -> Result<String, Error> {
 
 /// The role this process plays, from `--slave`, `--stdin`, `-x` and `--check`.
 fn mode(a: Args, compress: Compress) -> Result<Mode, Error> {
+    if a.incremental.is_some() && (a.slave || a.pg_xlog) {
+        return Err(Error::Usage("-i/--incremental goes with a backup (pgbb -i OLD_MANIFEST DSN DEST) or --check".into()));
+    }
     if a.max_lag.is_some() && (a.check || a.slave || a.pg_xlog) {
         return Err(Error::Usage("--max-lag goes with a backup (pgbb DSN DEST), not --check, --slave or -x".into()));
     }
     Ok(match (a.slave, a.stdin, a.pg_xlog) {
-        _ if a.check => Mode::Check { jobs: a.jobs },
+        _ if a.check => Mode::Check { jobs: a.jobs, incremental: a.incremental.clone() },
         _ if a.install_helper => Mode::InstallHelper,
         _ if a.remove_helper => Mode::RemoveHelper,
         (true, true, false) => Mode::Worker { id: a.worker_id, compress },
@@ -643,6 +662,7 @@ fn master_opts(a: Args, compress: Compress) -> Result<MasterOpts, Error> {
         delay: delay(a.delay)?,
         force: a.force,
         delta: a.delta,
+        incremental: a.incremental,
         clean: a.clean,
         fast: a.checkpoint == Checkpoint::Fast,
         label: a.label,

@@ -5,6 +5,7 @@ use std::io;
 use std::path::PathBuf;
 
 use crate::dest::DestError;
+use crate::incremental::IncrementalError;
 use crate::pg::{PgError, SqlState};
 use crate::protocol::ProtocolError;
 use crate::signals::Signal;
@@ -114,6 +115,18 @@ pub enum Error {
     Internal(&'static str),
     #[error("interrupted by {0}; the backup was aborted")]
     Interrupted(Signal),
+    /// `-i`: the server cannot take it (exit 4), or OLD_MANIFEST does not fit it (exit 2).
+    #[error(transparent)]
+    Incremental(IncrementalError),
+}
+
+impl From<IncrementalError> for Error {
+    fn from(e: IncrementalError) -> Error {
+        match e {
+            IncrementalError::Pg(p) => Error::Pg(p),
+            other => Error::Incremental(other),
+        }
+    }
 }
 
 /// A transfer's failure as the role that ran it reports it.
@@ -146,6 +159,8 @@ impl Error {
             // A child that failed on DEST (no space...) exits with that code.
             Error::ChildFailed { code: Some(exit::DEST), .. } => exit::DEST,
             Error::Interrupted(sig) => sig.exit_code(),
+            Error::Incremental(e) if e.is_server() => exit::SERVER,
+            Error::Incremental(_) => exit::USAGE,
             _ => exit::FAILED,
         }
     }
@@ -197,6 +212,9 @@ mod tests {
             (Error::System { what: "install signal handlers", source: io() }, exit::FAILED),
             (Error::Internal("x"), exit::FAILED),
             (Error::Inconsistent("x".into()), exit::FAILED),
+            (Error::from(IncrementalError::SummarizeOff), exit::SERVER),
+            (Error::from(IncrementalError::OtherSystem { old: 1, server: 2 }), exit::USAGE),
+            (Error::from(IncrementalError::Pg(PgError::TooOld("x".into()))), exit::SERVER),
             (Error::Interrupted(Signal::Hup), 129),
             (Error::Interrupted(Signal::Int), 130),
             (Error::Interrupted(Signal::Term), 143),

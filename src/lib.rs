@@ -66,7 +66,7 @@ pub fn run(argv: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
     logging::init(&role_name(&args), args.verbose, args.debug);
     let spawned_by_master = args.slave && (args.worker_id.is_some() || args.pg_xlog);
     let result = Config::from_args(args).and_then(|cfg| match &cfg.mode {
-        Mode::Check { jobs } => check::run(&cfg.common, *jobs),
+        Mode::Check { jobs, incremental } => check::run(&cfg.common, *jobs, incremental.as_deref()),
         Mode::InstallHelper => helper::install(&cfg.common),
         Mode::RemoveHelper => helper::remove(&cfg.common),
         Mode::Master(opts) => {

@@ -56,8 +56,19 @@ pub fn line(s: &Summary) -> String {
         ),
         None => String::new(),
     };
+    let incremental = match s.incremental {
+        Some(i) => format!(
+            " (incremental: {} relation files with {} changed blocks, {} of {} for a full backup, {:.1}%)",
+            i.incremental_files,
+            i.blocks,
+            human(s.bytes),
+            human(i.full_size),
+            s.bytes as f64 * 100.0 / i.full_size.max(1) as f64
+        ),
+        None => String::new(),
+    };
     format!(
-        "pgbb: backup complete: {} files, {} in {:.1} s ({}/s){refreshed}, WAL {} to {} on timeline {} ({wal}), {} pages verified{compression}",
+        "pgbb: backup complete: {} files, {} in {:.1} s ({}/s){refreshed}{incremental}, WAL {} to {} on timeline {} ({wal}), {} pages verified{compression}",
         s.files,
         human(s.bytes),
         s.elapsed.as_secs_f64(),
@@ -125,6 +136,7 @@ mod tests {
             timeline: 1,
             elapsed: std::time::Duration::from_secs(1),
             refresh: None,
+            incremental: None,
             method: Method::Plain,
             bad_pages: 0,
             manifest: true,
@@ -138,6 +150,15 @@ mod tests {
         s.wire = 64 << 10;
         assert!(
             line(&s).contains(" (refreshed: 3.0 MB compared, 64.0 kB over the network, 2 entries removed), WAL"),
+            "{}",
+            line(&s)
+        );
+        s.refresh = None;
+        s.incremental = Some(crate::incremental::Stats { incremental_files: 12, blocks: 40, full_size: 100 << 20 });
+        assert!(
+            line(&s).contains(
+                " (incremental: 12 relation files with 40 changed blocks, 1.0 MB of 100.0 MB for a full backup, 1.0%), WAL"
+            ),
             "{}",
             line(&s)
         );

@@ -117,3 +117,18 @@ fn clean_leftovers(ctl: &mut Session) -> Result<(), Error> {
     }
     Ok(())
 }
+
+/// `-i OLD_MANIFEST`: the server can take an incremental backup, and OLD_MANIFEST is of an
+/// earlier backup of it whose changes since are still summarized. Checked before DEST is
+/// touched; checked again against the backup's start once it has started.
+pub(super) fn incremental_base(
+    server: &mut Server,
+    opts: &MasterOpts,
+) -> Result<Option<crate::incremental::base::Base>, Error> {
+    let Some(path) = &opts.incremental else { return Ok(None) };
+    use crate::incremental::base;
+    base::server_can(&mut server.ctl, server.info.caps, &server.info.version)?;
+    let b = base::check(&mut server.ctl, path)?;
+    log::info!("-i: an incremental backup on the one {} is of", path.display());
+    Ok(Some(b))
+}

@@ -115,6 +115,7 @@ fn summary(server: &Server, opts: &MasterOpts, c: Copied, started: &Started, sto
         manifest: opts.manifest,
         wire: c.wire,
         refresh: None,
+        incremental: None,
     }
 }
 

@@ -15,6 +15,7 @@ mod pages;
 mod pieces;
 mod plan;
 mod plan_delta;
+mod plan_incr;
 mod slot;
 mod start;
 mod stop;
@@ -58,6 +59,8 @@ pub struct Summary {
     pub wire: u64,
     /// `--delta` on an older copy: what was compared and removed.
     pub refresh: Option<crate::delta::Refresh>,
+    /// `-i`: what went as `INCREMENTAL.*`.
+    pub incremental: Option<crate::incremental::Stats>,
 }
 
 /// The master's side of signal handling: what the signal thread shares, the channel on which
@@ -109,18 +112,20 @@ pub fn run(common: &Common, opts: &MasterOpts) -> Result<Summary, Error> {
 fn backup(common: &Common, opts: &MasterOpts, sig: &Signals) -> Result<Summary, Error> {
     let t0 = Instant::now();
     let mut server = connect::connect(common, opts, sig)?;
+    let base = connect::incremental_base(&mut server, opts)?;
     let watch = lag::prepare(&mut server.ctl, &server.info, opts.max_lag)?;
     let mut target = destination::prepare(&mut server, opts, sig)?;
     let hold = slot::hold_wal(&mut server, opts)?;
     sig.check()?;
-    let started = start::start_backup(&mut server, opts)?;
+    let mut started = start::start_backup(&mut server, opts)?;
     let mut children = start::spawn_children(&server, opts, &started, sig)?;
-    let plan = if target.refresh {
-        plan_delta::delta(&mut server, &target, opts)?
-    } else {
-        plan::full(&mut server, &target, opts)?
+    let plan = match &base {
+        Some(base) => plan_incr::incremental(&mut server, &target, opts.jobs, base, &mut started, sig)?,
+        None if target.refresh => plan_delta::delta(&mut server, &target, opts)?,
+        None => plan::full(&mut server, &target, opts)?,
     };
     let refresh = target.refresh.then_some(plan.refresh);
+    let incremental = plan.incremental;
     let mut copy = copy::Run::new(&mut children, plan, &target.roots, &server.common, opts, sig);
     copy.watch_lag(watch);
     copy.copy_files(&mut server.ctl, &server.common.dest)?;
@@ -130,5 +135,5 @@ fn backup(common: &Common, opts: &MasterOpts, sig: &Signals) -> Result<Summary, 
     stop::check_wal(&mut server, &hold, &target, &started, &stopped, &copied)?;
     let summary = finish::finish(&mut server, opts, &mut target, copied, &started, &stopped)?;
     hold.keep();
-    Ok(Summary { elapsed: t0.elapsed(), refresh, ..summary })
+    Ok(Summary { elapsed: t0.elapsed(), refresh, incremental, ..summary })
 }

@@ -29,6 +29,8 @@ pub(super) struct Plan {
     /// Bytes and files to copy (pg_control not counted in `files`).
     pub total: u64,
     pub files: usize,
+    /// `-i`: what goes as `INCREMENTAL.*`, against a full backup.
+    pub incremental: Option<crate::incremental::Stats>,
 }
 
 /// Every file of the data directory, copied whole (or in pieces).
@@ -110,7 +112,7 @@ pub(super) fn queue(
     let sizes = layout.files.iter().filter(|f| f.size >= SPLIT_FROM).map(|f| (f.path.clone(), f.size)).collect();
     let compared = layout.files.iter().filter(|f| compare.contains(&f.path)).map(|f| f.size).sum();
     let refresh = Refresh { compared, removed: 0 };
-    Ok(Plan { queue, refresh, pg_control, sizes, total, files: layout.files.len() })
+    Ok(Plan { queue, refresh, pg_control, sizes, total, files: layout.files.len(), incremental: None })
 }
 
 /// One request for a worker: a whole file, or one piece of a large one.

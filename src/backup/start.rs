@@ -20,6 +20,8 @@ pub(super) struct Started {
     /// The REDO LSN of the backup's checkpoint (START WAL LOCATION).
     pub lsn: Lsn,
     pub tli: u32,
+    /// `-i`: the earlier backup's start and timeline (the label's INCREMENTAL FROM lines).
+    pub incremental_from: Option<(Lsn, u32)>,
 }
 
 pub(super) fn start_backup(server: &mut Server, opts: &MasterOpts) -> Result<Started, Error> {
@@ -34,7 +36,7 @@ pub(super) fn start_backup(server: &mut Server, opts: &MasterOpts) -> Result<Sta
     } else if opts.verify_checksums {
         log::info!("the cluster has no data checksums: pages are not verified");
     }
-    Ok(Started { lsn, tli })
+    Ok(Started { lsn, tli, incremental_from: None })
 }
 
 /// The master's children: the WAL child and the workers.

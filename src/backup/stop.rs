@@ -44,7 +44,8 @@ pub(super) fn stop_backup(
     if server.info.in_recovery {
         same_timeline(sql::min_recovery_timeline(&mut server.ctl)?, started.tli)?;
     }
-    target.guard.mutate(|| copy.write_own_file(&target.dest, "backup_label", stop.labelfile.as_bytes()))?;
+    let label = incremental_label(&stop.labelfile, started.incremental_from);
+    target.guard.mutate(|| copy.write_own_file(&target.dest, "backup_label", label.as_bytes()))?;
     // Plain format, as pg_basebackup: the pg_tblspc symlinks (to the mapped locations) are
     // the tablespace map; a tablespace_map file would point recovery at the old locations.
     if !stop.spcmapfile.is_empty() {
@@ -53,6 +54,33 @@ pub(super) fn stop_backup(
     copy.send_wal_stop(stop.lsn)?;
     copy.finish_wal()?;
     Ok(Stopped { lsn: stop.lsn })
+}
+
+/// The label, with `INCREMENTAL FROM LSN` and `INCREMENTAL FROM TLI` after `START TIMELINE`
+/// for an incremental backup, as core writes them (the SQL functions know nothing of
+/// incremental backups, and pg_combinebackup chains backups by these lines).
+fn incremental_label(label: &str, from: Option<(Lsn, u32)>) -> String {
+    let Some((lsn, tli)) = from else { return label.to_string() };
+    let lines = format!("INCREMENTAL FROM LSN: {lsn}\nINCREMENTAL FROM TLI: {tli}\n");
+    let mut out = String::with_capacity(label.len() + lines.len());
+    let mut added = false;
+    for l in label.split_inclusive('\n') {
+        out.push_str(l);
+        if !added && l.starts_with("START TIMELINE: ") {
+            if !l.ends_with('\n') {
+                out.push('\n');
+            }
+            out.push_str(&lines);
+            added = true;
+        }
+    }
+    if !added {
+        if !out.is_empty() && !out.ends_with('\n') {
+            out.push('\n');
+        }
+        out.push_str(&lines);
+    }
+    out
 }
 
 /// A standby's backup stops at its minimum recovery point; read after the stop, its timeline
@@ -121,6 +149,16 @@ pub fn check_wal_range(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn incremental_lines_follow_start_timeline() {
+        let label = "START WAL LOCATION: 0/7000028 (file 000000010000000000000007)\nCHECKPOINT LOCATION: 0/7000080\n\
+                     BACKUP METHOD: streamed\nBACKUP FROM: primary\nSTART TIME: 2026-11-27 13:00:00 UTC\n\
+                     LABEL: x\nSTART TIMELINE: 1\n";
+        let got = incremental_label(label, Some((Lsn(0x500_0028), 1)));
+        assert_eq!(got, format!("{label}INCREMENTAL FROM LSN: 0/5000028\nINCREMENTAL FROM TLI: 1\n"));
+        assert_eq!(incremental_label(label, None), label);
+    }
 
     const SEG: u64 = 1 << 20;
 

@@ -50,6 +50,11 @@ impl Caps {
         self.version_num >= 170000
     }
 
+    /// WAL summaries readable over SQL, for incremental backups (17+).
+    pub fn wal_summaries(&self) -> bool {
+        self.version_num >= 170000
+    }
+
     /// File-layout rules: strict relation names, `global` as a relation directory, page
     /// checks in relation files only, `.DS_Store` skipped, `pg_wal/summaries` (all 17+).
     pub fn layout_rules(&self) -> LayoutRules {
@@ -96,6 +101,7 @@ mod tests {
         assert!(Caps::new(140000).idle_session_timeout());
         assert!(!Caps::new(130000).idle_session_timeout());
         assert!(Caps::new(170000).layout_rules().strict_relation_names);
+        assert!(Caps::new(170000).wal_summaries() && !Caps::new(160013).wal_summaries());
         assert!(!Caps::new(160000).layout_rules().wal_summaries_dir);
         assert!(Caps::new(140000).needed_functions().contains(&"pg_catalog.pg_stop_backup(boolean,boolean)"));
     }
