@@ -92,7 +92,7 @@ fn parent_of(path: &str) -> &str {
 
 /// True if `dir` holds relation files: `base/<oid>`, `pg_tblspc/<oid>/<PG_x_y>/<oid>`, and on
 /// PG17+ `global`.
-fn is_relation_dir(dir: &str, rules: LayoutRules) -> bool {
+pub(crate) fn is_relation_dir(dir: &str, rules: LayoutRules) -> bool {
     let parts: Vec<&str> = dir.split('/').collect();
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
     match parts.as_slice() {

@@ -46,7 +46,7 @@ pub fn parse(_bytes: &[u8]) -> Result<OldManifest, OldManifestError> {
 
 impl OldManifest {
     /// True when the earlier backup has `path`, whole or as `INCREMENTAL.<name>`.
-    pub fn has(&self, _path: &[u8]) -> bool {
-        unimplemented!("helper fills this in")
+    pub fn has(&self, path: &[u8]) -> bool {
+        self.paths.contains(path) || self.paths.contains(&crate::incremental::format::incremental_path(path))
     }
 }
