@@ -4,10 +4,10 @@
 use crate::cli::Common;
 use crate::compression::{self, Installed};
 use crate::error::{exit, Error};
+use crate::incremental::{base, IncrementalError};
 use crate::pg::caps::Support;
 use crate::pg::sql::{self, ServerInfo};
 use crate::pg::{Caps, Session};
-use crate::incremental::{base, IncrementalError};
 use std::path::Path;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -613,7 +613,9 @@ fn schema(s: &str) -> Result<String, Error> {
 /// The role this process plays, from `--slave`, `--stdin`, `-x` and `--check`.
 fn mode(a: Args, compress: Compress) -> Result<Mode, Error> {
     if a.incremental.is_some() && (a.slave || a.pg_xlog) {
-        return Err(Error::Usage("-i/--incremental goes with a backup (pgbb -i OLD_MANIFEST DSN DEST) or --check".into()));
+        return Err(Error::Usage(
+            "-i/--incremental goes with a backup (pgbb -i OLD_MANIFEST DSN DEST) or --check".into(),
+        ));
     }
     if a.max_lag.is_some() && (a.check || a.slave || a.pg_xlog) {
         return Err(Error::Usage("--max-lag goes with a backup (pgbb DSN DEST), not --check, --slave or -x".into()));

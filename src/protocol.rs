@@ -265,17 +265,17 @@ impl Request {
         };
         let compare = fields.len() == 3 && fields[2] == "compare";
         let incremental = match fields.as_slice() {
-            [_, _, "incr", trunc, blocks] => Some(BlockList::parse(trunc, blocks)?),
+            [_, _, "incr", trunc, blocks, ..] => Some(BlockList::parse(trunc, blocks)?),
             _ => None,
         };
         let range = match fields.len() {
             1 | 2 => None,
             3 if compare => None,
             5 if incremental.is_some() => None,
-            4 => {
+            4 | 7 if (fields.len() == 7) == incremental.is_some() => {
                 let num =
                     |s: &str| s.parse::<u64>().map_err(|_| ProtocolError::BadRange(line.chars().take(200).collect()));
-                let (off, len) = (num(fields[2])?, num(fields[3])?);
+                let (off, len) = (num(fields[fields.len() - 2])?, num(fields[fields.len() - 1])?);
                 if len == 0 || off.checked_add(len).is_none() {
                     return Err(ProtocolError::BadRange(line.chars().take(200).collect()));
                 }
@@ -302,7 +302,8 @@ impl Request {
             return format!("{src}\t{}\tcompare\n", escape(&self.dst));
         }
         if let Some(b) = &self.incremental {
-            return format!("{src}\t{}\tincr\t{}\t{}\n", escape(&self.dst), b.truncation, b.field());
+            let range = self.range.map_or(String::new(), |(off, len)| format!("\t{off}\t{len}"));
+            return format!("{src}\t{}\tincr\t{}\t{}{range}\n", escape(&self.dst), b.truncation, b.field());
         }
         if let Some((off, len)) = self.range {
             return format!("{src}\t{}\t{off}\t{len}\n", escape(&self.dst));
@@ -489,11 +490,23 @@ mod tests {
         assert_eq!(Request::parse("a\\x00b"), Err(ProtocolError::Nul));
         assert_eq!(Request::parse("a\tb\tc"), Err(ProtocolError::TooManyFields));
         assert_eq!(Request::parse(&"x".repeat(MAX_LINE + 1)), Err(ProtocolError::TooLong));
-        let odd = Request { src: p("we\tird\nname"), dst: b"raw\xfe".to_vec(), range: None, compare: false, incremental: None };
+        let odd = Request {
+            src: p("we\tird\nname"),
+            dst: b"raw\xfe".to_vec(),
+            range: None,
+            compare: false,
+            incremental: None,
+        };
         assert_eq!(Request::parse(&odd.to_line()).unwrap(), odd);
-        let piece =
-            Request { src: p("base/5/16384"), dst: p("base/5/16384"), range: Some((67108864, 1024)), compare: false, incremental: None };
-        let delta = Request { src: p("base/5/16384"), dst: p("base/5/16384"), range: None, compare: true, incremental: None };
+        let piece = Request {
+            src: p("base/5/16384"),
+            dst: p("base/5/16384"),
+            range: Some((67108864, 1024)),
+            compare: false,
+            incremental: None,
+        };
+        let delta =
+            Request { src: p("base/5/16384"), dst: p("base/5/16384"), range: None, compare: true, incremental: None };
         assert_eq!(delta.to_line(), "base/5/16384\tbase/5/16384\tcompare\n");
         assert_eq!(Request::parse(&delta.to_line()), Ok(delta));
         assert_eq!(piece.to_line(), "base/5/16384\tbase/5/16384\t67108864\t1024\n");
@@ -513,6 +526,12 @@ mod tests {
             assert!(matches!(Request::parse(&line), Err(ProtocolError::BadBlocks(_))), "{bad}");
         }
         assert!(matches!(Request::parse("a\tb\tincr\t4294967296\t1"), Err(ProtocolError::BadBlocks(_))));
+        // One piece of a large incremental file: its byte range in the INCREMENTAL file.
+        let piece = Request { range: Some((0, 16384)), ..incr.clone() };
+        assert_eq!(piece.to_line(), "base/5/16384\tbase/5/INCREMENTAL.16384\tincr\t2942\t0,1470,2940+2\t0\t16384\n");
+        assert_eq!(Request::parse(&piece.to_line()).unwrap(), piece);
+        assert!(matches!(Request::parse("a\tb\tincr\t9\t1\t0\t0"), Err(ProtocolError::BadRange(_))));
+        assert_eq!(Request::parse("a\tb\tx\t9\t1\t0\t5"), Err(ProtocolError::TooManyFields));
     }
 
     #[test]

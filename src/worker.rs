@@ -166,7 +166,7 @@ impl Link<'_> {
             if req.compare {
                 l.transfer.refresh(&mut l.s, src, dest, &dst)
             } else if let Some(list) = &req.incremental {
-                l.transfer.fetch_incremental(&mut l.s, src, dest, &dst, list)
+                l.transfer.fetch_incremental(&mut l.s, src, dest, &dst, list, req.range)
             } else {
                 l.transfer.fetch(&mut l.s, src, dest, &dst, req.range)
             }

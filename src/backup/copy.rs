@@ -411,7 +411,7 @@ impl Run<'_> {
             return Ok(());
         }
         let mut a = self.assemblies.remove(&work.path).unwrap_or_default();
-        let rel = SafePath::parse(&work.path)?;
+        let rel = SafePath::parse(work.dst())?;
         let (dest, rel) = self.roots.route(&rel);
         if a.vanished {
             dest.drop_pieces(&rel)?;
@@ -423,7 +423,7 @@ impl Run<'_> {
         let checksum = combine_crc(&mut a.got);
         self.files += 1;
         self.entries.push(FileEntry {
-            path: work.path.clone(),
+            path: work.dst(),
             size: a.size,
             mtime: a.mtime,
             algorithm: self.algorithm,
@@ -483,8 +483,11 @@ impl Run<'_> {
         const ATTEMPTS: u32 = 5;
         for attempt in 1..=ATTEMPTS {
             let w = self.workers.iter().position(|w| w.ready).unwrap_or(0);
-            let req =
-                Request { src: pg_control.path.clone(), dst: PG_CONTROL_PENDING.into(), ..Request::whole(&pg_control.path) };
+            let req = Request {
+                src: pg_control.path.clone(),
+                dst: PG_CONTROL_PENDING.into(),
+                ..Request::whole(&pg_control.path)
+            };
             let work = Work::whole(pg_control);
             self.send(w, &[req], vec![work])?;
             let before = self.files;

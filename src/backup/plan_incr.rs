@@ -20,7 +20,7 @@ use crate::protocol::BlockList;
 
 use super::connect::Server;
 use super::destination::Target;
-use super::plan::{self, Plan, Work};
+use super::plan::{self, Plan, Work, PIECE, SPLIT_FROM};
 use super::start::Started;
 use super::Signals;
 
@@ -110,8 +110,15 @@ fn read_table(ctl: &mut Session, summaries: &[sql_incr::Summary]) -> Result<Bloc
 
 /// Each file whole or incremental; the queue largest transfer first (large whole files in
 /// pieces, as in a full backup).
-fn plan_files(layout: Layout, cx: &Context<'_>, jobs: usize, algorithm: crate::digest::Algorithm) -> Result<Plan, Error> {
+fn plan_files(
+    layout: Layout,
+    cx: &Context<'_>,
+    jobs: usize,
+    algorithm: crate::digest::Algorithm,
+) -> Result<Plan, Error> {
     let full_size = layout.total_bytes();
+    // As in a full backup: pieces need a checksum that combines.
+    let split = jobs > 1 && matches!(algorithm, crate::digest::Algorithm::Crc32c | crate::digest::Algorithm::None);
     let mut stats = Stats { full_size, ..Stats::default() };
     let (mut whole, mut incr) = (Vec::new(), Vec::new());
     for f in &layout.files {
@@ -122,17 +129,59 @@ fn plan_files(layout: Layout, cx: &Context<'_>, jobs: usize, algorithm: crate::d
                 stats.blocks += blocks.len() as u64;
                 let size = format::file_size(blocks.len());
                 let list = BlockList { truncation: truncation_block_length, blocks };
-                incr.push(Work { size, incremental: Some(list), ..Work::whole(f) });
+                incr.extend(pieces(Work { size, incremental: Some(list), ..Work::whole(f) }, split));
             }
         }
     }
     let mut p = plan::queue(Layout { files: whole, ..layout }, jobs, algorithm, &HashSet::new())?;
-    p.total += incr.iter().map(|w| w.size).sum::<u64>();
-    p.files += incr.len();
+    for w in incr.iter().filter(|w| w.range.is_some()) {
+        p.sizes.insert(w.path.clone(), w.size);
+    }
+    p.total += incr.iter().map(|w| w.range.map_or(w.size, |(_, len)| len)).sum::<u64>();
+    p.files += incr.iter().filter(|w| w.range.is_none_or(|(off, _)| off == 0)).count();
     let mut queue: Vec<Work> = p.queue.into_iter().chain(incr).collect();
     // Stable: the pieces of a file stay in order.
     queue.sort_by_key(|w| Reverse(w.size));
     p.queue = queue.into();
     p.incremental = Some(stats);
     Ok(p)
+}
+
+/// A large incremental file in pieces of [`PIECE`] bytes of the file (the first holds the
+/// header), for several workers at once; a smaller one whole.
+fn pieces(w: Work, split: bool) -> Vec<Work> {
+    if !split || w.size < SPLIT_FROM {
+        return vec![w];
+    }
+    let mut out = Vec::new();
+    let mut off = 0;
+    while off < w.size {
+        let len = PIECE.min(w.size - off);
+        out.push(Work { range: Some((off, len)), ..w.clone() });
+        off += len;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_incremental_files_go_in_pieces_of_whole_blocks() {
+        let blocks: Vec<u32> = (0..20_000).map(|b| b * 3).collect();
+        let size = format::file_size(blocks.len());
+        let w = Work {
+            size,
+            incremental: Some(BlockList { truncation: 60_000, blocks }),
+            ..Work::whole(&crate::layout::FileJob { path: b"base/5/16384".to_vec(), size: 1 << 30 })
+        };
+        let p = pieces(w.clone(), true);
+        assert_eq!(p.len() as u64, size.div_ceil(PIECE));
+        assert!(p.iter().all(|x| x.range.is_some_and(|(off, len)| off % 8192 == 0 && len % 8192 == 0)));
+        assert_eq!(p.iter().map(|x| x.range.map_or(0, |r| r.1)).sum::<u64>(), size);
+        assert_eq!(pieces(w.clone(), false).len(), 1, "no pieces without a checksum that combines");
+        let small = Work { size: SPLIT_FROM - 8192, ..w };
+        assert_eq!(pieces(small, true).len(), 1);
+    }
 }

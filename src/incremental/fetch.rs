@@ -33,6 +33,25 @@ pub fn ranges(blocks: &[u32], max: u64) -> (Vec<i64>, Vec<i64>) {
     (offs, lens)
 }
 
+/// The part of an `INCREMENTAL.*` file one request writes: all of it, or the bytes
+/// `off..off + len` of it (a piece of a large one; pieces start on block boundaries, as the
+/// header is padded to a whole block). The header (when the part holds it), and the index and
+/// number of the listed blocks it holds.
+pub fn part(nblocks: usize, range: Option<(u64, u64)>) -> (bool, usize, usize) {
+    let h = format::header_size(nblocks);
+    let blk = BLCKSZ as u64;
+    match range {
+        None => (true, 0, nblocks),
+        Some((off, len)) => {
+            let (header, data_off, data_len) =
+                if off == 0 { (true, 0, len.saturating_sub(h)) } else { (false, off - h.min(off), len) };
+            let first = ((data_off / blk) as usize).min(nblocks);
+            let count = ((data_len / blk) as usize).min(nblocks - first);
+            (header, first, count)
+        }
+    }
+}
+
 /// The file as it is written: DEST, the manifest checksum, the page verifier.
 struct Out {
     w: FileWriter,
@@ -59,8 +78,9 @@ impl Transfer {
         dest: &Dest,
         dst: &SafePath,
         list: &BlockList,
+        range: Option<(u64, u64)>,
     ) -> Result<Outcome, TransferError> {
-        let got = self.read_blocks(s, src, dest, dst, list).map_err(|e| match e {
+        let got = self.read_blocks(s, src, dest, dst, list, range).map_err(|e| match e {
             TransferError::Pg(p) => TransferError::Pg(s.explain(p)),
             other => other,
         })?;
@@ -84,10 +104,13 @@ impl Transfer {
         dest: &Dest,
         dst: &SafePath,
         list: &BlockList,
+        range: Option<(u64, u64)>,
     ) -> Result<Option<(Out, i64, u64)>, TransferError> {
         let path = src.display();
         let what = format!("could not read the changed blocks of \"{path}\"");
-        let (offs, lens) = ranges(&list.blocks, self.chunk.max(BLCKSZ as u64));
+        let (header, first, count) = part(list.blocks.len(), range);
+        let blocks = &list.blocks[first..first + count];
+        let (offs, lens) = ranges(blocks, self.chunk.max(BLCKSZ as u64));
         let raw = src.as_bytes();
         let mut rows = s.stream(sql_incr::READ_BLOCKS, &[&raw, &offs, &lens], &what)?;
         let mut out: Option<Out> = None;
@@ -100,7 +123,7 @@ impl Transfer {
                 Some(o) => o,
                 None => {
                     mtime = row.try_get::<_, Option<i64>>(1).map_err(|e| pg_err(&what, e))?.unwrap_or(0);
-                    out.insert(self.incremental_out(src, dest, dst, list)?)
+                    out.insert(self.incremental_out(src, dest, dst, list, range, header)?)
                 }
             };
             let Some(i) = row.try_get::<_, Option<i64>>(2).map_err(|e| pg_err(&what, e))? else { continue };
@@ -122,7 +145,7 @@ impl Transfer {
             buf.resize(want, 0);
             for page in buf.chunks_exact(BLCKSZ) {
                 o.write(page)?;
-                if let (Some(p), Some(&b)) = (o.pages.as_mut(), list.blocks.get(block)) {
+                if let (Some(p), Some(&b)) = (o.pages.as_mut(), blocks.get(block)) {
                     p.block(page, b);
                 }
                 block += 1;
@@ -140,12 +163,26 @@ impl Transfer {
     }
 
     /// The new file, its header written.
-    fn incremental_out(&self, src: &SafePath, dest: &Dest, dst: &SafePath, list: &BlockList) -> Result<Out, TransferError> {
+    fn incremental_out(
+        &self,
+        src: &SafePath,
+        dest: &Dest,
+        dst: &SafePath,
+        list: &BlockList,
+        range: Option<(u64, u64)>,
+        header: bool,
+    ) -> Result<Out, TransferError> {
         let pages = self.verify.and_then(|v| {
             checksummed_segment(&String::from_utf8_lossy(&src.as_bytes()), v.rules).map(|segno| Pages::new(segno, 0, v))
         });
-        let mut o = Out { w: dest.create_file(dst)?, digest: Digest::new(self.algorithm), pages };
-        o.write(&format::header(&list.blocks, list.truncation))?;
+        let w = match range {
+            Some((off, _)) => dest.create_piece(dst, off)?,
+            None => dest.create_file(dst)?,
+        };
+        let mut o = Out { w, digest: Digest::new(self.algorithm), pages };
+        if header {
+            o.write(&format::header(&list.blocks, list.truncation))?;
+        }
         Ok(o)
     }
 }
@@ -166,5 +203,17 @@ mod tests {
         assert_eq!(ranges(&[], 1 << 20), (vec![], vec![]));
         // A read size under a block still reads whole blocks.
         assert_eq!(ranges(&[3], 100).1, vec![b]);
+    }
+
+    #[test]
+    fn pieces_hold_the_header_then_whole_blocks() {
+        let blk = BLCKSZ as u64;
+        // 3000 blocks: a header of 2 blocks (12 + 4 * 3000 bytes, padded).
+        assert_eq!(part(3000, None), (true, 0, 3000));
+        assert_eq!(part(3000, Some((0, 1000 * blk))), (true, 0, 998));
+        assert_eq!(part(3000, Some((1000 * blk, 1000 * blk))), (false, 998, 1000));
+        assert_eq!(part(3000, Some((2000 * blk, 1002 * blk))), (false, 1998, 1002));
+        // Past the end: nothing.
+        assert_eq!(part(3000, Some((4000 * blk, blk))), (false, 3000, 0));
     }
 }

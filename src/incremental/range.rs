@@ -95,7 +95,8 @@ pub fn needed(old: &[WalRange], history: &[Span], start: Lsn) -> Result<Needed, 
 pub fn covering(all: &[Summary], needed: &Needed) -> Result<Vec<Summary>, CoverError> {
     let mut out = Vec::new();
     for &(tli, from, to) in &needed.ranges {
-        let mut on: Vec<Summary> = all.iter().filter(|s| s.tli == tli && s.end > from && s.start < to).copied().collect();
+        let mut on: Vec<Summary> =
+            all.iter().filter(|s| s.tli == tli && s.end > from && s.start < to).copied().collect();
         on.sort_by_key(|s| (s.start, s.end));
         if on.is_empty() {
             if from >= to {
@@ -135,7 +136,10 @@ mod tests {
     fn one_timeline() {
         let h = [Span { tli: 1, begin: Lsn(0), end: None }];
         let n = needed(&[r(1, 0x500_0028, 0x500_0100)], &h, Lsn(0x700_0028)).unwrap();
-        assert_eq!(n, Needed { from_lsn: Lsn(0x500_0028), from_tli: 1, ranges: vec![(1, Lsn(0x500_0028), Lsn(0x700_0028))] });
+        assert_eq!(
+            n,
+            Needed { from_lsn: Lsn(0x500_0028), from_tli: 1, ranges: vec![(1, Lsn(0x500_0028), Lsn(0x700_0028))] }
+        );
         // Summaries are cut at checkpoints: 5..6 and 6..7 cover it; 5..6 alone does not.
         let all = [sum(1, 0x100_0000, 0x500_0028), sum(1, 0x600_0000, 0x700_0028), sum(1, 0x500_0028, 0x600_0000)];
         let got = covering(&all, &n).unwrap();
@@ -149,7 +153,10 @@ mod tests {
             Err(CoverError::Gap { tli: 1, from: Lsn(0x500_0028), to: Lsn(0x700_0028), missing: Lsn(0x600_0000) })
         );
         // The earlier backup ended after this one starts (a standby without a new restartpoint).
-        assert!(matches!(needed(&[r(1, 0x500_0028, 0x800_0000)], &h, Lsn(0x700_0028)), Err(RangeError::FinalTimeline { .. })));
+        assert!(matches!(
+            needed(&[r(1, 0x500_0028, 0x800_0000)], &h, Lsn(0x700_0028)),
+            Err(RangeError::FinalTimeline { .. })
+        ));
         assert_eq!(needed(&[r(7, 1, 2)], &h, Lsn(9)), Err(RangeError::UnknownTimeline(7)));
         assert_eq!(needed(&[], &h, Lsn(9)), Err(RangeError::NoRanges));
     }
@@ -163,10 +170,7 @@ mod tests {
         ];
         let n = needed(&[r(1, 0x500_0028, 0x600_0000)], &h, Lsn(0xF000_0028)).unwrap();
         assert_eq!((n.from_lsn, n.from_tli), (Lsn(0x500_0028), 1));
-        assert_eq!(
-            n.ranges,
-            vec![(2, Lsn(0xE514_8D48), Lsn(0xF000_0028)), (1, Lsn(0x500_0028), Lsn(0xE514_8D48))]
-        );
+        assert_eq!(n.ranges, vec![(2, Lsn(0xE514_8D48), Lsn(0xF000_0028)), (1, Lsn(0x500_0028), Lsn(0xE514_8D48))]);
         let all = [sum(2, 0xE514_8D48, 0xF000_0028), sum(1, 0x400_0000, 0xE514_8D48)];
         assert_eq!(covering(&all, &n).unwrap(), vec![all[1], all[0]], "ascending LSN, timeline 1 first");
         // A range on the old timeline must end exactly at the switch.

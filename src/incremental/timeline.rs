@@ -29,7 +29,8 @@ pub fn parse(tli: u32, history: Option<&str>) -> Result<Vec<Span>, String> {
         let (Some(parent), Some(switch)) = (f.next(), f.next()) else {
             return Err(format!("bad line in the history of timeline {tli}: {line:?}"));
         };
-        let parent: u32 = parent.parse().map_err(|_| format!("bad timeline {parent:?} in the history of timeline {tli}"))?;
+        let parent: u32 =
+            parent.parse().map_err(|_| format!("bad timeline {parent:?} in the history of timeline {tli}"))?;
         let switch: Lsn = switch.parse().map_err(|e| format!("in the history of timeline {tli}: {e}"))?;
         if spans.last().is_some_and(|s: &Span| s.tli >= parent) || parent >= tli {
             return Err(format!("timelines out of order in the history of timeline {tli}"));

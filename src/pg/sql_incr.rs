@@ -22,11 +22,8 @@ pub const READ_BLOCKS: &str = "\
 
 /// `summarize_wal`.
 pub fn summarize_wal(s: &mut Session) -> Result<bool, PgError> {
-    let r = s.query_one(
-        "SELECT pg_catalog.current_setting('summarize_wal') = 'on'",
-        &[],
-        "could not read summarize_wal",
-    )?;
+    let r =
+        s.query_one("SELECT pg_catalog.current_setting('summarize_wal') = 'on'", &[], "could not read summarize_wal")?;
     Ok(r.get(0))
 }
 
@@ -54,7 +51,11 @@ pub fn summarizer_state(s: &mut Session) -> Result<SummarizerState, PgError> {
     let tli: i64 = r.try_get(0).map_err(|e| PgError::query("the WAL summarizer's state", e))?;
     let summarized: String = r.try_get(1).map_err(|e| PgError::query("the WAL summarizer's state", e))?;
     let pending: String = r.try_get(2).map_err(|e| PgError::query("the WAL summarizer's state", e))?;
-    Ok(SummarizerState { tli: tli.clamp(0, u32::MAX as i64) as u32, summarized: lsn(&summarized)?, pending: lsn(&pending)? })
+    Ok(SummarizerState {
+        tli: tli.clamp(0, u32::MAX as i64) as u32,
+        summarized: lsn(&summarized)?,
+        pending: lsn(&pending)?,
+    })
 }
 
 /// One WAL summary file: timeline and LSN range.
