@@ -35,6 +35,16 @@ pub enum ZlibHelper {
 }
 
 impl ZlibHelper {
+    /// The helper function, schema-qualified (to call it in a larger statement).
+    pub(crate) fn function(&self) -> String {
+        match self {
+            ZlibHelper::Temp => "pg_temp.pgbb_read_zlib".into(),
+            ZlibHelper::Installed(schema) => {
+                format!("{}.{}", crate::pg::sql_helper::quote(schema), crate::pg::sql_helper::NAME)
+            }
+        }
+    }
+
     /// The statement a file is streamed through.
     fn call(&self) -> std::borrow::Cow<'static, str> {
         match self {

@@ -129,6 +129,6 @@ pub(super) fn incremental_base(
     use crate::incremental::base;
     base::server_can(&mut server.ctl, server.info.caps, &server.info.version)?;
     let b = base::check(&mut server.ctl, path)?;
-    log::info!("-i: an incremental backup on the one {} is of", path.display());
+    log::info!("-i: an incremental backup on top of the backup of {}", path.display());
     Ok(Some(b))
 }

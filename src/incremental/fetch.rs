@@ -10,7 +10,8 @@ use crate::digest::Digest;
 use crate::layout::checksummed_segment;
 use crate::pg::{sql_incr, Session};
 use crate::protocol::BlockList;
-use crate::transfer::{pg_err, Copied, Outcome, Pages, Transfer, TransferError};
+use crate::transfer::{pg_err, Copied, Method, Outcome, Pages, Transfer, TransferError};
+use std::io::Read as _;
 
 use super::format;
 
@@ -52,6 +53,17 @@ pub fn part(nblocks: usize, range: Option<(u64, u64)>) -> (bool, usize, usize) {
     }
 }
 
+/// What one request reads: the file's block list, which part of the file it writes, and the
+/// byte ranges of the server file that hold its blocks.
+struct Part<'a> {
+    list: &'a BlockList,
+    range: Option<(u64, u64)>,
+    header: bool,
+    blocks: &'a [u32],
+    offs: &'a [i64],
+    lens: &'a [i64],
+}
+
 /// The file as it is written: DEST, the manifest checksum, the page verifier.
 struct Out {
     w: FileWriter,
@@ -63,6 +75,22 @@ impl Out {
     fn write(&mut self, data: &[u8]) -> Result<(), TransferError> {
         self.w.write(data)?;
         self.digest.update(data);
+        Ok(())
+    }
+
+    /// One range's bytes as the server sent them, zero-filled to the `want` bytes asked (a
+    /// file truncated while read), written a page at a time, each verified as block
+    /// `blocks[*next]` (the next of the listed blocks).
+    fn range(&mut self, data: &[u8], want: usize, blocks: &[u32], next: &mut usize) -> Result<(), TransferError> {
+        let mut buf = data[..data.len().min(want)].to_vec();
+        buf.resize(want, 0);
+        for page in buf.chunks_exact(BLCKSZ) {
+            self.write(page)?;
+            if let (Some(p), Some(&b)) = (self.pages.as_mut(), blocks.get(*next)) {
+                p.block(page, b);
+            }
+            *next += 1;
+        }
         Ok(())
     }
 }
@@ -111,6 +139,10 @@ impl Transfer {
         let (header, first, count) = part(list.blocks.len(), range);
         let blocks = &list.blocks[first..first + count];
         let (offs, lens) = ranges(blocks, self.chunk.max(BLCKSZ as u64));
+        if let (Method::Zlib(level), false) = (self.method, blocks.is_empty()) {
+            let part = Part { list, range, header, blocks, offs: &offs, lens: &lens };
+            return self.read_blocks_zlib(s, src, dest, dst, &part, level);
+        }
         let raw = src.as_bytes();
         let mut rows = s.stream(sql_incr::READ_BLOCKS, &[&raw, &offs, &lens], &what)?;
         let mut out: Option<Out> = None;
@@ -141,15 +173,7 @@ impl Transfer {
             if let Some(t) = &self.throttle {
                 t.pace(data.len() as u64);
             }
-            let mut buf = data.to_vec();
-            buf.resize(want, 0);
-            for page in buf.chunks_exact(BLCKSZ) {
-                o.write(page)?;
-                if let (Some(p), Some(&b)) = (o.pages.as_mut(), blocks.get(block)) {
-                    p.block(page, b);
-                }
-                block += 1;
-            }
+            o.range(data, want, blocks, &mut block)?;
             got += 1;
         }
         let Some(o) = out else {
@@ -159,6 +183,71 @@ impl Transfer {
             let message = format!("the server returned {got} of {} ranges", lens.len());
             return Err(TransferError::Data { path, message });
         }
+        Ok(Some((o, mtime, wire)))
+    }
+
+    /// [`Transfer::read_blocks`] through the compression helper: each range compressed on
+    /// the server, in order (the helper's own header row, then its chunks).
+    fn read_blocks_zlib(
+        &self,
+        s: &mut Session,
+        src: &SafePath,
+        dest: &Dest,
+        dst: &SafePath,
+        p: &Part<'_>,
+        level: u32,
+    ) -> Result<Option<(Out, i64, u64)>, TransferError> {
+        let path = src.display();
+        let what = format!("could not read the changed blocks of \"{path}\"");
+        let bad = |message: String| TransferError::Data { path: path.clone(), message };
+        let raw = src.as_bytes();
+        let (chunk, level) = (self.chunk as i64, level as i32);
+        let sql = sql_incr::read_blocks_zlib(&self.helper.function());
+        let mut rows = s.stream(&sql, &[&raw, &chunk, &level, &p.offs, &p.lens], &what)?;
+        let mut out: Option<Out> = None;
+        let (mut mtime, mut wire, mut block) = (0i64, 0u64, 0usize);
+        // The range being received (index), and its bytes so far.
+        let mut cur: Option<usize> = None;
+        let mut buf: Vec<u8> = Vec::new();
+        while let Some(row) = rows.next().map_err(|e| pg_err(&what, e))? {
+            let i: i64 = row.try_get(0).map_err(|e| pg_err(&what, e))?;
+            let data: &[u8] = row.try_get(1).map_err(|e| pg_err(&what, e))?;
+            let i = usize::try_from(i - 1).map_err(|_| bad(format!("the server answered range {i}")))?;
+            if cur != Some(i) {
+                // A new range: the one before is complete; this row is the helper's header.
+                let expected = cur.map_or(0, |c| c + 1);
+                if i != expected || i >= p.lens.len() {
+                    return Err(bad(format!("the server answered range {} where {} was due", i + 1, expected + 1)));
+                }
+                let header: [u8; 16] =
+                    data.try_into().map_err(|_| bad("bad header from the compression helper".into()))?;
+                if let Some(c) = cur {
+                    let o = out.as_mut().ok_or_else(|| bad("a range before the file".into()))?;
+                    o.range(&buf, p.lens[c] as usize, p.blocks, &mut block)?;
+                } else {
+                    mtime = i64::from_be_bytes(header[8..].try_into().unwrap_or_default());
+                    out = Some(self.incremental_out(src, dest, dst, p.list, p.range, p.header)?);
+                }
+                (cur, buf) = (Some(i), Vec::new());
+                continue;
+            }
+            wire += data.len() as u64;
+            if let Some(t) = &self.throttle {
+                t.pace(data.len() as u64);
+            }
+            let limit = p.lens[i] as u64 - buf.len() as u64;
+            let mut d = flate2::read::ZlibDecoder::new(data).take(limit + 1);
+            d.read_to_end(&mut buf).map_err(|e| bad(format!("corrupt compressed chunk: {e}")))?;
+            if buf.len() as u64 > p.lens[i] as u64 {
+                return Err(bad("the server sent more data than asked".into()));
+            }
+        }
+        // No row at all: the file is not there (any more).
+        let (Some(mut o), Some(c)) = (out, cur) else { return Ok(None) };
+        if c + 1 != p.lens.len() {
+            return Err(bad(format!("the server returned {} of {} ranges", c + 1, p.lens.len())));
+        }
+        o.range(&buf, p.lens[c] as usize, p.blocks, &mut block)?;
         Ok(Some((o, mtime, wire)))
     }
 

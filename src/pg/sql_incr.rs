@@ -20,6 +20,18 @@ pub const READ_BLOCKS: &str = "\
       LEFT JOIN LATERAL ROWS FROM (pg_catalog.unnest($2::pg_catalog.int8[]), pg_catalog.unnest($3::pg_catalog.int8[])) \
            WITH ORDINALITY AS r(o, l, i) ON st.size IS NOT NULL";
 
+/// [`READ_BLOCKS`] through the compression helper `function` (qualified): $1 the path (raw
+/// bytes), $2 the chunk size, $3 the zlib level, $4 and $5 the ranges' offsets and lengths.
+/// Rows: (range position from 1, bytes): for each range the helper's header (size, mtime),
+/// then its compressed chunks, ranges in the order given. No row for a missing file.
+pub fn read_blocks_zlib(function: &str) -> String {
+    format!(
+        "SELECT r.i, z.z FROM ROWS FROM (pg_catalog.unnest($4::pg_catalog.int8[]), pg_catalog.unnest($5::pg_catalog.int8[])) \
+              WITH ORDINALITY AS r(o, l, i) \
+         CROSS JOIN LATERAL {function}($1::pg_catalog.bytea, $2::pg_catalog.int8, $3::pg_catalog.int4, r.o, r.l) AS z(z)"
+    )
+}
+
 /// `summarize_wal`.
 pub fn summarize_wal(s: &mut Session) -> Result<bool, PgError> {
     let r =
