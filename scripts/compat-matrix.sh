@@ -52,6 +52,12 @@ for major in "${majors[@]}"; do
          # --delta: by block hashes from a server over the network (under pgbench), and as the
          # files stream from a server on this machine (a clone that ran).
          delta::delta_refreshes_an_older_backup_under_load delta::delta_resets_a_clone_that_ran_and_wrote)
+  # -i (17+): a chain of pgbb full and incrementals under pgbench load through that major's
+  # pg_combinebackup, restored and checked; a relation truncated between two backups (its
+  # INCREMENTAL header as pg_basebackup's); the bad OLD_MANIFESTs, each refused.
+  [ "$major" -ge 17 ] && tests+=(incremental::pgbb_full_then_two_pgbb_incrementals_under_load
+                                 incremental::a_relation_truncated_between_the_backups_restores_and_matches_core
+                                 incremental::bad_old_manifests_are_usage_errors)
   # Old backup API: a killed worker must still end the server-side backup.
   [ "$major" -le 14 ] && tests+=(failures::sigkill_of_a_worker_aborts_and_cleans_up)
   log=$(mktemp)

