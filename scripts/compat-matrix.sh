@@ -57,7 +57,8 @@ for major in "${majors[@]}"; do
   # INCREMENTAL header as pg_basebackup's); the bad OLD_MANIFESTs, each refused.
   [ "$major" -ge 17 ] && tests+=(incremental::pgbb_full_then_two_pgbb_incrementals_under_load
                                  incremental::a_relation_truncated_between_the_backups_restores_and_matches_core
-                                 incremental::bad_old_manifests_are_usage_errors)
+                                 incremental::bad_old_manifests_are_usage_errors
+                                 incremental::an_incremental_across_a_promotion_unites_both_timelines)
   # Old backup API: a killed worker must still end the server-side backup.
   [ "$major" -le 14 ] && tests+=(failures::sigkill_of_a_worker_aborts_and_cleans_up)
   log=$(mktemp)

@@ -137,6 +137,10 @@ fn plan_files(
     for w in incr.iter().filter(|w| w.range.is_some()) {
         p.sizes.insert(w.path.clone(), w.size);
     }
+    let pieces = incr.iter().filter(|w| w.range.is_some()).count();
+    if pieces > 0 {
+        log::info!("large INCREMENTAL files go in {pieces} pieces of up to {} MB, copied in parallel", PIECE >> 20);
+    }
     p.total += incr.iter().map(|w| w.range.map_or(w.size, |(_, len)| len)).sum::<u64>();
     p.files += incr.iter().filter(|w| w.range.is_none_or(|(off, _)| off == 0)).count();
     let mut queue: Vec<Work> = p.queue.into_iter().chain(incr).collect();

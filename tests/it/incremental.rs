@@ -781,3 +781,155 @@ fn summaries_that_no_longer_cover_the_range_are_refused() {
     let problems = refused(&c, &fault, &c.path("incr"), 4);
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
+
+/// A standby of `p` made by that major's pg_basebackup (-R), started with that major's
+/// server; it inherits `summarize_wal = on` from the primary's configuration.
+fn standby_with(bins: &PgBins, p: &Cluster) -> Cluster {
+    let dir = p.path("standby");
+    let mut cmd = as_pg(&bins.tool("pg_basebackup"));
+    cmd.arg("-D").arg(&dir).args(["-R", "-X", "stream", "-c", "fast", "-d", &p.dsn()]);
+    run_ok(&mut cmd);
+    let auto = dir.join("postgresql.auto.conf");
+    let mut text: String = fs::read_to_string(&auto)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("primary_conninfo"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    text.push_str(&format!("primary_conninfo = 'host={} port={} user=postgres'\n", p.sock.display(), p.port));
+    fs::write(&auto, text).unwrap();
+    start_copy_with(&dir, bins)
+}
+
+/// A full backup of a hot standby on timeline 1; the standby is promoted (timeline 2) and
+/// written to; the incremental backup of it on top of the full one unites the summaries of
+/// both timelines (INCREMENTAL FROM TLI 1, START TIMELINE 2), combines and restores with every
+/// transaction of both timelines.
+#[test]
+fn an_incremental_across_a_promotion_unites_both_timelines() {
+    let bins = incremental_bins();
+    let p = summarizing_cluster(&bins, &[]);
+    p.pgbench_init(1);
+    run_each(&mut p.client(), &["VACUUM FREEZE", "CHECKPOINT"]);
+    let s = standby_with(&bins, &p);
+    wait_replayed(&s, &p);
+    let full = take(&bins, &s, By::Pgbb(&[]), "full", None, &[]);
+    assert!(fs::read_to_string(full.join("backup_label")).unwrap().contains("BACKUP FROM: standby"));
+    let load = p.pgbench_load(2, 600);
+    wait_for_commits(&p, 200);
+    load.finish();
+    wait_replayed(&s, &p);
+    promote(&s);
+    assert_eq!(timeline(&s), 2);
+    let load = s.pgbench_load(2, 600);
+    wait_for_commits(&s, 200);
+    load.finish();
+    let incr = take(&bins, &s, By::Pgbb(&["-j", "3"]), "incr", Some(&full), &[]);
+    assert_eq!(label_value(&incr, "START TIMELINE: ").as_deref(), Some("2"));
+    assert_eq!(label_value(&incr, "INCREMENTAL FROM TLI: ").as_deref(), Some("1"));
+    assert!(incr.join("pg_wal/00000002.history").exists(), "the history file of timeline 2");
+    verifybackup_with(&bins, &incr, &[]);
+    let want = history_rows(&s);
+    let copy = combine_and_restore(&bins, &s, &[full, incr], &[], &expect_pgbench(), |_| {});
+    assert_eq!(history_rows(&copy), want, "the copy holds every transaction of both timelines");
+    drop(copy);
+    s.assert_no_pgbb_left();
+}
+
+/// Changed blocks through the compression helper (`--compress zlib`), and a table with most
+/// (not 90 %) of its blocks changed: an INCREMENTAL file over 128 MB, in pieces for three
+/// workers, the first with the header. Combined and restored with the live table's contents.
+#[test]
+fn changed_blocks_travel_compressed_and_large_incremental_files_in_pieces() {
+    let bins = incremental_bins();
+    let c = summarizing_cluster(&bins, &[]);
+    let mut cl = c.client();
+    run_each(
+        &mut cl,
+        &[
+            "CREATE EXTENSION plpython3u",
+            "CREATE TABLE big (id int, pad text) WITH (fillfactor = 50)",
+            "INSERT INTO big SELECT g, repeat('x', 180) FROM generate_series(1, 420000) g",
+            "VACUUM FREEZE big",
+            "CHECKPOINT",
+        ],
+    );
+    let full = take(&bins, &c, By::Pgbb(&[]), "full", None, &[]);
+    // Four blocks of five: 80 % of the table's blocks change, in place (HOT, fillfactor 50).
+    run_each(&mut cl, &["UPDATE big SET pad = repeat('y', 180) WHERE (ctid::text::point)[0]::int % 5 <> 0"]);
+    let rel = relation_file(&mut cl, "big");
+    let out = pgbb_backup(
+        &c.dsn(),
+        &c.path("incr"),
+        Some(&full.join("backup_manifest")),
+        false,
+        &["-v", "-j", "3", "--compress", "zlib"],
+    );
+    let text = both(&out);
+    assert!(out.status.success(), "{text}");
+    let incr = c.path("incr");
+    assert_increments(&incr, &full);
+    let file = incr.join(incremental_of(&rel));
+    let size = fs::metadata(&file).unwrap_or_else(|e| panic!("{}: {e}\n{text}", file.display())).len();
+    assert!(size > 128 << 20, "INCREMENTAL file of {size} bytes");
+    assert!(text.contains("large INCREMENTAL files go in"), "no pieces: {text}");
+    // The INCREMENTAL file is most of what is written: had its blocks travelled plain, the
+    // ratio would stay under 1.3:1 (the table's pages compress far better).
+    let ratio: f64 = text
+        .split("compressed ")
+        .nth(1)
+        .and_then(|r| r.split(':').next())
+        .and_then(|r| r.parse().ok())
+        .unwrap_or_else(|| panic!("no compression ratio in the summary: {text}"));
+    assert!(ratio > 2.0, "the changed blocks should travel compressed: {ratio}:1\n{text}");
+    let (n, trunc, blocks) = incremental_header(&file);
+    let total = fs::metadata(full.join(&rel)).unwrap().len() / 8192;
+    assert_eq!(u64::from(trunc), total);
+    assert!(u64::from(n) * 10 < total * 9 && u64::from(n) * 10 > total * 7, "{n} of {total} blocks");
+    assert!(blocks.windows(2).all(|w| w[0] < w[1]));
+    verifybackup_with(&bins, &incr, &[]);
+    let want = fingerprint(&mut cl, "big");
+    let copy = combine_and_restore(&bins, &c, &[full, incr], &[], &expect_dbs(&["postgres"]), |_| {});
+    assert_eq!(fingerprint(&mut copy.client(), "big"), want);
+    drop(copy);
+    c.assert_no_pgbb_left();
+}
+
+/// Pages of changed blocks are verified as they travel: a changed block corrupt on the server
+/// is reported (exit 6, the incremental backup kept), as a full backup reports it; a corrupt
+/// block that did not change does not travel and is not read.
+#[test]
+fn a_corrupt_changed_page_is_reported_and_the_backup_kept() {
+    let bins = incremental_bins();
+    let mut c = summarizing_cluster(&bins, &[]);
+    let mut cl = c.client();
+    run_each(
+        &mut cl,
+        &["CREATE TABLE small AS SELECT g FROM generate_series(1, 20000) g", "VACUUM FREEZE small", "CHECKPOINT"],
+    );
+    let full = take(&bins, &c, By::Pgbb(&[]), "full", None, &[]);
+    // Rows 1 and 10000: blocks 0 and 44 change.
+    run_each(&mut cl, &["UPDATE small SET g = -g WHERE g IN (1, 10000)", "CHECKPOINT"]);
+    let rel = relation_file(&mut cl, "small");
+    drop(cl);
+    c.stop();
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = fs::OpenOptions::new().write(true).open(c.data.join(&rel)).unwrap();
+        for b in [44u64, 60] {
+            f.seek(SeekFrom::Start(b * 8192 + 4000)).unwrap();
+            f.write_all(b"corruption!").unwrap();
+        }
+    }
+    c.start();
+    let out = pgbb_backup(&c.dsn(), &c.path("incr"), Some(&full.join("backup_manifest")), false, &[]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(6), "{err}");
+    assert!(err.contains(&format!("checksum verification failed in file \"./{rel}\", block 44: calculated ")), "{err}");
+    assert!(!err.contains("block 60"), "an unchanged block does not travel: {err}");
+    let incr = c.path("incr");
+    let (_, _, blocks) = incremental_header(&incr.join(incremental_of(&rel)));
+    assert!(blocks.contains(&44) && !blocks.contains(&60), "{blocks:?}");
+    verifybackup_with(&bins, &incr, &[]);
+    c.assert_no_pgbb_left();
+}
