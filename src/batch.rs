@@ -37,18 +37,18 @@ pub trait Worker {
 }
 
 /// One file of the batch, from the worker's point of view.
-struct Item<'r> {
-    req: Request,
-    src: SafePath,
+pub(crate) struct Item<'r> {
+    pub(crate) req: Request,
+    pub(crate) src: SafePath,
     /// DST as asked (below DEST, or a tablespace's `pg_tblspc/OID/…`).
     asked: SafePath,
     /// Where it goes: its root (DEST or a tablespace's target) and the path below it.
-    dest: &'r Dest,
-    dst: SafePath,
+    pub(crate) dest: &'r Dest,
+    pub(crate) dst: SafePath,
 }
 
 /// How far a file of the batch got.
-enum Slot {
+pub(crate) enum Slot {
     /// Served on its own when its turn comes.
     Alone,
     /// Done by the batch query; pages that failed once are read again when it is answered.
@@ -89,8 +89,11 @@ pub fn serve(
         plain && r.range.is_none() && r.incremental.is_none() && (!r.compare || t.compare_by_content)
     });
     let compares = members(&items, |r| r.compare && !t.compare_by_content);
-    let queried =
-        t.read_many(s, &items, &reads, &mut slots).and_then(|()| t.compare_many(s, &items, &compares, &mut slots));
+    let incrementals = members(&items, |r| r.incremental.is_some() && r.range.is_none());
+    let queried = t
+        .read_many(s, &items, &reads, &mut slots)
+        .and_then(|()| t.compare_many(s, &items, &compares, &mut slots))
+        .and_then(|()| t.read_incremental_many(s, &items, &incrementals, &mut slots));
     match queried {
         Ok(()) => {}
         Err(e) if retries && lost(&e) => log::info!("the connection was lost in a batch query: {e}"),
@@ -185,7 +188,7 @@ fn answer(
 
 /// A failure of the batch query itself: fatal (the connection is gone) is returned; any
 /// other leaves the files it did not do to be served on their own.
-fn query_failed(e: TransferError, n: usize) -> Result<(), TransferError> {
+pub(crate) fn query_failed(e: TransferError, n: usize) -> Result<(), TransferError> {
     if e.is_fatal() {
         return Err(e);
     }
@@ -195,7 +198,7 @@ fn query_failed(e: TransferError, n: usize) -> Result<(), TransferError> {
 
 /// Where a row of the batch query belongs: its position (from 1) among `members`, which
 /// must follow `prev` (rows come in the order asked).
-fn position(row: &postgres::Row, prev: Option<usize>, n: usize, what: &str) -> Result<usize, TransferError> {
+pub(crate) fn position(row: &postgres::Row, prev: Option<usize>, n: usize, what: &str) -> Result<usize, TransferError> {
     let i: i64 = row.try_get(0).map_err(|e| pg_err(what, e))?;
     let k = usize::try_from(i - 1).ok().filter(|&k| k < n && prev.is_none_or(|p| k >= p));
     k.ok_or_else(|| TransferError::Data { path: what.to_string(), message: format!("row of file {i} out of order") })
@@ -380,12 +383,12 @@ impl Transfer {
     }
 }
 
-fn internal() -> TransferError {
+pub(crate) fn internal() -> TransferError {
     TransferError::Data { path: String::new(), message: "internal: a batch member without a request".into() }
 }
 
 /// The source path of item `k` (raw bytes).
-fn member_src(items: &[Option<Item>], k: usize) -> Vec<u8> {
+pub(crate) fn member_src(items: &[Option<Item>], k: usize) -> Vec<u8> {
     items[k].as_ref().map_or_else(Vec::new, |i| i.src.as_bytes())
 }
 

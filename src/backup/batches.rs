@@ -17,7 +17,7 @@ const MIN_BATCH: usize = 16;
 /// Whether `w` may go in a batch: a whole small file whose name is UTF-8 (a name that is not
 /// is found by its components, one file per query).
 fn batchable(w: &Work) -> bool {
-    w.range.is_none() && w.incremental.is_none() && w.size <= SMALL_FILE && std::str::from_utf8(&w.path).is_ok()
+    w.range.is_none() && w.size <= SMALL_FILE && std::str::from_utf8(&w.path).is_ok()
 }
 
 /// The next request from the front of `queue`: one file, or a batch of small files of the

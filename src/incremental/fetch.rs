@@ -65,10 +65,10 @@ struct Part<'a> {
 }
 
 /// The file as it is written: DEST, the manifest checksum, the page verifier.
-struct Out {
-    w: FileWriter,
-    digest: Digest,
-    pages: Option<Pages>,
+pub(super) struct Out {
+    pub(super) w: FileWriter,
+    pub(super) digest: Digest,
+    pub(super) pages: Option<Pages>,
 }
 
 impl Out {
@@ -81,7 +81,13 @@ impl Out {
     /// One range's bytes as the server sent them, zero-filled to the `want` bytes asked (a
     /// file truncated while read), written a page at a time, each verified as block
     /// `blocks[*next]` (the next of the listed blocks).
-    fn range(&mut self, data: &[u8], want: usize, blocks: &[u32], next: &mut usize) -> Result<(), TransferError> {
+    pub(super) fn range(
+        &mut self,
+        data: &[u8],
+        want: usize,
+        blocks: &[u32],
+        next: &mut usize,
+    ) -> Result<(), TransferError> {
         let mut buf = data[..data.len().min(want)].to_vec();
         buf.resize(want, 0);
         for page in buf.chunks_exact(BLCKSZ) {
@@ -252,7 +258,7 @@ impl Transfer {
     }
 
     /// The new file, its header written.
-    fn incremental_out(
+    pub(super) fn incremental_out(
         &self,
         src: &SafePath,
         dest: &Dest,

@@ -5,6 +5,7 @@ pub mod base;
 pub mod blockref;
 pub mod fetch;
 pub mod format;
+mod many;
 pub mod method;
 pub mod old_manifest;
 pub mod range;

@@ -20,6 +20,20 @@ pub const READ_BLOCKS: &str = "\
       LEFT JOIN LATERAL ROWS FROM (pg_catalog.unnest($2::pg_catalog.int8[]), pg_catalog.unnest($3::pg_catalog.int8[])) \
            WITH ORDINALITY AS r(o, l, i) ON st.size IS NOT NULL";
 
+/// [`READ_BLOCKS`] for many files with one statement (a batch of small incremental files): $1
+/// their paths (raw bytes), $2 and $3 for each the position (from 1) of its first range in $4
+/// and $5 (byte offsets and lengths) and how many it has. Rows, files in the order given: the
+/// file's position, size and mtime as stat'd once, then each range's position and bytes; a
+/// missing file, or one without ranges, has one row with a NULL range.
+pub const READ_BLOCKS_MANY: &str = "\
+    SELECT f.i, st.size, extract(epoch FROM st.modification)::bigint, k::pg_catalog.int8, \
+           pg_catalog.pg_read_binary_file(f.p, ($4::pg_catalog.int8[])[k], ($5::pg_catalog.int8[])[k], true) \
+      FROM (SELECT u.i, pg_catalog.convert_from(u.raw, 'SQL_ASCII') AS p, u.first, u.n \
+              FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.bytea[]), pg_catalog.unnest($2::pg_catalog.int4[]), \
+                              pg_catalog.unnest($3::pg_catalog.int4[])) WITH ORDINALITY AS u(raw, first, n, i)) AS f \
+     CROSS JOIN LATERAL pg_catalog.pg_stat_file(f.p, true) AS st \
+      LEFT JOIN LATERAL pg_catalog.generate_series(f.first, f.first + f.n - 1) AS k ON st.size IS NOT NULL";
+
 /// [`READ_BLOCKS`] through the compression helper `function` (qualified): $1 the path (raw
 /// bytes), $2 the chunk size, $3 the zlib level, $4 and $5 the ranges' offsets and lengths.
 /// Rows: (range position from 1, bytes): for each range the helper's header (size, mtime),
