@@ -66,14 +66,20 @@ pub fn checks(common: &Common, jobs: usize, incremental: Option<&Path>) -> Resul
         v.push(item(Status::Info, "data checksums off: pages cannot be verified", None));
     }
     if let Some(path) = incremental {
-        v.extend(incremental_items(&mut s, caps, &version, path)?);
+        v.extend(incremental_items(&mut s, caps, &version, path, info.in_recovery)?);
     }
     Ok(v)
 }
 
 /// `--check -i OLD_MANIFEST`: whether the server can take an incremental backup, and whether
 /// one can be taken on top of that manifest's backup.
-fn incremental_items(s: &mut Session, caps: Caps, version: &str, path: &Path) -> Result<Vec<Item>, Error> {
+fn incremental_items(
+    s: &mut Session,
+    caps: Caps,
+    version: &str,
+    path: &Path,
+    standby: bool,
+) -> Result<Vec<Item>, Error> {
     let fail = |e: IncrementalError| -> Result<Item, Error> {
         match Error::from(e) {
             Error::Incremental(e) => Ok(item(Status::Fail, e.to_string(), None)),
@@ -91,7 +97,7 @@ fn incremental_items(s: &mut Session, caps: Caps, version: &str, path: &Path) ->
     v.push(match (server_ok, crate::incremental::old_manifest::read(path)) {
         (_, Err(e)) => fail(e.into())?,
         (false, Ok(_)) => item(Status::Ok, format!("OLD_MANIFEST {shown} reads and its checksum matches"), None),
-        (true, Ok(_)) => match base::check(s, path) {
+        (true, Ok(_)) => match base::check(s, path, standby) {
             Ok(_) => item(Status::Ok, format!("OLD_MANIFEST {shown}: an incremental backup can be taken on it"), None),
             Err(e) => fail(e)?,
         },

@@ -175,6 +175,10 @@ pub struct Request {
     pub incremental: Option<BlockList>,
 }
 
+/// Most blocks one incremental file may list (a 128 GB segment of 8 kB blocks; PostgreSQL's
+/// default is 131072, and pg_combinebackup refuses more than its build's segment size).
+pub const MAX_BLOCKS: u64 = 1 << 24;
+
 /// The blocks of one relation segment file that an incremental backup sends, relative to the
 /// segment's start and ascending, and the length the file is cut to when it is rebuilt.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -229,7 +233,7 @@ impl BlockList {
                     None => (num(run)?, 1),
                 };
                 let end = start.checked_add(n).filter(|&e| n >= 1 && e <= 1 << 32).ok_or_else(bad)?;
-                if blocks.last().is_some_and(|&l| u64::from(l) >= start) {
+                if blocks.last().is_some_and(|&l| u64::from(l) >= start) || blocks.len() as u64 + n > MAX_BLOCKS {
                     return Err(bad());
                 }
                 blocks.extend((start..end).map(|b| b as u32));
@@ -526,6 +530,9 @@ mod tests {
             assert!(matches!(Request::parse(&line), Err(ProtocolError::BadBlocks(_))), "{bad}");
         }
         assert!(matches!(Request::parse("a\tb\tincr\t4294967296\t1"), Err(ProtocolError::BadBlocks(_))));
+        // A run too long to hold is refused, never allocated.
+        assert!(matches!(Request::parse("a\tb\tincr\t1\t0+4294967295"), Err(ProtocolError::BadBlocks(_))));
+        assert!(matches!(Request::parse("a\tb\tincr\t1\t0+16777216,16777216"), Err(ProtocolError::BadBlocks(_))));
         // One piece of a large incremental file: its byte range in the INCREMENTAL file.
         let piece = Request { range: Some((0, 16384)), ..incr.clone() };
         assert_eq!(piece.to_line(), "base/5/16384\tbase/5/INCREMENTAL.16384\tincr\t2942\t0,1470,2940+2\t0\t16384\n");

@@ -128,7 +128,7 @@ pub(super) fn incremental_base(
     let Some(path) = &opts.incremental else { return Ok(None) };
     use crate::incremental::base;
     base::server_can(&mut server.ctl, server.info.caps, &server.info.version)?;
-    let b = base::check(&mut server.ctl, path)?;
+    let b = base::check(&mut server.ctl, path, server.info.in_recovery)?;
     log::info!("-i: an incremental backup on top of the backup of {}", path.display());
     Ok(Some(b))
 }

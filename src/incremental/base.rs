@@ -26,11 +26,15 @@ pub fn server_can(s: &mut Session, caps: Caps, version: &str) -> Result<(), Incr
     if !sql_incr::summarize_wal(s)? {
         return Err(IncrementalError::SummarizeOff);
     }
-    Ok(())
+    match sql::page_geometry(s)? {
+        (8192, _) => Ok(()),
+        (other, _) => Err(IncrementalError::BlockSize(other)),
+    }
 }
 
-/// Reads OLD_MANIFEST and checks it against the server as it is now.
-pub fn check(s: &mut Session, path: &Path) -> Result<Base, IncrementalError> {
+/// Reads OLD_MANIFEST and checks it against the server as it is now (`standby`: the server is
+/// in recovery).
+pub fn check(s: &mut Session, path: &Path, standby: bool) -> Result<Base, IncrementalError> {
     let old = old_manifest::read(path)?;
     let server = sql::system_identifier(s)?;
     match old.system_identifier {
@@ -39,11 +43,13 @@ pub fn check(s: &mut Session, path: &Path) -> Result<Base, IncrementalError> {
         Some(_) => {}
     }
     let now = sql_incr::current_position(s)?;
-    if let Some(end) = old.wal_ranges.iter().map(|r| r.end).max().filter(|&e| e > now) {
+    // A standby that has not replayed that far yet is told after the start, by the check of
+    // the final timeline (exit 4, with what to do).
+    if let Some(end) = old.wal_ranges.iter().map(|r| r.end).max().filter(|&e| e > now && !standby) {
         return Err(IncrementalError::Newer { end, now });
     }
     let tli = sql::checkpoint_timeline(s)?;
-    let needed = needed(s, &old, tli, now)?;
+    let needed = needed(s, &old, tli, now.max(old.wal_ranges.iter().map(|r| r.end).max().unwrap_or(now)))?;
     // What is summarized already must be covered from the earlier backup's start on (the
     // rest is checked once the backup has started and the summarizer has caught up).
     let state = sql_incr::summarizer_state(s)?;

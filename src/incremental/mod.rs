@@ -24,6 +24,8 @@ pub enum IncrementalError {
     TooOld(String),
     #[error("incremental backups need WAL summaries, and summarize_wal is off; as a superuser run ALTER SYSTEM SET summarize_wal = on; SELECT pg_reload_conf(); then take a full backup, which later incrementals build on")]
     SummarizeOff,
+    #[error("incremental backups are taken in 8192-byte blocks, and this server's block_size is {0}")]
+    BlockSize(i64),
     #[error("OLD_MANIFEST has no System-Identifier: it is of a backup pg_combinebackup cannot combine (taken before PostgreSQL 17?); take a full backup")]
     NoSystemIdentifier,
     #[error("OLD_MANIFEST is of another cluster: its system identifier is {old}, this server's is {server}")]
@@ -47,6 +49,7 @@ impl IncrementalError {
     pub fn is_server(&self) -> bool {
         match self {
             IncrementalError::TooOld(_)
+            | IncrementalError::BlockSize(_)
             | IncrementalError::SummarizeOff
             | IncrementalError::Uncovered(_)
             | IncrementalError::Stuck { .. }
