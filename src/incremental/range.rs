@@ -18,7 +18,7 @@ pub enum RangeError {
     InitialTimeline { tli: u32, start: Lsn, begin: Lsn },
     #[error("OLD_MANIFEST requires WAL from continuation timeline {tli} starting at {start}, but that timeline begins at {begin}")]
     ContinuationTimeline { tli: u32, start: Lsn, begin: Lsn },
-    #[error("OLD_MANIFEST requires WAL from final timeline {tli} ending at {end}, but this backup starts at {start} (on a standby this can happen when there was little activity since the earlier backup: run CHECKPOINT on the primary and try again)")]
+    #[error("OLD_MANIFEST requires WAL from final timeline {tli} ending at {end}, but this backup starts at {start} (on a standby the backup starts at its latest restartpoint, which must come after the earlier backup: let the standby replay past {end}, run CHECKPOINT on the primary, and try again)")]
     FinalTimeline { tli: u32, end: Lsn, start: Lsn },
     #[error("OLD_MANIFEST requires WAL from non-final timeline {tli} ending at {end}, but this server switched timelines at {switch}")]
     NonFinalTimeline { tli: u32, end: Lsn, switch: Lsn },

@@ -933,3 +933,49 @@ fn a_corrupt_changed_page_is_reported_and_the_backup_kept() {
     verifybackup_with(&bins, &incr, &[]);
     c.assert_no_pgbb_left();
 }
+
+/// An incremental backup of a standby that has had no restartpoint since the earlier backup
+/// has nothing to start from (its start is the earlier backup's): refused after the start
+/// with what to do (exit 4), nothing left; after a CHECKPOINT on the primary it is taken.
+#[test]
+fn a_standby_without_a_new_restartpoint_is_told_to_wait_for_one() {
+    let bins = incremental_bins();
+    let p = summarizing_cluster(&bins, &[]);
+    p.pgbench_init(1);
+    let s = standby_with(&bins, &p);
+    wait_replayed(&s, &p);
+    let full = take(&bins, &s, By::Pgbb(&[]), "full", None, &[]);
+    // Written on the primary, no checkpoint: the standby's latest restartpoint stays.
+    run_each(&mut p.client(), &["UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid < 100"]);
+    wait_replayed(&s, &p);
+    let dest = s.path("incr");
+    let out = pgbb_backup(&s.dsn(), &dest, Some(&full.join("backup_manifest")), false, &[]);
+    let text = both(&out);
+    assert_eq!(out.status.code(), Some(4), "{text}");
+    assert!(text.contains("CHECKPOINT on the primary"), "{text}");
+    assert!(!dest.exists(), "nothing left in DEST");
+    s.assert_no_pgbb_left();
+    // A backup of the primary the standby has not replayed yet (its replay paused): the same
+    // (exit 4), not a manifest "of another copy" (exit 2).
+    run_each(&mut s.client(), &["SELECT pg_wal_replay_pause()"]);
+    let ahead = take(&bins, &p, By::Pgbb(&[]), "ahead", None, &[]);
+    let out = pgbb_backup(&s.dsn(), &dest, Some(&ahead.join("backup_manifest")), false, &[]);
+    let text = both(&out);
+    assert_eq!(out.status.code(), Some(4), "{text}");
+    assert!(text.contains("let the standby replay past"), "{text}");
+    assert!(!dest.exists(), "nothing left in DEST");
+    run_each(&mut s.client(), &["SELECT pg_wal_replay_resume()"]);
+    run_each(&mut p.client(), &["CHECKPOINT"]);
+    wait_replayed(&s, &p);
+    // The backup's start asks the standby for a restartpoint at that checkpoint.
+    let incr = take(&bins, &s, By::Pgbb(&[]), "incr", Some(&full), &[]);
+    verifybackup_with(&bins, &incr, &[]);
+    let want = fingerprint(&mut s.client(), "pgbench_accounts");
+    // Restored standalone: without the standby's standby.signal.
+    let copy = combine_and_restore(&bins, &s, &[full, incr], &[], &expect_dbs(&["postgres"]), |b| {
+        fs::remove_file(b.join("standby.signal")).expect("the standby's standby.signal");
+    });
+    assert_eq!(fingerprint(&mut copy.client(), "pgbench_accounts"), want);
+    drop(copy);
+    s.assert_no_pgbb_left();
+}
