@@ -103,7 +103,7 @@ pub enum Checkpoint {
 
 /// Parallel physical base backup of a PostgreSQL server over ordinary SQL connections.
 #[derive(Debug, Parser)]
-#[command(name = "pgbb", version, after_help = AFTER_HELP)]
+#[command(name = "pgbb", version = crate::version::text(), after_help = AFTER_HELP)]
 pub struct Args {
     /// Connection string: key=value pairs or a postgresql:// URI ("" = all from PG* variables)
     pub dsn: String,

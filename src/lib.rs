@@ -35,6 +35,7 @@ pub mod signals;
 pub mod summary;
 pub mod tablespace;
 pub mod transfer;
+pub mod version;
 pub mod wal;
 pub mod wal_setup;
 pub mod worker;
