@@ -20,6 +20,7 @@ fn man_page_and_completions_are_generated_from_the_options() {
         "\\-\\-max\\-rate",
         "\\-\\-manifest\\-checksums",
         "\\-\\-slave",
+        "\\-\\-log\\-format",
     ] {
         assert!(man.contains(opt), "{opt} not in the man page");
     }

@@ -2,6 +2,7 @@
 
 mod harness;
 
+mod automation;
 mod backup;
 mod batch;
 mod compress;
