@@ -18,6 +18,7 @@ mod incremental;
 mod integrity;
 mod libpq;
 mod max_lag;
+mod packaging;
 mod preflight;
 mod retry;
 mod slave;
