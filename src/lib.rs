@@ -72,27 +72,37 @@ pub fn run(argv: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
     if !spawned_by_master {
         jsonlog::start();
     }
-    // A finished backup, and why it exits non-zero all the same (pages that failed).
-    let (mut finished, mut failure) = (None, None);
-    let result = Config::from_args(args).and_then(|cfg| match &cfg.mode {
+    let mut finished = None;
+    let result = Config::from_args(args).and_then(|cfg| act(&cfg, &mut finished));
+    match result {
+        // A child of a master has already told it (a `fatal` line); the master reports.
+        Err(e) if spawned_by_master => {
+            log::debug!("{e}");
+            e.exit_code()
+        }
+        Ok(code) if spawned_by_master => code,
+        Ok(code) => ended(code, finished.as_ref()),
+        Err(e) => report(&e),
+    }
+}
+
+/// A backup that ran to its end: its summary, and why it exits non-zero all the same (data
+/// pages that failed their checksum on the server).
+struct Finished {
+    summary: backup::Summary,
+    failure: Option<String>,
+}
+
+/// What this process does, by its role; a backup that ran to its end is left in `finished`.
+fn act(cfg: &Config, finished: &mut Option<Finished>) -> Result<i32, Error> {
+    match &cfg.mode {
         Mode::Check { jobs, incremental } => check::run(&cfg.common, *jobs, incremental.as_deref()),
         Mode::InstallHelper => helper::install(&cfg.common),
         Mode::RemoveHelper => helper::remove(&cfg.common),
         Mode::Master(opts) => {
-            let s = backup::run(&cfg.common, opts)?;
-            summary::print(&cfg.common.dest, &s);
-            let code = if s.bad_pages > 0 {
-                let why = format!(
-                    "{} data page(s) failed checksum verification on the server (listed above); the backup is complete and kept, but those pages are corrupt in the source too",
-                    s.bad_pages
-                );
-                crate::errln!("pgbb: error: {why}");
-                failure = Some(why);
-                exit::CHECKSUM
-            } else {
-                exit::OK
-            };
-            finished = Some(s);
+            let f = master(&cfg.common, opts)?;
+            let code = if f.failure.is_some() { exit::CHECKSUM } else { exit::OK };
+            *finished = Some(f);
             Ok(code)
         }
         Mode::Worker { id, compress } => worker::run(&cfg.common, *id, *compress).map(|()| exit::OK),
@@ -103,23 +113,32 @@ pub fn run(argv: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
             let _lock = wal_setup::prepare(&cfg.common, slot.as_deref(), *create_slot)?;
             wal::run_standalone(&cfg.common, *delay, *compress, slot.as_deref()).map(|()| exit::OK)
         }
-    });
-    match result {
-        // A child of a master has already told it (a `fatal` line); the master reports.
-        Err(e) if spawned_by_master => {
-            log::debug!("{e}");
-            e.exit_code()
-        }
-        Ok(code) if spawned_by_master => code,
-        Ok(code) => {
-            if jsonlog::enabled() {
-                let error = failure.as_deref().map(|f| (f, None));
-                jsonlog::finish(code, error, finished.as_ref().map(summary::json));
-            }
-            code
-        }
-        Err(e) => report(&e),
     }
+}
+
+/// The master: the backup, then its summary on stdout, and an error when pages failed.
+fn master(common: &cli::Common, opts: &cli::MasterOpts) -> Result<Finished, Error> {
+    let s = backup::run(common, opts)?;
+    summary::print(&common.dest, &s);
+    let failure = (s.bad_pages > 0).then(|| {
+        format!(
+            "{} data page(s) failed checksum verification on the server (listed above); the backup is complete and kept, but those pages are corrupt in the source too",
+            s.bad_pages
+        )
+    });
+    if let Some(why) = &failure {
+        crate::errln!("pgbb: error: {why}");
+    }
+    Ok(Finished { summary: s, failure })
+}
+
+/// The end of a run that was not a child's: as JSON, the summary line.
+fn ended(code: i32, finished: Option<&Finished>) -> i32 {
+    if jsonlog::enabled() {
+        let error = finished.and_then(|f| f.failure.as_deref()).map(|f| (f, None));
+        jsonlog::finish(code, error, finished.map(|f| summary::json(&f.summary)));
+    }
+    code
 }
 
 /// Reports a failure on stderr (as JSON: a message, then the summary line).

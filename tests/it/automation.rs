@@ -3,6 +3,7 @@
 //! and bad input (an unknown format, bad arguments) reported with exit 2.
 
 use std::process::{Command, Output};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -277,4 +278,34 @@ fn bad_input_with_json_exits_2_and_says_so_in_json() {
     assert!(s["hint"].as_str().unwrap().contains("pg_hba.conf"), "{s}");
     assert_eq!(s["durations_s"].as_object().unwrap().keys().collect::<Vec<_>>(), ["connect"], "{s}");
     assert!(!dest.exists());
+}
+
+#[test]
+fn json_summary_of_an_interrupted_backup_says_sigint() {
+    use nix::sys::signal::{kill, Signal};
+    let c = Cluster::new();
+    c.pgbench_init(4);
+    let dest = c.path("interrupted");
+    // 1 MB/s: still copying when the signal comes.
+    let mut child = spawn_pgbb(&["--log-format", "json", "-c", "fast", "-r", "1M"], &c.dsn(), &dest);
+    wait_until_copying(&dest);
+    kill(nix::unistd::Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
+    let (status, _) = wait_exit(&mut child, Duration::from_secs(30));
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(130), "{err}");
+    let lines = json_lines(&err);
+    let notices = events(&lines, "log");
+    assert!(
+        notices.iter().any(|l| l["level"] == "notice" && l["message"].as_str().unwrap().starts_with("SIGINT received")),
+        "{err}"
+    );
+    let s = summary(&lines);
+    assert_eq!((s["exit_code"].as_i64(), s["exit_reason"].as_str()), (Some(130), Some("sigint")), "{s}");
+    assert_eq!(s["exit_meaning"], "interrupted by SIGINT");
+    assert!(s.get("files").is_none(), "an interrupted backup has no numbers: {s}");
+    let reached: Vec<&String> = s["durations_s"].as_object().unwrap().keys().collect();
+    assert!(reached.iter().any(|p| *p == "copy"), "{s}");
+    assert!(!dest.exists(), "DEST removed");
+    c.assert_no_pgbb_left();
 }
