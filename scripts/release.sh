@@ -55,7 +55,8 @@ mkdir -p "$DIST/man" "$DIST/completions"
 
 # 1. The release binary, its man page and completions.
 timed "release build" cargo build --release --locked -q
-timed "man page and completions" cargo run --release --locked -q --example gen_docs -- "$T/release/docs" >/dev/null
+# (The generator runs in the dev profile, which the tests have built already.)
+timed "man page and completions" cargo run --locked -q --example gen_docs -- "$T/release/docs" >/dev/null
 gzip -9n -c "$T/release/docs/pgbb.1" >"$T/release/docs/pgbb.1.gz"
 cp "$T/release/docs/pgbb.1" "$DIST/man/"
 cp "$T/release/docs/pgbb.bash" "$T/release/docs/_pgbb" "$T/release/docs/pgbb.fish" "$DIST/completions/"
