@@ -201,7 +201,7 @@ mod tests {
     }
 
     #[test]
-    fn the_json_numbers_are_the_line_s() {
+    fn json_numbers_are_those_of_the_line() {
         let s = Summary {
             files: 963,
             bytes: 23 << 20,
