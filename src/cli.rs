@@ -8,6 +8,7 @@ use clap::{Parser, ValueEnum};
 
 use crate::digest::Algorithm;
 use crate::error::Error;
+pub use crate::jsonlog::LogFormat;
 use crate::lsn::Lsn;
 use crate::pg::ConnInfo;
 use crate::transfer::{Method, ZlibHelper};
@@ -103,7 +104,7 @@ pub enum Checkpoint {
 
 /// Parallel physical base backup of a PostgreSQL server over ordinary SQL connections.
 #[derive(Debug, Parser)]
-#[command(name = "pgbb", version, after_help = AFTER_HELP)]
+#[command(name = "pgbb", version = crate::version::text(), after_help = AFTER_HELP)]
 pub struct Args {
     /// Connection string: key=value pairs or a postgresql:// URI ("" = all from PG* variables)
     pub dsn: String,
@@ -256,6 +257,11 @@ pub struct Args {
     /// Show progress: a live display on a terminal, else a line every 5 seconds
     #[arg(short = 'P', long = "progress", help_heading = "Output")]
     pub progress: bool,
+    /// What goes to stderr: plain lines, or json: one JSON object per line (messages, phases,
+    /// progress every 5 seconds even without -P and instead of -P's display, and a summary
+    /// with the exit code last; docs/automation.md)
+    #[arg(long = "log-format", value_name = "FORMAT", value_enum, default_value = "plain", help_heading = "Output")]
+    pub log_format: LogFormat,
     /// Worker: print `progress` lines while copying
     #[arg(long = "report-progress", hide = true)]
     pub report_progress: bool,
@@ -312,6 +318,8 @@ pub struct Common {
     pub schema: String,
     /// The compression helper the master chose (its children are told); `None`: decide.
     pub zlib_helper: Option<ZlibHelper>,
+    /// `--log-format`, passed on to the children.
+    pub log_format: LogFormat,
 }
 
 /// How compression was asked for.
@@ -581,7 +589,7 @@ fn common_settings(a: &Args) -> Result<Common, Error> {
         group_access: a.group_access,
         algorithm,
         verify_lsn,
-        report_progress: a.report_progress || (a.progress && !a.slave),
+        report_progress: a.report_progress || ((a.progress || a.log_format == LogFormat::Json) && !a.slave),
         in_place: a.in_place,
         writeback: a.writeback,
         rate,
@@ -595,6 +603,7 @@ fn common_settings(a: &Args) -> Result<Common, Error> {
             Some("installed") => Some(ZlibHelper::Installed(a.schema.clone())),
             Some(h) => return Err(Error::Usage(format!("invalid --zlib-helper {h:?}: installed or temp"))),
         },
+        log_format: a.log_format,
     })
 }
 
@@ -721,6 +730,9 @@ impl Common {
         }
         if let Some(k) = self.run_key {
             v.extend(["--run-key".into(), k.to_string().into()]);
+        }
+        if self.log_format == LogFormat::Json {
+            v.extend(["--log-format".into(), "json".into()]);
         }
         if self.debug {
             v.push("--debug".into());
@@ -872,6 +884,7 @@ mod tests {
         c.common.verify_lsn = Some(Lsn(0x5000028));
         c.common.run_key = Some(77);
         c.common.zlib_helper = Some(ZlibHelper::Installed("bk".into()));
+        c.common.log_format = LogFormat::Json;
         let argv = c.common.worker_args(3, Method::Zlib(5));
         assert!(!argv.iter().any(|a| a.to_string_lossy().contains("hunter2")));
         let strs: Vec<String> = argv.iter().map(|a| a.to_string_lossy().into_owned()).collect();
@@ -883,6 +896,7 @@ mod tests {
         assert_eq!(back.common.session_name("pgbb worker 3"), "pgbb worker 3 [run 77]");
         assert_eq!(back.common.zlib_helper, Some(ZlibHelper::Installed("bk".into())), "the master's helper");
         assert_eq!(back.common.schema, "bk");
+        assert_eq!(back.common.log_format, LogFormat::Json, "children write JSON too");
         let w = c.common.wal_args(Lsn(0x5000028), 1, Duration::from_millis(500), Method::Plain);
         let strs: Vec<String> = w.iter().map(|a| a.to_string_lossy().into_owned()).collect();
         let back = cfg(&strs.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();

@@ -1,10 +1,13 @@
 //! `-P/--progress`: a live display on a terminal (bytes, percent, rate, ETA, files, and what
 //! each worker is copying), or a plain line every few seconds when stderr is not a terminal.
+//! With `--log-format json`, a JSON line every few seconds, with -P or without, on a terminal
+//! too (JSON wins: a display would break the lines).
 
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
 
 /// Interval between two plain progress lines.
 const PLAIN_EVERY: Duration = Duration::from_secs(5);
@@ -12,6 +15,7 @@ const PLAIN_EVERY: Duration = Duration::from_secs(5);
 enum Display {
     Off,
     Plain { last: Instant },
+    Json { last: Instant },
     Bars { _multi: MultiProgress, total: ProgressBar, workers: Vec<ProgressBar> },
 }
 
@@ -26,6 +30,28 @@ pub struct Progress {
     files: u64,
     /// Why the copy is held (`--max-lag`), shown while it is.
     note: Option<String>,
+    /// WAL segments copied, as last told.
+    wal: u64,
+}
+
+/// One progress line of `--log-format json` (docs/automation.md).
+#[derive(Serialize)]
+struct Tick<'a> {
+    bytes: u64,
+    total_bytes: u64,
+    percent: u64,
+    rate_bytes_per_s: u64,
+    eta_s: u64,
+    files: u64,
+    total_files: u64,
+    wal_segments: u64,
+    /// Why the copy is held (`--max-lag`), else null.
+    held: Option<&'a str>,
+}
+
+/// A moment that makes the next refresh print at once.
+fn due() -> Instant {
+    Instant::now().checked_sub(PLAIN_EVERY).unwrap_or_else(Instant::now)
 }
 
 /// A byte count for people, in binary units as pg_basebackup shows them: "512.0 kB",
@@ -40,7 +66,9 @@ pub fn human(bytes: u64) -> String {
 
 impl Progress {
     pub fn new(enabled: bool, total_bytes: u64, total_files: u64, workers: usize) -> Progress {
-        let display = if !enabled {
+        let display = if crate::jsonlog::enabled() {
+            Display::Json { last: due() }
+        } else if !enabled {
             Display::Off
         } else if std::io::stderr().is_terminal() {
             let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
@@ -59,7 +87,7 @@ impl Progress {
             Display::Bars { _multi: multi, total, workers }
         } else {
             // The first refresh prints at once.
-            Display::Plain { last: Instant::now().checked_sub(PLAIN_EVERY).unwrap_or_else(Instant::now) }
+            Display::Plain { last: due() }
         };
         Progress {
             display,
@@ -70,6 +98,7 @@ impl Progress {
             current: vec![0; workers],
             files: 0,
             note: None,
+            wal: 0,
         }
     }
 
@@ -110,8 +139,8 @@ impl Progress {
         }
         let toggled = note.is_some() != self.note.is_some();
         self.note = note;
-        if let (Display::Plain { last }, true) = (&mut self.display, toggled) {
-            *last = Instant::now().checked_sub(PLAIN_EVERY).unwrap_or_else(Instant::now);
+        if let (Display::Plain { last } | Display::Json { last }, true) = (&mut self.display, toggled) {
+            *last = due();
         }
         self.refresh(None);
     }
@@ -119,6 +148,9 @@ impl Progress {
     /// Redraws (terminal) or prints a line when it is time (plain); `wal` adds the number of
     /// WAL segments copied.
     pub fn refresh(&mut self, wal: Option<u64>) {
+        if let Some(w) = wal {
+            self.wal = w;
+        }
         let bytes = self.bytes().min(self.total_bytes);
         let elapsed = self.started.elapsed().as_secs_f64().max(0.001);
         match &mut self.display {
@@ -127,6 +159,12 @@ impl Progress {
                 total.set_position(bytes);
                 let note = self.note.as_ref().map_or(String::new(), |n| format!(" - {n}"));
                 total.set_message(format!("files {}/{}{note}", self.files, self.total_files));
+            }
+            Display::Json { last } => {
+                if last.elapsed() >= PLAIN_EVERY {
+                    *last = Instant::now();
+                    self.tick(bytes, elapsed);
+                }
             }
             Display::Plain { last } => {
                 if last.elapsed() >= PLAIN_EVERY {
@@ -150,6 +188,23 @@ impl Progress {
         }
     }
 
+    /// A JSON progress line: `bytes` copied in `elapsed` seconds.
+    fn tick(&self, bytes: u64, elapsed: f64) {
+        let rate = bytes as f64 / elapsed;
+        let tick = Tick {
+            bytes,
+            total_bytes: self.total_bytes,
+            percent: (bytes * 100).checked_div(self.total_bytes).unwrap_or(100),
+            rate_bytes_per_s: rate as u64,
+            eta_s: if rate > 0.0 { ((self.total_bytes - bytes) as f64 / rate).round() as u64 } else { 0 },
+            files: self.files,
+            total_files: self.total_files,
+            wal_segments: self.wal,
+            held: self.note.as_deref(),
+        };
+        crate::jsonlog::emit("progress", tick);
+    }
+
     /// Clears the display (terminal) or prints the last line (plain).
     pub fn finish(&mut self) {
         match &mut self.display {
@@ -159,8 +214,8 @@ impl Progress {
                 }
                 total.finish_and_clear();
             }
-            Display::Plain { last } => {
-                *last = Instant::now().checked_sub(PLAIN_EVERY).unwrap_or_else(Instant::now);
+            Display::Plain { last } | Display::Json { last } => {
+                *last = due();
                 self.refresh(None);
             }
             Display::Off => {}

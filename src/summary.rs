@@ -1,10 +1,13 @@
 //! What a finished backup prints on stdout: one summary line, and the commands that verify
 //! and start the copy, quoted for a POSIX shell so that they can be pasted whatever DEST's
 //! name. Printed with [`crate::logging::out`]: a closed stdout loses them but never fails
-//! the backup.
+//! the backup. With `--log-format json`, the same numbers in the summary line on stderr
+//! ([`json`]).
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+
+use serde::Serialize;
 
 use crate::backup::Summary;
 use crate::progress::human;
@@ -80,6 +83,80 @@ pub fn line(s: &Summary) -> String {
     )
 }
 
+/// A finished backup's numbers, as the JSON summary line carries them (docs/automation.md):
+/// the plain [`line`]'s, exactly, and sizes in bytes.
+#[derive(Debug, Serialize)]
+pub struct Json {
+    pub files: u64,
+    pub bytes: u64,
+    pub vanished_files: u64,
+    pub elapsed_s: f64,
+    pub rate_bytes_per_s: u64,
+    pub wal_start: String,
+    pub wal_stop: String,
+    pub timeline: u32,
+    pub wal_segments: u64,
+    pub wal_history_files: u64,
+    /// "none" or "zlib:LEVEL".
+    pub compression: String,
+    /// What came over the network for the data files.
+    pub network_bytes: u64,
+    /// bytes / network_bytes with zlib, else null.
+    pub compression_ratio: Option<f64>,
+    pub verified_pages: u64,
+    pub bad_pages: u64,
+    pub manifest: bool,
+    /// `--delta`: bytes compared, entries removed.
+    pub refresh: Option<RefreshJson>,
+    /// `-i`: the INCREMENTAL files.
+    pub incremental: Option<IncrementalJson>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RefreshJson {
+    pub compared_bytes: u64,
+    pub removed_entries: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct IncrementalJson {
+    pub relation_files: u64,
+    pub changed_blocks: u64,
+    pub full_backup_bytes: u64,
+}
+
+/// The JSON summary's numbers of a finished backup.
+pub fn json(s: &Summary) -> Json {
+    let secs = s.elapsed.as_secs_f64();
+    Json {
+        files: s.files,
+        bytes: s.bytes,
+        vanished_files: s.vanished,
+        elapsed_s: crate::jsonlog::seconds(s.elapsed),
+        rate_bytes_per_s: (s.bytes as f64 / secs.max(0.001)) as u64,
+        wal_start: s.start.to_string(),
+        wal_stop: s.stop.to_string(),
+        timeline: s.timeline,
+        wal_segments: s.wal_files,
+        wal_history_files: s.wal_history,
+        compression: s.method.to_string(),
+        network_bytes: s.wire,
+        compression_ratio: match s.method {
+            Method::Zlib(_) if s.wire > 0 => Some((s.bytes as f64 / s.wire as f64 * 1000.0).round() / 1000.0),
+            _ => None,
+        },
+        verified_pages: s.verified_pages,
+        bad_pages: s.bad_pages,
+        manifest: s.manifest,
+        refresh: s.refresh.map(|r| RefreshJson { compared_bytes: r.compared, removed_entries: r.removed }),
+        incremental: s.incremental.map(|i| IncrementalJson {
+            relation_files: i.incremental_files,
+            changed_blocks: i.blocks,
+            full_backup_bytes: i.full_size,
+        }),
+    }
+}
+
 /// `PREFIX` then the command, its DEST quoted.
 fn command(prefix: &str, dest: &Path, suffix: &str) -> Vec<u8> {
     let mut l = prefix.as_bytes().to_vec();
@@ -121,6 +198,39 @@ mod tests {
             assert_eq!(String::from_utf8_lossy(&out.stdout), word, "{cmd}");
         }
         assert!(!Path::new("/tmp/pgbb-never").exists());
+    }
+
+    #[test]
+    fn json_numbers_are_those_of_the_line() {
+        let s = Summary {
+            files: 963,
+            bytes: 23 << 20,
+            vanished: 2,
+            wal_files: 3,
+            wal_history: 1,
+            start: crate::lsn::Lsn(0x2000028),
+            stop: crate::lsn::Lsn(0x4000100),
+            timeline: 2,
+            elapsed: std::time::Duration::from_millis(2345),
+            refresh: None,
+            incremental: Some(crate::incremental::Stats { incremental_files: 12, blocks: 40, full_size: 100 << 20 }),
+            method: Method::Zlib(1),
+            bad_pages: 1,
+            manifest: true,
+            wire: 5 << 20,
+            verified_pages: 2825,
+        };
+        let v = serde_json::to_value(json(&s)).unwrap();
+        assert_eq!(v["wal_start"], "0/2000028");
+        assert_eq!(v["wal_stop"], "0/4000100");
+        assert_eq!((v["wal_segments"].as_u64(), v["wal_history_files"].as_u64()), (Some(3), Some(1)));
+        assert_eq!((v["elapsed_s"].as_f64(), v["compression"].as_str()), (Some(2.345), Some("zlib:1")));
+        assert_eq!(v["compression_ratio"].as_f64(), Some(4.6));
+        assert!(line(&s).contains(&format!(" ({}/s)", human(v["rate_bytes_per_s"].as_u64().unwrap()))), "{}", line(&s));
+        assert!(line(&s).ends_with("2825 pages verified, compressed 4.6:1 (5.0 MB over the network)"), "{}", line(&s));
+        assert_eq!(v["incremental"]["changed_blocks"], 40);
+        assert!(v["refresh"].is_null());
+        assert_eq!((v["bad_pages"].as_u64(), v["vanished_files"].as_u64()), (Some(1), Some(2)));
     }
 
     #[test]

@@ -111,14 +111,19 @@ pub fn run(common: &Common, opts: &MasterOpts) -> Result<Summary, Error> {
 /// when the master's session goes.
 fn backup(common: &Common, opts: &MasterOpts, sig: &Signals) -> Result<Summary, Error> {
     let t0 = Instant::now();
+    let phase = crate::jsonlog::phase;
+    phase("connect");
     let mut server = connect::connect(common, opts, sig)?;
     let base = connect::incremental_base(&mut server, opts)?;
     let watch = lag::prepare(&mut server.ctl, &server.info, opts.max_lag)?;
+    phase("prepare_dest");
     let mut target = destination::prepare(&mut server, opts, sig)?;
+    phase("start_backup");
     let hold = slot::hold_wal(&mut server, opts)?;
     sig.check()?;
     let mut started = start::start_backup(&mut server, opts)?;
     let mut children = start::spawn_children(&server, opts, &started, sig)?;
+    phase("list");
     let plan = match &base {
         Some(base) => plan_incr::incremental(&mut server, &target, opts.jobs, base, &mut started, sig)?,
         None if target.refresh => plan_delta::delta(&mut server, &target, opts)?,
@@ -128,11 +133,14 @@ fn backup(common: &Common, opts: &MasterOpts, sig: &Signals) -> Result<Summary, 
     let incremental = plan.incremental;
     let mut copy = copy::Run::new(&mut children, plan, &target.roots, &server.common, opts, sig);
     copy.watch_lag(watch);
+    phase("copy");
     copy.copy_files(&mut server.ctl, &server.common.dest)?;
+    phase("stop_backup");
     let stopped = stop::stop_backup(&mut server, &started, &mut copy, &target, sig)?;
     let copied = copy.into_result();
     children.stop();
     stop::check_wal(&mut server, &hold, &target, &started, &stopped, &copied)?;
+    phase("finish");
     let summary = finish::finish(&mut server, opts, &mut target, copied, &started, &stopped)?;
     hold.keep();
     Ok(Summary { elapsed: t0.elapsed(), refresh, incremental, ..summary })

@@ -8,6 +8,12 @@ pub struct Caps {
     pub version_num: i32,
 }
 
+/// The oldest major pgbb backs up, on a best-effort basis (older ones are refused, exit 4).
+pub const OLDEST_MAJOR: i32 = 13;
+/// The oldest major checked in full, and the newest one known (newer ones are untested).
+pub const FIRST_SUPPORTED_MAJOR: i32 = 14;
+pub const NEWEST_MAJOR: i32 = 18;
+
 /// How well pgbb knows a major version.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Support {
@@ -28,9 +34,9 @@ impl Caps {
 
     pub fn support(&self) -> Support {
         match self.major() {
-            ..=12 => Support::TooOld,
-            13 => Support::BestEffort,
-            14..=18 => Support::Supported,
+            m if m < OLDEST_MAJOR => Support::TooOld,
+            m if m < FIRST_SUPPORTED_MAJOR => Support::BestEffort,
+            m if m <= NEWEST_MAJOR => Support::Supported,
             _ => Support::Untested,
         }
     }

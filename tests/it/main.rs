@@ -2,6 +2,7 @@
 
 mod harness;
 
+mod automation;
 mod backup;
 mod batch;
 mod compress;
@@ -17,6 +18,7 @@ mod incremental;
 mod integrity;
 mod libpq;
 mod max_lag;
+mod packaging;
 mod preflight;
 mod retry;
 mod slave;

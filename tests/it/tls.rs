@@ -23,7 +23,7 @@ fn make_ca(dir: &Path, cn: &str, name: &str) {
 }
 
 /// A CA, and a server certificate for "localhost" only (no IP address in it).
-fn make_certs(dir: &Path) {
+pub fn make_certs(dir: &Path) {
     make_ca(dir, "pgbb test CA", "ca");
     openssl(
         dir,
@@ -116,7 +116,7 @@ fn revoke_server(dir: &Path) -> PathBuf {
 
 /// A cluster with TLS on (the certificates of `make_certs`) whose TCP connections must use
 /// TLS and authenticate with `method` (`trust`, or `cert` for a client certificate).
-fn tls_cluster(certs: &Path, method: &str) -> Cluster {
+pub fn tls_cluster(certs: &Path, method: &str) -> Cluster {
     tls_cluster_of(certs, method, None)
 }
 
