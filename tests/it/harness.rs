@@ -930,8 +930,14 @@ pub fn stop_wal_loop(mut child: Child) -> String {
 /// host, port and user: the client tools may be newer than the server, and their
 /// pg_basebackup writes options (sslsni...) an older server's walreceiver refuses.
 pub fn standby_of_with(c: &Cluster, extra: &[&str]) -> Cluster {
+    standby_using(&PgBins::under_test(), c, extra)
+}
+
+/// [`standby_of_with`] made by the pg_basebackup of `bins` and started with its server (an
+/// incremental-capable major: see [`incremental_bins`]).
+pub fn standby_using(bins: &PgBins, c: &Cluster, extra: &[&str]) -> Cluster {
     let dir = c.path("standby");
-    let mut cmd = as_pg(&client_bin("pg_basebackup"));
+    let mut cmd = as_pg(&bins.tool("pg_basebackup"));
     cmd.arg("-D").arg(&dir).args(["-R", "-X", "stream", "-c", "fast", "-d", &c.dsn()]).args(extra);
     run_ok(&mut cmd);
     let auto = dir.join("postgresql.auto.conf");
@@ -943,7 +949,7 @@ pub fn standby_of_with(c: &Cluster, extra: &[&str]) -> Cluster {
         .collect();
     text.push_str(&format!("primary_conninfo = 'host={} port={} user=postgres'\n", c.sock.display(), c.port));
     fs::write(&auto, text).unwrap();
-    start_copy(&dir)
+    start_copy_with(&dir, bins)
 }
 
 /// [`standby_of_with`] without extra options.

@@ -782,25 +782,6 @@ fn summaries_that_no_longer_cover_the_range_are_refused() {
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
-/// A standby of `p` made by that major's pg_basebackup (-R), started with that major's
-/// server; it inherits `summarize_wal = on` from the primary's configuration.
-fn standby_with(bins: &PgBins, p: &Cluster) -> Cluster {
-    let dir = p.path("standby");
-    let mut cmd = as_pg(&bins.tool("pg_basebackup"));
-    cmd.arg("-D").arg(&dir).args(["-R", "-X", "stream", "-c", "fast", "-d", &p.dsn()]);
-    run_ok(&mut cmd);
-    let auto = dir.join("postgresql.auto.conf");
-    let mut text: String = fs::read_to_string(&auto)
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with("primary_conninfo"))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    text.push_str(&format!("primary_conninfo = 'host={} port={} user=postgres'\n", p.sock.display(), p.port));
-    fs::write(&auto, text).unwrap();
-    start_copy_with(&dir, bins)
-}
-
 /// A full backup of a hot standby on timeline 1; the standby is promoted (timeline 2) and
 /// written to; the incremental backup of it on top of the full one unites the summaries of
 /// both timelines (INCREMENTAL FROM TLI 1, START TIMELINE 2), combines and restores with every
@@ -811,7 +792,7 @@ fn an_incremental_across_a_promotion_unites_both_timelines() {
     let p = summarizing_cluster(&bins, &[]);
     p.pgbench_init(1);
     run_each(&mut p.client(), &["VACUUM FREEZE", "CHECKPOINT"]);
-    let s = standby_with(&bins, &p);
+    let s = standby_using(&bins, &p, &[]);
     wait_replayed(&s, &p);
     let full = take(&bins, &s, By::Pgbb(&[]), "full", None, &[]);
     assert!(fs::read_to_string(full.join("backup_label")).unwrap().contains("BACKUP FROM: standby"));
@@ -942,7 +923,7 @@ fn a_standby_without_a_new_restartpoint_is_told_to_wait_for_one() {
     let bins = incremental_bins();
     let p = summarizing_cluster(&bins, &[]);
     p.pgbench_init(1);
-    let s = standby_with(&bins, &p);
+    let s = standby_using(&bins, &p, &[]);
     wait_replayed(&s, &p);
     let full = take(&bins, &s, By::Pgbb(&[]), "full", None, &[]);
     // Written on the primary, no checkpoint: the standby's latest restartpoint stays.
