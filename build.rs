@@ -33,7 +33,9 @@ fn from_git(dir: &Path) -> Option<String> {
     if std::fs::canonicalize(&top).ok()? != std::fs::canonicalize(dir).ok()? {
         return None;
     }
-    let mut watch = vec!["HEAD".to_string(), "packed-refs".to_string()];
+    // `refs/heads` as a directory: after `git pack-refs` the next commit makes a new loose ref
+    // file, which a watch on the (then missing) file would not see.
+    let mut watch = vec!["HEAD".to_string(), "packed-refs".to_string(), "refs/heads".to_string()];
     watch.extend(git(dir, &["symbolic-ref", "-q", "HEAD"]));
     for name in watch {
         if let Some(p) = git(dir, &["rev-parse", "--git-path", &name]) {

@@ -28,13 +28,16 @@ packaged_test() {
 }
 
 # The crate: `cargo install --locked` from its sources (as from crates.io), into a scratch root.
-if [ -d "$CARGO_TARGET_DIR/package/pgbb-$VERSION" ]; then
+# (Only when release.sh packaged it in this run: an older unpacked crate may be there.)
+if [[ " $* " != *" --no-crate "* ]] && [ -d "$CARGO_TARGET_DIR/package/pgbb-$VERSION" ]; then
   t0=$SECONDS
   root=$(mktemp -d)
+  trap 'rm -rf "$root"' EXIT
   cargo install --locked -q --path "$CARGO_TARGET_DIR/package/pgbb-$VERSION" --root "$root"
   [ "$("$root/bin/pgbb" --version)" = "$("$DIST/pgbb-$VERSION-x86_64-linux-static" --version)" ] ||
     { echo "check-release: cargo install gave $("$root/bin/pgbb" --version)" >&2; exit 1; }
   rm -rf "$root"
+  trap - EXIT
   step "cargo install --locked of the crate: $((SECONDS - t0)) s"
 fi
 
@@ -49,10 +52,17 @@ others=$(echo "$depends" | tr ',' '\n' | sed 's/^ *//; s/ .*//' | grep -Evx 'lib
 [ -z "$others" ] || { echo "check-release: the .deb depends on more than libc6 and libssl3: $others" >&2; exit 1; }
 export DEBIAN_FRONTEND=noninteractive
 APT=(apt-get -y -qq -o DPkg::Lock::Timeout=300)
+# A pgbb package already installed is someone's: refused, never replaced or purged (a run of
+# this script removes what it installed; set PGBB_CHECK_RELEASE_REPLACE=1 to let it go).
+if dpkg-query -W -f '${Status}' pgbb 2>/dev/null | grep -q 'install ok installed'; then
+  [ "${PGBB_CHECK_RELEASE_REPLACE:-}" = 1 ] || {
+    echo "check-release: a pgbb package is installed on this machine; this check installs and purges its own" \
+         "(set PGBB_CHECK_RELEASE_REPLACE=1 to let it purge that one)" >&2
+    exit 1
+  }
+fi
 purge() { "${APT[@]}" purge pgbb >/dev/null; }
 trap purge EXIT
-# A pgbb package left by an interrupted run goes first: the test must run this one.
-if dpkg-query -W -f '${Status}' pgbb 2>/dev/null | grep -q 'install ok installed'; then purge; fi
 (cd "$DIST" && "${APT[@]}" install ./pgbb_*.deb >/dev/null)
 for f in /usr/bin/pgbb /usr/share/man/man1/pgbb.1.gz /usr/share/bash-completion/completions/pgbb \
   /usr/share/zsh/vendor-completions/_pgbb /usr/share/fish/vendor_completions.d/pgbb.fish \

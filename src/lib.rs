@@ -89,14 +89,29 @@ pub fn run(argv: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
 /// A backup that ran to its end: its summary, and why it exits non-zero all the same (data
 /// pages that failed their checksum on the server).
 struct Finished {
-    summary: backup::Summary,
+    /// `None` for a run that took no backup (`--check`).
+    summary: Option<backup::Summary>,
     failure: Option<String>,
+}
+
+impl Finished {
+    /// `--check` found something to fix (listed on stdout).
+    fn checks_failed() -> Finished {
+        let failure = "one or more checks failed: the FAIL lines on stdout say which and how to fix them";
+        Finished { summary: None, failure: Some(failure.into()) }
+    }
 }
 
 /// What this process does, by its role; a backup that ran to its end is left in `finished`.
 fn act(cfg: &Config, finished: &mut Option<Finished>) -> Result<i32, Error> {
     match &cfg.mode {
-        Mode::Check { jobs, incremental } => check::run(&cfg.common, *jobs, incremental.as_deref()),
+        Mode::Check { jobs, incremental } => {
+            let code = check::run(&cfg.common, *jobs, incremental.as_deref())?;
+            if code != exit::OK {
+                *finished = Some(Finished::checks_failed());
+            }
+            Ok(code)
+        }
         Mode::InstallHelper => helper::install(&cfg.common),
         Mode::RemoveHelper => helper::remove(&cfg.common),
         Mode::Master(opts) => {
@@ -129,14 +144,15 @@ fn master(common: &cli::Common, opts: &cli::MasterOpts) -> Result<Finished, Erro
     if let Some(why) = &failure {
         crate::errln!("pgbb: error: {why}");
     }
-    Ok(Finished { summary: s, failure })
+    Ok(Finished { summary: Some(s), failure })
 }
 
 /// The end of a run that was not a child's: as JSON, the summary line.
 fn ended(code: i32, finished: Option<&Finished>) -> i32 {
     if jsonlog::enabled() {
         let error = finished.and_then(|f| f.failure.as_deref()).map(|f| (f, None));
-        jsonlog::finish(code, error, finished.map(|f| summary::json(&f.summary)));
+        let backup = finished.and_then(|f| f.summary.as_ref()).map(summary::json);
+        jsonlog::finish(code, error, backup);
     }
     code
 }

@@ -309,3 +309,19 @@ fn json_summary_of_an_interrupted_backup_says_sigint() {
     assert!(!dest.exists(), "DEST removed");
     c.assert_no_pgbb_left();
 }
+
+/// A `--check` that finds something to fix exits 4; its JSON summary says why (the FAIL lines
+/// are on stdout), not `error: null`.
+#[test]
+fn json_summary_of_a_failed_check_says_why() {
+    let c = Cluster::new();
+    let missing = c.path("no-such-manifest");
+    let out = pgbb().args(["--log-format", "json", "--check", "-i"]).arg(&missing).arg(c.dsn()).output().unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(stdout(&out).contains("FAIL"), "{}", stdout(&out));
+    let lines = json_lines(&stderr(&out));
+    let s = summary(&lines);
+    assert_eq!(s["exit_code"], 4, "{s}");
+    let error = s["error"].as_str().unwrap_or_else(|| panic!("no error in the summary: {s}"));
+    assert!(error.contains("checks failed"), "{s}");
+}
