@@ -48,7 +48,9 @@ pub fn check(s: &mut Session, path: &Path, standby: bool) -> Result<Base, Increm
     if let Some(end) = old.wal_ranges.iter().map(|r| r.end).max().filter(|&e| e > now && !standby) {
         return Err(IncrementalError::Newer { end, now });
     }
-    let tli = sql::checkpoint_timeline(s)?;
+    // A standby starts its backup at its latest restartpoint; a primary on the timeline it
+    // writes (right after a promotion its last checkpoint may still be of the old one).
+    let tli = if standby { sql::checkpoint_timeline(s)? } else { sql_incr::insert_timeline(s)? };
     let needed = needed(s, &old, tli, now.max(old.wal_ranges.iter().map(|r| r.end).max().unwrap_or(now)))?;
     // What is summarized already must be covered from the earlier backup's start on (the
     // rest is checked once the backup has started and the summarizer has caught up).

@@ -152,6 +152,18 @@ pub fn current_position(s: &mut Session) -> Result<Lsn, PgError> {
     lsn(v.as_deref().unwrap_or("0/0"))
 }
 
+/// The timeline a primary writes on now (its last checkpoint's may be older: the checkpoint
+/// after a promotion can still be under way).
+pub fn insert_timeline(s: &mut Session) -> Result<u32, PgError> {
+    let r = s.query_one(
+        "SELECT pg_catalog.substr(pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_lsn()), 1, 8)",
+        &[],
+        "could not read the server's timeline",
+    )?;
+    let v: String = r.try_get(0).map_err(|e| PgError::query("the server's timeline", e))?;
+    u32::from_str_radix(&v, 16).map_err(|_| PgError::Unsupported(format!("the server sent the timeline {v:?}")))
+}
+
 /// The history file of timeline `tli` (`pg_wal/%08X.history`), `None` when the server has
 /// none (timeline 1 has none).
 pub fn timeline_history(s: &mut Session, tli: u32) -> Result<Option<String>, PgError> {

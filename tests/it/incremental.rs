@@ -800,11 +800,10 @@ fn an_incremental_across_a_promotion_unites_both_timelines() {
     wait_for_commits(&p, 200);
     load.finish();
     wait_replayed(&s, &p);
-    // A failover: the primary is gone and the standby has replayed all it received. (WAL
-    // received but not replayed when the standby is promoted — a primary's running-xacts
-    // record arriving just then — can leave its summarizer's timeline 1 short of the switch
-    // point; the server's own check, which pgbb follows, then refuses the range: see
-    // docs/incremental.md.)
+    // A failover: the primary is gone and the standby has replayed all it received. Then
+    // load on the new primary at once: its first checkpoint on timeline 2 (spread) is still
+    // under way, so its last checkpoint is of timeline 1 (pgbb's check before the start once
+    // took that timeline, found timeline 1 "incompletely" summarized, and refused).
     p.stop();
     let mut sc = s.client();
     wait_until("the standby to replay all it received", Duration::from_secs(60), || {
