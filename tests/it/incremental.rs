@@ -725,11 +725,7 @@ fn a_server_older_than_17_is_refused_and_pointed_to_delta() {
 #[test]
 fn summarize_wal_off_is_refused_with_the_fix() {
     let bins = incremental_bins();
-    let c = Cluster::with(ClusterOpts {
-        bin: Some(bins.server.clone()),
-        conf: vec!["log_statement = 'all'".into()],
-        ..Default::default()
-    });
+    let c = unsummarized_cluster(&bins);
     let full = take(&bins, &c, By::Pgbb(&[]), "full", None, &[]);
     let old = full.join("backup_manifest");
     let out = basebackup_result(&bins, &c, &c.path("core"), Some(&old), &[]);
@@ -745,11 +741,7 @@ fn summarize_wal_off_is_refused_with_the_fix() {
 #[test]
 fn summaries_that_no_longer_cover_the_range_are_refused() {
     let bins = incremental_bins();
-    let c = Cluster::with(ClusterOpts {
-        bin: Some(bins.server.clone()),
-        conf: vec!["log_statement = 'all'".into()],
-        ..Default::default()
-    });
+    let c = unsummarized_cluster(&bins);
     let full = take(&bins, &c, By::Pgbb(&[]), "full", None, &[]);
     let start = label_value(&full, "START WAL LOCATION: ").unwrap();
     let mut cl = c.client();
@@ -971,4 +963,14 @@ fn a_standby_without_a_new_restartpoint_is_told_to_wait_for_one() {
     assert_eq!(fingerprint(&mut copy.client(), "pgbench_accounts"), want);
     drop(copy);
     s.assert_no_pgbb_left();
+}
+
+/// A cluster of `bins` without WAL summaries, logging every statement (the bad-input tests
+/// read the log to see that no backup was started).
+fn unsummarized_cluster(bins: &PgBins) -> Cluster {
+    Cluster::with(ClusterOpts {
+        bin: Some(bins.server.clone()),
+        conf: vec!["log_statement = 'all'".into()],
+        ..Default::default()
+    })
 }
