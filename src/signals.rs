@@ -6,6 +6,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver};
 use nix::sys::signal::Signal as NixSignal;
@@ -144,11 +145,12 @@ pub fn install(pids: Pids) -> Result<(Arc<Interrupt>, Receiver<Signal>), Error> 
                     crate::errln!("pgbb: {sig} received: aborting the backup (send it again to kill at once)");
                     let _ = tx.try_send(sig);
                     pids.signal_all(NixSignal::SIGTERM);
-                    let token = st.cancel.lock().ok().and_then(|c| c.clone());
-                    if let Some(t) = token {
-                        if let Err(e) = t.cancel() {
-                            log::warn!("could not send the cancel request: {e}");
-                        }
+                    if let Some(t) = st.cancel.lock().ok().and_then(|c| c.clone()) {
+                        // In a thread of its own: this one must stay free for a second signal.
+                        let _ = std::thread::Builder::new().name("cancel".into()).spawn(move || {
+                            let before = t.finished();
+                            cancel_until(|| t.cancel(), || t.finished() != before, CANCEL_AGAIN, CANCEL_TRIES)
+                        });
                     }
                 } else {
                     std::mem::forget(ENDING.lock().unwrap_or_else(|p| p.into_inner()));
@@ -167,9 +169,64 @@ pub fn install(pids: Pids) -> Result<(Arc<Interrupt>, Receiver<Signal>), Error> 
     Ok((state, rx))
 }
 
+/// How long a cancel request has to end the statement before it is sent again, and how many
+/// times it is sent.
+const CANCEL_AGAIN: Duration = Duration::from_secs(1);
+const CANCEL_TRIES: u32 = 60;
+
+/// Sends a cancel request, and again every `again` until `returned` says the statement it was
+/// meant for has returned (at most `tries` times). The server drops a cancel request that
+/// reaches a session waiting for its next message: one sent just before a statement, or
+/// between its Parse and its Execute (two round trips), would otherwise leave that statement
+/// (a spread checkpoint's hour, say) running.
+fn cancel_until<E: std::fmt::Display>(
+    mut send: impl FnMut() -> Result<(), E>,
+    returned: impl Fn() -> bool,
+    again: Duration,
+    tries: u32,
+) -> u32 {
+    for sent in 1..=tries {
+        if let Err(e) = send() {
+            log::warn!("could not send the cancel request: {e}");
+        }
+        let until = Instant::now() + again;
+        while Instant::now() < until {
+            if returned() {
+                return sent;
+            }
+            std::thread::sleep(again.min(Duration::from_millis(20)));
+        }
+        log::info!("the cancelled statement is still running: sending the cancel request again");
+    }
+    tries
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cancel_request_the_server_dropped_is_sent_again_until_the_statement_returns() {
+        use std::sync::atomic::AtomicU32;
+        // The server drops the first two requests; the third ends the statement.
+        let sent = AtomicU32::new(0);
+        let send = || -> Result<(), String> {
+            sent.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        };
+        let n = cancel_until(send, || sent.load(Ordering::SeqCst) >= 3, Duration::from_millis(5), 100);
+        assert_eq!(n, 3);
+        // A statement that returns at once: one request, no more.
+        let sent = AtomicU32::new(0);
+        let send = || -> Result<(), String> {
+            sent.fetch_add(1, Ordering::SeqCst);
+            Err("refused".into())
+        };
+        assert_eq!(cancel_until(send, || true, Duration::from_millis(5), 100), 1);
+        assert_eq!(sent.load(Ordering::SeqCst), 1);
+        // One that never returns: given up after `tries`.
+        assert_eq!(cancel_until(|| Ok::<(), String>(()), || false, Duration::from_millis(1), 4), 4);
+    }
 
     #[test]
     fn exit_codes_are_128_plus_the_number() {

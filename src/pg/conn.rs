@@ -169,6 +169,7 @@ impl ConnInfo {
             prepared: std::collections::HashMap::new(),
             backend_pid: None,
             conn: self.clone(),
+            finished: Default::default(),
         };
         s.setup()?;
         Ok(s)
@@ -178,7 +179,7 @@ impl ConnInfo {
     /// when the settings allow TLS (as the session itself was), in the clear otherwise.
     pub fn canceller(&self, s: &Session) -> Canceller {
         let tls = (self.tls.mode != SslMode::Disable).then(|| LibpqTls::new(self.tls.clone()));
-        Canceller { token: s.client.cancel_token(), tls }
+        Canceller { token: s.client.cancel_token(), tls, finished: s.finished.clone() }
     }
 }
 
@@ -308,9 +309,19 @@ fn all_failed(mut failed: Vec<PgError>) -> PgError {
 pub struct Canceller {
     token: postgres::CancelToken,
     tls: Option<LibpqTls>,
+    /// The session's count of statements that have returned (see [`Canceller::finished`]).
+    finished: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Canceller {
+    /// How many statements of the session have returned so far. A cancel request that
+    /// reaches the server while the session is between statements (or between a statement's
+    /// Parse and its Execute) is dropped by the server; while this count has not moved, the
+    /// statement the cancel was meant for has not returned, and the request can be sent again.
+    pub fn finished(&self) -> u64 {
+        self.finished.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     pub fn cancel(&self) -> Result<(), postgres::Error> {
         match &self.tls {
             Some(t) => self.token.cancel_query(t.clone()),
@@ -331,15 +342,24 @@ pub struct Session {
     /// the server ended it).
     backend_pid: Option<i32>,
     conn: ConnInfo,
+    /// Statements that have returned, for [`Canceller::finished`].
+    finished: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Session {
+    /// `r`, counted as a statement that returned.
+    fn returned<T>(&self, r: T) -> T {
+        self.finished.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        r
+    }
+
     /// [`super::sql::SESSION_SETUP`], and the backend's pid, in one round trip.
     fn setup(&mut self) -> Result<(), PgError> {
         const WHAT: &str = "could not configure the session";
         let sql = format!("{}; {}", super::sql::SESSION_SETUP, super::sql::BACKEND_PID);
         self.log(&sql);
-        let msgs = self.client.simple_query(&sql).map_err(|e| PgError::query(WHAT, e))?;
+        let r = self.client.simple_query(&sql);
+        let msgs = self.returned(r).map_err(|e| PgError::query(WHAT, e))?;
         self.backend_pid = msgs.iter().find_map(|m| match m {
             postgres::SimpleQueryMessage::Row(r) => r.get(0)?.parse().ok(),
             _ => None,
@@ -396,21 +416,21 @@ impl Session {
         } else {
             self.client.execute(sql, params).map(drop).map_err(|e| PgError::query(what, e))
         };
-        r.map_err(|e| self.explain(e))
+        self.returned(r).map_err(|e| self.explain(e))
     }
 
     pub fn query(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)], what: &str) -> Result<Vec<Row>, PgError> {
         self.log(sql);
         self.said_while_idle(what)?;
         let r = self.client.query(sql, params).map_err(|e| PgError::query(what, e));
-        r.map_err(|e| self.explain(e))
+        self.returned(r).map_err(|e| self.explain(e))
     }
 
     pub fn query_one(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)], what: &str) -> Result<Row, PgError> {
         self.log(sql);
         self.said_while_idle(what)?;
         let r = self.client.query_one(sql, params).map_err(|e| PgError::query(what, e));
-        r.map_err(|e| self.explain(e))
+        self.returned(r).map_err(|e| self.explain(e))
     }
 
     /// Runs a query whose rows are streamed as the server produces them; the statement is
@@ -431,7 +451,9 @@ impl Session {
                 st
             }
         };
-        self.client.query_raw(&stmt, params.iter().copied()).map_err(|e| PgError::query(what, e))
+        let r = self.client.query_raw(&stmt, params.iter().copied()).map_err(|e| PgError::query(what, e));
+        self.finished.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        r
     }
 
     pub fn is_closed(&self) -> bool {

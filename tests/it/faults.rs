@@ -401,3 +401,135 @@ fn unreachable_host_times_out_with_a_clear_error() {
     assert!(took < timeout + Duration::from_secs(5), "took {took:?} for a {timeout:?} connect_timeout");
     assert!(!dest.exists());
 }
+
+/// A SIGINT whose cancel request the server drops (it reached the master's session between
+/// two messages: before a statement, or, here, between the Parse of pg_backup_start and its
+/// Execute) does not leave the statement running: pgbb sends the request again until the
+/// statement returns. Without that, the spread checkpoint of an hour below kept pgbb waiting.
+#[test]
+fn f03_a_cancel_request_the_server_dropped_is_sent_again() {
+    let c = Cluster::with(ClusterOpts { listen: Some("127.0.0.1".into()), ..Default::default() });
+    spread_checkpoint_of_an_hour(&c);
+    let proxy = HoldProxy::to(c.port, b"pg_backup_start(");
+    let dsn = format!("host=127.0.0.1 port={} user=postgres dbname=postgres sslmode=disable", proxy.port);
+    let dest = c.path("dropped-cancel");
+    let mut child = spawn_pgbb(&["-c", "spread"], &dsn, &dest);
+    proxy.held.recv_timeout(Duration::from_secs(60)).expect("pgbb never sent pg_backup_start");
+    // The session now waits for the statement's Bind, which the proxy holds until the server
+    // has handled the first cancel request (and dropped it, the session being between
+    // messages).
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
+    let (status, took) = wait_exit(&mut child, Duration::from_secs(30));
+    assert_eq!(status.code(), Some(130));
+    assert!(took < Duration::from_secs(15), "the abort took {took:?}");
+    assert!(proxy.cancels.load(std::sync::atomic::Ordering::SeqCst) >= 2, "the cancel request was sent once");
+    assert!(c.log().contains("canceling statement due to user request"), "{}", c.log());
+    assert!(!dest.exists());
+    c.assert_no_pgbb_left();
+}
+
+/// A TCP proxy to a local port that holds the Bind that follows the Parse of a statement
+/// containing `marker` until a cancel request has gone through it and the server has handled
+/// it (closed that connection). Reports on `held` when it starts holding. Stopped when dropped.
+struct HoldProxy {
+    port: u16,
+    held: crossbeam_channel::Receiver<()>,
+    cancels: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// The protocol code of a CancelRequest packet.
+const CANCEL_REQUEST: u32 = 80877102;
+
+impl HoldProxy {
+    fn to(upstream: u16, marker: &'static [u8]) -> HoldProxy {
+        use std::sync::atomic::Ordering::SeqCst;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (held_tx, held) = crossbeam_channel::unbounded();
+        let (release_tx, release_rx) = crossbeam_channel::unbounded::<()>();
+        let proxy = HoldProxy {
+            port: listener.local_addr().unwrap().port(),
+            held,
+            cancels: Default::default(),
+            stop: Default::default(),
+        };
+        let (cancels, stop) = (proxy.cancels.clone(), proxy.stop.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stop.load(SeqCst) {
+                    return;
+                }
+                let Ok(client) = conn else { continue };
+                let (cancels, held_tx, release_tx, release_rx) =
+                    (cancels.clone(), held_tx.clone(), release_tx.clone(), release_rx.clone());
+                std::thread::spawn(move || {
+                    let _ = hold_proxy_conn(client, upstream, marker, &cancels, &held_tx, &release_tx, &release_rx);
+                });
+            }
+        });
+        proxy
+    }
+}
+
+impl Drop for HoldProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+/// One connection through a [`HoldProxy`]: a cancel request is passed on and, once the
+/// server has closed it, releases a held Bind; any other connection is passed on message by
+/// message, the first Bind after a Parse containing `marker` held until that release.
+fn hold_proxy_conn(
+    mut client: std::net::TcpStream,
+    upstream: u16,
+    marker: &[u8],
+    cancels: &std::sync::atomic::AtomicUsize,
+    held_tx: &crossbeam_channel::Sender<()>,
+    release_tx: &crossbeam_channel::Sender<()>,
+    release_rx: &crossbeam_channel::Receiver<()>,
+) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    let mut server = std::net::TcpStream::connect(("127.0.0.1", upstream))?;
+    let mut head = [0u8; 8];
+    client.read_exact(&mut head)?;
+    let len = u32::from_be_bytes(head[0..4].try_into().unwrap()) as usize;
+    let mut startup = vec![0u8; len - 8];
+    client.read_exact(&mut startup)?;
+    server.write_all(&head)?;
+    server.write_all(&startup)?;
+    if u32::from_be_bytes(head[4..8].try_into().unwrap()) == CANCEL_REQUEST {
+        let mut rest = Vec::new();
+        let _ = server.read_to_end(&mut rest);
+        cancels.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let _ = release_tx.send(());
+        return Ok(());
+    }
+    let (mut c2, mut s2) = (client.try_clone()?, server.try_clone()?);
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut s2, &mut c2);
+        let _ = c2.shutdown(std::net::Shutdown::Both);
+    });
+    let mut armed = false;
+    loop {
+        let mut kind = [0u8; 5];
+        if client.read_exact(&mut kind).is_err() {
+            let _ = server.shutdown(std::net::Shutdown::Both);
+            return Ok(());
+        }
+        let len = u32::from_be_bytes(kind[1..5].try_into().unwrap()) as usize;
+        let mut body = vec![0u8; len - 4];
+        client.read_exact(&mut body)?;
+        if kind[0] == b'P' && body.windows(marker.len()).any(|w| w == marker) {
+            armed = true;
+        }
+        if kind[0] == b'B' && armed {
+            armed = false;
+            let _ = held_tx.send(());
+            let _ = release_rx.recv_timeout(Duration::from_secs(60));
+        }
+        server.write_all(&kind)?;
+        server.write_all(&body)?;
+    }
+}

@@ -1061,3 +1061,19 @@ pub fn basebackup(bins: &PgBins, c: &Cluster, dest: &Path, from: Option<&Path>, 
 pub fn combinebackup(bins: &PgBins, chain: &[PathBuf], out: &Path, extra: &[&str]) -> Output {
     run_ok(Command::new(bins.tool("pg_combinebackup")).args(chain).arg("-o").arg(out).args(extra))
 }
+
+/// Makes the next spread checkpoint of `c` take most of an hour (`-c spread` then keeps
+/// pg_backup_start waiting): a long checkpoint_timeout and dirty buffers to write slowly.
+pub fn spread_checkpoint_of_an_hour(c: &Cluster) {
+    let mut admin = c.client();
+    for sql in [
+        "ALTER SYSTEM SET checkpoint_timeout = '1h'",
+        "ALTER SYSTEM SET checkpoint_completion_target = 0.9",
+        "SELECT pg_reload_conf()",
+        "CHECKPOINT",
+        "CREATE TABLE dirty AS SELECT g FROM generate_series(1, 1) AS g",
+        "INSERT INTO dirty SELECT g FROM generate_series(1, 300000) AS g",
+    ] {
+        admin.batch_execute(sql).unwrap();
+    }
+}

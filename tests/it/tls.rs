@@ -519,18 +519,8 @@ fn tls_cancel_request_travels_over_tls() {
     let certs = tempfile::tempdir().unwrap();
     make_certs(certs.path());
     let c = tls_cluster(certs.path(), "trust");
+    spread_checkpoint_of_an_hour(&c);
     let mut admin = c.client();
-    for sql in [
-        "ALTER SYSTEM SET checkpoint_timeout = '1h'",
-        "ALTER SYSTEM SET checkpoint_completion_target = 0.9",
-        "SELECT pg_reload_conf()",
-        "CHECKPOINT",
-        // Dirty buffers for the spread checkpoint to write slowly.
-        "CREATE TABLE dirty AS SELECT g FROM generate_series(1, 1) AS g",
-        "INSERT INTO dirty SELECT g FROM generate_series(1, 300000) AS g",
-    ] {
-        admin.batch_execute(sql).unwrap();
-    }
     let proxy = FilterProxy::to(c.port, ssl_request);
     let empty = home_with(certs.path(), &[]);
     let dsn =
