@@ -16,7 +16,7 @@ use crate::digest::Digest;
 use crate::layout::checksummed_segment;
 use crate::pg::sql;
 use crate::pg::Session;
-use crate::transfer::{pg_err, Copied, Outcome, Pages, Source, Transfer, TransferError};
+use crate::transfer::{pg_err, Copied, Method, Outcome, Pages, Source, Transfer, TransferError};
 
 /// The unit compared: one PostgreSQL page.
 pub const BLOCK: usize = 8192;
@@ -210,14 +210,32 @@ impl Transfer {
         let what = format!("could not compare \"{path}\"");
         let read = READ as i64;
         let source = Source::of(src);
+        // With zlib, the differing blocks are only located here, and read compressed after.
+        let zlib = match self.method {
+            Method::Zlib(level) => Some(level),
+            _ => None,
+        };
+        let sql = match (&source, zlib) {
+            (Source::Path(_), None) => sql::COMPARE_BLOCKS,
+            (Source::Path(_), Some(_)) => sql::COMPARE_OFFSETS,
+            (Source::ByName(_), None) => sql::COMPARE_BLOCKS_BY_NAME,
+            (Source::ByName(_), Some(_)) => sql::COMPARE_OFFSETS_BY_NAME,
+        };
         let mut rows = match &source {
-            Source::Path(p) => s.stream(sql::COMPARE_BLOCKS, &[p, &read, &hashes], &what)?,
-            Source::ByName(parts) => s.stream(sql::COMPARE_BLOCKS_BY_NAME, &[parts, &read, &hashes], &what)?,
+            Source::Path(p) => s.stream(sql, &[p, &read, &hashes], &what)?,
+            Source::ByName(parts) => s.stream(sql, &[parts, &read, &hashes], &what)?,
         };
         let mut blocks = Blocks::new(path);
         blocks.sums = sums;
+        blocks.deferred = zlib.map(|_| Vec::new());
         while let Some(row) = rows.next().map_err(|e| pg_err(&what, e))? {
             if let Step::Vanished = blocks.row(self, file, &row, 0, &what)? {
+                return Ok((Answer::Vanished, None));
+            }
+        }
+        drop(rows);
+        if let (Some(level), Some((size, _))) = (zlib, blocks.head) {
+            if let Step::Vanished = self.deferred_blocks(s, src, file, &mut blocks, size, level)? {
                 return Ok((Answer::Vanished, None));
             }
         }
@@ -290,17 +308,21 @@ pub(crate) enum Step {
 pub(crate) struct Blocks {
     pub(crate) path: String,
     /// The size and mtime of the first row.
-    head: Option<(u64, i64)>,
+    pub(crate) head: Option<(u64, i64)>,
     /// Where the next block may start.
-    next: u64,
-    wire: u64,
+    pub(crate) next: u64,
     /// Each block written, summed (see `block_sums`).
     pub(crate) sums: Option<crate::block_sums::BlockSums>,
+    /// With zlib: the offsets of the differing blocks, to be read through the helper (see
+    /// `compare_zlib`); `None`: the rows carry the blocks.
+    pub(crate) deferred: Option<Vec<u64>>,
+    /// Bytes that came over the network.
+    pub(crate) wire: u64,
 }
 
 impl Blocks {
     pub(crate) fn new(path: String) -> Blocks {
-        Blocks { path, head: None, next: 0, wire: 0, sums: None }
+        Blocks { path, head: None, next: 0, wire: 0, sums: None, deferred: None }
     }
 
     /// Applies one row whose columns (size, mtime, offset, block) start at `at`: a differing
@@ -328,6 +350,19 @@ impl Blocks {
         };
         let bad = |message: String| TransferError::Data { path: self.path.clone(), message };
         let off = u64::try_from(off).map_err(|_| bad(format!("negative offset {off} from the server")))?;
+        let cut = row.try_get::<_, Option<i64>>(at + 4).map_err(|e| pg_err(what, e))?;
+        if let (Some(later), true, None) = (self.deferred.as_mut(), block.is_empty(), cut) {
+            // Located only: read through the helper once the comparison is done.
+            if off < self.next || off % BLOCK as u64 != 0 || off >= size {
+                return Err(bad(format!("unexpected block at offset {off} from the server")));
+            }
+            later.push(off);
+            self.next = off + BLOCK as u64;
+            if let Some(report) = t.progress {
+                report(self.next);
+            }
+            return Ok(Step::More);
+        }
         if off < self.next || off % BLOCK as u64 != 0 || block.len() > BLOCK || off + block.len() as u64 > size {
             return Err(bad(format!("unexpected block at offset {off} ({} bytes) from the server", block.len())));
         }
@@ -341,7 +376,7 @@ impl Blocks {
         }
         self.wire += block.len() as u64;
         self.next = off + BLOCK as u64;
-        if let Some(cut) = row.try_get::<_, Option<i64>>(at + 4).map_err(|e| pg_err(what, e))? {
+        if let Some(cut) = cut {
             self.zero_fill(file, cut.max(0) as u64, size)?;
         }
         if let Some(report) = t.progress {
@@ -353,7 +388,7 @@ impl Blocks {
     /// The server's read ended short at `cut` (the file shrank while it was read): the rest of
     /// that read is zeros, as in a full backup, not the copy's old bytes. The blocks' sums no
     /// longer make up the file: it is read back.
-    fn zero_fill(&mut self, file: &File, cut: u64, size: u64) -> Result<(), TransferError> {
+    pub(crate) fn zero_fill(&mut self, file: &File, cut: u64, size: u64) -> Result<(), TransferError> {
         let end = ((cut / READ as u64 + 1) * READ as u64).min(size);
         let zeros = [0u8; BLOCK];
         let mut at = cut;

@@ -8,6 +8,7 @@ pub mod check;
 pub mod checksum;
 pub mod cli;
 pub mod compare;
+pub mod compare_zlib;
 pub mod compression;
 pub mod delta;
 pub mod dest;
@@ -40,6 +41,7 @@ pub mod version;
 pub mod wal;
 pub mod wal_setup;
 pub mod worker;
+pub mod zlib_ranges;
 
 use clap::Parser;
 

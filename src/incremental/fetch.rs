@@ -11,27 +11,15 @@ use crate::layout::checksummed_segment;
 use crate::pg::{sql_incr, Session};
 use crate::protocol::BlockList;
 use crate::transfer::{pg_err, Copied, Method, Outcome, Pages, Transfer, TransferError};
-use std::io::Read as _;
+use crate::zlib_ranges::Ranges;
 
 use super::format;
 
 /// The byte ranges (offsets, lengths) that read `blocks` (ascending): runs of consecutive
 /// blocks, each at most `max` bytes (at least one block).
 pub fn ranges(blocks: &[u32], max: u64) -> (Vec<i64>, Vec<i64>) {
-    let per = (max / BLCKSZ as u64).max(1);
-    let (mut offs, mut lens) = (Vec::new(), Vec::new());
-    let mut i = 0;
-    while i < blocks.len() {
-        let start = blocks[i];
-        let mut n = 1;
-        while i + n < blocks.len() && (n as u64) < per && u64::from(blocks[i + n]) == u64::from(start) + n as u64 {
-            n += 1;
-        }
-        offs.push(i64::from(start) * BLCKSZ as i64);
-        lens.push(n as i64 * BLCKSZ as i64);
-        i += n;
-    }
-    (offs, lens)
+    let offsets: Vec<u64> = blocks.iter().map(|&b| u64::from(b) * BLCKSZ as u64).collect();
+    crate::compare_zlib::ranges(&offsets, max, u64::MAX)
 }
 
 /// The part of an `INCREMENTAL.*` file one request writes: all of it, or the bytes
@@ -193,7 +181,7 @@ impl Transfer {
     }
 
     /// [`Transfer::read_blocks`] through the compression helper: each range compressed on
-    /// the server, in order (the helper's own header row, then its chunks).
+    /// the server, in order.
     fn read_blocks_zlib(
         &self,
         s: &mut Session,
@@ -203,63 +191,20 @@ impl Transfer {
         p: &Part<'_>,
         level: u32,
     ) -> Result<Option<(Out, i64, u64)>, TransferError> {
-        let path = src.display();
-        let what = format!("could not read the changed blocks of \"{path}\"");
-        let bad = |message: String| TransferError::Data { path: path.clone(), message };
-        let raw = src.as_bytes();
-        let (chunk, level) = (self.chunk as i64, level as i32);
-        let sql = sql_incr::read_blocks_zlib(&self.helper.function());
-        let mut rows = s.stream(&sql, &[&raw, &chunk, &level, &p.offs, &p.lens], &what)?;
+        let what = format!("could not read the changed blocks of \"{}\"", src.display());
         let mut out: Option<Out> = None;
-        let (mut mtime, mut wire, mut block) = (0i64, 0u64, 0usize);
-        // The range being received (index), and its bytes so far.
-        let mut cur: Option<usize> = None;
-        let mut buf: Vec<u8> = Vec::new();
-        while let Some(row) = rows.next().map_err(|e| pg_err(&what, e))? {
-            let i: i64 = row.try_get(0).map_err(|e| pg_err(&what, e))?;
-            let data: &[u8] = row.try_get(1).map_err(|e| pg_err(&what, e))?;
-            let i = usize::try_from(i - 1).map_err(|_| bad(format!("the server answered range {i}")))?;
-            if cur != Some(i) {
-                // A new range: the one before is complete; this row is the helper's header.
-                let expected = cur.map_or(0, |c| c + 1);
-                if i >= p.lens.len() || i < expected {
-                    return Err(bad(format!("the server answered range {} where {} was due", i + 1, expected + 1)));
-                }
-                // The helper gave nothing for a range: the file was removed while it was read.
-                if i > expected {
-                    return Ok(None);
-                }
-                let header: [u8; 16] =
-                    data.try_into().map_err(|_| bad("bad header from the compression helper".into()))?;
-                if let Some(c) = cur {
-                    let o = out.as_mut().ok_or_else(|| bad("a range before the file".into()))?;
-                    o.range(&buf, p.lens[c] as usize, p.blocks, &mut block)?;
-                } else {
-                    mtime = i64::from_be_bytes(header[8..].try_into().unwrap_or_default());
-                    out = Some(self.incremental_out(src, dest, dst, p.list, p.range, p.header)?);
-                }
-                (cur, buf) = (Some(i), Vec::new());
-                continue;
-            }
-            wire += data.len() as u64;
-            if let Some(t) = &self.throttle {
-                t.pace(data.len() as u64);
-            }
-            let limit = p.lens[i] as u64 - buf.len() as u64;
-            let mut d = flate2::read::ZlibDecoder::new(data).take(limit + 1);
-            d.read_to_end(&mut buf).map_err(|e| bad(format!("corrupt compressed chunk: {e}")))?;
-            if buf.len() as u64 > p.lens[i] as u64 {
-                return Err(bad("the server sent more data than asked".into()));
-            }
+        let mut block = 0usize;
+        let got = self.zlib_ranges(s, src, (p.offs, p.lens), level, &what, |i, _, data| {
+            let o = match out.as_mut() {
+                Some(o) => o,
+                None => out.insert(self.incremental_out(src, dest, dst, p.list, p.range, p.header)?),
+            };
+            o.range(data, p.lens[i] as usize, p.blocks, &mut block)
+        })?;
+        match (got, out) {
+            (Ranges::Read { mtime, wire }, Some(o)) => Ok(Some((o, mtime, wire))),
+            _ => Ok(None),
         }
-        // No row at all: the file is not there (any more).
-        let (Some(mut o), Some(c)) = (out, cur) else { return Ok(None) };
-        // The last ranges gave nothing: removed while it was read.
-        if c + 1 != p.lens.len() {
-            return Ok(None);
-        }
-        o.range(&buf, p.lens[c] as usize, p.blocks, &mut block)?;
-        Ok(Some((o, mtime, wire)))
     }
 
     /// The new file, its header written.

@@ -615,13 +615,23 @@ pub const READ_PLAIN_BY_NAME: &str = concat!(
 /// row with a NULL size; a NULL block means the file vanished while it was read.
 macro_rules! compare_blocks {
     ($from:literal) => {
-        compare_blocks!("", $from, "$3::pg_catalog.bytea")
+        compare_blocks!("", $from, "$3::pg_catalog.bytea", "c.blk")
     };
-    ($cols:literal, $from:literal, $hashes:literal) => {
+    ($from:literal, offsets) => {
+        compare_blocks!(
+            "",
+            $from,
+            "$3::pg_catalog.bytea",
+            "CASE WHEN c.cut IS NULL THEN pg_catalog.substr(c.blk, 1, 0) ELSE c.blk END"
+        )
+    };
+    ($cols:literal, $from:literal, $hashes:literal, $blk:literal) => {
         concat!(
             "SELECT ",
             $cols,
-            "st.size, extract(epoch FROM st.modification)::bigint, c.off, c.blk, c.cut \
+            "st.size, extract(epoch FROM st.modification)::bigint, c.off, ",
+            $blk,
+            ", c.cut \
                FROM ",
             $from,
             " CROSS JOIN LATERAL pg_catalog.pg_stat_file(f.p, true) AS st \
@@ -648,11 +658,25 @@ macro_rules! compare_blocks {
 /// See `compare_blocks!`; the path ($1) travels as raw bytes.
 pub const COMPARE_BLOCKS: &str = compare_blocks!("(SELECT pg_catalog.convert_from($1, 'SQL_ASCII') AS p) AS f");
 
+/// [`COMPARE_BLOCKS`] that says where the differing blocks are without sending them: their
+/// block is empty (`''`), to be read through the compression helper
+/// (`sql_incr::read_blocks_zlib`). A read that came back short still sends its last block,
+/// with `cut`; a NULL block still means the file vanished.
+pub const COMPARE_OFFSETS: &str =
+    compare_blocks!("(SELECT pg_catalog.convert_from($1, 'SQL_ASCII') AS p) AS f", offsets);
+
 /// [`COMPARE_BLOCKS`] for a file whose path is not valid UTF-8 ($1: its components, see
 /// `walk_to_raw_path!`). No row at all if it is not there.
 pub const COMPARE_BLOCKS_BY_NAME: &str = concat!(
     walk_to_raw_path!(),
     compare_blocks!("(SELECT p FROM walk WHERE i = pg_catalog.cardinality($1::pg_catalog.bytea[])) AS f")
+);
+
+/// [`COMPARE_OFFSETS`] for a file whose path is not valid UTF-8 (see
+/// [`COMPARE_BLOCKS_BY_NAME`]).
+pub const COMPARE_OFFSETS_BY_NAME: &str = concat!(
+    walk_to_raw_path!(),
+    compare_blocks!("(SELECT p FROM walk WHERE i = pg_catalog.cardinality($1::pg_catalog.bytea[])) AS f", offsets)
 );
 
 /// Many small files with one statement (pg_rewind's `libpq_source.c` fetches the same way,
@@ -682,7 +706,8 @@ pub const COMPARE_MANY: &str = compare_blocks!(
     "(SELECT r.i, pg_catalog.convert_from(r.raw, 'SQL_ASCII') AS p, r.h \
         FROM ROWS FROM (pg_catalog.unnest($1::pg_catalog.bytea[]), pg_catalog.unnest($3::pg_catalog.bytea[])) \
               WITH ORDINALITY AS r(raw, h, i)) AS f",
-    "f.h"
+    "f.h",
+    "c.blk"
 );
 
 /// [`READ_PAGE`] by the components of a path that is not valid UTF-8 ($1), offset $2,
