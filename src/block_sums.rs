@@ -51,6 +51,8 @@ enum Checked {
 pub struct BlockSums {
     /// Page verification for a relation file: its segment number and the settings.
     verify: Option<(u32, PageVerify)>,
+    /// The index of the first block of `local` (0 but for a piece: see [`BlockSums::piece`]).
+    base: u64,
     local: Vec<Sum>,
     changed: Vec<(u64, Sum)>,
 }
@@ -58,7 +60,26 @@ pub struct BlockSums {
 impl BlockSums {
     /// For a file whose blocks are checked when `verify` is given (its segment number).
     pub fn new(verify: Option<(u32, PageVerify)>) -> BlockSums {
-        BlockSums { verify, local: Vec::new(), changed: Vec::new() }
+        BlockSums { verify, base: 0, local: Vec::new(), changed: Vec::new() }
+    }
+
+    /// The sums of the copy's blocks from block `first` on (a piece of the file, summed
+    /// apart; see [`BlockSums::append`]).
+    pub fn piece(&self, first: u64) -> BlockSums {
+        BlockSums { verify: self.verify, base: first, local: Vec::new(), changed: Vec::new() }
+    }
+
+    /// The copy's blocks of `piece`, which starts where these end; `false` (and nothing
+    /// appended) if it does not.
+    pub fn append(&mut self, piece: BlockSums) -> bool {
+        if piece.local.is_empty() {
+            return true;
+        }
+        if piece.base != self.base + self.local.len() as u64 {
+            return false;
+        }
+        self.local.extend(piece.local);
+        true
     }
 
     fn sum(&self, index: u64, block: &[u8]) -> Sum {
@@ -75,7 +96,7 @@ impl BlockSums {
 
     /// The copy's next block (in file order).
     pub fn local(&mut self, block: &[u8]) {
-        let s = self.sum(self.local.len() as u64, block);
+        let s = self.sum(self.base + self.local.len() as u64, block);
         self.local.push(s);
     }
 
@@ -99,7 +120,7 @@ impl BlockSums {
                     changed.next();
                     *s
                 }
-                _ => *self.local.get(i as usize)?,
+                _ => *self.local.get(i.checked_sub(self.base)? as usize)?,
             };
             if s.len != want {
                 return None;

@@ -154,8 +154,14 @@ impl Transfer {
         let io =
             |e: std::io::Error| TransferError::Dest(DestError::Io { path: dest.root().join(dst.to_path()), source: e });
         let mut sums = self.block_sums(src);
-        let hashes = scan(&mut file, |b| sums.as_mut().map_or((), |s| s.local(b))).map_err(io)?;
-        let (answer, sums) = self.changed_blocks(s, src, &file, &hashes, sums).map_err(|e| match e {
+        let large = file.metadata().map_err(io)?.len() >= crate::compare_pieces::PIECES_FROM;
+        let compared = if large && matches!(Source::of(src), Source::Path(_)) {
+            self.changed_in_pieces(s, src, &file, sums)
+        } else {
+            let hashes = scan(&mut file, |b| sums.as_mut().map_or((), |s| s.local(b))).map_err(io)?;
+            self.changed_blocks(s, src, &file, &hashes, sums)
+        };
+        let (answer, sums) = compared.map_err(|e| match e {
             TransferError::Pg(p) => TransferError::Pg(s.explain(p)),
             other => other,
         })?;

@@ -8,6 +8,7 @@ pub mod check;
 pub mod checksum;
 pub mod cli;
 pub mod compare;
+pub mod compare_pieces;
 pub mod compare_zlib;
 pub mod compression;
 pub mod delta;

@@ -618,18 +618,51 @@ macro_rules! compare_blocks {
         compare_blocks!("", $from, "$3::pg_catalog.bytea", "c.blk")
     };
     ($from:literal, offsets) => {
+        compare_blocks!("", $from, "$3::pg_catalog.bytea", OFFSETS_ONLY)
+    };
+    ($from:literal, range) => {
+        compare_blocks!(@ "", $from, "$3::pg_catalog.bytea", "c.blk", RANGE)
+    };
+    ($from:literal, range, offsets) => {
+        compare_blocks!(@ "", $from, "$3::pg_catalog.bytea", OFFSETS_ONLY, RANGE)
+    };
+    ($cols:literal, $from:literal, $hashes:literal, OFFSETS_ONLY) => {
         compare_blocks!(
-            "",
+            $cols,
             $from,
-            "$3::pg_catalog.bytea",
+            $hashes,
             "CASE WHEN c.cut IS NULL THEN pg_catalog.substr(c.blk, 1, 0) ELSE c.blk END"
         )
     };
+    (@ $cols:literal, $from:literal, $hashes:literal, OFFSETS_ONLY, RANGE) => {
+        compare_blocks!(
+            @ $cols,
+            $from,
+            $hashes,
+            "CASE WHEN c.cut IS NULL THEN pg_catalog.substr(c.blk, 1, 0) ELSE c.blk END",
+            RANGE
+        )
+    };
     ($cols:literal, $from:literal, $hashes:literal, $blk:literal) => {
+        compare_blocks!(@ $cols, $from, $hashes, $blk, "st.size", "0::bigint", "st.size")
+    };
+    (@ $cols:literal, $from:literal, $hashes:literal, $blk:literal, RANGE) => {
+        compare_blocks!(
+            @ $cols,
+            $from,
+            $hashes,
+            $blk,
+            "CASE WHEN st.size IS NOT NULL THEN $6::pg_catalog.int8 END",
+            "$4::pg_catalog.int8",
+            "$5::pg_catalog.int8"
+        )
+    };
+    (@ $cols:literal, $from:literal, $hashes:literal, $blk:literal, $size:literal, $start:literal, $end:literal) => {
         concat!(
             "SELECT ",
             $cols,
-            "st.size, extract(epoch FROM st.modification)::bigint, c.off, ",
+            $size,
+            ", extract(epoch FROM st.modification)::bigint, c.off, ",
             $blk,
             ", c.cut \
                FROM ",
@@ -638,19 +671,29 @@ macro_rules! compare_blocks {
                LEFT JOIN LATERAL ( \
                  SELECT o + b * 8192 AS off, x.blk, \
                         CASE WHEN x.short THEN o + pg_catalog.length(d.d) END AS cut \
-                   FROM pg_catalog.generate_series(0::bigint, st.size - 1, $2) AS o \
-                  CROSS JOIN LATERAL pg_catalog.pg_read_binary_file(f.p, o, least($2, st.size - o), true) AS d(d) \
+                   FROM pg_catalog.generate_series(",
+            $start,
+            ", ",
+            $end,
+            " - 1, $2) AS o \
+                  CROSS JOIN LATERAL pg_catalog.pg_read_binary_file(f.p, o, least($2, ",
+            $end,
+            " - o), true) AS d(d) \
                   CROSS JOIN LATERAL pg_catalog.generate_series(0::bigint, \
                         COALESCE((pg_catalog.length(d.d) - 1) / 8192, 0)) AS b \
                   CROSS JOIN LATERAL (SELECT pg_catalog.substr(d.d, (b * 8192 + 1)::int, 8192) AS blk, \
                         b = COALESCE((pg_catalog.length(d.d) - 1) / 8192, 0) \
-                          AND pg_catalog.length(d.d) < least($2, st.size - o) AS short) AS x \
+                          AND pg_catalog.length(d.d) < least($2, ",
+            $end,
+            " - o) AS short) AS x \
                   WHERE d.d IS NULL OR x.short \
                      OR pg_catalog.sha256(x.blk) IS DISTINCT FROM \
                         pg_catalog.substr(",
             $hashes,
-            ", ((o / 8192 + b) * 32 + 1)::int, 32) \
-               ) AS c ON true"
+            ", (((o - ",
+            $start,
+            ") / 8192 + b) * 32 + 1)::int, 32) \
+               ) AS c ON st.size IS NOT NULL"
         )
     };
 }
@@ -664,6 +707,17 @@ pub const COMPARE_BLOCKS: &str = compare_blocks!("(SELECT pg_catalog.convert_fro
 /// with `cut`; a NULL block still means the file vanished.
 pub const COMPARE_OFFSETS: &str =
     compare_blocks!("(SELECT pg_catalog.convert_from($1, 'SQL_ASCII') AS p) AS f", offsets);
+
+/// [`COMPARE_BLOCKS`] of one piece of a large file, so that the worker hashes the next piece
+/// of its copy while the server compares this one: $4 and $5 the piece's start and end (a
+/// multiple of $2 from the file's start), $6 the size stat'd before the first piece (the
+/// size column; nothing past it is read, a file that shrank since is zero-filled as above),
+/// $3 the hashes of the copy's blocks from $4.
+pub const COMPARE_RANGE: &str = compare_blocks!("(SELECT pg_catalog.convert_from($1, 'SQL_ASCII') AS p) AS f", range);
+
+/// [`COMPARE_RANGE`] that only locates the differing blocks (see [`COMPARE_OFFSETS`]).
+pub const COMPARE_RANGE_OFFSETS: &str =
+    compare_blocks!("(SELECT pg_catalog.convert_from($1, 'SQL_ASCII') AS p) AS f", range, offsets);
 
 /// [`COMPARE_BLOCKS`] for a file whose path is not valid UTF-8 ($1: its components, see
 /// `walk_to_raw_path!`). No row at all if it is not there.
@@ -821,3 +875,17 @@ pub const TRANSACTION_READ_ONLY: &str = "SHOW transaction_read_only";
 /// `target_session_attrs=primary|standby|prefer-standby`: true on a server in recovery, as
 /// libpq asks a server that does not report `in_hot_standby`.
 pub const IN_HOT_STANDBY: &str = "SELECT pg_catalog.pg_is_in_recovery()";
+
+/// The size and mtime (Unix seconds) of one server file (path as raw bytes), `None` if it is
+/// not there.
+pub fn file_stat(s: &mut Session, path: &[u8], what: &str) -> Result<Option<(u64, i64)>, PgError> {
+    let r = s.query_one(
+        "SELECT st.size, extract(epoch FROM st.modification)::bigint \
+           FROM pg_catalog.pg_stat_file(pg_catalog.convert_from($1, 'SQL_ASCII'), true) AS st",
+        &[&path],
+        what,
+    )?;
+    let size: Option<i64> = r.try_get(0).map_err(|e| PgError::query(what, e))?;
+    let mtime: Option<i64> = r.try_get(1).map_err(|e| PgError::query(what, e))?;
+    Ok(size.map(|z| (z.max(0) as u64, mtime.unwrap_or(0))))
+}

@@ -170,7 +170,8 @@ fn delta_with_zlib_sends_the_differing_blocks_compressed() {
         return;
     }
     let (_ns, c, dsn) = remote_cluster(96, None);
-    c.pgbench_init(5);
+    // pgbench_accounts of about 130 MB: compared in pieces (`compare_pieces`).
+    c.pgbench_init(10);
     c.client().batch_execute("CREATE EXTENSION amcheck; CREATE EXTENSION plpython3u").unwrap();
     let first = c.path("zlib-first");
     let out = pgbb_run(&["-c", "fast", "--compress", "none", &dsn, first.to_str().unwrap()]);
@@ -179,9 +180,9 @@ fn delta_with_zlib_sends_the_differing_blocks_compressed() {
     c.client()
         .batch_execute(
             "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid % 50 = 0; \
-             UPDATE pgbench_branches SET bbalance = bbalance + 10000 WHERE bid = 1; \
-             UPDATE pgbench_tellers SET tbalance = tbalance + 10000 WHERE tid = 1; \
-             INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (1, 1, 1, 10000, now())",
+             UPDATE pgbench_branches SET bbalance = bbalance + 20000 WHERE bid = 1; \
+             UPDATE pgbench_tellers SET tbalance = tbalance + 20000 WHERE tid = 1; \
+             INSERT INTO pgbench_history (tid, bid, aid, delta, mtime) VALUES (1, 1, 1, 20000, now())",
         )
         .unwrap();
     let mut travelled = Vec::new();
@@ -191,6 +192,7 @@ fn delta_with_zlib_sends_the_differing_blocks_compressed() {
         let out = pgbb_run(&["--delta", "-v", "-c", "fast", "--compress", compress, &dsn, dest.to_str().unwrap()]);
         assert!(out.status.success(), "{}", stderr(&out));
         let r = refreshed(&out);
+        assert!(stderr(&out).contains(" pieces"), "pgbench_accounts was not compared in pieces: {}", stderr(&out));
         let field = r.split(", ").find(|f| f.ends_with("over the network")).unwrap_or_else(|| panic!("{r}"));
         let (n, unit) = field.split_once(' ').unwrap();
         let scale = match unit.split(' ').next().unwrap() {
@@ -202,7 +204,7 @@ fn delta_with_zlib_sends_the_differing_blocks_compressed() {
         travelled.push(n.parse::<f64>().unwrap() * scale);
         let copy = verify_restore(&dest, &expect_pgbench());
         let mut cl = copy.client();
-        assert_eq!(query_i64(&mut cl, "SELECT sum(abalance) FROM pgbench_accounts"), 2000 * 5, "{r}");
+        assert_eq!(query_i64(&mut cl, "SELECT sum(abalance) FROM pgbench_accounts"), 20000, "{r}");
     }
     // The changed blocks of pgbench_accounts (its rows compress well) dominate what travels.
     assert!(travelled[1] < travelled[0] * 0.6, "zlib {} B against plain {} B", travelled[1], travelled[0]);
@@ -595,4 +597,58 @@ fn delta_by_hashes_reports_corrupt_pages_old_and_new() {
     assert!(err.contains("2 data page(s) failed checksum verification"), "{err}");
     assert_eq!(std::fs::read(dest.join(&rel)).unwrap(), std::fs::read(c.data.join(&rel)).unwrap());
     verifybackup(&dest, &[]);
+}
+
+/// One row of `COMPARE_RANGE`: size, offset, length of the block, cut.
+type PieceRow = (Option<i64>, Option<i64>, usize, Option<i64>);
+
+/// The comparison of one piece (`COMPARE_RANGE`), run on a server: only the piece's differing
+/// blocks come back, each at its offset in the file; blocks past the copy's end (no hash)
+/// differ; and once the file has shrunk below the size given, every read of the piece past
+/// its end comes back short, with where it was cut (the worker zero-fills from there).
+#[test]
+fn a_piece_is_compared_within_its_bounds_and_a_shrunk_file_is_cut() {
+    use sha2::Digest;
+    let c = Cluster::new();
+    let file = c.data.join("pgbb_piece_test");
+    let mb = 1usize << 20;
+    let server: Vec<u8> = (0..3 * mb).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&file, &server).unwrap();
+    chown_pg(&file);
+    // The copy: the server's bytes with blocks 130 and 150 changed, ending at 1.5 MB.
+    let mut copy = server[..3 * mb / 2].to_vec();
+    copy[130 * 8192] ^= 1;
+    copy[150 * 8192 + 9] ^= 1;
+    // The hashes of the piece 1 MB..2 MB (blocks 128..256), as far as the copy goes.
+    let hashes: Vec<u8> = copy[mb..].chunks(8192).flat_map(|b| sha2::Sha256::digest(b).to_vec()).collect();
+    let run = |size: i64| -> Vec<PieceRow> {
+        let rows = c
+            .client()
+            .query(
+                pgbb::pg::sql::COMPARE_RANGE,
+                &[&b"pgbb_piece_test".as_slice(), &(mb as i64), &hashes, &(mb as i64), &(2 * mb as i64), &size],
+            )
+            .unwrap();
+        rows.iter()
+            .map(|r| {
+                let blk: Option<&[u8]> = r.get(3);
+                (r.get(0), r.get(2), blk.map_or(0, <[u8]>::len), r.get(4))
+            })
+            .collect()
+    };
+    let size = 3 * mb as i64;
+    let got = run(size);
+    let mut want = vec![(Some(size), Some(130 * 8192), 8192, None), (Some(size), Some(150 * 8192), 8192, None)];
+    // Blocks 192..256 are past the copy's end: no hash, so they differ.
+    want.extend((192..256).map(|b| (Some(size), Some(b * 8192), 8192, None)));
+    assert_eq!(got, want);
+    // The file shrinks to 1.25 MB: the piece's first read (1 MB..2 MB) comes back short.
+    std::fs::write(&file, &server[..5 * mb / 4]).unwrap();
+    let got = run(size);
+    let cut = 5 * mb as i64 / 4;
+    assert_eq!(got.last(), Some(&(Some(size), Some(cut - 8192), 8192, Some(cut))), "{got:?}");
+    assert!(got.iter().all(|g| g.1.is_some_and(|o| o >= mb as i64 && o < cut)), "{got:?}");
+    // Gone: one row, no size.
+    std::fs::remove_file(&file).unwrap();
+    assert_eq!(run(size), vec![(None, None, 0, None)]);
 }

@@ -1,0 +1,184 @@
+//! `--delta` of a large file over the network, in pieces: the server compares one piece
+//! while the worker reads and hashes the next piece of its copy, so the two hashings overlap
+//! instead of taking turns (one large file otherwise keeps one core idle for its whole
+//! comparison: measured, docs/benchmarks.md).
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+
+use postgres::fallible_iterator::FallibleIterator;
+use sha2::Digest as _;
+
+use crate::block_sums::BlockSums;
+use crate::compare::{Answer, Blocks, Step, BLOCK, READ};
+use crate::dest::{DestError, SafePath};
+use crate::pg::{sql, Session};
+use crate::transfer::{pg_err, Method, Transfer, TransferError};
+
+/// Copies at least this large are compared in pieces.
+pub const PIECES_FROM: u64 = 64 << 20;
+/// One piece (a multiple of [`READ`]).
+const PIECE: u64 = 32 << 20;
+
+/// One piece of the copy, hashed: its bounds, the SHA-256 of each of its blocks (as far as
+/// the copy goes) and their sums.
+struct Hashed {
+    start: u64,
+    end: u64,
+    hashes: Vec<u8>,
+    sums: Option<BlockSums>,
+}
+
+/// The pieces of a file of `size` bytes: (start, end).
+fn pieces(size: u64) -> impl Iterator<Item = (u64, u64)> {
+    (0..size.div_ceil(PIECE)).map(move |k| (k * PIECE, ((k + 1) * PIECE).min(size)))
+}
+
+/// Reads and hashes the copy's bytes `start..end` (fewer where the copy ends).
+fn hash_piece(file: &File, (start, end): (u64, u64), template: Option<&BlockSums>) -> std::io::Result<Hashed> {
+    let mut sums = template.map(|t| t.piece(start / BLOCK as u64));
+    let mut hashes = Vec::with_capacity(((end - start) / BLOCK as u64 * 32) as usize);
+    let mut buf = vec![0u8; READ];
+    let mut at = start;
+    while at < end {
+        let want = ((end - at) as usize).min(READ);
+        let mut n = 0;
+        while n < want {
+            match file.read_at(&mut buf[n..want], at + n as u64) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        for block in buf[..n].chunks(BLOCK) {
+            hashes.extend_from_slice(&sha2::Sha256::digest(block));
+            if let Some(s) = sums.as_mut() {
+                s.local(block);
+            }
+        }
+        if n < want {
+            break;
+        }
+        at += n as u64;
+    }
+    Ok(Hashed { start, end, hashes, sums })
+}
+
+impl Transfer {
+    /// [`Transfer::changed_blocks`] of a large file, piece by piece (see the module): the
+    /// size is stat'd first and holds for every piece, as for a whole file.
+    pub(crate) fn changed_in_pieces(
+        &self,
+        s: &mut Session,
+        src: &SafePath,
+        file: &File,
+        sums: Option<BlockSums>,
+    ) -> Result<(Answer, Option<BlockSums>), TransferError> {
+        let path = src.display();
+        let what = format!("could not compare \"{path}\"");
+        let raw = src.as_bytes();
+        let Some((size, mtime)) = sql::file_stat(s, &raw, &what)? else { return Ok((Answer::Vanished, None)) };
+        log::info!("comparing \"{path}\" ({} MB) in {} pieces", size >> 20, pieces(size).count());
+        let zlib = match self.method {
+            Method::Zlib(level) => Some(level),
+            _ => None,
+        };
+        let sql = if zlib.is_some() { sql::COMPARE_RANGE_OFFSETS } else { sql::COMPARE_RANGE };
+        let template = sums.as_ref().map(|t| t.piece(0));
+        let mut blocks = Blocks::new(path.clone());
+        blocks.head = Some((size, mtime));
+        blocks.sums = sums;
+        let io = |e: std::io::Error| TransferError::Dest(DestError::Io { path: path.clone().into(), source: e });
+        std::thread::scope(|scope| {
+            let (tx, rx) = crossbeam_channel::bounded::<std::io::Result<Hashed>>(1);
+            scope.spawn(move || {
+                for piece in pieces(size) {
+                    let hashed = hash_piece(file, piece, template.as_ref());
+                    let failed = hashed.is_err();
+                    if tx.send(hashed).is_err() || failed {
+                        return;
+                    }
+                }
+            });
+            for hashed in rx {
+                let mut h = hashed.map_err(io)?;
+                if let (Some(all), Some(p)) = (blocks.sums.as_mut(), h.sums.take()) {
+                    if !all.append(p) {
+                        blocks.sums = None;
+                    }
+                }
+                if let Step::Vanished = self.compare_piece(s, src, file, &mut blocks, sql, &h, zlib, &what)? {
+                    return Ok((Answer::Vanished, None));
+                }
+                if let Some(report) = self.progress {
+                    report(h.end);
+                }
+            }
+            let answer = blocks
+                .refreshed()
+                .ok_or_else(|| TransferError::Data { path: path.clone(), message: "no size for the file".into() })?;
+            Ok((answer, blocks.sums.take()))
+        })
+    }
+
+    /// One piece: the server's differing blocks written into `file` (read through the
+    /// helper afterwards with zlib).
+    #[allow(clippy::too_many_arguments)]
+    fn compare_piece(
+        &self,
+        s: &mut Session,
+        src: &SafePath,
+        file: &File,
+        blocks: &mut Blocks,
+        sql: &str,
+        h: &Hashed,
+        zlib: Option<u32>,
+        what: &str,
+    ) -> Result<Step, TransferError> {
+        let raw = src.as_bytes();
+        let (read, size) = (READ as i64, blocks.head.map_or(0, |(z, _)| z) as i64);
+        let (start, end) = (h.start as i64, h.end as i64);
+        blocks.deferred = zlib.map(|_| Vec::new());
+        let mut rows = s.stream(sql, &[&raw, &read, &h.hashes, &start, &end, &size], what)?;
+        while let Some(row) = rows.next().map_err(|e| pg_err(what, e))? {
+            if let Step::Vanished = blocks.row(self, file, &row, 0, what)? {
+                return Ok(Step::Vanished);
+            }
+        }
+        drop(rows);
+        match zlib {
+            Some(level) => self.deferred_blocks(s, src, file, blocks, size as u64, level),
+            None => Ok(Step::More),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pieces_cover_the_file_once() {
+        assert_eq!(pieces(0).count(), 0);
+        let p: Vec<_> = pieces(2 * PIECE + 5).collect();
+        assert_eq!(p, [(0, PIECE), (PIECE, 2 * PIECE), (2 * PIECE, 2 * PIECE + 5)]);
+        assert_eq!(PIECE % READ as u64, 0, "a piece starts where a read does");
+    }
+
+    /// A piece's hashes are the whole-file scan's for the same blocks, and stop where the
+    /// copy ends (the blocks past it differ by having no hash).
+    #[test]
+    fn a_piece_hashes_as_the_whole_file_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        let data: Vec<u8> = (0..3 * BLOCK + 100).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&p, &data).unwrap();
+        let mut f = File::open(&p).unwrap();
+        let whole = crate::compare::block_hashes(&mut f).unwrap();
+        let h = hash_piece(&f, (BLOCK as u64, PIECE), None).unwrap();
+        assert_eq!(h.hashes, whole[32..]);
+        let h = hash_piece(&f, (PIECE, 2 * PIECE), None).unwrap();
+        assert!(h.hashes.is_empty());
+    }
+}
