@@ -143,6 +143,10 @@ impl BlockSums {
                 }
             }
         }
+        // A server block not taken (out of order, twice): the blocks do not make up the file.
+        if changed.next().is_some() {
+            return None;
+        }
         Some((Checksum::Crc32c(crc.unwrap_or(0)), pages))
     }
 }
@@ -187,5 +191,11 @@ mod tests {
         // A last block of another length that did not come from the server: not composed.
         assert_eq!(compose(&old[..2 * BLCKSZ + 10], &[]), None);
         assert_eq!(compose(&[], &[]), Some(Checksum::Crc32c(0)));
+        // Server blocks out of order: not composed (the file is read back).
+        let mut b = BlockSums::new(None);
+        old.chunks(BLCKSZ).for_each(|c| b.local(c));
+        b.changed(2 * BLCKSZ as u64, &old[2 * BLCKSZ..3 * BLCKSZ]);
+        b.changed(0, &old[..BLCKSZ]);
+        assert!(b.finish(old.len() as u64).is_none());
     }
 }

@@ -156,7 +156,7 @@ impl Transfer {
         let mut sums = self.block_sums(src);
         let large = file.metadata().map_err(io)?.len() >= crate::compare_pieces::PIECES_FROM;
         let compared = if large && matches!(Source::of(src), Source::Path(_)) {
-            self.changed_in_pieces(s, src, &file, sums)
+            self.changed_in_pieces(s, src, (&file, &dest.root().join(dst.to_path())), sums)
         } else {
             let hashes = scan(&mut file, |b| sums.as_mut().map_or((), |s| s.local(b))).map_err(io)?;
             self.changed_blocks(s, src, &file, &hashes, sums)

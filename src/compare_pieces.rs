@@ -1,5 +1,5 @@
 //! `--delta` of a large file over the network, in pieces: the server compares one piece
-//! while the worker reads and hashes the next piece of its copy, so the two hashings overlap
+//! while the worker reads and hashes the next pieces of its copy (one or two ahead), so the two hashings overlap
 //! instead of taking turns (one large file otherwise keeps one core idle for its whole
 //! comparison: measured, docs/benchmarks.md).
 
@@ -72,7 +72,7 @@ impl Transfer {
         &self,
         s: &mut Session,
         src: &SafePath,
-        file: &File,
+        (file, local): (&File, &std::path::Path),
         sums: Option<BlockSums>,
     ) -> Result<(Answer, Option<BlockSums>), TransferError> {
         let path = src.display();
@@ -89,7 +89,7 @@ impl Transfer {
         let mut blocks = Blocks::new(path.clone());
         blocks.head = Some((size, mtime));
         blocks.sums = sums;
-        let io = |e: std::io::Error| TransferError::Dest(DestError::Io { path: path.clone().into(), source: e });
+        let io = |e: std::io::Error| TransferError::Dest(DestError::Io { path: local.to_path_buf(), source: e });
         std::thread::scope(|scope| {
             let (tx, rx) = crossbeam_channel::bounded::<std::io::Result<Hashed>>(1);
             scope.spawn(move || {

@@ -46,7 +46,10 @@ impl Transfer {
         while let Some(row) = rows.next().map_err(|e| pg_err(what, e))? {
             let i: i64 = row.try_get(0).map_err(|e| pg_err(what, e))?;
             let data: &[u8] = row.try_get(1).map_err(|e| pg_err(what, e))?;
-            let i = usize::try_from(i - 1).map_err(|_| bad(format!("the server answered range {i}")))?;
+            let i = i
+                .checked_sub(1)
+                .and_then(|k| usize::try_from(k).ok())
+                .ok_or_else(|| bad(format!("the server answered range {i}")))?;
             if cur != Some(i) {
                 // A new range: the one before is complete; this row is the helper's header.
                 let expected = cur.map_or(0, |c| c + 1);
