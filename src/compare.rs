@@ -316,7 +316,7 @@ pub(crate) struct Blocks {
     /// The size and mtime of the first row.
     pub(crate) head: Option<(u64, i64)>,
     /// Where the next block may start.
-    pub(crate) next: u64,
+    next: u64,
     /// Each block written, summed (see `block_sums`).
     pub(crate) sums: Option<crate::block_sums::BlockSums>,
     /// With zlib: the offsets of the differing blocks, to be read through the helper (see
@@ -394,7 +394,7 @@ impl Blocks {
     /// The server's read ended short at `cut` (the file shrank while it was read): the rest of
     /// that read is zeros, as in a full backup, not the copy's old bytes. The blocks' sums no
     /// longer make up the file: it is read back.
-    pub(crate) fn zero_fill(&mut self, file: &File, cut: u64, size: u64) -> Result<(), TransferError> {
+    fn zero_fill(&mut self, file: &File, cut: u64, size: u64) -> Result<(), TransferError> {
         let end = ((cut / READ as u64 + 1) * READ as u64).min(size);
         let zeros = [0u8; BLOCK];
         let mut at = cut;
