@@ -147,8 +147,8 @@ pub fn install(pids: Pids) -> Result<(Arc<Interrupt>, Receiver<Signal>), Error> 
                     pids.signal_all(NixSignal::SIGTERM);
                     if let Some(t) = st.cancel.lock().ok().and_then(|c| c.clone()) {
                         // In a thread of its own: this one must stay free for a second signal.
+                        let before = t.finished();
                         let _ = std::thread::Builder::new().name("cancel".into()).spawn(move || {
-                            let before = t.finished();
                             cancel_until(|| t.cancel(), || t.finished() != before, CANCEL_AGAIN, CANCEL_TRIES)
                         });
                     }
