@@ -4,7 +4,7 @@
 #
 #   scripts/bench.sh [--link loopback|1gbit|200mbit] [--scale N] [--random-mb N]
 #                    [--small-files N] [--dest-fs ext4|root] [--rounds N] [--out FILE]
-#                    [--standby] [--warm-dest] [--pg MAJOR] [CONTENDER...]
+#                    [--standby] [--warm-dest] [--split-cores] [--pg MAJOR] [CONTENDER...]
 #
 # --pg MAJOR runs server and client tools of that major from `scripts/pg-versions.sh --client
 # MAJOR` (the PyPI wheel: postgres, initdb, pg_ctl, psql, pgbench, pg_basebackup,
@@ -54,6 +54,8 @@
 # incremental, pg_verifybackup of the combined backup, which is then started (recovery to
 # consistency) and must hold the primary's rows (count and sum of pgbench_accounts.abalance,
 # the dropped table gone) and pass pg_amcheck; any failure ends the bench.
+# --split-cores pins the server (its postmaster, and so every backend it starts) to CPU 0 and
+# the timed client to CPU 1: two machines of one core each, instead of one of two shared.
 # With delta or resume contenders the run also reports the server's SHA-256 throughput
 # (sha256(pg_read_binary_file()) over the largest relation file, 1 MiB reads, one core).
 # --link 1gbit/200mbit puts the server in a network namespace behind a veth pair shaped with
@@ -63,7 +65,7 @@
 # throughput, client CPU and the largest resident set of one process (GNU time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-LINK=loopback SCALE=100 RANDOM_MB=500 ROUNDS=5 OUT="" SMALL=0 DESTFS=ext4 STANDBY=0 WARM=0 PGMAJOR=""
+LINK=loopback SCALE=100 RANDOM_MB=500 ROUNDS=5 OUT="" SMALL=0 DESTFS=ext4 STANDBY=0 WARM=0 PGMAJOR="" CLIENT=()
 while [ $# -gt 0 ]; do
   case $1 in
     --link) LINK=$2; shift 2 ;;
@@ -75,6 +77,7 @@ while [ $# -gt 0 ]; do
     --out) OUT=$2; shift 2 ;;
     --standby) STANDBY=1; shift ;;
     --warm-dest) WARM=1; shift ;;
+    --split-cores) CLIENT=(taskset -c 1); shift ;;
     --pg) PGMAJOR=$2; shift 2 ;;
     *) break ;;
   esac
@@ -146,6 +149,9 @@ if [ "$LINK" != loopback ]; then
   ip netns exec "$NS" "${RUN[@]}" "${START[@]}" -o "-p $PORT -k $WORK -c listen_addresses=$HOSTADDR" start >/dev/null
 else
   "${RUN[@]}" "${START[@]}" -o "-p $PORT -k $WORK" start >/dev/null
+fi
+if [ ${#CLIENT[@]} -gt 0 ]; then
+  taskset -a -cp 0 "$(head -1 "$WORK/data/postmaster.pid")" >/dev/null
 fi
 PSQL=("$BIN/psql" -h "$WORK" -p $PORT -U postgres -qAt postgres)
 "${PSQL[@]}" -c "CREATE EXTENSION IF NOT EXISTS plpython3u"
@@ -314,7 +320,7 @@ run() {
         basebackup-incr) opts+=(--incremental="$OUTFS/incr-seed/backup_manifest") ;;
         *) echo "bench: unknown contender $1" >&2; exit 2 ;;
       esac
-      /usr/bin/time -f '%e %U %S %M' -o "$WORK/time" "$BIN/pg_basebackup" -h "$BBHOST" -p $port -U postgres -D "$OUTFS/out" -Fp -X stream -c fast "${opts[@]}" ;;
+      /usr/bin/time -f '%e %U %S %M' -o "$WORK/time" "${CLIENT[@]}" "$BIN/pg_basebackup" -h "$BBHOST" -p $port -U postgres -D "$OUTFS/out" -Fp -X stream -c fast "${opts[@]}" ;;
     pgbackrest-*)
       local p=${c#pgbackrest-}; local procs=${p%-*} comp=${p#*-}
       mkdir -p "$OUTFS/repo"; chown postgres "$OUTFS/repo"
@@ -324,16 +330,16 @@ run() {
       local opts=()
       case $c in pgbb-incr*) opts=(-i "$OUTFS/incr-seed/backup_manifest") ;; esac
       case $c in pgbb-incr-*) local p=${c#pgbb-incr-}; opts+=(-j "${p%-*}" --compress "${p#*-}") ;; esac
-      /usr/bin/time -f '%e %U %S %M' -o "$WORK/time" "$PGBB" -v -c fast "${opts[@]}" "$DSN" "$OUTFS/out" >"$WORK/stdout" 2>"$WORK/stderr"
+      /usr/bin/time -f '%e %U %S %M' -o "$WORK/time" "${CLIENT[@]}" "$PGBB" -v -c fast "${opts[@]}" "$DSN" "$OUTFS/out" >"$WORK/stdout" 2>"$WORK/stderr"
       date +%s.%N > "$WORK/end" ;;
     pgbb-delta-*|pgbb-resume-*)
       local p=${c#pgbb-*-}; local jobs=${p%-*} comp=${p#*-}
       case $c in pgbb-delta-*) seed "$OUTFS/delta-seed" ;; *) seed "$OUTFS/resume-seed" ;; esac
-      /usr/bin/time -f '%e %U %S %M' -o "$WORK/time" "$PGBB" --delta -v -c fast -j "$jobs" --compress "$comp" "$DSN" "$OUTFS/out" >/dev/null 2>"$WORK/stderr"
+      /usr/bin/time -f '%e %U %S %M' -o "$WORK/time" "${CLIENT[@]}" "$PGBB" --delta -v -c fast -j "$jobs" --compress "$comp" "$DSN" "$OUTFS/out" >/dev/null 2>"$WORK/stderr"
       date +%s.%N > "$WORK/end" ;;
     pgbb-*)
       local p=${c#pgbb-}; local jobs=${p%-*} comp=${p#*-}
-      /usr/bin/time -f '%e %U %S %M' -o "$WORK/time" "$PGBB" -v -c fast -j "$jobs" --compress "$comp" "$DSN" "$OUTFS/out" >/dev/null 2>"$WORK/stderr"
+      /usr/bin/time -f '%e %U %S %M' -o "$WORK/time" "${CLIENT[@]}" "$PGBB" -v -c fast -j "$jobs" --compress "$comp" "$DSN" "$OUTFS/out" >/dev/null 2>"$WORK/stderr"
       date +%s.%N > "$WORK/end" ;;
     *) echo "bench: unknown contender $c" >&2; exit 2 ;;
   esac
