@@ -38,6 +38,8 @@
 #   basebackup-incr      pg_basebackup -Fp -X stream -c fast --incremental=SEED/backup_manifest
 #   basebackup…-syncfs   a basebackup contender with --sync-method=syncfs (17+): one syncfs() at
 #                        the end, as pgbb does, instead of an fsync per file
+#   old:X                pgbb contender X run with the binary in $PGBB_OLD (an older build, for a
+#                        before/after comparison in one run)
 #   X@standby            contender X (basebackup… or pgbb-…) run against a hot standby of the
 #                        cluster instead of the primary (needs --standby); the primary stays
 #                        idle, so the stop segment never completes on the standby
@@ -62,7 +64,8 @@
 # `tc qdisc tbf`; clients connect over it (pgBackRest and cp read the files locally, so they
 # are left out there).
 # Each round runs every contender once, in order; the table gives median/min/max wall time,
-# throughput, client CPU and the largest resident set of one process (GNU time).
+# throughput, client CPU and the largest resident set of one process (GNU time), and the
+# server's CPU (its postmaster's children, waited for or still running, and the postmaster).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 LINK=loopback SCALE=100 RANDOM_MB=500 ROUNDS=5 OUT="" SMALL=0 DESTFS=ext4 STANDBY=0 WARM=0 PGMAJOR="" CLIENT=()
@@ -303,8 +306,9 @@ for p in sys.stdin.buffer.read().split(b"\0"):
 }
 
 run() {
-  local c=$1 port=$PORT
+  local c=$1 port=$PORT PGBB=$PGBB
   case $c in *@standby) c=${c%@standby}; port=$SBPORT ;; esac
+  case $c in old:*) PGBB=${PGBB_OLD:?"bench: old: contenders need PGBB_OLD=path-to-an-older-pgbb"}; c=${c#old:} ;; esac
   local DSN="host=$BBHOST port=$port user=postgres dbname=postgres"
   rm -rf "$OUTFS/out" "$OUTFS/repo"; sync
   : > "$WORK/stderr"
@@ -377,14 +381,26 @@ check_incr() {
   echo "bench: $c: the incremental ($(du -sm "$OUTFS/out" | cut -f1) MB) and its combination with the seed verified; restored: '$got' as on the primary, pg_amcheck clean" >&2
 }
 
-declare -A T CPU RSS LIST TAIL WIRE UP
+declare -A T CPU RSS LIST TAIL WIRE UP SCPU
+# The server's CPU seconds so far: the postmaster's own and its waited-for children's
+# (backends that ended), and those of its children still running (checkpointer, walsender…).
+server_cpu() {
+  local pm ticks
+  pm=$(head -1 "$WORK/data/postmaster.pid")
+  ticks=$(awk '{print $14 + $15 + $16 + $17}' "/proc/$pm/stat")
+  for k in $(cat "/proc/$pm/task/$pm/children"); do
+    ticks=$((ticks + $(awk '{print $14 + $15}' "/proc/$k/stat" 2>/dev/null || echo 0)))
+  done
+  echo "$ticks / $(getconf CLK_TCK)" | bc -l
+}
 # The veth's counters on this side: received (from the server) and sent.
 rx() { if [ -n "$NS" ]; then cat /sys/class/net/pgbbh0/statistics/rx_bytes; else echo 0; fi; }
 tx() { if [ -n "$NS" ]; then cat /sys/class/net/pgbbh0/statistics/tx_bytes; else echo 0; fi; }
 for r in $(seq 1 "$ROUNDS"); do
   for c in "${CONTENDERS[@]}"; do
-    rx0=$(rx) tx0=$(tx)
+    rx0=$(rx) tx0=$(tx) s0=$(server_cpu)
     run "$c"
+    SCPU[$c]="${SCPU[$c]:-} $(echo "$(server_cpu) - $s0" | bc -l)"
     WIRE[$c]="${WIRE[$c]:-} $(echo "($(rx) - $rx0) / 1048576" | bc -l)"
     UP[$c]="${UP[$c]:-} $(echo "($(tx) - $tx0) / 1048576" | bc -l)"
     read -r t u s m < "$WORK/time"
@@ -406,7 +422,7 @@ for r in $(seq 1 "$ROUNDS"); do
 done
 median() { sort -n | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; print m, a[1], a[NR]}'; }
 table=$(
-  printf '| contender | median s | min s | max s | MB/s | client CPU s | max RSS MiB | listing ms | tail s (max) | wire MB | up MB |\n|---|---|---|---|---|---|---|---|---|---|---|\n'
+  printf '| contender | median s | min s | max s | MB/s | client CPU s | server CPU s | max RSS MiB | listing ms | tail s (max) | wire MB | up MB |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n'
   for c in "${CONTENDERS[@]}"; do
     lst=- tail=-
     # shellcheck disable=SC2086
@@ -418,6 +434,8 @@ table=$(
     # shellcheck disable=SC2086
     read -r cpu _ _ < <(printf '%s\n' ${CPU[$c]} | median)
     # shellcheck disable=SC2086
+    read -r scpu _ _ < <(printf '%s\n' ${SCPU[$c]} | median)
+    # shellcheck disable=SC2086
     read -r _ _ rss < <(printf '%s\n' ${RSS[$c]} | median)
     wire=- up=-
     if [ -n "$NS" ]; then
@@ -427,8 +445,8 @@ table=$(
       read -r up _ _ < <(printf '%s\n' ${UP[$c]} | median)
       wire=$(printf '%.0f' "$wire"); up=$(printf '%.1f' "$up")
     fi
-    printf '| %s | %.2f | %.2f | %.2f | %.0f | %.2f | %.0f | %s | %s | %s | %s |\n' "$c" "$med" "$min" "$max" \
-      "$(echo "$SIZE / 1048576 / $med" | bc -l)" "$cpu" "$(echo "$rss / 1024" | bc -l)" "$lst" "$tail" "$wire" "$up"
+    printf '| %s | %.2f | %.2f | %.2f | %.0f | %.2f | %.2f | %.0f | %s | %s | %s | %s |\n' "$c" "$med" "$min" "$max" \
+      "$(echo "$SIZE / 1048576 / $med" | bc -l)" "$cpu" "$scpu" "$(echo "$rss / 1024" | bc -l)" "$lst" "$tail" "$wire" "$up"
   done
 )
 echo

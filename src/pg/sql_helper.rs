@@ -20,7 +20,9 @@ pub const SCHEMA_MARK: &str = "created by pgbb --install-helper";
 /// The setting every version of the helper runs with.
 pub const SEARCH_PATH: &str = "search_path=pg_catalog, pg_temp";
 
-/// The helper's body: the temporary helper's ([`super::sql::CREATE_ZLIB_READER`]) behind a
+/// The helper's body: the temporary helper's reading ([`super::sql::CREATE_ZLIB_READER`]) as it
+/// was when v1 was made, without the later switch to stored chunks for data that does not
+/// compress (changing the body would make every installed v1 helper outdated), behind a
 /// check that keeps `pg_read_binary_file`'s rules. It runs with the caller's rights
 /// (SECURITY INVOKER), but Python opens files as the server's operating-system user, so it
 /// first asks what the caller may read: EXECUTE on `pg_read_binary_file` always, and without

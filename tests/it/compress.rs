@@ -129,3 +129,47 @@ fn auto_compresses_over_the_network_only_and_falls_back_without_plpython() {
     assert!(stderr(&out).contains("chunks travel plain in 128 KiB chunks"), "{}", stderr(&out));
     c.assert_no_pgbb_left();
 }
+
+/// A chunk that does not compress travels stored (zlib level 0, read as any other zlib
+/// stream) once one of them has shown that compressing does not pay, and compression comes
+/// back with the first chunk whose sample compresses: the server spends no deflate time on
+/// random bytes, and text still travels small.
+#[test]
+fn chunks_that_do_not_compress_travel_stored_and_text_compressed() {
+    let c = Cluster::new();
+    let mut cl = c.client();
+    cl.batch_execute("CREATE EXTENSION plpython3u").unwrap();
+    cl.batch_execute(pgbb::pg::sql::CREATE_ZLIB_READER).unwrap();
+    const CHUNK: usize = 512 * 1024;
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let mut data: Vec<u8> = (0..4 * CHUNK / 8)
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
+        .collect();
+    data.extend((0..).flat_map(|i: u32| format!("row {i} of a text table, ").into_bytes()).take(4 * CHUNK));
+    std::fs::write(c.data.join("pgbb_sample"), &data).unwrap();
+    let rows: Vec<Vec<u8>> = cl
+        .query("SELECT pg_temp.pgbb_read_zlib($1, $2, 1, -1, -1)", &[&b"pgbb_sample".as_slice(), &(CHUNK as i64)])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(rows.len(), 9, "a header row and eight chunks");
+    // Stored: the 64 KiB blocks level 0 writes (5 bytes each) and the zlib header and trailer.
+    // Level 1 writes random bytes as a stored block per 16 K literals (166 bytes over, here).
+    let stored = CHUNK + 6 + 5 * CHUNK.div_ceil(65535);
+    for (i, row) in rows[1..].iter().enumerate() {
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::ZlibDecoder::new(row.as_slice()), &mut out).unwrap();
+        assert!(out == data[i * CHUNK..(i + 1) * CHUNK], "chunk {i} does not decompress to the file's bytes");
+        match i {
+            1..=3 => assert!(row.len() <= stored, "random chunk {i}: {} bytes, stored is {stored}", row.len()),
+            4..=7 => assert!(row.len() < CHUNK / 4, "text chunk {i} not compressed: {} bytes", row.len()),
+            _ => {}
+        }
+    }
+}
