@@ -4,7 +4,7 @@
 #
 #   scripts/bench.sh [--link loopback|1gbit|200mbit] [--scale N] [--random-mb N]
 #                    [--small-files N] [--dest-fs ext4|root] [--rounds N] [--out FILE]
-#                    [--standby] [--warm-dest] [--split-cores] [--pg MAJOR] [CONTENDER...]
+#                    [--standby] [--warm-dest] [--split-cores] [--trace] [--pg MAJOR] [CONTENDER...]
 #
 # --pg MAJOR runs server and client tools of that major from `scripts/pg-versions.sh --client
 # MAJOR` (the PyPI wheel: postgres, initdb, pg_ctl, psql, pgbench, pg_basebackup,
@@ -63,12 +63,14 @@
 # --link 1gbit/200mbit puts the server in a network namespace behind a veth pair shaped with
 # `tc qdisc tbf`; clients connect over it (pgBackRest and cp read the files locally, so they
 # are left out there).
+# --trace prints, for each contender's first round, a timeline: every 0.25 s the share of both
+# cores busy (user, system, softirq: /proc/stat) and the MB/s that came over the link.
 # Each round runs every contender once, in order; the table gives median/min/max wall time,
 # throughput, client CPU and the largest resident set of one process (GNU time), and the
 # server's CPU (its postmaster's children, waited for or still running, and the postmaster).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-LINK=loopback SCALE=100 RANDOM_MB=500 ROUNDS=5 OUT="" SMALL=0 DESTFS=ext4 STANDBY=0 WARM=0 PGMAJOR="" CLIENT=()
+LINK=loopback SCALE=100 RANDOM_MB=500 ROUNDS=5 OUT="" SMALL=0 DESTFS=ext4 STANDBY=0 WARM=0 PGMAJOR="" CLIENT=() TRACE=0
 while [ $# -gt 0 ]; do
   case $1 in
     --link) LINK=$2; shift 2 ;;
@@ -80,6 +82,7 @@ while [ $# -gt 0 ]; do
     --out) OUT=$2; shift 2 ;;
     --standby) STANDBY=1; shift ;;
     --warm-dest) WARM=1; shift ;;
+    --trace) TRACE=1; shift ;;
     --split-cores) CLIENT=(taskset -c 1); shift ;;
     --pg) PGMAJOR=$2; shift 2 ;;
     *) break ;;
@@ -382,6 +385,18 @@ check_incr() {
 }
 
 declare -A T CPU RSS LIST TAIL WIRE UP SCPU
+# --trace: "t:busy%/MB/s " every 0.25 s until killed.
+trace() {
+  local t=0 b0 i0 r0 b1 i1 r1
+  read -r b0 i0 < <(awk '/^cpu /{print $2+$3+$4+$7+$8, $5+$6}' /proc/stat); r0=$(rx)
+  while sleep 0.25; do
+    read -r b1 i1 < <(awk '/^cpu /{print $2+$3+$4+$7+$8, $5+$6}' /proc/stat); r1=$(rx)
+    t=$((t + 1))
+    printf '%s:%d/%d ' "$(echo "$t / 4" | bc -l | xargs printf '%.2f')" "$(( (b1 - b0) * 100 / (b1 - b0 + i1 - i0 + 1) ))" \
+      "$(( (r1 - r0) * 4 / 1048576 ))"
+    b0=$b1 i0=$i1 r0=$r1
+  done
+}
 # The server's CPU seconds so far: the postmaster's own and its waited-for children's
 # (backends that ended), and those of its children still running (checkpointer, walsender…).
 server_cpu() {
@@ -399,7 +414,9 @@ tx() { if [ -n "$NS" ]; then cat /sys/class/net/pgbbh0/statistics/tx_bytes; else
 for r in $(seq 1 "$ROUNDS"); do
   for c in "${CONTENDERS[@]}"; do
     rx0=$(rx) tx0=$(tx) s0=$(server_cpu)
+    [ "$TRACE" = 1 ] && [ "$r" = 1 ] && { trace > "$WORK/trace" & tpid=$!; }
     run "$c"
+    [ "$TRACE" = 1 ] && [ "$r" = 1 ] && { kill "$tpid"; wait "$tpid" 2>/dev/null || true; cp "$WORK/stderr" "/tmp/bench-trace-${c//[:\/@]/_}.log"; echo "trace $c (s: busy %, MB/s in; its log: /tmp/bench-trace-${c//[:\/@]/_}.log):" >&2; fold -w 120 "$WORK/trace" >&2; echo >&2; }
     SCPU[$c]="${SCPU[$c]:-} $(echo "$(server_cpu) - $s0" | bc -l)"
     WIRE[$c]="${WIRE[$c]:-} $(echo "($(rx) - $rx0) / 1048576" | bc -l)"
     UP[$c]="${UP[$c]:-} $(echo "($(tx) - $tx0) / 1048576" | bc -l)"

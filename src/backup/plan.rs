@@ -150,6 +150,12 @@ pub(super) const PIECE: u64 = 64 << 20;
 
 /// The work queue: largest file first, large files as pieces. Pieces need a checksum that
 /// combines (CRC-32C or none), and a UTF-8 name. A file to compare goes whole.
+///
+/// The pieces of the large files are dealt out evenly, where the first of them would be: each
+/// file's pieces spread over the run in proportion to its size (piece k of n at (2k + 1) / 2n),
+/// so that workers side by side copy different files, and every large file has pieces left
+/// until the end. Tables differ (one compresses and costs the server CPU, the next does not
+/// and costs the link), and two writers of one file queue on its inode lock.
 pub(super) fn work_queue(
     files: &[FileJob],
     jobs: usize,
@@ -158,21 +164,39 @@ pub(super) fn work_queue(
 ) -> VecDeque<Work> {
     let split = jobs > 1 && matches!(algorithm, Algorithm::Crc32c | Algorithm::None);
     let mut q = VecDeque::new();
+    let mut split_files: Vec<VecDeque<Work>> = Vec::new();
+    let mut at = None;
     for f in files {
         if compare.contains(&f.path) {
             q.push_back(Work { compare: true, ..Work::whole(f) });
         } else if split && f.size >= SPLIT_FROM && std::str::from_utf8(&f.path).is_ok() {
-            let mut off = 0;
-            while off < f.size {
-                let len = PIECE.min(f.size - off);
-                q.push_back(Work { range: Some((off, len)), ..Work::whole(f) });
-                off += len;
-            }
+            at.get_or_insert(q.len());
+            let starts = (0..f.size).step_by(PIECE as usize);
+            split_files.push(
+                starts.map(|off| Work { range: Some((off, PIECE.min(f.size - off))), ..Work::whole(f) }).collect(),
+            );
         } else {
             q.push_back(Work::whole(f));
         }
     }
+    let mut rest = q.split_off(at.unwrap_or(q.len()));
+    q.extend(deal(split_files));
+    q.append(&mut rest);
     q
+}
+
+/// The pieces of several files in one sequence, each file's spread evenly over it (see
+/// [`work_queue`]); ties go to the earlier (larger) file.
+fn deal(files: Vec<VecDeque<Work>>) -> Vec<Work> {
+    let mut keyed: Vec<(u64, u64, Work)> = files
+        .into_iter()
+        .flat_map(|p| {
+            let n = p.len() as u64;
+            p.into_iter().enumerate().map(move |(k, w)| (2 * k as u64 + 1, 2 * n, w))
+        })
+        .collect();
+    keyed.sort_by(|a, b| (u128::from(a.0) * u128::from(b.1)).cmp(&(u128::from(b.0) * u128::from(a.1))));
+    keyed.into_iter().map(|(_, _, w)| w).collect()
 }
 
 #[cfg(test)]
@@ -200,6 +224,36 @@ mod tests {
         );
         assert_eq!(work_queue(&files, 1, Algorithm::Crc32c, &none).len(), 2, "one worker: no pieces");
         assert_eq!(work_queue(&files, 2, Algorithm::Sha256, &none).len(), 2, "SHA-2 does not combine: no pieces");
+        let files3 = vec![
+            FileJob { path: b"base/5/a".to_vec(), size: 200 << 20 },
+            FileJob { path: b"base/5/b".to_vec(), size: 130 << 20 },
+            FileJob { path: b"base/5/c".to_vec(), size: 8192 },
+        ];
+        let q = work_queue(&files3, 2, Algorithm::Crc32c, &none);
+        let r: Vec<_> = q.iter().map(|w| (w.path.as_slice(), w.range.map(|r| r.0 >> 20))).collect();
+        let (a, b, c): (&[u8], &[u8], &[u8]) = (b"base/5/a", b"base/5/b", b"base/5/c");
+        assert_eq!(
+            r,
+            vec![
+                (a, Some(0)),
+                (b, Some(0)),
+                (a, Some(64)),
+                (b, Some(64)),
+                (a, Some(128)),
+                (b, Some(128)),
+                (a, Some(192)),
+                (c, None)
+            ],
+            "the pieces of different files are spread evenly: a at 1/8, 3/8, 5/8, 7/8, b at 1/6, 3/6, 5/6"
+        );
+        // A 768 MB table and a 320 MB one: the smaller one's pieces spread over the whole run.
+        let two = vec![
+            FileJob { path: b"base/5/acc".to_vec(), size: 768 << 20 },
+            FileJob { path: b"base/5/rnd".to_vec(), size: 320 << 20 },
+        ];
+        let q = work_queue(&two, 2, Algorithm::Crc32c, &none);
+        let at: Vec<usize> = q.iter().enumerate().filter(|(_, w)| w.path == b"base/5/rnd").map(|(i, _)| i).collect();
+        assert_eq!(at, vec![1, 5, 8, 11, 15], "{q:?}");
         let compare: HashSet<Vec<u8>> = [b"base/5/big".to_vec()].into();
         let q = work_queue(&files, 2, Algorithm::Crc32c, &compare);
         let r: Vec<_> = q.iter().map(|w| (w.range, w.compare)).collect();
