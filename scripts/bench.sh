@@ -24,6 +24,7 @@
 #   pgbackrest-P-C       pgBackRest full backup, process-max P, compress-type C (none|lz4)
 #   pgbb                 pgbb with its defaults (-j 2 --compress auto)
 #   pgbb-J-C             pgbb -j J --compress C (none|zlib)
+#   pgbb-J-C-nocheck     the same without integrity: --manifest-checksums NONE --no-verify-checksums
 #   pgbb-delta-J-C       pgbb --delta -j J --compress C refreshing a copy taken before ~3 % of
 #                        the blocks changed and a table was dropped (the seed, copied into
 #                        place and evicted from the page cache before each timed run; with
@@ -345,8 +346,10 @@ run() {
       /usr/bin/time -f '%e %U %S %M' -o "$WORK/time" "${CLIENT[@]}" "$PGBB" --delta -v -c fast -j "$jobs" --compress "$comp" "$DSN" "$OUTFS/out" >/dev/null 2>"$WORK/stderr"
       date +%s.%N > "$WORK/end" ;;
     pgbb-*)
-      local p=${c#pgbb-}; local jobs=${p%-*} comp=${p#*-}
-      /usr/bin/time -f '%e %U %S %M' -o "$WORK/time" "${CLIENT[@]}" "$PGBB" -v -c fast -j "$jobs" --compress "$comp" "$DSN" "$OUTFS/out" >/dev/null 2>"$WORK/stderr"
+      local p=${c#pgbb-} opts=()
+      case $p in *-nocheck) p=${p%-nocheck}; opts=(--manifest-checksums NONE --no-verify-checksums) ;; esac
+      local jobs=${p%-*} comp=${p#*-}
+      /usr/bin/time -f '%e %U %S %M' -o "$WORK/time" "${CLIENT[@]}" "$PGBB" -v -c fast -j "$jobs" --compress "$comp" "${opts[@]}" "$DSN" "$OUTFS/out" >/dev/null 2>"$WORK/stderr"
       date +%s.%N > "$WORK/end" ;;
     *) echo "bench: unknown contender $c" >&2; exit 2 ;;
   esac
