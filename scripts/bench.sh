@@ -3,7 +3,7 @@
 # and a plain `cp -a`, alternating contenders in one run, on a throwaway cluster.
 #
 #   scripts/bench.sh [--link loopback|1gbit|200mbit] [--scale N] [--random-mb N]
-#                    [--small-files N] [--dest-fs ext4|root] [--rounds N] [--out FILE]
+#                    [--small-files N] [--text-mb N] [--dest-fs ext4|root] [--rounds N] [--out FILE]
 #                    [--standby] [--warm-dest] [--split-cores] [--trace] [--pg MAJOR] [CONTENDER...]
 #
 # --pg MAJOR runs server and client tools of that major from `scripts/pg-versions.sh --client
@@ -13,7 +13,8 @@
 # Dataset: pgbench at --scale (100 ≈ 1.5 GB) plus a table of --random-mb MB of random
 # bytes (pgcrypto's gen_random_bytes: does not compress); or, with --small-files N, about N
 # small files (tiny tables with an index and TOAST, 4 files each) for listing and per-file
-# overhead. The copies go to a fresh journaled ext4 file system in a loop file (--dest-fs
+# overhead; or, with --text-mb N, a text-heavy one: N MB of a table of wide text rows (40
+# words of hex, 1.3 kB a row, stored inline) and its primary key. The copies go to a fresh journaled ext4 file system in a loop file (--dest-fs
 # ext4, the default), like a backup volume: this VM's root file system has no journal, and
 # there ext4 rescans every recently deleted inode for each file it creates, which makes the
 # cost of creating files depend on what the previous round deleted (docs/benchmarks.md).
@@ -66,16 +67,18 @@
 # are left out there).
 # --trace prints, for each contender's first round, a timeline: every 0.25 s the share of both
 # cores busy (user, system, softirq: /proc/stat) and the MB/s that came over the link.
-# Each round runs every contender once, in order; the table gives median/min/max wall time,
+# Each round runs every contender once, in order (a contender named twice runs twice a round,
+# its times pooled: `A B B A` gives both the first and the last place in every round); the table gives median/min/max wall time,
 # throughput, client CPU and the largest resident set of one process (GNU time), and the
 # server's CPU (its postmaster's children, waited for or still running, and the postmaster).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-LINK=loopback SCALE=100 RANDOM_MB=500 ROUNDS=5 OUT="" SMALL=0 DESTFS=ext4 STANDBY=0 WARM=0 PGMAJOR="" CLIENT=() TRACE=0
+LINK=loopback SCALE=100 RANDOM_MB=500 ROUNDS=5 OUT="" SMALL=0 TEXT=0 DESTFS=ext4 STANDBY=0 WARM=0 PGMAJOR="" CLIENT=() TRACE=0
 while [ $# -gt 0 ]; do
   case $1 in
     --link) LINK=$2; shift 2 ;;
     --small-files) SMALL=$2; shift 2 ;;
+    --text-mb) TEXT=$2; shift 2 ;;
     --dest-fs) DESTFS=$2; shift 2 ;;
     --scale) SCALE=$2; shift 2 ;;
     --random-mb) RANDOM_MB=$2; shift 2 ;;
@@ -111,7 +114,10 @@ BIN=/usr/lib/postgresql/15/bin
 MAJOR=$("$BIN/postgres" --version | sed -n 's/^postgres (PostgreSQL) \([0-9]*\).*/\1/p')
 if [ "$INCR" = 1 ]; then
   [ "$MAJOR" -ge 17 ] || { echo "bench: incremental contenders need PostgreSQL 17 or newer (--pg 17); this is $MAJOR" >&2; exit 2; }
-  [ "$SMALL" = 0 ] || { echo "bench: incremental contenders need the pgbench dataset (no --small-files)" >&2; exit 2; }
+  [ "$SMALL$TEXT" = 00 ] || { echo "bench: incremental contenders need the pgbench dataset (no --small-files, --text-mb)" >&2; exit 2; }
+fi
+if has -e '^pgbb-delta-' -e '^pgbb-resume-' && [ "$SMALL$TEXT" != 00 ]; then
+  echo "bench: delta and resume contenders need the pgbench dataset (no --small-files, --text-mb)" >&2; exit 2
 fi
 if has -e '-syncfs$' -e '-syncfs@'; then
   [ "$MAJOR" -ge 17 ] || { echo "bench: -syncfs contenders need pg_basebackup 17 or newer (--pg 17); this is $MAJOR" >&2; exit 2; }
@@ -171,6 +177,13 @@ if [ "$SMALL" -gt 0 ]; then
       IF i % 500 = 0 THEN COMMIT; END IF;
     END LOOP; END \$\$" -c "CALL mk($((SMALL / 4)))" -c "CHECKPOINT"
   DATASET="$SMALL small files (tiny tables)"
+elif [ "$TEXT" -gt 0 ]; then
+  echo "bench: building the dataset ($TEXT MB of wide text rows)" >&2
+  "${PSQL[@]}" -c "CREATE TABLE txt (id int PRIMARY KEY, body text)" \
+    -c "INSERT INTO txt SELECT g, (SELECT string_agg(md5((g * 40 + i)::text), ' ') FROM generate_series(1, 40) i)
+          FROM generate_series(1, $TEXT * 1048576 / 1400) g" \
+    -c "VACUUM ANALYZE" -c "CHECKPOINT"
+  DATASET="$TEXT MB of wide text rows"
 else
   echo "bench: building the dataset (pgbench scale $SCALE, $RANDOM_MB MB random)" >&2
   "$BIN/pgbench" -h "$WORK" -p $PORT -U postgres -i -q -s "$SCALE" postgres 2>/dev/null
@@ -443,7 +456,9 @@ done
 median() { sort -n | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; print m, a[1], a[NR]}'; }
 table=$(
   printf '| contender | median s | min s | max s | MB/s | client CPU s | server CPU s | max RSS MiB | listing ms | tail s (max) | wire MB | up MB |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n'
+  declare -A shown=()
   for c in "${CONTENDERS[@]}"; do
+    [ -z "${shown[$c]:-}" ] || continue; shown[$c]=1
     lst=- tail=-
     # shellcheck disable=SC2086
     [ -n "${LIST[$c]:-}" ] && read -r lst _ _ < <(printf '%s\n' ${LIST[$c]} | median)
