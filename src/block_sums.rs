@@ -69,15 +69,17 @@ impl BlockSums {
         BlockSums { verify: self.verify, base: first, local: Vec::new(), changed: Vec::new() }
     }
 
-    /// The copy's blocks of `piece`, which starts where these end; `false` (and nothing
-    /// appended) if it does not.
+    /// The copy's blocks of `piece`, which starts where these end or after them; `false` (and
+    /// nothing appended) if it starts before. Blocks in between (the copy held nothing there:
+    /// a hole, or past its end) are the copy's none: each must come from the server, or the
+    /// file does not compose.
     pub fn append(&mut self, piece: BlockSums) -> bool {
         if piece.local.is_empty() {
             return true;
         }
-        if piece.base != self.base + self.local.len() as u64 {
-            return false;
-        }
+        let Some(gap) = piece.base.checked_sub(self.base + self.local.len() as u64) else { return false };
+        let none = Sum { len: 0, crc: 0, check: None };
+        self.local.extend(std::iter::repeat_n(none, gap as usize));
         self.local.extend(piece.local);
         true
     }
@@ -197,5 +199,36 @@ mod tests {
         b.changed(2 * BLCKSZ as u64, &old[2 * BLCKSZ..3 * BLCKSZ]);
         b.changed(0, &old[..BLCKSZ]);
         assert!(b.finish(old.len() as u64).is_none());
+    }
+
+    /// Pieces summed apart, with a gap where the copy held nothing: composed when the server
+    /// sent every block of the gap, not when one is missing; a piece that starts before the
+    /// blocks already summed is refused.
+    #[test]
+    fn pieces_append_across_a_gap_the_server_fills() {
+        let data: Vec<u8> = (0..6 * BLCKSZ).map(|i| (i % 239) as u8).collect();
+        let blocks: Vec<&[u8]> = data.chunks(BLCKSZ).collect();
+        let compose = |sent: &[usize]| {
+            let mut all = BlockSums::new(None);
+            let mut first = all.piece(0);
+            blocks[..2].iter().for_each(|b| first.local(b));
+            assert!(all.append(first));
+            let mut last = all.piece(4);
+            blocks[4..].iter().for_each(|b| last.local(b));
+            assert!(all.append(last));
+            for &i in sent {
+                all.changed((i * BLCKSZ) as u64, blocks[i]);
+            }
+            all.finish(data.len() as u64).map(|(c, _)| c)
+        };
+        assert_eq!(compose(&[2, 3]), Some(Checksum::Crc32c(crc32c::crc32c(&data))));
+        assert_eq!(compose(&[2]), None, "block 3 came from nowhere");
+        let mut all = BlockSums::new(None);
+        let mut p = all.piece(0);
+        blocks[..3].iter().for_each(|b| p.local(b));
+        assert!(all.append(p));
+        let mut back = all.piece(1);
+        back.local(blocks[1]);
+        assert!(!all.append(back), "overlaps what is summed");
     }
 }

@@ -27,6 +27,8 @@ struct Hashed {
     end: u64,
     hashes: Vec<u8>,
     sums: Option<BlockSums>,
+    /// The copy held nothing here (see [`holds_nothing`]).
+    empty: bool,
 }
 
 /// The pieces of a file of `size` bytes: (start, end).
@@ -34,9 +36,26 @@ fn pieces(size: u64) -> impl Iterator<Item = (u64, u64)> {
     (0..size.div_ceil(PIECE)).map(move |k| (k * PIECE, ((k + 1) * PIECE).min(size)))
 }
 
-/// Reads and hashes the copy's bytes `start..end` (fewer where the copy ends).
+/// True when the copy holds no data in `start..end`: a hole (the pieces an interrupted backup
+/// never wrote) or past its end. Such a piece is not read: it reads as zeros, and with no
+/// hashes for it the server sends all its blocks without hashing them, as a backup would.
+fn holds_nothing(file: &File, start: u64, end: u64) -> bool {
+    use std::os::fd::AsFd;
+    let Ok(at) = i64::try_from(start) else { return false };
+    match nix::unistd::lseek(file.as_fd(), at, nix::unistd::Whence::SeekData) {
+        Ok(data) => data as u64 >= end,
+        Err(nix::errno::Errno::ENXIO) => true,
+        Err(_) => false,
+    }
+}
+
+/// Reads and hashes the copy's bytes `start..end` (fewer where the copy ends; none where it
+/// holds nothing: see [`holds_nothing`]).
 fn hash_piece(file: &File, (start, end): (u64, u64), template: Option<&BlockSums>) -> std::io::Result<Hashed> {
     let mut sums = template.map(|t| t.piece(start / BLOCK as u64));
+    if holds_nothing(file, start, end) {
+        return Ok(Hashed { start, end, hashes: Vec::new(), sums, empty: true });
+    }
     let mut hashes = Vec::with_capacity(((end - start) / BLOCK as u64 * 32) as usize);
     let mut buf = vec![0u8; READ];
     let mut at = start;
@@ -62,7 +81,7 @@ fn hash_piece(file: &File, (start, end): (u64, u64), template: Option<&BlockSums
         }
         at += n as u64;
     }
-    Ok(Hashed { start, end, hashes, sums })
+    Ok(Hashed { start, end, hashes, sums, empty: false })
 }
 
 impl Transfer {
@@ -101,8 +120,10 @@ impl Transfer {
                     }
                 }
             });
+            let mut empty = 0;
             for hashed in rx {
                 let mut h = hashed.map_err(io)?;
+                empty += usize::from(h.empty);
                 if let (Some(all), Some(p)) = (blocks.sums.as_mut(), h.sums.take()) {
                     if !all.append(p) {
                         blocks.sums = None;
@@ -114,6 +135,9 @@ impl Transfer {
                 if let Some(report) = self.progress {
                     report(h.end);
                 }
+            }
+            if empty > 0 {
+                log::info!("\"{path}\": {empty} of its pieces held nothing in the copy, fetched without hashing");
             }
             let answer = blocks
                 .refreshed()
@@ -179,6 +203,28 @@ mod tests {
         let h = hash_piece(&f, (BLOCK as u64, PIECE), None).unwrap();
         assert_eq!(h.hashes, whole[32..]);
         let h = hash_piece(&f, (PIECE, 2 * PIECE), None).unwrap();
-        assert!(h.hashes.is_empty());
+        assert!(h.hashes.is_empty() && h.empty, "past the copy's end: nothing");
+    }
+
+    /// The pieces an interrupted backup never wrote are holes: not read, no hashes (the server
+    /// sends those blocks unhashed); a piece with data around a hole is hashed, zeros and all.
+    #[test]
+    fn a_hole_in_the_copy_is_not_hashed() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        let f = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&p).unwrap();
+        f.set_len(4 * PIECE).unwrap();
+        f.write_all_at(&[7u8; BLOCK], PIECE).unwrap();
+        f.write_all_at(&[7u8; BLOCK], 3 * PIECE - BLOCK as u64).unwrap();
+        f.sync_all().unwrap();
+        let sums = BlockSums::new(None);
+        let h = hash_piece(&f, (0, PIECE), Some(&sums)).unwrap();
+        assert!(h.hashes.is_empty() && h.empty, "a hole");
+        let h = hash_piece(&f, (PIECE, 2 * PIECE), Some(&sums)).unwrap();
+        assert_eq!((h.hashes.len() as u64, h.empty), (PIECE / BLOCK as u64 * 32, false), "data, then zeros");
+        let h = hash_piece(&f, (2 * PIECE, 3 * PIECE), None).unwrap();
+        assert!(!h.empty, "data at its end");
+        let h = hash_piece(&f, (3 * PIECE, 4 * PIECE), None).unwrap();
+        assert!(h.hashes.is_empty() && h.empty, "a hole up to the end");
     }
 }

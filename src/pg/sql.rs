@@ -623,7 +623,8 @@ pub const READ_PLAIN_BY_NAME: &str = concat!(
 /// `--delta`: the blocks of a file that differ from the copy's. $2 is the read size (a
 /// multiple of [`crate::compare::BLOCK`]), $3 the copy's block hashes: the SHA-256 of each
 /// 8192-byte block of the local file, concatenated (a block past the copy's end has none, and
-/// so differs). Nothing past the size stat'd first is read (a file that grows meanwhile is
+/// so differs, unhashed: a copy that holds nothing of a range, a hole or past its end, costs
+/// the server no hashing there). Nothing past the size stat'd first is read (a file that grows meanwhile is
 /// cut there, as in a full backup). One row per differing block: (size, mtime, offset, bytes,
 /// cut), in file order; the server hashes with the built-in `sha256(bytea)`, so only
 /// differing blocks travel. A read that came back short (the file shrank while it was read)
@@ -705,6 +706,11 @@ macro_rules! compare_blocks {
             $end,
             " - o) AS short) AS x \
                   WHERE d.d IS NULL OR x.short \
+                     OR pg_catalog.length(",
+            $hashes,
+            ") < ((o - ",
+            $start,
+            ") / 8192 + b + 1) * 32 \
                      OR pg_catalog.sha256(x.blk) IS DISTINCT FROM \
                         pg_catalog.substr(",
             $hashes,

@@ -211,6 +211,41 @@ fn delta_with_zlib_sends_the_differing_blocks_compressed() {
     c.assert_no_pgbb_left();
 }
 
+/// A large file of the copy with pieces that were never written (holes, as an interrupted
+/// backup leaves them): those pieces are not hashed on either side, their blocks are fetched,
+/// and the result restores.
+#[test]
+fn holes_in_a_large_copy_are_fetched_without_hashing() {
+    if !is_root() {
+        eprintln!("SKIPPED holes_in_a_large_copy_are_fetched_without_hashing: network namespaces need root");
+        return;
+    }
+    let (_ns, c, dsn) = remote_cluster(97, None);
+    // pgbench_accounts of about 130 MB: compared in 32 MB pieces.
+    c.pgbench_init(10);
+    c.client().batch_execute("CREATE EXTENSION amcheck").unwrap();
+    let dest = c.path("holes");
+    let out = pgbb_run(&["-c", "fast", "--compress", "none", &dsn, dest.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let copy = dest.join(relation_file(&c, "pgbench_accounts"));
+    let f = std::fs::OpenOptions::new().write(true).open(&copy).unwrap();
+    let punch = nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE;
+    nix::fcntl::fallocate(&f, punch, 32 << 20, 64 << 20).unwrap();
+    drop(f);
+    let out = pgbb_run(&["--delta", "-v", "-c", "fast", "--compress", "none", &dsn, dest.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("2 of its pieces held nothing in the copy, fetched without hashing"),
+        "{}",
+        stderr(&out)
+    );
+    let r = refreshed(&out);
+    let travelled = r.split(", ").find(|f| f.ends_with("over the network")).unwrap_or_else(|| panic!("{r}"));
+    assert!(travelled.contains(" MB "), "the 64 MB the copy lacked travelled: {r}");
+    verify_restore(&dest, &expect_pgbench());
+    c.assert_no_pgbb_left();
+}
+
 /// A copy that was started, wrote changes of its own and was stopped: the refresh (from a
 /// server on this machine: compared as the files stream) makes it the source's again (its
 /// own writes gone, the source's changes in).
