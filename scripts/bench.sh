@@ -271,13 +271,16 @@ if has '^pgbb-resume-'; then
   echo "bench: the resume seed: a backup interrupted half way" >&2
   "$PGBB" -c fast -r $((SIZE / 20 / 1024 + 1)) --no-clean "host=$WORK port=$PORT user=postgres dbname=postgres" "$OUTFS/resume-seed" >/dev/null 2>&1 &
   pid=$!
-  until [ "$(du -sb "$OUTFS/resume-seed" 2>/dev/null | cut -f1)" -ge $((SIZE / 2)) ] 2>/dev/null; do
+  # Bytes written, not apparent sizes: a large file's pieces are written out of order, and a
+  # piece far into the file makes its apparent size large while the pieces before are holes.
+  until [ "$(du -s --block-size=1 "$OUTFS/resume-seed" 2>/dev/null | cut -f1)" -ge $((SIZE / 2)) ] 2>/dev/null; do
     kill -0 $pid 2>/dev/null || { echo "bench: the interrupted backup ended first" >&2; exit 1; }
     sleep 0.2
   done
   # SIGTERM: a background job of a script ignores SIGINT.
   kill -TERM $pid; wait $pid || true
   [ ! -e "$OUTFS/resume-seed/global/pg_control" ] || { echo "bench: the resume seed is complete" >&2; exit 1; }
+  echo "bench: the resume seed holds $(( $(du -s --block-size=1 "$OUTFS/resume-seed" | cut -f1) >> 20 )) MB written ($(( $(du -sb "$OUTFS/resume-seed" | cut -f1) >> 20 )) MB apparent) of $((SIZE >> 20)) MB" >&2
 fi
 if has -e '^pgbb-delta-' -e '^pgbb-resume-'; then
   f=$("${PSQLH[@]}" -c "SELECT pg_relation_filepath('pgbench_accounts')")

@@ -9,7 +9,7 @@ use std::path::Path;
 use crate::cli::MasterOpts;
 use crate::delta::local::{self, Kind};
 use crate::delta::origin::MARKER;
-use crate::dest::DestError;
+use crate::dest::{DestError, TMP_SUFFIX};
 use crate::error::Error;
 use crate::layout::Layout;
 use crate::protocol::show;
@@ -26,6 +26,10 @@ struct Reconciled {
     remove: Vec<(Vec<u8>, Kind)>,
     /// Files to refresh in place.
     compare: HashSet<Vec<u8>>,
+    /// A file an interrupted run left under its temporary name (a large file copied in
+    /// pieces, not all of them in), taken as the copy of the server's file of the final name
+    /// when DEST has no such file: (temporary name, final name).
+    adopt: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 pub(super) fn delta(server: &mut Server, target: &Target, opts: &MasterOpts) -> Result<Plan, Error> {
@@ -34,9 +38,13 @@ pub(super) fn delta(server: &mut Server, target: &Target, opts: &MasterOpts) -> 
     let links: Vec<Vec<u8>> = target.spcs.iter().map(|t| format!("pg_tblspc/{}", t.oid).into_bytes()).collect();
     let r = reconcile(&layout, &links, found);
     remove(target, &r.remove)?;
+    adopt(target, &r.adopt)?;
     plan::make_directories(&layout, target)?;
     let mut p = plan::queue(layout, opts.jobs, server.common.algorithm, &r.compare)?;
     p.refresh = Refresh { removed: r.remove.len() as u64, ..p.refresh };
+    if !r.adopt.is_empty() {
+        log::info!("--delta: {} files an interrupted run left partly written are compared as copies", r.adopt.len());
+    }
     log::info!(
         "--delta: {} files ({} MB) to compare {}, {} to copy whole, {} entries removed",
         r.compare.len(),
@@ -60,6 +68,15 @@ fn reconcile(layout: &Layout, links: &[Vec<u8>], found: Vec<(Vec<u8>, Kind)>) ->
     let files: HashMap<&[u8], u64> =
         layout.files.iter().chain(layout.pg_control.iter()).map(|f| (f.path.as_slice(), f.size)).collect();
     let dirs: HashSet<&[u8]> = layout.dirs.iter().map(Vec::as_slice).collect();
+    let present: HashSet<Vec<u8>> =
+        found.iter().filter(|(_, k)| matches!(k, Kind::File { .. })).map(|(p, _)| p.clone()).collect();
+    let control = layout.pg_control.as_ref().map(|f| f.path.as_slice());
+    // The final name of a temporary file to take as a copy: a server file (never pg_control,
+    // which goes in last) that DEST does not have.
+    let adoptable = |path: &[u8]| {
+        let base = path.strip_suffix(TMP_SUFFIX.as_bytes())?;
+        (files.contains_key(base) && !present.contains(base) && Some(base) != control).then(|| base.to_vec())
+    };
     let mut r = Reconciled::default();
     let mut gone: Vec<Vec<u8>> = Vec::new();
     for (path, kind) in found {
@@ -67,10 +84,17 @@ fn reconcile(layout: &Layout, links: &[Vec<u8>], found: Vec<(Vec<u8>, Kind)>) ->
         if path.starts_with(b"pg_wal/") || gone.iter().any(below) {
             continue;
         }
+        let mut adopt_as = matches!(kind, Kind::File { links: 1, .. }).then(|| adoptable(&path)).flatten();
         let keep = match kind {
             _ if links.contains(&path) => false,
             Kind::File { links: 1, .. } if files.contains_key(path.as_slice()) => {
                 r.compare.insert(path.clone());
+                true
+            }
+            _ if !files.contains_key(path.as_slice()) && adopt_as.is_some() => {
+                let base = adopt_as.take().unwrap_or_default();
+                r.compare.insert(base.clone());
+                r.adopt.push((path.clone(), base));
                 true
             }
             Kind::File { .. } => path == MARKER.as_bytes(),
@@ -116,6 +140,18 @@ fn listing(target: &Target) -> Result<Vec<(Vec<u8>, Kind)>, Error> {
         }
     }
     Ok(found)
+}
+
+/// Renames the files taken as copies to their final names, each under the guard.
+fn adopt(target: &Target, files: &[(Vec<u8>, Vec<u8>)]) -> Result<(), Error> {
+    for (tmp, base) in files {
+        let (from, to) = (crate::dest::SafePath::parse(tmp)?, crate::dest::SafePath::parse(base)?);
+        let (root, from) = target.roots.route(&from);
+        let (_, to) = target.roots.route(&to);
+        log::debug!("--delta: taking {} as the copy of {}", show(tmp), show(base));
+        target.guard.mutate(|| root.rename(&from, &to))?;
+    }
+    Ok(())
 }
 
 /// Removes the entries (a symlink itself, never what it points to; a directory with its
@@ -176,6 +212,10 @@ mod tests {
             ("postmaster.pid", file(1)),
             ("planted", Kind::Link),
             (MARKER, file(1)),
+            ("base/5/new.pgbb-tmp", file(1)),
+            ("base/5/1259.pgbb-tmp", file(1)),
+            ("base/5/dropped.pgbb-tmp", file(1)),
+            ("global/pg_control.pgbb-tmp", file(1)),
         ]
         .into_iter()
         .map(|(p, k)| (p.as_bytes().to_vec(), k))
@@ -183,7 +223,8 @@ mod tests {
         let r = reconcile(&layout, &[b"pg_tblspc/16400".to_vec()], found);
         let mut compare: Vec<_> = r.compare.iter().map(|p| String::from_utf8_lossy(p).into_owned()).collect();
         compare.sort();
-        assert_eq!(compare, ["PG_VERSION", "base/5/1259"]);
+        assert_eq!(compare, ["PG_VERSION", "base/5/1259", "base/5/new"]);
+        assert_eq!(r.adopt, vec![(b"base/5/new.pgbb-tmp".to_vec(), b"base/5/new".to_vec())]);
         let removed: Vec<_> = r.remove.iter().map(|(p, _)| String::from_utf8_lossy(p).into_owned()).collect();
         assert_eq!(
             removed,
@@ -194,7 +235,10 @@ mod tests {
                 "global/linked",
                 "pg_tblspc/16400",
                 "postmaster.pid",
-                "planted"
+                "planted",
+                "base/5/1259.pgbb-tmp",
+                "base/5/dropped.pgbb-tmp",
+                "global/pg_control.pgbb-tmp"
             ]
         );
     }

@@ -319,6 +319,43 @@ fn an_interrupted_backup_is_finished_by_delta() {
     verify_restore(&dest, &expect_pgbench());
 }
 
+/// An interrupted backup whose large file was being copied in pieces (under its temporary
+/// name, some pieces in, the rest holes): the refresh takes that file as the copy instead of
+/// fetching it all again, and the result restores.
+#[test]
+fn an_interrupted_backup_in_pieces_is_finished_from_its_pieces() {
+    if !is_root() {
+        eprintln!("SKIPPED an_interrupted_backup_in_pieces_is_finished_from_its_pieces: network namespaces need root");
+        return;
+    }
+    let (_ns, c, dsn) = remote_cluster(98, None);
+    // pgbench_accounts of about 130 MB: copied in pieces by two workers.
+    c.pgbench_init(10);
+    c.client().batch_execute("CREATE EXTENSION amcheck").unwrap();
+    let dest = c.path("pieces");
+    let tmp = dest.join(format!("{}.pgbb-tmp", relation_file(&c, "pgbench_accounts")));
+    let mut child =
+        spawn_pgbb(&["-c", "fast", "--no-clean", "--compress", "none", "-r", "20M", "-j", "2"], &dsn, &dest);
+    wait_until("a piece of pgbench_accounts to be partly written", Duration::from_secs(60), || {
+        std::fs::metadata(&tmp).map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512 > 8 << 20).unwrap_or(false)
+    });
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
+    let (status, _) = wait_exit(&mut child, Duration::from_secs(30));
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(status.code(), Some(130), "{}", stderr(&out));
+    assert!(tmp.exists(), "the pieces of pgbench_accounts are kept under the temporary name");
+    let out = delta_from(&dsn, &dest);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("1 files an interrupted run left partly written are compared as copies"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!tmp.exists());
+    verify_restore(&dest, &expect_pgbench());
+    c.assert_no_pgbb_left();
+}
+
 /// What --delta refuses, each with DEST byte for byte as it was: a copy of another cluster, a
 /// copy of another major version, a copy with a server running on it, one owned by someone
 /// else, one nothing proves the origin of.
