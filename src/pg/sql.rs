@@ -517,7 +517,8 @@ pub const READ_ONLY_NO_COMPRESSION: &str = "the server is in recovery (a standby
 /// Compression is spent only where it pays: once a chunk came out of `zlib.compress` at more
 /// than 3/4 of its size, the next ones are written stored (level 0: still a zlib stream, read
 /// as any other), each after a sample of it, the page in its middle, did not compress below 3/4
-/// either; a sample that does switches back. Deflate runs at about 55 MB/s on pages of random bytes (which
+/// either; a sample that does switches back. The choice carries over to the next call for
+/// the same file in the session (the next piece, the next range of blocks). Deflate runs at about 55 MB/s on pages of random bytes (which
 /// still come out at 0.89 of their size, from their free space), slower than a 1 Gbit/s link
 /// carries the bytes it would save; stored, they cost memory speed. The client cannot tell
 /// the difference, so nothing else changes.
@@ -537,7 +538,8 @@ with f:
     if off > 0:
         f.seek(off)
     left = size
-    stored = False
+    last = SD.get('last')
+    stored = last is not None and last[0] == path and last[1]
     while left > 0:
         b = f.read(min(chunk, left))
         if not b:
@@ -553,6 +555,7 @@ with f:
             z = zlib.compress(b, level)
             stored = level > 0 and len(z) * 4 > len(b) * 3
             yield z
+        SD['last'] = (path, stored)
 $pgbb$"#;
 
 /// Streams a file (or, with `off`/`len` ≥ 0, one piece of it) compressed: see

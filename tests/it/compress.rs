@@ -179,4 +179,21 @@ fn chunks_that_do_not_compress_travel_stored_and_text_compressed() {
             _ => {}
         }
     }
+    // Range by range, as a piece or a run of blocks is read: the choice carries over from one
+    // call to the next for the same file, so only the first range is deflated.
+    let mut range = |off: i64| -> Vec<u8> {
+        let rows = cl
+            .query(
+                "SELECT pg_temp.pgbb_read_zlib($1, $2, 1, $3, $2)",
+                &[&b"pgbb_sample".as_slice(), &(CHUNK as i64), &off],
+            )
+            .unwrap();
+        assert_eq!(rows.len(), 2, "a header row and one chunk");
+        rows[1].get(0)
+    };
+    assert!(range(0).len() < CHUNK, "the first range is deflated");
+    for k in 1..=3 {
+        let n = range(k * CHUNK as i64).len();
+        assert!(n > CHUNK && n <= stored, "range {k} of random pages: {n} bytes, stored is {stored}");
+    }
 }
