@@ -137,7 +137,9 @@ impl Transfer {
                 }
             }
             if empty > 0 {
-                log::info!("\"{path}\": {empty} of its pieces held nothing in the copy, fetched without hashing");
+                log::info!(
+                    "\"{path}\": {empty} of its pieces held nothing in the copy (holes, or past its end), fetched without hashing"
+                );
             }
             let answer = blocks
                 .refreshed()

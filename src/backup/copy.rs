@@ -397,9 +397,8 @@ impl Run<'_> {
         }
         match copied {
             Some((written, checksum, mtime)) => {
-                if a.got.is_empty() {
-                    a.mtime = mtime;
-                }
+                // The latest any piece saw: the pieces of a file are spread over the run.
+                a.mtime = if a.got.is_empty() { mtime } else { a.mtime.max(mtime) };
                 a.got.push(Piece { off, len, written: written.min(len), checksum });
             }
             None => {

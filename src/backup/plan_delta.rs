@@ -68,8 +68,9 @@ fn reconcile(layout: &Layout, links: &[Vec<u8>], found: Vec<(Vec<u8>, Kind)>) ->
     let files: HashMap<&[u8], u64> =
         layout.files.iter().chain(layout.pg_control.iter()).map(|f| (f.path.as_slice(), f.size)).collect();
     let dirs: HashSet<&[u8]> = layout.dirs.iter().map(Vec::as_slice).collect();
+    // Files DEST keeps as copies (one with other hard links is removed, not compared).
     let present: HashSet<Vec<u8>> =
-        found.iter().filter(|(_, k)| matches!(k, Kind::File { .. })).map(|(p, _)| p.clone()).collect();
+        found.iter().filter(|(_, k)| matches!(k, Kind::File { links: 1, .. })).map(|(p, _)| p.clone()).collect();
     let control = layout.pg_control.as_ref().map(|f| f.path.as_slice());
     // The final name of a temporary file to take as a copy: a server file (never pg_control,
     // which goes in last) that DEST does not have.
@@ -147,7 +148,9 @@ fn adopt(target: &Target, files: &[(Vec<u8>, Vec<u8>)]) -> Result<(), Error> {
     for (tmp, base) in files {
         let (from, to) = (crate::dest::SafePath::parse(tmp)?, crate::dest::SafePath::parse(base)?);
         let (root, from) = target.roots.route(&from);
-        let (_, to) = target.roots.route(&to);
+        let (to_root, to) = target.roots.route(&to);
+        // The two names differ in their last component only: one directory, one root.
+        debug_assert!(std::ptr::eq(root, to_root));
         log::debug!("--delta: taking {} as the copy of {}", show(tmp), show(base));
         target.guard.mutate(|| root.rename(&from, &to))?;
     }

@@ -516,7 +516,8 @@ pub const READ_ONLY_NO_COMPRESSION: &str = "the server is in recovery (a standby
 ///
 /// Compression is spent only where it pays: once a chunk came out of `zlib.compress` at more
 /// than 3/4 of its size, the next ones are written stored (level 0: still a zlib stream, read
-/// as any other), each after a sample of it, the page in its middle, did not compress below 3/4
+/// as any other), each after a sample of it, the page in its middle (its first page when it
+/// is shorter than two), did not compress below 3/4
 /// either; a sample that does switches back. The choice carries over to the next call for
 /// the same file in the session (the next piece, the next range of blocks). Deflate runs at about 55 MB/s on pages of random bytes (which
 /// still come out at 0.89 of their size, from their free space), slower than a 1 Gbit/s link
