@@ -99,6 +99,26 @@ fn refreshed(out: &std::process::Output) -> String {
         .to_string()
 }
 
+/// A server behind a network namespace (`ns`, so that --delta compares by block hashes) with
+/// pgbench_accounts of about 130 MB (compared in 32 MB pieces, copied in 64 MB ones), amcheck
+/// and `more` SQL run; `None` without root (the test is skipped, and says so).
+fn remote_pgbench(test: &str, ns: u8, more: &str) -> Option<(NetNs, Cluster, String)> {
+    if !is_root() {
+        eprintln!("SKIPPED {test}: network namespaces need root");
+        return None;
+    }
+    let (ns, c, dsn) = remote_cluster(ns, None);
+    c.pgbench_init(10);
+    c.client().batch_execute(&format!("CREATE EXTENSION amcheck; {more}")).unwrap();
+    Some((ns, c, dsn))
+}
+
+/// A full backup without compression into `dest`.
+fn plain_backup(dsn: &str, dest: &Path) {
+    let out = pgbb_run(&["-c", "fast", "--compress", "none", dsn, dest.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
 /// An older backup brought up to date while pgbench writes, from a server over the network
 /// (compared by block hashes): changed blocks, a dropped table (its files gone), a new one.
 /// The result restores with pgbench's invariant and amcheck, and holds the transactions of
@@ -165,17 +185,13 @@ fn delta_refreshes_an_older_backup_under_load() {
 /// none`, and both results restore with pgbench's invariant, amcheck and pg_verifybackup.
 #[test]
 fn delta_with_zlib_sends_the_differing_blocks_compressed() {
-    if !is_root() {
-        eprintln!("SKIPPED delta_with_zlib_sends_the_differing_blocks_compressed: network namespaces need root");
+    let Some((_ns, c, dsn)) =
+        remote_pgbench("delta_with_zlib_sends_the_differing_blocks_compressed", 96, "CREATE EXTENSION plpython3u")
+    else {
         return;
-    }
-    let (_ns, c, dsn) = remote_cluster(96, None);
-    // pgbench_accounts of about 130 MB: compared in pieces (`compare_pieces`).
-    c.pgbench_init(10);
-    c.client().batch_execute("CREATE EXTENSION amcheck; CREATE EXTENSION plpython3u").unwrap();
+    };
     let first = c.path("zlib-first");
-    let out = pgbb_run(&["-c", "fast", "--compress", "none", &dsn, first.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    plain_backup(&dsn, &first);
     // Every page of pgbench_accounts changes, as pgbench's transactions would change them.
     c.client()
         .batch_execute(
@@ -216,17 +232,11 @@ fn delta_with_zlib_sends_the_differing_blocks_compressed() {
 /// and the result restores.
 #[test]
 fn holes_in_a_large_copy_are_fetched_without_hashing() {
-    if !is_root() {
-        eprintln!("SKIPPED holes_in_a_large_copy_are_fetched_without_hashing: network namespaces need root");
+    let Some((_ns, c, dsn)) = remote_pgbench("holes_in_a_large_copy_are_fetched_without_hashing", 97, "") else {
         return;
-    }
-    let (_ns, c, dsn) = remote_cluster(97, None);
-    // pgbench_accounts of about 130 MB: compared in 32 MB pieces.
-    c.pgbench_init(10);
-    c.client().batch_execute("CREATE EXTENSION amcheck").unwrap();
+    };
     let dest = c.path("holes");
-    let out = pgbb_run(&["-c", "fast", "--compress", "none", &dsn, dest.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    plain_backup(&dsn, &dest);
     let copy = dest.join(relation_file(&c, "pgbench_accounts"));
     let f = std::fs::OpenOptions::new().write(true).open(&copy).unwrap();
     let punch = nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE;
@@ -325,14 +335,10 @@ fn an_interrupted_backup_is_finished_by_delta() {
 /// fetching it all again, and the result restores.
 #[test]
 fn an_interrupted_backup_in_pieces_is_finished_from_its_pieces() {
-    if !is_root() {
-        eprintln!("SKIPPED an_interrupted_backup_in_pieces_is_finished_from_its_pieces: network namespaces need root");
+    let Some((_ns, c, dsn)) = remote_pgbench("an_interrupted_backup_in_pieces_is_finished_from_its_pieces", 98, "")
+    else {
         return;
-    }
-    let (_ns, c, dsn) = remote_cluster(98, None);
-    // pgbench_accounts of about 130 MB: copied in pieces by two workers.
-    c.pgbench_init(10);
-    c.client().batch_execute("CREATE EXTENSION amcheck").unwrap();
+    };
     let dest = c.path("pieces");
     let tmp = dest.join(format!("{}.pgbb-tmp", relation_file(&c, "pgbench_accounts")));
     let mut child =
