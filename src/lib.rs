@@ -27,6 +27,7 @@ pub mod listing;
 pub mod logging;
 pub mod lsn;
 pub mod manifest;
+pub mod page_holes;
 pub mod pg;
 pub mod pidfd;
 pub mod pool;

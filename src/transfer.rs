@@ -219,6 +219,9 @@ pub struct Transfer {
     /// `--delta`: compare a file by streaming it whole (a server on this machine), not by
     /// block hashes computed on the server.
     pub compare_by_content: bool,
+    /// Plain chunks from a server across a network: data pages travel without their holes
+    /// while the link is the limit (see [`crate::page_holes`]).
+    pub holes: Option<crate::page_holes::Holes>,
 }
 
 /// How many bytes one request writes: the whole file at the size stat'd when its read
@@ -532,23 +535,16 @@ impl Transfer {
         let range = req.range();
         let path = src.display();
         let what = format!("could not read \"{path}\"");
-        let chunk = self.chunk as i64;
         let source = Source::of(src);
-        let mut rows = match (&source, range) {
-            (Source::Path(p), None) => s.stream(sql::READ_PLAIN, &[p, &chunk], &what)?,
-            (Source::Path(p), Some((off, len))) => {
-                s.stream(sql::READ_PLAIN_RANGE, &[p, &chunk, &(off as i64), &(len as i64)], &what)?
-            }
-            (Source::ByName(parts), None) => s.stream(sql::READ_PLAIN_BY_NAME, &[parts, &chunk], &what)?,
-            (Source::ByName(..), Some(_)) => {
-                return Err(TransferError::Data {
-                    path,
-                    message: "pieces of a file whose name is not UTF-8 are not supported".into(),
-                })
-            }
+        let holes = match (&self.holes, &source) {
+            (Some(h), Source::Path(_)) => h.wanted(&path).then_some(h),
+            _ => None,
         };
+        let started = std::time::Instant::now();
+        let mut rows = self.plain_rows(s, &source, range, holes.is_some(), &what, &path)?;
         let mut out: Option<Sink> = None;
         let (mut size, mut mtime) = (0u64, 0i64);
+        let mut filled = Vec::new();
         while let Some(row) = rows.next().map_err(|e| pg_err(&what, e))? {
             let Some(sz) = row.try_get::<_, Option<i64>>(0).map_err(|e| pg_err(&what, e))? else {
                 return Ok(None);
@@ -565,10 +561,15 @@ impl Transfer {
                 None if size == 0 => {}
                 // Removed while we were reading it.
                 None => return Ok(None),
-                Some(d) => {
+                Some(mut d) => {
                     sink.wire += d.len() as u64;
                     if let Some(t) = &self.throttle {
                         t.pace(d.len() as u64);
+                    }
+                    if holes.is_some() {
+                        crate::page_holes::fill(d, &mut filled)
+                            .map_err(|message| TransferError::Data { path: path.clone(), message })?;
+                        d = &filled;
                     }
                     // A file that shrank gives short chunks: zero-fill up to the size listed,
                     // as core does; WAL replay repairs the contents.
@@ -580,12 +581,42 @@ impl Transfer {
                 }
             }
         }
+        if let (Some(h), Some(sink)) = (holes, &out) {
+            h.saw(sink.written(), started.elapsed());
+        }
         match (out, source) {
             (Some(sink), _) => Ok(Some((sink, mtime))),
             // Looked up by name in its directory: not there.
             (None, Source::ByName(..)) => Ok(None),
             (None, Source::Path(_)) => Err(TransferError::Data { path, message: "the server returned no rows".into() }),
         }
+    }
+
+    /// The rows of a plain read of `source` (see [`sql::READ_PLAIN`]), with `holes` in the
+    /// format of [`sql::READ_HOLES`] (only by path).
+    fn plain_rows<'s>(
+        &self,
+        s: &'s mut Session,
+        source: &Source,
+        range: Option<(u64, u64)>,
+        holes: bool,
+        what: &str,
+        path: &str,
+    ) -> Result<postgres::RowIter<'s>, TransferError> {
+        let chunk = self.chunk as i64;
+        let (whole, piece) =
+            if holes { (sql::READ_HOLES, sql::READ_HOLES_RANGE) } else { (sql::READ_PLAIN, sql::READ_PLAIN_RANGE) };
+        Ok(match (source, range) {
+            (Source::Path(p), None) => s.stream(whole, &[p, &chunk], what)?,
+            (Source::Path(p), Some((off, len))) => s.stream(piece, &[p, &chunk, &(off as i64), &(len as i64)], what)?,
+            (Source::ByName(parts), None) => s.stream(sql::READ_PLAIN_BY_NAME, &[parts, &chunk], what)?,
+            (Source::ByName(..), Some(_)) => {
+                return Err(TransferError::Data {
+                    path: path.into(),
+                    message: "pieces of a file whose name is not UTF-8 are not supported".into(),
+                })
+            }
+        })
     }
 
     fn fetch_zlib(

@@ -108,6 +108,7 @@ pub fn open_session(common: &Common, app: &str, compress: Compress) -> Result<(S
         throttle: common.rate.map(Throttle::new),
         // As the master says (plan_delta): reading costs less than hashing on this machine.
         compare_by_content: common.conn.is_local(),
+        holes: None,
     };
     if let Err(e) = t.prepare(&mut s) {
         if !matches!(compress, Compress::Auto(_)) {
@@ -117,10 +118,20 @@ pub fn open_session(common: &Common, app: &str, compress: Compress) -> Result<(S
         t.method = Method::Plain;
     }
     t.chunk = common.chunk_for(t.method);
+    // Across a network, plain chunks leave out the zeros in the middle of data pages while
+    // the link is the limit (page_holes).
+    if t.method == Method::Plain && !common.conn.is_local() {
+        t.holes = Some(crate::page_holes::Holes::new(caps.layout_rules()));
+    }
     log::info!(
-        "chunks travel {} in {} KiB chunks",
+        "chunks travel {} in {} KiB chunks{}",
         if t.method == Method::Plain { "plain".to_string() } else { t.method.to_string() },
-        t.chunk >> 10
+        t.chunk >> 10,
+        if t.holes.is_some() {
+            ", data pages without their holes (the zeros between pd_lower and pd_upper)"
+        } else {
+            ""
+        }
     );
     Ok((s, t))
 }

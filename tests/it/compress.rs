@@ -197,3 +197,64 @@ fn chunks_that_do_not_compress_travel_stored_and_text_compressed() {
         assert!(n > CHUNK && n <= stored, "range {k} of random pages: {n} bytes, stored is {stored}");
     }
 }
+
+/// Plain chunks from a server across a network, where the link is the limit (400 Mbit/s
+/// here), leave out the zeros in the middle of data pages: far fewer bytes travel than the
+/// backup holds, every file comes back byte for byte (a page whose hole is not all zeros
+/// among them: it travels whole), and the backup restores, taken under pgbench load.
+#[test]
+fn plain_chunks_over_a_network_leave_page_holes_behind() {
+    if !is_root() {
+        eprintln!("SKIPPED plain_chunks_over_a_network_leave_page_holes_behind: network namespaces need root");
+        return;
+    }
+    let (ns, c, dsn) = remote_cluster(99, None);
+    ns.limit("400mbit");
+    c.pgbench_init(5);
+    let mut cl = c.client();
+    // About 6 rows in each page: most of every page is its hole (about 45 MB in all). Frozen,
+    // so that nothing changes its pages while they are copied and compared.
+    cl.batch_execute(
+        "CREATE EXTENSION amcheck; \
+         CREATE TABLE sparse WITH (fillfactor = 10, autovacuum_enabled = off) \
+             AS SELECT g, repeat('s', 100) AS pad FROM generate_series(1, 40000) g",
+    )
+    .unwrap();
+    cl.batch_execute("VACUUM (FREEZE) sparse").unwrap();
+    cl.batch_execute("CHECKPOINT").unwrap();
+    let oid: u32 = cl.query_one("SELECT oid FROM pg_database WHERE datname = 'postgres'", &[]).unwrap().get(0);
+    let sparse: String = cl.query_one("SELECT pg_relation_filepath('sparse')", &[]).unwrap().get(0);
+    // A file named like a relation: a page whose "hole" holds one byte that is not zero, then
+    // the same page with its hole all zeros (both too new for page verification to check).
+    let mut page = vec![0u8; 8192];
+    page[..8].fill(0xff);
+    page[12..16].copy_from_slice(&[24, 0, 0, 0x20]);
+    let mut odd = page.clone();
+    odd[4000] = 1;
+    let planted = format!("base/{oid}/3999999999");
+    std::fs::write(c.data.join(&planted), [odd, page].concat()).unwrap();
+    chown_pg(&c.data.join(&planted));
+    let load = c.pgbench_load(2, 600);
+    let dest = c.path("holes");
+    let out =
+        pgbb_run(&["-v", "--log-format", "json", "-c", "fast", "--compress", "none", &dsn, dest.to_str().unwrap()]);
+    load.finish();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("data pages without their holes"), "{err}");
+    let summary: serde_json::Value = err
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "summary")
+        .unwrap_or_else(|| panic!("no summary: {err}"));
+    let (bytes, wire) = (summary["bytes"].as_u64().unwrap(), summary["network_bytes"].as_u64().unwrap());
+    // At most 16 MB of them are the zeros after the backup's stop in its last WAL segment.
+    assert!(bytes - wire > (16 + 30) << 20, "{bytes} bytes in the backup, {wire} over the network");
+    for f in [&planted, &sparse] {
+        assert!(std::fs::read(dest.join(f)).unwrap() == std::fs::read(c.data.join(f)).unwrap(), "{f} differs");
+    }
+    let expect = Expect { pgbench: true, databases: vec!["postgres".into()], unlogged: vec![], absent: vec![] };
+    let copy = verify_restore(&dest, &expect);
+    assert_eq!(query_i64(&mut copy.client(), "SELECT count(*) FROM sparse"), 40000);
+    c.assert_no_pgbb_left();
+}

@@ -888,6 +888,16 @@ impl NetNs {
         ]));
     }
 
+    /// Limits what the server sends us to `rate` (`tc tbf`, as scripts/bench.sh does).
+    pub fn limit(&self, rate: &str) {
+        let ns_if = self.host_if.replacen("pgbh", "pgbn", 1);
+        run_ok(
+            std::process::Command::new("ip")
+                .args(["netns", "exec", &self.name, "tc", "qdisc", "add", "dev"])
+                .args([&ns_if, "root", "tbf", "rate", rate, "burst", "256kb", "latency", "50ms"]),
+        );
+    }
+
     /// Takes the host side of the link down (or up again).
     pub fn link(&self, up: bool) {
         run_ok(std::process::Command::new("ip").args(["link", "set", &self.host_if, if up { "up" } else { "down" }]));

@@ -1,0 +1,188 @@
+//! Plain chunks over a network without the empty middle of data pages: putting the holes
+//! back (`sql::READ_HOLES`' format), and when a worker asks for them.
+
+use std::cell::Cell;
+use std::time::Duration;
+
+use crate::checksum::BLCKSZ;
+use crate::layout::{checksummed_segment, LayoutRules};
+
+/// Rebuilds a chunk sent without its pages' holes into `out` (cleared first): each page's
+/// 4-byte header (hole start, hole length; big endian), then its bytes without the hole. A
+/// header that does not fit its page, or bytes that end inside one, is an error, never a
+/// guess.
+pub fn fill(data: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
+    out.clear();
+    let mut rest = data;
+    while !rest.is_empty() {
+        let (head, body) = rest.split_at_checked(4).ok_or("a page header is cut short")?;
+        let start = usize::from(u16::from_be_bytes([head[0], head[1]]));
+        let hole = usize::from(u16::from_be_bytes([head[2], head[3]]));
+        let kept = match hole {
+            0 => body.len().min(BLCKSZ),
+            _ if start + hole <= BLCKSZ => BLCKSZ - hole,
+            _ => return Err(format!("a page's hole ({start} + {hole} bytes) does not fit in a page")),
+        };
+        let (page, next) = body.split_at_checked(kept).ok_or("a page is cut short")?;
+        if hole > 0 {
+            out.extend_from_slice(&page[..start]);
+            out.resize(out.len() + hole, 0);
+            out.extend_from_slice(&page[start..]);
+        } else {
+            out.extend_from_slice(page);
+        }
+        rest = next;
+    }
+    Ok(())
+}
+
+/// Files shorter than this say nothing about the link (a round trip dominates them).
+const MEASURED_FROM: u64 = 8 << 20;
+/// Leaving the holes out costs the server about 2.3 ms of CPU per MB (440 MB/s per core,
+/// docs/benchmarks.md). A worker that reads faster than this has a link that keeps up with
+/// that, or nearly: the server's CPU would be the limit, so its pages travel whole.
+const FAST: f64 = 200e6;
+/// A worker that reads slower than this with whole pages is held back by the link (or the
+/// server's disk): leaving the holes out costs the server at most a quarter of a core.
+const SLOW: f64 = 100e6;
+
+/// One worker's choice, from the rate of its last large data file (`Cell`s: a worker is one
+/// thread). It starts with holes left out (the server is across a network) and changes its
+/// mind only past the far threshold, so it does not flip on noise.
+#[derive(Debug, Clone)]
+pub struct Holes {
+    on: Cell<bool>,
+    rules: LayoutRules,
+}
+
+impl Holes {
+    pub fn new(rules: LayoutRules) -> Holes {
+        Holes { on: Cell::new(true), rules }
+    }
+
+    /// Whether the next data file is read without holes.
+    pub fn on(&self) -> bool {
+        self.on.get()
+    }
+
+    /// Whether `path` (relative to the data directory) is read without holes: a data file
+    /// (the files whose pages are verified), while the link is the limit.
+    pub fn wanted(&self, path: &str) -> bool {
+        self.on() && checksummed_segment(path, self.rules).is_some()
+    }
+
+    /// A data file of `bytes` (as written to DEST) took `took` to read: decides the next.
+    pub fn saw(&self, bytes: u64, took: Duration) {
+        if bytes < MEASURED_FROM || took.is_zero() {
+            return;
+        }
+        let rate = bytes as f64 / took.as_secs_f64();
+        let on = self.on.get();
+        if on && rate > FAST {
+            log::info!(
+                "read {:.0} MB/s with page holes left out: the server's CPU, not the link, would limit; data pages travel whole",
+                rate / 1e6
+            );
+            self.on.set(false);
+        } else if !on && rate < SLOW {
+            log::info!("read {:.0} MB/s: the link limits; data pages travel without their holes again", rate / 1e6);
+            self.on.set(true);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PAGES: &[u8] = include_bytes!("../tests/fixtures/pg15-pgbench_accounts-blocks-100-102.bin");
+
+    /// What the server sends for a chunk (the SQL's rules, in Rust): for tests of [`fill`].
+    fn without_holes(chunk: &[u8]) -> Vec<u8> {
+        let mut sent = Vec::new();
+        for p in chunk.chunks(BLCKSZ) {
+            let (lo, up) = if p.len() == BLCKSZ {
+                (usize::from(u16::from_le_bytes([p[12], p[13]])), usize::from(u16::from_le_bytes([p[14], p[15]])))
+            } else {
+                (0, 0)
+            };
+            let hole = lo >= 24 && lo < up && up <= BLCKSZ && p[lo..up].iter().all(|&b| b == 0);
+            if hole {
+                sent.extend_from_slice(&(lo as u16).to_be_bytes());
+                sent.extend_from_slice(&((up - lo) as u16).to_be_bytes());
+                sent.extend_from_slice(&p[..lo]);
+                sent.extend_from_slice(&p[up..]);
+            } else {
+                sent.extend_from_slice(&[0; 4]);
+                sent.extend_from_slice(p);
+            }
+        }
+        sent
+    }
+
+    #[test]
+    fn real_pages_come_back_byte_for_byte_and_smaller_on_the_wire() {
+        let sent = without_holes(PAGES);
+        assert!(sent.len() < PAGES.len(), "{} !< {}", sent.len(), PAGES.len());
+        let mut out = Vec::new();
+        fill(&sent, &mut out).unwrap();
+        assert_eq!(out, PAGES);
+    }
+
+    /// A hole that is not all zeros, a new (all-zero) page, header fields that mean
+    /// something else, and a short last page all travel whole and come back as they were.
+    #[test]
+    fn anything_but_a_zero_hole_travels_whole() {
+        let mut garbage = PAGES[..BLCKSZ].to_vec();
+        let (lo, up) = (u16::from_le_bytes([garbage[12], garbage[13]]), u16::from_le_bytes([garbage[14], garbage[15]]));
+        garbage[usize::from(lo + (up - lo) / 2)] = 7;
+        let mut odd = vec![0xA5u8; BLCKSZ];
+        odd[12..16].copy_from_slice(&[0xff, 0x1f, 0x00, 0x20]);
+        let mut chunk = [garbage.as_slice(), &[0u8; BLCKSZ], &odd, &PAGES[BLCKSZ..2 * BLCKSZ], &[1, 2, 3]].concat();
+        let sent = without_holes(&chunk);
+        // Only the fourth page (a real one) lost its hole.
+        let second = &PAGES[BLCKSZ..2 * BLCKSZ];
+        let hole = u16::from_le_bytes([second[14], second[15]]) - u16::from_le_bytes([second[12], second[13]]);
+        assert!(hole > 0);
+        assert_eq!(sent.len(), chunk.len() + 5 * 4 - usize::from(hole));
+        let mut out = Vec::new();
+        fill(&sent, &mut out).unwrap();
+        assert_eq!(out, chunk);
+        chunk.clear();
+        fill(&[], &mut out).unwrap();
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_malformed_chunk_is_an_error() {
+        let mut out = Vec::new();
+        assert!(fill(&[0, 24], &mut out).is_err());
+        // A hole past the page's end.
+        assert!(fill(&[0x1f, 0xff, 0x00, 0x10, 1, 2], &mut out).is_err());
+        // Bytes that end inside a page with a hole.
+        let sent = without_holes(&PAGES[..BLCKSZ]);
+        assert!(fill(&sent[..sent.len() - 1], &mut out).is_err());
+        // A whole page and the start of the next header.
+        let sent = [&[0u8; 4][..], &[9u8; BLCKSZ], &[0, 0]].concat();
+        assert!(fill(&sent, &mut out).is_err());
+    }
+
+    #[test]
+    fn a_worker_turns_holes_off_on_a_fast_link_and_on_again_on_a_slow_one() {
+        let h = Holes::new(LayoutRules::default());
+        assert!(h.on() && h.wanted("base/5/16396.1") && !h.wanted("pg_xact/0000"));
+        let ms = Duration::from_millis;
+        // Small files, or a rate between the two thresholds, change nothing.
+        h.saw(1 << 20, ms(1));
+        h.saw(150 << 20, ms(1000));
+        assert!(h.on());
+        h.saw(300 << 20, ms(1000));
+        assert!(!h.on());
+        h.saw(150 << 20, ms(1000));
+        assert!(!h.on());
+        h.saw(50 << 20, ms(1000));
+        assert!(h.on());
+        h.saw(50 << 20, Duration::ZERO);
+        assert!(h.on());
+    }
+}
