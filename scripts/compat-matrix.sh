@@ -51,7 +51,9 @@ for major in "${majors[@]}"; do
          standby_cases::cascading_standby_backups_on_timelines_1_and_2_restore
          # --delta: by block hashes from a server over the network (under pgbench), and as the
          # files stream from a server on this machine (a clone that ran).
-         delta::delta_refreshes_an_older_backup_under_load delta::delta_resets_a_clone_that_ran_and_wrote)
+         delta::delta_refreshes_an_older_backup_under_load delta::delta_resets_a_clone_that_ran_and_wrote
+         # Plain chunks over a network without page holes (built-in functions of each major).
+         compress::plain_chunks_over_a_network_leave_page_holes_behind)
   # -i (17+): a chain of pgbb full and incrementals under pgbench load through that major's
   # pg_combinebackup, restored and checked; a relation truncated between two backups (its
   # INCREMENTAL header as pg_basebackup's); the bad OLD_MANIFESTs, each refused.
