@@ -7,12 +7,12 @@ use std::time::Duration;
 use crate::checksum::BLCKSZ;
 use crate::layout::{checksummed_segment, LayoutRules};
 
-/// Rebuilds a chunk sent without its pages' holes into `out` (cleared first): each page's
+/// Rebuilds a chunk sent without its pages' holes, appending it to `out`: each page's
 /// 4-byte header (hole start, hole length; big endian), then its bytes without the hole. A
-/// header that does not fit its page, or bytes that end inside one, is an error, never a
-/// guess.
-pub fn fill(data: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
-    out.clear();
+/// header that does not fit its page, bytes that end inside one, or more than `limit` bytes
+/// in all is an error, never a guess.
+pub fn fill(data: &[u8], limit: u64, out: &mut Vec<u8>) -> Result<(), String> {
+    let end = out.len() as u64 + limit;
     let mut rest = data;
     while !rest.is_empty() {
         let (head, body) = rest.split_at_checked(4).ok_or("a page header is cut short")?;
@@ -24,6 +24,9 @@ pub fn fill(data: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
             _ => return Err(format!("a page's hole ({start} + {hole} bytes) does not fit in a page")),
         };
         let (page, next) = body.split_at_checked(kept).ok_or("a page is cut short")?;
+        if out.len() as u64 + (kept + hole) as u64 > end {
+            return Err("more bytes than asked for".into());
+        }
         if hole > 0 {
             out.extend_from_slice(&page[..start]);
             out.resize(out.len() + hole, 0);
@@ -34,6 +37,32 @@ pub fn fill(data: &[u8], out: &mut Vec<u8>) -> Result<(), String> {
         rest = next;
     }
     Ok(())
+}
+
+/// What the temporary compression helper sends for a stored chunk whose pages have holes
+/// (`sql::CREATE_ZLIB_READER`): this byte, then the chunk in [`fill`]'s format. A zlib
+/// stream's first byte has 8 (deflate) in its low four bits, so it never starts so.
+pub const STORED_WITHOUT_HOLES: u8 = b'P';
+
+/// One chunk from a compression helper appended to `out`: a zlib stream, or a stored chunk
+/// without its pages' holes (see [`STORED_WITHOUT_HOLES`]). More than `limit` bytes is an
+/// error (what comes past it is not decoded).
+pub fn unpack(data: &[u8], limit: u64, out: &mut Vec<u8>) -> Result<(), String> {
+    use std::io::Read as _;
+    match data.split_first() {
+        Some((&STORED_WITHOUT_HOLES, pages)) => fill(pages, limit, out),
+        _ => {
+            let before = out.len() as u64;
+            flate2::read::ZlibDecoder::new(data)
+                .take(limit + 1)
+                .read_to_end(out)
+                .map_err(|e| format!("corrupt compressed chunk: {e}"))?;
+            match out.len() as u64 - before > limit {
+                true => Err("more bytes than asked for".into()),
+                false => Ok(()),
+            }
+        }
+    }
 }
 
 /// Files shorter than this say nothing about the link (a round trip dominates them).
@@ -125,7 +154,7 @@ mod tests {
         let sent = without_holes(PAGES);
         assert!(sent.len() < PAGES.len(), "{} !< {}", sent.len(), PAGES.len());
         let mut out = Vec::new();
-        fill(&sent, &mut out).unwrap();
+        fill(&sent, u64::MAX, &mut out).unwrap();
         assert_eq!(out, PAGES);
     }
 
@@ -138,7 +167,7 @@ mod tests {
         garbage[usize::from(lo + (up - lo) / 2)] = 7;
         let mut odd = vec![0xA5u8; BLCKSZ];
         odd[12..16].copy_from_slice(&[0xff, 0x1f, 0x00, 0x20]);
-        let mut chunk = [garbage.as_slice(), &[0u8; BLCKSZ], &odd, &PAGES[BLCKSZ..2 * BLCKSZ], &[1, 2, 3]].concat();
+        let chunk = [garbage.as_slice(), &[0u8; BLCKSZ], &odd, &PAGES[BLCKSZ..2 * BLCKSZ], &[1, 2, 3]].concat();
         let sent = without_holes(&chunk);
         // Only the fourth page (a real one) lost its hole.
         let second = &PAGES[BLCKSZ..2 * BLCKSZ];
@@ -146,25 +175,58 @@ mod tests {
         assert!(hole > 0);
         assert_eq!(sent.len(), chunk.len() + 5 * 4 - usize::from(hole));
         let mut out = Vec::new();
-        fill(&sent, &mut out).unwrap();
+        fill(&sent, u64::MAX, &mut out).unwrap();
         assert_eq!(out, chunk);
-        chunk.clear();
-        fill(&[], &mut out).unwrap();
+        out.clear();
+        fill(&[], 0, &mut out).unwrap();
         assert!(out.is_empty());
     }
 
     #[test]
     fn a_malformed_chunk_is_an_error() {
         let mut out = Vec::new();
-        assert!(fill(&[0, 24], &mut out).is_err());
+        assert!(fill(&[0, 24], u64::MAX, &mut out).is_err());
         // A hole past the page's end.
-        assert!(fill(&[0x1f, 0xff, 0x00, 0x10, 1, 2], &mut out).is_err());
+        assert!(fill(&[0x1f, 0xff, 0x00, 0x10, 1, 2], u64::MAX, &mut out).is_err());
         // Bytes that end inside a page with a hole.
         let sent = without_holes(&PAGES[..BLCKSZ]);
-        assert!(fill(&sent[..sent.len() - 1], &mut out).is_err());
+        assert!(fill(&sent[..sent.len() - 1], u64::MAX, &mut out).is_err());
         // A whole page and the start of the next header.
         let sent = [&[0u8; 4][..], &[9u8; BLCKSZ], &[0, 0]].concat();
-        assert!(fill(&sent, &mut out).is_err());
+        assert!(fill(&sent, u64::MAX, &mut out).is_err());
+    }
+
+    /// More than asked for is refused (a page's worth of zeros from four bytes).
+    #[test]
+    fn a_chunk_larger_than_asked_for_is_an_error() {
+        let sent = without_holes(PAGES);
+        let mut out = Vec::new();
+        assert!(fill(&sent, PAGES.len() as u64 - 1, &mut out).is_err());
+        out.clear();
+        fill(&sent, PAGES.len() as u64, &mut out).unwrap();
+        // Appends.
+        fill(&sent, PAGES.len() as u64, &mut out).unwrap();
+        assert_eq!(out, [PAGES, PAGES].concat());
+    }
+
+    /// A helper chunk is a zlib stream or, led by `P`, pages without holes; either way at
+    /// most `limit` bytes.
+    #[test]
+    fn helper_chunks_unpack_either_way() {
+        use std::io::Write as _;
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::new(0));
+        z.write_all(PAGES).unwrap();
+        let zlib = z.finish().unwrap();
+        assert_ne!(zlib[0], STORED_WITHOUT_HOLES);
+        let holes = [&[STORED_WITHOUT_HOLES][..], &without_holes(PAGES)].concat();
+        for chunk in [&zlib, &holes] {
+            let mut out = vec![1u8];
+            unpack(chunk, PAGES.len() as u64, &mut out).unwrap();
+            assert_eq!(out[1..], *PAGES);
+            assert!(unpack(chunk, PAGES.len() as u64 - 1, &mut Vec::new()).is_err());
+        }
+        assert!(unpack(b"Px", 100, &mut Vec::new()).is_err());
+        assert!(unpack(b"\x78junk", 100, &mut Vec::new()).is_err());
     }
 
     #[test]

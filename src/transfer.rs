@@ -3,8 +3,6 @@
 //! The bytes are checksummed for the manifest and, for relation files, page-verified as they
 //! pass.
 
-use std::io::Read;
-
 use postgres::fallible_iterator::FallibleIterator;
 
 use crate::checksum::{block_number, check_page, PageCheck, BLCKSZ};
@@ -567,7 +565,8 @@ impl Transfer {
                         t.pace(d.len() as u64);
                     }
                     if holes.is_some() {
-                        crate::page_holes::fill(d, &mut filled)
+                        filled.clear();
+                        crate::page_holes::fill(d, self.chunk, &mut filled)
                             .map_err(|message| TransferError::Data { path: path.clone(), message })?;
                         d = &filled;
                     }
@@ -662,10 +661,9 @@ impl Transfer {
                 t.pace(data.len() as u64);
             }
             buf.clear();
-            flate2::read::ZlibDecoder::new(data).take(self.chunk + 1).read_to_end(&mut buf).map_err(|e| {
-                TransferError::Data { path: path.clone(), message: format!("corrupt compressed chunk: {e}") }
-            })?;
-            if buf.len() as u64 > self.chunk || sink.written() + buf.len() as u64 > size {
+            crate::page_holes::unpack(data, self.chunk, &mut buf)
+                .map_err(|message| TransferError::Data { path: path.clone(), message })?;
+            if sink.written() + buf.len() as u64 > size {
                 return Err(TransferError::Data {
                     path,
                     message: "the server sent more data than the file size".into(),

@@ -3,8 +3,6 @@
 //! for the changed blocks of an `INCREMENTAL.*` file and for the differing blocks of a
 //! `--delta` refresh.
 
-use std::io::Read as _;
-
 use postgres::fallible_iterator::FallibleIterator;
 
 use crate::dest::SafePath;
@@ -73,12 +71,8 @@ impl Transfer {
             if let Some(t) = &self.throttle {
                 t.pace(data.len() as u64);
             }
-            let limit = lens[i] as u64 - buf.len() as u64;
-            let mut d = flate2::read::ZlibDecoder::new(data).take(limit + 1);
-            d.read_to_end(&mut buf).map_err(|e| bad(format!("corrupt compressed chunk: {e}")))?;
-            if buf.len() as u64 > lens[i] as u64 {
-                return Err(bad("the server sent more data than asked".into()));
-            }
+            let limit = (lens[i] as u64).saturating_sub(buf.len() as u64);
+            crate::page_holes::unpack(data, limit, &mut buf).map_err(|m| bad(format!("{m} (range {})", i + 1)))?;
         }
         // No row at all, or nothing for the last ranges: not there (any more).
         match cur {

@@ -196,6 +196,33 @@ fn chunks_that_do_not_compress_travel_stored_and_text_compressed() {
         let n = range(k * CHUNK as i64).len();
         assert!(n > CHUNK && n <= stored, "range {k} of random pages: {n} bytes, stored is {stored}");
     }
+    // The same random pages, their zeros now a page's hole (pd_lower 1000, pd_upper 2640):
+    // stored chunks leave the holes out ('P' and pages without them), and unpack to the file.
+    for (k, page) in data[..4 * CHUNK].chunks_mut(8192).enumerate() {
+        // Random bytes where the zeros were (another stream of them).
+        for (j, b) in page[..1640].iter_mut().enumerate() {
+            *b = (k * 7919 + j * 104_729).to_le_bytes()[1] ^ (j as u8).wrapping_mul(151);
+        }
+        page[12..16].copy_from_slice(&[0xe8, 0x03, 0x50, 0x0a]);
+        page[1000..2640].fill(0);
+    }
+    std::fs::write(c.data.join("pgbb_sample"), &data[..4 * CHUNK]).unwrap();
+    let rows: Vec<Vec<u8>> = cl
+        .query("SELECT pg_temp.pgbb_read_zlib($1, $2, 1, -1, -1)", &[&b"pgbb_sample".as_slice(), &(CHUNK as i64)])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(rows.len(), 5, "a header row and four chunks");
+    let without = CHUNK - CHUNK / 8192 * (1640 - 4) + 1;
+    for (i, row) in rows[1..].iter().enumerate() {
+        let mut out = Vec::new();
+        pgbb::page_holes::unpack(row, CHUNK as u64, &mut out).unwrap();
+        assert!(out == data[i * CHUNK..(i + 1) * CHUNK], "chunk {i} does not unpack to the file's bytes");
+        if i > 0 {
+            assert_eq!((row[0], row.len()), (pgbb::page_holes::STORED_WITHOUT_HOLES, without), "chunk {i}");
+        }
+    }
 }
 
 /// Plain chunks from a server across a network, where the link is the limit (400 Mbit/s
