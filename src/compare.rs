@@ -70,6 +70,10 @@ pub struct InPlace {
     path: std::path::PathBuf,
     pos: u64,
     local: Vec<u8>,
+    /// Blocks were written (that differed).
+    wrote: bool,
+    /// Hand the file to write-back when finished (see `Dest::writeback`).
+    pub writeback: bool,
 }
 
 impl InPlace {
@@ -78,7 +82,7 @@ impl InPlace {
         use std::os::fd::AsRawFd;
         // SAFETY: a plain system call on a descriptor we own; only advice, its failure is harmless.
         unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_WILLNEED) };
-        InPlace { file, path, pos: 0, local: Vec::new() }
+        InPlace { file, path, pos: 0, local: Vec::new(), wrote: false, writeback: false }
     }
 
     fn io(&self, e: std::io::Error) -> DestError {
@@ -102,6 +106,7 @@ impl InPlace {
             let end = (off + BLOCK).min(data.len());
             if end > have || data[off..end] != self.local[off..end] {
                 self.file.write_all_at(&data[off..end], self.pos + off as u64).map_err(|e| self.io(e))?;
+                self.wrote = true;
             }
             off = end;
         }
@@ -118,6 +123,8 @@ impl InPlace {
         self.file.set_len(self.pos).map_err(|e| self.io(e))?;
         if sync {
             self.file.sync_all().map_err(|e| self.io(e))?;
+        } else if self.writeback && self.wrote {
+            crate::dest::start_writeback(&self.file);
         }
         Ok(self.pos)
     }
@@ -181,6 +188,10 @@ impl Transfer {
             }
             None => self.settle(src, &mut file, size).map_err(io)?,
         };
+        if !self.sync && wire > 0 {
+            // What was written goes to disk now, not all at the end (as for a new file).
+            dest.start_writeback(&file, size);
+        }
         let verified_pages = pages.as_ref().map_or(0, |p| p.verified);
         let bad_pages = match pages {
             Some(p) if !p.suspects.is_empty() => self.reread(s, src, &p)?,

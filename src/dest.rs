@@ -243,6 +243,19 @@ impl Dest {
         &self.root
     }
 
+    /// [`Dest::writeback`] for a file written in place (a `--delta` refresh), now complete at
+    /// `size` bytes.
+    pub fn start_writeback(&self, file: &fs::File, size: u64) {
+        if self.writes_back(size) {
+            start_writeback(file);
+        }
+    }
+
+    /// Whether a file of `size` bytes is handed to write-back when complete.
+    pub fn writes_back(&self, size: u64) -> bool {
+        self.writeback && size >= WRITEBACK_FROM
+    }
+
     fn io_err(&self, rel: &Path, e: Errno) -> DestError {
         DestError::Io { path: self.root.join(rel), source: errno_io(e) }
     }
@@ -590,11 +603,7 @@ impl FileWriter {
             if sync {
                 f.sync_all().map_err(ioerr)?;
             } else if self.writeback && self.written >= WRITEBACK_FROM {
-                // SAFETY: a plain system call on a descriptor we own; it only starts I/O.
-                // A failure here is not fatal: the master's syncfs reports write-back errors.
-                if unsafe { libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) } != 0 {
-                    log::debug!("sync_file_range {}: {}", path.display(), io::Error::last_os_error());
-                }
+                start_writeback(&f);
             }
         }
         if !self.piece && self.tmp != self.name {
@@ -603,6 +612,15 @@ impl FileWriter {
         }
         self.tmp.clear();
         Ok(self.written)
+    }
+}
+
+/// Hands a file's dirty pages to the kernel's write-back (`sync_file_range`, which does not
+/// wait). A failure is not fatal: the master's syncfs reports write-back errors.
+pub(crate) fn start_writeback(f: &fs::File) {
+    // SAFETY: a plain system call on a descriptor we own; it only starts I/O.
+    if unsafe { libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) } != 0 {
+        log::debug!("sync_file_range: {}", io::Error::last_os_error());
     }
 }
 

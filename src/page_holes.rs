@@ -19,9 +19,9 @@ pub fn fill(data: &[u8], limit: u64, out: &mut Vec<u8>) -> Result<(), String> {
         let start = usize::from(u16::from_be_bytes([head[0], head[1]]));
         let hole = usize::from(u16::from_be_bytes([head[2], head[3]]));
         let kept = match hole {
-            0 => body.len().min(BLCKSZ),
-            _ if start + hole <= BLCKSZ => BLCKSZ - hole,
-            _ => return Err(format!("a page's hole ({start} + {hole} bytes) does not fit in a page")),
+            0 if start == 0 => body.len().min(BLCKSZ),
+            _ if hole > 0 && start >= 24 && start + hole <= BLCKSZ => BLCKSZ - hole,
+            _ => return Err(format!("a page's hole ({start} + {hole} bytes) is not one the server sends")),
         };
         let (page, next) = body.split_at_checked(kept).ok_or("a page is cut short")?;
         if out.len() as u64 + (kept + hole) as u64 > end {
@@ -54,7 +54,7 @@ pub fn unpack(data: &[u8], limit: u64, out: &mut Vec<u8>) -> Result<(), String> 
         _ => {
             let before = out.len() as u64;
             flate2::read::ZlibDecoder::new(data)
-                .take(limit + 1)
+                .take(limit.saturating_add(1))
                 .read_to_end(out)
                 .map_err(|e| format!("corrupt compressed chunk: {e}"))?;
             match out.len() as u64 - before > limit {
@@ -76,8 +76,9 @@ const FAST: f64 = 200e6;
 const SLOW: f64 = 100e6;
 
 /// One worker's choice, from the rate of its last large data file (`Cell`s: a worker is one
-/// thread). It starts with holes left out (the server is across a network) and changes its
-/// mind only past the far threshold, so it does not flip on noise.
+/// thread), whether or not its holes were left out. It starts with holes left out (the server
+/// is across a network) and changes its mind only past the far threshold, so it does not
+/// flip on noise.
 #[derive(Debug, Clone)]
 pub struct Holes {
     on: Cell<bool>,
@@ -94,20 +95,23 @@ impl Holes {
         self.on.get()
     }
 
-    /// Whether `path` (relative to the data directory) is read without holes: a data file
-    /// (the files whose pages are verified), while the link is the limit.
-    pub fn wanted(&self, path: &str) -> bool {
-        self.on() && checksummed_segment(path, self.rules).is_some()
+    /// Whether `path` (relative to the data directory) is a data file (the files whose pages
+    /// are verified): read without holes while [`Holes::on`], and timed either way.
+    pub fn is_data(&self, path: &str) -> bool {
+        checksummed_segment(path, self.rules).is_some()
     }
 
-    /// A data file of `bytes` (as written to DEST) took `took` to read: decides the next.
-    pub fn saw(&self, bytes: u64, took: Duration) {
+    /// A data file of `bytes` (as written to DEST; `wire` of them came over the network) took
+    /// `took` to read: decides the next. Leaving holes out stops only when the server made
+    /// pages fast *and* the link carried them fast: pages that are mostly hole can come out
+    /// fast over a slow link, and that is where leaving them out pays most.
+    pub fn saw(&self, bytes: u64, wire: u64, took: Duration) {
         if bytes < MEASURED_FROM || took.is_zero() {
             return;
         }
-        let rate = bytes as f64 / took.as_secs_f64();
+        let (rate, carried) = (bytes as f64 / took.as_secs_f64(), wire as f64 / took.as_secs_f64());
         let on = self.on.get();
-        if on && rate > FAST {
+        if on && rate > FAST && carried > SLOW {
             log::info!(
                 "read {:.0} MB/s with page holes left out: the server's CPU, not the link, would limit; data pages travel whole",
                 rate / 1e6
@@ -186,8 +190,10 @@ mod tests {
     fn a_malformed_chunk_is_an_error() {
         let mut out = Vec::new();
         assert!(fill(&[0, 24], u64::MAX, &mut out).is_err());
-        // A hole past the page's end.
+        // A hole past the page's end, one in the page header, a start without a hole.
         assert!(fill(&[0x1f, 0xff, 0x00, 0x10, 1, 2], u64::MAX, &mut out).is_err());
+        assert!(fill(&[0x00, 0x10, 0x00, 0x10, 1, 2], u64::MAX, &mut out).is_err());
+        assert!(fill(&[0x00, 0x30, 0x00, 0x00, 1, 2], u64::MAX, &mut out).is_err());
         // Bytes that end inside a page with a hole.
         let sent = without_holes(&PAGES[..BLCKSZ]);
         assert!(fill(&sent[..sent.len() - 1], u64::MAX, &mut out).is_err());
@@ -232,19 +238,22 @@ mod tests {
     #[test]
     fn a_worker_turns_holes_off_on_a_fast_link_and_on_again_on_a_slow_one() {
         let h = Holes::new(LayoutRules::default());
-        assert!(h.on() && h.wanted("base/5/16396.1") && !h.wanted("pg_xact/0000"));
+        assert!(h.on() && h.is_data("base/5/16396.1") && !h.is_data("pg_xact/0000"));
         let ms = Duration::from_millis;
         // Small files, or a rate between the two thresholds, change nothing.
-        h.saw(1 << 20, ms(1));
-        h.saw(150 << 20, ms(1000));
+        h.saw(1 << 20, 1 << 20, ms(1));
+        h.saw(150 << 20, 150 << 20, ms(1000));
         assert!(h.on());
-        h.saw(300 << 20, ms(1000));
-        assert!(!h.on());
-        h.saw(150 << 20, ms(1000));
-        assert!(!h.on());
-        h.saw(50 << 20, ms(1000));
+        // Mostly holes: fast to make, slow on the wire; the holes stay out.
+        h.saw(300 << 20, 60 << 20, ms(1000));
         assert!(h.on());
-        h.saw(50 << 20, Duration::ZERO);
+        h.saw(300 << 20, 290 << 20, ms(1000));
+        assert!(!h.on());
+        h.saw(150 << 20, 150 << 20, ms(1000));
+        assert!(!h.on());
+        h.saw(50 << 20, 50 << 20, ms(1000));
+        assert!(h.on());
+        h.saw(50 << 20, 50 << 20, Duration::ZERO);
         assert!(h.on());
     }
 }

@@ -391,7 +391,12 @@ impl Transfer {
             Request::Piece(off, _) => Out::New(dest.create_piece(dst, off)?),
             Request::Whole | Request::Head(..) => Out::New(dest.create_file(dst)?),
             Request::Refresh => match dest.open_existing(dst)? {
-                Some(file) => Out::InPlace(crate::compare::InPlace::new(file, dest.root().join(dst.to_path()))),
+                Some(file) => {
+                    let size = file.metadata().map_or(0, |m| m.len());
+                    let mut w = crate::compare::InPlace::new(file, dest.root().join(dst.to_path()));
+                    w.writeback = dest.writes_back(size);
+                    Out::InPlace(w)
+                }
                 None => {
                     dest.remove_file(dst)?;
                     Out::New(dest.create_file(dst)?)
@@ -534,10 +539,12 @@ impl Transfer {
         let path = src.display();
         let what = format!("could not read \"{path}\"");
         let source = Source::of(src);
-        let holes = match (&self.holes, &source) {
-            (Some(h), Source::Path(_)) => h.wanted(&path).then_some(h),
+        // A data file from across a network: timed (page_holes), and without holes while on.
+        let timed = match (&self.holes, &source) {
+            (Some(h), Source::Path(_)) => h.is_data(&path).then_some(h),
             _ => None,
         };
+        let holes = timed.filter(|h| h.on());
         let started = std::time::Instant::now();
         let mut rows = self.plain_rows(s, &source, range, holes.is_some(), &what, &path)?;
         let mut out: Option<Sink> = None;
@@ -580,8 +587,8 @@ impl Transfer {
                 }
             }
         }
-        if let (Some(h), Some(sink)) = (holes, &out) {
-            h.saw(sink.written(), started.elapsed());
+        if let (Some(h), Some(sink)) = (timed, &out) {
+            h.saw(sink.written(), sink.wire, started.elapsed());
         }
         match (out, source) {
             (Some(sink), _) => Ok(Some((sink, mtime))),

@@ -285,3 +285,56 @@ fn plain_chunks_over_a_network_leave_page_holes_behind() {
     assert_eq!(query_i64(&mut copy.client(), "SELECT count(*) FROM sparse"), 40000);
     c.assert_no_pgbb_left();
 }
+
+/// The reads that send data pages without their holes give, rebuilt, exactly what the plain
+/// reads give, row for row: whole files and ranges (unaligned, shorter than a page, empty,
+/// past the end), chunk sizes that are not a multiple of a page, a short last page, an empty
+/// and a missing file. Runs the SQL on the server (no network needed).
+#[test]
+fn reads_without_holes_rebuild_to_what_plain_reads_give() {
+    use pgbb::pg::sql;
+    let c = Cluster::new();
+    let mut cl = c.client();
+    cl.batch_execute("CREATE TABLE t AS SELECT g, repeat('x', g % 300) AS pad FROM generate_series(1, 30000) g")
+        .unwrap();
+    // As in pgbb's sessions (sql::SESSION_SETUP): JIT would compile every one of these reads.
+    cl.batch_execute("CHECKPOINT; SET jit = off").unwrap();
+    let rel: String = cl.query_one("SELECT pg_relation_filepath('t')", &[]).unwrap().get(0);
+    let pages = std::fs::read(c.data.join(&rel)).unwrap();
+    assert!(pages.len() > 40 * 8192);
+    for (name, bytes) in [("pgbb_tail", [&pages[..3 * 8192], &pages[..20]].concat()), ("pgbb_empty", Vec::new())] {
+        std::fs::write(c.data.join(name), bytes).unwrap();
+        chown_pg(&c.data.join(name));
+    }
+    type Row = (Option<i64>, Option<i64>, Option<Vec<u8>>);
+    let mut read = |q: &str, params: &[&(dyn postgres::types::ToSql + Sync)]| -> Vec<Row> {
+        cl.query(q, params).unwrap().iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect()
+    };
+    let mut saved = 0;
+    for path in [rel.as_str(), "pgbb_tail", "pgbb_empty", "pgbb_missing"] {
+        let raw = path.as_bytes();
+        for chunk in [8192i64, 12345, 131072] {
+            let mut pairs = vec![(read(sql::READ_PLAIN, &[&raw, &chunk]), read(sql::READ_HOLES, &[&raw, &chunk]))];
+            for (off, len) in [(0i64, 16384i64), (100, 5000), (8192, 70000), (3 * 8192, 0), (1 << 30, 8192)] {
+                pairs.push((
+                    read(sql::READ_PLAIN_RANGE, &[&raw, &chunk, &off, &len]),
+                    read(sql::READ_HOLES_RANGE, &[&raw, &chunk, &off, &len]),
+                ));
+            }
+            for (k, (plain, holes)) in pairs.into_iter().enumerate() {
+                assert_eq!(plain.len(), holes.len(), "{path}, chunk {chunk}, read {k}: rows");
+                for (p, h) in plain.iter().zip(&holes) {
+                    assert_eq!((p.0, p.1), (h.0, h.1), "{path}, chunk {chunk}, read {k}: size and mtime");
+                    let rebuilt = h.2.as_ref().map(|d| {
+                        let mut out = Vec::new();
+                        pgbb::page_holes::fill(d, u64::MAX, &mut out).unwrap();
+                        saved += out.len() - d.len().min(out.len());
+                        out
+                    });
+                    assert!(p.2 == rebuilt, "{path}, chunk {chunk}, read {k}: the bytes differ");
+                }
+            }
+        }
+    }
+    assert!(saved > 100 << 10, "holes were left out: {saved} bytes");
+}
