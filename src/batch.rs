@@ -88,7 +88,7 @@ pub fn serve(
     let reads = members(&items, |r| {
         plain && r.range.is_none() && r.incremental.is_none() && (!r.compare || t.compare_by_content)
     });
-    let compares = members(&items, |r| r.compare && !t.compare_by_content);
+    let compares = members(&items, |r| r.compare && r.range.is_none() && !t.compare_by_content);
     let incrementals = members(&items, |r| r.incremental.is_some() && r.range.is_none());
     let queried = t
         .read_many(s, &items, &reads, &mut slots)

@@ -112,11 +112,19 @@ impl BlockSums {
     /// The file of `size` bytes: its CRC-32C and its pages (checked and failed), or `None` if
     /// the blocks do not make up exactly that size.
     pub(crate) fn finish(&self, size: u64) -> Option<(Checksum, Option<Pages>)> {
-        let blocks = size.div_ceil(BLCKSZ as u64);
+        self.finish_span(0, size)
+    }
+
+    /// [`BlockSums::finish`] of bytes `start..end` of a file (a piece: `start` at a block),
+    /// from a [`BlockSums::piece`] that starts there.
+    pub(crate) fn finish_span(&self, start: u64, end: u64) -> Option<(Checksum, Option<Pages>)> {
+        if !start.is_multiple_of(BLCKSZ as u64) || start > end {
+            return None;
+        }
         let mut changed = self.changed.iter().peekable();
-        let (mut crc, mut pages) = (None::<u32>, self.verify.map(|(segno, v)| Pages::new(segno, 0, v)));
-        for i in 0..blocks {
-            let want = (size - i * BLCKSZ as u64).min(BLCKSZ as u64) as u32;
+        let (mut crc, mut pages) = (None::<u32>, self.verify.map(|(segno, v)| Pages::new(segno, start, v)));
+        for i in start / BLCKSZ as u64..end.div_ceil(BLCKSZ as u64) {
+            let want = (end - i * BLCKSZ as u64).min(BLCKSZ as u64) as u32;
             let s = match changed.peek() {
                 Some((at, s)) if *at == i => {
                     changed.next();
@@ -199,6 +207,31 @@ mod tests {
         b.changed(2 * BLCKSZ as u64, &old[2 * BLCKSZ..3 * BLCKSZ]);
         b.changed(0, &old[..BLCKSZ]);
         assert!(b.finish(old.len() as u64).is_none());
+    }
+
+    /// A piece's sums compose the CRC of that piece's bytes alone (as the master combines
+    /// the pieces'), with the server's blocks over the copy's; a span that does not start at a
+    /// block does not compose.
+    #[test]
+    fn a_piece_composes_its_own_bytes() {
+        let data: Vec<u8> = (0..6 * BLCKSZ + 300).map(|i| (i % 233) as u8).collect();
+        let whole = BlockSums::new(None);
+        let mut p = whole.piece(2);
+        data[2 * BLCKSZ..5 * BLCKSZ].chunks(BLCKSZ).for_each(|b| p.local(b));
+        let mut new = data.clone();
+        new[3 * BLCKSZ + 9] ^= 1;
+        p.changed(3 * BLCKSZ as u64, &new[3 * BLCKSZ..4 * BLCKSZ]);
+        let (start, end) = (2 * BLCKSZ as u64, 5 * BLCKSZ as u64);
+        let want = Checksum::Crc32c(crc32c::crc32c(&new[2 * BLCKSZ..5 * BLCKSZ]));
+        assert_eq!(p.finish_span(start, end).map(|(c, _)| c), Some(want));
+        // The last piece, past the copy's blocks: the server's bytes, to the file's end.
+        let mut last = whole.piece(5);
+        last.changed(5 * BLCKSZ as u64, &data[5 * BLCKSZ..6 * BLCKSZ]);
+        last.changed(6 * BLCKSZ as u64, &data[6 * BLCKSZ..]);
+        let want = Checksum::Crc32c(crc32c::crc32c(&data[5 * BLCKSZ..]));
+        assert_eq!(last.finish_span(end, data.len() as u64).map(|(c, _)| c), Some(want));
+        assert!(p.finish_span(start + 1, end).is_none());
+        assert!(p.finish_span(start, end + BLCKSZ as u64).is_none(), "a block the span lacks");
     }
 
     /// Pieces summed apart, with a gap where the copy held nothing: composed when the server

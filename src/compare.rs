@@ -202,7 +202,7 @@ impl Transfer {
 
     /// The per-block sums that spare the second read of a refreshed file: for CRC-32C
     /// manifests (CRCs combine) or none.
-    fn block_sums(&self, src: &SafePath) -> Option<crate::block_sums::BlockSums> {
+    pub(crate) fn block_sums(&self, src: &SafePath) -> Option<crate::block_sums::BlockSums> {
         use crate::digest::Algorithm;
         if !matches!(self.algorithm, Algorithm::Crc32c | Algorithm::None) {
             return None;
@@ -287,13 +287,25 @@ impl Transfer {
         file: &mut File,
         size: u64,
     ) -> std::io::Result<(Option<crate::digest::Checksum>, Option<Pages>)> {
+        self.read_back_span(src, file, 0, size)
+    }
+
+    /// [`Transfer::read_back`] of bytes `start..end` (a piece: `start` at a block).
+    pub(crate) fn read_back_span(
+        &self,
+        src: &SafePath,
+        file: &mut File,
+        start: u64,
+        end: u64,
+    ) -> std::io::Result<(Option<crate::digest::Checksum>, Option<Pages>)> {
         let mut digest = Digest::new(self.algorithm);
         let mut pages = self.verify.and_then(|v| {
-            checksummed_segment(&String::from_utf8_lossy(&src.as_bytes()), v.rules).map(|segno| Pages::new(segno, 0, v))
+            checksummed_segment(&String::from_utf8_lossy(&src.as_bytes()), v.rules)
+                .map(|segno| Pages::new(segno, start, v))
         });
-        file.seek(SeekFrom::Start(0))?;
+        file.seek(SeekFrom::Start(start))?;
         let mut buf = vec![0u8; READ];
-        let mut left = size;
+        let mut left = end.saturating_sub(start);
         while left > 0 {
             let n = read_full(file, &mut buf[..READ.min(left as usize)])?;
             if n == 0 {

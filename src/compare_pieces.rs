@@ -11,9 +11,9 @@ use sha2::Digest as _;
 
 use crate::block_sums::BlockSums;
 use crate::compare::{Answer, Blocks, Step, BLOCK, READ};
-use crate::dest::{DestError, SafePath};
+use crate::dest::{Dest, DestError, SafePath};
 use crate::pg::{sql, Session};
-use crate::transfer::{pg_err, Method, Transfer, TransferError};
+use crate::transfer::{pg_err, Copied, Method, Outcome, Transfer, TransferError};
 
 /// Copies at least this large are compared in pieces.
 pub const PIECES_FROM: u64 = 64 << 20;
@@ -33,7 +33,12 @@ struct Hashed {
 
 /// The pieces of a file of `size` bytes: (start, end).
 fn pieces(size: u64) -> impl Iterator<Item = (u64, u64)> {
-    (0..size.div_ceil(PIECE)).map(move |k| (k * PIECE, ((k + 1) * PIECE).min(size)))
+    pieces_of(0, size)
+}
+
+/// The pieces of bytes `start..end` of a file (`start` where a piece would start).
+fn pieces_of(start: u64, end: u64) -> impl Iterator<Item = (u64, u64)> {
+    (start..end).step_by(PIECE as usize).map(move |a| (a, (a + PIECE).min(end)))
 }
 
 /// True when the copy holds no data in `start..end`: a hole (the pieces an interrupted backup
@@ -99,20 +104,43 @@ impl Transfer {
         let raw = src.as_bytes();
         let Some((size, mtime)) = sql::file_stat(s, &raw, &what)? else { return Ok((Answer::Vanished, None)) };
         log::info!("comparing \"{path}\" ({} MB) in {} pieces", size >> 20, pieces(size).count());
+        let template = sums.as_ref().map(|t| t.piece(0));
+        let mut blocks = Blocks::new(path.clone());
+        blocks.head = Some((size, mtime));
+        blocks.sums = sums;
+        if let Step::Vanished = self.compare_span(s, src, (file, local), &mut blocks, (0, size), template, &what)? {
+            return Ok((Answer::Vanished, None));
+        }
+        let answer = blocks
+            .refreshed()
+            .ok_or_else(|| TransferError::Data { path: path.clone(), message: "no size for the file".into() })?;
+        Ok((answer, blocks.sums.take()))
+    }
+
+    /// Bytes `start..end` of the file compared piece by piece, the copy's next pieces hashed
+    /// (by a thread of its own) while the server compares one; each piece's sums appended to
+    /// `blocks.sums` (from `template`, the file's).
+    #[allow(clippy::too_many_arguments)]
+    fn compare_span(
+        &self,
+        s: &mut Session,
+        src: &SafePath,
+        (file, local): (&File, &std::path::Path),
+        blocks: &mut Blocks,
+        (start, end): (u64, u64),
+        template: Option<BlockSums>,
+        what: &str,
+    ) -> Result<Step, TransferError> {
         let zlib = match self.method {
             Method::Zlib(level) => Some(level),
             _ => None,
         };
         let sql = if zlib.is_some() { sql::COMPARE_RANGE_OFFSETS } else { sql::COMPARE_RANGE };
-        let template = sums.as_ref().map(|t| t.piece(0));
-        let mut blocks = Blocks::new(path.clone());
-        blocks.head = Some((size, mtime));
-        blocks.sums = sums;
         let io = |e: std::io::Error| TransferError::Dest(DestError::Io { path: local.to_path_buf(), source: e });
         std::thread::scope(|scope| {
             let (tx, rx) = crossbeam_channel::bounded::<std::io::Result<Hashed>>(1);
             scope.spawn(move || {
-                for piece in pieces(size) {
+                for piece in pieces_of(start, end) {
                     let hashed = hash_piece(file, piece, template.as_ref());
                     let failed = hashed.is_err();
                     if tx.send(hashed).is_err() || failed {
@@ -129,23 +157,76 @@ impl Transfer {
                         blocks.sums = None;
                     }
                 }
-                if let Step::Vanished = self.compare_piece(s, src, file, &mut blocks, sql, &h, zlib, &what)? {
-                    return Ok((Answer::Vanished, None));
+                if let Step::Vanished = self.compare_piece(s, src, file, blocks, sql, &h, zlib, what)? {
+                    return Ok(Step::Vanished);
                 }
                 if let Some(report) = self.progress {
-                    report(h.end);
+                    report(h.end - start);
                 }
             }
             if empty > 0 {
                 log::info!(
-                    "\"{path}\": {empty} of its pieces held nothing in the copy (holes, or past its end), fetched without hashing"
+                    "\"{}\": {empty} of its pieces held nothing in the copy (holes, or past its end), fetched without hashing",
+                    blocks.path
                 );
             }
-            let answer = blocks
-                .refreshed()
-                .ok_or_else(|| TransferError::Data { path: path.clone(), message: "no size for the file".into() })?;
-            Ok((answer, blocks.sums.take()))
+            Ok(Step::More)
         })
+    }
+
+    /// `--delta` by block hashes, bytes `off..off + len` of a large file (one piece of it, as
+    /// the master dealt it: other workers compare the others in the same file at once), in
+    /// the copy in DEST itself. Nothing of the file outside the piece is touched; the master
+    /// cuts it to its listed size once every piece is in. The server's bytes past its size now
+    /// (it shrank) are zeros, as in a full backup. The piece's checksum is composed from its
+    /// blocks (or the piece read back), for the master to combine.
+    pub fn refresh_piece(
+        &self,
+        s: &mut Session,
+        src: &SafePath,
+        dest: &Dest,
+        dst: &SafePath,
+        (off, len): (u64, u64),
+    ) -> Result<Outcome, TransferError> {
+        let path = src.display();
+        let what = format!("could not compare \"{path}\"");
+        let local = dest.root().join(dst.to_path());
+        let Some(mut file) = dest.open_existing(dst)? else {
+            return Err(TransferError::Data { path, message: "its copy in DEST, compared in pieces, is gone".into() });
+        };
+        let explain = |s: &mut Session, e: TransferError| match e {
+            TransferError::Pg(p) => TransferError::Pg(s.explain(p)),
+            other => other,
+        };
+        let end = off + len;
+        let stat = sql::file_stat(s, &src.as_bytes(), &what).map_err(|e| explain(s, e.into()))?;
+        let Some((_, mtime)) = stat else { return Ok(Outcome::Vanished) };
+        let sums = self.block_sums(src);
+        let template = sums.as_ref().map(|t| t.piece(0));
+        let mut blocks = Blocks::new(path);
+        // The size the rows report, and past which nothing is read or written: the piece's end.
+        blocks.head = Some((end, mtime));
+        blocks.sums = sums.map(|t| t.piece(off / BLOCK as u64));
+        let step = self.compare_span(s, src, (&file, &local), &mut blocks, (off, end), template, &what);
+        if let Step::Vanished = step.map_err(|e| explain(s, e))? {
+            return Ok(Outcome::Vanished);
+        }
+        let io = |e: std::io::Error| TransferError::Dest(DestError::Io { path: local.clone(), source: e });
+        let (checksum, pages) = match blocks.sums.as_ref().and_then(|b| b.finish_span(off, end)) {
+            Some((crc, pages)) => ((self.algorithm == crate::digest::Algorithm::Crc32c).then_some(crc), pages),
+            None => self.read_back_span(src, &mut file, off, end).map_err(io)?,
+        };
+        if self.sync {
+            file.sync_data().map_err(io)?;
+        } else if blocks.wire > 0 {
+            dest.start_writeback(&file, len);
+        }
+        let verified_pages = pages.as_ref().map_or(0, |p| p.verified);
+        let bad_pages = match pages {
+            Some(p) if !p.suspects.is_empty() => self.reread(s, src, &p)?,
+            _ => Vec::new(),
+        };
+        Ok(Outcome::Copied(Copied { size: len, checksum, mtime, bad_pages, wire: blocks.wire, verified_pages }))
     }
 
     /// One piece: the server's differing blocks written into `file` (read through the

@@ -387,6 +387,15 @@ impl Dest {
         self.rename(&tmp, rel)
     }
 
+    /// Cuts (or extends) a file compared in place in pieces to its length; an error if it is
+    /// no longer a file DEST may write in place.
+    pub fn set_size(&self, rel: &SafePath, size: u64) -> Result<(), DestError> {
+        let path = self.root.join(rel.to_path());
+        let gone = || DestError::Io { path: path.clone(), source: io::Error::from(io::ErrorKind::NotFound) };
+        let f = self.open_existing(rel)?.ok_or_else(gone)?;
+        f.set_len(size).map_err(|e| DestError::Io { path: path.clone(), source: e })
+    }
+
     /// Removes the temporary file of a file whose pieces were abandoned (it vanished).
     pub fn drop_pieces(&self, rel: &SafePath) -> Result<(), DestError> {
         let mut tmp = rel.as_bytes();

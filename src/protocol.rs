@@ -28,7 +28,7 @@ use std::fmt;
 use crate::digest::Checksum;
 
 /// Version of this protocol; a child that greets with another one is refused.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 /// Longest request line a child accepts (bytes, without the newline): an incremental file's
 /// block list can take most of it (a 1 GB segment's changed blocks, as runs).
 pub const MAX_LINE: usize = 1 << 20;
@@ -48,7 +48,9 @@ pub enum ProtocolError {
     Nul,
     #[error("bad escape sequence in {0:?}")]
     BadEscape(String),
-    #[error("wrong number of fields (SRC, SRC<TAB>DST, SRC<TAB>DST<TAB>compare or SRC<TAB>DST<TAB>OFFSET<TAB>LENGTH)")]
+    #[error(
+        "wrong number of fields (SRC, SRC<TAB>DST, SRC<TAB>DST<TAB>compare[<TAB>OFFSET<TAB>LENGTH] or SRC<TAB>DST<TAB>OFFSET<TAB>LENGTH)"
+    )]
     TooManyFields,
     #[error("bad OFFSET<TAB>LENGTH in {0:?}")]
     BadRange(String),
@@ -168,7 +170,8 @@ pub struct Request {
     /// rename when every piece is in.
     pub range: Option<(u64, u64)>,
     /// `--delta`: DST holds an older copy of the file; only the blocks that differ travel
-    /// (`SRC<TAB>DST<TAB>compare`, a whole file).
+    /// (`SRC<TAB>DST<TAB>compare`, a whole file; with `<TAB>OFFSET<TAB>LENGTH`, that piece of
+    /// it, compared in DST itself, which the master cuts to its size when every piece is in).
     pub compare: bool,
     /// `-i`: DST is an `INCREMENTAL.*` file holding only these blocks of SRC
     /// (`SRC<TAB>DST<TAB>incr<TAB>TRUNCATION<TAB>BLOCKS`).
@@ -267,7 +270,7 @@ impl Request {
             Some(d) => unescape(d)?,
             None => src.clone(),
         };
-        let compare = fields.len() == 3 && fields[2] == "compare";
+        let compare = matches!(fields.len(), 3 | 5) && fields[2] == "compare";
         let incremental = match fields.as_slice() {
             [_, _, "incr", trunc, blocks, ..] => Some(BlockList::parse(trunc, blocks)?),
             _ => None,
@@ -276,7 +279,7 @@ impl Request {
             1 | 2 => None,
             3 if compare => None,
             5 if incremental.is_some() => None,
-            4 | 7 if (fields.len() == 7) == incremental.is_some() => {
+            4 | 5 | 7 if (fields.len() == 7) == incremental.is_some() && (fields.len() == 5) == compare => {
                 let num =
                     |s: &str| s.parse::<u64>().map_err(|_| ProtocolError::BadRange(line.chars().take(200).collect()));
                 let (off, len) = (num(fields[fields.len() - 2])?, num(fields[fields.len() - 1])?);
@@ -303,7 +306,8 @@ impl Request {
             s => s,
         };
         if self.compare {
-            return format!("{src}\t{}\tcompare\n", escape(&self.dst));
+            let range = self.range.map_or(String::new(), |(off, len)| format!("\t{off}\t{len}"));
+            return format!("{src}\t{}\tcompare{range}\n", escape(&self.dst));
         }
         if let Some(b) = &self.incremental {
             let range = self.range.map_or(String::new(), |(off, len)| format!("\t{off}\t{len}"));
@@ -512,6 +516,13 @@ mod tests {
         let delta =
             Request { src: p("base/5/16384"), dst: p("base/5/16384"), range: None, compare: true, incremental: None };
         assert_eq!(delta.to_line(), "base/5/16384\tbase/5/16384\tcompare\n");
+        // One piece of a large file compared in place.
+        let compared_piece = Request { range: Some((67108864, 1024)), ..delta.clone() };
+        assert_eq!(compared_piece.to_line(), "base/5/16384\tbase/5/16384\tcompare\t67108864\t1024\n");
+        assert_eq!(Request::parse(&compared_piece.to_line()).unwrap(), compared_piece);
+        assert!(Request::parse("a\ta\tcompare\t0\t0").is_err(), "an empty piece");
+        assert!(Request::parse("a\ta\tcompare\t1").is_err());
+        assert!(Request::parse("a\ta\tcmp\t0\t8").is_err());
         assert_eq!(Request::parse(&delta.to_line()), Ok(delta));
         assert_eq!(piece.to_line(), "base/5/16384\tbase/5/16384\t67108864\t1024\n");
         assert_eq!(Request::parse(&piece.to_line()).unwrap(), piece);

@@ -174,7 +174,9 @@ impl Link<'_> {
     fn copy(&mut self, roots: &Roots, req: &Request, src: &SafePath, dst: &SafePath) -> Result<Outcome, TransferError> {
         let (dest, dst) = roots.route(dst);
         let op = |l: &mut Link| {
-            if req.compare {
+            if let (true, Some(piece)) = (req.compare, req.range) {
+                l.transfer.refresh_piece(&mut l.s, src, dest, &dst, piece)
+            } else if req.compare {
                 l.transfer.refresh(&mut l.s, src, dest, &dst)
             } else if let Some(list) = &req.incremental {
                 l.transfer.fetch_incremental(&mut l.s, src, dest, &dst, list, req.range)

@@ -412,13 +412,21 @@ impl Run<'_> {
         let mut a = self.assemblies.remove(&work.path).unwrap_or_default();
         let rel = SafePath::parse(work.dst())?;
         let (dest, rel) = self.roots.route(&rel);
-        if a.vanished {
-            dest.drop_pieces(&rel)?;
-            self.vanished += 1;
-            log::info!("{} was removed during the backup (normal)", show(&work.path));
-            return Ok(());
+        match (a.vanished, work.compare) {
+            (true, compared) => {
+                if compared {
+                    dest.remove_file(&rel)?;
+                } else {
+                    dest.drop_pieces(&rel)?;
+                }
+                self.vanished += 1;
+                log::info!("{} was removed during the backup (normal)", show(&work.path));
+                return Ok(());
+            }
+            // Compared in place: the copy itself, cut (or extended) to the listed size.
+            (false, true) => dest.set_size(&rel, a.size)?,
+            (false, false) => dest.finish_pieces(&rel, a.size)?,
         }
-        dest.finish_pieces(&rel, a.size)?;
         let checksum = combine_crc(&mut a.got);
         self.files += 1;
         self.entries.push(FileEntry {

@@ -37,7 +37,7 @@ pub(super) struct Plan {
 pub(super) fn full(server: &mut Server, target: &Target, opts: &MasterOpts) -> Result<Plan, Error> {
     let layout = list(server, target)?;
     make_directories(&layout, target)?;
-    queue(layout, opts.jobs, server.common.algorithm, &HashSet::new())
+    queue(layout, opts.jobs, server.common.algorithm, &Compare::default())
 }
 
 /// The server's files as a backup copies them: listed, with core's layout rules applied.
@@ -91,14 +91,18 @@ pub(super) fn make_directories(layout: &Layout, target: &Target) -> Result<(), E
     Ok(())
 }
 
+/// `--delta`: the files DEST holds copies of, refreshed in place; `in_pieces`: a large one is
+/// compared in pieces by several workers, as a full backup copies it (by block hashes, from
+/// a server across a network; one on this machine streams each file whole).
+#[derive(Debug, Default)]
+pub(super) struct Compare {
+    pub files: HashSet<Vec<u8>>,
+    pub in_pieces: bool,
+}
+
 /// The plan from the layout; the queue holds the file list from here on (a master of 200k
 /// files keeps one copy). Files in `compare` are refreshed in place (`--delta`).
-pub(super) fn queue(
-    layout: Layout,
-    jobs: usize,
-    algorithm: Algorithm,
-    compare: &HashSet<Vec<u8>>,
-) -> Result<Plan, Error> {
+pub(super) fn queue(layout: Layout, jobs: usize, algorithm: Algorithm, compare: &Compare) -> Result<Plan, Error> {
     let pg_control = layout
         .pg_control
         .clone()
@@ -106,11 +110,15 @@ pub(super) fn queue(
     let total = layout.total_bytes();
     let queue = work_queue(&layout.files, jobs, algorithm, compare);
     let pieces = queue.iter().filter(|w| w.range.is_some()).count();
-    if pieces > 0 {
-        log::info!("large files go in {pieces} pieces of up to {} MB, copied in parallel", PIECE >> 20);
+    let compared = queue.iter().filter(|w| w.range.is_some() && w.compare).count();
+    if pieces > compared {
+        log::info!("large files go in {} pieces of up to {} MB, copied in parallel", pieces - compared, PIECE >> 20);
+    }
+    if compared > 0 {
+        log::info!("large copies go in {compared} pieces of up to {} MB, compared in parallel", PIECE >> 20);
     }
     let sizes = layout.files.iter().filter(|f| f.size >= SPLIT_FROM).map(|f| (f.path.clone(), f.size)).collect();
-    let compared = layout.files.iter().filter(|f| compare.contains(&f.path)).map(|f| f.size).sum();
+    let compared = layout.files.iter().filter(|f| compare.files.contains(&f.path)).map(|f| f.size).sum();
     let refresh = Refresh { compared, removed: 0 };
     Ok(Plan { queue, refresh, pg_control, sizes, total, files: layout.files.len(), incremental: None })
 }
@@ -149,34 +157,35 @@ pub(super) const SPLIT_FROM: u64 = 128 << 20;
 pub(super) const PIECE: u64 = 64 << 20;
 
 /// The work queue: largest file first, large files as pieces. Pieces need a checksum that
-/// combines (CRC-32C or none), and a UTF-8 name. A file to compare goes whole.
+/// combines (CRC-32C or none), and a UTF-8 name. A file to compare goes whole, but with
+/// `compare.in_pieces`, where a large one goes in pieces too (each compared in place).
 ///
 /// The pieces of the large files are dealt out evenly, where the first of them would be: each
 /// file's pieces spread over the run in proportion to its size (piece k of n at (2k + 1) / 2n),
 /// so that workers side by side copy different files, and every large file has pieces left
 /// until the end. Tables differ (one compresses and costs the server CPU, the next does not
 /// and costs the link), and two writers of one file queue on its inode lock.
-pub(super) fn work_queue(
-    files: &[FileJob],
-    jobs: usize,
-    algorithm: Algorithm,
-    compare: &HashSet<Vec<u8>>,
-) -> VecDeque<Work> {
+pub(super) fn work_queue(files: &[FileJob], jobs: usize, algorithm: Algorithm, compare: &Compare) -> VecDeque<Work> {
     let split = jobs > 1 && matches!(algorithm, Algorithm::Crc32c | Algorithm::None);
     let mut q = VecDeque::new();
     let mut split_files: Vec<VecDeque<Work>> = Vec::new();
     let mut at = None;
     for f in files {
-        if compare.contains(&f.path) {
-            q.push_back(Work { compare: true, ..Work::whole(f) });
-        } else if split && f.size >= SPLIT_FROM && std::str::from_utf8(&f.path).is_ok() {
+        let compared = compare.files.contains(&f.path);
+        if split && f.size >= SPLIT_FROM && std::str::from_utf8(&f.path).is_ok() && (!compared || compare.in_pieces) {
             at.get_or_insert(q.len());
             let starts = (0..f.size).step_by(PIECE as usize);
             split_files.push(
-                starts.map(|off| Work { range: Some((off, PIECE.min(f.size - off))), ..Work::whole(f) }).collect(),
+                starts
+                    .map(|off| Work {
+                        range: Some((off, PIECE.min(f.size - off))),
+                        compare: compared,
+                        ..Work::whole(f)
+                    })
+                    .collect(),
             );
         } else {
-            q.push_back(Work::whole(f));
+            q.push_back(Work { compare: compared, ..Work::whole(f) });
         }
     }
     let mut rest = q.split_off(at.unwrap_or(q.len()));
@@ -209,7 +218,7 @@ mod tests {
             FileJob { path: b"base/5/big".to_vec(), size: 200 << 20 },
             FileJob { path: b"base/5/small".to_vec(), size: 8192 },
         ];
-        let none = HashSet::new();
+        let none = Compare::default();
         let q = work_queue(&files, 2, Algorithm::Crc32c, &none);
         let r: Vec<_> = q.iter().map(|w| w.range).collect();
         assert_eq!(
@@ -254,9 +263,19 @@ mod tests {
         let q = work_queue(&two, 2, Algorithm::Crc32c, &none);
         let at: Vec<usize> = q.iter().enumerate().filter(|(_, w)| w.path == b"base/5/rnd").map(|(i, _)| i).collect();
         assert_eq!(at, vec![1, 5, 8, 11, 15], "{q:?}");
-        let compare: HashSet<Vec<u8>> = [b"base/5/big".to_vec()].into();
+        let mut compare = Compare { files: [b"base/5/big".to_vec()].into(), in_pieces: false };
         let q = work_queue(&files, 2, Algorithm::Crc32c, &compare);
         let r: Vec<_> = q.iter().map(|w| (w.range, w.compare)).collect();
-        assert_eq!(r, vec![(None, true), (None, false)], "a file compared in place goes whole");
+        assert_eq!(r, vec![(None, true), (None, false)], "a file compared as it streams goes whole");
+        compare.in_pieces = true;
+        let q = work_queue(&files, 2, Algorithm::Crc32c, &compare);
+        let r: Vec<_> = q.iter().map(|w| (w.range.map(|r| r.0 >> 20), w.compare)).collect();
+        assert_eq!(
+            r,
+            vec![(Some(0), true), (Some(64), true), (Some(128), true), (Some(192), true), (None, false)],
+            "a file compared by hashes goes in pieces"
+        );
+        let q = work_queue(&files, 2, Algorithm::Sha256, &compare);
+        assert_eq!(q.iter().filter(|w| w.range.is_some()).count(), 0, "not without a checksum that combines");
     }
 }

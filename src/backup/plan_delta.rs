@@ -40,7 +40,10 @@ pub(super) fn delta(server: &mut Server, target: &Target, opts: &MasterOpts) -> 
     remove(target, &r.remove)?;
     adopt(target, &r.adopt)?;
     plan::make_directories(&layout, target)?;
-    let mut p = plan::queue(layout, opts.jobs, server.common.algorithm, &r.compare)?;
+    let in_pieces = !server.common.conn.is_local();
+    let compare = plan::Compare { files: r.compare, in_pieces };
+    let mut p = plan::queue(layout, opts.jobs, server.common.algorithm, &compare)?;
+    let r = Reconciled { compare: compare.files, ..r };
     p.refresh = Refresh { removed: r.remove.len() as u64, ..p.refresh };
     if !r.adopt.is_empty() {
         log::info!("--delta: {} files an interrupted run left partly written are compared as copies", r.adopt.len());

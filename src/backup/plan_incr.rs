@@ -5,7 +5,6 @@
 //! changed blocks. pg_control is held back for last.
 
 use std::cmp::Reverse;
-use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use crate::error::Error;
@@ -133,7 +132,7 @@ fn plan_files(
             }
         }
     }
-    let mut p = plan::queue(Layout { files: whole, ..layout }, jobs, algorithm, &HashSet::new())?;
+    let mut p = plan::queue(Layout { files: whole, ..layout }, jobs, algorithm, &plan::Compare::default())?;
     for w in incr.iter().filter(|w| w.range.is_some()) {
         p.sizes.insert(w.path.clone(), w.size);
     }

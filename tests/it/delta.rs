@@ -2,7 +2,7 @@
 //! starting the result under pgbench load; and what it refuses to touch.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 use std::time::Duration;
 
@@ -250,17 +250,62 @@ fn holes_in_a_large_copy_are_fetched_without_hashing() {
         drop(f);
         let out = pgbb_run(&["--delta", "-v", "-c", "fast", "--compress", compress, &dsn, dest.to_str().unwrap()]);
         assert!(out.status.success(), "{}", stderr(&out));
-        assert!(
-            stderr(&out)
-                .contains("2 of its pieces held nothing in the copy (holes, or past its end), fetched without hashing"),
-            "{compress}: {}",
-            stderr(&out)
-        );
+        let err = stderr(&out);
+        // 134 MB: three pieces of up to 64 MB, each compared by a worker in pieces of 32 MB;
+        // the hole (32–96 MB) is the second 32 MB of the first and the first of the second.
+        assert!(err.contains("large copies go in 3 pieces of up to 64 MB, compared in parallel"), "{compress}: {err}");
+        let held_nothing: usize = err
+            .lines()
+            .filter_map(|l| l.split_once("of its pieces held nothing in the copy (holes, or past its end)"))
+            .map(|(head, _)| head.trim_end().rsplit(' ').next().unwrap().parse::<usize>().unwrap())
+            .sum();
+        assert_eq!(held_nothing, 2, "{compress}: {err}");
         let r = refreshed(&out);
         let travelled = r.split(", ").find(|f| f.ends_with("over the network")).unwrap_or_else(|| panic!("{r}"));
         if compress == "none" {
             assert!(travelled.contains(" MB "), "the 64 MB the copy lacked travelled: {r}");
         }
+        verify_restore(&dest, &expect_pgbench());
+    }
+    c.assert_no_pgbb_left();
+}
+
+/// A large file compared in pieces by several workers (one piece each, in the copy itself)
+/// where the copy is shorter than the server's file (its later pieces hold nothing) and where
+/// it is longer (the master cuts it to the listed size once every piece is in): both come
+/// out byte for byte the server's, with zlib and without, and restore.
+#[test]
+fn a_copy_shorter_or_longer_than_the_server_file_is_refreshed_in_pieces() {
+    let Some((_ns, c, dsn)) = remote_pgbench(
+        "a_copy_shorter_or_longer_than_the_server_file_is_refreshed_in_pieces",
+        94,
+        "CREATE EXTENSION plpython3u",
+    ) else {
+        return;
+    };
+    c.client().batch_execute("CHECKPOINT").unwrap();
+    let first = c.path("lengths");
+    plain_backup(&dsn, &first);
+    let rel = relation_file(&c, "pgbench_accounts");
+    let server = std::fs::read(c.data.join(&rel)).unwrap();
+    assert!(server.len() > 128 << 20, "pgbench_accounts is not split: {} bytes", server.len());
+    for (name, compress, copy_len) in
+        [("shorter", "none", 70u64 << 20), ("longer", "zlib", server.len() as u64 + (50 << 20))]
+    {
+        let dest = c.path(&format!("lengths-{name}"));
+        run_ok(std::process::Command::new("cp").arg("-a").arg(&first).arg(&dest));
+        let f = std::fs::OpenOptions::new().write(true).open(dest.join(&rel)).unwrap();
+        if copy_len > server.len() as u64 {
+            f.write_all_at(&vec![0xa5u8; (copy_len - server.len() as u64) as usize], server.len() as u64).unwrap();
+        } else {
+            f.set_len(copy_len).unwrap();
+        }
+        drop(f);
+        let out = pgbb_run(&["--delta", "-v", "-c", "fast", "--compress", compress, &dsn, dest.to_str().unwrap()]);
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(err.contains("large copies go in 3 pieces of up to 64 MB, compared in parallel"), "{name}: {err}");
+        assert!(std::fs::read(dest.join(&rel)).unwrap() == server, "{name}: the copy is not the server's file");
         verify_restore(&dest, &expect_pgbench());
     }
     c.assert_no_pgbb_left();

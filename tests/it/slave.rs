@@ -19,7 +19,7 @@ fn by_hand_slave_copies_exactly_and_refuses_escapes() {
     let (out, err, status) = (stdout(&res), stderr(&res), res.status);
     assert!(status.success(), "slave failed: {err}");
     let lines: Vec<&str> = out.lines().collect();
-    assert!(lines[0].starts_with("hello\tpgbb\t3\t"), "{out}");
+    assert!(lines[0].starts_with("hello\tpgbb\t4\t"), "{out}");
     assert!(lines[1].starts_with("ok\t") && lines[1].contains("\tPG_VERSION\t"), "{out}");
     assert!(lines[2].starts_with("ok\t") && lines[2].contains("\tpg_hba.conf\t"), "{out}");
     let fields: Vec<&str> = lines[3].split('\t').collect();
