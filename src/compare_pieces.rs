@@ -252,6 +252,10 @@ impl Transfer {
             blocks.deferred = Some((h.start..end).step_by(BLOCK).collect());
             return self.deferred_blocks(s, src, file, blocks, size as u64, level);
         }
+        if h.empty {
+            // The same, plain: read as a full backup reads it, in chunks, not block by block.
+            return self.fetch_span(s, src, file, blocks, (h.start, h.end.min(size as u64)), what);
+        }
         let (start, end) = (h.start as i64, h.end as i64);
         blocks.deferred = zlib.map(|_| Vec::new());
         let mut rows = s.stream(sql, &[&raw, &read, &h.hashes, &start, &end, &size], what)?;

@@ -17,6 +17,7 @@ pub mod dest_lock;
 pub mod dest_safety;
 pub mod digest;
 pub mod error;
+pub mod fetch_span;
 pub mod guard;
 pub mod helper;
 pub mod incremental;
