@@ -124,7 +124,7 @@ impl InPlace {
         if sync {
             self.file.sync_all().map_err(|e| self.io(e))?;
         } else if self.writeback && self.wrote {
-            crate::dest::start_writeback(&self.file);
+            crate::dest::start_writeback(&self.file, 0, 0);
         }
         Ok(self.pos)
     }
@@ -347,11 +347,13 @@ pub(crate) struct Blocks {
     pub(crate) deferred: Option<Vec<u64>>,
     /// Bytes that came over the network.
     pub(crate) wire: u64,
+    /// Where the request starts in the file (a piece's offset): progress counts from here.
+    pub(crate) base: u64,
 }
 
 impl Blocks {
     pub(crate) fn new(path: String) -> Blocks {
-        Blocks { path, head: None, next: 0, wire: 0, sums: None, deferred: None }
+        Blocks { path, head: None, next: 0, wire: 0, sums: None, deferred: None, base: 0 }
     }
 
     /// Applies one row whose columns (size, mtime, offset, block) start at `at`: a differing
@@ -388,7 +390,7 @@ impl Blocks {
             later.push(off);
             self.next = off + BLOCK as u64;
             if let Some(report) = t.progress {
-                report(self.next);
+                report(self.next.saturating_sub(self.base));
             }
             return Ok(Step::More);
         }
@@ -409,7 +411,7 @@ impl Blocks {
             self.zero_fill(file, cut.max(0) as u64, size)?;
         }
         if let Some(report) = t.progress {
-            report(self.next);
+            report(self.next.saturating_sub(self.base));
         }
         Ok(Step::More)
     }

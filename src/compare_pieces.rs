@@ -191,8 +191,16 @@ impl Transfer {
         let path = src.display();
         let what = format!("could not compare \"{path}\"");
         let local = dest.root().join(dst.to_path());
+        if !matches!(self.algorithm, crate::digest::Algorithm::Crc32c | crate::digest::Algorithm::None) {
+            // The master never asks (work_queue): the pieces' checksums must combine.
+            let message = "a file is compared in pieces only with CRC-32C or no manifest checksums".into();
+            return Err(TransferError::Data { path, message });
+        }
+        // Reconcile kept it as a regular file with one link, and nothing removes it until
+        // every piece is in: gone means something outside pgbb changed DEST meanwhile.
         let Some(mut file) = dest.open_existing(dst)? else {
-            return Err(TransferError::Data { path, message: "its copy in DEST, compared in pieces, is gone".into() });
+            let message = "its copy in DEST, compared in pieces, is gone or was replaced during the run".into();
+            return Err(TransferError::Data { path, message });
         };
         let explain = |s: &mut Session, e: TransferError| match e {
             TransferError::Pg(p) => TransferError::Pg(s.explain(p)),
@@ -206,6 +214,7 @@ impl Transfer {
         let mut blocks = Blocks::new(path);
         // The size the rows report, and past which nothing is read or written: the piece's end.
         blocks.head = Some((end, mtime));
+        blocks.base = off;
         blocks.sums = sums.map(|t| t.piece(off / BLOCK as u64));
         let step = self.compare_span(s, src, (&file, &local), &mut blocks, (off, end), template, &what);
         if let Step::Vanished = step.map_err(|e| explain(s, e))? {
@@ -219,7 +228,7 @@ impl Transfer {
         if self.sync {
             file.sync_data().map_err(io)?;
         } else if blocks.wire > 0 {
-            dest.start_writeback(&file, len);
+            dest.start_writeback_span(&file, off, len);
         }
         let verified_pages = pages.as_ref().map_or(0, |p| p.verified);
         let bad_pages = match pages {

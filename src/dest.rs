@@ -247,7 +247,15 @@ impl Dest {
     /// `size` bytes.
     pub fn start_writeback(&self, file: &fs::File, size: u64) {
         if self.writes_back(size) {
-            start_writeback(file);
+            start_writeback(file, 0, 0);
+        }
+    }
+
+    /// [`Dest::start_writeback`] of bytes `off..off + len` only (one piece of a file that
+    /// other workers write too).
+    pub fn start_writeback_span(&self, file: &fs::File, off: u64, len: u64) {
+        if self.writes_back(len) {
+            start_writeback(file, off, len);
         }
     }
 
@@ -612,7 +620,7 @@ impl FileWriter {
             if sync {
                 f.sync_all().map_err(ioerr)?;
             } else if self.writeback && self.written >= WRITEBACK_FROM {
-                start_writeback(&f);
+                start_writeback(&f, 0, 0);
             }
         }
         if !self.piece && self.tmp != self.name {
@@ -624,11 +632,13 @@ impl FileWriter {
     }
 }
 
-/// Hands a file's dirty pages to the kernel's write-back (`sync_file_range`, which does not
-/// wait). A failure is not fatal: the master's syncfs reports write-back errors.
-pub(crate) fn start_writeback(f: &fs::File) {
+/// Hands a file's dirty pages (bytes `off..off + len`; `len` 0: to the end) to the kernel's
+/// write-back (`sync_file_range`, which does not wait). A failure is not fatal: the master's
+/// syncfs reports write-back errors.
+pub(crate) fn start_writeback(f: &fs::File, off: u64, len: u64) {
+    let (off, len) = (i64::try_from(off).unwrap_or(0), i64::try_from(len).unwrap_or(0));
     // SAFETY: a plain system call on a descriptor we own; it only starts I/O.
-    if unsafe { libc::sync_file_range(f.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) } != 0 {
+    if unsafe { libc::sync_file_range(f.as_raw_fd(), off, len, libc::SYNC_FILE_RANGE_WRITE) } != 0 {
         log::debug!("sync_file_range: {}", io::Error::last_os_error());
     }
 }

@@ -220,7 +220,7 @@ fn by_hand_batches_answer_each_file_in_order() {
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
     let lines: Vec<&str> = text.lines().collect();
-    assert!(lines[0].starts_with("hello\tpgbb\t3\t"), "{text}");
+    assert!(lines[0].starts_with("hello\tpgbb\t4\t"), "{text}");
     assert!(lines[1].starts_with("ok\t") && lines[1].contains("\tPG_VERSION\t"), "{text}");
     assert_eq!(lines[2], "vanished\tnot/there", "{text}");
     assert!(lines[3].starts_with("error\t../x\t"), "{text}");
