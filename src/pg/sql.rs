@@ -639,31 +639,36 @@ macro_rules! pages_without_holes {
     };
 }
 
+/// A plain read whose chunks are sent without their pages' holes: chunks from `$from` to
+/// `$to` (exclusive), each read `$len` bytes long (see [`READ_HOLES`]).
+macro_rules! read_holes {
+    ($from:literal, $to:literal, $len:literal) => {
+        concat!(
+            "SELECT st.size, extract(epoch FROM st.modification)::bigint, ",
+            pages_without_holes!(),
+            " FROM (SELECT ",
+            text_path!("$1"),
+            " AS p) AS f \
+              CROSS JOIN LATERAL pg_catalog.pg_stat_file(f.p, true) AS st \
+               LEFT JOIN LATERAL pg_catalog.generate_series(",
+            $from,
+            ", ",
+            $to,
+            " - 1, $2) AS o ON true \
+               LEFT JOIN LATERAL (SELECT pg_catalog.pg_read_binary_file(f.p, o, ",
+            $len,
+            ", true) AS d) AS r ON true"
+        )
+    };
+}
+
 /// [`READ_PLAIN`] with each chunk's pages sent without their holes (see
 /// `pages_without_holes!`): over a network, the zeros in the middle of data pages do not
 /// travel. Rows as for [`READ_PLAIN`]; the chunk column is in that format.
-pub const READ_HOLES: &str = concat!(
-    "SELECT st.size, extract(epoch FROM st.modification)::bigint, ",
-    pages_without_holes!(),
-    " FROM (SELECT ",
-    text_path!("$1"),
-    " AS p) AS f \
-      CROSS JOIN LATERAL pg_catalog.pg_stat_file(f.p, true) AS st \
-       LEFT JOIN LATERAL pg_catalog.generate_series(0::bigint, st.size - 1, $2) AS o ON true \
-       LEFT JOIN LATERAL (SELECT pg_catalog.pg_read_binary_file(f.p, o, $2, true) AS d) AS r ON true"
-);
+pub const READ_HOLES: &str = read_holes!("0::bigint", "st.size", "$2");
 
 /// [`READ_PLAIN_RANGE`] with pages sent without their holes (see [`READ_HOLES`]).
-pub const READ_HOLES_RANGE: &str = concat!(
-    "SELECT st.size, extract(epoch FROM st.modification)::bigint, ",
-    pages_without_holes!(),
-    " FROM (SELECT ",
-    text_path!("$1"),
-    " AS p) AS f \
-      CROSS JOIN LATERAL pg_catalog.pg_stat_file(f.p, true) AS st \
-       LEFT JOIN LATERAL pg_catalog.generate_series($3::bigint, least($3 + $4, st.size) - 1, $2) AS o ON true \
-       LEFT JOIN LATERAL (SELECT pg_catalog.pg_read_binary_file(f.p, o, least($2, $3 + $4 - o), true) AS d) AS r ON true"
-);
+pub const READ_HOLES_RANGE: &str = read_holes!("$3::bigint", "least($3 + $4, st.size)", "least($2, $3 + $4 - o)");
 
 /// The server's path of a file whose path is not valid UTF-8 (which cannot travel as text):
 /// found one component at a time by the raw bytes of its names ($1, a `bytea[]`), from the

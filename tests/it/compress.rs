@@ -134,6 +134,16 @@ fn auto_compresses_over_the_network_only_and_falls_back_without_plpython() {
 /// stream) once one of them has shown that compressing does not pay, and compression comes
 /// back with the first chunk whose sample compresses: the server spends no deflate time on
 /// random bytes, and text still travels small.
+/// `pgbb_sample` of the data directory through the temporary helper at level 1, in chunks of
+/// `chunk` bytes: the header row, then the chunks.
+fn read_sample(cl: &mut postgres::Client, chunk: usize) -> Vec<Vec<u8>> {
+    cl.query("SELECT pg_temp.pgbb_read_zlib($1, $2, 1, -1, -1)", &[&b"pgbb_sample".as_slice(), &(chunk as i64)])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
 #[test]
 fn chunks_that_do_not_compress_travel_stored_and_text_compressed() {
     let c = Cluster::new();
@@ -155,12 +165,7 @@ fn chunks_that_do_not_compress_travel_stored_and_text_compressed() {
         .collect();
     data.extend((0..).flat_map(|i: u32| format!("row {i} of a text table, ").into_bytes()).take(4 * CHUNK));
     std::fs::write(c.data.join("pgbb_sample"), &data).unwrap();
-    let rows: Vec<Vec<u8>> = cl
-        .query("SELECT pg_temp.pgbb_read_zlib($1, $2, 1, -1, -1)", &[&b"pgbb_sample".as_slice(), &(CHUNK as i64)])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let rows = read_sample(&mut cl, CHUNK);
     assert_eq!(rows.len(), 9, "a header row and eight chunks");
     // Stored: the 64 KiB blocks level 0 writes (5 bytes each) and the zlib header and trailer.
     // Level 1 writes random bytes as a stored block per 16 K literals (166 bytes over, here).
@@ -207,12 +212,7 @@ fn chunks_that_do_not_compress_travel_stored_and_text_compressed() {
         page[1000..2640].fill(0);
     }
     std::fs::write(c.data.join("pgbb_sample"), &data[..4 * CHUNK]).unwrap();
-    let rows: Vec<Vec<u8>> = cl
-        .query("SELECT pg_temp.pgbb_read_zlib($1, $2, 1, -1, -1)", &[&b"pgbb_sample".as_slice(), &(CHUNK as i64)])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let rows = read_sample(&mut cl, CHUNK);
     assert_eq!(rows.len(), 5, "a header row and four chunks");
     let without = CHUNK - CHUNK / 8192 * (1640 - 4) + 1;
     for (i, row) in rows[1..].iter().enumerate() {
