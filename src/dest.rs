@@ -449,6 +449,13 @@ impl Dest {
         nix::unistd::syncfs(&self.fd).map_err(|e| self.io_err(Path::new(""), e))
     }
 
+    /// DEST's root opened once more: a descriptor of its own for a background `syncfs`
+    /// (`crate::flusher`), whose errors then do not hide any from [`Dest::sync_all`].
+    pub fn reopen(&self) -> Result<OwnedFd, DestError> {
+        let flags = OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC;
+        openat(self.fd.as_fd(), ".", flags, Mode::empty()).map_err(|e| self.io_err(Path::new(""), e))
+    }
+
     /// Opens an existing file below DEST for reading and writing in place (`--delta`), never
     /// through a symlink. `None` when there is nothing there to refresh in place: no such file,
     /// not a regular file, or a file with other hard links (a copy made with `--link` shares
@@ -517,6 +524,17 @@ impl Roots {
             }
         }
         (&self.main, p.clone())
+    }
+
+    /// A background `syncfs` of DEST's and every tablespace target's file system until the
+    /// result is finished or dropped (see `crate::flusher`).
+    pub fn flusher(&self) -> Result<crate::flusher::Flusher, DestError> {
+        let mut fds = vec![self.main.reopen()?];
+        for (_, d) in &self.spc {
+            fds.push(d.reopen()?);
+        }
+        log::info!("syncing DEST in the background while the copy runs");
+        Ok(crate::flusher::Flusher::start(fds))
     }
 
     /// `syncfs` of DEST's file system and of every tablespace target's.

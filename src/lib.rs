@@ -18,6 +18,7 @@ pub mod dest_safety;
 pub mod digest;
 pub mod error;
 pub mod fetch_span;
+pub mod flusher;
 pub mod guard;
 pub mod helper;
 pub mod incremental;

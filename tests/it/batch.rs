@@ -66,23 +66,25 @@ fn expect_postgres() -> Expect {
     Expect { pgbench: false, databases: vec!["postgres".into()], unlogged: vec![], absent: vec![] }
 }
 
-/// 1500 tiny tables (6000 small files): read with fewer than a tenth as many queries as
-/// files, restored (pg_verifybackup, amcheck), every table's row in the copy.
+/// 2600 tiny tables (10400 small files): read with fewer than a tenth as many queries as
+/// files, synced in the background while they are copied (`src/flusher.rs`, from 10k files),
+/// restored (pg_verifybackup, amcheck), every table's row in the copy.
 #[test]
 fn thousands_of_small_files_take_few_queries() {
     let c = logging_cluster();
-    tiny_tables(&c, "s", 1500);
+    tiny_tables(&c, "s", 2600);
     log_statements(&c);
     let from = c.log().len();
     let dest = c.path("small");
-    let out = pgbb_run(&["-c", "fast", "-j", "2", &c.dsn(), dest.to_str().unwrap()]);
+    let out = pgbb_run(&["-v", "-c", "fast", "-j", "2", &c.dsn(), dest.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("syncing DEST in the background"), "{}", stderr(&out));
     let (files, queries) = (files_copied(&out), worker_reads(&c, from));
-    assert!(files > 6000, "{files} files");
+    assert!(files > 10400, "{files} files");
     assert!(queries * 10 < files, "{queries} queries for {files} files");
     let copy = verify_restore(&dest, &expect_postgres());
     let mut cl = copy.client();
-    assert_eq!(query_i64(&mut cl, "SELECT count(*) FROM pg_class WHERE relname ~ '^s[0-9]+$'"), 1500);
+    assert_eq!(query_i64(&mut cl, "SELECT count(*) FROM pg_class WHERE relname ~ '^s[0-9]+$'"), 2600);
     assert_eq!(
         query_i64(&mut cl, "SELECT ((SELECT id FROM s1) + (SELECT id FROM s777) + (SELECT id FROM s1500))::bigint"),
         2278
