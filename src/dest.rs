@@ -526,15 +526,29 @@ impl Roots {
         (&self.main, p.clone())
     }
 
-    /// A background `syncfs` of DEST's and every tablespace target's file system until the
-    /// result is finished or dropped (see `crate::flusher`).
-    pub fn flusher(&self) -> Result<crate::flusher::Flusher, DestError> {
-        let mut fds = vec![self.main.reopen()?];
-        for (_, d) in &self.spc {
-            fds.push(d.reopen()?);
+    /// A background `syncfs` of the file systems of DEST and of every tablespace target (each
+    /// once) until the result is finished or dropped (see `crate::flusher`). `None`, with a
+    /// warning, when a root cannot be opened again: it is only a head start on the final sync.
+    pub fn flusher(&self) -> Option<crate::flusher::Flusher> {
+        let mut targets: Vec<crate::flusher::Target> = Vec::new();
+        let mut devs = Vec::new();
+        for d in std::iter::once(&self.main).chain(self.spc.iter().map(|(_, d)| d)) {
+            let fd = match d.reopen() {
+                Ok(fd) => fd,
+                Err(e) => {
+                    log::warn!("no background sync of DEST while the copy runs: {e}");
+                    return None;
+                }
+            };
+            let dev = nix::sys::stat::fstat(&fd).map(|st| st.st_dev).ok();
+            if dev.is_some() && devs.contains(&dev) {
+                continue;
+            }
+            devs.push(dev);
+            targets.push(crate::flusher::Target { fd, path: d.root().to_path_buf() });
         }
         log::info!("syncing DEST in the background while the copy runs");
-        Ok(crate::flusher::Flusher::start(fds))
+        Some(crate::flusher::Flusher::start(targets))
     }
 
     /// `syncfs` of DEST's file system and of every tablespace target's.

@@ -2,10 +2,15 @@
 //! has little left to write (small files are not handed to write-back one by one).
 
 use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
+use nix::errno::Errno;
+
+use crate::dest::DestError;
 
 /// The pause between two background syncs.
 const EVERY: Duration = Duration::from_millis(250);
@@ -16,24 +21,42 @@ const EVERY: Duration = Duration::from_millis(250);
 /// with `-j 2` against 2.21 s without (docs/benchmarks.md).
 pub const FROM_FILES: usize = 10_000;
 
-/// A thread that syncs the file systems of its descriptors until it is dropped. Each
-/// descriptor is an open file description of its own (not a `dup` of the one the final sync
-/// uses), so a write-back error it sees is still reported to the final `syncfs` (Linux keeps
-/// the error position per open file); it ignores errors itself.
+/// One file system to sync: a descriptor on it, and the directory it was opened as (named
+/// in an error).
+pub struct Target {
+    pub fd: OwnedFd,
+    pub path: PathBuf,
+}
+
+/// The first error a background sync met: not every error `syncfs` reports is reported
+/// again to the next caller (the block device's error flags are cleared when reported, and
+/// before Linux 5.8 nothing is kept), so it fails the backup at [`Flusher::finish`].
+type FirstError = Arc<Mutex<Option<(PathBuf, Errno)>>>;
+
+/// A thread that syncs its targets' file systems until it is finished or dropped.
 pub struct Flusher {
     stop: Option<Sender<()>>,
     thread: Option<JoinHandle<()>>,
+    failed: FirstError,
 }
 
 impl Flusher {
-    pub fn start(fds: Vec<OwnedFd>) -> Flusher {
+    pub fn start(targets: Vec<Target>) -> Flusher {
+        Flusher::start_with(targets, |fd| nix::unistd::syncfs(fd))
+    }
+
+    /// [`Flusher::start`] with `sync` in place of `syncfs` (for the tests).
+    fn start_with(targets: Vec<Target>, sync: impl Fn(&OwnedFd) -> nix::Result<()> + Send + 'static) -> Flusher {
         let (stop, rx) = bounded::<()>(0);
+        let failed = FirstError::default();
+        let first = failed.clone();
         let thread = std::thread::Builder::new()
             .name("flusher".into())
             .spawn(move || loop {
-                for fd in &fds {
-                    if let Err(e) = nix::unistd::syncfs(fd) {
-                        log::debug!("background syncfs: {e} (the final sync reports it)");
+                for t in &targets {
+                    if let Err(e) = sync(&t.fd) {
+                        let mut f = first.lock().unwrap_or_else(|p| p.into_inner());
+                        f.get_or_insert((t.path.clone(), e));
                     }
                 }
                 match rx.recv_timeout(EVERY) {
@@ -42,22 +65,27 @@ impl Flusher {
                 }
             })
             .ok();
-        Flusher { stop: Some(stop), thread }
+        Flusher { stop: Some(stop), thread, failed }
     }
-}
 
-impl Flusher {
-    /// Stops the thread and waits for its last sync to end.
-    pub fn finish(mut self) {
+    /// Stops the thread, waits for its last sync to end, and reports the first error any
+    /// of its syncs met.
+    pub fn finish(mut self) -> Result<(), DestError> {
         drop(self.stop.take());
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        let failed = self.failed.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match failed {
+            Some((path, e)) => Err(DestError::Io { path, source: std::io::Error::from_raw_os_error(e as i32) }),
+            None => Ok(()),
+        }
     }
 }
 
-/// Dropped without [`Flusher::finish`] (the copy failed): the thread is told to stop and left
-/// to end its sync on its own, so that ending the backup never waits for a slow disk.
+/// Dropped without [`Flusher::finish`] (the copy failed): the thread is told to stop after
+/// the sync it may be in (a `syncfs` cannot be interrupted; the process does not end before
+/// it returns), and its errors are of no more use.
 impl Drop for Flusher {
     fn drop(&mut self) {
         drop(self.stop.take());
@@ -67,17 +95,77 @@ impl Drop for Flusher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn target() -> (tempfile::TempDir, Target) {
+        let dir = tempfile::tempdir().unwrap();
+        let fd: OwnedFd = std::fs::File::open(dir.path()).unwrap().into();
+        let path = dir.path().to_path_buf();
+        (dir, Target { fd, path })
+    }
 
     #[test]
-    fn it_syncs_until_told_to_stop_and_finish_waits_for_it() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("f"), b"x").unwrap();
-        let fd: OwnedFd = std::fs::File::open(dir.path()).unwrap().into();
-        let f = Flusher::start(vec![fd]);
-        let t = f.thread.as_ref().map(|t| t.thread().id());
-        assert!(t.is_some(), "the thread started");
-        // finish joins: it returns only once the thread has ended (a thread that kept on
-        // syncing would hang this test).
-        f.finish();
+    fn it_syncs_until_finished_and_finish_waits_for_the_thread() {
+        let (_d, t) = target();
+        let (alive, gone) = bounded::<()>(0);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = calls.clone();
+        let f = Flusher::start_with(vec![t], move |fd| {
+            let _keep = &alive; // dropped with the thread's closure when the thread ends
+            c.fetch_add(1, Ordering::SeqCst);
+            nix::unistd::syncfs(fd)
+        });
+        // The first sync runs as soon as the thread starts: wait for it.
+        while calls.load(Ordering::SeqCst) == 0 {
+            std::thread::yield_now();
+        }
+        f.finish().unwrap();
+        // Joined: the thread has ended, its closure (and the sender in it) is gone.
+        assert_eq!(gone.try_recv(), Err(crossbeam_channel::TryRecvError::Disconnected));
+    }
+
+    #[test]
+    fn the_first_error_of_a_background_sync_fails_finish() {
+        let (_d, t) = target();
+        let path = t.path.clone();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = calls.clone();
+        let f = Flusher::start_with(vec![t], move |_| {
+            let n = c.fetch_add(1, Ordering::SeqCst);
+            if n == 0 {
+                Err(Errno::EIO)
+            } else {
+                Ok(())
+            }
+        });
+        while calls.load(Ordering::SeqCst) == 0 {
+            std::thread::yield_now();
+        }
+        match f.finish() {
+            Err(DestError::Io { path: p, source }) => {
+                assert_eq!(p, path);
+                assert_eq!(source.raw_os_error(), Some(Errno::EIO as i32));
+            }
+            other => panic!("expected the background error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_dropped_flusher_stops_after_its_sync() {
+        let (_d, t) = target();
+        let (alive, gone) = bounded::<()>(0);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = calls.clone();
+        let f = Flusher::start_with(vec![t], move |_| {
+            let _keep = &alive; // dropped with the thread's closure when the thread ends
+            c.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        });
+        while calls.load(Ordering::SeqCst) == 0 {
+            std::thread::yield_now();
+        }
+        drop(f);
+        // Every sender is gone once the thread has ended (not a timeout: it did end).
+        assert_eq!(gone.recv_timeout(Duration::from_secs(10)), Err(RecvTimeoutError::Disconnected));
     }
 }

@@ -134,12 +134,12 @@ fn backup(common: &Common, opts: &MasterOpts, sig: &Signals) -> Result<Summary, 
     phase("copy");
     // Many small files: what the copy writes goes to disk while it runs, not all in the final sync.
     let flush = server.common.sync && plan.files >= crate::flusher::FROM_FILES;
-    let flusher = flush.then(|| target.roots.flusher()).transpose()?;
+    let flusher = flush.then(|| target.roots.flusher()).flatten();
     let mut copy = copy::Run::new(&mut children, plan, &target.roots, &server.common, opts, sig);
     copy.watch_lag(watch);
     copy.copy_files(&mut server.ctl, &server.common.dest)?;
     if let Some(f) = flusher {
-        f.finish();
+        f.finish()?;
     }
     phase("stop_backup");
     let stopped = stop::stop_backup(&mut server, &started, &mut copy, &target, sig)?;

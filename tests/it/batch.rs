@@ -19,7 +19,7 @@ fn logging_opts() -> ClusterOpts {
 
 /// `n` tiny tables `{prefix}1..{prefix}n` (heap, primary key, TOAST table and its index: four
 /// small files each), committed in groups (one transaction cannot lock that many).
-fn tiny_tables(c: &Cluster, prefix: &str, n: u32) {
+pub(crate) fn tiny_tables(c: &Cluster, prefix: &str, n: u32) {
     let mut cl = c.client();
     cl.batch_execute(
         "CREATE OR REPLACE PROCEDURE mk(p text, n int) LANGUAGE plpgsql AS $$ \

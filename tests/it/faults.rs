@@ -49,6 +49,23 @@ pub fn workers_running(dest: &std::path::Path) -> i32 {
     pid
 }
 
+/// SIGINT while a copy of over 10k files runs, with DEST synced in the background
+/// (`src/flusher.rs`): the abort does not wait for the background thread beyond its sync in
+/// progress, and leaves nothing behind, as any other abort.
+#[test]
+fn f03_sigint_while_small_files_sync_in_the_background() {
+    let c = Cluster::new();
+    crate::batch::tiny_tables(&c, "s", 2600);
+    let (mut child, dest) = start_slow(&c, "f03bg", &["-v"]);
+    workers_running(&dest);
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
+    let (_, took) = wait_exit(&mut child, Duration::from_secs(10));
+    assert!(took < Duration::from_secs(5), "orderly abort took {took:?}");
+    let err = assert_failed_cleanly(&c, child, &dest, 130, "interrupted by SIGINT");
+    assert!(err.contains("syncing DEST in the background"), "the background sync ran: {err}");
+    assert!(!dest.exists());
+}
+
 #[test]
 fn f02_sigkill_of_the_wal_child() {
     let c = Cluster::new();
