@@ -138,14 +138,15 @@ fn backup(common: &Common, opts: &MasterOpts, sig: &Signals) -> Result<Summary, 
     let mut copy = copy::Run::new(&mut children, plan, &target.roots, &server.common, opts, sig);
     copy.watch_lag(watch);
     copy.copy_files(&mut server.ctl, &server.common.dest)?;
-    if let Some(f) = flusher {
-        f.finish()?;
-    }
     phase("stop_backup");
     let stopped = stop::stop_backup(&mut server, &started, &mut copy, &target, sig)?;
     let copied = copy.into_result();
     children.stop();
     stop::check_wal(&mut server, &hold, &target, &started, &stopped, &copied)?;
+    // The background sync went on through the stop and the WAL; the final one follows.
+    if let Some(f) = flusher {
+        f.finish()?;
+    }
     phase("finish");
     let summary = finish::finish(&mut server, opts, &mut target, copied, &started, &stopped)?;
     hold.keep();
