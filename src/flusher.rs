@@ -95,30 +95,35 @@ impl Drop for Flusher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crossbeam_channel::Receiver;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    fn target() -> (tempfile::TempDir, Target) {
+    /// A flusher of a temporary directory whose n-th sync (from 0) does `sync(n, fd)`, once
+    /// its first sync has run; with the directory's path and a channel that disconnects
+    /// when the thread has ended (its sender lives in the thread's closure).
+    fn started(
+        sync: impl Fn(usize, &OwnedFd) -> nix::Result<()> + Send + 'static,
+    ) -> (tempfile::TempDir, PathBuf, Flusher, Receiver<()>) {
         let dir = tempfile::tempdir().unwrap();
         let fd: OwnedFd = std::fs::File::open(dir.path()).unwrap().into();
         let path = dir.path().to_path_buf();
-        (dir, Target { fd, path })
+        let (alive, gone) = bounded::<()>(0);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = calls.clone();
+        let f = Flusher::start_with(vec![Target { fd, path: path.clone() }], move |fd| {
+            let _keep = &alive;
+            let n = c.fetch_add(1, Ordering::SeqCst);
+            sync(n, fd)
+        });
+        while calls.load(Ordering::SeqCst) == 0 {
+            std::thread::yield_now();
+        }
+        (dir, path, f, gone)
     }
 
     #[test]
     fn it_syncs_until_finished_and_finish_waits_for_the_thread() {
-        let (_d, t) = target();
-        let (alive, gone) = bounded::<()>(0);
-        let calls = Arc::new(AtomicUsize::new(0));
-        let c = calls.clone();
-        let f = Flusher::start_with(vec![t], move |fd| {
-            let _keep = &alive; // dropped with the thread's closure when the thread ends
-            c.fetch_add(1, Ordering::SeqCst);
-            nix::unistd::syncfs(fd)
-        });
-        // The first sync runs as soon as the thread starts: wait for it.
-        while calls.load(Ordering::SeqCst) == 0 {
-            std::thread::yield_now();
-        }
+        let (_d, _, f, gone) = started(|_, fd| nix::unistd::syncfs(fd));
         f.finish().unwrap();
         // Joined: the thread has ended, its closure (and the sender in it) is gone.
         assert_eq!(gone.try_recv(), Err(crossbeam_channel::TryRecvError::Disconnected));
@@ -126,21 +131,7 @@ mod tests {
 
     #[test]
     fn the_first_error_of_a_background_sync_fails_finish() {
-        let (_d, t) = target();
-        let path = t.path.clone();
-        let calls = Arc::new(AtomicUsize::new(0));
-        let c = calls.clone();
-        let f = Flusher::start_with(vec![t], move |_| {
-            let n = c.fetch_add(1, Ordering::SeqCst);
-            if n == 0 {
-                Err(Errno::EIO)
-            } else {
-                Ok(())
-            }
-        });
-        while calls.load(Ordering::SeqCst) == 0 {
-            std::thread::yield_now();
-        }
+        let (_d, path, f, _) = started(|n, _| if n == 0 { Err(Errno::EIO) } else { Ok(()) });
         match f.finish() {
             Err(DestError::Io { path: p, source }) => {
                 assert_eq!(p, path);
@@ -152,18 +143,7 @@ mod tests {
 
     #[test]
     fn a_dropped_flusher_stops_after_its_sync() {
-        let (_d, t) = target();
-        let (alive, gone) = bounded::<()>(0);
-        let calls = Arc::new(AtomicUsize::new(0));
-        let c = calls.clone();
-        let f = Flusher::start_with(vec![t], move |_| {
-            let _keep = &alive; // dropped with the thread's closure when the thread ends
-            c.fetch_add(1, Ordering::SeqCst);
-            Ok(())
-        });
-        while calls.load(Ordering::SeqCst) == 0 {
-            std::thread::yield_now();
-        }
+        let (_d, _, f, gone) = started(|_, _| Ok(()));
         drop(f);
         // Every sender is gone once the thread has ended (not a timeout: it did end).
         assert_eq!(gone.recv_timeout(Duration::from_secs(10)), Err(RecvTimeoutError::Disconnected));
