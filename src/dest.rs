@@ -449,8 +449,9 @@ impl Dest {
         nix::unistd::syncfs(&self.fd).map_err(|e| self.io_err(Path::new(""), e))
     }
 
-    /// DEST's root opened once more: a descriptor of its own for a background `syncfs`
-    /// (`crate::flusher`), whose errors then do not hide any from [`Dest::sync_all`].
+    /// DEST's root opened once more: a descriptor of its own (an open file of its own, not a
+    /// `dup`) for a background `syncfs` (`crate::flusher`, which also keeps the errors it
+    /// meets: not every one is reported again to [`Dest::sync_all`]).
     pub fn reopen(&self) -> Result<OwnedFd, DestError> {
         let flags = OFlag::O_DIRECTORY | OFlag::O_RDONLY | OFlag::O_CLOEXEC;
         openat(self.fd.as_fd(), ".", flags, Mode::empty()).map_err(|e| self.io_err(Path::new(""), e))
