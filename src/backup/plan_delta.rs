@@ -36,12 +36,22 @@ pub(super) fn delta(server: &mut Server, target: &Target, opts: &MasterOpts) -> 
     let layout = plan::list(server, target)?;
     let found = listing(target)?;
     let links: Vec<Vec<u8>> = target.spcs.iter().map(|t| format!("pg_tblspc/{}", t.oid).into_bytes()).collect();
-    let r = reconcile(&layout, &links, found);
+    let mut r = reconcile(&layout, &links, found);
     remove(target, &r.remove)?;
     adopt(target, &r.adopt)?;
     plan::make_directories(&layout, target)?;
-    let in_pieces = !server.common.conn.is_local();
-    let compare = plan::Compare { files: r.compare, in_pieces };
+    let local = server.common.conn.is_local();
+    if local {
+        let (files, bytes) = rewrite_cold(target, &mut r.compare);
+        if files > 0 {
+            log::info!(
+                "--delta: {files} files ({} MB) not in memory are copied whole: from a server on this \
+                 machine that costs less than reading them back from disk",
+                bytes >> 20
+            );
+        }
+    }
+    let compare = plan::Compare { files: r.compare, in_pieces: !local };
     let mut p = plan::queue(layout, opts.jobs, server.common.algorithm, &compare)?;
     let r = Reconciled { compare: compare.files, ..r };
     p.refresh = Refresh { removed: r.remove.len() as u64, ..p.refresh };
@@ -52,7 +62,7 @@ pub(super) fn delta(server: &mut Server, target: &Target, opts: &MasterOpts) -> 
         "--delta: {} files ({} MB) to compare {}, {} to copy whole, {} entries removed",
         r.compare.len(),
         p.refresh.compared >> 20,
-        if server.common.conn.is_local() {
+        if local {
             "as they stream (the server is on this machine: reading costs less than hashing)"
         } else {
             "by block hashes (only differing blocks travel)"
@@ -144,6 +154,34 @@ fn listing(target: &Target) -> Result<Vec<(Vec<u8>, Kind)>, Error> {
         }
     }
     Ok(found)
+}
+
+/// A copy at least this large is copied whole, from a server on this machine, when most of
+/// it is not in memory (see [`rewrite_cold`]).
+const COLD_FROM: u64 = 1 << 20;
+
+/// From a server on this machine nothing is hashed: a compared file streams whole and its
+/// copy is read back to compare with it. A copy that is mostly on disk only costs more that
+/// way than being written again (reading it back is the slowest part), so copies of
+/// [`COLD_FROM`] or more with less than half of their pages in the page cache leave
+/// `compare`, to be copied whole (rsync copies whole files between local paths for the same
+/// reason). A copy whose residency cannot be learnt stays compared. Returns the files and
+/// bytes that left.
+fn rewrite_cold(target: &Target, compare: &mut HashSet<Vec<u8>>) -> (usize, u64) {
+    let (mut files, mut bytes) = (0, 0);
+    compare.retain(|path| {
+        let Ok(safe) = crate::dest::SafePath::parse(path) else { return true };
+        let (root, rel) = target.roots.route(&safe);
+        let Ok(Some(file)) = root.open_existing(&rel) else { return true };
+        let len = file.metadata().map_or(0, |m| m.len());
+        let cold = len >= COLD_FROM && crate::delta::resident::share(&file, len).is_ok_and(|s| s < 0.5);
+        if cold {
+            log::debug!("--delta: {} is not in memory: copied whole", show(path));
+            (files, bytes) = (files + 1, bytes + len);
+        }
+        !cold
+    });
+    (files, bytes)
 }
 
 /// Renames the files taken as copies to their final names, each under the guard.

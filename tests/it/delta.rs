@@ -311,6 +311,24 @@ fn a_copy_shorter_or_longer_than_the_server_file_is_refreshed_in_pieces() {
     c.assert_no_pgbb_left();
 }
 
+/// A backup of `c` (pgbench) started as a clone that ran `sql`, raised the balance of
+/// accounts 1–1000 by 1 and stopped: DEST owned by the test's user again.
+fn clone_that_wrote(c: &Cluster, sql: &str) -> std::path::PathBuf {
+    let dest = c.path("clone");
+    let out = pgbb_run(&["-c", "fast", &c.dsn(), dest.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut clone = start_copy(&dest);
+    clone
+        .client()
+        .batch_execute(&format!(
+            "{sql}; UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid <= 1000; CHECKPOINT"
+        ))
+        .unwrap();
+    clone.stop();
+    chown_back(&dest);
+    dest
+}
+
 /// A copy that was started, wrote changes of its own and was stopped: the refresh (from a
 /// server on this machine: compared as the files stream) makes it the source's again (its
 /// own writes gone, the source's changes in).
@@ -318,21 +336,7 @@ fn a_copy_shorter_or_longer_than_the_server_file_is_refreshed_in_pieces() {
 fn delta_resets_a_clone_that_ran_and_wrote() {
     let c = Cluster::new();
     c.pgbench_init(5);
-    let dest = c.path("clone");
-    let out = pgbb_run(&["-c", "fast", &c.dsn(), dest.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    {
-        let mut clone = start_copy(&dest);
-        clone
-            .client()
-            .batch_execute(
-                "CREATE TABLE clone_only AS SELECT 1 AS x; \
-                 UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid <= 1000; CHECKPOINT",
-            )
-            .unwrap();
-        clone.stop();
-    }
-    chown_back(&dest);
+    let dest = clone_that_wrote(&c, "CREATE TABLE clone_only AS SELECT 1 AS x");
     pay(&c, 1, 5);
     let out = delta(&c, &dest);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -355,6 +359,75 @@ fn delta_resets_a_clone_that_ran_and_wrote() {
         1,
         "the clone's own updates"
     );
+}
+
+/// Evicts every file below `dir` from the page cache (written to disk first); `false` where
+/// that cannot be done (a file system in memory).
+fn evict(dir: &Path) -> bool {
+    use std::os::fd::AsRawFd;
+    for p in regular_files(dir) {
+        let f = std::fs::File::open(p).unwrap();
+        if nix::sys::statfs::fstatfs(&f).unwrap().filesystem_type() == nix::sys::statfs::TMPFS_MAGIC {
+            return false;
+        }
+        f.sync_all().unwrap();
+        // SAFETY: advice on a descriptor we own.
+        assert_eq!(unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) }, 0);
+    }
+    true
+}
+
+/// From a server on this machine, a copy whose large files are on disk and not in memory
+/// (evicted) has them copied whole rather than read back to compare; the small ones are
+/// still compared. The clone's own writes are gone, the source's changes in, under pgbench
+/// load, and the result restores.
+#[test]
+fn delta_on_this_machine_copies_whole_what_is_not_in_memory() {
+    let c = Cluster::new();
+    c.pgbench_init(5);
+    c.client().batch_execute("CREATE EXTENSION amcheck").unwrap();
+    let dest = clone_that_wrote(&c, "SELECT 1");
+    if !evict(&dest) {
+        eprintln!("SKIPPED delta_on_this_machine_copies_whole_what_is_not_in_memory: DEST is in memory");
+        return;
+    }
+    let load = c.pgbench_load(2, 600);
+    wait_until("pgbench to write", Duration::from_secs(60), || history_rows(&c) > 100);
+    let out = delta(&c, &dest);
+    load.finish();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    let whole = err
+        .lines()
+        .find_map(|l| l.split("--delta: ").nth(1)?.strip_suffix("costs less than reading them back from disk"))
+        .unwrap_or_else(|| panic!("no file copied whole: {err}"));
+    assert!(whole.contains("not in memory are copied whole"), "{whole}");
+    let compared: usize = err
+        .lines()
+        .find_map(|l| {
+            l.split("--delta: ")
+                .nth(1)?
+                .split(" files (")
+                .next()?
+                .parse()
+                .ok()
+                .filter(|_| l.contains("to compare as they stream"))
+        })
+        .unwrap_or_else(|| panic!("no files compared: {err}"));
+    assert!(compared > 100, "the small files are still compared: {compared}");
+    let copy = verify_restore(&dest, &expect_pgbench());
+    let mut cl = copy.client();
+    // The clone's own updates are gone: an account pgbench did not touch is 0 again.
+    assert_eq!(
+        query_i64(
+            &mut cl,
+            "SELECT count(*) FROM pgbench_accounts a WHERE aid <= 1000 AND abalance <> 0 \
+             AND NOT EXISTS (SELECT 1 FROM pgbench_history h WHERE h.aid = a.aid)"
+        ),
+        0,
+        "the clone's own updates"
+    );
+    assert!(history_rows(&copy) > 100);
 }
 
 /// A backup interrupted (Ctrl-C) and kept with --no-clean says how to finish it; --delta

@@ -13,19 +13,11 @@ const SECRET: &str = "TOP SECRET, outside the data directory";
 
 /// Every regular file below `dir` whose contents hold `needle` (symlinks not followed).
 fn files_containing(dir: &Path, needle: &str) -> Vec<String> {
-    let mut hits = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let t = e.file_type().unwrap();
-            if t.is_dir() {
-                stack.push(e.path());
-            } else if t.is_file() && String::from_utf8_lossy(&std::fs::read(e.path()).unwrap()).contains(needle) {
-                hits.push(e.path().display().to_string());
-            }
-        }
-    }
-    hits
+    regular_files(dir)
+        .into_iter()
+        .filter(|p| String::from_utf8_lossy(&std::fs::read(p).unwrap()).contains(needle))
+        .map(|p| p.display().to_string())
+        .collect()
 }
 
 fn mkfifo(p: &Path) {

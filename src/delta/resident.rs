@@ -1,0 +1,64 @@
+//! How much of a file is in the page cache (`mincore`), to choose between comparing a copy
+//! and writing it again.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+
+/// The share (0.0–1.0) of `file`'s first `len` bytes whose pages are in the page cache. A
+/// file of no bytes counts as not in memory: there is nothing to compare.
+pub fn share(file: &File, len: u64) -> io::Result<f64> {
+    let Ok(len) = usize::try_from(len) else { return Ok(0.0) };
+    if len == 0 {
+        return Ok(0.0);
+    }
+    // SAFETY: a plain system call; the kernel reports the page size.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096).max(1);
+    // SAFETY: a shared read-only mapping of a file we own, never read through (only its
+    // residency is asked), unmapped below; a failure is reported, not a mapping.
+    let addr = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, file.as_raw_fd(), 0) };
+    if addr == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    let mut vec = vec![0u8; len.div_ceil(page)];
+    // SAFETY: `addr..addr + len` is the mapping made above; `vec` has one byte per page of it.
+    let rc = unsafe { libc::mincore(addr, len, vec.as_mut_ptr()) };
+    let err = io::Error::last_os_error();
+    // SAFETY: unmaps exactly the mapping made above, which nothing else refers to.
+    unsafe { libc::munmap(addr, len) };
+    if rc != 0 {
+        return Err(err);
+    }
+    let resident = vec.iter().filter(|&&b| b & 1 == 1).count();
+    Ok(resident as f64 / vec.len() as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    #[test]
+    fn a_file_evicted_is_not_in_memory_and_one_read_back_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        let mut f = File::create(&p).unwrap();
+        f.write_all(&vec![7u8; 1 << 20]).unwrap();
+        f.sync_all().unwrap();
+        // SAFETY: advice on a descriptor we own.
+        let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        assert_eq!(rc, 0);
+        let f = File::open(&p).unwrap();
+        let cold = share(&f, 1 << 20).unwrap();
+        // A file system that keeps everything in memory (tmpfs) cannot evict: it is all in.
+        let in_memory = nix::sys::statfs::fstatfs(&f).unwrap().filesystem_type() == nix::sys::statfs::TMPFS_MAGIC;
+        if in_memory {
+            assert_eq!(cold, 1.0);
+        } else {
+            assert!(cold < 0.1, "{cold}");
+        }
+        std::io::copy(&mut (&f).take(1 << 20), &mut std::io::sink()).unwrap();
+        assert_eq!(share(&f, 1 << 20).unwrap(), 1.0);
+        assert_eq!(share(&f, 0).unwrap(), 0.0);
+    }
+}
