@@ -42,7 +42,7 @@ pub(super) fn delta(server: &mut Server, target: &Target, opts: &MasterOpts) -> 
     plan::make_directories(&layout, target)?;
     let local = server.common.conn.is_local();
     if local {
-        let (files, bytes) = rewrite_cold(target, &mut r.compare);
+        let (files, bytes) = rewrite_cold(target, &layout, &mut r.compare)?;
         if files > 0 {
             log::info!(
                 "--delta: {files} files ({} MB) not in memory are copied whole: from a server on this \
@@ -162,26 +162,30 @@ const COLD_FROM: u64 = 1 << 20;
 
 /// From a server on this machine nothing is hashed: a compared file streams whole and its
 /// copy is read back to compare with it. A copy that is mostly on disk only costs more that
-/// way than being written again (reading it back is the slowest part), so copies of
-/// [`COLD_FROM`] or more with less than half of their pages in the page cache leave
-/// `compare`, to be copied whole (rsync copies whole files between local paths for the same
-/// reason). A copy whose residency cannot be learnt stays compared. Returns the files and
-/// bytes that left.
-fn rewrite_cold(target: &Target, compare: &mut HashSet<Vec<u8>>) -> (usize, u64) {
-    let (mut files, mut bytes) = (0, 0);
-    compare.retain(|path| {
-        let Ok(safe) = crate::dest::SafePath::parse(path) else { return true };
+/// way than being written again (reading it back is the slowest part), so a copy of a server
+/// file of [`COLD_FROM`] or more with less than half of its pages in the page cache leaves
+/// `compare` and is removed, to be copied whole like a file DEST does not have (rsync copies
+/// whole files between local paths for the same reason). A copy whose residency cannot be
+/// learnt stays compared. Returns the files and bytes that left.
+fn rewrite_cold(target: &Target, layout: &Layout, compare: &mut HashSet<Vec<u8>>) -> Result<(usize, u64), Error> {
+    let mut cold = Vec::new();
+    for f in layout.files.iter().filter(|f| f.size >= COLD_FROM && compare.contains(&f.path)) {
+        let safe = crate::dest::SafePath::parse(&f.path)?;
         let (root, rel) = target.roots.route(&safe);
-        let Ok(Some(file)) = root.open_existing(&rel) else { return true };
+        let Ok(Some(file)) = root.open_existing(&rel) else { continue };
         let len = file.metadata().map_or(0, |m| m.len());
-        let cold = len >= COLD_FROM && crate::delta::resident::share(&file, len).is_ok_and(|s| s < 0.5);
-        if cold {
-            log::debug!("--delta: {} is not in memory: copied whole", show(path));
-            (files, bytes) = (files + 1, bytes + len);
+        if crate::delta::resident::share(&file, len).is_ok_and(|s| s < 0.5) {
+            cold.push((f.path.clone(), len));
         }
-        !cold
-    });
-    (files, bytes)
+    }
+    for (path, _) in &cold {
+        log::debug!("--delta: {} is not in memory: copied whole", show(path));
+        compare.remove(path);
+    }
+    let gone: Vec<(Vec<u8>, Kind)> =
+        cold.iter().map(|(p, len)| (p.clone(), Kind::File { size: *len, links: 1 })).collect();
+    remove(target, &gone)?;
+    Ok((cold.len(), cold.iter().map(|(_, len)| len).sum()))
 }
 
 /// Renames the files taken as copies to their final names, each under the guard.

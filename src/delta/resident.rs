@@ -5,12 +5,25 @@ use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 
+/// ZFS keeps its cache (the ARC) outside the page cache: what `mincore` says there means
+/// nothing.
+const ZFS_SUPER_MAGIC: i64 = 0x2fc1_2fc1;
+
 /// The share (0.0–1.0) of `file`'s first `len` bytes whose pages are in the page cache. A
-/// file of no bytes counts as not in memory: there is nothing to compare.
+/// file of no bytes counts as not in memory: there is nothing to compare. An error where it
+/// cannot be known (a file system with a cache of its own, a file too large to map). Since
+/// Linux 5.0 the answer is only true for a file the caller owns or may write to (else every
+/// page looks absent): `file` is one of DEST's, opened for writing.
 pub fn share(file: &File, len: u64) -> io::Result<f64> {
-    let Ok(len) = usize::try_from(len) else { return Ok(0.0) };
+    let unknown = |why: &str| io::Error::new(io::ErrorKind::Unsupported, why.to_string());
+    let len = usize::try_from(len).map_err(|_| unknown("too large to map"))?;
     if len == 0 {
         return Ok(0.0);
+    }
+    let fs = nix::sys::statfs::fstatfs(file).map_err(io::Error::from)?;
+    #[allow(clippy::unnecessary_cast)] // the type differs between targets
+    if fs.filesystem_type().0 as i64 == ZFS_SUPER_MAGIC {
+        return Err(unknown("ZFS caches outside the page cache"));
     }
     // SAFETY: a plain system call; the kernel reports the page size.
     let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096).max(1);

@@ -391,6 +391,13 @@ fn delta_on_this_machine_copies_whole_what_is_not_in_memory() {
         eprintln!("SKIPPED delta_on_this_machine_copies_whole_what_is_not_in_memory: DEST is in memory");
         return;
     }
+    // The copies that go whole: DEST's files of 1 MiB or more outside pg_wal (none of them
+    // is dropped or truncated while the refresh runs).
+    let large = regular_files(&dest)
+        .into_iter()
+        .filter(|p| !p.starts_with(dest.join("pg_wal")) && std::fs::metadata(p).unwrap().len() >= 1 << 20)
+        .count();
+    assert!(large >= 2, "{large}");
     let load = c.pgbench_load(2, 600);
     wait_until("pgbench to write", Duration::from_secs(60), || history_rows(&c) > 100);
     let out = delta(&c, &dest);
@@ -401,6 +408,7 @@ fn delta_on_this_machine_copies_whole_what_is_not_in_memory() {
         .lines()
         .find_map(|l| l.split("--delta: ").nth(1)?.strip_suffix("costs less than reading them back from disk"))
         .unwrap_or_else(|| panic!("no file copied whole: {err}"));
+    assert!(whole.starts_with(&format!("{large} files (")), "{large} files of 1 MiB or more: {whole}");
     assert!(whole.contains("not in memory are copied whole"), "{whole}");
     let compared: usize = err
         .lines()

@@ -498,7 +498,6 @@ pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-/// Waits until `cond` holds, looking every 20 ms; fails naming `what` after `limit`.
 /// Every regular file below `dir` (symlinks not followed).
 pub fn regular_files(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -516,6 +515,7 @@ pub fn regular_files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Waits until `cond` holds, looking every 20 ms; fails naming `what` after `limit`.
 pub fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + limit;
     while !cond() {
