@@ -36,17 +36,16 @@ pub fn block_hashes(file: &mut File) -> std::io::Result<Vec<u8>> {
 
 /// [`block_hashes`], each block also handed to `each` as it passes.
 fn scan(file: &mut File, mut each: impl FnMut(&[u8])) -> std::io::Result<Vec<u8>> {
-    file.seek(SeekFrom::Start(0))?;
     let mut out = Vec::new();
-    let mut buf = vec![0u8; READ];
+    let mut reader = crate::copy_reader::CopyReader::new(file, (0, u64::MAX), READ);
     loop {
-        let n = read_full(file, &mut buf)?;
-        for block in buf[..n].chunks(BLOCK) {
+        let data = reader.next_chunk()?;
+        if data.is_empty() {
+            return Ok(out);
+        }
+        for block in data.chunks(BLOCK) {
             out.extend_from_slice(&sha2::Sha256::digest(block));
             each(block);
-        }
-        if n < READ {
-            return Ok(out);
         }
     }
 }

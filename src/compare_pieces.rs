@@ -4,13 +4,13 @@
 //! comparison: measured, docs/benchmarks.md).
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 
 use postgres::fallible_iterator::FallibleIterator;
 use sha2::Digest as _;
 
 use crate::block_sums::BlockSums;
 use crate::compare::{Answer, Blocks, Step, BLOCK, READ};
+use crate::copy_reader::CopyReader;
 use crate::dest::{Dest, DestError, SafePath};
 use crate::pg::{sql, Session};
 use crate::transfer::{pg_err, Copied, Method, Outcome, Transfer, TransferError};
@@ -62,29 +62,18 @@ fn hash_piece(file: &File, (start, end): (u64, u64), template: Option<&BlockSums
         return Ok(Hashed { start, end, hashes: Vec::new(), sums, empty: true });
     }
     let mut hashes = Vec::with_capacity(((end - start) / BLOCK as u64 * 32) as usize);
-    let mut buf = vec![0u8; READ];
-    let mut at = start;
-    while at < end {
-        let want = ((end - at) as usize).min(READ);
-        let mut n = 0;
-        while n < want {
-            match file.read_at(&mut buf[n..want], at + n as u64) {
-                Ok(0) => break,
-                Ok(k) => n += k,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
+    let mut reader = CopyReader::new(file, (start, end), READ);
+    loop {
+        let data = reader.next_chunk()?;
+        if data.is_empty() {
+            break;
         }
-        for block in buf[..n].chunks(BLOCK) {
+        for block in data.chunks(BLOCK) {
             hashes.extend_from_slice(&sha2::Sha256::digest(block));
             if let Some(s) = sums.as_mut() {
                 s.local(block);
             }
         }
-        if n < want {
-            break;
-        }
-        at += n as u64;
     }
     Ok(Hashed { start, end, hashes, sums, empty: false })
 }
@@ -284,6 +273,7 @@ impl Transfer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::FileExt;
 
     #[test]
     fn pieces_cover_the_file_once() {

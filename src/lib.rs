@@ -11,6 +11,7 @@ pub mod compare;
 pub mod compare_pieces;
 pub mod compare_zlib;
 pub mod compression;
+pub mod copy_reader;
 pub mod delta;
 pub mod dest;
 pub mod dest_lock;

@@ -15,8 +15,14 @@ const ZFS_SUPER_MAGIC: i64 = 0x2fc1_2fc1;
 /// Linux 5.0 the answer is only true for a file the caller owns or may write to (else every
 /// page looks absent): `file` is one of DEST's, opened for writing.
 pub fn share(file: &File, len: u64) -> io::Result<f64> {
+    share_of(file, 0, len)
+}
+
+/// [`share`] of bytes `start..start + len` (`start` a multiple of the page size).
+pub fn share_of(file: &File, start: u64, len: u64) -> io::Result<f64> {
     let unknown = |why: &str| io::Error::new(io::ErrorKind::Unsupported, why.to_string());
     let len = usize::try_from(len).map_err(|_| unknown("too large to map"))?;
+    let start = libc::off_t::try_from(start).map_err(|_| unknown("too large to map"))?;
     if len == 0 {
         return Ok(0.0);
     }
@@ -29,7 +35,8 @@ pub fn share(file: &File, len: u64) -> io::Result<f64> {
     let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096).max(1);
     // SAFETY: a shared read-only mapping of a file we own, never read through (only its
     // residency is asked), unmapped below; a failure is reported, not a mapping.
-    let addr = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, file.as_raw_fd(), 0) };
+    let addr =
+        unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, file.as_raw_fd(), start) };
     if addr == libc::MAP_FAILED {
         return Err(io::Error::last_os_error());
     }
