@@ -31,13 +31,14 @@ const HASH: usize = 32;
 
 /// The SHA-256 of each `BLOCK` of `file` from its start, concatenated.
 pub fn block_hashes(file: &mut File) -> std::io::Result<Vec<u8>> {
-    scan(file, |_| {})
+    scan(file, false, |_| {})
 }
 
-/// [`block_hashes`], each block also handed to `each` as it passes.
-fn scan(file: &mut File, mut each: impl FnMut(&[u8])) -> std::io::Result<Vec<u8>> {
+/// [`block_hashes`], each block also handed to `each` as it passes; `once`: the copy is not
+/// read back afterwards (see [`crate::copy_reader::CopyReader::new`]).
+fn scan(file: &File, once: bool, mut each: impl FnMut(&[u8])) -> std::io::Result<Vec<u8>> {
     let mut out = Vec::new();
-    let mut reader = crate::copy_reader::CopyReader::new(file, (0, u64::MAX), READ);
+    let mut reader = crate::copy_reader::CopyReader::new(file, (0, u64::MAX), READ, once);
     loop {
         let data = reader.next_chunk()?;
         if data.is_empty() {
@@ -167,7 +168,8 @@ impl Transfer {
         let compared = if large && matches!(Source::of(src), Source::Path(_)) {
             self.changed_in_pieces(s, src, (&file, &dest.root().join(dst.to_path())), sums)
         } else {
-            let hashes = scan(&mut file, |b| sums.as_mut().map_or((), |s| s.local(b))).map_err(io)?;
+            let once = sums.is_some();
+            let hashes = scan(&file, once, |b| sums.as_mut().map_or((), |s| s.local(b))).map_err(io)?;
             self.changed_blocks(s, src, &file, &hashes, sums)
         };
         let (answer, sums) = compared.map_err(|e| match e {

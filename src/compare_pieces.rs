@@ -44,7 +44,7 @@ fn pieces_of(start: u64, end: u64) -> impl Iterator<Item = (u64, u64)> {
 /// True when the copy holds no data in `start..end`: a hole (the pieces an interrupted backup
 /// never wrote) or past its end. Such a piece is not read: it reads as zeros, and with no
 /// hashes for it the server sends all its blocks without hashing them, as a backup would.
-fn holds_nothing(file: &File, start: u64, end: u64) -> bool {
+pub(crate) fn holds_nothing(file: &File, start: u64, end: u64) -> bool {
     use std::os::fd::AsFd;
     let Ok(at) = i64::try_from(start) else { return false };
     match nix::unistd::lseek(file.as_fd(), at, nix::unistd::Whence::SeekData) {
@@ -62,7 +62,8 @@ fn hash_piece(file: &File, (start, end): (u64, u64), template: Option<&BlockSums
         return Ok(Hashed { start, end, hashes: Vec::new(), sums, empty: true });
     }
     let mut hashes = Vec::with_capacity(((end - start) / BLOCK as u64 * 32) as usize);
-    let mut reader = CopyReader::new(file, (start, end), READ);
+    // Without sums the piece is read back afterwards (`read_back_span`).
+    let mut reader = CopyReader::new(file, (start, end), READ, template.is_some());
     loop {
         let data = reader.next_chunk()?;
         if data.is_empty() {

@@ -80,12 +80,26 @@ impl<'f> CopyReader<'f> {
     /// page cache (a multiple of 8 KiB), or of [`DIRECT_READ`] past it: direct when the
     /// range is [`DIRECT_FROM`] or more, less than half of it is in the page cache, and the
     /// file can be opened so (by its descriptor, never by a path below DEST).
-    pub fn new(file: &'f File, (start, end): (u64, u64), cap: usize) -> CopyReader<'f> {
+    ///
+    /// `once`: the caller reads these bytes only this once. Otherwise (it reads the copy back
+    /// afterwards) they are read through the page cache, so that the second read finds them.
+    pub fn new(file: &'f File, (start, end): (u64, u64), cap: usize, once: bool) -> CopyReader<'f> {
         let known = end.min(file.metadata().map_or(0, |m| m.len()));
-        let cold = start.is_multiple_of(ALIGN as u64)
+        let cold = once
+            && start.is_multiple_of(ALIGN as u64)
             && known.saturating_sub(start) >= DIRECT_FROM
             && crate::delta::resident::share_of(file, start, known - start).is_ok_and(|s| s < 0.5);
-        let ahead = if cold { reopen_direct(file).ok().map(|d| read_ahead(d, start, end)) } else { None };
+        let ahead = if cold {
+            match reopen_direct(file).and_then(|d| read_ahead(d, start, end)) {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    log::debug!("the copy is read through the page cache: {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         CopyReader { file, pos: start, end, cap, buf: Aligned::new(if ahead.is_some() { 0 } else { cap }), ahead }
     }
 
@@ -152,14 +166,15 @@ impl<'f> CopyReader<'f> {
     }
 }
 
-/// Starts the thread that reads `start..end` of `direct` ahead, [`AHEAD`] chunks at most.
-fn read_ahead(direct: File, start: u64, end: u64) -> Ahead {
+/// Starts the thread that reads `start..end` of `direct` ahead, [`AHEAD`] chunks at most (an
+/// error if no thread can be started).
+fn read_ahead(direct: File, start: u64, end: u64) -> io::Result<Ahead> {
     let (full_tx, full) = crossbeam_channel::bounded(AHEAD);
     let (empty, empty_rx) = crossbeam_channel::bounded::<Aligned>(AHEAD + 1);
     for _ in 0..=AHEAD {
         let _ = empty.send(Aligned::new(DIRECT_READ));
     }
-    let thread = std::thread::spawn(move || {
+    let thread = std::thread::Builder::new().name("pgbb-copy-read".into()).spawn(move || {
         let mut pos = start;
         while pos < end {
             let Ok(mut b) = empty_rx.recv() else { return };
@@ -171,8 +186,8 @@ fn read_ahead(direct: File, start: u64, end: u64) -> Ahead {
                 return;
             }
         }
-    });
-    Ahead { full, empty: Some(empty), current: None, thread: Some(thread) }
+    })?;
+    Ok(Ahead { full, empty: Some(empty), current: None, thread: Some(thread) })
 }
 
 /// Reads `buf` (aligned) from `off` with direct reads: fewer bytes only where the file ends.
@@ -192,12 +207,18 @@ fn read_direct(direct: &File, buf: &mut [u8], off: u64) -> io::Result<usize> {
 
 /// A descriptor of `file` of its own (its own offset and flags) that reads past the page
 /// cache, opened through `/proc/self/fd` (a link to the open file itself): the same inode, no
-/// path below DEST walked again.
+/// path below DEST walked again. An error if what opened is not that file (no procfs there).
 fn reopen_direct(file: &File) -> io::Result<File> {
-    std::fs::OpenOptions::new()
+    use std::os::unix::fs::MetadataExt;
+    let direct = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_DIRECT)
-        .open(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .open(format!("/proc/self/fd/{}", file.as_raw_fd()))?;
+    let (a, b) = (file.metadata()?, direct.metadata()?);
+    if (a.dev(), a.ino()) != (b.dev(), b.ino()) {
+        return Err(io::Error::other("/proc/self/fd does not lead to the open file"));
+    }
+    Ok(direct)
 }
 
 #[cfg(test)]
@@ -217,10 +238,15 @@ mod tests {
         (dir, f)
     }
 
-    fn on_disk(f: &File) -> bool {
-        nix::sys::statfs::fstatfs(f).unwrap().filesystem_type() != nix::sys::statfs::TMPFS_MAGIC
+    /// Whether `f` is on a file system known to read past the page cache (ext2–4, XFS): there
+    /// the direct path must be taken, and kept.
+    fn direct_expected(f: &File) -> bool {
+        #[allow(clippy::unnecessary_cast)] // the type differs between targets
+        let t = nix::sys::statfs::fstatfs(f).unwrap().filesystem_type().0 as i64;
+        t == 0xEF53 || t == 0x5846_5342
     }
 
+    /// Every chunk until the end; only the last may be cut short of whole blocks.
     fn read_all(r: &mut CopyReader) -> Vec<u8> {
         let mut got = Vec::new();
         let mut short = false;
@@ -235,35 +261,53 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_copy_on_disk_is_read_directly_to_its_unaligned_end() {
-        let bytes: Vec<u8> = (0..(3 << 20) + 1234).map(|i: u32| (i * 7 % 251) as u8).collect();
-        let (_dir, f) = evicted(&bytes);
-        let mut r = CopyReader::new(&f, (0, u64::MAX), 256 << 10);
-        assert_eq!(r.is_direct(), on_disk(&f));
-        assert_eq!(read_all(&mut r), bytes);
+    fn pattern(len: usize, k: u32) -> Vec<u8> {
+        (0..len as u32).map(|i| (i.wrapping_mul(k) % 251) as u8).collect()
     }
 
-    #[test]
-    fn a_range_of_a_copy_on_disk_ends_where_it_ends() {
-        let bytes: Vec<u8> = (0..(4 << 20)).map(|i: u32| (i * 13 % 253) as u8).collect();
-        let (_dir, f) = evicted(&bytes);
-        let (start, end) = (1 << 20, (3 << 20) + 8192);
-        let mut r = CopyReader::new(&f, (start, end), 256 << 10);
-        assert_eq!(r.is_direct(), on_disk(&f));
-        assert_eq!(read_all(&mut r), &bytes[start as usize..end as usize]);
-        // Dropped half way: the thread ends.
-        let mut r = CopyReader::new(&f, (0, 4 << 20), 256 << 10);
+    /// Reads `start..end` of `bytes` (evicted, then `dirty` written over without a sync) and
+    /// checks the bytes, and that the direct path was taken and kept where expected.
+    fn check(bytes: &[u8], (start, end): (u64, u64), dirty: Option<(u64, &[u8])>) {
+        let (_dir, f) = evicted(bytes);
+        let mut want = bytes.to_vec();
+        if let Some((off, d)) = dirty {
+            f.write_all_at(d, off).unwrap();
+            want[off as usize..off as usize + d.len()].copy_from_slice(d);
+        }
+        let mut r = CopyReader::new(&f, (start, end), 256 << 10, true);
+        let expected = direct_expected(&f);
+        if expected {
+            assert!(r.is_direct(), "not read directly");
+        }
+        let till = (end as usize).min(want.len());
+        assert!(read_all(&mut r) == want[start as usize..till], "{start}..{end}");
+        assert_eq!(r.is_direct(), expected, "fell back to the page cache");
+        // A reader dropped after its first chunk, its thread reading ahead, returns.
+        let mut r = CopyReader::new(&f, (start, end), 256 << 10, true);
         assert!(!r.next_chunk().unwrap().is_empty());
         drop(r);
     }
 
     #[test]
-    fn a_copy_in_memory_is_read_through_the_page_cache() {
-        let bytes = vec![5u8; 2 << 20];
+    fn a_copy_on_disk_is_read_directly_to_its_end() {
+        // Ending anywhere, and exactly where a direct read ends.
+        check(&pattern((3 << 20) + 1234, 7), (0, u64::MAX), None);
+        check(&pattern(2 << 20, 11), (0, u64::MAX), None);
+        // A range of it, ending where no read would.
+        check(&pattern(4 << 20, 13), (1 << 20, (3 << 20) + 8192 + 100), None);
+        // Blocks written and not yet on disk are read as written.
+        check(&pattern(3 << 20, 17), (0, u64::MAX), Some(((1 << 20) + 8192, &[9u8; 8192])));
+    }
+
+    #[test]
+    fn a_copy_in_memory_or_read_back_later_goes_through_the_page_cache() {
+        let bytes = pattern(2 << 20, 3);
         let (_dir, f) = evicted(&bytes);
-        std::io::copy(&mut std::io::Read::take(&f, 2 << 20), &mut std::io::sink()).unwrap();
-        let mut r = CopyReader::new(&f, (0, u64::MAX), 256 << 10);
+        let mut r = CopyReader::new(&f, (0, u64::MAX), 256 << 10, false);
+        assert!(!r.is_direct(), "read back later");
+        assert_eq!(read_all(&mut r), bytes);
+        // Now in memory.
+        let mut r = CopyReader::new(&f, (0, u64::MAX), 256 << 10, true);
         assert!(!r.is_direct());
         assert_eq!(r.next_chunk().unwrap(), &bytes[..256 << 10]);
     }

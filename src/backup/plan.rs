@@ -208,9 +208,59 @@ fn deal(files: Vec<VecDeque<Work>>) -> Vec<Work> {
     keyed.into_iter().map(|(_, _, w)| w).collect()
 }
 
+/// `items` in one sequence with the `local` ones (compared against data the copy holds: CPU on
+/// both sides, next to nothing on the link) spread evenly among the others (what travels: the
+/// link, and the server's compression), each kind in its own order: item k of a kind sits
+/// where the bytes before it and half its own fall in that kind's total. Side by side,
+/// workers then load the link and the CPUs at once instead of one after the other (a resume
+/// holds the first half of the queue and lacks the second).
+pub(super) fn interleave(items: Vec<Work>, local: &[bool]) -> Vec<Work> {
+    let bytes = |w: &Work| w.range.map_or(w.size, |(_, len)| len).max(1);
+    let totals = items.iter().zip(local).fold([0u64; 2], |mut t, (w, &l)| {
+        t[usize::from(l)] += bytes(w);
+        t
+    });
+    let mut before = [0u64; 2];
+    let mut keyed: Vec<(u128, u128, bool, Work)> = items
+        .into_iter()
+        .zip(local)
+        .map(|(w, &l)| {
+            let k = usize::from(l);
+            let mid = 2 * u128::from(before[k]) + u128::from(bytes(&w));
+            before[k] += bytes(&w);
+            (mid, 2 * u128::from(totals[k]), !l, w)
+        })
+        .collect();
+    keyed.sort_by(|a, b| (a.0 * b.1).cmp(&(b.0 * a.1)).then(a.2.cmp(&b.2)));
+    keyed.into_iter().map(|(_, _, _, w)| w).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compared_and_travelling_work_alternate_by_bytes() {
+        let piece = |off: u64, compare: bool| Work {
+            range: Some((off, 64 << 20)),
+            compare,
+            ..Work::whole(&FileJob { path: b"base/5/a".to_vec(), size: 1 << 30 })
+        };
+        // A resume: the first four pieces are in the copy, the last four are not.
+        let items: Vec<Work> = (0..8).map(|k| piece(k << 26, true)).collect();
+        let local = [true, true, true, true, false, false, false, false];
+        let order: Vec<u64> = interleave(items, &local).iter().map(|w| w.range.unwrap().0 >> 26).collect();
+        assert_eq!(order, vec![0, 4, 1, 5, 2, 6, 3, 7]);
+        // One of a kind against three: it sits in the middle; each kind keeps its order.
+        let items: Vec<Work> = (0..4).map(|k| piece(k << 26, k == 0)).collect();
+        let order: Vec<u64> =
+            interleave(items, &[true, false, false, false]).iter().map(|w| w.range.unwrap().0 >> 26).collect();
+        assert_eq!(order, vec![1, 0, 2, 3]);
+        // All of one kind: unchanged.
+        let items: Vec<Work> = (0..3).map(|k| piece(k << 26, false)).collect();
+        let order: Vec<u64> = interleave(items, &[false; 3]).iter().map(|w| w.range.unwrap().0 >> 26).collect();
+        assert_eq!(order, vec![0, 1, 2]);
+    }
 
     #[test]
     fn large_files_are_split_only_when_it_can_pay() {

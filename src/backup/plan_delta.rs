@@ -3,7 +3,7 @@
 //! WAL, symlinks, anything of the wrong kind); files DEST has are compared block by block by
 //! the workers; the rest are copied whole. pg_control is held back for last.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::Path;
 
 use crate::cli::MasterOpts;
@@ -16,7 +16,7 @@ use crate::protocol::show;
 
 use super::connect::Server;
 use super::destination::Target;
-use super::plan::{self, Plan};
+use super::plan::{self, Plan, Work};
 use crate::delta::Refresh;
 
 /// What to do with DEST's entries.
@@ -53,6 +53,9 @@ pub(super) fn delta(server: &mut Server, target: &Target, opts: &MasterOpts) -> 
     }
     let compare = plan::Compare { files: r.compare, in_pieces: !local };
     let mut p = plan::queue(layout, opts.jobs, server.common.algorithm, &compare)?;
+    if !local {
+        mix_pieces(target, &mut p.queue)?;
+    }
     let r = Reconciled { compare: compare.files, ..r };
     p.refresh = Refresh { removed: r.remove.len() as u64, ..p.refresh };
     if !r.adopt.is_empty() {
@@ -154,6 +157,38 @@ fn listing(target: &Target) -> Result<Vec<(Vec<u8>, Kind)>, Error> {
         }
     }
     Ok(found)
+}
+
+/// The pieces of large files (one run in the queue) reordered so that those compared
+/// against data the copy holds alternate with those that travel (see `plan::interleave`):
+/// where the copy holds nothing of a piece (a resume: the pieces the interrupted run never
+/// wrote), or has no copy, every block travels.
+fn mix_pieces(target: &Target, queue: &mut VecDeque<Work>) -> Result<(), Error> {
+    let Some(first) = queue.iter().position(|w| w.range.is_some()) else { return Ok(()) };
+    let len = queue.iter().skip(first).take_while(|w| w.range.is_some()).count();
+    let mut tail = queue.split_off(first);
+    let rest = tail.split_off(len);
+    let pieces: Vec<Work> = tail.into();
+    let mut open: HashMap<Vec<u8>, Option<std::fs::File>> = HashMap::new();
+    let mut local = Vec::with_capacity(pieces.len());
+    for w in &pieces {
+        let holds = match (w.compare, w.range) {
+            (true, Some((off, n))) => {
+                if !open.contains_key(&w.path) {
+                    let safe = crate::dest::SafePath::parse(&w.path)?;
+                    let (root, rel) = target.roots.route(&safe);
+                    open.insert(w.path.clone(), root.open_existing(&rel).ok().flatten());
+                }
+                let file = open.get(&w.path).and_then(Option::as_ref);
+                file.is_some_and(|f| !crate::compare_pieces::holds_nothing(f, off, off + n))
+            }
+            _ => false,
+        };
+        local.push(holds);
+    }
+    queue.extend(plan::interleave(pieces, &local));
+    queue.extend(rest);
+    Ok(())
 }
 
 /// A copy at least this large is copied whole, from a server on this machine, when most of
