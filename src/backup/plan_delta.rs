@@ -186,6 +186,13 @@ fn mix_pieces(target: &Target, queue: &mut VecDeque<Work>) -> Result<(), Error> 
         };
         local.push(holds);
     }
+    let holds = local.iter().filter(|&&l| l).count();
+    if holds > 0 && holds < local.len() {
+        log::info!(
+            "--delta: {holds} pieces of large files the copy holds data of are compared side by side with the {} that travel",
+            local.len() - holds
+        );
+    }
     queue.extend(plan::interleave(pieces, &local));
     queue.extend(rest);
     Ok(())

@@ -493,6 +493,17 @@ fn an_interrupted_backup_in_pieces_is_finished_from_its_pieces() {
         "{}",
         stderr(&out)
     );
+    // pgbench_accounts (about 130 MB) is 3 pieces: the one the first run wrote into is
+    // compared, one it never reached travels, side by side.
+    let err = stderr(&out);
+    let side = err
+        .lines()
+        .find_map(|l| l.split("--delta: ").nth(1)?.strip_suffix(" that travel"))
+        .unwrap_or_else(|| panic!("no pieces side by side: {err}"));
+    let (held, travel) =
+        side.split_once(" pieces of large files the copy holds data of are compared side by side with the ").unwrap();
+    let (held, travel): (usize, usize) = (held.parse().unwrap(), travel.parse().unwrap());
+    assert!(held >= 1 && travel >= 1 && held + travel == 3, "{side}");
     assert!(!tmp.exists());
     verify_restore(&dest, &expect_pgbench());
     c.assert_no_pgbb_left();
