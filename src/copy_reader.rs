@@ -91,7 +91,10 @@ impl<'f> CopyReader<'f> {
             && crate::delta::resident::share_of(file, start, known - start).is_ok_and(|s| s < 0.5);
         let ahead = if cold {
             match reopen_direct(file).and_then(|d| read_ahead(d, start, end)) {
-                Ok(a) => Some(a),
+                Ok(a) => {
+                    log::debug!("a copy not in the page cache is read past it, from byte {start} (O_DIRECT)");
+                    Some(a)
+                }
                 Err(e) => {
                     log::debug!("the copy is read through the page cache: {e}");
                     None

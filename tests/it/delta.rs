@@ -438,6 +438,31 @@ fn delta_on_this_machine_copies_whole_what_is_not_in_memory() {
     assert!(history_rows(&copy) > 100);
 }
 
+/// A copy on disk (evicted from the page cache) refreshed from a server over the network
+/// while pgbench writes: its blocks are read past the page cache (O_DIRECT, in pieces and
+/// whole files) and hashed; the result restores with pgbench's invariant and amcheck.
+#[test]
+fn delta_over_the_network_reads_a_copy_on_disk_past_the_page_cache() {
+    let test = "delta_over_the_network_reads_a_copy_on_disk_past_the_page_cache";
+    let Some((_ns, c, dsn)) = remote_pgbench(test, 89, "") else { return };
+    let dest = c.path("ondisk");
+    plain_backup(&dsn, &dest);
+    if !evict(&dest) {
+        eprintln!("SKIPPED {test}: DEST is in memory");
+        return;
+    }
+    let load = c.pgbench_load(2, 600);
+    wait_until("pgbench to write", Duration::from_secs(60), || history_rows(&c) > 100);
+    let out = pgbb_run(&["--delta", "-d", "-c", "fast", &dsn, dest.to_str().unwrap()]);
+    load.finish();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    let direct = err.lines().filter(|l| l.contains("a copy not in the page cache is read past it")).count();
+    // pgbench_accounts alone is 3 pieces of 64 MB.
+    assert!(direct >= 3, "{direct} direct reads: {err}");
+    verify_restore(&dest, &expect_pgbench());
+}
+
 /// A backup interrupted (Ctrl-C) and kept with --no-clean says how to finish it; --delta
 /// finishes it from its record, comparing what the first run wrote.
 #[test]
