@@ -232,7 +232,25 @@ pub(super) fn interleave(items: Vec<Work>, local: &[bool]) -> Vec<Work> {
         })
         .collect();
     keyed.sort_by(|a, b| (a.0 * b.1).cmp(&(b.0 * a.1)).then(a.2.cmp(&b.2)));
-    keyed.into_iter().map(|(_, _, _, w)| w).collect()
+    let mut out: Vec<Work> = keyed.into_iter().map(|(_, _, _, w)| w).collect();
+    apart(&mut out);
+    out
+}
+
+/// Moves a piece that follows a piece of the same file back behind the next piece of
+/// another file (within a few places), as [`deal`] keeps them: two writers of one file side
+/// by side queue on its inode lock.
+fn apart(items: &mut [Work]) {
+    const LOOK: usize = 64;
+    for i in 1..items.len() {
+        if items[i].path != items[i - 1].path {
+            continue;
+        }
+        let end = (i + LOOK).min(items.len());
+        if let Some(j) = (i + 1..end).find(|&j| items[j].path != items[i - 1].path) {
+            items[i..=j].rotate_right(1);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -251,6 +269,22 @@ mod tests {
         let local = [true, true, true, true, false, false, false, false];
         let order: Vec<u64> = interleave(items, &local).iter().map(|w| w.range.unwrap().0 >> 26).collect();
         assert_eq!(order, vec![0, 4, 1, 5, 2, 6, 3, 7]);
+        // Two files dealt (a0 b0 a1 b1 …), the first half of each in the copy: no two pieces
+        // of one file side by side.
+        let two: Vec<Work> = (0..8)
+            .map(|k| Work {
+                path: if k % 2 == 0 { b"base/5/a".to_vec() } else { b"base/5/b".to_vec() },
+                ..piece((k / 2) << 26, true)
+            })
+            .collect();
+        let local = [true, true, true, true, false, false, false, false];
+        let mixed = interleave(two, &local);
+        assert_eq!(mixed.len(), 8);
+        assert!(
+            mixed.windows(2).all(|w| w[0].path != w[1].path),
+            "{:?}",
+            mixed.iter().map(|w| (w.path.clone(), w.range)).collect::<Vec<_>>()
+        );
         // One of a kind against three: it sits in the middle; each kind keeps its order.
         let items: Vec<Work> = (0..4).map(|k| piece(k << 26, k == 0)).collect();
         let order: Vec<u64> =

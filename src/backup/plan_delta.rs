@@ -54,7 +54,7 @@ pub(super) fn delta(server: &mut Server, target: &Target, opts: &MasterOpts) -> 
     let compare = plan::Compare { files: r.compare, in_pieces: !local };
     let mut p = plan::queue(layout, opts.jobs, server.common.algorithm, &compare)?;
     if !local {
-        mix_pieces(target, &mut p.queue)?;
+        mix_pieces(target, &mut p.queue);
     }
     let r = Reconciled { compare: compare.files, ..r };
     p.refresh = Refresh { removed: r.remove.len() as u64, ..p.refresh };
@@ -163,29 +163,22 @@ fn listing(target: &Target) -> Result<Vec<(Vec<u8>, Kind)>, Error> {
 /// against data the copy holds alternate with those that travel (see `plan::interleave`):
 /// where the copy holds nothing of a piece (a resume: the pieces the interrupted run never
 /// wrote), or has no copy, every block travels.
-fn mix_pieces(target: &Target, queue: &mut VecDeque<Work>) -> Result<(), Error> {
-    let Some(first) = queue.iter().position(|w| w.range.is_some()) else { return Ok(()) };
+fn mix_pieces(target: &Target, queue: &mut VecDeque<Work>) {
+    let Some(first) = queue.iter().position(|w| w.range.is_some()) else { return };
     let len = queue.iter().skip(first).take_while(|w| w.range.is_some()).count();
     let mut tail = queue.split_off(first);
     let rest = tail.split_off(len);
     let pieces: Vec<Work> = tail.into();
-    let mut open: HashMap<Vec<u8>, Option<std::fs::File>> = HashMap::new();
-    let mut local = Vec::with_capacity(pieces.len());
-    for w in &pieces {
-        let holds = match (w.compare, w.range) {
-            (true, Some((off, n))) => {
-                if !open.contains_key(&w.path) {
-                    let safe = crate::dest::SafePath::parse(&w.path)?;
-                    let (root, rel) = target.roots.route(&safe);
-                    open.insert(w.path.clone(), root.open_existing(&rel).ok().flatten());
-                }
-                let file = open.get(&w.path).and_then(Option::as_ref);
-                file.is_some_and(|f| !crate::compare_pieces::holds_nothing(f, off, off + n))
-            }
-            _ => false,
-        };
-        local.push(holds);
-    }
+    // One descriptor at a time (a large cluster has thousands of large files); anything that
+    // cannot be asked counts as travelling: the order is only a heuristic.
+    let holds_data = |w: &Work| {
+        let (true, Some((off, n))) = (w.compare, w.range) else { return false };
+        let Ok(safe) = crate::dest::SafePath::parse(&w.path) else { return false };
+        let (root, rel) = target.roots.route(&safe);
+        let Ok(Some(file)) = root.open_existing(&rel) else { return false };
+        !crate::compare_pieces::holds_nothing(&file, off, off + n)
+    };
+    let local: Vec<bool> = pieces.iter().map(holds_data).collect();
     let holds = local.iter().filter(|&&l| l).count();
     if holds > 0 && holds < local.len() {
         log::info!(
@@ -195,7 +188,6 @@ fn mix_pieces(target: &Target, queue: &mut VecDeque<Work>) -> Result<(), Error> 
     }
     queue.extend(plan::interleave(pieces, &local));
     queue.extend(rest);
-    Ok(())
 }
 
 /// A copy at least this large is copied whole, from a server on this machine, when most of
