@@ -58,8 +58,10 @@ pub(super) fn delta(server: &mut Server, target: &Target, opts: &MasterOpts) -> 
     }
     let r = Reconciled { compare: compare.files, ..r };
     p.refresh = Refresh { removed: r.remove.len() as u64, ..p.refresh };
-    if !r.adopt.is_empty() {
-        log::info!("--delta: {} files an interrupted run left partly written are compared as copies", r.adopt.len());
+    // (Not those taken out of the comparison since: see `rewrite_cold`.)
+    let adopted = r.adopt.iter().filter(|(_, base)| r.compare.contains(base)).count();
+    if adopted > 0 {
+        log::info!("--delta: {adopted} files an interrupted run left partly written are compared as copies");
     }
     log::info!(
         "--delta: {} files ({} MB) to compare {}, {} to copy whole, {} entries removed",
