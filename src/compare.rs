@@ -31,14 +31,20 @@ const HASH: usize = 32;
 
 /// The SHA-256 of each `BLOCK` of `file` from its start, concatenated.
 pub fn block_hashes(file: &mut File) -> std::io::Result<Vec<u8>> {
-    scan(file, false, |_| {})
+    scan(file, (0, u64::MAX), false, |_| {})
 }
 
-/// [`block_hashes`], each block also handed to `each` as it passes; `once`: the copy is not
-/// read back afterwards (see [`crate::copy_reader::CopyReader::new`]).
-fn scan(file: &File, once: bool, mut each: impl FnMut(&[u8])) -> std::io::Result<Vec<u8>> {
+/// The SHA-256 of each `BLOCK` of bytes `start..end` of `file` (to its end, if sooner),
+/// concatenated, each block also handed to `each` as it passes; `once`: the copy is not read
+/// back afterwards (see [`crate::copy_reader::CopyReader::new`]).
+pub(crate) fn scan(
+    file: &File,
+    range: (u64, u64),
+    once: bool,
+    mut each: impl FnMut(&[u8]),
+) -> std::io::Result<Vec<u8>> {
     let mut out = Vec::new();
-    let mut reader = crate::copy_reader::CopyReader::new(file, (0, u64::MAX), READ, once);
+    let mut reader = crate::copy_reader::CopyReader::new(file, range, READ, once);
     loop {
         let data = reader.next_chunk()?;
         if data.is_empty() {
@@ -169,7 +175,7 @@ impl Transfer {
             self.changed_in_pieces(s, src, (&file, &dest.root().join(dst.to_path())), sums)
         } else {
             let once = sums.is_some();
-            let hashes = scan(&file, once, |b| sums.as_mut().map_or((), |s| s.local(b))).map_err(io)?;
+            let hashes = scan(&file, (0, u64::MAX), once, |b| sums.as_mut().map_or((), |s| s.local(b))).map_err(io)?;
             self.changed_blocks(s, src, &file, &hashes, sums)
         };
         let (answer, sums) = compared.map_err(|e| match e {

@@ -6,11 +6,9 @@
 use std::fs::File;
 
 use postgres::fallible_iterator::FallibleIterator;
-use sha2::Digest as _;
 
 use crate::block_sums::BlockSums;
 use crate::compare::{Answer, Blocks, Step, BLOCK, READ};
-use crate::copy_reader::CopyReader;
 use crate::dest::{Dest, DestError, SafePath};
 use crate::pg::{sql, Session};
 use crate::transfer::{pg_err, Copied, Method, Outcome, Transfer, TransferError};
@@ -61,21 +59,9 @@ fn hash_piece(file: &File, (start, end): (u64, u64), template: Option<&BlockSums
     if holds_nothing(file, start, end) {
         return Ok(Hashed { start, end, hashes: Vec::new(), sums, empty: true });
     }
-    let mut hashes = Vec::with_capacity(((end - start) / BLOCK as u64 * 32) as usize);
     // Without sums the piece is read back afterwards (`read_back_span`).
-    let mut reader = CopyReader::new(file, (start, end), READ, template.is_some());
-    loop {
-        let data = reader.next_chunk()?;
-        if data.is_empty() {
-            break;
-        }
-        for block in data.chunks(BLOCK) {
-            hashes.extend_from_slice(&sha2::Sha256::digest(block));
-            if let Some(s) = sums.as_mut() {
-                s.local(block);
-            }
-        }
-    }
+    let once = template.is_some();
+    let hashes = crate::compare::scan(file, (start, end), once, |b| sums.as_mut().map_or((), |s| s.local(b)))?;
     Ok(Hashed { start, end, hashes, sums, empty: false })
 }
 

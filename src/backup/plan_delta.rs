@@ -175,9 +175,7 @@ fn mix_pieces(target: &Target, queue: &mut VecDeque<Work>) {
     // cannot be asked counts as travelling: the order is only a heuristic.
     let holds_data = |w: &Work| {
         let (true, Some((off, n))) = (w.compare, w.range) else { return false };
-        let Ok(safe) = crate::dest::SafePath::parse(&w.path) else { return false };
-        let (root, rel) = target.roots.route(&safe);
-        let Ok(Some(file)) = root.open_existing(&rel) else { return false };
+        let Some(file) = open_copy(target, &w.path) else { return false };
         !crate::compare_pieces::holds_nothing(&file, off, off + n)
     };
     let local: Vec<bool> = pieces.iter().map(holds_data).collect();
@@ -206,9 +204,7 @@ const COLD_FROM: u64 = 1 << 20;
 fn rewrite_cold(target: &Target, layout: &Layout, compare: &mut HashSet<Vec<u8>>) -> Result<(usize, u64), Error> {
     let mut cold = Vec::new();
     for f in layout.files.iter().filter(|f| f.size >= COLD_FROM && compare.contains(&f.path)) {
-        let safe = crate::dest::SafePath::parse(&f.path)?;
-        let (root, rel) = target.roots.route(&safe);
-        let Ok(Some(file)) = root.open_existing(&rel) else { continue };
+        let Some(file) = open_copy(target, &f.path) else { continue };
         let len = file.metadata().map_or(0, |m| m.len());
         if crate::delta::resident::share(&file, len).is_ok_and(|s| s < 0.5) {
             cold.push((f.path.clone(), len));
@@ -222,6 +218,14 @@ fn rewrite_cold(target: &Target, layout: &Layout, compare: &mut HashSet<Vec<u8>>
         cold.iter().map(|(p, len)| (p.clone(), Kind::File { size: *len, links: 1 })).collect();
     remove(target, &gone)?;
     Ok((cold.len(), cold.iter().map(|(_, len)| len).sum()))
+}
+
+/// DEST's copy of server file `path` (in its tablespace's target), for a look that only
+/// orders or sorts work: `None` where it cannot be opened (the copy itself reports why).
+fn open_copy(target: &Target, path: &[u8]) -> Option<std::fs::File> {
+    let safe = crate::dest::SafePath::parse(path).ok()?;
+    let (root, rel) = target.roots.route(&safe);
+    root.open_existing(&rel).ok().flatten()
 }
 
 /// Renames the files taken as copies to their final names, each under the guard.
