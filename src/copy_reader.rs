@@ -227,19 +227,7 @@ fn reopen_direct(file: &File) -> io::Result<File> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Write;
-
-    fn evicted(bytes: &[u8]) -> (tempfile::TempDir, File) {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("f");
-        let mut f = File::create(&p).unwrap();
-        f.write_all(bytes).unwrap();
-        f.sync_all().unwrap();
-        // SAFETY: advice on a descriptor we own.
-        assert_eq!(unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) }, 0);
-        let f = std::fs::OpenOptions::new().read(true).write(true).open(&p).unwrap();
-        (dir, f)
-    }
+    use crate::delta::resident::evicted;
 
     /// Whether `f` is on a file system known to read past the page cache (ext2–4, XFS): there
     /// the direct path must be taken, and kept.

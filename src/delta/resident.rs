@@ -53,22 +53,30 @@ pub fn share_of(file: &File, start: u64, len: u64) -> io::Result<f64> {
     Ok(resident as f64 / vec.len() as f64)
 }
 
+/// A file of `bytes` written to disk and evicted from the page cache, opened to read and
+/// write (the test's directory beside it, to keep it alive).
+#[cfg(test)]
+pub(crate) fn evicted(bytes: &[u8]) -> (tempfile::TempDir, File) {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("f");
+    let mut f = File::create(&p).unwrap();
+    f.write_all(bytes).unwrap();
+    f.sync_all().unwrap();
+    // SAFETY: advice on a descriptor we own.
+    assert_eq!(unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) }, 0);
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(&p).unwrap();
+    (dir, f)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::{Read, Write};
+    use std::io::Read;
 
     #[test]
     fn a_file_evicted_is_not_in_memory_and_one_read_back_is() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("f");
-        let mut f = File::create(&p).unwrap();
-        f.write_all(&vec![7u8; 1 << 20]).unwrap();
-        f.sync_all().unwrap();
-        // SAFETY: advice on a descriptor we own.
-        let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-        assert_eq!(rc, 0);
-        let f = File::open(&p).unwrap();
+        let (_dir, f) = evicted(&vec![7u8; 1 << 20]);
         let cold = share(&f, 1 << 20).unwrap();
         // A file system that keeps everything in memory (tmpfs) cannot evict: it is all in.
         let in_memory = nix::sys::statfs::fstatfs(&f).unwrap().filesystem_type() == nix::sys::statfs::TMPFS_MAGIC;
