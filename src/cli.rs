@@ -193,8 +193,9 @@ pub struct Args {
     /// Bytes per chunk (suffixes k, M) [default: 128k, 512k with zlib]
     #[arg(long = "chunk-size", help_heading = "Backup")]
     pub chunk_size: Option<String>,
-    /// Chunk compression: auto (zlib over the network through the installed helper, else a
-    /// temporary one when the role may create it, else plain), none, zlib[:LEVEL]
+    /// Chunk compression: auto (over the network: zlib through the installed helper, else a
+    /// temporary helper when the role may create it, with the server's own zstd when it has
+    /// one, else zlib; else plain), none, zlib[:LEVEL], zstd[:LEVEL]
     #[arg(long = "compress", default_value = "auto", help_heading = "Backup")]
     pub compress: String,
     /// Do not fsync DEST at the end
@@ -487,13 +488,19 @@ pub fn parse_compress(s: &str) -> Result<Compress, String> {
         Ok(n) if n <= 9 => Ok(n),
         _ => Err(format!("invalid zlib level {l:?}: use 0 to 9")),
     };
+    let zstd = |l: &str| match l.parse::<u32>() {
+        Ok(n) if (1..=19).contains(&n) => Ok(n),
+        _ => Err(format!("invalid zstd level {l:?}: use 1 to 19")),
+    };
     match s.split_once(':') {
         None if s == "auto" => Ok(Compress::Auto(1)),
         None if s == "none" => Ok(Compress::Fixed(Method::Plain)),
         None if s == "zlib" => Ok(Compress::Fixed(Method::Zlib(1))),
+        None if s == "zstd" => Ok(Compress::Fixed(Method::Zstd(1))),
         Some(("zlib", l)) => Ok(Compress::Fixed(Method::Zlib(level(l)?))),
+        Some(("zstd", l)) => Ok(Compress::Fixed(Method::Zstd(zstd(l)?))),
         Some(("auto", l)) => Ok(Compress::Auto(level(l)?)),
-        _ => Err(format!("invalid --compress {s:?}: use auto, none, zlib or zlib:LEVEL")),
+        _ => Err(format!("invalid --compress {s:?}: use auto, none, zlib[:LEVEL] or zstd[:LEVEL]")),
     }
 }
 
@@ -695,7 +702,7 @@ impl Common {
     /// The chunk size for `method`: the one asked for, or that method's default.
     pub fn chunk_for(&self, method: Method) -> u64 {
         match method {
-            Method::Zlib(_) if !self.chunk_set => DEFAULT_ZLIB_CHUNK,
+            Method::Zlib(_) | Method::Zstd(_) if !self.chunk_set => DEFAULT_ZLIB_CHUNK,
             _ => self.chunk,
         }
     }
@@ -716,10 +723,12 @@ impl Common {
             algorithm.to_string().into(),
         ];
         match (method, &self.zlib_helper) {
-            (Method::Zlib(_), Some(ZlibHelper::Installed(schema))) => {
+            (Method::Zlib(_) | Method::Zstd(_), Some(ZlibHelper::Installed(schema))) => {
                 v.extend(["--zlib-helper".into(), "installed".into(), "--schema".into(), schema.into()])
             }
-            (Method::Zlib(_), Some(ZlibHelper::Temp)) => v.extend(["--zlib-helper".into(), "temp".into()]),
+            (Method::Zlib(_) | Method::Zstd(_), Some(ZlibHelper::Temp)) => {
+                v.extend(["--zlib-helper".into(), "temp".into()])
+            }
             _ => {}
         }
         // Children never fsync file by file: the master syncs the whole file system of DEST
@@ -844,6 +853,15 @@ mod tests {
         assert_eq!(parse_compress("none").unwrap(), Compress::Fixed(Method::Plain));
         assert!(parse_compress("zlib:12").is_err());
         assert!(parse_compress("lz4").is_err());
+        assert_eq!(parse_compress("zstd").unwrap(), Compress::Fixed(Method::Zstd(1)));
+        assert_eq!(parse_compress("zstd:19").unwrap(), Compress::Fixed(Method::Zstd(19)));
+        assert!(parse_compress("zstd:0").is_err());
+        assert!(parse_compress("zstd:20").is_err());
+        // As the master tells its children.
+        assert_eq!(
+            parse_compress(&compress_arg(Compress::Fixed(Method::Zstd(7)))).unwrap(),
+            Compress::Fixed(Method::Zstd(7))
+        );
     }
 
     #[test]

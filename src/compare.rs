@@ -16,7 +16,7 @@ use crate::digest::Digest;
 use crate::layout::checksummed_segment;
 use crate::pg::sql;
 use crate::pg::Session;
-use crate::transfer::{pg_err, Copied, Method, Outcome, Pages, Source, Transfer, TransferError};
+use crate::transfer::{pg_err, Copied, Outcome, Pages, Source, Transfer, TransferError};
 
 /// The unit compared: one PostgreSQL page.
 pub const BLOCK: usize = 8192;
@@ -238,10 +238,7 @@ impl Transfer {
         let read = READ as i64;
         let source = Source::of(src);
         // With zlib, the differing blocks are only located here, and read compressed after.
-        let zlib = match self.method {
-            Method::Zlib(level) => Some(level),
-            _ => None,
-        };
+        let zlib = self.method.level();
         let sql = match (&source, zlib) {
             (Source::Path(_), None) => sql::COMPARE_BLOCKS,
             (Source::Path(_), Some(_)) => sql::COMPARE_OFFSETS,

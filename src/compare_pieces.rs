@@ -11,7 +11,7 @@ use crate::block_sums::BlockSums;
 use crate::compare::{Answer, Blocks, Step, BLOCK, READ};
 use crate::dest::{Dest, DestError, SafePath};
 use crate::pg::{sql, Session};
-use crate::transfer::{pg_err, Copied, Method, Outcome, Transfer, TransferError};
+use crate::transfer::{pg_err, Copied, Outcome, Transfer, TransferError};
 
 /// Copies at least this large are compared in pieces.
 pub const PIECES_FROM: u64 = 64 << 20;
@@ -107,10 +107,7 @@ impl Transfer {
         template: Option<BlockSums>,
         what: &str,
     ) -> Result<Step, TransferError> {
-        let zlib = match self.method {
-            Method::Zlib(level) => Some(level),
-            _ => None,
-        };
+        let zlib = self.method.level();
         let sql = if zlib.is_some() { sql::COMPARE_RANGE_OFFSETS } else { sql::COMPARE_RANGE };
         let io = |e: std::io::Error| TransferError::Dest(DestError::Io { path: local.to_path_buf(), source: e });
         std::thread::scope(|scope| {

@@ -44,11 +44,50 @@ pub fn fill(data: &[u8], limit: u64, out: &mut Vec<u8>) -> Result<(), String> {
 /// stream's first byte has 8 (deflate) in its low four bits, so it never starts so.
 pub const STORED_WITHOUT_HOLES: u8 = b'P';
 
-/// One chunk from a compression helper appended to `out`: a zlib stream, or a stored chunk
-/// without its pages' holes (see [`STORED_WITHOUT_HOLES`]). More than `limit` bytes is an
-/// error (what comes past it is not decoded).
+/// The first bytes of a zstd frame (its magic number, little endian). A zlib stream starts
+/// with a header whose two bytes, read big endian, are a multiple of 31 (0x28B5 is not), and
+/// a stored chunk with [`STORED_WITHOUT_HOLES`].
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
+
+/// One zstd frame (with its content size, as the helper makes them) appended to `out`.
+fn unzstd(data: &[u8], limit: u64, out: &mut Vec<u8>) -> Result<(), String> {
+    thread_local! {
+        static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { std::cell::RefCell::new(None) };
+    }
+    let size = match zstd::zstd_safe::get_frame_content_size(data) {
+        Ok(Some(n)) => n,
+        _ => return Err("a zstd frame without its content size".into()),
+    };
+    if size > limit {
+        return Err("more bytes than asked for".into());
+    }
+    let before = out.len();
+    out.resize(before + size as usize, 0);
+    let got = DCTX.with(|d| {
+        let mut d = d.borrow_mut();
+        if d.is_none() {
+            *d = Some(zstd::bulk::Decompressor::new().map_err(|e| e.to_string())?);
+        }
+        let d = d.as_mut().ok_or("no zstd context")?;
+        d.decompress_to_buffer(data, &mut out[before..]).map_err(|e| format!("corrupt compressed chunk: {e}"))
+    });
+    let wrong = match got {
+        Ok(n) if n as u64 == size => return Ok(()),
+        Ok(_) => "a zstd frame shorter than its content size".into(),
+        Err(e) => e,
+    };
+    out.truncate(before);
+    Err(wrong)
+}
+
+/// One chunk from a compression helper appended to `out`: a zlib stream, a zstd frame, or a
+/// stored chunk without its pages' holes (see [`STORED_WITHOUT_HOLES`]). More than `limit`
+/// bytes is an error (what comes past it is not decoded).
 pub fn unpack(data: &[u8], limit: u64, out: &mut Vec<u8>) -> Result<(), String> {
     use std::io::Read as _;
+    if data.starts_with(&ZSTD_MAGIC) {
+        return unzstd(data, limit, out);
+    }
     match data.split_first() {
         Some((&STORED_WITHOUT_HOLES, pages)) => fill(pages, limit, out),
         _ => {
@@ -151,6 +190,35 @@ mod tests {
             }
         }
         sent
+    }
+
+    #[test]
+    fn zstd_frames_come_back_within_their_limit_and_nothing_else_passes() {
+        let frame = zstd::bulk::compress(PAGES, 1).unwrap();
+        assert!(frame.starts_with(&ZSTD_MAGIC) && frame.len() < PAGES.len());
+        let mut out = b"before".to_vec();
+        unpack(&frame, PAGES.len() as u64, &mut out).unwrap();
+        assert!(out[..6] == *b"before" && out[6..] == *PAGES, "the frame's bytes, appended");
+        // More than asked for: an error, and nothing appended.
+        let mut out = Vec::new();
+        assert!(unpack(&frame, PAGES.len() as u64 - 1, &mut out).unwrap_err().contains("more bytes"));
+        assert!(out.is_empty());
+        // A frame cut short, and one that does not say its size (the helper's always do).
+        assert!(unpack(&frame[..frame.len() - 3], PAGES.len() as u64, &mut out).is_err());
+        assert!(out.is_empty());
+        let mut streamed = Vec::new();
+        let mut e = zstd::stream::write::Encoder::new(&mut streamed, 1).unwrap();
+        e.include_contentsize(false).unwrap();
+        std::io::Write::write_all(&mut e, PAGES).unwrap();
+        e.finish().unwrap();
+        assert!(unpack(&streamed, PAGES.len() as u64, &mut out).unwrap_err().contains("content size"));
+        // zlib streams and stored chunks are not taken for zstd frames.
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::new(1));
+        std::io::Write::write_all(&mut z, PAGES).unwrap();
+        let z = z.finish().unwrap();
+        assert_ne!(z[..2], ZSTD_MAGIC[..2]);
+        unpack(&z, PAGES.len() as u64, &mut out).unwrap();
+        assert!(out == *PAGES);
     }
 
     #[test]

@@ -40,7 +40,7 @@ pub fn shell_quote(word: &[u8]) -> Vec<u8> {
 /// The summary line (WAL segments and timeline history files counted apart).
 pub fn line(s: &Summary) -> String {
     let compression = match s.method {
-        Method::Zlib(_) if s.wire > 0 => {
+        Method::Zlib(_) | Method::Zstd(_) if s.wire > 0 => {
             format!(", compressed {:.1}:1 ({} over the network)", s.bytes as f64 / s.wire as f64, human(s.wire))
         }
         _ => String::new(),
@@ -142,7 +142,9 @@ pub fn json(s: &Summary) -> Json {
         compression: s.method.to_string(),
         network_bytes: s.wire,
         compression_ratio: match s.method {
-            Method::Zlib(_) if s.wire > 0 => Some((s.bytes as f64 / s.wire as f64 * 1000.0).round() / 1000.0),
+            Method::Zlib(_) | Method::Zstd(_) if s.wire > 0 => {
+                Some((s.bytes as f64 / s.wire as f64 * 1000.0).round() / 1000.0)
+            }
             _ => None,
         },
         verified_pages: s.verified_pages,

@@ -19,6 +19,19 @@ pub enum Method {
     Plain,
     /// A PL/Python helper (see [`ZlibHelper`]), zlib at this level (0–9).
     Zlib(u32),
+    /// The temporary PL/Python helper calling the server's own libzstd (the one its postgres
+    /// binary is linked with) at this level (1–19).
+    Zstd(u32),
+}
+
+impl Method {
+    /// The compression level of a method that goes through a helper (`None`: plain).
+    pub fn level(self) -> Option<u32> {
+        match self {
+            Method::Plain => None,
+            Method::Zlib(l) | Method::Zstd(l) => Some(l),
+        }
+    }
 }
 
 /// Which PL/Python helper compressed chunks come through.
@@ -33,9 +46,10 @@ pub enum ZlibHelper {
 }
 
 impl ZlibHelper {
-    /// The helper function, schema-qualified (to call it in a larger statement).
-    pub(crate) fn function(&self) -> String {
+    /// The helper function of `method`, schema-qualified (to call it in a larger statement).
+    pub(crate) fn function(&self, method: Method) -> String {
         match self {
+            ZlibHelper::Temp if matches!(method, Method::Zstd(_)) => "pg_temp.pgbb_read_zstd".into(),
             ZlibHelper::Temp => "pg_temp.pgbb_read_zlib".into(),
             ZlibHelper::Installed(schema) => {
                 format!("{}.{}", crate::pg::sql_helper::quote(schema), crate::pg::sql_helper::NAME)
@@ -43,9 +57,10 @@ impl ZlibHelper {
         }
     }
 
-    /// The statement a file is streamed through.
-    fn call(&self) -> std::borrow::Cow<'static, str> {
+    /// The statement a file is streamed through with `method`.
+    fn call(&self, method: Method) -> std::borrow::Cow<'static, str> {
         match self {
+            ZlibHelper::Temp if matches!(method, Method::Zstd(_)) => sql::READ_ZSTD.into(),
             ZlibHelper::Temp => sql::READ_ZLIB.into(),
             ZlibHelper::Installed(schema) => crate::pg::sql_helper::read_call(schema).into(),
         }
@@ -57,6 +72,7 @@ impl std::fmt::Display for Method {
         match self {
             Method::Plain => write!(f, "none"),
             Method::Zlib(l) => write!(f, "zlib:{l}"),
+            Method::Zstd(l) => write!(f, "zstd:{l}"),
         }
     }
 }
@@ -367,11 +383,16 @@ impl Sink {
 impl Transfer {
     /// Creates what the method needs in this session (the pg_temp helper, for zlib through it).
     pub fn prepare(&self, s: &mut Session) -> Result<(), PgError> {
-        if let (Method::Zlib(_), ZlibHelper::Temp) = (self.method, &self.helper) {
-            s.execute(sql::CREATE_ZLIB_READER, &[], "could not create the compression helper").map_err(|e| {
+        let create = match self.method {
+            Method::Zlib(_) => sql::CREATE_ZLIB_READER,
+            Method::Zstd(_) => sql::CREATE_ZSTD_READER,
+            Method::Plain => return Ok(()),
+        };
+        if let ZlibHelper::Temp = &self.helper {
+            s.execute(create, &[], "could not create the compression helper").map_err(|e| {
                 // A server in recovery.
                 if e.code() == Some(&crate::pg::SqlState::READ_ONLY_SQL_TRANSACTION) {
-                    PgError::Unsupported(format!("--compress zlib: {}", sql::READ_ONLY_NO_COMPRESSION))
+                    PgError::Unsupported(format!("--compress {}: {}", self.method, sql::READ_ONLY_NO_COMPRESSION))
                 } else {
                     PgError::Compression(e.to_string())
                 }
@@ -461,7 +482,7 @@ impl Transfer {
     ) -> Result<Outcome, TransferError> {
         let got = match self.method {
             Method::Plain => self.fetch_plain(s, src, dest, dst, req),
-            Method::Zlib(level) => self.fetch_zlib(s, src, dest, dst, level, req),
+            Method::Zlib(level) | Method::Zstd(level) => self.fetch_zlib(s, src, dest, dst, level, req),
         };
         let got = got.map_err(|e| match e {
             TransferError::Pg(p) => TransferError::Pg(s.explain(p)),
@@ -642,7 +663,7 @@ impl Transfer {
         let chunk = self.chunk as i64;
         let level = level as i32;
         let (off, len) = range.map_or((0i64, -1i64), |(o, l)| (o as i64, l as i64));
-        let call = self.helper.call();
+        let call = self.helper.call(self.method);
         let mut rows = s.stream(&call, &[&raw, &chunk, &level, &off, &len], &what)?;
         let mut out: Option<Sink> = None;
         let (mut size, mut mtime) = (0u64, 0i64);

@@ -35,7 +35,7 @@ impl Transfer {
         let bad = |message: String| TransferError::Data { path: path.clone(), message };
         let raw = src.as_bytes();
         let (chunk, level) = (self.chunk as i64, level as i32);
-        let sql = sql_incr::read_blocks_zlib(&self.helper.function());
+        let sql = sql_incr::read_blocks_zlib(&self.helper.function(self.method));
         let mut rows = s.stream(&sql, &[&raw, &chunk, &level, &offs, &lens], what)?;
         let (mut mtime, mut wire) = (0i64, 0u64);
         // The range being received (index), and its bytes so far.

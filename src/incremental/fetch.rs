@@ -10,7 +10,7 @@ use crate::digest::Digest;
 use crate::layout::checksummed_segment;
 use crate::pg::{sql_incr, Session};
 use crate::protocol::BlockList;
-use crate::transfer::{pg_err, Copied, Method, Outcome, Pages, Transfer, TransferError};
+use crate::transfer::{pg_err, Copied, Outcome, Pages, Transfer, TransferError};
 use crate::zlib_ranges::Ranges;
 
 use super::format;
@@ -133,7 +133,7 @@ impl Transfer {
         let (header, first, count) = part(list.blocks.len(), range);
         let blocks = &list.blocks[first..first + count];
         let (offs, lens) = ranges(blocks, self.chunk.max(BLCKSZ as u64));
-        if let (Method::Zlib(level), false) = (self.method, blocks.is_empty()) {
+        if let (Some(level), false) = (self.method.level(), blocks.is_empty()) {
             let part = Part { list, range, header, blocks, offs: &offs, lens: &lens };
             return self.read_blocks_zlib(s, src, dest, dst, &part, level);
         }

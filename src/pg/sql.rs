@@ -575,6 +575,91 @@ with f:
         SD['last'] = (path, stored)
 $pgbb$"#;
 
+/// PL/Python that binds the server's own libzstd (in `SD['zstd']`: the library and one
+/// compression context, for the session): the one its postgres binary is linked with, found
+/// in `/proc/self/maps` (already loaded, so `dlopen` returns it and loads nothing new). Not
+/// there (a server built without zstd), replaced on disk since the server started
+/// (`(deleted)`), or older than 1.4: SQLSTATE 0A000 (feature not supported). Every function is
+/// given its argument and result types before it is called.
+macro_rules! zstd_load {
+    () => {
+        r#"
+import ctypes, os, struct
+z = SD.get('zstd')
+if z is None:
+    found = None
+    with open('/proc/self/maps') as m:
+        for line in m:
+            f = line.rstrip('\n').split(None, 5)
+            if len(f) == 6 and os.path.basename(f[5]).startswith('libzstd.so'):
+                found = f[5]
+                break
+    if found is None or not found.startswith('/') or found.endswith(' (deleted)'):
+        plpy.error('this server has no usable libzstd loaded (it was built without zstd, or the library was replaced since it started)', sqlstate='0A000')
+    lib = ctypes.CDLL(found)
+    S = ctypes.c_size_t
+    for name, args, res in (('ZSTD_versionNumber', [], ctypes.c_uint), ('ZSTD_compressBound', [S], S),
+                            ('ZSTD_isError', [S], ctypes.c_uint), ('ZSTD_getErrorName', [S], ctypes.c_char_p),
+                            ('ZSTD_createCCtx', [], ctypes.c_void_p),
+                            ('ZSTD_compressCCtx', [ctypes.c_void_p, ctypes.c_void_p, S, ctypes.c_char_p, S, ctypes.c_int], S)):
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = args, res
+    if lib.ZSTD_versionNumber() < 10400:
+        plpy.error('the server\'s libzstd is older than 1.4', sqlstate='0A000')
+    cctx = lib.ZSTD_createCCtx()
+    if not cctx:
+        plpy.error('could not create a zstd compression context', sqlstate='53200')
+    z = SD['zstd'] = (lib, cctx)
+"#
+    };
+}
+
+/// Whether this session can compress with the server's libzstd ([`zstd_load!`]): an error
+/// with SQLSTATE 0A000 if not. A `DO` block: nothing is created.
+pub const ZSTD_PROBE: &str = concat!("DO $pgbb$", zstd_load!(), "$pgbb$ LANGUAGE plpython3u");
+
+/// The zstd compression helper: [`CREATE_ZLIB_READER`]'s calling convention and rows, each
+/// chunk one zstd frame (with its content size) from the server's own libzstd
+/// ([`zstd_load!`]) at `level`. zstd stores what does not compress by itself, at memory
+/// speed, so there is no stored mode here; a frame starts with the bytes 28 B5 2F FD, which
+/// no zlib stream and no stored chunk (`P`) does (see `page_holes::unpack`).
+pub const CREATE_ZSTD_READER: &str = concat!(
+    r#"
+CREATE FUNCTION pg_temp.pgbb_read_zstd(path pg_catalog.bytea, chunk pg_catalog.int8, level pg_catalog.int4,
+                                       off pg_catalog.int8, want pg_catalog.int8)
+RETURNS SETOF pg_catalog.bytea LANGUAGE plpython3u STRICT AS $pgbb$"#,
+    zstd_load!(),
+    r#"lib, cctx = z
+try:
+    f = open(path, 'rb')
+except FileNotFoundError:
+    return
+with f:
+    st = os.fstat(f.fileno())
+    size = st.st_size if want < 0 else max(0, min(want, st.st_size - off))
+    yield struct.pack('>qq', size, int(st.st_mtime))
+    if off > 0:
+        f.seek(off)
+    left = size
+    cap = lib.ZSTD_compressBound(max(1, chunk))
+    out = SD.get('out')
+    if out is None or len(out) < cap:
+        out = SD['out'] = ctypes.create_string_buffer(cap)
+    while left > 0:
+        b = f.read(min(chunk, left))
+        if not b:
+            break
+        left -= len(b)
+        n = lib.ZSTD_compressCCtx(cctx, out, len(out), b, len(b), level)
+        if lib.ZSTD_isError(n):
+            plpy.error('zstd: ' + lib.ZSTD_getErrorName(n).decode('ascii', 'replace'))
+        yield ctypes.string_at(out, n)
+$pgbb$"#
+);
+
+/// [`READ_ZLIB`] through [`CREATE_ZSTD_READER`].
+pub const READ_ZSTD: &str = "SELECT pg_temp.pgbb_read_zstd($1, $2, $3, $4, $5)";
+
 /// Streams a file (or, with `off`/`len` ≥ 0, one piece of it) compressed: see
 /// [`CREATE_ZLIB_READER`]. A target-list set-returning function runs value-per-call, so
 /// rows leave the server as they are produced.

@@ -121,6 +121,17 @@ pub fn install(s: &mut Session, schema: &str, create_schema: bool, replaced: &[S
     s.execute(&install_sql(schema, create_schema, replaced), &[], "could not install the pgbb helper")
 }
 
+/// Whether this session may compress with the server's own libzstd (see
+/// `sql::ZSTD_PROBE`; only asked where the temporary helper can be created): `Err` with the
+/// server's reason when it may not. Only a lost connection is an error of the call.
+pub fn zstd_usable(s: &mut Session) -> Result<Result<(), String>, PgError> {
+    match s.execute(super::sql::ZSTD_PROBE, &[], "could not ask for the server's zstd") {
+        Ok(()) => Ok(Ok(())),
+        Err(e) if e.connection_lost() => Err(e),
+        Err(e) => Ok(Err(e.to_string())),
+    }
+}
+
 /// Who runs pgbb, and where.
 #[derive(Debug, Clone)]
 pub struct Setup {

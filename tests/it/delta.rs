@@ -180,9 +180,10 @@ fn delta_refreshes_an_older_backup_under_load() {
     c.assert_no_pgbb_left();
 }
 
-/// With zlib (over the network, where the helper may be used) the differing blocks travel
-/// compressed: the same refresh of the same copy moves fewer bytes than with `--compress
-/// none`, and both results restore with pgbench's invariant, amcheck and pg_verifybackup.
+/// With zlib or zstd (over the network, where the helper may be used) the differing blocks
+/// travel compressed: the same refresh of the same copy moves fewer bytes than with
+/// `--compress none`, and every result restores with pgbench's invariant, amcheck and
+/// pg_verifybackup.
 #[test]
 fn delta_with_zlib_sends_the_differing_blocks_compressed() {
     let Some((_ns, c, dsn)) =
@@ -202,7 +203,7 @@ fn delta_with_zlib_sends_the_differing_blocks_compressed() {
         )
         .unwrap();
     let mut travelled = Vec::new();
-    for compress in ["none", "zlib"] {
+    for compress in ["none", "zlib", "zstd"] {
         let dest = c.path(&format!("zlib-{compress}"));
         run_ok(std::process::Command::new("cp").arg("-a").arg(&first).arg(&dest));
         let out = pgbb_run(&["--delta", "-v", "-c", "fast", "--compress", compress, &dsn, dest.to_str().unwrap()]);
@@ -224,6 +225,7 @@ fn delta_with_zlib_sends_the_differing_blocks_compressed() {
     }
     // The changed blocks of pgbench_accounts (its rows compress well) dominate what travels.
     assert!(travelled[1] < travelled[0] * 0.6, "zlib {} B against plain {} B", travelled[1], travelled[0]);
+    assert!(travelled[2] < travelled[0] * 0.6, "zstd {} B against plain {} B", travelled[2], travelled[0]);
     c.assert_no_pgbb_left();
 }
 
