@@ -119,7 +119,14 @@ fn compression_items(s: &mut Session, common: &Common) -> Result<Vec<Item>, Erro
         (Installed::Ready, _) => {
             format!("compressed chunks through the installed helper {q}.{}", crate::pg::sql_helper::NAME)
         }
-        (_, None) => "compressed chunks through a temporary helper (plpython3u, created per session)".into(),
+        (_, None) => match crate::pg::sql_helper::zstd_usable(s)? {
+            Ok(()) => "compressed chunks (zstd, the server's own libzstd) through a temporary helper (plpython3u, \
+                       created per session)"
+                .into(),
+            Err(why) => format!(
+                "compressed chunks (zlib; not zstd: {why}) through a temporary helper (plpython3u, created per session)"
+            ),
+        },
         (_, Some(why)) => format!("chunks will travel uncompressed: {why}"),
     };
     v.push(item(Status::Info, what, None));

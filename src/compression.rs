@@ -242,6 +242,12 @@ pub fn choose(s: &mut Session, c: Compress, local: bool, schema: &str) -> Result
 /// says why not (the installed helper deflates only).
 fn choose_zstd(s: &mut Session, level: u32) -> Result<Choice, Error> {
     let setup = sql_helper::setup(s)?;
+    if setup.in_recovery {
+        let what = "--compress zstd: the server is in recovery (a standby), which is read-only: the temporary \
+                    helper zstd needs cannot be created there (the installed helper deflates only); use --compress \
+                    zlib with an installed helper (pgbb --install-helper), or auto";
+        return Err(PgError::Unsupported(what.into()).into());
+    }
     if let Some(why) = temp_unavailable(&setup) {
         let what = format!("--compress zstd needs the temporary helper, and {why}; use --compress zlib or auto");
         return Err(PgError::Unsupported(what).into());

@@ -60,6 +60,9 @@ pub fn create_dest(dest: &std::path::Path, group_access: bool) -> Result<(), Err
 /// again first), or, for a worker or `-x` run by hand, chosen here as the master would.
 fn method_for(s: &mut Session, common: &Common, compress: Compress) -> Result<(Method, ZlibHelper), Error> {
     match (compress, &common.zlib_helper) {
+        (Compress::Fixed(Method::Zstd(_)), Some(ZlibHelper::Installed(_))) => {
+            Err(crate::pg::PgError::Unsupported("--compress zstd: the installed helper deflates only".into()).into())
+        }
         (Compress::Fixed(m @ (Method::Zlib(_) | Method::Zstd(_))), Some(h)) => {
             if let ZlibHelper::Installed(schema) = h {
                 crate::compression::confirm_installed(s, schema)?;

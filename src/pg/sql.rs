@@ -575,37 +575,48 @@ with f:
         SD['last'] = (path, stored)
 $pgbb$"#;
 
-/// PL/Python that binds the server's own libzstd (in `SD['zstd']`: the library and one
-/// compression context, for the session): the one its postgres binary is linked with, found
-/// in `/proc/self/maps` (already loaded, so `dlopen` returns it and loads nothing new). Not
-/// there (a server built without zstd), replaced on disk since the server started
-/// (`(deleted)`), or older than 1.4: SQLSTATE 0A000 (feature not supported). Every function is
-/// given its argument and result types before it is called.
+/// PL/Python that binds a libzstd already loaded in this backend (in `SD['zstd']`: the
+/// library and one compression context, for the session): the one the postgres binary is
+/// linked with (PostgreSQL 15+ built with zstd), or that another of its libraries brought in.
+/// It is found in `/proc/self/maps` and bound with `RTLD_NOLOAD`, so `dlopen` returns what is
+/// mapped (by name, else by device and inode) and never loads anything: a library replaced
+/// on disk since the server started (`(deleted)` in the map) is still the mapped one. None
+/// mapped, one that cannot be bound, or one older than 1.4: SQLSTATE 0A000 (feature not
+/// supported), and nothing else raises that. Every function is given its argument and
+/// result types before it is called.
 macro_rules! zstd_load {
     () => {
         r#"
 import ctypes, os, struct
 z = SD.get('zstd')
 if z is None:
-    found = None
-    with open('/proc/self/maps') as m:
-        for line in m:
-            f = line.rstrip('\n').split(None, 5)
-            if len(f) == 6 and os.path.basename(f[5]).startswith('libzstd.so'):
-                found = f[5]
-                break
-    if found is None or not found.startswith('/') or found.endswith(' (deleted)'):
-        plpy.error('this server has no usable libzstd loaded (it was built without zstd, or the library was replaced since it started)', sqlstate='0A000')
-    lib = ctypes.CDLL(found)
-    S = ctypes.c_size_t
-    for name, args, res in (('ZSTD_versionNumber', [], ctypes.c_uint), ('ZSTD_compressBound', [S], S),
-                            ('ZSTD_isError', [S], ctypes.c_uint), ('ZSTD_getErrorName', [S], ctypes.c_char_p),
-                            ('ZSTD_createCCtx', [], ctypes.c_void_p),
-                            ('ZSTD_compressCCtx', [ctypes.c_void_p, ctypes.c_void_p, S, ctypes.c_char_p, S, ctypes.c_int], S)):
-        fn = getattr(lib, name)
-        fn.argtypes, fn.restype = args, res
-    if lib.ZSTD_versionNumber() < 10400:
-        plpy.error('the server\'s libzstd is older than 1.4', sqlstate='0A000')
+    def bind():
+        found = None
+        with open('/proc/self/maps') as m:
+            for line in m:
+                f = line.rstrip('\n').split(None, 5)
+                if len(f) == 6 and os.path.basename(f[5]).startswith('libzstd.so'):
+                    found = f[5][:-len(' (deleted)')] if f[5].endswith(' (deleted)') else f[5]
+                    break
+        if found is None or not found.startswith('/'):
+            return 'this server has no libzstd loaded (it was built without zstd)'
+        try:
+            lib = ctypes.CDLL(found, mode=os.RTLD_NOLOAD)
+            S = ctypes.c_size_t
+            for name, args, res in (('ZSTD_versionNumber', [], ctypes.c_uint), ('ZSTD_compressBound', [S], S),
+                                    ('ZSTD_isError', [S], ctypes.c_uint), ('ZSTD_getErrorName', [S], ctypes.c_char_p),
+                                    ('ZSTD_createCCtx', [], ctypes.c_void_p),
+                                    ('ZSTD_compressCCtx', [ctypes.c_void_p, ctypes.c_void_p, S, ctypes.c_char_p, S, ctypes.c_int], S)):
+                fn = getattr(lib, name)
+                fn.argtypes, fn.restype = args, res
+        except (OSError, AttributeError) as e:
+            return 'could not bind the server\'s libzstd (%s)' % e
+        if lib.ZSTD_versionNumber() < 10400:
+            return 'the server\'s libzstd is older than 1.4'
+        return lib
+    lib = bind()
+    if isinstance(lib, str):
+        plpy.error(lib, sqlstate='0A000')
     cctx = lib.ZSTD_createCCtx()
     if not cctx:
         plpy.error('could not create a zstd compression context', sqlstate='53200')

@@ -123,12 +123,16 @@ pub fn install(s: &mut Session, schema: &str, create_schema: bool, replaced: &[S
 
 /// Whether this session may compress with the server's own libzstd (see
 /// `sql::ZSTD_PROBE`; only asked where the temporary helper can be created): `Err` with the
-/// server's reason when it may not. Only a lost connection is an error of the call.
+/// server's reason when it may not (SQLSTATE 0A000, which only the probe's own checks
+/// raise); any other error (a cancel, a timeout, a lost connection) is the call's.
 pub fn zstd_usable(s: &mut Session) -> Result<Result<(), String>, PgError> {
     match s.execute(super::sql::ZSTD_PROBE, &[], "could not ask for the server's zstd") {
         Ok(()) => Ok(Ok(())),
-        Err(e) if e.connection_lost() => Err(e),
-        Err(e) => Ok(Err(e.to_string())),
+        Err(PgError::Query { message, code: Some(c), .. }) if c == super::SqlState::FEATURE_NOT_SUPPORTED => {
+            // PL/Python names the exception before the words.
+            Ok(Err(message.strip_prefix("plpy.Error: ").unwrap_or(&message).to_string()))
+        }
+        Err(e) => Err(e),
     }
 }
 

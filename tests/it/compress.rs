@@ -77,9 +77,14 @@ fn zstd_backup_under_load_restores_and_leaves_nothing() {
     c.client().batch_execute("CREATE EXTENSION plpython3u; CREATE EXTENSION amcheck").unwrap();
     let dest = c.path("zstd");
     let load = c.pgbench_load(2, 600);
-    let out = pgbb_run(&["-j", "2", "-c", "fast", "-v", "--compress", "zstd", &c.dsn(), dest.to_str().unwrap()]);
+    let check = pgbb_run(&["--check", &c.dsn()]);
+    assert!(stdout(&check).contains("compressed chunks (zstd, the server's own libzstd)"), "{}", stdout(&check));
+    let out = pgbb_run(&["-j", "2", "-c", "fast", "-d", "--compress", "zstd", &c.dsn(), dest.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("chunks travel compressed (zstd:1)"), "{}", stderr(&out));
+    // Files and WAL came through the zstd helper, never the zlib one (the statements, -d).
+    assert!(stderr(&out).contains("SQL: SELECT pg_temp.pgbb_read_zstd($1, $2, $3, $4, $5)"), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("pgbb_read_zlib"), "{}", stderr(&out));
     assert!(stderr(&out).contains("chunks travel zstd:1 in 512 KiB chunks"), "{}", stderr(&out));
     assert!(stdout(&out).contains("over the network)"), "the summary gives the ratio: {}", stdout(&out));
     load.finish();
@@ -115,10 +120,16 @@ fn zstd_where_the_server_has_none_is_refused_and_auto_takes_zlib() {
     let out = pgbb_run(&["--compress", "zstd", "-c", "fast", &tcp, dest.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     assert!(stderr(&out).contains("--compress zstd: "), "{}", stderr(&out));
-    assert!(stderr(&out).contains("no usable libzstd"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--compress zstd: this server has no libzstd loaded"), "{}", stderr(&out));
     assert!(stderr(&out).contains("use --compress zlib or auto"), "{}", stderr(&out));
     assert!(!dest.exists(), "DEST created although nothing was backed up");
     c.assert_no_pgbb_left();
+    let check = pgbb_run(&["--check", &tcp]);
+    assert!(
+        stdout(&check).contains("compressed chunks (zlib; not zstd: this server has no libzstd"),
+        "{}",
+        stdout(&check)
+    );
     let out = pgbb_run(&["-v", "-c", "fast", &tcp, dest.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("chunks travel compressed (zlib:1) through a temporary helper"), "{}", stderr(&out));
@@ -206,6 +217,58 @@ fn read_sample(cl: &mut postgres::Client, chunk: usize) -> Vec<Vec<u8>> {
         .iter()
         .map(|r| r.get(0))
         .collect()
+}
+
+/// The zstd helper itself: a header row (size, mtime), then one zstd frame per chunk, each
+/// with its content size, decoding to the file's bytes; random pages come out no larger than
+/// zstd's stored form, text much smaller; a range gives that range only; a missing file no
+/// row at all.
+#[test]
+fn the_zstd_helper_sends_frames_of_the_files_bytes() {
+    let c = Cluster::new();
+    let mut cl = c.client();
+    cl.batch_execute("CREATE EXTENSION plpython3u").unwrap();
+    cl.batch_execute(pgbb::pg::sql::CREATE_ZSTD_READER).unwrap();
+    const CHUNK: usize = 512 * 1024;
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let mut data: Vec<u8> = (0..2 * CHUNK / 8)
+        .flat_map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()
+        })
+        .collect();
+    data.extend((0..).flat_map(|i: u32| format!("row {i} of a text table, ").into_bytes()).take(2 * CHUNK + 100));
+    std::fs::write(c.data.join("pgbb_sample"), &data).unwrap();
+    let read = |cl: &mut postgres::Client, path: &[u8], off: i64, want: i64| -> Vec<Vec<u8>> {
+        cl.query("SELECT pg_temp.pgbb_read_zstd($1, $2, 1, $3, $4)", &[&path, &(CHUNK as i64), &off, &want])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    let rows = read(&mut cl, b"pgbb_sample", 0, -1);
+    assert_eq!(rows.len(), 6, "a header row and five chunks");
+    assert_eq!(i64::from_be_bytes(rows[0][..8].try_into().unwrap()), data.len() as i64);
+    let mut back = Vec::new();
+    for (i, frame) in rows[1..].iter().enumerate() {
+        assert!(frame.starts_with(&[0x28, 0xB5, 0x2F, 0xFD]), "chunk {i} is not a zstd frame");
+        let size = zstd::zstd_safe::get_frame_content_size(frame).unwrap().unwrap();
+        assert_eq!(size as usize, CHUNK.min(data.len() - i * CHUNK), "chunk {i}'s content size");
+        match i {
+            0 | 1 => assert!(frame.len() <= CHUNK + 64, "random chunk {i}: {} bytes", frame.len()),
+            2 | 3 => assert!(frame.len() < CHUNK / 4, "text chunk {i} not compressed: {} bytes", frame.len()),
+            _ => {}
+        }
+        back.extend(zstd::bulk::decompress(frame, CHUNK).unwrap());
+    }
+    assert!(back == data, "the frames do not decode to the file's bytes");
+    // A range: its bytes only (the header gives the range's size).
+    let rows = read(&mut cl, b"pgbb_sample", CHUNK as i64 + 5, 1000);
+    assert_eq!((rows.len(), i64::from_be_bytes(rows[0][..8].try_into().unwrap())), (2, 1000));
+    assert!(zstd::bulk::decompress(&rows[1], CHUNK).unwrap() == data[CHUNK + 5..CHUNK + 1005]);
+    assert!(read(&mut cl, b"no_such_file", 0, -1).is_empty());
 }
 
 #[test]

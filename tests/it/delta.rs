@@ -206,10 +206,15 @@ fn delta_with_zlib_sends_the_differing_blocks_compressed() {
     for compress in ["none", "zlib", "zstd"] {
         let dest = c.path(&format!("zlib-{compress}"));
         run_ok(std::process::Command::new("cp").arg("-a").arg(&first).arg(&dest));
-        let out = pgbb_run(&["--delta", "-v", "-c", "fast", "--compress", compress, &dsn, dest.to_str().unwrap()]);
+        let out = pgbb_run(&["--delta", "-d", "-c", "fast", "--compress", compress, &dsn, dest.to_str().unwrap()]);
         assert!(out.status.success(), "{}", stderr(&out));
         let r = refreshed(&out);
         assert!(stderr(&out).contains(" pieces"), "pgbench_accounts was not compared in pieces: {}", stderr(&out));
+        // The differing blocks came through the helper of that method (the statements, -d).
+        for helper in ["zlib", "zstd"] {
+            let call = format!("CROSS JOIN LATERAL pg_temp.pgbb_read_{helper}(");
+            assert_eq!(stderr(&out).contains(&call), helper == compress, "{compress}: {call}");
+        }
         let field = r.split(", ").find(|f| f.ends_with("over the network")).unwrap_or_else(|| panic!("{r}"));
         let (n, unit) = field.split_once(' ').unwrap();
         let scale = match unit.split(' ').next().unwrap() {
