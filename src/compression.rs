@@ -195,25 +195,7 @@ pub fn choose(s: &mut Session, c: Compress, local: bool, schema: &str) -> Result
         }
     }
     match temp_unavailable(&setup) {
-        None => {
-            // auto: the server's own zstd where it has one (about twice zlib's speed at a
-            // better ratio, docs/benchmarks.md), else zlib.
-            let (method, why) = match forced {
-                true => (zlib, String::new()),
-                false => match sql_helper::zstd_usable(s)? {
-                    Ok(()) => (Method::Zstd(level.max(1)), String::new()),
-                    Err(e) => (zlib, format!("; not zstd: {e}")),
-                },
-            };
-            Ok(Choice {
-                method,
-                helper: ZlibHelper::Temp,
-                said: format!(
-                    "chunks travel compressed ({method}) through a temporary helper (pg_temp, gone with each session){why}"
-                ),
-                warnings,
-            })
-        }
+        None => temp(s, level, forced, warnings),
         // What made the installed helper unusable belongs to the reason.
         Some(why) if forced => {
             let why = match &installed {
@@ -236,6 +218,23 @@ pub fn choose(s: &mut Session, c: Compress, local: bool, schema: &str) -> Result
         )),
         Some(why) => Ok(plain(format!("chunks travel uncompressed: {why}"), warnings)),
     }
+}
+
+/// Through a temporary helper: zlib if forced; for auto the server's own zstd where it has
+/// one (about twice zlib's speed at a better ratio, docs/benchmarks.md), else zlib.
+fn temp(s: &mut Session, level: u32, forced: bool, warnings: Vec<(String, Option<String>)>) -> Result<Choice, Error> {
+    let zlib = Method::Zlib(level);
+    let (method, why) = match forced {
+        true => (zlib, String::new()),
+        false => match sql_helper::zstd_usable(s)? {
+            Ok(()) => (Method::Zstd(level.max(1)), String::new()),
+            Err(e) => (zlib, format!("; not zstd: {e}")),
+        },
+    };
+    let said = format!(
+        "chunks travel compressed ({method}) through a temporary helper (pg_temp, gone with each session){why}"
+    );
+    Ok(Choice { method, helper: ZlibHelper::Temp, said, warnings })
 }
 
 /// `--compress zstd`: the temporary helper with the server's own libzstd, or an error that

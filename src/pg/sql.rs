@@ -508,6 +508,27 @@ pub const READ_ONLY_NO_COMPRESSION: &str = "the server is in recovery (a standby
      temporary compression helper cannot be created there, and no pgbb helper is installed; have a superuser run \
      `pgbb --install-helper` once on the primary (it replicates to every standby), or use --compress none";
 
+/// The start of both temporary compression helpers' PL/Python, after their imports (`os`,
+/// `struct`): the file opened (a missing one gives no row at all), the header row (size and
+/// modification time, two 8-byte big-endian integers), the read placed at `off`, and `left`
+/// set to the bytes to read; the rest runs inside `with f:`.
+macro_rules! reader_head {
+    () => {
+        r#"try:
+    f = open(path, 'rb')
+except FileNotFoundError:
+    return
+with f:
+    st = os.fstat(f.fileno())
+    size = st.st_size if want < 0 else max(0, min(want, st.st_size - off))
+    yield struct.pack('>qq', size, int(st.st_mtime))
+    if off > 0:
+        f.seek(off)
+    left = size
+"#
+    };
+}
+
 /// The compression helper: a session-local (pg_temp) PL/Python function, gone when the
 /// session ends, created and called by its qualified name only. It takes the path as raw
 /// bytes (Python opens a `bytes` path as it is), so any name can be read. First row: the file's size and modification time (Unix seconds) as two
@@ -526,7 +547,8 @@ pub const READ_ONLY_NO_COMPRESSION: &str = "the server is in recovery (a standby
 /// travels without them instead: `P`, then the format of `pages_without_holes!` (a zlib
 /// stream's first byte has 8, deflate, in its low four bits; `P` is 0x50: see
 /// `page_holes::unpack`). That is the free space deflate was saving, without deflate.
-pub const CREATE_ZLIB_READER: &str = r#"
+pub const CREATE_ZLIB_READER: &str = concat!(
+    r#"
 CREATE FUNCTION pg_temp.pgbb_read_zlib(path pg_catalog.bytea, chunk pg_catalog.int8, level pg_catalog.int4,
                                        off pg_catalog.int8, want pg_catalog.int8)
 RETURNS SETOF pg_catalog.bytea LANGUAGE plpython3u STRICT AS $pgbb$
@@ -544,18 +566,9 @@ def holes(b):
         else:
             out += [b'\0\0\0\0', p]
     return b''.join(out) if n else zlib.compress(b, 0)
-try:
-    f = open(path, 'rb')
-except FileNotFoundError:
-    return
-with f:
-    st = os.fstat(f.fileno())
-    size = st.st_size if want < 0 else max(0, min(want, st.st_size - off))
-    yield struct.pack('>qq', size, int(st.st_mtime))
-    if off > 0:
-        f.seek(off)
-    left = size
-    last = SD.get('last')
+"#,
+    reader_head!(),
+    r#"    last = SD.get('last')
     stored = last is not None and last[0] == path and last[1]
     while left > 0:
         b = f.read(min(chunk, left))
@@ -573,7 +586,8 @@ with f:
             stored = level > 0 and len(z) * 4 > len(b) * 3
             yield z
         SD['last'] = (path, stored)
-$pgbb$"#;
+$pgbb$"#
+);
 
 /// PL/Python that binds a libzstd already loaded in this backend (in `SD['zstd']`: the
 /// library and one compression context, for the session): the one the postgres binary is
@@ -640,19 +654,9 @@ CREATE FUNCTION pg_temp.pgbb_read_zstd(path pg_catalog.bytea, chunk pg_catalog.i
                                        off pg_catalog.int8, want pg_catalog.int8)
 RETURNS SETOF pg_catalog.bytea LANGUAGE plpython3u STRICT AS $pgbb$"#,
     zstd_load!(),
-    r#"lib, cctx = z
-try:
-    f = open(path, 'rb')
-except FileNotFoundError:
-    return
-with f:
-    st = os.fstat(f.fileno())
-    size = st.st_size if want < 0 else max(0, min(want, st.st_size - off))
-    yield struct.pack('>qq', size, int(st.st_mtime))
-    if off > 0:
-        f.seek(off)
-    left = size
-    cap = lib.ZSTD_compressBound(max(1, chunk))
+    "lib, cctx = z\n",
+    reader_head!(),
+    r#"    cap = lib.ZSTD_compressBound(max(1, chunk))
     out = SD.get('out')
     if out is None or len(out) < cap:
         out = SD['out'] = ctypes.create_string_buffer(cap)

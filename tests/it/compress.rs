@@ -53,12 +53,25 @@ fn compressed_chunks_equal_plain_chunks_and_the_server_files() {
 fn zlib_backup_under_load_restores_and_leaves_nothing() {
     let c = Cluster::new();
     c.pgbench_init(5);
-    c.client().batch_execute("CREATE EXTENSION plpython3u; CREATE EXTENSION amcheck").unwrap();
-    let dest = c.path("zbackup");
-    let load = c.pgbench_load(2, 600);
-    let out = pgbb_run(&["-j", "2", "-c", "fast", "-v", "--compress", "zlib", &c.dsn(), dest.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    let out = compressed_backup_under_load(&c, "zlib", "-v", |_| {});
     assert!(stderr(&out).contains("chunks travel compressed (zlib:1)"), "{}", stderr(&out));
+}
+
+/// A backup of `c` (pgbench, plpython3u) with `--compress compress` and log flag `log` while
+/// pgbench writes, `during` run meanwhile; then nothing of pgbb left on the server, and the
+/// copy restores (pgbench's invariants, amcheck, pg_verifybackup). Its output.
+fn compressed_backup_under_load(
+    c: &Cluster,
+    compress: &str,
+    log: &str,
+    during: impl FnOnce(&Cluster),
+) -> std::process::Output {
+    c.client().batch_execute("CREATE EXTENSION plpython3u; CREATE EXTENSION amcheck").unwrap();
+    let dest = c.path(&format!("backup-{compress}"));
+    let load = c.pgbench_load(2, 600);
+    during(c);
+    let out = pgbb_run(&["-j", "2", "-c", "fast", log, "--compress", compress, &c.dsn(), dest.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
     load.finish();
     c.assert_no_pgbb_left();
     assert_eq!(query_i64(&mut c.client(), "SELECT count(*) FROM pg_proc WHERE proname LIKE 'pgbb%'"), 0);
@@ -66,6 +79,7 @@ fn zlib_backup_under_load_restores_and_leaves_nothing() {
         &dest,
         &Expect { pgbench: true, databases: vec!["postgres".into()], unlogged: vec![], absent: vec![] },
     );
+    out
 }
 
 /// `--compress zstd`: each chunk a zstd frame from the server's own libzstd (PostgreSQL 15
@@ -74,26 +88,16 @@ fn zlib_backup_under_load_restores_and_leaves_nothing() {
 fn zstd_backup_under_load_restores_and_leaves_nothing() {
     let c = Cluster::new();
     c.pgbench_init(5);
-    c.client().batch_execute("CREATE EXTENSION plpython3u; CREATE EXTENSION amcheck").unwrap();
-    let dest = c.path("zstd");
-    let load = c.pgbench_load(2, 600);
-    let check = pgbb_run(&["--check", &c.dsn()]);
-    assert!(stdout(&check).contains("compressed chunks (zstd, the server's own libzstd)"), "{}", stdout(&check));
-    let out = pgbb_run(&["-j", "2", "-c", "fast", "-d", "--compress", "zstd", &c.dsn(), dest.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    let out = compressed_backup_under_load(&c, "zstd", "-d", |c| {
+        let check = pgbb_run(&["--check", &c.dsn()]);
+        assert!(stdout(&check).contains("compressed chunks (zstd, the server's own libzstd)"), "{}", stdout(&check));
+    });
     assert!(stderr(&out).contains("chunks travel compressed (zstd:1)"), "{}", stderr(&out));
     // Files and WAL came through the zstd helper, never the zlib one (the statements, -d).
     assert!(stderr(&out).contains("SQL: SELECT pg_temp.pgbb_read_zstd($1, $2, $3, $4, $5)"), "{}", stderr(&out));
     assert!(!stderr(&out).contains("pgbb_read_zlib"), "{}", stderr(&out));
     assert!(stderr(&out).contains("chunks travel zstd:1 in 512 KiB chunks"), "{}", stderr(&out));
     assert!(stdout(&out).contains("over the network)"), "the summary gives the ratio: {}", stdout(&out));
-    load.finish();
-    c.assert_no_pgbb_left();
-    assert_eq!(query_i64(&mut c.client(), "SELECT count(*) FROM pg_proc WHERE proname LIKE 'pgbb%'"), 0);
-    verify_restore(
-        &dest,
-        &Expect { pgbench: true, databases: vec!["postgres".into()], unlogged: vec![], absent: vec![] },
-    );
 }
 
 /// A server whose postgres has no libzstd (PostgreSQL 15 of the PyPI wheel, with
