@@ -19,8 +19,8 @@ pub enum Method {
     Plain,
     /// A PL/Python helper (see [`ZlibHelper`]), zlib at this level (0–9).
     Zlib(u32),
-    /// The temporary PL/Python helper calling the server's own libzstd (the one its postgres
-    /// binary is linked with) at this level (1–19).
+    /// The temporary PL/Python helper calling the server's own libzstd (one already loaded
+    /// in the backend, see `sql::CREATE_ZSTD_READER`) at this level (1–19).
     Zstd(u32),
 }
 
@@ -381,7 +381,7 @@ impl Sink {
 }
 
 impl Transfer {
-    /// Creates what the method needs in this session (the pg_temp helper, for zlib through it).
+    /// Creates what the method needs in this session (the pg_temp helper of zlib or zstd).
     pub fn prepare(&self, s: &mut Session) -> Result<(), PgError> {
         let create = match self.method {
             Method::Zlib(_) => sql::CREATE_ZLIB_READER,
