@@ -223,6 +223,24 @@ fn read_sample(cl: &mut postgres::Client, chunk: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// Writes `pgbb_sample` in the data directory and returns its bytes: `random` bytes of
+/// pseudo-random words (the first `zeros` bytes of each 8 kB page zero), then `text` bytes of
+/// text rows.
+fn write_sample(c: &Cluster, random: usize, zeros: usize, text: usize) -> Vec<u8> {
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let mut data: Vec<u8> = (0..random / 8)
+        .flat_map(|i| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            if (i * 8) % 8192 < zeros { 0 } else { x }.to_le_bytes()
+        })
+        .collect();
+    data.extend((0..).flat_map(|i: u32| format!("row {i} of a text table, ").into_bytes()).take(text));
+    std::fs::write(c.data.join("pgbb_sample"), &data).unwrap();
+    data
+}
+
 /// The zstd helper itself: a header row (size, mtime), then one zstd frame per chunk, each
 /// with its content size, decoding to the file's bytes; random pages come out no larger than
 /// zstd's stored form, text much smaller; a range gives that range only; a missing file no
@@ -234,17 +252,7 @@ fn the_zstd_helper_sends_frames_of_the_files_bytes() {
     cl.batch_execute("CREATE EXTENSION plpython3u").unwrap();
     cl.batch_execute(pgbb::pg::sql::CREATE_ZSTD_READER).unwrap();
     const CHUNK: usize = 512 * 1024;
-    let mut x = 0x9E37_79B9_7F4A_7C15u64;
-    let mut data: Vec<u8> = (0..2 * CHUNK / 8)
-        .flat_map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x.to_le_bytes()
-        })
-        .collect();
-    data.extend((0..).flat_map(|i: u32| format!("row {i} of a text table, ").into_bytes()).take(2 * CHUNK + 100));
-    std::fs::write(c.data.join("pgbb_sample"), &data).unwrap();
+    let data = write_sample(&c, 2 * CHUNK, 0, 2 * CHUNK + 100);
     let read = |cl: &mut postgres::Client, path: &[u8], off: i64, want: i64| -> Vec<Vec<u8>> {
         cl.query("SELECT pg_temp.pgbb_read_zstd($1, $2, 1, $3, $4)", &[&path, &(CHUNK as i64), &off, &want])
             .unwrap()
@@ -282,20 +290,10 @@ fn chunks_that_do_not_compress_travel_stored_and_text_compressed() {
     cl.batch_execute("CREATE EXTENSION plpython3u").unwrap();
     cl.batch_execute(pgbb::pg::sql::CREATE_ZLIB_READER).unwrap();
     const CHUNK: usize = 512 * 1024;
-    let mut x = 0x9E37_79B9_7F4A_7C15u64;
     // Pages like those of a table of random bytes, a fifth of each page compressible (free
     // space, tuple headers: zeros here): level 1 gets them to 0.8 of their size, at the price
     // of deflating everything.
-    let mut data: Vec<u8> = (0..4 * CHUNK / 8)
-        .flat_map(|i| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            if (i * 8) % 8192 < 1640 { 0 } else { x }.to_le_bytes()
-        })
-        .collect();
-    data.extend((0..).flat_map(|i: u32| format!("row {i} of a text table, ").into_bytes()).take(4 * CHUNK));
-    std::fs::write(c.data.join("pgbb_sample"), &data).unwrap();
+    let mut data = write_sample(&c, 4 * CHUNK, 1640, 4 * CHUNK);
     let rows = read_sample(&mut cl, CHUNK);
     assert_eq!(rows.len(), 9, "a header row and eight chunks");
     // Stored: the 64 KiB blocks level 0 writes (5 bytes each) and the zlib header and trailer.
