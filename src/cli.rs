@@ -163,6 +163,11 @@ pub struct Args {
     /// clone): only what differs travels; the result is a complete backup taken now
     #[arg(long = "delta", conflicts_with = "force", help_heading = "Backup")]
     pub delta: bool,
+    /// With --delta: compare every block by SHA-256, never a relation page by its header (LSN
+    /// and checksum) where DEST is an unstarted backup or an interrupted run of this cluster;
+    /// every page of the server is then read whole and verified, as in a full backup
+    #[arg(long = "delta-hash", requires = "delta", help_heading = "Backup")]
+    pub delta_hash: bool,
     /// Incremental backup in PostgreSQL's own format (17+): only the blocks changed since the
     /// backup OLD_MANIFEST is of (its backup_manifest), found in the server's WAL summaries;
     /// pg_combinebackup merges it with the earlier backups into a full one
@@ -236,6 +241,9 @@ pub struct Args {
     /// Worker: verify data pages, skipping those changed at or after this LSN
     #[arg(long = "verify-lsn", hide = true)]
     pub verify_lsn: Option<String>,
+    /// Worker (--delta): DEST's whole pages with an LSN up to this are compared by header
+    #[arg(long = "trust-lsn", hide = true)]
+    pub trust_lsn: Option<String>,
     /// Copy the tablespace at OLDDIR to NEWDIR instead (repeatable; write = in a path as \\=)
     #[arg(short = 'T', long = "tablespace-mapping", value_name = "OLDDIR=NEWDIR", help_heading = "Backup")]
     pub tablespace_mapping: Vec<OsString>,
@@ -301,6 +309,9 @@ pub struct Common {
     pub algorithm: Algorithm,
     /// Page verification (workers): the backup's start LSN.
     pub verify_lsn: Option<Lsn>,
+    /// `--delta` (workers): DEST's relation pages up to this LSN are compared by their header
+    /// (see `delta::trust`).
+    pub trust_lsn: Option<Lsn>,
     /// Workers print `progress` lines (the master shows -P).
     pub report_progress: bool,
     /// Workers write files in place, without temporary names (set for the master's workers).
@@ -336,6 +347,8 @@ pub struct MasterOpts {
     pub force: bool,
     /// `--delta`: refresh the copy in DEST.
     pub delta: bool,
+    /// `--delta-hash`: never compare by page header.
+    pub delta_hash: bool,
     /// `-i OLD_MANIFEST`: an incremental backup on top of the backup of that manifest.
     pub incremental: Option<PathBuf>,
     pub clean: bool,
@@ -565,6 +578,7 @@ fn parse_lsn(l: &str) -> Result<crate::lsn::Lsn, Error> {
 fn common_settings(a: &Args) -> Result<Common, Error> {
     let algorithm: Algorithm = a.manifest_checksums.parse().map_err(Error::Usage)?;
     let verify_lsn = a.verify_lsn.as_deref().map(parse_lsn).transpose()?;
+    let trust_lsn = a.trust_lsn.as_deref().map(parse_lsn).transpose()?;
     let rate = match (&a.max_rate, a.worker_rate) {
         (Some(r), _) => Some(parse_max_rate(r).map_err(Error::Usage)?),
         (None, Some(w)) => Some(w),
@@ -596,6 +610,7 @@ fn common_settings(a: &Args) -> Result<Common, Error> {
         group_access: a.group_access,
         algorithm,
         verify_lsn,
+        trust_lsn,
         report_progress: a.report_progress || ((a.progress || a.log_format == LogFormat::Json) && !a.slave),
         in_place: a.in_place,
         writeback: a.writeback,
@@ -680,6 +695,7 @@ fn master_opts(a: Args, compress: Compress) -> Result<MasterOpts, Error> {
         delay: delay(a.delay)?,
         force: a.force,
         delta: a.delta,
+        delta_hash: a.delta_hash,
         incremental: a.incremental,
         clean: a.clean,
         fast: a.checkpoint == Checkpoint::Fast,
@@ -766,6 +782,9 @@ impl Common {
             vec!["--slave".into(), "--stdin".into(), "--worker-id".into(), id.to_string().into()];
         if let Some(l) = self.verify_lsn {
             v.extend(["--verify-lsn".into(), l.to_string().into()]);
+        }
+        if let Some(l) = self.trust_lsn {
+            v.extend(["--trust-lsn".into(), l.to_string().into()]);
         }
         if self.report_progress {
             v.push("--report-progress".into());
@@ -880,6 +899,16 @@ mod tests {
     }
 
     #[test]
+    fn delta_hash_goes_with_delta_only() {
+        let Mode::Master(o) = cfg(&["--delta", "--delta-hash", "host=/tmp", "/d"]).unwrap().mode else { panic!() };
+        assert!(o.delta && o.delta_hash);
+        let Mode::Master(o) = cfg(&["--delta", "host=/tmp", "/d"]).unwrap().mode else { panic!() };
+        assert!(!o.delta_hash);
+        let e = cfg(&["--delta-hash", "host=/tmp", "/d"]).err().expect("--delta-hash without --delta");
+        assert_eq!(e.exit_code(), crate::error::exit::USAGE, "{e}");
+    }
+
+    #[test]
     fn max_lag_is_a_backup_option() {
         let Mode::Master(o) = cfg(&["--max-lag", "16MB", "host=/tmp", "/d"]).unwrap().mode else { panic!() };
         assert_eq!(o.max_lag, Some(crate::lag::MaxLag::Bytes(16 << 20)));
@@ -900,6 +929,7 @@ mod tests {
         ])
         .unwrap();
         c.common.verify_lsn = Some(Lsn(0x5000028));
+        c.common.trust_lsn = Some(Lsn(0x4000000));
         c.common.run_key = Some(77);
         c.common.zlib_helper = Some(ZlibHelper::Installed("bk".into()));
         c.common.log_format = LogFormat::Json;
@@ -911,6 +941,7 @@ mod tests {
         assert!(!back.common.sync, "children leave syncing to the master");
         assert_eq!(back.common.algorithm, Algorithm::Sha256);
         assert_eq!(back.common.verify_lsn, Some(Lsn(0x5000028)));
+        assert_eq!(back.common.trust_lsn, Some(Lsn(0x4000000)));
         assert_eq!(back.common.session_name("pgbb worker 3"), "pgbb worker 3 [run 77]");
         assert_eq!(back.common.zlib_helper, Some(ZlibHelper::Installed("bk".into())), "the master's helper");
         assert_eq!(back.common.schema, "bk");

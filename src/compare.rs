@@ -8,15 +8,14 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 
-use postgres::fallible_iterator::FallibleIterator;
-use sha2::Digest as _;
-
 use crate::dest::{Dest, DestError, SafePath};
 use crate::digest::Digest;
+use crate::fingerprint::Fingerprint;
 use crate::layout::checksummed_segment;
 use crate::pg::sql;
 use crate::pg::Session;
 use crate::transfer::{pg_err, Copied, Outcome, Pages, Source, Transfer, TransferError};
+use postgres::fallible_iterator::FallibleIterator;
 
 /// The unit compared: one PostgreSQL page.
 pub const BLOCK: usize = 8192;
@@ -29,21 +28,22 @@ pub(crate) const READ: usize = 256 << 10;
 #[cfg(test)]
 const HASH: usize = 32;
 
-/// The SHA-256 of each `BLOCK` of `file` from its start, concatenated.
-pub fn block_hashes(file: &mut File) -> std::io::Result<Vec<u8>> {
-    scan(file, (0, u64::MAX), false, |_| {})
+/// The fingerprint (see [`Fingerprint`]) of each `BLOCK` of `file` from its start, concatenated.
+pub fn block_hashes(file: &mut File, fp: Fingerprint) -> std::io::Result<Vec<u8>> {
+    scan(file, (0, u64::MAX), (false, fp), |_| {})
 }
 
-/// The SHA-256 of each `BLOCK` of bytes `start..end` of `file` (to its end, if sooner),
-/// concatenated, each block also handed to `each` as it passes; `once`: the copy is not read
-/// back afterwards (see [`crate::copy_reader::CopyReader::new`]).
+/// The fingerprint of each `BLOCK` of bytes `start..end` of `file` (to its end, if sooner;
+/// `start` at a block), concatenated, each block also handed to `each` as it passes; `once`:
+/// the copy is not read back afterwards (see [`crate::copy_reader::CopyReader::new`]).
 pub(crate) fn scan(
     file: &File,
     range: (u64, u64),
-    once: bool,
+    (once, fp): (bool, Fingerprint),
     mut each: impl FnMut(&[u8]),
 ) -> std::io::Result<Vec<u8>> {
     let mut out = Vec::new();
+    let mut index = range.0 / BLOCK as u64;
     let mut reader = crate::copy_reader::CopyReader::new(file, range, READ, once);
     loop {
         let data = reader.next_chunk()?;
@@ -51,8 +51,9 @@ pub(crate) fn scan(
             return Ok(out);
         }
         for block in data.chunks(BLOCK) {
-            out.extend_from_slice(&sha2::Sha256::digest(block));
+            fp.push(index, block, &mut out);
             each(block);
+            index += 1;
         }
     }
 }
@@ -174,8 +175,8 @@ impl Transfer {
         let compared = if large && matches!(Source::of(src), Source::Path(_)) {
             self.changed_in_pieces(s, src, (&file, &dest.root().join(dst.to_path())), sums)
         } else {
-            let once = sums.is_some();
-            let hashes = scan(&file, (0, u64::MAX), once, |b| sums.as_mut().map_or((), |s| s.local(b))).map_err(io)?;
+            let how = (sums.is_some(), self.fingerprint(src));
+            let hashes = scan(&file, (0, u64::MAX), how, |b| sums.as_mut().map_or((), |s| s.local(b))).map_err(io)?;
             self.changed_blocks(s, src, &file, &hashes, sums)
         };
         let (answer, sums) = compared.map_err(|e| match e {
@@ -208,6 +209,20 @@ impl Transfer {
             _ => Vec::new(),
         };
         Ok(Outcome::Copied(Copied { size, checksum, mtime, bad_pages, wire, verified_pages }))
+    }
+
+    /// What the blocks of the copy of `src` are compared by: the page header of a relation
+    /// file's pages where the master found DEST's pages trustworthy (`header_upto`, see
+    /// `delta::trust`; free space maps excluded: they change without WAL), else SHA-256.
+    pub(crate) fn fingerprint(&self, src: &SafePath) -> Fingerprint {
+        let (Some(upto), Some(v)) = (self.header_upto, self.verify) else { return Fingerprint::Sha256 };
+        let path = String::from_utf8_lossy(&src.as_bytes()).into_owned();
+        match checksummed_segment(&path, v.rules) {
+            Some(segno) if !path.contains("_fsm") => {
+                Fingerprint::Header { segno, blocks_per_segment: v.blocks_per_segment, upto }
+            }
+            _ => Fingerprint::Sha256,
+        }
     }
 
     /// The per-block sums that spare the second read of a refreshed file: for CRC-32C
@@ -450,6 +465,7 @@ impl Blocks {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::Digest as _;
     use std::io::Write;
 
     /// Only differing blocks are written (the mtime of an unchanged copy stays), the copy is
@@ -516,13 +532,13 @@ mod tests {
         let data: Vec<u8> = (0..(READ + 3 * BLOCK + 100)).map(|i| (i % 251) as u8).collect();
         std::fs::File::create(&p).unwrap().write_all(&data).unwrap();
         let mut f = File::open(&p).unwrap();
-        let h = block_hashes(&mut f).unwrap();
+        let h = block_hashes(&mut f, Fingerprint::Sha256).unwrap();
         assert_eq!(h.len(), (READ / BLOCK + 4) * HASH);
         assert_eq!(&h[..HASH], sha2::Sha256::digest(&data[..BLOCK]).as_slice());
         let last = &data[READ + 3 * BLOCK..];
         assert_eq!(&h[h.len() - HASH..], sha2::Sha256::digest(last).as_slice());
         // An empty file has no blocks.
         std::fs::File::create(&p).unwrap();
-        assert!(block_hashes(&mut File::open(&p).unwrap()).unwrap().is_empty());
+        assert!(block_hashes(&mut File::open(&p).unwrap(), Fingerprint::Sha256).unwrap().is_empty());
     }
 }

@@ -10,6 +10,7 @@ use postgres::fallible_iterator::FallibleIterator;
 use crate::block_sums::BlockSums;
 use crate::compare::{Answer, Blocks, Step, BLOCK, READ};
 use crate::dest::{Dest, DestError, SafePath};
+use crate::fingerprint::Fingerprint;
 use crate::pg::{sql, Session};
 use crate::transfer::{pg_err, Copied, Outcome, Transfer, TransferError};
 
@@ -54,14 +55,19 @@ pub(crate) fn holds_nothing(file: &File, start: u64, end: u64) -> bool {
 
 /// Reads and hashes the copy's bytes `start..end` (fewer where the copy ends; none where it
 /// holds nothing: see [`holds_nothing`]).
-fn hash_piece(file: &File, (start, end): (u64, u64), template: Option<&BlockSums>) -> std::io::Result<Hashed> {
+fn hash_piece(
+    file: &File,
+    (start, end): (u64, u64),
+    template: Option<&BlockSums>,
+    fp: Fingerprint,
+) -> std::io::Result<Hashed> {
     let mut sums = template.map(|t| t.piece(start / BLOCK as u64));
     if holds_nothing(file, start, end) {
         return Ok(Hashed { start, end, hashes: Vec::new(), sums, empty: true });
     }
     // Without sums the piece is read back afterwards (`read_back_span`).
-    let once = template.is_some();
-    let hashes = crate::compare::scan(file, (start, end), once, |b| sums.as_mut().map_or((), |s| s.local(b)))?;
+    let how = (template.is_some(), fp);
+    let hashes = crate::compare::scan(file, (start, end), how, |b| sums.as_mut().map_or((), |s| s.local(b)))?;
     Ok(Hashed { start, end, hashes, sums, empty: false })
 }
 
@@ -110,11 +116,15 @@ impl Transfer {
         let zlib = self.method.level();
         let sql = if zlib.is_some() { sql::COMPARE_RANGE_OFFSETS } else { sql::COMPARE_RANGE };
         let io = |e: std::io::Error| TransferError::Dest(DestError::Io { path: local.to_path_buf(), source: e });
+        let fp = self.fingerprint(src);
+        if matches!(fp, Fingerprint::Header { .. }) {
+            log::debug!("\"{}\" bytes {start}..{end}: compared by page header", src.display());
+        }
         std::thread::scope(|scope| {
             let (tx, rx) = crossbeam_channel::bounded::<std::io::Result<Hashed>>(1);
             scope.spawn(move || {
                 for piece in pieces_of(start, end) {
-                    let hashed = hash_piece(file, piece, template.as_ref());
+                    let hashed = hash_piece(file, piece, template.as_ref(), fp);
                     let failed = hashed.is_err();
                     if tx.send(hashed).is_err() || failed {
                         return;
@@ -276,10 +286,10 @@ mod tests {
         let data: Vec<u8> = (0..3 * BLOCK + 100).map(|i| (i % 251) as u8).collect();
         std::fs::write(&p, &data).unwrap();
         let mut f = File::open(&p).unwrap();
-        let whole = crate::compare::block_hashes(&mut f).unwrap();
-        let h = hash_piece(&f, (BLOCK as u64, PIECE), None).unwrap();
+        let whole = crate::compare::block_hashes(&mut f, Fingerprint::Sha256).unwrap();
+        let h = hash_piece(&f, (BLOCK as u64, PIECE), None, Fingerprint::Sha256).unwrap();
         assert_eq!(h.hashes, whole[32..]);
-        let h = hash_piece(&f, (PIECE, 2 * PIECE), None).unwrap();
+        let h = hash_piece(&f, (PIECE, 2 * PIECE), None, Fingerprint::Sha256).unwrap();
         assert!(h.hashes.is_empty() && h.empty, "past the copy's end: nothing");
     }
 
@@ -295,13 +305,13 @@ mod tests {
         f.write_all_at(&[7u8; BLOCK], 3 * PIECE - BLOCK as u64).unwrap();
         f.sync_all().unwrap();
         let sums = BlockSums::new(None);
-        let h = hash_piece(&f, (0, PIECE), Some(&sums)).unwrap();
+        let h = hash_piece(&f, (0, PIECE), Some(&sums), Fingerprint::Sha256).unwrap();
         assert!(h.hashes.is_empty() && h.empty, "a hole");
-        let h = hash_piece(&f, (PIECE, 2 * PIECE), Some(&sums)).unwrap();
+        let h = hash_piece(&f, (PIECE, 2 * PIECE), Some(&sums), Fingerprint::Sha256).unwrap();
         assert_eq!((h.hashes.len() as u64, h.empty), (PIECE / BLOCK as u64 * 32, false), "data, then zeros");
-        let h = hash_piece(&f, (2 * PIECE, 3 * PIECE), None).unwrap();
+        let h = hash_piece(&f, (2 * PIECE, 3 * PIECE), None, Fingerprint::Sha256).unwrap();
         assert!(!h.empty, "data at its end");
-        let h = hash_piece(&f, (3 * PIECE, 4 * PIECE), None).unwrap();
+        let h = hash_piece(&f, (3 * PIECE, 4 * PIECE), None, Fingerprint::Sha256).unwrap();
         assert!(h.hashes.is_empty() && h.empty, "a hole up to the end");
     }
 }

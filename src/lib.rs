@@ -19,6 +19,7 @@ pub mod dest_safety;
 pub mod digest;
 pub mod error;
 pub mod fetch_span;
+pub mod fingerprint;
 pub mod flusher;
 pub mod guard;
 pub mod helper;

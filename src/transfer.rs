@@ -233,6 +233,9 @@ pub struct Transfer {
     /// `--delta`: compare a file by streaming it whole (a server on this machine), not by
     /// block hashes computed on the server.
     pub compare_by_content: bool,
+    /// `--delta`: DEST's relation pages with an LSN up to this are compared by their header
+    /// (see [`crate::fingerprint`]; the master's `--trust-lsn`), with page verification on.
+    pub header_upto: Option<u64>,
     /// Plain chunks from a server across a network: data pages travel without their holes
     /// while the link is the limit (see [`crate::page_holes`]).
     pub holes: Option<crate::page_holes::Holes>,

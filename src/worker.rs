@@ -111,6 +111,7 @@ pub fn open_session(common: &Common, app: &str, compress: Compress) -> Result<(S
         throttle: common.rate.map(Throttle::new),
         // As the master says (plan_delta): reading costs less than hashing on this machine.
         compare_by_content: common.conn.is_local(),
+        header_upto: common.trust_lsn.map(|l| l.0),
         holes: None,
     };
     if let Err(e) = t.prepare(&mut s) {

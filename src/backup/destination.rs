@@ -4,6 +4,7 @@
 
 use crate::cli::MasterOpts;
 use crate::delta::origin::{self, Cluster, Found, MARKER};
+use crate::delta::trust;
 use crate::dest::{Dest, DestError, Roots, SafePath, PG_CONTROL};
 use crate::dest_safety::{self, ServerView};
 use crate::error::Error;
@@ -46,6 +47,10 @@ pub(super) fn prepare(server: &mut Server, opts: &MasterOpts, sig: &Signals) -> 
     if refresh {
         usable(&common.dest)?;
     }
+    let trusted = pages_trusted(ctl, &common.dest, (refresh, opts.delta_hash), server.info.in_recovery)?;
+    if refresh {
+        common.trust_lsn = trusted.upto;
+    }
     for t in &spcs {
         if refresh {
             tablespace::check_refresh_target(t, &common.dest)?;
@@ -70,11 +75,56 @@ pub(super) fn prepare(server: &mut Server, opts: &MasterOpts, sig: &Signals) -> 
     let version_dir = format!("PG_{}_{}", server.info.caps.major(), catalog_version);
     // Before anything else in DEST changes: what proves, if this run is interrupted, whose
     // copy DEST is (a later --delta finishes it).
-    guard.mutate(|| dest.write_file(&SafePath::parse(MARKER)?, cluster.record().as_bytes(), common.sync))?;
+    let record = cluster.record() + &trusted.marker.map(trust::marker_line).unwrap_or_default();
+    guard.mutate(|| dest.write_file(&SafePath::parse(MARKER)?, record.as_bytes(), common.sync))?;
     if refresh {
         unstartable(&dest, &guard, common.sync)?;
     }
     Ok(Target { guard, dest, roots, spcs, view, version_dir, refresh })
+}
+
+/// What [`pages_trusted`] found.
+struct Trusted {
+    /// `--delta`: DEST's relation pages up to this LSN are compared by their header.
+    upto: Option<crate::lsn::Lsn>,
+    /// The timeline the marker says all of DEST's pages are of, if it may.
+    marker: Option<u32>,
+}
+
+/// Whether DEST's pages may be compared by their header (`delta::trust`), and what the marker
+/// of this run says of them: every page of this run comes from the primary's timeline, so the
+/// marker says so when DEST held nothing, or held only trusted pages (`--delta-hash`: the user
+/// doubts it, the marker does not say it).
+fn pages_trusted(
+    ctl: &mut crate::pg::Session,
+    dest: &std::path::Path,
+    (refresh, hash): (bool, bool),
+    standby: bool,
+) -> Result<Trusted, Error> {
+    use crate::pg::sql_incr;
+    let tli = if standby { sql::checkpoint_timeline(ctl)? } else { sql_incr::insert_timeline(ctl)? };
+    let mine = (!standby).then_some(tli);
+    if !refresh {
+        return Ok(Trusted { upto: None, marker: mine });
+    }
+    if hash {
+        log::info!("--delta: pages are compared by their SHA-256 (--delta-hash)");
+        return Ok(Trusted { upto: None, marker: None });
+    }
+    let text = if tli > 1 { sql_incr::timeline_history(ctl, tli)? } else { None };
+    let history = crate::incremental::timeline::parse(tli, text.as_deref()).unwrap_or_default();
+    let now = sql_incr::current_position(ctl)?;
+    let server = trust::Server { checksums: sql::data_checksums(ctl)?, now, history };
+    match trust::assess(dest, &server) {
+        trust::Trust::Header { upto, why } => {
+            log::info!("--delta: relation pages are compared by their header (LSN and checksum) up to {upto}: {why}");
+            Ok(Trusted { upto: Some(upto), marker: mine })
+        }
+        trust::Trust::Hash(why) => {
+            log::info!("--delta: pages are compared by their SHA-256: {why}");
+            Ok(Trusted { upto: None, marker: None })
+        }
+    }
 }
 
 /// `--delta`: is DEST a copy to refresh (else empty: a full backup)? Refuses anything else.

@@ -5,6 +5,7 @@
 pub mod local;
 pub mod origin;
 pub mod resident;
+pub mod trust;
 
 /// What a refresh did: bytes of DEST's files compared with the server's, entries removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -107,7 +107,7 @@ fn unreadable(dest: &Path, file: &'static str, e: io::Error) -> OriginError {
 
 /// A file of DEST's, `None` when it is not there. Never through a symlink, the directories on
 /// the way included.
-fn read_opt(dest: &Path, name: &'static str) -> Result<Option<Vec<u8>>, OriginError> {
+pub(crate) fn read_opt(dest: &Path, name: &'static str) -> Result<Option<Vec<u8>>, OriginError> {
     let p = dest.join(name);
     for dir in Path::new(name).ancestors().skip(1).filter(|d| !d.as_os_str().is_empty()) {
         match fs::symlink_metadata(dest.join(dir)) {

@@ -139,6 +139,19 @@ pub fn parse(bytes: &[u8]) -> Result<OldManifest, OldManifestError> {
     Ok(OldManifest { version: 2, system_identifier: raw.system_identifier, wal_ranges, paths })
 }
 
+/// The `WAL-Ranges` of a manifest of either version (`delta::trust`: PostgreSQL 13–16 write
+/// version 1), its checksum verified.
+pub fn wal_ranges(bytes: &[u8]) -> Result<Vec<WalRange>, OldManifestError> {
+    let version = Cell::new(None);
+    let raw = decode(bytes, &version);
+    if let Some(v) = version.get().filter(|v| !matches!(v, 1 | 2)) {
+        return Err(E::UnknownVersion(v));
+    }
+    let raw = raw?;
+    verify_checksum(bytes, raw.checksum.as_deref())?;
+    collect_ranges(raw.wal_ranges.unwrap_or_default())
+}
+
 impl OldManifest {
     /// True when the earlier backup has `path`, whole or as `INCREMENTAL.<name>`.
     pub fn has(&self, path: &[u8]) -> bool {

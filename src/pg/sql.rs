@@ -803,11 +803,26 @@ pub const READ_PLAIN_BY_NAME: &str = concat!(
        LEFT JOIN LATERAL pg_catalog.generate_series(0::bigint, st.size - 1, $2) AS o ON true"
 );
 
+/// The 22 bytes that end a block's entry in the copy's fingerprints when the block is to be
+/// compared by its page header (its first 10 bytes: LSN and checksum) instead of its SHA-256
+/// (see `crate::fingerprint`): "pgbb-compare-by-header". A SHA-256 ends so with probability
+/// 2^-176.
+macro_rules! header_tag_hex {
+    () => {
+        "706762622d636f6d706172652d62792d686561646572"
+    };
+}
+
+/// [`header_tag_hex!`] as bytes.
+pub const HEADER_TAG: &[u8; 22] = b"pgbb-compare-by-header";
+
 /// `--delta`: the blocks of a file that differ from the copy's. $2 is the read size (a
-/// multiple of [`crate::compare::BLOCK`]), $3 the copy's block hashes: the SHA-256 of each
-/// 8192-byte block of the local file, concatenated (a block past the copy's end has none, and
-/// so differs, unhashed: a copy that holds nothing of a range, a hole or past its end, costs
-/// the server no hashing there). Nothing past the size stat'd first is read (a file that grows meanwhile is
+/// multiple of [`crate::compare::BLOCK`]), $3 the copy's block fingerprints, 32 bytes for each
+/// 8192-byte block of the local file, concatenated: its SHA-256, or its page header's first 10
+/// bytes followed by [`HEADER_TAG`], compared with the first 10 bytes of the server's block
+/// (LSN and checksum; a server block with LSN 0 always differs). A block past the copy's end
+/// has none, and so differs, unhashed: a copy that holds nothing of a range, a hole or past its
+/// end, costs the server no hashing there. Nothing past the size stat'd first is read (a file that grows meanwhile is
 /// cut there, as in a full backup). One row per differing block: (size, mtime, offset, bytes,
 /// cut), in file order; the server hashes with the built-in `sha256(bytea)`, so only
 /// differing blocks travel. A read that came back short (the file shrank while it was read)
@@ -894,12 +909,24 @@ macro_rules! compare_blocks {
             ") < ((o - ",
             $start,
             ") / 8192 + b + 1) * 32 \
-                     OR pg_catalog.sha256(x.blk) IS DISTINCT FROM \
-                        pg_catalog.substr(",
+                     OR CASE WHEN pg_catalog.substr(",
             $hashes,
             ", (((o - ",
             $start,
-            ") / 8192 + b) * 32 + 1)::int, 32) \
+            ") / 8192 + b) * 32 + 11)::int, 22) = pg_catalog.decode('",
+            header_tag_hex!(),
+            "', 'hex') \
+                        THEN pg_catalog.substr(x.blk, 1, 8) = pg_catalog.decode('0000000000000000', 'hex') \
+                          OR pg_catalog.substr(x.blk, 1, 10) IS DISTINCT FROM pg_catalog.substr(",
+            $hashes,
+            ", (((o - ",
+            $start,
+            ") / 8192 + b) * 32 + 1)::int, 10) \
+                        ELSE pg_catalog.sha256(x.blk) IS DISTINCT FROM pg_catalog.substr(",
+            $hashes,
+            ", (((o - ",
+            $start,
+            ") / 8192 + b) * 32 + 1)::int, 32) END \
                ) AS c ON st.size IS NOT NULL"
         )
     };

@@ -234,6 +234,49 @@ fn delta_with_zlib_sends_the_differing_blocks_compressed() {
     c.assert_no_pgbb_left();
 }
 
+/// A backup that was never started is refreshed by page headers (LSN and checksum, not
+/// hashes), but only where the copy's page is whole: a page of the copy torn in its second
+/// half, whose header still matches the server's, is fetched again. The result holds the
+/// server's bytes there and restores.
+#[test]
+fn delta_by_page_header_fetches_a_torn_page_of_the_copy() {
+    let Some((_ns, c, dsn)) = remote_pgbench("delta_by_page_header_fetches_a_torn_page_of_the_copy", 86, "") else {
+        return;
+    };
+    let dest = c.path("torn");
+    plain_backup(&dsn, &dest);
+    let file = relation_file(&c, "pgbench_accounts");
+    c.client().batch_execute("CHECKPOINT").unwrap();
+    let block = |dir: &Path, n: u64| {
+        let mut b = vec![0u8; 8192];
+        std::os::unix::fs::FileExt::read_exact_at(&std::fs::File::open(dir.join(&file)).unwrap(), &mut b, n * 8192)
+            .unwrap();
+        b
+    };
+    // Block 7 is not changed below: the copy's header matches the server's.
+    let server = block(&c.data, 7);
+    assert_eq!(block(&dest, 7), server, "the backup's copy of block 7");
+    let torn = std::fs::OpenOptions::new().write(true).open(dest.join(&file)).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&torn, &[0u8; 4096], 7 * 8192 + 4096).unwrap();
+    drop(torn);
+    pay(&c, 900_000, 3);
+    let out = pgbb_run(&["--delta", "-d", "-c", "fast", "--compress", "none", &dsn, dest.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("relation pages are compared by their header (LSN and checksum)"), "{err}");
+    assert!(err.contains("that was never started"), "{err}");
+    assert!(err.contains(&format!("\"{file}\" bytes 0..")) && err.contains(": compared by page header"), "{err}");
+    assert_eq!(block(&dest, 7), server, "the torn page was kept: {}", refreshed(&out));
+    // --delta-hash: the same copy, every block by SHA-256.
+    let out = pgbb_run(&["--delta", "--delta-hash", "-d", "-c", "fast", &dsn, dest.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("pages are compared by their SHA-256 (--delta-hash)"), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("compared by page header"), "{}", stderr(&out));
+    let copy = verify_restore(&dest, &expect_pgbench());
+    assert_eq!(query_i64(&mut copy.client(), "SELECT abalance::bigint FROM pgbench_accounts WHERE aid = 900000"), 3);
+    c.assert_no_pgbb_left();
+}
+
 /// A large file of the copy with pieces that were never written (holes, as an interrupted
 /// backup leaves them): those pieces are not hashed on either side, their blocks are fetched
 /// (plain, then with zlib: read through the helper at once, with no comparison pass), and the
@@ -348,6 +391,8 @@ fn delta_resets_a_clone_that_ran_and_wrote() {
     let out = delta(&c, &dest);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("as they stream (the server is on this machine"), "{}", stderr(&out));
+    // It was started: its pages are not all of the server's history.
+    assert!(stderr(&out).contains("pages are compared by their SHA-256: DEST is not a backup that was never started"));
     let r = refreshed(&out);
     // -P counts the compared bytes: its last line reaches the whole size the summary gives.
     let text = stdout(&out) + &stderr(&out);
@@ -499,6 +544,9 @@ fn an_interrupted_backup_is_finished_by_delta() {
     let out = delta(&c, &dest);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("proven by pgbb_origin"), "{}", stderr(&out));
+    let by = "compared by their header (LSN and checksum) up to ";
+    assert!(stderr(&out).contains(by), "{}", stderr(&out));
+    assert!(stderr(&out).contains("DEST holds pages pgbb copied from this cluster on timeline 1"));
     let r = refreshed(&out);
     assert!(!r.starts_with("0 B compared"), "{r}");
     verify_restore(&dest, &expect_pgbench());
@@ -824,11 +872,15 @@ fn delta_refreshes_a_pg_basebackup_copy() {
     assert_eq!(query_i64(&mut copy.client(), "SELECT abalance::bigint FROM pgbench_accounts WHERE aid = 3"), 7);
 }
 
-/// Page checks in a refresh by block hashes (a server over the network, a file too large for
-/// a batch), composed from the blocks as they pass: a page corrupted on the server before the
-/// copy was taken (unchanged, so checked in the copy's bytes) and one corrupted after it
-/// (changed, so checked as it arrives) are both re-read and reported; the refreshed file is
-/// the server's bytes, and its manifest checksum right (pg_verifybackup).
+/// Page checks in a refresh by block hashes (`--delta-hash`; a server over the network, a file
+/// too large for a batch), composed from the blocks as they pass: a page corrupted on the
+/// server before the copy was taken (unchanged, so checked in the copy's bytes) and one
+/// corrupted after it (changed, so checked as it arrives) are both re-read and reported; the
+/// refreshed file is the server's bytes, and its manifest checksum right (pg_verifybackup).
+/// By page header (the default for this copy, a backup never started), the first page fails
+/// its checksum in the copy, so it travels and is reported as well; the second one's header
+/// is unchanged, so the copy keeps its own good page and the server's damage goes unseen
+/// (what docs/delta.md says; `--delta-hash` is the way to see it).
 #[test]
 fn delta_by_hashes_reports_corrupt_pages_old_and_new() {
     use std::io::{Seek, SeekFrom, Write};
@@ -852,8 +904,11 @@ fn delta_by_hashes_reports_corrupt_pages_old_and_new() {
     let dest = c.path("with-bad-pages");
     let out = pgbb_run(&["-c", "fast", &dsn, dest.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    let good = std::fs::read(dest.join(&rel)).unwrap();
     corrupt(&mut c, 40);
-    let out = delta_from(&dsn, &dest);
+    let by_header = c.path("with-bad-pages-by-header");
+    run_ok(std::process::Command::new("cp").arg("-a").arg(&dest).arg(&by_header));
+    let out = pgbb_run(&["--delta", "--delta-hash", "-v", "-c", "fast", &dsn, dest.to_str().unwrap()]);
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(6), "{err}");
     assert!(err.contains("by block hashes"), "{err}");
@@ -861,8 +916,24 @@ fn delta_by_hashes_reports_corrupt_pages_old_and_new() {
         assert!(err.contains(&format!("checksum verification failed in file \"./{rel}\", block {block}")), "{err}");
     }
     assert!(err.contains("2 data page(s) failed checksum verification"), "{err}");
-    assert_eq!(std::fs::read(dest.join(&rel)).unwrap(), std::fs::read(c.data.join(&rel)).unwrap());
+    let server = std::fs::read(c.data.join(&rel)).unwrap();
+    assert_eq!(std::fs::read(dest.join(&rel)).unwrap(), server);
     verifybackup(&dest, &[]);
+    let out = delta_from(&dsn, &by_header);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(6), "{err}");
+    assert!(err.contains("compared by their header (LSN and checksum)"), "{err}");
+    assert!(err.contains(&format!("checksum verification failed in file \"./{rel}\", block 5")), "{err}");
+    assert!(err.contains("1 data page(s) failed checksum verification"), "{err}");
+    let mut want = server.clone();
+    want[40 * 8192..41 * 8192].copy_from_slice(&good[40 * 8192..41 * 8192]);
+    assert_ne!(want, server);
+    assert_eq!(
+        std::fs::read(by_header.join(&rel)).unwrap(),
+        want,
+        "block 40: the copy's good page, the rest the server's"
+    );
+    verifybackup(&by_header, &[]);
 }
 
 /// One row of `COMPARE_RANGE`: size, offset, length of the block, cut.
