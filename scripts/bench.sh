@@ -288,6 +288,19 @@ if has -e '^pgbb-delta-' -e '^pgbb-resume-'; then
   "${PSQLH[@]}" -c "SELECT count(pg_catalog.sha256(pg_catalog.pg_read_binary_file('$f', o, 1048576))) FROM generate_series(0, (pg_stat_file('$f')).size - 1, 1048576) o" >/dev/null
   t1=$(date +%s.%N)
   HASHRATE=$(echo "$(stat -c %s "$WORK/data/$f") / 1048576 / ($t1 - $t0)" | bc -l)
+  # What a refresh must read of its copy at least: the seed's files of 1 MiB or more, evicted,
+  # read from DEST's volume with O_DIRECT in 1 MiB reads by two readers (as two workers do).
+  s=$OUTFS/delta-seed; [ -d "$s" ] || s=$OUTFS/resume-seed
+  find "$s" -type f -size +1M -print0 | python3 -c '
+import os, sys
+for p in sys.stdin.buffer.read().split(b"\0"):
+    if p:
+        fd = os.open(p, os.O_RDONLY); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED); os.close(fd)'
+  bytes=$(find "$s" -type f -size +1M -printf '%s\n' | awk '{ n += $1 } END { printf "%d", n }')
+  t0=$(date +%s.%N)
+  find "$s" -type f -size +1M -print0 | xargs -0 -P 2 -n 4 sh -c 'for f; do dd if="$f" of=/dev/null bs=1M iflag=direct status=none; done' sh
+  t1=$(date +%s.%N)
+  DISKRATE=$(echo "$bytes / 1048576 / ($t1 - $t0)" | bc -l)
 fi
 # Waits (10 minutes at most) until the query, run on the server at PORT, answers t.
 await() {
@@ -491,6 +504,7 @@ echo
 echo "dataset: $((SIZE / 1048576)) MB, $NFILES files ($DATASET), PostgreSQL $MAJOR, link $LINK, DEST on $DESTFS, $ROUNDS rounds, $(date -u +%F)"
 echo "$table"
 [ -n "${HASHRATE:-}" ] && printf '\nserver sha256(pg_read_binary_file()) throughput, one core: %.0f MB/s\n' "$HASHRATE"
+[ -n "${DISKRATE:-}" ] && printf "the copy's files of 1 MiB or more read from DEST's volume (O_DIRECT, 1 MiB, two readers): %.0f MB/s\n" "$DISKRATE"
 if [ -n "$OUT" ]; then
   printf '%s\n' "$table" | awk -F'|' 'NR>2 {gsub(/ /,"",$2); print $2, $3}' > "$WORK/chart.dat"
   if command -v gnuplot >/dev/null; then
