@@ -12,7 +12,6 @@ use postgres::fallible_iterator::FallibleIterator;
 use crate::compare::{block_hashes, Answer, Blocks, Step, READ};
 use crate::dest::{Dest, DestError, Roots, SafePath};
 use crate::error::Error;
-use crate::fingerprint::Fingerprint;
 use crate::pg::{sql, Session};
 use crate::protocol::{Request, Response};
 use crate::transfer::{pg_err, Copied, Method, Outcome, Pages, Transfer, TransferError};
@@ -302,7 +301,7 @@ impl Transfer {
         let mut hashes = Vec::with_capacity(members.len());
         for &k in members {
             let Some(it) = items[k].as_ref() else { continue };
-            match local_hashes(it, self.fingerprint(&it.src)) {
+            match local_hashes(self, it) {
                 Ok(Some(h)) => {
                     asked.push(k);
                     hashes.push(h);
@@ -395,10 +394,12 @@ pub(crate) fn member_src(items: &[Option<Item>], k: usize) -> Vec<u8> {
 
 /// The block hashes of a file's copy in DEST, `None` if it cannot be refreshed in place
 /// (`refresh` replaces it, on its own).
-fn local_hashes(it: &Item, fp: Fingerprint) -> Result<Option<Vec<u8>>, TransferError> {
+fn local_hashes(t: &Transfer, it: &Item) -> Result<Option<Vec<u8>>, TransferError> {
     let Some(mut file) = it.dest.open_existing(&it.dst)? else { return Ok(None) };
     let path = it.dest.root().join(it.dst.to_path());
-    let h = block_hashes(&mut file, fp).map_err(|source| DestError::Io { path, source })?;
+    let io = |source| DestError::Io { path: path.clone(), source };
+    let fp = t.fingerprint(&it.src, file.metadata().map_err(io)?.len());
+    let h = block_hashes(&mut file, fp).map_err(io)?;
     Ok(Some(h))
 }
 

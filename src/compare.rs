@@ -171,11 +171,12 @@ impl Transfer {
         let io =
             |e: std::io::Error| TransferError::Dest(DestError::Io { path: dest.root().join(dst.to_path()), source: e });
         let mut sums = self.block_sums(src);
-        let large = file.metadata().map_err(io)?.len() >= crate::compare_pieces::PIECES_FROM;
+        let len = file.metadata().map_err(io)?.len();
+        let large = len >= crate::compare_pieces::PIECES_FROM;
         let compared = if large && matches!(Source::of(src), Source::Path(_)) {
             self.changed_in_pieces(s, src, (&file, &dest.root().join(dst.to_path())), sums)
         } else {
-            let how = (sums.is_some(), self.fingerprint(src));
+            let how = (sums.is_some(), self.fingerprint(src, len));
             let hashes = scan(&file, (0, u64::MAX), how, |b| sums.as_mut().map_or((), |s| s.local(b))).map_err(io)?;
             self.changed_blocks(s, src, &file, &hashes, sums)
         };
@@ -211,18 +212,10 @@ impl Transfer {
         Ok(Outcome::Copied(Copied { size, checksum, mtime, bad_pages, wire, verified_pages }))
     }
 
-    /// What the blocks of the copy of `src` are compared by: the page header of a relation
-    /// file's pages where the master found DEST's pages trustworthy (`header_upto`, see
-    /// `delta::trust`; free space maps excluded: they change without WAL), else SHA-256.
-    pub(crate) fn fingerprint(&self, src: &SafePath) -> Fingerprint {
-        let (Some(upto), Some(v)) = (self.header_upto, self.verify) else { return Fingerprint::Sha256 };
-        let path = String::from_utf8_lossy(&src.as_bytes()).into_owned();
-        match checksummed_segment(&path, v.rules) {
-            Some(segno) if !path.contains("_fsm") => {
-                Fingerprint::Header { segno, blocks_per_segment: v.blocks_per_segment, upto }
-            }
-            _ => Fingerprint::Sha256,
-        }
+    /// What the blocks of the copy of `src` (`len` bytes) are compared by (see
+    /// [`Fingerprint::choose`]).
+    pub(crate) fn fingerprint(&self, src: &SafePath, len: u64) -> Fingerprint {
+        Fingerprint::choose(&src.as_bytes(), len, self.header_upto, self.verify)
     }
 
     /// The per-block sums that spare the second read of a refreshed file: for CRC-32C

@@ -8,7 +8,9 @@
 use sha2::Digest as _;
 
 use crate::checksum::{block_number, page_checksum, BLCKSZ};
+use crate::layout::{checksummed_segment, parse_relation_file};
 use crate::pg::sql::HEADER_TAG;
+use crate::transfer::PageVerify;
 
 /// Bytes of one block's fingerprint.
 pub const WIDTH: usize = 32;
@@ -28,6 +30,26 @@ pub enum Fingerprint {
 }
 
 impl Fingerprint {
+    /// How the blocks of the copy of server file `path` (`len` bytes) are compared: by page
+    /// header where the master found DEST's pages trustworthy (`upto`, see `delta::trust`)
+    /// and pages are verified, else SHA-256. Only for the main and init forks of relations,
+    /// and not for a copy of one page: the free space map and the visibility map change
+    /// without a new LSN (clearing a visibility map bit does not set the page's LSN), and so
+    /// does a sequence's one page (`nextval` logs 32 values ahead, then changes the page
+    /// without WAL).
+    pub fn choose(path: &[u8], len: u64, upto: Option<u64>, verify: Option<PageVerify>) -> Fingerprint {
+        let (Some(upto), Some(v)) = (upto, verify) else { return Fingerprint::Sha256 };
+        let path = String::from_utf8_lossy(path);
+        let name = path.rsplit('/').next().unwrap_or_default();
+        let fork = parse_relation_file(name, v.rules).filter(|r| !r.temp).map(|r| r.fork);
+        match (fork, checksummed_segment(&path, v.rules)) {
+            (Some(None | Some("init")), Some(segno)) if len > BLCKSZ as u64 => {
+                Fingerprint::Header { segno, blocks_per_segment: v.blocks_per_segment, upto }
+            }
+            _ => Fingerprint::Sha256,
+        }
+    }
+
     /// Appends the fingerprint of `block`, the file's block number `index`, to `out`.
     pub fn push(&self, index: u64, block: &[u8], out: &mut Vec<u8>) {
         match *self {
@@ -80,6 +102,34 @@ mod tests {
         fp.push(index, block, &mut out);
         assert_eq!(out.len(), WIDTH);
         out
+    }
+
+    /// Main and init forks of relations larger than a page; nothing else.
+    #[test]
+    fn only_relation_main_and_init_forks_of_more_than_a_page() {
+        let rules = crate::pg::Caps::new(150000).layout_rules();
+        let v = Some(PageVerify { start_lsn: 1 << 40, blocks_per_segment: 131072, rules });
+        let choose = |path: &str, len: u64| Fingerprint::choose(path.as_bytes(), len, Some(7), v);
+        let header = |segno| Fingerprint::Header { segno, blocks_per_segment: 131072, upto: 7 };
+        assert_eq!(choose("base/5/16384", 16384), header(0));
+        assert_eq!(choose("base/5/16384.3", 16384), header(3));
+        assert_eq!(choose("base/5/16384_init", 16384), header(0));
+        assert_eq!(choose("pg_tblspc/16390/PG_15_202209061/5/16391.1", 16384), header(1));
+        assert_eq!(choose("global/1262", 16384), header(0));
+        for (path, len) in [
+            ("base/5/16384_vm", 16384),
+            ("base/5/16384_fsm", 24576),
+            ("base/5/16384", 8192),
+            ("base/5/16384", 0),
+            ("base/5/pg_filenode.map", 16384),
+            ("base/5/core", 16384),
+            ("global/pg_control", 16384),
+            ("pg_xact/0000", 16384),
+        ] {
+            assert_eq!(choose(path, len), Fingerprint::Sha256, "{path} of {len} bytes");
+        }
+        assert_eq!(Fingerprint::choose(b"base/5/16384", 16384, None, v), Fingerprint::Sha256);
+        assert_eq!(Fingerprint::choose(b"base/5/16384", 16384, Some(7), None), Fingerprint::Sha256);
     }
 
     const SEG1: Fingerprint = Fingerprint::Header { segno: 1, blocks_per_segment: 131072, upto: 0x5_0000_0000 };

@@ -75,7 +75,8 @@ pub(super) fn prepare(server: &mut Server, opts: &MasterOpts, sig: &Signals) -> 
     let version_dir = format!("PG_{}_{}", server.info.caps.major(), catalog_version);
     // Before anything else in DEST changes: what proves, if this run is interrupted, whose
     // copy DEST is (a later --delta finishes it).
-    let record = cluster.record() + &trusted.marker.map(trust::marker_line).unwrap_or_default();
+    let record =
+        cluster.record() + &trusted.marker.map(|(tli, upto)| trust::marker_lines(tli, upto)).unwrap_or_default();
     guard.mutate(|| dest.write_file(&SafePath::parse(MARKER)?, record.as_bytes(), common.sync))?;
     if refresh {
         unstartable(&dest, &guard, common.sync)?;
@@ -87,8 +88,9 @@ pub(super) fn prepare(server: &mut Server, opts: &MasterOpts, sig: &Signals) -> 
 struct Trusted {
     /// `--delta`: DEST's relation pages up to this LSN are compared by their header.
     upto: Option<crate::lsn::Lsn>,
-    /// The timeline the marker says all of DEST's pages are of, if it may.
-    marker: Option<u32>,
+    /// The timeline the marker says all of DEST's pages are of, if it may, and up to which
+    /// LSN (`None`: all of them).
+    marker: Option<(u32, Option<crate::lsn::Lsn>)>,
 }
 
 /// Whether DEST's pages may be compared by their header (`delta::trust`), and what the marker
@@ -103,9 +105,8 @@ fn pages_trusted(
 ) -> Result<Trusted, Error> {
     use crate::pg::sql_incr;
     let tli = if standby { sql::checkpoint_timeline(ctl)? } else { sql_incr::insert_timeline(ctl)? };
-    let mine = (!standby).then_some(tli);
     if !refresh {
-        return Ok(Trusted { upto: None, marker: mine });
+        return Ok(Trusted { upto: None, marker: (!standby).then_some((tli, None)) });
     }
     if hash {
         log::info!("--delta: pages are compared by their SHA-256 (--delta-hash)");
@@ -114,11 +115,11 @@ fn pages_trusted(
     let text = if tli > 1 { sql_incr::timeline_history(ctl, tli)? } else { None };
     let history = crate::incremental::timeline::parse(tli, text.as_deref()).unwrap_or_default();
     let now = sql_incr::current_position(ctl)?;
-    let server = trust::Server { checksums: sql::data_checksums(ctl)?, now, history };
+    let server = trust::Server { checksums: sql::data_checksums(ctl)?, standby, now, history };
     match trust::assess(dest, &server) {
-        trust::Trust::Header { upto, why } => {
+        trust::Trust::Header { upto, open, why } => {
             log::info!("--delta: relation pages are compared by their header (LSN and checksum) up to {upto}: {why}");
-            Ok(Trusted { upto: Some(upto), marker: mine })
+            Ok(Trusted { upto: Some(upto), marker: Some((tli, (!open).then_some(upto))) })
         }
         trust::Trust::Hash(why) => {
             log::info!("--delta: pages are compared by their SHA-256: {why}");

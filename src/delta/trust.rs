@@ -3,8 +3,10 @@
 //! from the server's own history, up to a known LSN. That is so for a backup of this cluster
 //! that was never started (its `backup_label` and `backup_manifest` say from where to where),
 //! and for what pgbb runs wrote from a primary whose timeline the server's history still
-//! holds (the marker says which). A copy that was started (a clone, a standby), an older
-//! pgbb's interrupted run, a cluster without data checksums: compared by hash.
+//! holds (the marker says which, and up to where). A copy that was started (a clone, a
+//! standby), an older pgbb's interrupted run, a cluster without data checksums, a server in
+//! recovery (its replay timeline cannot be read over SQL, only its last restartpoint's):
+//! compared by hash.
 //!
 //! The assumption is pg_rewind's and incremental backup's: a timeline and an LSN name one
 //! point of the cluster's history (a server restored from a copy and run on without a
@@ -20,12 +22,16 @@ use super::origin::{read_opt, MARKER};
 
 /// The marker's line that says every page in DEST came from a primary on this timeline.
 pub const MARKER_FIELD: &str = "pages_of_timeline";
+/// The marker's line that bounds the LSNs of the pages that did (absent: every page).
+pub const MARKER_UPTO: &str = "pages_upto";
 
 /// What the server is now.
 #[derive(Debug, Clone)]
 pub struct Server {
     /// The cluster has data checksums (a torn or misplaced page of the copy shows).
     pub checksums: bool,
+    /// In recovery (a standby).
+    pub standby: bool,
     /// The WAL position now: written (primary) or replayed (standby).
     pub now: Lsn,
     /// Its timeline history, the newest first (`incremental::timeline::parse`).
@@ -35,8 +41,9 @@ pub struct Server {
 /// How DEST's relation pages are compared.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Trust {
-    /// By header, pages with an LSN up to `upto`; `why`, for the log.
-    Header { upto: Lsn, why: String },
+    /// By header, pages with an LSN up to `upto`; `open`: that is only the server's position
+    /// now (every page DEST holds is of the history), not a bound of DEST's; `why`, for the log.
+    Header { upto: Lsn, open: bool, why: String },
     /// By hash; why not by header.
     Hash(String),
 }
@@ -46,17 +53,30 @@ pub fn assess(dest: &Path, server: &Server) -> Trust {
     if !server.checksums {
         return Trust::Hash("the cluster has no data checksums".into());
     }
+    if server.standby {
+        return Trust::Hash("the server is a standby (its replay timeline cannot be read over SQL)".into());
+    }
     match read_opt(dest, MARKER) {
+        // A run writes its record before it removes pg_control: DEST may have been started since.
+        Ok(Some(_)) if !matches!(read_opt(dest, "global/pg_control"), Ok(None)) => Trust::Hash(
+            "DEST holds a pg_control beside the record of an interrupted run (it may have been started since)".into(),
+        ),
         Ok(Some(marker)) => from_marker(&String::from_utf8_lossy(&marker), server),
         Ok(None) => from_backup(dest, server),
         Err(e) => Trust::Hash(e.to_string()),
     }
 }
 
-/// What an interrupted run left: its pages are of the timeline it recorded, if it did.
+/// What an interrupted run left: its pages are of the timeline it recorded, if it did, up to
+/// the LSN it recorded, if it did.
 fn from_marker(marker: &str, server: &Server) -> Trust {
-    let field = marker.lines().find_map(|l| l.strip_prefix(MARKER_FIELD)?.strip_prefix('='));
-    let Some(tli) = field.and_then(|v| v.trim().parse::<u32>().ok()) else {
+    let field = |key: &str| marker.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix('=')).map(str::trim);
+    let bound = match field(MARKER_UPTO).map(str::parse::<Lsn>) {
+        None => None,
+        Some(Ok(lsn)) => Some(lsn),
+        Some(Err(_)) => return Trust::Hash(format!("DEST's {MARKER} has a damaged {MARKER_UPTO} line")),
+    };
+    let Some(tli) = field(MARKER_FIELD).and_then(|v| v.parse::<u32>().ok()) else {
         return Trust::Hash(
             "DEST holds what an interrupted run left without saying where its pages came from \
              (a refresh of a started copy, a backup of a standby, or an older pgbb)"
@@ -64,10 +84,11 @@ fn from_marker(marker: &str, server: &Server) -> Trust {
         );
     };
     match server.history.iter().find(|s| s.tli == tli) {
-        Some(span) => Trust::Header {
-            upto: span.end.map_or(server.now, |end| end.min(server.now)),
-            why: format!("DEST holds pages pgbb copied from this cluster on timeline {tli}"),
-        },
+        Some(span) => {
+            let upto = [bound, span.end].into_iter().flatten().fold(server.now, Lsn::min);
+            let why = format!("DEST holds pages pgbb copied from this cluster on timeline {tli}");
+            Trust::Header { upto, open: bound.is_none() && span.end.is_none(), why }
+        }
         None => Trust::Hash(format!("DEST's pages are of timeline {tli}, which is not in the server's history")),
     }
 }
@@ -106,6 +127,7 @@ fn from_backup(dest: &Path, server: &Server) -> Trust {
     }
     Trust::Header {
         upto: last.end,
+        open: false,
         why: format!(
             "DEST is a backup of timeline {} ({} to {}) that was never started",
             first.timeline, first.start, last.end
@@ -113,11 +135,15 @@ fn from_backup(dest: &Path, server: &Server) -> Trust {
     }
 }
 
-/// The marker's line for a run whose pages are all of `tli`'s history: a run on a primary (a
-/// standby could be promoted while it copies) into an empty DEST or a DEST whose pages are
-/// trusted already.
-pub fn marker_line(tli: u32) -> String {
-    format!("{MARKER_FIELD}={tli}\n")
+/// The marker's lines for a run whose pages are all of `tli`'s history: a run on a primary (a
+/// standby could be promoted while it copies) into an empty DEST (`upto` None: every page it
+/// writes is) or a DEST whose pages were trusted up to `upto` (the pages it writes above that
+/// will be compared by hash if it is interrupted).
+pub fn marker_lines(tli: u32, upto: Option<Lsn>) -> String {
+    match upto {
+        None => format!("{MARKER_FIELD}={tli}\n"),
+        Some(upto) => format!("{MARKER_FIELD}={tli}\n{MARKER_UPTO}={upto}\n"),
+    }
 }
 
 #[cfg(test)]
@@ -125,7 +151,7 @@ mod tests {
     use super::*;
 
     fn server(history: Vec<Span>) -> Server {
-        Server { checksums: true, now: Lsn(0x9000_0000), history }
+        Server { checksums: true, standby: false, now: Lsn(0x9000_0000), history }
     }
 
     fn on_tl1() -> Server {
@@ -197,22 +223,35 @@ mod tests {
         let good = dest_with(&[("backup_label", LABEL), ("backup_manifest", &m)]);
         let plain = Server { checksums: false, ..on_tl1() };
         assert!(matches!(assess(good.path(), &plain), Trust::Hash(_)));
+        let standby = Server { standby: true, ..on_tl1() };
+        assert!(matches!(assess(good.path(), &standby), Trust::Hash(_)));
     }
 
     #[test]
     fn an_interrupted_run_is_trusted_on_its_timeline_only() {
-        let rec = format!("pgbb: a backup in progress\nsystem_identifier=7\n{}", marker_line(1));
+        let rec = format!("pgbb: a backup in progress\nsystem_identifier=7\n{}", marker_lines(1, None));
         let d = dest_with(&[(MARKER, &rec)]);
         assert_eq!(
             assess(d.path(), &on_tl1()),
             Trust::Header {
                 upto: Lsn(0x9000_0000),
+                open: true,
                 why: "DEST holds pages pgbb copied from this cluster on timeline 1".into()
             }
         );
         // After a promotion: up to where timeline 1 ended.
-        assert!(matches!(assess(d.path(), &on_tl2()), Trust::Header { upto: Lsn(0x5000_0000), .. }));
-        let d2 = dest_with(&[(MARKER, &format!("system_identifier=7\n{}", marker_line(3)))]);
+        assert!(matches!(assess(d.path(), &on_tl2()), Trust::Header { upto: Lsn(0x5000_0000), open: false, .. }));
+        // A run that trusted its DEST only up to an LSN passes the bound on.
+        let bounded = format!("system_identifier=7\n{}", marker_lines(1, Some(Lsn(0x300_0000))));
+        let d1 = dest_with(&[(MARKER, &bounded)]);
+        assert!(matches!(assess(d1.path(), &on_tl1()), Trust::Header { upto: Lsn(0x300_0000), open: false, .. }));
+        let damaged = dest_with(&[(MARKER, &format!("{}pages_upto=x\n", marker_lines(1, None)))]);
+        assert!(matches!(assess(damaged.path(), &on_tl1()), Trust::Hash(_)));
+        // A pg_control beside the record: DEST may have been started since.
+        std::fs::create_dir(d.path().join("global")).unwrap();
+        std::fs::write(d.path().join("global/pg_control"), [0u8; 8192]).unwrap();
+        assert!(matches!(assess(d.path(), &on_tl1()), Trust::Hash(_)));
+        let d2 = dest_with(&[(MARKER, &format!("system_identifier=7\n{}", marker_lines(3, None)))]);
         assert!(matches!(assess(d2.path(), &on_tl2()), Trust::Hash(_)));
         // A marker without the line (a refresh of a started copy, an older pgbb), even beside
         // a backup_label: hashed.

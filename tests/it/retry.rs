@@ -118,7 +118,9 @@ fn mid_compare(netns: Option<u8>) {
     c.client().batch_execute("UPDATE pgbench_accounts SET filler = 'changed'").unwrap();
     let load = c.pgbench_load(2, 600);
     let child = start_held(&dsn, &dest, &["--delta"]);
-    let victim = terminate_a_worker(&c, if netns.is_some() { "%sha256%" } else { "%pg_read_binary_file%" }, &[]);
+    // Over the network, the comparison's statement (`sql::compare_blocks!`): its select list
+    // names `c.cut` (pg_stat_activity keeps only the first 1024 bytes of a statement).
+    let victim = terminate_a_worker(&c, if netns.is_some() { "%c.cut%" } else { "%pg_read_binary_file%" }, &[]);
     let out = child.wait_with_output().unwrap();
     load.finish();
     let err = stderr(&out);
