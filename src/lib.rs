@@ -25,6 +25,7 @@ pub mod guard;
 pub mod helper;
 pub mod incremental;
 pub mod jsonlog;
+pub mod label;
 pub mod lag;
 pub mod layout;
 pub mod listing;

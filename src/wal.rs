@@ -292,12 +292,7 @@ fn complete_segment(dest: &Dest, name: &str, segno: u64, geo: WalGeometry) -> bo
 /// incomplete: see [`complete_segment`]), else (None) the current one.
 fn standalone_floor(dest: &Dest, geo: WalGeometry) -> Option<u64> {
     if let Ok(label) = std::fs::read_to_string(dest.root().join("backup_label")) {
-        let start = label
-            .lines()
-            .find_map(|l| l.strip_prefix("START WAL LOCATION: "))
-            .and_then(|l| l.split_whitespace().next())
-            .and_then(|l| l.parse::<Lsn>().ok());
-        if let Some(s) = start {
+        if let Some(s) = crate::label::start_lsn(&label) {
             return Some(geo.segno(s));
         }
     }

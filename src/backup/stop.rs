@@ -30,11 +30,7 @@ pub(super) fn stop_backup(
     sig.interrupt.set_cancel(Some(server.common.conn.canceller(&server.ctl)));
     let stop = sql::stop_backup(&mut server.ctl, server.info.caps)?;
     log::info!("backup stopped at {}", stop.lsn);
-    let label_tli = stop
-        .labelfile
-        .lines()
-        .find_map(|l| l.strip_prefix("START TIMELINE: "))
-        .and_then(|t| t.trim().parse::<u32>().ok());
+    let label_tli = crate::label::start_timeline(&stop.labelfile);
     if label_tli.is_some_and(|t| t != started.tli) {
         return Err(Error::Inconsistent(format!(
             "backup_label says timeline {label_tli:?}, the checkpoint said {}",

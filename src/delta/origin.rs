@@ -181,7 +181,7 @@ fn from_manifest(dest: &Path) -> Result<Option<u64>, OriginError> {
 fn from_marker(dest: &Path, want: Cluster) -> Result<Option<u64>, OriginError> {
     let Some(b) = read_opt(dest, MARKER)? else { return Ok(None) };
     let text = String::from_utf8_lossy(&b);
-    let field = |k: &str| text.lines().find_map(|l| l.strip_prefix(k)?.strip_prefix('=').map(str::to_string));
+    let field = |k: &str| marker_field(&text, k).map(str::to_string);
     if let Some(major) = field("major").filter(|m| *m != want.major.to_string()) {
         return Err(OriginError::OtherMajor {
             dest: dest.into(),
@@ -194,6 +194,11 @@ fn from_marker(dest: &Path, want: Cluster) -> Result<Option<u64>, OriginError> {
         .and_then(|v| v.parse().ok())
         .map(Some)
         .ok_or_else(|| unreadable(dest, MARKER, io::Error::other("no system_identifier in it")))
+}
+
+/// The value of the marker's line `key=value` (trimmed), if it has one.
+pub(crate) fn marker_field<'a>(marker: &'a str, key: &str) -> Option<&'a str> {
+    marker.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix('=')).map(str::trim)
 }
 
 /// The decimal number that follows `key` (and blanks) in `text`.

@@ -18,7 +18,7 @@ use crate::incremental::old_manifest;
 use crate::incremental::timeline::Span;
 use crate::lsn::Lsn;
 
-use super::origin::{read_opt, MARKER};
+use super::origin::{marker_field, read_opt, MARKER};
 
 /// The marker's line that says every page in DEST came from a primary on this timeline.
 pub const MARKER_FIELD: &str = "pages_of_timeline";
@@ -70,7 +70,7 @@ pub fn assess(dest: &Path, server: &Server) -> Trust {
 /// What an interrupted run left: its pages are of the timeline it recorded, if it did, up to
 /// the LSN it recorded, if it did.
 fn from_marker(marker: &str, server: &Server) -> Trust {
-    let field = |key: &str| marker.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix('=')).map(str::trim);
+    let field = |key: &str| marker_field(marker, key);
     let bound = match field(MARKER_UPTO).map(str::parse::<Lsn>) {
         None => None,
         Some(Ok(lsn)) => Some(lsn),
@@ -105,9 +105,7 @@ fn from_backup(dest: &Path, server: &Server) -> Trust {
         Err(e) => return Trust::Hash(format!("DEST's backup_manifest cannot be used: {e}")),
     };
     let label = String::from_utf8_lossy(&label);
-    let line = |key: &str| label.lines().find_map(|l| l.strip_prefix(key)).map(str::trim);
-    let start = line("START WAL LOCATION:").and_then(|v| v.split_whitespace().next()?.parse::<Lsn>().ok());
-    let tli = line("START TIMELINE:").and_then(|v| v.parse::<u32>().ok());
+    let (start, tli) = (crate::label::start_lsn(&label), crate::label::start_timeline(&label));
     let first = ranges.iter().min_by_key(|r| (r.start, r.timeline));
     let last = ranges.iter().max_by_key(|r| (r.end, r.timeline));
     let (Some(first), Some(last)) = (first, last) else {
