@@ -66,7 +66,9 @@
 # `tc qdisc tbf`; clients connect over it (pgBackRest and cp read the files locally, so they
 # are left out there).
 # --trace prints, for each contender's first round, a timeline: every 0.25 s the share of both
-# cores busy (user, system, softirq: /proc/stat) and the MB/s that came over the link.
+# cores busy (user, system, softirq: /proc/stat), the MB/s that came over the link and the MB/s
+# read from DEST's volume.
+# PGBB_EXTRA="-d" adds options to every pgbb contender's command line (a debug log to read).
 # Each round runs every contender once, in order (a contender named twice runs twice a round,
 # its times pooled: `A B B A` gives both the first and the last place in every round); the table gives median/min/max wall time,
 # throughput, client CPU and the largest resident set of one process (GNU time), and the
@@ -338,12 +340,20 @@ for p in sys.stdin.buffer.read().split(b"\0"):
         fd = os.open(p, os.O_RDONLY); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED); os.close(fd)'
 }
 
+# Empties out (untimed, before the trace starts); a refresh's copy is put in place there.
+prepare() {
+  rm -rf "$OUTFS/out" "$OUTFS/repo"; sync
+  case ${1#old:} in
+    pgbb-delta-*) seed "$OUTFS/delta-seed" ;;
+    pgbb-resume-*) seed "$OUTFS/resume-seed" ;;
+  esac
+}
+
 run() {
   local c=$1 port=$PORT PGBB=$PGBB
   case $c in *@standby) c=${c%@standby}; port=$SBPORT ;; esac
   case $c in old:*) PGBB=${PGBB_OLD:?"bench: old: contenders need PGBB_OLD=path-to-an-older-pgbb"}; c=${c#old:} ;; esac
   local DSN="host=$BBHOST port=$port user=postgres dbname=postgres"
-  rm -rf "$OUTFS/out" "$OUTFS/repo"; sync
   : > "$WORK/stderr"
   case $c in
     cp) /usr/bin/time -f '%e %U %S %M' -o "$WORK/time" sh -c "cp -a '$WORK/data' '$OUTFS/out' && sync" ;;
@@ -371,14 +381,13 @@ run() {
       date +%s.%N > "$WORK/end" ;;
     pgbb-delta-*|pgbb-resume-*)
       local p=${c#pgbb-*-}; local jobs=${p%-*} comp=${p#*-}
-      case $c in pgbb-delta-*) seed "$OUTFS/delta-seed" ;; *) seed "$OUTFS/resume-seed" ;; esac
-      /usr/bin/time -f '%e %U %S %M' -o "$WORK/time" "${CLIENT[@]}" "$PGBB" --delta -v -c fast -j "$jobs" --compress "$comp" "$DSN" "$OUTFS/out" >/dev/null 2>"$WORK/stderr"
+      /usr/bin/time -f '%e %U %S %M' -o "$WORK/time" "${CLIENT[@]}" "$PGBB" --delta -v ${PGBB_EXTRA:-} -c fast -j "$jobs" --compress "$comp" "$DSN" "$OUTFS/out" >/dev/null 2>"$WORK/stderr"
       date +%s.%N > "$WORK/end" ;;
     pgbb-*)
       local p=${c#pgbb-} opts=()
       case $p in *-nocheck) p=${p%-nocheck}; opts=(--manifest-checksums NONE --no-verify-checksums) ;; esac
       local jobs=${p%-*} comp=${p#*-}
-      /usr/bin/time -f '%e %U %S %M' -o "$WORK/time" "${CLIENT[@]}" "$PGBB" -v -c fast -j "$jobs" --compress "$comp" "${opts[@]}" "$DSN" "$OUTFS/out" >/dev/null 2>"$WORK/stderr"
+      /usr/bin/time -f '%e %U %S %M' -o "$WORK/time" "${CLIENT[@]}" "$PGBB" -v ${PGBB_EXTRA:-} -c fast -j "$jobs" --compress "$comp" "${opts[@]}" "$DSN" "$OUTFS/out" >/dev/null 2>"$WORK/stderr"
       date +%s.%N > "$WORK/end" ;;
     *) echo "bench: unknown contender $c" >&2; exit 2 ;;
   esac
@@ -417,18 +426,20 @@ check_incr() {
 }
 
 declare -A T CPU RSS LIST TAIL WIRE UP SCPU
-# --trace: "t:busy%/MB/s " every 0.25 s until killed.
+# --trace: "t:busy%/MB/s in/MB/s read " every 0.25 s until killed.
 trace() {
-  local t=0 b0 i0 r0 b1 i1 r1
-  read -r b0 i0 < <(awk '/^cpu /{print $2+$3+$4+$7+$8, $5+$6}' /proc/stat); r0=$(rx)
+  local t=0 b0 i0 r0 d0 b1 i1 r1 d1
+  read -r b0 i0 < <(awk '/^cpu /{print $2+$3+$4+$7+$8, $5+$6}' /proc/stat); r0=$(rx) d0=$(disk_read)
   while sleep 0.25; do
-    read -r b1 i1 < <(awk '/^cpu /{print $2+$3+$4+$7+$8, $5+$6}' /proc/stat); r1=$(rx)
+    read -r b1 i1 < <(awk '/^cpu /{print $2+$3+$4+$7+$8, $5+$6}' /proc/stat); r1=$(rx) d1=$(disk_read)
     t=$((t + 1))
-    printf '%s:%d/%d ' "$(echo "$t / 4" | bc -l | xargs printf '%.2f')" "$(( (b1 - b0) * 100 / (b1 - b0 + i1 - i0 + 1) ))" \
-      "$(( (r1 - r0) * 4 / 1048576 ))"
-    b0=$b1 i0=$i1 r0=$r1
+    printf '%s:%d/%d/%d ' "$(echo "$t / 4" | bc -l | xargs printf '%.2f')" "$(( (b1 - b0) * 100 / (b1 - b0 + i1 - i0 + 1) ))" \
+      "$(( (r1 - r0) * 4 / 1048576 ))" "$(( (d1 - d0) * 4 / 1048576 ))"
+    b0=$b1 i0=$i1 r0=$r1 d0=$d1
   done
 }
+# Bytes read so far from DEST's volume (its loop device; 0 without one).
+disk_read() { if [ -n "$LOOP" ]; then awk '{printf "%.0f\n", $3 * 512}' "/sys/block/${LOOP#/dev/}/stat"; else echo 0; fi; }
 # The server's CPU seconds so far: the postmaster's own and its waited-for children's
 # (backends that ended), and those of its children still running (checkpointer, walsender…).
 server_cpu() {
@@ -445,10 +456,11 @@ rx() { if [ -n "$NS" ]; then cat /sys/class/net/pgbbh0/statistics/rx_bytes; else
 tx() { if [ -n "$NS" ]; then cat /sys/class/net/pgbbh0/statistics/tx_bytes; else echo 0; fi; }
 for r in $(seq 1 "$ROUNDS"); do
   for c in "${CONTENDERS[@]}"; do
+    prepare "$c"
     rx0=$(rx) tx0=$(tx) s0=$(server_cpu)
     [ "$TRACE" = 1 ] && [ "$r" = 1 ] && { trace > "$WORK/trace" & tpid=$!; }
     run "$c"
-    [ "$TRACE" = 1 ] && [ "$r" = 1 ] && { kill "$tpid"; wait "$tpid" 2>/dev/null || true; cp "$WORK/stderr" "/tmp/bench-trace-${c//[:\/@]/_}.log"; echo "trace $c (s: busy %, MB/s in; its log: /tmp/bench-trace-${c//[:\/@]/_}.log):" >&2; fold -w 120 "$WORK/trace" >&2; echo >&2; }
+    [ "$TRACE" = 1 ] && [ "$r" = 1 ] && { kill "$tpid"; wait "$tpid" 2>/dev/null || true; cp "$WORK/stderr" "/tmp/bench-trace-${c//[:\/@]/_}.log"; echo "trace $c (s: busy %, MB/s in, MB/s read from DEST's volume; its log: /tmp/bench-trace-${c//[:\/@]/_}.log):" >&2; fold -w 120 "$WORK/trace" >&2; echo >&2; }
     SCPU[$c]="${SCPU[$c]:-} $(echo "$(server_cpu) - $s0" | bc -l)"
     WIRE[$c]="${WIRE[$c]:-} $(echo "($(rx) - $rx0) / 1048576" | bc -l)"
     UP[$c]="${UP[$c]:-} $(echo "($(tx) - $tx0) / 1048576" | bc -l)"

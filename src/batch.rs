@@ -295,8 +295,14 @@ impl Transfer {
         members: &[usize],
         slots: &mut [Slot],
     ) -> Result<(), TransferError> {
-        // Each copy hashed (one file open at a time); what cannot be refreshed in place, or
-        // could not be read, stays out of the query.
+        // The copies read from the device all at once (see `will_need`), then each hashed (one
+        // file open at a time); what cannot be refreshed in place, or could not be read, stays
+        // out of the query.
+        for it in members.iter().filter_map(|&k| items[k].as_ref()) {
+            if let Ok(Some(f)) = it.dest.open_existing(&it.dst) {
+                crate::copy_reader::will_need(&f, 0, f.metadata().map_or(0, |m| m.len()));
+            }
+        }
         let mut asked = Vec::with_capacity(members.len());
         let mut hashes = Vec::with_capacity(members.len());
         for &k in members {

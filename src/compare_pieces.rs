@@ -16,8 +16,11 @@ use crate::transfer::{pg_err, Copied, Outcome, Transfer, TransferError};
 
 /// Copies at least this large are compared in pieces.
 pub const PIECES_FROM: u64 = 64 << 20;
-/// One piece (a multiple of [`READ`]).
-const PIECE: u64 = 32 << 20;
+/// One piece (a multiple of [`READ`]): small, so that little of the copy is read before the
+/// server has work, and little is left for the server when the copy's reading ends.
+const PIECE: u64 = 8 << 20;
+/// Pieces hashed ahead of the one the server compares.
+const AHEAD: usize = 3;
 
 /// One piece of the copy, hashed: its bounds, the SHA-256 of each of its blocks (as far as
 /// the copy goes) and their sums.
@@ -53,22 +56,110 @@ pub(crate) fn holds_nothing(file: &File, start: u64, end: u64) -> bool {
     }
 }
 
-/// Reads and hashes the copy's bytes `start..end` (fewer where the copy ends; none where it
-/// holds nothing: see [`holds_nothing`]).
+/// A piece of `start..end` from `at`, not yet read: its sums taken from `template`.
+fn unread(at: u64, end: u64, template: Option<&BlockSums>, empty: bool) -> Hashed {
+    let sums = template.map(|t| t.piece(at / BLOCK as u64));
+    Hashed { start: at, end: (at + PIECE).min(end), hashes: Vec::new(), sums, empty }
+}
+
+/// The pieces of the copy's bytes `start..end`, in order, each handed to `send` (which says
+/// whether to go on): a run of pieces the copy holds nothing of (see [`holds_nothing`]) as one
+/// piece, not read; a run of pieces with data hashed as one read, so that the copy's reading
+/// ahead goes on from piece to piece (a reader started for each piece waits for the device
+/// at each start). An error ends it, after it was sent.
+fn hash_pieces(
+    file: &File,
+    (start, end): (u64, u64),
+    template: Option<&BlockSums>,
+    fp: Fingerprint,
+    send: &mut impl FnMut(std::io::Result<Hashed>) -> bool,
+) {
+    let mut at = start;
+    while at < end {
+        let next = |a: u64| (a + PIECE).min(end);
+        let empty = holds_nothing(file, at, next(at));
+        let mut to = next(at);
+        while to < end && holds_nothing(file, to, next(to)) == empty {
+            to = next(to);
+        }
+        let going = if empty {
+            send(Ok(Hashed { end: to, ..unread(at, end, template, true) }))
+        } else {
+            hash_run(file, (at, to), template, fp, send)
+        };
+        if !going {
+            return;
+        }
+        at = to;
+    }
+}
+
+/// [`hash_pieces`] of a run the copy holds data in: read once, cut into pieces as the blocks
+/// pass (each piece's blocks as far as the copy goes). `false`: stop.
+fn hash_run(
+    file: &File,
+    (start, end): (u64, u64),
+    template: Option<&BlockSums>,
+    fp: Fingerprint,
+    send: &mut impl FnMut(std::io::Result<Hashed>) -> bool,
+) -> bool {
+    // Without sums the piece is read back afterwards (`read_back_span`): through the page cache.
+    let mut reader = crate::copy_reader::CopyReader::new(file, (start, end), READ, template.is_some());
+    let mut cur = unread(start, end, template, false);
+    let mut index = start / BLOCK as u64;
+    loop {
+        let data = match reader.next_chunk() {
+            Ok(d) => d,
+            Err(e) => {
+                send(Err(e));
+                return false;
+            }
+        };
+        if data.is_empty() {
+            break;
+        }
+        for block in data.chunks(BLOCK) {
+            while index * BLOCK as u64 >= cur.end {
+                let next = unread(cur.end, end, template, false);
+                if !send(Ok(std::mem::replace(&mut cur, next))) {
+                    return false;
+                }
+            }
+            fp.push(index, block, &mut cur.hashes);
+            if let Some(s) = cur.sums.as_mut() {
+                s.local(block);
+            }
+            index += 1;
+        }
+    }
+    // The rest: past the copy's end, each piece with what the copy had of it.
+    loop {
+        let last = cur.end >= end;
+        let next = unread(cur.end, end, template, false);
+        if !send(Ok(std::mem::replace(&mut cur, next))) {
+            return false;
+        }
+        if last {
+            return true;
+        }
+    }
+}
+
+/// One piece alone: [`hash_pieces`] of `start..end` (at most a piece).
+#[cfg(test)]
 fn hash_piece(
     file: &File,
     (start, end): (u64, u64),
     template: Option<&BlockSums>,
     fp: Fingerprint,
 ) -> std::io::Result<Hashed> {
-    let mut sums = template.map(|t| t.piece(start / BLOCK as u64));
-    if holds_nothing(file, start, end) {
-        return Ok(Hashed { start, end, hashes: Vec::new(), sums, empty: true });
-    }
-    // Without sums the piece is read back afterwards (`read_back_span`).
-    let how = (template.is_some(), fp);
-    let hashes = crate::compare::scan(file, (start, end), how, |b| sums.as_mut().map_or((), |s| s.local(b)))?;
-    Ok(Hashed { start, end, hashes, sums, empty: false })
+    let mut got = Vec::new();
+    hash_pieces(file, (start, end), template, fp, &mut |h| {
+        got.push(h);
+        true
+    });
+    assert_eq!(got.len(), 1, "one piece");
+    got.pop().unwrap()
 }
 
 impl Transfer {
@@ -122,15 +213,9 @@ impl Transfer {
             log::debug!("\"{}\" bytes {start}..{end}: compared by page header", src.display());
         }
         std::thread::scope(|scope| {
-            let (tx, rx) = crossbeam_channel::bounded::<std::io::Result<Hashed>>(1);
+            let (tx, rx) = crossbeam_channel::bounded::<std::io::Result<Hashed>>(AHEAD);
             scope.spawn(move || {
-                for piece in pieces_of(start, end) {
-                    let hashed = hash_piece(file, piece, template.as_ref(), fp);
-                    let failed = hashed.is_err();
-                    if tx.send(hashed).is_err() || failed {
-                        return;
-                    }
-                }
+                hash_pieces(file, (start, end), template.as_ref(), fp, &mut |h| tx.send(h).is_ok());
             });
             let mut empty = 0;
             for hashed in rx {
@@ -292,6 +377,50 @@ mod tests {
         assert_eq!(h.hashes, whole[32..]);
         let h = hash_piece(&f, (PIECE, 2 * PIECE), None, Fingerprint::Sha256).unwrap();
         assert!(h.hashes.is_empty() && h.empty, "past the copy's end: nothing");
+    }
+
+    /// Pieces read in one run are cut where pieces read alone are, with the same hashes and
+    /// sums; a run of pieces the copy holds nothing of comes as one piece, unread.
+    #[test]
+    fn a_run_of_pieces_hashes_as_its_pieces_alone_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        let f = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(&p).unwrap();
+        let data: Vec<u8> = (0..2 * PIECE as usize + 3 * BLOCK).map(|i| (i % 253) as u8).collect();
+        f.write_all_at(&data, 0).unwrap();
+        // Then a hole of two pieces, then data again to a piece and a half past it.
+        f.write_all_at(&data[..PIECE as usize + BLOCK], 5 * PIECE).unwrap();
+        let end = 7 * PIECE;
+        let sums = BlockSums::new(None);
+        let mut got = Vec::new();
+        hash_pieces(&f, (0, end), Some(&sums), Fingerprint::Sha256, &mut |h| {
+            got.push(h.unwrap());
+            true
+        });
+        let bounds: Vec<(u64, u64, bool)> = got.iter().map(|h| (h.start, h.end, h.empty)).collect();
+        let expected = [
+            (0, PIECE, false),
+            (PIECE, 2 * PIECE, false),
+            (2 * PIECE, 3 * PIECE, false),
+            (3 * PIECE, 5 * PIECE, true),
+            (5 * PIECE, 6 * PIECE, false),
+            (6 * PIECE, 7 * PIECE, false),
+        ];
+        assert_eq!(bounds, expected);
+        for h in got.iter().filter(|h| !h.empty) {
+            let alone = hash_piece(&f, (h.start, h.end), Some(&sums), Fingerprint::Sha256).unwrap();
+            assert_eq!(h.hashes, alone.hashes, "piece at {}", h.start);
+            assert!(!h.hashes.is_empty());
+        }
+        assert_eq!(got[2].hashes.len(), PIECE as usize / BLOCK * 32, "holes inside a piece read as zeros");
+        assert_eq!(got[5].hashes.len(), 32, "to the copy's end");
+        // A receiver that stops is not sent more.
+        let mut n = 0;
+        hash_pieces(&f, (0, end), None, Fingerprint::Sha256, &mut |_| {
+            n += 1;
+            false
+        });
+        assert_eq!(n, 1);
     }
 
     /// The pieces an interrupted backup never wrote are holes: not read, no hashes (the server

@@ -21,6 +21,9 @@ const ALIGN: usize = 4096;
 const DIRECT_FROM: u64 = 1 << 20;
 /// One direct read: large enough that the device's latency does not show.
 const DIRECT_READ: usize = 1 << 20;
+/// A range read through the page cache is asked for at once (see [`will_need`]) up to this
+/// size; a longer one is read ahead by the kernel as it goes.
+const ASK_UPTO: u64 = 4 << 20;
 /// Direct reads done ahead of the caller, by a thread of the reader's own: without them each
 /// read waits for the device while nothing is hashed (1.35–1.59 s per GB read and hashed,
 /// against 0.74–0.76 s with two ahead, measured on this VM).
@@ -103,6 +106,9 @@ impl<'f> CopyReader<'f> {
         } else {
             None
         };
+        if ahead.is_none() && known.saturating_sub(start) <= ASK_UPTO {
+            will_need(file, start, known.saturating_sub(start));
+        }
         CopyReader { file, pos: start, end, cap, buf: Aligned::new(if ahead.is_some() { 0 } else { cap }), ahead }
     }
 
@@ -166,6 +172,17 @@ impl<'f> CopyReader<'f> {
         if n < want {
             self.end = self.pos;
         }
+    }
+}
+
+/// Asks the kernel to read `len` bytes of `file` from `start` into the page cache now, all
+/// at once, for reads through it that follow (a copy's small files otherwise come one read,
+/// and one wait for the device, at a time). Only advice: nothing to do where it fails.
+pub fn will_need(file: &File, start: u64, len: u64) {
+    use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
+    let (Ok(at), Ok(n)) = (i64::try_from(start), i64::try_from(len)) else { return };
+    if n > 0 {
+        let _ = posix_fadvise(file, at, n, PosixFadviseAdvice::POSIX_FADV_WILLNEED);
     }
 }
 

@@ -21,24 +21,57 @@ fn batchable(w: &Work) -> bool {
 }
 
 /// The next request from the front of `queue`: one file, or a batch of small files of the
-/// same kind (all copied, or all compared), at most [`MAX_BATCH`] files and [`BATCH_BYTES`].
-/// Near the end of the queue batches shrink, so that its last files are spread over the
-/// `spread` requests the workers can have in flight. Empty when the queue is.
-pub(super) fn next_request(queue: &mut VecDeque<Work>, spread: usize) -> Vec<Work> {
+/// same kind (all copied, or all compared), at most [`MAX_BATCH`] files and [`BATCH_BYTES`],
+/// taken in queue order past the files of the other kind (a resume's small files are of both
+/// kinds, mixed). Near the end of the queue batches shrink, so that its last files are spread
+/// over the `spread` requests the workers can have in flight. Empty when the queue is.
+///
+/// `prefer`: the request starts with the first work whose `reads_copy` is this, wherever it
+/// is in the queue, if there is any. A `--delta` resume gives its workers one kind each:
+/// one reads the copy (its disk) while the other fetches what the copy lacks (the link);
+/// in queue order both would often do the same kind at once, and leave the other idle.
+pub(super) fn next_request(queue: &mut VecDeque<Work>, spread: usize, prefer: Option<bool>) -> Vec<Work> {
+    if let Some(k) = prefer {
+        if let Some(at) = queue.iter().position(|w| w.reads_copy == k).filter(|&at| at > 0) {
+            let w = queue.remove(at);
+            if let Some(w) = w {
+                queue.push_front(w);
+            }
+        }
+    }
     let Some(first) = queue.pop_front() else { return Vec::new() };
     if !batchable(&first) {
         return vec![first];
     }
     let limit = MAX_BATCH.min((queue.len() + 1).div_ceil(spread.max(1)).max(MIN_BATCH));
     let (compare, mut bytes) = (first.compare, first.size);
-    let mut out = vec![first];
-    while let Some(next) = queue.front() {
-        if out.len() >= limit || !batchable(next) || next.compare != compare || bytes + next.size > BATCH_BYTES {
+    let mut taken = vec![false; queue.len()];
+    let mut n = 1;
+    for (i, next) in queue.iter().enumerate() {
+        if n >= limit {
+            break;
+        }
+        if !batchable(next) || next.compare != compare {
+            continue;
+        }
+        if bytes + next.size > BATCH_BYTES {
             break;
         }
         bytes += next.size;
-        out.extend(queue.pop_front());
+        taken[i] = true;
+        n += 1;
     }
+    let mut out = Vec::with_capacity(n);
+    out.push(first);
+    let mut rest = VecDeque::with_capacity(queue.len() + 1 - n);
+    for (w, take) in queue.drain(..).zip(taken) {
+        if take {
+            out.push(w);
+        } else {
+            rest.push_back(w);
+        }
+    }
+    *queue = rest;
     out
 }
 
@@ -47,11 +80,11 @@ mod tests {
     use super::*;
 
     fn work(path: &str, size: u64, compare: bool) -> Work {
-        Work { path: path.as_bytes().to_vec(), range: None, compare, size, incremental: None }
+        Work { path: path.as_bytes().to_vec(), range: None, compare, size, incremental: None, reads_copy: compare }
     }
 
     fn sizes(q: &mut VecDeque<Work>, spread: usize) -> Vec<usize> {
-        std::iter::from_fn(|| Some(next_request(q, spread)).filter(|b| !b.is_empty())).map(|b| b.len()).collect()
+        std::iter::from_fn(|| Some(next_request(q, spread, None)).filter(|b| !b.is_empty())).map(|b| b.len()).collect()
     }
 
     #[test]
@@ -64,7 +97,8 @@ mod tests {
             work("base/5/b", 8192, false),
         ]
         .into();
-        assert_eq!(sizes(&mut q, 1), vec![1, 1, 1, 1, 1]);
+        // a and b go together, past the odd name between them.
+        assert_eq!(sizes(&mut q, 1), vec![1, 1, 2, 1]);
     }
 
     #[test]
@@ -80,13 +114,38 @@ mod tests {
         assert_eq!(sizes(&mut q, 1), vec![1000, 1]);
         let order: Vec<Vec<u8>> = {
             let mut q: VecDeque<Work> = (0..40).map(|i| work(&format!("f{i}"), 10, false)).collect();
-            std::iter::from_fn(|| Some(next_request(&mut q, 1)).filter(|b| !b.is_empty()))
+            std::iter::from_fn(|| Some(next_request(&mut q, 1, None)).filter(|b| !b.is_empty()))
                 .flatten()
                 .map(|w| w.path)
                 .collect()
         };
         let want: Vec<Vec<u8>> = (0..40).map(|i| format!("f{i}").into_bytes()).collect();
         assert_eq!(order, want, "the queue's order is kept");
+    }
+
+    #[test]
+    fn a_preferred_kind_is_taken_first_wherever_it_is() {
+        let piece = |p: &str, reads_copy: bool| Work {
+            range: Some((0, 64 << 20)),
+            compare: true,
+            reads_copy,
+            ..work(p, 1 << 30, true)
+        };
+        let mut q: VecDeque<Work> =
+            [piece("t1", false), piece("t2", false), piece("c1", true), piece("t3", false)].into();
+        let names = |r: Vec<Work>| r.into_iter().map(|w| String::from_utf8(w.path).unwrap()).collect::<Vec<_>>();
+        assert_eq!(names(next_request(&mut q, 2, Some(true))), ["c1"]);
+        assert_eq!(names(next_request(&mut q, 2, Some(false))), ["t1"]);
+        assert_eq!(names(next_request(&mut q, 2, Some(true))), ["t2"], "none of that kind left: the front");
+        assert_eq!(names(next_request(&mut q, 2, None)), ["t3"]);
+        // Small files still go in batches of one kind, from the first of the preferred kind
+        // on, past those of the other kind.
+        let mut q: VecDeque<Work> =
+            [work("a", 10, false), work("b", 10, true), work("c", 10, false), work("d", 10, true)].into();
+        assert_eq!(names(next_request(&mut q, 1, Some(true))), ["b", "d"]);
+        assert_eq!(names(next_request(&mut q, 1, Some(true))), ["a", "c"]);
+        let mut q: VecDeque<Work> = (0..100).map(|i| work(&format!("f{i}"), 10, i % 2 == 0)).collect();
+        assert_eq!(sizes(&mut q, 1), vec![50, 50], "mixed kinds, one batch each");
     }
 
     #[test]

@@ -63,6 +63,7 @@ impl<'a> Run<'a> {
         opts: &MasterOpts,
         sig: &'a Signals,
     ) -> Run<'a> {
+        let affinity = plan.affinity && children.workers.len() > 1;
         Run {
             pool: &mut children.pool,
             workers: &mut children.workers,
@@ -73,6 +74,7 @@ impl<'a> Run<'a> {
             wal_files: 0,
             wal_history: 0,
             queue: plan.queue,
+            affinity,
             files: 0,
             bytes: 0,
             vanished: 0,
@@ -131,6 +133,8 @@ pub(super) struct Run<'a> {
     wal_files: u64,
     wal_history: u64,
     queue: VecDeque<Work>,
+    /// Workers prefer one kind of work each (see `batches::next_request`).
+    affinity: bool,
     files: u64,
     bytes: u64,
     vanished: u64,
@@ -186,8 +190,10 @@ impl Run<'_> {
     fn dispatch(&mut self) -> Result<(), Error> {
         let spread = self.workers.len() * PIPELINE;
         for w in 0..self.workers.len() {
+            // With affinity, every other worker prefers reading the copy.
+            let prefer = self.affinity.then_some(w % 2 == 0);
             while self.workers[w].ready && self.workers[w].requests.len() < PIPELINE {
-                let jobs = super::batches::next_request(&mut self.queue, spread);
+                let jobs = super::batches::next_request(&mut self.queue, spread, prefer);
                 if jobs.is_empty() {
                     return Ok(());
                 }

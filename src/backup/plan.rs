@@ -31,6 +31,8 @@ pub(super) struct Plan {
     pub files: usize,
     /// `-i`: what goes as `INCREMENTAL.*`, against a full backup.
     pub incremental: Option<crate::incremental::Stats>,
+    /// Workers keep to one kind of work where they can (see `batches::next_request`).
+    pub affinity: bool,
 }
 
 /// Every file of the data directory, copied whole (or in pieces).
@@ -120,7 +122,7 @@ pub(super) fn queue(layout: Layout, jobs: usize, algorithm: Algorithm, compare: 
     let sizes = layout.files.iter().filter(|f| f.size >= SPLIT_FROM).map(|f| (f.path.clone(), f.size)).collect();
     let compared = layout.files.iter().filter(|f| compare.files.contains(&f.path)).map(|f| f.size).sum();
     let refresh = Refresh { compared, removed: 0 };
-    Ok(Plan { queue, refresh, pg_control, sizes, total, files: layout.files.len(), incremental: None })
+    Ok(Plan { queue, refresh, pg_control, sizes, total, files: layout.files.len(), incremental: None, affinity: false })
 }
 
 /// One request for a worker: a whole file, or one piece of a large one.
@@ -134,12 +136,15 @@ pub(super) struct Work {
     pub size: u64,
     /// `-i`: only these blocks travel, into `INCREMENTAL.<name>`.
     pub incremental: Option<BlockList>,
+    /// `--delta`: compared against data DEST's copy holds, so the worker's time goes to
+    /// reading that copy, not to the link (see `batches::next_request`).
+    pub reads_copy: bool,
 }
 
 impl Work {
     /// A whole file.
     pub fn whole(f: &FileJob) -> Work {
-        Work { path: f.path.clone(), range: None, compare: false, size: f.size, incremental: None }
+        Work { path: f.path.clone(), range: None, compare: false, size: f.size, incremental: None, reads_copy: false }
     }
 
     /// Where it goes in DEST: the same path, or `INCREMENTAL.<name>` beside it.
@@ -180,12 +185,13 @@ pub(super) fn work_queue(files: &[FileJob], jobs: usize, algorithm: Algorithm, c
                     .map(|off| Work {
                         range: Some((off, PIECE.min(f.size - off))),
                         compare: compared,
+                        reads_copy: compared,
                         ..Work::whole(f)
                     })
                     .collect(),
             );
         } else {
-            q.push_back(Work { compare: compared, ..Work::whole(f) });
+            q.push_back(Work { compare: compared, reads_copy: compared, ..Work::whole(f) });
         }
     }
     let mut rest = q.split_off(at.unwrap_or(q.len()));
@@ -208,9 +214,9 @@ fn deal(files: Vec<VecDeque<Work>>) -> Vec<Work> {
     keyed.into_iter().map(|(_, _, w)| w).collect()
 }
 
-/// `items` in one sequence with the `local` ones (compared against data the copy holds: CPU on
-/// both sides, next to nothing on the link) spread evenly among the others (what travels: the
-/// link, and the server's compression), each kind in its own order: item k of a kind sits
+/// `items` in one sequence with the `local` ones (compared against data the copy holds:
+/// reading the copy, and CPU on both sides, next to nothing on the link) spread evenly among
+/// the others (what travels: the link, and the server's compression), each kind in its own order: item k of a kind sits
 /// where the bytes before it and half its own fall in that kind's total. Side by side,
 /// workers then load the link and the CPUs at once instead of one after the other (a resume
 /// holds the first half of the queue and lacks the second).

@@ -55,6 +55,13 @@ pub(super) fn delta(server: &mut Server, target: &Target, opts: &MasterOpts) -> 
     let mut p = plan::queue(layout, opts.jobs, server.common.algorithm, &compare)?;
     if !local {
         mix_pieces(target, &mut p.queue);
+        p.affinity = opts.jobs > 1;
+        if p.affinity {
+            log::info!(
+                "--delta: odd-numbered workers take first the work that reads the copy (the disk), \
+                 the others what travels (the link)"
+            );
+        }
     }
     let r = Reconciled { compare: compare.files, ..r };
     p.refresh = Refresh { removed: r.remove.len() as u64, ..p.refresh };
@@ -170,7 +177,7 @@ fn mix_pieces(target: &Target, queue: &mut VecDeque<Work>) {
     let len = queue.iter().skip(first).take_while(|w| w.range.is_some()).count();
     let mut tail = queue.split_off(first);
     let rest = tail.split_off(len);
-    let pieces: Vec<Work> = tail.into();
+    let mut pieces: Vec<Work> = tail.into();
     // One descriptor at a time (a large cluster has thousands of large files); anything that
     // cannot be asked counts as travelling: the order is only a heuristic.
     let holds_data = |w: &Work| {
@@ -179,6 +186,9 @@ fn mix_pieces(target: &Target, queue: &mut VecDeque<Work>) {
         !crate::compare_pieces::holds_nothing(&file, off, off + n)
     };
     let local: Vec<bool> = pieces.iter().map(holds_data).collect();
+    for (w, &l) in pieces.iter_mut().zip(&local) {
+        w.reads_copy = l;
+    }
     let holds = local.iter().filter(|&&l| l).count();
     if holds > 0 && holds < local.len() {
         log::info!(

@@ -100,7 +100,7 @@ fn refreshed(out: &std::process::Output) -> String {
 }
 
 /// A server behind a network namespace (`ns`, so that --delta compares by block hashes) with
-/// pgbench_accounts of about 130 MB (compared in 32 MB pieces, copied in 64 MB ones), amcheck
+/// pgbench_accounts of about 130 MB (compared in 8 MB pieces, copied in 64 MB ones), amcheck
 /// and `more` SQL run; `None` without root (the test is skipped, and says so).
 fn remote_pgbench(test: &str, ns: u8, more: &str) -> Option<(NetNs, Cluster, String)> {
     if !is_root() {
@@ -301,8 +301,9 @@ fn holes_in_a_large_copy_are_fetched_without_hashing() {
         let out = pgbb_run(&["--delta", "-v", "-c", "fast", "--compress", compress, &dsn, dest.to_str().unwrap()]);
         assert!(out.status.success(), "{}", stderr(&out));
         let err = stderr(&out);
-        // 134 MB: three pieces of up to 64 MB, each compared by a worker in pieces of 32 MB;
-        // the hole (32–96 MB) is the second 32 MB of the first and the first of the second.
+        // 134 MB: three pieces of up to 64 MB, each compared by a worker in pieces of 8 MB;
+        // the hole (32–96 MB) is the second half of the first and the first half of the
+        // second: one run of pieces holding nothing in each.
         assert!(err.contains("large copies go in 3 pieces of up to 64 MB, compared in parallel"), "{compress}: {err}");
         let held_nothing: usize = err
             .lines()
@@ -515,9 +516,9 @@ fn delta_over_the_network_reads_a_copy_on_disk_past_the_page_cache() {
     let err = stderr(&out);
     let direct: Vec<&str> =
         err.lines().filter(|l| l.contains("a copy not in the page cache is read past it")).collect();
-    // pgbench_accounts goes in pieces of 64 MB, each compared 32 MB at a time: the second
-    // half of its first piece starts at byte 33554432 (a whole file starts at 0).
-    assert!(direct.iter().any(|l| l.contains("from byte 33554432 ")), "{direct:?}: {err}");
+    // pgbench_accounts goes in pieces of 64 MB, each read as one stream: its second piece
+    // starts at byte 67108864 (a whole file starts at 0).
+    assert!(direct.iter().any(|l| l.contains("from byte 67108864 ")), "{direct:?}: {err}");
     assert!(direct.iter().any(|l| l.contains("from byte 0 ")), "{direct:?}");
     verify_restore(&dest, &expect_pgbench());
 }
@@ -593,6 +594,8 @@ fn an_interrupted_backup_in_pieces_is_finished_from_its_pieces() {
         side.split_once(" pieces of large files the copy holds data of are compared side by side with the ").unwrap();
     let (held, travel): (usize, usize) = (held.parse().unwrap(), travel.parse().unwrap());
     assert!(held >= 1 && travel >= 1 && held + travel == pieces, "{side}, {pieces} pieces");
+    // Two workers: one takes the compared work first, the other what travels.
+    assert!(err.contains("odd-numbered workers take first the work that reads the copy"), "{err}");
     assert!(!tmp.exists());
     verify_restore(&dest, &expect_pgbench());
     c.assert_no_pgbb_left();
