@@ -2,8 +2,9 @@
 //! with `--delta`, compared — with one query for the whole batch, over `unnest` of their
 //! paths (as pg_rewind's `libpq_source.c` fetches), each file then written, checksummed and
 //! page-verified as a file on its own is, and answered one line per file in the order asked.
-//! What cannot go in the query (a piece, a name that is not UTF-8, zlib, a file that grew past
-//! [`MAX_READ`], a query that failed) is served on its own, in its place.
+//! Files read through the compression helper go with one query too (`batch_zlib`). What
+//! cannot go in the query (a piece, a name that is not UTF-8, a file that grew past
+//! [`MAX_READ`] in a plain read, a query that failed) is served on its own, in its place.
 
 use std::fs::File;
 
@@ -90,8 +91,12 @@ pub fn serve(
     });
     let compares = members(&items, |r| r.compare && r.range.is_none() && !t.compare_by_content);
     let incrementals = members(&items, |r| r.incremental.is_some() && r.range.is_none());
+    // Whole files through the compression helper, read with one query too.
+    let zlib = t.method.level().filter(|_| !plain);
+    let zreads = members(&items, |r| zlib.is_some() && r.range.is_none() && r.incremental.is_none() && !r.compare);
     let queried = t
         .read_many(s, &items, &reads, &mut slots)
+        .and_then(|()| zlib.map_or(Ok(()), |level| t.read_many_zlib(s, &items, &zreads, &mut slots, level)))
         .and_then(|()| t.compare_many(s, &items, &compares, &mut slots))
         .and_then(|()| t.read_incremental_many(s, &items, &incrementals, &mut slots));
     match queried {

@@ -3,6 +3,7 @@
 
 pub mod backup;
 pub mod batch;
+pub mod batch_zlib;
 pub mod block_sums;
 pub mod check;
 pub mod checksum;

@@ -984,6 +984,18 @@ pub const READ_MANY: &str = concat!(
     ", true) AS st"
 );
 
+/// Many whole files read through the compression helper `function` (schema-qualified) with
+/// one statement: $1 the paths (raw bytes, `bytea[]`), $2 the chunk size, $3 the level. Rows:
+/// (position of the file from 1, bytes): for each file the helper's header (size, mtime),
+/// then its compressed chunks, files in the order given; no row for a missing file.
+pub fn read_many_zlib(function: &str) -> String {
+    format!(
+        "SELECT r.i, z.z FROM pg_catalog.unnest($1::pg_catalog.bytea[]) WITH ORDINALITY AS r(p, i) \
+         CROSS JOIN LATERAL {function}(r.p, $2::pg_catalog.int8, $3::pg_catalog.int4, \
+                                       0::pg_catalog.int8, (-1)::pg_catalog.int8) AS z(z)"
+    )
+}
+
 /// `--delta` for many small files with one statement: [`COMPARE_BLOCKS`] of each path of $1
 /// (raw bytes, `bytea[]`) against its block hashes in $3 (`bytea[]`, the same order), $2 the
 /// read size. (`ROWS FROM`: the two-array `unnest` is shorthand for it, and not found as a
