@@ -59,7 +59,9 @@ impl Transfer {
             let it = items[members[k]].as_ref().ok_or_else(crate::batch::internal)?;
             let data: &[u8] = row.try_get(1).map_err(|e| pg_err(&what, e))?;
             let step = match cur.as_mut() {
-                Some((at, Some(open))) if *at == k => self.chunk_in(open, it, data, &mut buf),
+                Some((at, Some(open))) if *at == k => {
+                    self.helper_chunk(&mut open.sink, data, open.size, &mut buf, &it.src.display())
+                }
                 Some((at, None)) if *at == k => continue,
                 _ => {
                     // A new file: the one before is complete, those in between are gone.
@@ -94,30 +96,9 @@ impl Transfer {
 
     /// A file's first row, the helper's header (size at open, mtime): its sink.
     fn opened(&self, it: &Item, header: &[u8]) -> Result<Open, TransferError> {
-        let bad =
-            || TransferError::Data { path: it.src.display(), message: "bad header from the compression helper".into() };
-        let header: [u8; 16] = header.try_into().map_err(|_| bad())?;
-        let (size, mtime) = header.split_at(8);
-        let size = i64::from_be_bytes(size.try_into().map_err(|_| bad())?).max(0) as u64;
-        let mtime = i64::from_be_bytes(mtime.try_into().map_err(|_| bad())?);
+        let (size, mtime) = crate::transfer::helper_header(header, &it.src.display())?;
         let sink = self.small_sink(it.dest, &it.src, &it.dst, false)?;
         Ok(Open { sink, size, mtime })
-    }
-
-    /// One compressed chunk of the file, written.
-    fn chunk_in(&self, open: &mut Open, it: &Item, data: &[u8], buf: &mut Vec<u8>) -> Result<(), TransferError> {
-        open.sink.wire += data.len() as u64;
-        if let Some(t) = &self.throttle {
-            t.pace(data.len() as u64);
-        }
-        buf.clear();
-        crate::page_holes::unpack(data, self.chunk, buf)
-            .map_err(|message| TransferError::Data { path: it.src.display(), message })?;
-        if open.sink.written() + buf.len() as u64 > open.size {
-            let message = "the server sent more data than the file size".into();
-            return Err(TransferError::Data { path: it.src.display(), message });
-        }
-        open.sink.write(buf)
     }
 
     /// A file's rows ended: zero-filled to the size the helper saw at open (it shrank while

@@ -518,6 +518,30 @@ impl Transfer {
         Ok(Sink { progress: None, ..self.sink(dest, src, dst, req)? })
     }
 
+    /// One compressed chunk from the helper written through `sink`: paced, unpacked (see
+    /// `page_holes::unpack`), and refused where it would take the file past `size`.
+    pub(crate) fn helper_chunk(
+        &self,
+        sink: &mut Sink,
+        data: &[u8],
+        size: u64,
+        buf: &mut Vec<u8>,
+        path: &str,
+    ) -> Result<(), TransferError> {
+        sink.wire += data.len() as u64;
+        if let Some(t) = &self.throttle {
+            t.pace(data.len() as u64);
+        }
+        buf.clear();
+        crate::page_holes::unpack(data, self.chunk, buf)
+            .map_err(|message| TransferError::Data { path: path.to_string(), message })?;
+        if sink.written() + buf.len() as u64 > size {
+            let message = "the server sent more data than the file size".into();
+            return Err(TransferError::Data { path: path.to_string(), message });
+        }
+        sink.write(buf)
+    }
+
     /// Finishes a file written through `sink`: what it became, and its pages' verification
     /// (suspect pages not yet read again).
     pub(crate) fn close(&self, sink: Sink, mtime: i64) -> Result<(Copied, Option<Pages>), TransferError> {
@@ -676,31 +700,14 @@ impl Transfer {
             let sink = match out.as_mut() {
                 Some(w) => w,
                 None => {
-                    let header: [u8; 16] = data.try_into().map_err(|_| TransferError::Data {
-                        path: path.clone(),
-                        message: "bad header from the compression helper".into(),
-                    })?;
-                    let listed = i64::from_be_bytes(header[..8].try_into().unwrap_or_default()).max(0) as u64;
+                    let listed;
+                    (listed, mtime) = helper_header(data, &path)?;
                     size = range.map_or(listed, |(_, len)| listed.min(len));
-                    mtime = i64::from_be_bytes(header[8..].try_into().unwrap_or_default());
                     out = Some(self.sink(dest, src, dst, req)?);
                     continue;
                 }
             };
-            sink.wire += data.len() as u64;
-            if let Some(t) = &self.throttle {
-                t.pace(data.len() as u64);
-            }
-            buf.clear();
-            crate::page_holes::unpack(data, self.chunk, &mut buf)
-                .map_err(|message| TransferError::Data { path: path.clone(), message })?;
-            if sink.written() + buf.len() as u64 > size {
-                return Err(TransferError::Data {
-                    path,
-                    message: "the server sent more data than the file size".into(),
-                });
-            }
-            sink.write(&buf)?;
+            self.helper_chunk(sink, data, size, &mut buf, &path)?;
         }
         match out {
             None => Ok(None),
@@ -712,6 +719,17 @@ impl Transfer {
             }
         }
     }
+}
+
+/// The compression helper's first row of a file: its size when opened (8 bytes, big-endian;
+/// negative read as 0) and its mtime (Unix seconds).
+pub(crate) fn helper_header(data: &[u8], path: &str) -> Result<(u64, i64), TransferError> {
+    let bad =
+        || TransferError::Data { path: path.to_string(), message: "bad header from the compression helper".into() };
+    let header: [u8; 16] = data.try_into().map_err(|_| bad())?;
+    let (size, mtime) = header.split_at(8);
+    let size = i64::from_be_bytes(size.try_into().map_err(|_| bad())?).max(0) as u64;
+    Ok((size, i64::from_be_bytes(mtime.try_into().map_err(|_| bad())?)))
 }
 
 #[cfg(test)]

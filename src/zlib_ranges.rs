@@ -58,11 +58,10 @@ impl Transfer {
                 if i > expected {
                     return Ok(Ranges::Vanished);
                 }
-                let header: [u8; 16] =
-                    data.try_into().map_err(|_| bad("bad header from the compression helper".into()))?;
+                let (_, at_open) = crate::transfer::helper_header(data, &path)?;
                 match cur {
                     Some(c) => each(c, mtime, &buf)?,
-                    None => mtime = i64::from_be_bytes(header[8..].try_into().unwrap_or_default()),
+                    None => mtime = at_open,
                 }
                 (cur, buf) = (Some(i), Vec::new());
                 continue;
