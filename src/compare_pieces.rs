@@ -20,11 +20,11 @@ pub const PIECES_FROM: u64 = 64 << 20;
 /// server has work, and little is left for the server when the copy's reading ends.
 const PIECE: u64 = 8 << 20;
 /// Pieces hashed ahead of the one the server compares.
-const AHEAD: usize = 3;
+pub(crate) const AHEAD: usize = 3;
 
 /// One piece of the copy, hashed: its bounds, the SHA-256 of each of its blocks (as far as
 /// the copy goes) and their sums.
-struct Hashed {
+pub(crate) struct Hashed {
     start: u64,
     end: u64,
     hashes: Vec<u8>,
@@ -67,7 +67,7 @@ fn unread(at: u64, end: u64, template: Option<&BlockSums>, empty: bool) -> Hashe
 /// piece, not read; a run of pieces with data hashed as one read, so that the copy's reading
 /// ahead goes on from piece to piece (a reader started for each piece waits for the device
 /// at each start). An error ends it, after it was sent.
-fn hash_pieces(
+pub(crate) fn hash_pieces(
     file: &File,
     (start, end): (u64, u64),
     template: Option<&BlockSums>,
@@ -212,11 +212,27 @@ impl Transfer {
         if matches!(fp, Fingerprint::Header { .. }) {
             log::debug!("\"{}\" bytes {start}..{end}: compared by page header", src.display());
         }
+        let ahead = self.lookahead.as_ref().and_then(|la| la.take(&src.as_bytes(), (start, end)));
         std::thread::scope(|scope| {
-            let (tx, rx) = crossbeam_channel::bounded::<std::io::Result<Hashed>>(AHEAD);
-            scope.spawn(move || {
-                hash_pieces(file, (start, end), template.as_ref(), fp, &mut |h| tx.send(h).is_ok());
-            });
+            let rx = match ahead {
+                Some(rx) => rx,
+                None => {
+                    let (tx, rx) = crossbeam_channel::bounded::<std::io::Result<Hashed>>(AHEAD);
+                    let then = self.lookahead.clone().map(|la| (self.clone(), la));
+                    scope.spawn(move || {
+                        let mut whole = true;
+                        hash_pieces(file, (start, end), template.as_ref(), fp, &mut |h| {
+                            whole &= h.is_ok();
+                            tx.send(h).is_ok() && whole
+                        });
+                        // The copy's reading goes on with the next request's (piece_ahead).
+                        if let (true, Some((me, la))) = (whole, then) {
+                            me.begin_ahead(&la, la.after_serving());
+                        }
+                    });
+                    rx
+                }
+            };
             let mut empty = 0;
             for hashed in rx {
                 let mut h = hashed.map_err(io)?;

@@ -239,6 +239,8 @@ pub struct Transfer {
     /// Plain chunks from a server across a network: data pages travel without their holes
     /// while the link is the limit (see [`crate::page_holes`]).
     pub holes: Option<crate::page_holes::Holes>,
+    /// A worker's next requests, for `--delta` pieces begun ahead (see [`crate::piece_ahead`]).
+    pub lookahead: Option<std::sync::Arc<crate::piece_ahead::Lookahead>>,
 }
 
 /// How many bytes one request writes: the whole file at the size stat'd when its read

@@ -1,43 +1,18 @@
 //! The worker role (`pgbb --slave --stdin DSN DEST`): reads paths on stdin, copies each file
 //! over its own connection, answers one result line per file on stdout.
 
-use std::io::{self, BufRead, Write};
+use std::io::{self, Write};
+use std::sync::Arc;
 
 use crate::cli::{Common, Compress};
 use crate::dest::{Dest, Roots, SafePath};
 use crate::error::Error;
+use crate::inbox::{Entry, Inbox};
 use crate::pg::{sql, PgError, Session};
+use crate::piece_ahead::{Lookahead, NextPiece};
 use crate::protocol::{show, Request, Response, MAX_LINE, PROTOCOL_VERSION};
 use crate::retry::{retry, Reopened};
 use crate::transfer::{Method, Outcome, PageVerify, Throttle, Transfer, TransferError, ZlibHelper};
-
-/// Reads one line of at most `MAX_LINE` bytes; longer lines are consumed and reported.
-/// Returns `None` at end of input.
-fn read_line(r: &mut impl BufRead, buf: &mut Vec<u8>) -> io::Result<Option<bool>> {
-    buf.clear();
-    let mut too_long = false;
-    loop {
-        let avail = r.fill_buf()?;
-        if avail.is_empty() {
-            return Ok(if buf.is_empty() && !too_long { None } else { Some(too_long) });
-        }
-        let (take, done) = match avail.iter().position(|&b| b == b'\n') {
-            Some(i) => (i + 1, true),
-            None => (avail.len(), false),
-        };
-        if !too_long {
-            buf.extend_from_slice(&avail[..take]);
-            if buf.len() > MAX_LINE + 2 {
-                too_long = true;
-                buf.clear();
-            }
-        }
-        r.consume(take);
-        if done {
-            return Ok(Some(too_long));
-        }
-    }
-}
 
 /// A request line without its line end (LF or CRLF).
 fn trim_eol(line: &[u8]) -> &[u8] {
@@ -113,6 +88,7 @@ pub fn open_session(common: &Common, app: &str, compress: Compress) -> Result<(S
         compare_by_content: common.conn.is_local(),
         header_upto: common.trust_lsn.map(|l| l.0),
         holes: None,
+        lookahead: None,
     };
     if let Err(e) = t.prepare(&mut s) {
         if !matches!(compress, Compress::Auto(_)) {
@@ -169,6 +145,7 @@ impl Link<'_> {
             }
         }
         transfer.throttle = self.transfer.throttle.take();
+        transfer.lookahead = self.transfer.lookahead.take();
         (self.s, self.transfer) = (s, transfer);
         Ok(Reopened::Ready)
     }
@@ -238,25 +215,32 @@ pub fn run(common: &Common, id: Option<usize>, compress: Compress) -> Result<(),
             return Err(e);
         }
     };
+    let roots = Arc::new(roots);
+    let inbox = Inbox::start(io::BufReader::with_capacity(1 << 16, io::stdin()), |line, too_long| {
+        batch_header(line, too_long)?.ok()
+    })
+    .map_err(|source| Error::Pipe { what: "cannot read stdin", source })?;
     let mut link = Link { common, app: &app, compress, s, transfer };
+    let lookahead = Arc::new(Lookahead::new(next_piece(inbox.clone(), roots.clone())));
+    link.transfer.lookahead = Some(lookahead.clone());
     say(Response::Hello { protocol: PROTOCOL_VERSION, version: env!("CARGO_PKG_VERSION").into(), role: app.clone() })?;
 
-    let stdin = io::stdin();
-    let mut input = stdin.lock();
-    let mut buf = Vec::new();
-    while let Some(too_long) =
-        read_line(&mut input, &mut buf).map_err(|source| Error::Pipe { what: "cannot read stdin", source })?
-    {
-        if let Some(n) = batch_header(&buf, too_long) {
-            match n {
-                Ok(n) => crate::batch::serve(&mut link, &roots, read_batch(&mut input, n)?, &mut say)?,
-                Err(answer) => say(answer)?,
+    while let Some((seq, entry)) = inbox.next().map_err(|source| Error::Pipe { what: "cannot read stdin", source })? {
+        lookahead.serving(seq);
+        match entry {
+            Entry::Batch(lines) => {
+                let batch = lines.iter().map(|(l, too_long)| parse_request(trim_eol(l), *too_long)).collect();
+                crate::batch::serve(&mut link, &roots, batch, &mut say)?
             }
-        } else {
-            match parse_request(trim_eol(&buf), too_long) {
-                Ok((req, src, dst)) => serve(&mut link, &roots, req, &src, &dst, &mut say)?,
-                Err(answer) => say(answer)?,
-            }
+            Entry::Line(buf, too_long) => match batch_header(&buf, too_long) {
+                Some(Err(answer)) => say(answer)?,
+                // A valid header comes as a batch.
+                Some(Ok(_)) => {}
+                None => match parse_request(trim_eol(&buf), too_long) {
+                    Ok((req, src, dst)) => serve(&mut link, &roots, req, &src, &dst, &mut say)?,
+                    Err(answer) => say(answer)?,
+                },
+            },
         }
         // A worker that reconnects finds out with its next request.
         if link.s.is_closed() && !link.retries() {
@@ -272,6 +256,21 @@ pub fn run(common: &Common, id: Option<usize>, compress: Compress) -> Result<(),
     }
     log::debug!("end of input");
     Ok(())
+}
+
+/// What [`Lookahead`] asks of the worker's requests: request `seq`, if it has come and is a
+/// piece of a large file to compare whose copy in DEST opens.
+fn next_piece(inbox: Arc<Inbox>, roots: Arc<Roots>) -> impl Fn(u64) -> Option<NextPiece> + Send + Sync {
+    move |seq| {
+        let (req, src, dst) = inbox.peek(seq, |e| match e {
+            Entry::Line(line, false) => parse_request(trim_eol(line), false).ok(),
+            _ => None,
+        })?;
+        let (true, Some((off, len))) = (req.compare, req.range) else { return None };
+        let (dest, dst) = roots.route(&dst);
+        let file = dest.open_existing(&dst).ok()??;
+        Some(NextPiece { src, file, range: (off, off + len) })
+    }
 }
 
 /// A `progress` line for the master's display (the transfer calls it while copying).
@@ -298,19 +297,6 @@ fn batch_header(line: &[u8], too_long: bool) -> Option<Result<usize, Response>> 
     let text = std::str::from_utf8(trim_eol(line)).ok().filter(|_| !too_long)?;
     let shown = text.as_bytes()[..text.len().min(200)].to_vec();
     crate::protocol::batch_header(text).map(|n| n.map_err(|e| Response::Error { path: shown, message: e.to_string() }))
-}
-
-/// The `n` request lines of a batch (fewer at the end of input), each checked.
-fn read_batch(input: &mut impl BufRead, n: usize) -> Result<Vec<crate::batch::Parsed>, Error> {
-    let mut out = Vec::with_capacity(n);
-    let mut buf = Vec::new();
-    while out.len() < n {
-        match read_line(input, &mut buf).map_err(|source| Error::Pipe { what: "cannot read stdin", source })? {
-            Some(too_long) => out.push(parse_request(trim_eol(&buf), too_long)),
-            None => break,
-        }
-    }
-    Ok(out)
 }
 
 /// One request line, checked; or the error line that answers it. An error line echoes the
@@ -364,24 +350,5 @@ fn serve(
             Err(e.into())
         }
         Err(e) => say(Response::Error { path: req.src, message: e.to_string() }),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn long_lines_are_cut_and_reported() {
-        let long = "x".repeat(MAX_LINE * 3);
-        let input = format!("a\n{long}\nb");
-        let mut r = io::Cursor::new(input.into_bytes());
-        let mut buf = Vec::new();
-        assert_eq!(read_line(&mut r, &mut buf).unwrap(), Some(false));
-        assert_eq!(buf, b"a\n");
-        assert_eq!(read_line(&mut r, &mut buf).unwrap(), Some(true));
-        assert_eq!(read_line(&mut r, &mut buf).unwrap(), Some(false));
-        assert_eq!(buf, b"b");
-        assert_eq!(read_line(&mut r, &mut buf).unwrap(), None);
     }
 }

@@ -493,7 +493,8 @@ fn delta_on_this_machine_copies_whole_what_is_not_in_memory() {
 
 /// A copy on disk (evicted from the page cache) refreshed from a server over the network
 /// while pgbench writes: its blocks are read past the page cache (O_DIRECT, in pieces and
-/// whole files) and hashed; the result restores with pgbench's invariant and amcheck.
+/// whole files) and hashed, a worker's next piece read ahead of its turn; the result restores
+/// with pgbench's invariant and amcheck.
 #[test]
 fn delta_over_the_network_reads_a_copy_on_disk_past_the_page_cache() {
     let test = "delta_over_the_network_reads_a_copy_on_disk_past_the_page_cache";
@@ -520,6 +521,9 @@ fn delta_over_the_network_reads_a_copy_on_disk_past_the_page_cache() {
     // starts at byte 67108864 (a whole file starts at 0).
     assert!(direct.iter().any(|l| l.contains("from byte 67108864 ")), "{direct:?}: {err}");
     assert!(direct.iter().any(|l| l.contains("from byte 0 ")), "{direct:?}");
+    // The first worker is sent both pieces at once: the second one's copy is read as soon as
+    // the first one's reading ends, before the server has compared all of the first.
+    assert!(err.lines().any(|l| l.contains("\" bytes 67108864..") && l.ends_with(": its copy read ahead")), "{err}");
     verify_restore(&dest, &expect_pgbench());
 }
 
