@@ -212,10 +212,16 @@ impl Transfer {
         if matches!(fp, Fingerprint::Header { .. }) {
             log::debug!("\"{}\" bytes {start}..{end}: compared by page header", src.display());
         }
-        let ahead = self.lookahead.as_ref().and_then(|la| la.take(&src.as_bytes(), (start, end)));
+        let ahead = self.lookahead.as_ref().and_then(|la| Some((la, la.take(&src.as_bytes(), (start, end), file)?)));
         std::thread::scope(|scope| {
             let rx = match ahead {
-                Some(rx) => rx,
+                Some((la, (rx, read))) => {
+                    // Its reading is over already: the copy's reading goes on with the next.
+                    if read {
+                        self.begin_ahead(la, la.after_serving());
+                    }
+                    rx
+                }
                 None => {
                     let (tx, rx) = crossbeam_channel::bounded::<std::io::Result<Hashed>>(AHEAD);
                     let then = self.lookahead.clone().map(|la| (self.clone(), la));
@@ -223,7 +229,8 @@ impl Transfer {
                         let mut whole = true;
                         hash_pieces(file, (start, end), template.as_ref(), fp, &mut |h| {
                             whole &= h.is_ok();
-                            tx.send(h).is_ok() && whole
+                            whole &= tx.send(h).is_ok();
+                            whole
                         });
                         // The copy's reading goes on with the next request's (piece_ahead).
                         if let (true, Some((me, la))) = (whole, then) {
@@ -233,9 +240,10 @@ impl Transfer {
                     rx
                 }
             };
-            let mut empty = 0;
+            let (mut empty, mut reached) = (0, start);
             for hashed in rx {
                 let mut h = hashed.map_err(io)?;
+                reached = h.end;
                 empty += usize::from(h.empty);
                 if let (Some(all), Some(p)) = (blocks.sums.as_mut(), h.sums.take()) {
                     if !all.append(p) {
@@ -248,6 +256,11 @@ impl Transfer {
                 if let Some(report) = self.progress {
                     report(h.end - start);
                 }
+            }
+            if reached < end {
+                // The thread that read the copy ended without a word (it panicked).
+                let message = format!("the copy's reading ended at byte {reached} of {start}..{end}");
+                return Err(TransferError::Data { path: blocks.path.clone(), message });
             }
             if empty > 0 {
                 log::info!(

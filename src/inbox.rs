@@ -1,5 +1,7 @@
 //! A worker's requests, read from stdin by a thread of their own and numbered, so that the
 //! one after the request being served can be looked at before it is served (`piece_ahead`).
+//! The master keeps two requests in flight for each worker; a worker run by hand holds
+//! what it was given that it has not served yet.
 
 use std::collections::VecDeque;
 use std::io::{self, BufRead};
@@ -84,7 +86,11 @@ impl Inbox {
                     q.end = Some(Ok(()));
                     return Ok(None);
                 }
-                Some(Err(e)) => return Err(e),
+                Some(Err(e)) => {
+                    // It stays the end: a later call gets the same error.
+                    q.end = Some(Err(io::Error::new(e.kind(), e.to_string())));
+                    return Err(e);
+                }
                 None => q = self.arrived.wait(q).unwrap_or_else(|p| p.into_inner()),
             }
         }
@@ -177,6 +183,27 @@ mod tests {
         assert!(inbox.next().unwrap().is_none());
         assert!(inbox.next().unwrap().is_none(), "the end stays the end");
         assert!(inbox.peek(3, |_| Some(())).is_none(), "a served request is gone");
+    }
+
+    /// Input that gives one line, then fails.
+    struct Failing(bool);
+
+    impl io::Read for Failing {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if std::mem::replace(&mut self.0, true) {
+                return Err(io::Error::other("gone"));
+            }
+            buf[..2].copy_from_slice(b"a\n");
+            Ok(2)
+        }
+    }
+
+    #[test]
+    fn a_read_error_ends_the_requests_for_good() {
+        let inbox = Inbox::start(io::BufReader::new(Failing(false)), batch).unwrap();
+        assert!(matches!(inbox.next().unwrap(), Some((1, Entry::Line(_, false)))));
+        assert_eq!(inbox.next().unwrap_err().to_string(), "gone");
+        assert_eq!(inbox.next().unwrap_err().to_string(), "gone", "and again");
     }
 
     #[test]

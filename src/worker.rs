@@ -208,18 +208,19 @@ pub fn run(common: &Common, id: Option<usize>, compress: Compress) -> Result<(),
     // A DEST that cannot be made or opened is told like any fatal error: the master then
     // knows it from the exit status (5), not as a child that died without a word.
     let opened = open_roots(common).and_then(|roots| Ok((roots, open_session(common, &app, compress)?)));
-    let (roots, (s, transfer)) = match opened {
+    let inbox = || {
+        Inbox::start(io::BufReader::with_capacity(1 << 16, io::stdin()), |line, too_long| {
+            batch_header(line, too_long)?.ok()
+        })
+        .map_err(|source| Error::Pipe { what: "cannot start reading stdin", source })
+    };
+    let (roots, (s, transfer), inbox) = match opened.and_then(|(r, st)| Ok((Arc::new(r), st, inbox()?))) {
         Ok(x) => x,
         Err(e) => {
             let _ = say(Response::Fatal { message: e.to_string() });
             return Err(e);
         }
     };
-    let roots = Arc::new(roots);
-    let inbox = Inbox::start(io::BufReader::with_capacity(1 << 16, io::stdin()), |line, too_long| {
-        batch_header(line, too_long)?.ok()
-    })
-    .map_err(|source| Error::Pipe { what: "cannot read stdin", source })?;
     let mut link = Link { common, app: &app, compress, s, transfer };
     let lookahead = Arc::new(Lookahead::new(next_piece(inbox.clone(), roots.clone())));
     link.transfer.lookahead = Some(lookahead.clone());
@@ -232,11 +233,10 @@ pub fn run(common: &Common, id: Option<usize>, compress: Compress) -> Result<(),
                 let batch = lines.iter().map(|(l, too_long)| parse_request(trim_eol(l), *too_long)).collect();
                 crate::batch::serve(&mut link, &roots, batch, &mut say)?
             }
+            // A valid batch header comes as a batch, never as a line.
             Entry::Line(buf, too_long) => match batch_header(&buf, too_long) {
                 Some(Err(answer)) => say(answer)?,
-                // A valid header comes as a batch.
-                Some(Ok(_)) => {}
-                None => match parse_request(trim_eol(&buf), too_long) {
+                _ => match parse_request(trim_eol(&buf), too_long) {
                     Ok((req, src, dst)) => serve(&mut link, &roots, req, &src, &dst, &mut say)?,
                     Err(answer) => say(answer)?,
                 },
