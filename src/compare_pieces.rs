@@ -224,18 +224,10 @@ impl Transfer {
                 }
                 None => {
                     let (tx, rx) = crossbeam_channel::bounded::<std::io::Result<Hashed>>(AHEAD);
-                    let then = self.lookahead.clone().map(|la| (self.clone(), la));
+                    // The copy's reading goes on with the next request's (piece_ahead).
+                    let then = self.lookahead.clone().map(|la| (self.clone(), la.clone(), la.after_serving()));
                     scope.spawn(move || {
-                        let mut whole = true;
-                        hash_pieces(file, (start, end), template.as_ref(), fp, &mut |h| {
-                            whole &= h.is_ok();
-                            whole &= tx.send(h).is_ok();
-                            whole
-                        });
-                        // The copy's reading goes on with the next request's (piece_ahead).
-                        if let (true, Some((me, la))) = (whole, then) {
-                            me.begin_ahead(&la, la.after_serving());
-                        }
+                        crate::piece_ahead::hash_then_ahead(file, (start, end), template.as_ref(), fp, tx, None, then)
                     });
                     rx
                 }

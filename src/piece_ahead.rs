@@ -130,16 +130,7 @@ impl Transfer {
         let copy = identity(&file);
         let finished = done.clone();
         let spawned = std::thread::Builder::new().name("pgbb-copy-ahead".into()).spawn(move || {
-            let mut whole = true;
-            hash_pieces(&file, range, template.as_ref(), fp, &mut |h| {
-                whole &= h.is_ok();
-                whole &= tx.send(h).is_ok();
-                whole
-            });
-            finished.store(true, Ordering::SeqCst);
-            if whole {
-                me.begin_ahead(&la2, seq + 1);
-            }
+            hash_then_ahead(&file, range, template.as_ref(), fp, tx, Some(&finished), Some((me, la2, seq + 1)));
         });
         let mut st = la.lock();
         // Served meanwhile (begun on its own) or begun by another thread: this one is dropped.
@@ -147,6 +138,31 @@ impl Transfer {
             log::debug!("\"{}\" bytes {}..{}: its copy read ahead", src.display(), range.0, range.1);
             st.started.push((seq, Started { src: src.as_bytes().to_vec(), range, copy, rx, done }));
         }
+    }
+}
+
+/// Reads and hashes `file`'s bytes `range` into `tx`, then says so in `done`; if every piece
+/// went, begins request `then` ahead (its transfer, lookahead and number).
+pub(crate) fn hash_then_ahead(
+    file: &File,
+    range: (u64, u64),
+    template: Option<&crate::block_sums::BlockSums>,
+    fp: crate::fingerprint::Fingerprint,
+    tx: crossbeam_channel::Sender<io::Result<Hashed>>,
+    done: Option<&AtomicBool>,
+    then: Option<(Transfer, Arc<Lookahead>, u64)>,
+) {
+    let mut whole = true;
+    hash_pieces(file, range, template, fp, &mut |h| {
+        whole &= h.is_ok();
+        whole &= tx.send(h).is_ok();
+        whole
+    });
+    if let Some(d) = done {
+        d.store(true, Ordering::SeqCst);
+    }
+    if let (true, Some((me, la, seq))) = (whole, then) {
+        me.begin_ahead(&la, seq);
     }
 }
 
